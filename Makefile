@@ -1,0 +1,37 @@
+# Two commands set everything up on a fresh machine:
+#   make quickstart   creates .venv, installs grokscale, runs sweeps/quickstart.yaml end to end
+#   make test         creates .venv, installs grokscale, runs the test suite (what CI runs)
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU build of torch; a GPU user who installed their own torch into $(VENV) first keeps it.
+TORCH ?= torch==2.13.0
+PYTEST_ARGS ?= -m "not soak"
+
+.PHONY: install quickstart test soak bench ui clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+quickstart: install
+	$(VENV)/bin/grokscale run sweeps/quickstart.yaml
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+soak: install
+	$(PY) -m pytest -m soak
+
+bench: install
+	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
+
+ui: install
+	$(VENV)/bin/mlflow ui --host 127.0.0.1 --backend-store-uri sqlite:///mlruns.db
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,193 @@
+"""The typed description of one training run: task, model, optimisation, seed.
+
+A `TrainSpec` is everything needed to repeat a run bit for bit on CPU. It is frozen pydantic
+data with unknown keys forbidden, so the orchestrator embeds it in a study config and a
+reviewer can rebuild it from the JSON that MLflow recorded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+
+MODULAR_OPS = ("add", "sub", "mul", "div", "x2+y2", "x2+xy+y2", "x3+xy")
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _is_prime(p: int) -> bool:
+    return p >= 2 and all(p % q for q in range(2, int(p**0.5) + 1))
+
+
+class ModularTask(Frozen):
+    """(a op b) mod p over all pairs, Power et al. (2022)."""
+
+    name: Literal["modular"] = "modular"
+    p: PositiveInt = 97
+    op: Literal[MODULAR_OPS] = "add"  # type: ignore[valid-type]
+    # D: exactly one of a fraction of all pairs or a count of training pairs.
+    train_fraction: float | None = Field(default=None, gt=0, lt=1)
+    n_train: PositiveInt | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_fraction(cls, data):
+        # 0.3 of all pairs (Nanda et al. 2023) unless the study gives a size.
+        if isinstance(data, dict) and data.get("train_fraction") is None and data.get("n_train") is None:
+            data = {**data, "train_fraction": 0.3}
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> "ModularTask":
+        if (self.train_fraction is None) == (self.n_train is None):
+            raise ValueError("give exactly one of train_fraction or n_train")
+        if self.p < 3:
+            raise ValueError(f"p must be >= 3, got {self.p}")
+        if self.op == "div" and not _is_prime(self.p):
+            # b has an inverse mod p for every b != 0 only when p is prime.
+            raise ValueError(f"op 'div' needs a prime p, got {self.p}")
+        if self.n_train is not None and self.n_train >= self.n_pairs:
+            raise ValueError(f"n_train must be < the {self.n_pairs} pairs for p={self.p}, got {self.n_train}")
+        return self
+
+    @property
+    def n_pairs(self) -> int:
+        return self.p * (self.p - 1) if self.op == "div" else self.p * self.p
+
+
+class SparseParityTask(Frozen):
+    """Parity of k hidden bits out of n, Barak et al. (2022)."""
+
+    name: Literal["sparse_parity"] = "sparse_parity"
+    n_bits: PositiveInt = 40
+    k: PositiveInt = 3
+    n_train: PositiveInt = 1000
+    n_val: PositiveInt = 2000
+
+    @model_validator(mode="after")
+    def _check(self) -> "SparseParityTask":
+        if self.k > self.n_bits:
+            raise ValueError(f"k must be <= n_bits ({self.n_bits}), got {self.k}")
+        return self
+
+
+class AdditionTask(Frozen):
+    """n_digits-digit integer addition as a token sequence for a causal transformer."""
+
+    name: Literal["addition"] = "addition"
+    n_digits: PositiveInt = Field(default=3, le=18)
+    n_train: PositiveInt = 2000
+    n_val: PositiveInt = 1000
+
+
+class CharLMTask(Frozen):
+    """Byte- or character-level LM on the Python standard library's own source files."""
+
+    name: Literal["charlm"] = "charlm"
+    level: Literal["byte", "char"] = "byte"
+    n_train_tokens: PositiveInt = 200_000
+    n_val_tokens: PositiveInt = 50_000
+    seq_len: PositiveInt = 64
+
+
+Task = Annotated[Union[ModularTask, SparseParityTask, AdditionTask, CharLMTask], Field(discriminator="name")]
+
+
+class TransformerModel(Frozen):
+    family: Literal["transformer"] = "transformer"
+    n_layer: PositiveInt = 1
+    d_model: PositiveInt = 128
+    n_head: PositiveInt = 4
+    d_mlp: PositiveInt | None = None  # None: 4 * d_model
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    # Nanda et al. (2023)'s grokking transformer has no LayerNorm; LMs want it.
+    layer_norm: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> "TransformerModel":
+        if self.d_model % self.n_head:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})")
+        return self
+
+    @property
+    def mlp_width(self) -> int:
+        return self.d_mlp if self.d_mlp is not None else 4 * self.d_model
+
+
+class MLPModel(Frozen):
+    """Embed each input token, concatenate, then an MLP (Liu et al. 2022 use this for grokking)."""
+
+    family: Literal["mlp"] = "mlp"
+    d_embed: PositiveInt = 32
+    d_hidden: PositiveInt = 256
+    n_hidden: PositiveInt = 2
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+
+
+Model = Annotated[Union[TransformerModel, MLPModel], Field(discriminator="family")]
+
+
+class TrainConfig(Frozen):
+    steps: PositiveInt = 10_000
+    lr: PositiveFloat = 1e-3
+    # betas (0.9, 0.98) and weight decay 1 follow Nanda et al. (2023).
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: PositiveFloat = 1e-8
+    weight_decay: float = Field(default=1.0, ge=0)
+    warmup_steps: int = Field(default=10, ge=0)
+    batch_size: PositiveInt | None = None  # None: full batch
+    eval_every: PositiveInt = 100
+    eval_batch_size: PositiveInt = 8192
+    init_scale: PositiveFloat = 1.0  # Omnigrok's alpha, Liu et al. (2022)
+    grokfast: bool = False  # EMA gradient filter, Lee et al. (2024)
+    grokfast_alpha: float = Field(default=0.98, ge=0, lt=1)
+    grokfast_lamb: float = Field(default=2.0, ge=0)
+    train_threshold: float = Field(default=0.99, gt=0, le=1)  # memorization event
+    val_threshold: float = Field(default=0.95, gt=0, le=1)  # generalization event
+    success_stop_evals: PositiveInt | None = None  # stop after m evals at/above val_threshold
+    checkpoint_every: PositiveInt | None = None
+    threads: PositiveInt = 1  # torch intra-op threads; fixed so results do not depend on the host
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainConfig":
+        for i, b in enumerate(self.betas):
+            if not 0 <= b < 1:
+                raise ValueError(f"betas[{i}] must be in [0, 1), got {b}")
+        if self.warmup_steps > self.steps:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) must be <= steps ({self.steps})")
+        return self
+
+
+class TrainSpec(Frozen):
+    task: Task = Field(default_factory=ModularTask)
+    model: Model = Field(default_factory=TransformerModel)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    seed: int = Field(default=0, ge=0)
+    device: str = "cpu"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_kinds(cls, data):
+        # The task and model unions are tagged by name/family; an untagged section means the default.
+        if isinstance(data, dict):
+            data = dict(data)
+            for key, tag, default in (("task", "name", "modular"), ("model", "family", "transformer")):
+                if isinstance(data.get(key), dict) and tag not in data[key]:
+                    data[key] = {tag: default, **data[key]}
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainSpec":
+        if self.model.family == "mlp" and self.task.name in ("addition", "charlm"):
+            raise ValueError(f"task '{self.task.name}' needs model.family 'transformer'; 'mlp' reads fixed-length inputs only")
+        return self
+
+    def digest(self) -> str:
+        """A short hash of the spec: names a checkpoint so a resumed run never loads another's."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
