@@ -59,6 +59,13 @@ def test_resumed_run_equals_uninterrupted(tmp_path):
     assert resumed.events == whole.events
 
 
+def test_finished_run_is_not_trained_again(tmp_path):
+    first = train(spec(TINY, success_stop_evals=1, val_threshold=0.01), checkpoint_dir=tmp_path)
+    again = train(spec(TINY, success_stop_evals=1, val_threshold=0.01), checkpoint_dir=tmp_path)
+    assert first.steps == 20 and again.resumed_from_step == 20 and again.steps == 20
+    assert again.history == first.history and again.reason == first.reason
+
+
 def test_checkpoint_of_another_spec_is_ignored(tmp_path):
     train(spec(STATEFUL), checkpoint_dir=tmp_path)
     other = train(spec(STATEFUL, lr=2e-3), checkpoint_dir=tmp_path)

@@ -29,19 +29,28 @@ def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
             raise OverrideError(f"override {item!r}: expected KEY=VALUE with a dotted KEY, e.g. train.lr=3e-4")
         node: Any = out
         parts = key.strip().split(".")
-        for i, part in enumerate(parts):
-            last = i == len(parts) - 1
-            if isinstance(node, list):
+        i = 0
+        while i < len(parts):
+            part: Any = parts[i]
+            if isinstance(node, dict):
+                # A key may itself hold dots (search.space's "train.weight_decay"): take the
+                # longest run of parts that names an existing key.
+                for j in range(len(parts), i + 1, -1):
+                    if ".".join(parts[i:j]) in node:
+                        part, i = ".".join(parts[i:j]), j - 1
+                        break
+            elif isinstance(node, list):
                 if not part.isdigit() or int(part) >= len(node):
                     raise OverrideError(f"override {item!r}: {'.'.join(parts[:i])} is a list of "
                                         f"{len(node)}; {part!r} is not an index in it")
                 part = int(part)
-            elif not isinstance(node, dict):
+            else:
                 raise OverrideError(f"override {item!r}: {'.'.join(parts[:i])} is a value, not a section")
-            if last:
+            if i == len(parts) - 1:
                 node[part] = parse_value(raw)
             else:
                 if isinstance(node, dict) and not isinstance(node.get(part), (dict, list)):
                     node[part] = {}
                 node = node[part]
+            i += 1
     return out

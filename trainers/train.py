@@ -139,6 +139,7 @@ def train(spec: TrainSpec, report: Report | None = None,
     events = Events()
     above = 0  # consecutive evals with val accuracy >= threshold (success-stop)
     resumed_from = 0
+    finished: tuple[Status, str] | None = None
     ckpt = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     if ckpt is not None:
         ckpt.parent.mkdir(parents=True, exist_ok=True)
@@ -154,11 +155,20 @@ def train(spec: TrainSpec, report: Report | None = None,
                 step, perm, cursor = state["step"], state["perm"], state["cursor"]
                 history, events, above = state["history"], Events(**state["events"]), state["above"]
                 resumed_from = step
+                finished = state.get("finished")  # (status, reason) of a run that already ended
+
+    def checkpoint_state(finished: tuple[Status, str] | None = None) -> dict:
+        return {"digest": spec.digest(), "step": step, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
+                "batch_rng": batch_gen.get_state(), "ema": ema, "perm": perm, "cursor": cursor,
+                "history": history, "events": asdict(events), "above": above, "finished": finished}
 
     status: Status = "completed"
     reason = "step budget reached"
+    if finished is not None:
+        status, reason = finished
     model.train()
-    while step < cfg.steps:
+    while step < cfg.steps and finished is None:
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr * lr_factor(step, cfg.warmup_steps)
         if full_batch:
@@ -210,10 +220,12 @@ def train(spec: TrainSpec, report: Report | None = None,
                 status, reason = "stopped", f"stopped by the report hook at step {step}"
                 break
         if ckpt is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-            _save(ckpt, {"digest": spec.digest(), "step": step, "model": model.state_dict(),
-                         "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
-                         "batch_rng": batch_gen.get_state(), "ema": ema, "perm": perm,
-                         "cursor": cursor, "history": history, "events": asdict(events), "above": above})
+            _save(ckpt, checkpoint_state())
+
+    if ckpt is not None and finished is None:
+        # The final state, marked finished: a run asked again after it ended (its driver died
+        # before recording it) returns this result instead of training again.
+        _save(ckpt, checkpoint_state(finished=(status, reason)))
 
     final = {k: v[-1] for k, v in history.items()}
     return TrainResult(status=status, reason=reason, steps=step, final=final, history=history,

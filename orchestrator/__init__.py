@@ -1,0 +1,1 @@
+"""grokscale orchestrator: study configs, the Ray driver, Optuna search, MLflow tracking, analysis."""

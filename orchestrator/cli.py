@@ -1,0 +1,127 @@
+"""`grokscale`: run, validate, inspect and report studies; train one model. Thin: parse, call.
+
+Exit codes: 0 done, 1 the study ran but something failed, 2 bad input (nothing was started).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from orchestrator.config import StudyError, load_study
+
+EXAMPLES = """examples:
+  grokscale validate sweeps/quickstart.yaml
+  grokscale run sweeps/quickstart.yaml --set search.trials_per_cell=4
+  grokscale status sweeps/quickstart.yaml
+  grokscale train --task.p 59 --train.weight_decay 1.0
+"""
+
+
+def _study_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("study", help="the study's YAML file (under sweeps/)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any field by its dotted path, e.g. --set train.lr=3e-4 (repeatable)")
+    p.add_argument("--tracking-uri", help="the MLflow tracking URI (same as --set tracking.uri=...)")
+
+
+def _load(args: argparse.Namespace, with_preflight: bool = True):
+    """Load, resolve and check a study; print every problem and exit 2 if there is one."""
+    from orchestrator.grid import build_cells
+    from orchestrator.preflight import check_preflight
+
+    overrides = list(args.set) + ([f"tracking.uri={args.tracking_uri}"] if args.tracking_uri else [])
+    try:
+        study = load_study(args.study, overrides)
+        cells = build_cells(study)
+        problems = check_preflight(study, cells) if with_preflight else []
+        if problems:
+            raise StudyError(problems)
+    except StudyError as err:
+        for line in err.problems:
+            print(f"error: {line}", file=sys.stderr)
+        print(f"{args.study}: {len(err.problems)} problem(s); nothing was started", file=sys.stderr)
+        sys.exit(2)
+    return study, cells
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    study, cells = _load(args)
+    runs = len(cells) * study.search.trials_per_cell * len(study.grid.seeds)
+    print(f"{args.study}: valid. {len(cells)} cells x {study.search.trials_per_cell} trials x "
+          f"{len(study.grid.seeds)} seeds = {runs} training runs")
+    for c in cells:
+        print(f"  {c.key}: N = {c.n(study.grid.n_convention):,} ({study.grid.n_convention}), D = {c.n_train:,}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    study, cells = _load(args)
+    from orchestrator.run import run_study
+
+    counts = run_study(study, cells, show=not args.quiet)
+    print(json.dumps(counts) if args.json else
+          f"{study.name}: {counts.get('completed', 0)} completed, {counts.get('diverged', 0)} diverged, "
+          f"{counts.get('failed', 0)} failed in {counts['wall_time_s']:.0f} s. "
+          f"Open it with: mlflow ui --backend-store-uri {study.tracking.uri}")
+    if not args.no_report:
+        from orchestrator.report import make_report
+
+        make_report(study)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    study, cells = _load(args, with_preflight=False)
+    from orchestrator.status import study_status
+
+    rows = study_status(study, cells)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{study.name} ({study.storage_url})", title_justify="left")
+    for col in ("cell", "N", "D", "complete", "running", "failed", "best value", "best params"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["cell"], f"{r['n_params']:,}", f"{r['n_train']:,}", str(r["complete"]), str(r["running"]),
+                      str(r["failed"]), "" if r["best_value"] is None else f"{r['best_value']}",
+                      "" if r["best_params"] is None else json.dumps(r["best_params"]))
+    Console().print(table)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
+    from trainers.__main__ import main as train_main
+
+    return train_main(rest)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="grokscale", description=__doc__, epilog=EXAMPLES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="run or resume a study (same command again resumes)")
+    _study_args(p)
+    p.add_argument("--quiet", action="store_true", help="no live progress display")
+    p.add_argument("--json", action="store_true", help="print the final counts as JSON")
+    p.add_argument("--no-report", action="store_true", help="skip the analysis report at the end")
+    p = sub.add_parser("validate", help="check a study config without running anything")
+    _study_args(p)
+    p = sub.add_parser("status", help="per-cell trial counts and the best trial, from the Optuna storage")
+    _study_args(p)
+    p.add_argument("--json", action="store_true")
+    sub.add_parser("train", help="train one model: python -m trainers with the same flags (see --help)",
+                   add_help=False)
+    if argv[:1] == ["train"]:
+        return cmd_train(argparse.Namespace(), argv[1:])
+    args = parser.parse_args(argv)
+    return {"run": cmd_run, "validate": cmd_validate, "status": cmd_status}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""The live view of a running study: runs done, running and failed per cell, elapsed, ETA."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Iterable
+
+from optuna.trial import TrialState
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from orchestrator.config import Study
+
+
+def _fmt(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class Progress:
+    """A rich table redrawn in place on a terminal; one line per change elsewhere (job logs)."""
+
+    def __init__(self, study: Study, states: list[Any], show: bool = True):
+        self.study = study
+        self.states = states
+        self.console = Console(stderr=True)
+        self.show = show
+        self.live: Live | None = None
+        self.last_line = ""
+        self.last_draw = 0.0
+
+    def __enter__(self) -> "Progress":
+        if self.show and self.console.is_terminal:
+            self.live = Live(console=self.console, refresh_per_second=4, transient=False)
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.live is not None:
+            self.live.__exit__(*exc)
+
+    def counts(self, state: Any, running_units: list) -> dict[str, int]:
+        trials = state.optuna.get_trials(deepcopy=False)
+        done = sum(t.state == TrialState.COMPLETE for t in trials)
+        failed = sum(t.state == TrialState.FAIL for t in trials)
+        running = len({u.trial_number for u in running_units if u.cell is state.cell})
+        return {"done": done, "failed": failed, "running": running, "total": self.study.search.trials_per_cell}
+
+    def update(self, in_flight: Iterable[Any], elapsed: float) -> None:
+        if not self.show or time.monotonic() - self.last_draw < 0.25:
+            return
+        self.last_draw = time.monotonic()
+        running_units = list(in_flight)
+        rows = [(s, self.counts(s, running_units)) for s in self.states]
+        finished = sum(c["done"] + c["failed"] for _, c in rows)
+        total = sum(max(c["total"], c["done"] + c["failed"]) for _, c in rows)
+        eta = elapsed / finished * (total - finished) if finished else None
+        title = f"{self.study.name}: {finished}/{total} trials  elapsed {_fmt(elapsed)}  ETA {_fmt(eta)}"
+        if self.live is not None:
+            table = Table(title=title, title_justify="left")
+            for col in ("cell", "N", "D", "done", "running", "failed", "best"):
+                table.add_column(col, justify="right" if col != "cell" else "left")
+            for s, c in rows:
+                best = ""
+                if c["done"] and len(self.study.objectives) == 1:
+                    best = f"{s.optuna.best_value:.4g}"
+                table.add_row(s.cell.key, f"{s.cell.n(self.study.grid.n_convention):,}", f"{s.cell.n_train:,}",
+                              str(c["done"]), str(c["running"]), str(c["failed"]), best)
+            self.live.update(table)
+        else:
+            line = f"{title}  running {sum(c['running'] for _, c in rows)}  failed {sum(c['failed'] for _, c in rows)}"
+            if line.split("  elapsed")[0] != self.last_line.split("  elapsed")[0]:
+                self.console.print(line, highlight=False)
+            self.last_line = line

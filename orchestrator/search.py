@@ -1,0 +1,60 @@
+"""Optuna: one study per (N, D) cell in one storage, the searched space, the samplers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+
+from orchestrator.config import Study
+from orchestrator.grid import Cell
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """A journal file (the default, safe for one writer: the driver) or an RDB URL for teams."""
+    if "://" in url:
+        return optuna.storages.RDBStorage(url)
+    Path(url).parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(url))
+
+
+def make_sampler(study: Study, cell_index: int) -> optuna.samplers.BaseSampler:
+    seed = study.search.seed + cell_index
+    name = study.search.sampler
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed)
+    if name == "nsgaii":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    if name == "qmc":
+        return optuna.samplers.QMCSampler(seed=seed)
+    # grid: every combination of the categorical choices and of each range's two ends.
+    space = {k: (p.choices if p.type == "categorical" else [p.low, p.high]) for k, p in study.search.space.items()}
+    return optuna.samplers.GridSampler(space, seed=seed)
+
+
+def cell_study(study: Study, cell: Cell, cell_index: int, storage) -> optuna.Study:
+    return optuna.create_study(
+        study_name=f"{study.name}/{cell.key}", storage=storage, load_if_exists=True,
+        sampler=make_sampler(study, cell_index), directions=[o.direction for o in study.objectives])
+
+
+def suggest(trial: optuna.Trial, study: Study) -> dict[str, Any]:
+    """Draw the trial's value for every searched field (dotted TrainSpec paths)."""
+    params = {}
+    for key, p in study.search.space.items():
+        if p.type == "float":
+            params[key] = trial.suggest_float(key, p.low, p.high, log=p.log)
+        elif p.type == "int":
+            params[key] = trial.suggest_int(key, p.low, p.high, log=p.log, step=p.step)
+        else:
+            params[key] = trial.suggest_categorical(key, p.choices)
+    return params

@@ -1,0 +1,35 @@
+"""`grokscale status`: per-cell trial counts and the best trial, read from the Optuna storage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from orchestrator.config import Study
+from orchestrator.grid import Cell
+from orchestrator.search import open_storage
+
+
+def study_status(study: Study, cells: list[Cell]) -> list[dict]:
+    url = study.storage_url
+    storage = open_storage(url) if "://" in url or Path(url).exists() else None  # never create one
+    names = {s.study_name for s in optuna.get_all_study_summaries(storage)} if storage else set()
+    rows = []
+    for cell in cells:
+        row = {"cell": cell.key, "n_params": cell.n(study.grid.n_convention), "n_train": cell.n_train,
+               "complete": 0, "running": 0, "failed": 0, "best_value": None, "best_params": None}
+        name = f"{study.name}/{cell.key}"
+        if name in names:
+            ostudy = optuna.load_study(study_name=name, storage=storage)
+            trials = ostudy.get_trials(deepcopy=False)
+            row["complete"] = sum(t.state == TrialState.COMPLETE for t in trials)
+            row["running"] = sum(t.state == TrialState.RUNNING for t in trials)
+            row["failed"] = sum(t.state == TrialState.FAIL for t in trials)
+            if row["complete"]:
+                best = ostudy.best_trials
+                row["best_value"] = best[0].values if len(best[0].values) > 1 else best[0].value
+                row["best_params"] = best[0].params
+        rows.append(row)
+    return rows
