@@ -35,11 +35,12 @@ def train_task(spec_json: str, checkpoint_dir: str, queue: Queue, run_id: str) -
     def report(record: dict) -> None:
         queue.put((run_id, record))
 
+    node = {"node_id": ray.get_runtime_context().get_node_id()}
     try:
         spec = TrainSpec.model_validate_json(spec_json)
-        return train(spec, report=report, checkpoint_dir=checkpoint_dir).to_dict()
+        return {**train(spec, report=report, checkpoint_dir=checkpoint_dir).to_dict(), **node}
     except Exception:  # noqa: BLE001 - a trial's failure is data, never a crashed sweep
-        return {"status": "failed", "reason": traceback.format_exc(limit=5)[-4000:]}
+        return {"status": "failed", "reason": traceback.format_exc(limit=5)[-4000:], **node}
 
 
 def summarize(result: dict) -> dict[str, float | None]:
@@ -183,7 +184,8 @@ def run_study(study: Study, cells: list[Cell], show: bool = True) -> dict:
         counts[status] = counts.get(status, 0) + 1
         if result.get("resumed_from_step"):
             counts["resumed"] += 1
-        extra = {"grokscale.resumed_from_step": str(result.get("resumed_from_step", 0))}
+        extra = {"grokscale.resumed_from_step": str(result.get("resumed_from_step", 0)),
+                 "grokscale.node_id": str(result.get("node_id", ""))}
         final = {k: v for k, v in unit.summary.items() if isinstance(v, (int, float))}
         for k, v in (result.get("n_params") or {}).items():
             final[f"n_params_{k}"] = v

@@ -118,11 +118,15 @@ class Tracker:
         existing = self.children.get(key)
         if existing is not None:
             run_id = existing.info.run_id
+            attempts = int(existing.data.tags.get("grokscale.attempts", "1")) + 1
             self._write(lambda: self.client.update_run(run_id, status="RUNNING"))
+            self._write(lambda: self.client.set_tag(run_id, "grokscale.attempts", str(attempts)))
             history = self.client.get_metric_history(run_id, "val_acc") if existing.info.status != "FINISHED" else []
             self.last_step[run_id] = max((m.step for m in history), default=0)
             return run_id
-        all_tags = {PARENT_TAG: self.parent_id, "grokscale.run_key": key, **tags}
+        # attempts counts driver submissions of this run (a resume adds one); Ray's own retries
+        # after a dead worker show as grokscale.resumed_from_step.
+        all_tags = {PARENT_TAG: self.parent_id, "grokscale.run_key": key, "grokscale.attempts": "1", **tags}
         run = self.client.create_run(self.experiment_id, tags=all_tags, run_name=name)
         run_id = run.info.run_id
         self.children[key] = run

@@ -47,6 +47,7 @@ class TrainResult:
     n_params: dict[str, int]
     n_train: int
     wall_time_s: float
+    eval_time_s: float = 0.0  # of wall_time_s, spent evaluating (the cost of eval_every)
     resumed_from_step: int = 0
     task_info: dict = field(default_factory=dict)
 
@@ -165,6 +166,7 @@ def train(spec: TrainSpec, report: Report | None = None,
 
     status: Status = "completed"
     reason = "step budget reached"
+    eval_time = 0.0
     if finished is not None:
         status, reason = finished
     model.train()
@@ -197,11 +199,13 @@ def train(spec: TrainSpec, report: Report | None = None,
         optimizer.step()
 
         if step % cfg.eval_every == 0 or step == cfg.steps:
+            t_eval = time.perf_counter()
             tr = evaluate(model, x_train, y_train, data, cfg.eval_batch_size)
             va = evaluate(model, x_val, y_val, data, cfg.eval_batch_size)
             record = {"step": step, **{f"train_{k}": v for k, v in tr.items()},
                       **{f"val_{k}": v for k, v in va.items()},
                       "weight_norm": weight_norm(model), "lr": optimizer.param_groups[0]["lr"]}
+            eval_time += time.perf_counter() - t_eval
             for k, v in record.items():
                 history.setdefault(k, []).append(v)
             if events.memorization_step is None and tr["acc"] >= cfg.train_threshold:
@@ -230,5 +234,5 @@ def train(spec: TrainSpec, report: Report | None = None,
     final = {k: v[-1] for k, v in history.items()}
     return TrainResult(status=status, reason=reason, steps=step, final=final, history=history,
                        events=events, n_params=counts.as_dict(), n_train=data.n_train,
-                       wall_time_s=time.perf_counter() - t0, resumed_from_step=resumed_from,
+                       wall_time_s=time.perf_counter() - t0, eval_time_s=eval_time, resumed_from_step=resumed_from,
                        task_info=data.info)
