@@ -147,7 +147,7 @@ def run_study(study: Study, cells: list[Cell], show: bool = True) -> dict:
     progress = Progress(study, states, show=show)
     capacity = _capacity(study, cells)
     in_flight: dict[Any, Unit] = {}
-    counts = {"completed": 0, "diverged": 0, "failed": 0, "stopped": 0, "resumed": 0}
+    counts: dict[str, Any] = {"completed": 0, "diverged": 0, "failed": 0, "stopped": 0, "resumed": 0, "busy_s": 0.0}
     live_keys: set[str] = set()
 
     def submit(state: CellState, trial: optuna.Trial, params: dict[str, Any]) -> None:
@@ -182,6 +182,7 @@ def run_study(study: Study, cells: list[Cell], show: bool = True) -> dict:
         unit.summary = summarize(result)
         status = result.get("status", "failed")
         counts[status] = counts.get(status, 0) + 1
+        counts["busy_s"] += result.get("wall_time_s", 0.0)
         if result.get("resumed_from_step"):
             counts["resumed"] += 1
         extra = {"grokscale.resumed_from_step": str(result.get("resumed_from_step", 0)),
@@ -237,7 +238,11 @@ def run_study(study: Study, cells: list[Cell], show: bool = True) -> dict:
                     break  # one per cell per pass keeps cells moving together
             if not in_flight and not any(s.has_work for s in states):
                 break
-            ready, _ = ray.wait(list(in_flight), num_returns=len(in_flight), timeout=0.2)
+            # Wake on the first finished run (a free slot is refilled at once), or every 0.2 s
+            # to stream metrics; then collect whatever else has finished.
+            ready, rest = ray.wait(list(in_flight), num_returns=1, timeout=0.2)
+            if ready and rest:
+                ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
             for rid, record in _drain(queue):
                 tracker.log_record(rid, record)
             for ref in ready:

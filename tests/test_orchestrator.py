@@ -1,0 +1,187 @@
+"""The study end to end on real components: a local Ray with 2 CPUs, an Optuna journal file,
+an MLflow SQLite store; then a driver killed with SIGKILL and resumed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+GROKSCALE = [sys.executable, "-m", "orchestrator.cli"]
+TINY_STUDY = {
+    "name": "tiny",
+    "task": {"name": "modular", "p": 23},
+    "model": {"family": "transformer", "n_layer": 1, "n_head": 4, "layer_norm": False},
+    "train": {"steps": 200, "eval_every": 50, "lr": 3e-3},
+    "grid": {"n": [{"d_model": 16}, {"d_model": 32}], "d": [0.3, 0.5], "seeds": [0]},
+    "search": {"sampler": "tpe", "trials_per_cell": 2,
+               "space": {"train.weight_decay": {"type": "float", "low": 0.1, "high": 3.0, "log": True}}},
+    "objectives": [{"metric": "max_val_acc", "direction": "maximize"}],
+    "ray": {"num_cpus": 2},
+}
+
+
+def write_study(tmp_path: Path, **updates) -> Path:
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({**TINY_STUDY, **updates}))
+    return path
+
+
+def grokscale(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([*GROKSCALE, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def child_runs(tmp_path: Path, study: str = "tiny") -> tuple[list, list]:
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(study)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return parents, children
+
+
+def optuna_studies(tmp_path: Path, study: str = "tiny") -> dict[str, optuna.Study]:
+    from orchestrator.search import open_storage
+
+    storage = open_storage(str(tmp_path / "runs" / study / "optuna.journal"))
+    return {s.study_name: optuna.load_study(study_name=s.study_name, storage=storage)
+            for s in optuna.get_all_study_summaries(storage)}
+
+
+def test_study_end_to_end(tmp_path):
+    path = write_study(tmp_path)
+    out = grokscale("run", str(path), "--quiet", "--no-report", "--json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    counts = json.loads(out.stdout.strip().splitlines()[-1])
+    assert counts["completed"] == 8 and counts["failed"] == 0
+
+    parents, children = child_runs(tmp_path)
+    assert len(parents) == 1 and len(children) == 8
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert len(parent.data.tags["grokscale.config_hash"]) == 16
+    assert "grokscale.version.torch" in parent.data.tags
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert [a.path for a in client.list_artifacts(parent.info.run_id)] == ["study.yaml"]
+    for run in children:
+        assert run.info.status == "FINISHED" and run.data.tags["grokscale.status"] == "completed"
+        assert {"cell", "n_params", "n_train", "seed", "param.train.weight_decay", "optuna_trial_number",
+                "spec_json"} <= set(run.data.params)
+        curve = client.get_metric_history(run.info.run_id, "val_acc")
+        assert [m.step for m in curve] == [50, 100, 150, 200]  # the curve, one point per evaluation
+        assert run.data.metrics["final.val_acc"] == curve[-1].value
+
+    studies = optuna_studies(tmp_path)
+    assert len(studies) == 4
+    for s in studies.values():
+        trials = s.get_trials()
+        assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
+        assert all(0 <= t.value <= 1 for t in trials)
+    # The searched value MLflow recorded is the one Optuna tried.
+    by_key = {r.data.tags["grokscale.run_key"]: r for r in children}
+    for name, s in studies.items():
+        for t in s.get_trials():
+            run = by_key[f"{name.split('/', 1)[1]}/trial={t.number}/seed=0"]
+            assert float(run.data.params["param.train.weight_decay"]) == t.params["train.weight_decay"]
+
+    status = grokscale("status", str(path), "--json", cwd=tmp_path)
+    rows = json.loads(status.stdout)
+    assert status.returncode == 0 and [r["complete"] for r in rows] == [2, 2, 2, 2]
+    assert all(r["best_params"] is not None for r in rows)
+
+    # Running it again retrains nothing and duplicates nothing.
+    again = grokscale("run", str(path), "--quiet", "--no-report", "--json", cwd=tmp_path)
+    assert again.returncode == 0 and json.loads(again.stdout.strip().splitlines()[-1])["completed"] == 0
+    assert len(child_runs(tmp_path)[1]) == 8
+
+    # A cell added to the grid is started; the others are left alone.
+    grown = grokscale("run", str(path), "--quiet", "--no-report", "--json",
+                      "--set", "grid.d=[0.3, 0.5, 0.7]", cwd=tmp_path)
+    assert grown.returncode == 0 and json.loads(grown.stdout.strip().splitlines()[-1])["completed"] == 4
+    assert len(child_runs(tmp_path)[1]) == 12 and len(optuna_studies(tmp_path)) == 6
+
+
+def test_driver_killed_then_resumed(tmp_path):
+    # Runs of about 2 s each, so the kill lands with some trials done and others in flight.
+    path = write_study(tmp_path, train={**TINY_STUDY["train"], "steps": 600, "eval_every": 50,
+                                        "checkpoint_every": 100})
+    driver = subprocess.Popen([*GROKSCALE, "run", str(path), "--quiet", "--no-report"], cwd=tmp_path,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    journal = tmp_path / "runs" / "tiny" / "optuna.journal"
+    deadline = time.monotonic() + 180
+    done_before: set[tuple[str, int]] = set()
+    while time.monotonic() < deadline and len(done_before) < 3:
+        time.sleep(0.5)
+        if journal.exists():
+            done_before = {(n, t.number) for n, s in optuna_studies(tmp_path).items()
+                           for t in s.get_trials() if t.state == optuna.trial.TrialState.COMPLETE}
+    assert len(done_before) >= 3, "the study never got going"
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
+    driver.wait()
+    assert len(done_before) < 8, "the study finished before the kill"
+
+    out = grokscale("run", str(path), "--quiet", "--no-report", "--json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    studies = optuna_studies(tmp_path)
+    trials = {(n, t.number): t for n, s in studies.items() for t in s.get_trials()}
+    assert len(trials) == 8 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials.values())
+    parents, children = child_runs(tmp_path)
+    assert len(parents) == 1 and len(children) == 8  # nothing duplicated
+    assert all(r.info.status == "FINISHED" for r in parents + children)  # nothing left RUNNING
+    by_key = {r.data.tags["grokscale.run_key"]: r for r in children}
+    for name, number in done_before:
+        run = by_key[f"{name.split('/', 1)[1]}/trial={number}/seed=0"]
+        assert run.data.tags["grokscale.attempts"] == "1"  # a completed trial is never started again
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    for run in children:  # resumed runs carry one whole curve, no step logged twice
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
+        assert steps == list(range(50, 601, 50))
+
+
+def test_validate_reports_and_creates_nothing(tmp_path):
+    good = grokscale("validate", str(write_study(tmp_path)), cwd=tmp_path)
+    assert good.returncode == 0 and "4 cells x 2 trials x 1 seeds = 8 training runs" in good.stdout
+    bad = grokscale("validate", str(write_study(tmp_path, grid={**TINY_STUDY["grid"], "d": [0.3, 1.5]})),
+                    cwd=tmp_path)
+    assert bad.returncode == 2 and "grid.d[1]" in bad.stderr and "(0, 1)" in bad.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["study.yaml"]
+
+
+@pytest.mark.slow
+def test_two_node_cluster_with_ray_job_submit(tmp_path):
+    """A head and a second node on this machine; the study goes in through `ray job submit`."""
+    ray_bin = Path(sys.executable).parent / "ray"
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    port = "6389"
+    head = subprocess.run([ray_bin, "start", "--head", f"--port={port}", "--num-cpus=1", "--dashboard-host=127.0.0.1",
+                           "--include-dashboard=true", "--disable-usage-stats"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert head.returncode == 0, head.stderr[-2000:]
+    try:
+        node = subprocess.run([ray_bin, "start", f"--address=127.0.0.1:{port}", "--num-cpus=1",
+                               "--disable-usage-stats"], env=env, capture_output=True, text=True, timeout=120)
+        assert node.returncode == 0, node.stderr[-2000:]
+        path = write_study(tmp_path, ray={"address": "auto"},
+                           train={**TINY_STUDY["train"], "steps": 400})
+        job = subprocess.run([ray_bin, "job", "submit", "--address", "http://127.0.0.1:8265",
+                              "--working-dir", str(tmp_path), "--",
+                              "python", "-m", "orchestrator.cli", "run", "study.yaml", "--quiet", "--no-report",
+                              "--set", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+                              "--set", f"workdir={tmp_path / 'runs' / 'tiny'}"],
+                             env=env, capture_output=True, text=True, timeout=600)
+        assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
+        _, children = child_runs(tmp_path)
+        assert len(children) == 8 and all(r.data.tags["grokscale.status"] == "completed" for r in children)
+        nodes = {r.data.tags["grokscale.node_id"] for r in children}
+        assert len(nodes) == 2, f"trials ran on {len(nodes)} node(s)"
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
