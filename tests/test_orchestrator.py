@@ -174,7 +174,7 @@ def test_two_node_cluster_with_ray_job_submit(tmp_path):
                            train={**TINY_STUDY["train"], "steps": 400})
         job = subprocess.run([ray_bin, "job", "submit", "--address", "http://127.0.0.1:8265",
                               "--working-dir", str(tmp_path), "--",
-                              "python", "-m", "orchestrator.cli", "run", "study.yaml", "--quiet", "--no-report",
+                              sys.executable, "-m", "orchestrator.cli", "run", "study.yaml", "--quiet", "--no-report",
                               "--set", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
                               "--set", f"workdir={tmp_path / 'runs' / 'tiny'}"],
                              env=env, capture_output=True, text=True, timeout=600)
