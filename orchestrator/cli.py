@@ -65,11 +65,7 @@ def cmd_run(args: argparse.Namespace) -> int:
           f"{study.name}: {counts.get('completed', 0)} completed, {counts.get('diverged', 0)} diverged, "
           f"{counts.get('failed', 0)} failed in {counts['wall_time_s']:.0f} s. "
           f"Open it with: mlflow ui --backend-store-uri {study.tracking.uri}")
-    if not args.no_report:
-        from orchestrator.report import make_report
-
-        make_report(study)
-    return 0
+    return 0 if counts.get("failed", 0) == 0 else 1
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -109,7 +105,6 @@ def main(argv: list[str] | None = None) -> int:
     _study_args(p)
     p.add_argument("--quiet", action="store_true", help="no live progress display")
     p.add_argument("--json", action="store_true", help="print the final counts as JSON")
-    p.add_argument("--no-report", action="store_true", help="skip the analysis report at the end")
     p = sub.add_parser("validate", help="check a study config without running anything")
     _study_args(p)
     p = sub.add_parser("status", help="per-cell trial counts and the best trial, from the Optuna storage")
