@@ -61,6 +61,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from orchestrator.run import run_study
 
     counts = run_study(study, cells, show=not args.quiet)
+    counts.pop("timeline", None)  # per-run timestamps, for benchmarks
     print(json.dumps(counts) if args.json else
           f"{study.name}: {counts.get('completed', 0)} completed, {counts.get('diverged', 0)} diverged, "
           f"{counts.get('failed', 0)} failed in {counts['wall_time_s']:.0f} s. "

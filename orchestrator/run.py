@@ -9,6 +9,7 @@ checkpoints into their own MLflow runs, and new cells simply start.
 from __future__ import annotations
 
 import math
+import os
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -17,7 +18,6 @@ from typing import Any
 import optuna
 import ray
 from optuna.trial import TrialState
-from ray.util.queue import Queue
 
 from orchestrator.config import Study
 from orchestrator.grid import Cell, spec_for
@@ -26,21 +26,51 @@ from orchestrator.search import cell_study, open_storage, suggest
 from orchestrator.tracking import Tracker, config_yaml
 
 
+# Runs queued on Ray beyond the free slots, per slot: a slot that frees up starts its next run
+# at once instead of waiting for the driver to record the last one and ask Optuna for the next.
+PREFETCH_PER_SLOT = 1
+TICK_S = 0.5  # how often the driver wakes to stream metrics when no run has finished
+
+
+@ray.remote(num_cpus=0)
+class Inbox:
+    """Where workers post metric records while they train; the driver takes them all at once."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, dict]] = []
+
+    def put(self, item: tuple[str, dict]) -> None:
+        self.items.append(item)
+
+    def take(self) -> list[tuple[str, dict]]:
+        items, self.items = self.items, []
+        return items
+
+
+@ray.remote(num_cpus=1)
+def warm_up() -> None:
+    """Import torch and the trainers on a worker while the driver sets up MLflow and Optuna."""
+    import trainers  # noqa: F401
+
+
 @ray.remote
-def train_task(spec_json: str, checkpoint_dir: str, queue: Queue, run_id: str) -> dict:
-    """One training run on a worker. Metrics go back through the queue as they happen; an
-    error in training comes back as a failed result, so only a dead worker makes Ray retry."""
+def train_task(spec_json: str, checkpoint_dir: str, inbox, run_id: str) -> dict:
+    """One training run on a worker. Metrics go to the inbox as they happen (best effort: the
+    result carries the whole history too); an error in training comes back as a failed result,
+    so only a dead worker makes Ray retry."""
     from trainers import TrainSpec, train  # imported on the worker
 
     def report(record: dict) -> None:
-        queue.put((run_id, record))
+        inbox.put.remote((run_id, record))  # fire and forget: the trainer never waits on it
 
-    node = {"node_id": ray.get_runtime_context().get_node_id()}
+    started = time.time()
+    where = {"node_id": ray.get_runtime_context().get_node_id(), "worker_pid": os.getpid()}
     try:
         spec = TrainSpec.model_validate_json(spec_json)
-        return {**train(spec, report=report, checkpoint_dir=checkpoint_dir).to_dict(), **node}
+        out = train(spec, report=report, checkpoint_dir=checkpoint_dir).to_dict()
     except Exception:  # noqa: BLE001 - a trial's failure is data, never a crashed sweep
-        return {"status": "failed", "reason": traceback.format_exc(limit=5)[-4000:], **node}
+        out = {"status": "failed", "reason": traceback.format_exc(limit=5)[-4000:]}
+    return {**out, **where, "started_at": started, "ended_at": time.time()}
 
 
 def summarize(result: dict) -> dict[str, float | None]:
@@ -125,13 +155,23 @@ def _capacity(study: Study, cells: list[Cell]) -> int:
     return max(1, int(best)) if best != math.inf else 1
 
 
+def run_cost(study: Study, cell: Cell) -> float:
+    """Relative compute of one run in a cell: parameters x examples per step (training FLOPs
+    scale as 6 N x tokens, Kaplan et al. 2020); the steps are the same in every cell."""
+    batch = study.train.get("batch_size") or cell.n_train
+    return float(cell.n_params.total) * min(batch, cell.n_train)
+
+
 def run_study(study: Study, cells: list[Cell], show: bool = True) -> dict:
     """Run (or resume) the study to completion; returns counts per final status."""
+    t_start = time.monotonic()
     storage = open_storage(study.storage_url)
     tracker = Tracker(study)
-    tracker.open(config_yaml(study))
     _connect(study)
-    queue = Queue(actor_options={"num_cpus": 0})
+    capacity = _capacity(study, cells)
+    warm = [warm_up.remote() for _ in range(min(capacity, 64))]  # overlaps the set-up below
+    tracker.open(config_yaml(study))
+    inbox = Inbox.remote()
 
     states = []
     for i, cell in enumerate(cells):
@@ -145,9 +185,10 @@ def run_study(study: Study, cells: list[Cell], show: bool = True) -> dict:
         states.append(CellState(cell, i, ostudy, orphans, max(0, study.search.trials_per_cell - started)))
 
     progress = Progress(study, states, show=show)
-    capacity = _capacity(study, cells)
+    ray.get(warm)
     in_flight: dict[Any, Unit] = {}
-    counts: dict[str, Any] = {"completed": 0, "diverged": 0, "failed": 0, "stopped": 0, "resumed": 0, "busy_s": 0.0}
+    counts: dict[str, Any] = {"completed": 0, "diverged": 0, "failed": 0, "stopped": 0, "resumed": 0, "busy_s": 0.0,
+                              "capacity": capacity, "timeline": []}
     live_keys: set[str] = set()
 
     def submit(state: CellState, trial: optuna.Trial, params: dict[str, Any]) -> None:
@@ -171,7 +212,7 @@ def run_study(study: Study, cells: list[Cell], show: bool = True) -> dict:
             ckpt = study.checkpoint_path / state.cell.key / f"trial={number}" / f"seed={seed}"
             unit.ref = train_task.options(num_cpus=cpus, num_gpus=gpus, max_retries=study.ray.max_retries,
                                           retry_exceptions=False).remote(
-                spec.model_dump_json(), str(ckpt.resolve()), queue, unit.run_id)
+                spec.model_dump_json(), str(ckpt.resolve()), inbox, unit.run_id)
             in_flight[unit.ref] = unit
             units.append(unit)
             trial.set_user_attr(f"run_id.seed={seed}", unit.run_id)
@@ -179,10 +220,14 @@ def run_study(study: Study, cells: list[Cell], show: bool = True) -> dict:
 
     def finish(unit: Unit, result: dict) -> None:
         unit.result = result
+        # The result's history is the record: steps whose live report was lost or late are logged now.
+        tracker.log_history(unit.run_id, result.get("history") or {})
         unit.summary = summarize(result)
         status = result.get("status", "failed")
         counts[status] = counts.get(status, 0) + 1
         counts["busy_s"] += result.get("wall_time_s", 0.0)
+        if "started_at" in result:  # on which worker, from when to when: the benchmark's timeline
+            counts["timeline"].append((result["worker_pid"], result["started_at"], result["ended_at"]))
         if result.get("resumed_from_step"):
             counts["resumed"] += 1
         extra = {"grokscale.resumed_from_step": str(result.get("resumed_from_step", 0)),
@@ -217,34 +262,42 @@ def run_study(study: Study, cells: list[Cell], show: bool = True) -> dict:
             state.optuna.tell(trial, values if len(values) > 1 else values[0])
 
     t0 = time.monotonic()
+    counts["startup_s"] = t0 - t_start
+    counts["first_submit_at"] = time.time()
+    # Keep every slot busy and one more run queued behind each, so a slot never waits on the driver.
+    limit = max(capacity * (1 + PREFETCH_PER_SLOT), len(study.grid.seeds))
+    by_cost = sorted(states, key=lambda s: -run_cost(study, s.cell))
     with progress:
         while True:
-            # Fill the cluster: resume orphans first, then ask new trials, cell by cell in turn.
-            for state in states:
-                while state.has_work and len(in_flight) + len(study.grid.seeds) <= max(capacity, len(study.grid.seeds)):
-                    if state.to_resume:
-                        frozen = state.to_resume.pop(0)
-                        # A trial left RUNNING by a dead driver: same number, same values.
-                        submit(state, optuna.Trial(state.optuna, frozen._trial_id), dict(frozen.params))
-                    else:
-                        trial = state.optuna.ask()
-                        state.new_left -= 1
-                        try:
-                            submit(state, trial, suggest(trial, study))
-                        except Exception as err:  # noqa: BLE001 - a value the trainer refuses
-                            trial.set_user_attr("reason", str(err)[:2000])
-                            state.optuna.tell(trial, state=TrialState.FAIL)
-                            counts["failed"] += 1
-                    break  # one per cell per pass keeps cells moving together
+            # Fill the cluster: trials a dead driver left in flight first, then new trials from
+            # the costliest cell that has work left (longest first, so the study does not end
+            # with one long run holding the wall clock while the other slots idle).
+            while len(in_flight) + len(study.grid.seeds) <= limit:
+                state = (next((s for s in states if s.to_resume), None)
+                         or next((s for s in by_cost if s.has_work), None))
+                if state is None:
+                    break
+                if state.to_resume:
+                    frozen = state.to_resume.pop(0)
+                    # A trial left RUNNING by a dead driver: same number, same values.
+                    submit(state, optuna.Trial(state.optuna, frozen._trial_id), dict(frozen.params))
+                else:
+                    trial = state.optuna.ask()
+                    state.new_left -= 1
+                    try:
+                        submit(state, trial, suggest(trial, study))
+                    except Exception as err:  # noqa: BLE001 - a value the trainer refuses
+                        trial.set_user_attr("reason", str(err)[:2000])
+                        state.optuna.tell(trial, state=TrialState.FAIL)
+                        counts["failed"] += 1
             if not in_flight and not any(s.has_work for s in states):
                 break
-            # Wake on the first finished run (a free slot is refilled at once), or every 0.2 s
-            # to stream metrics; then collect whatever else has finished.
-            ready, rest = ray.wait(list(in_flight), num_returns=1, timeout=0.2)
+            # Wake on the first finished run, or every TICK_S to stream metrics; then collect
+            # whatever else has finished.
+            ready, rest = ray.wait(list(in_flight), num_returns=1, timeout=TICK_S)
             if ready and rest:
                 ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
-            for rid, record in _drain(queue):
-                tracker.log_record(rid, record)
+            _stream(inbox, tracker)
             for ref in ready:
                 unit = in_flight.pop(ref)
                 try:
@@ -255,20 +308,24 @@ def run_study(study: Study, cells: list[Cell], show: bool = True) -> dict:
             tracker.flush()
             progress.update(in_flight.values(), time.monotonic() - t0)
 
-    for rid, record in _drain(queue):
-        tracker.log_record(rid, record)
+    counts["scheduled_s"] = time.monotonic() - t0  # first submission to last result recorded
+    counts["last_recorded_at"] = time.time()
     tracker.close_orphans(live_keys)
     tracker.finish_study()
     if not tracker.drain():
         raise RuntimeError(f"the tracking server at {study.tracking.uri} did not come back; "
                            f"{len(tracker.pending)} writes could not be sent")
-    ray.kill(queue.actor)
+    ray.kill(inbox)
     counts["wall_time_s"] = time.monotonic() - t0
     counts["parent_run_id"] = tracker.parent_id
     return counts
 
 
-def _drain(queue: Queue) -> list[tuple[str, dict]]:
-    n = queue.qsize()
-    return queue.get_nowait_batch(n) if n else []
+def _stream(inbox, tracker: Tracker) -> None:
+    """Every record posted since the last tick, one MLflow batch per run."""
+    by_run: dict[str, list[dict]] = {}
+    for run_id, record in ray.get(inbox.take.remote()):
+        by_run.setdefault(run_id, []).append(record)
+    for run_id, records in by_run.items():
+        tracker.log_records(run_id, records)
 

@@ -136,14 +136,26 @@ class Tracker:
         self._write(lambda: self.client.log_batch(run_id, params=batch))
         return run_id
 
-    def log_record(self, run_id: str, record: dict[str, float]) -> None:
-        step = int(record["step"])
-        if step <= self.last_step.get(run_id, 0):
-            return  # a retried trial re-reports steps it had reached before its worker died
-        self.last_step[run_id] = step
+    def log_records(self, run_id: str, records: list[dict[str, float]]) -> None:
+        """Evaluation records (each with its `step`) as one batch; steps already logged are
+        skipped, so a retried trial that re-reports steps, or a history logged after its live
+        reports, never repeats a point."""
         now = int(time.time() * 1000)
-        metrics = [Metric(k, float(v), now, step) for k, v in record.items() if k != "step"]
-        self._write(lambda: self.client.log_batch(run_id, metrics=metrics))
+        metrics = []
+        for record in records:
+            step = int(record["step"])
+            if step <= self.last_step.get(run_id, 0):
+                continue
+            self.last_step[run_id] = step
+            metrics += [Metric(k, float(v), now, step) for k, v in record.items() if k != "step"]
+        for i in range(0, len(metrics), 1000):  # MLflow's limit of metrics per batch
+            chunk = metrics[i:i + 1000]
+            self._write(lambda chunk=chunk: self.client.log_batch(run_id, metrics=chunk))
+
+    def log_history(self, run_id: str, history: dict[str, list[float]]) -> None:
+        """A trainer's whole history (columns of equal length, one entry per evaluation)."""
+        steps = history.get("step", [])
+        self.log_records(run_id, [{k: v[i] for k, v in history.items()} for i in range(len(steps))])
 
     def finish_run(self, run_id: str, status: str, reason: str, final: dict[str, float],
                    tags: dict[str, str]) -> None:
