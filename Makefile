@@ -31,7 +31,7 @@ bench: install
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
 
 ui: install
-	$(VENV)/bin/mlflow ui --host 127.0.0.1 --backend-store-uri sqlite:///mlruns.db
+	$(VENV)/bin/mlflow ui --host 127.0.0.1 --backend-store-uri sqlite:///mlflow.db
 
 clean:
 	rm -rf $(VENV) .pytest_cache

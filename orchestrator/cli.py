@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
 
 from orchestrator.config import StudyError, load_study
 
@@ -15,6 +17,8 @@ EXAMPLES = """examples:
   grokscale validate sweeps/quickstart.yaml
   grokscale run sweeps/quickstart.yaml --set search.trials_per_cell=4
   grokscale status sweeps/quickstart.yaml
+  grokscale report sweeps/quickstart.yaml --out report/   # plots and fits, also logged to MLflow
+  grokscale reproduce RUN_ID          # train one recorded run again, compare bit for bit
   grokscale train --task.p 59 --train.weight_decay 1.0
 """
 
@@ -58,15 +62,69 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     study, cells = _load(args)
+    if study.ray.address is None and not os.environ.get("RAY_ADDRESS"):
+        # A local Ray binds every socket (GCS, raylet, workers) to 127.0.0.1 only in its
+        # single-machine mode, which must be chosen before ray is imported. Never when joining
+        # a cluster: other nodes must reach this driver.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    from orchestrator.config import redact_url
     from orchestrator.run import run_study
 
     counts = run_study(study, cells, show=not args.quiet)
     counts.pop("timeline", None)  # per-run timestamps, for benchmarks
+    uri = redact_url(study.tracking.uri)
+    if not args.no_report:
+        counts["report"] = _report(uri, study.tracking.uri, study.experiment_name, quiet=args.json)
     print(json.dumps(counts) if args.json else
           f"{study.name}: {counts.get('completed', 0)} completed, {counts.get('diverged', 0)} diverged, "
           f"{counts.get('failed', 0)} failed in {counts['wall_time_s']:.0f} s. "
-          f"Open it with: mlflow ui --backend-store-uri {study.tracking.uri}")
+          f"Open it with: mlflow ui --backend-store-uri {uri}")
     return 0 if counts.get("failed", 0) == 0 else 1
+
+
+def _report(shown_uri: str, uri: str, experiment: str, quiet: bool = False, out_dir: str | None = None) -> dict:
+    """Make the study's report from MLflow and log it to the parent run; failure is reported, not raised."""
+    from orchestrator.report import make_report
+    from orchestrator.results import ResultsError
+
+    try:
+        report = make_report(uri, experiment, out_dir)
+    except ResultsError as err:
+        print(f"report: {err}", file=sys.stderr)
+        return {"error": str(err)}
+    if not quiet:
+        print(f"report: {len(report.plots)} plots ({', '.join(sorted(report.plots))}) logged to the study's "
+              f"parent run in {shown_uri}; files in {report.directory}")
+        for name, why in sorted(report.skipped.items()):
+            print(f"report: no {name}: {why}")
+    return {"plots": sorted(report.plots), "skipped": report.skipped, "directory": str(report.directory)}
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """The study is a YAML file (its name and tracking URI are read from it) or an experiment name."""
+    from orchestrator.config import redact_url
+
+    uri, experiment = args.tracking_uri, args.study
+    if args.study.endswith((".yaml", ".yml")):
+        study = load_study_or_exit(args.study, [f"tracking.uri={uri}"] if uri else [])
+        uri, experiment = study.tracking.uri, study.experiment_name
+    uri = uri or "sqlite:///mlflow.db"
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        print(f"error: no MLflow store at {uri}; pass --tracking-uri", file=sys.stderr)
+        return 2
+    out = _report(redact_url(uri), uri, experiment, quiet=args.json, out_dir=args.out)
+    if args.json:
+        print(json.dumps(out))
+    return 2 if "error" in out else 0
+
+
+def load_study_or_exit(path: str, overrides: list[str]):
+    try:
+        return load_study(path, overrides)
+    except StudyError as err:
+        for line in err.problems:
+            print(f"error: {line}", file=sys.stderr)
+        sys.exit(2)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -106,6 +164,12 @@ def main(argv: list[str] | None = None) -> int:
     _study_args(p)
     p.add_argument("--quiet", action="store_true", help="no live progress display")
     p.add_argument("--json", action="store_true", help="print the final counts as JSON")
+    p.add_argument("--no-report", action="store_true", help="skip the analysis report at the end")
+    p = sub.add_parser("report", help="analyse a study from MLflow alone; log plots, tables and fits to its parent run")
+    p.add_argument("study", help="the study's YAML file, or its MLflow experiment name")
+    p.add_argument("--tracking-uri", help="the MLflow tracking URI (default: the study's, or sqlite:///mlflow.db)")
+    p.add_argument("--out", help="also keep the report's files in this folder (default: a temporary folder)")
+    p.add_argument("--json", action="store_true", help="print what was made as JSON")
     p = sub.add_parser("validate", help="check a study config without running anything")
     _study_args(p)
     p = sub.add_parser("status", help="per-cell trial counts and the best trial, from the Optuna storage")
@@ -115,8 +179,19 @@ def main(argv: list[str] | None = None) -> int:
                    add_help=False)
     if argv[:1] == ["train"]:
         return cmd_train(argparse.Namespace(), argv[1:])
+    sub.add_parser("reproduce", help="train one recorded run again; compare its metrics bit for bit (see --help)",
+                   add_help=False)
+    if argv[:1] == ["reproduce"]:
+        from orchestrator.reproduce import main as reproduce_main
+
+        return reproduce_main(argv[1:])
+    from orchestrator.fit import add_fit_parser, run_fit
+
+    add_fit_parser(sub)  # grokscale fit scaling|emergence FILE.csv ...
     args = parser.parse_args(argv)
-    return {"run": cmd_run, "validate": cmd_validate, "status": cmd_status}[args.command](args)
+    if args.command == "fit":
+        return run_fit(args)
+    return {"run": cmd_run, "validate": cmd_validate, "status": cmd_status, "report": cmd_report}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError,
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError,
                       field_validator, model_validator)
 
 from trainers.overrides import OverrideError, apply_overrides
@@ -26,6 +27,15 @@ DERIVED_METRICS = ("max_val_acc", "min_val_loss", "generalization_step", "memori
                    "grokking_delay", "steps")
 FINAL_METRICS = ("val_acc", "val_loss", "train_acc", "train_loss", "weight_norm")
 SEQUENCE_METRICS = ("val_token_acc", "val_answer_logprob", "train_token_acc", "train_answer_logprob")
+
+
+# user:password@ in a URL (a database or tracking server); the password is never printed or logged.
+URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*):(?P<password>[^@/\s]*)@")
+
+
+def redact_url(text: str) -> str:
+    """`postgresql://user:s3cret@host/db` -> `postgresql://user:<redacted>@host/db`, anywhere in text."""
+    return URL_PASSWORD.sub(r"\g<head>:<redacted>@", text)
 
 
 class StudyError(Exception):
@@ -93,9 +103,31 @@ class Objective(Strict):
     direction: Literal["maximize", "minimize"] = "maximize"
 
 
+def _n_entry(v: Any) -> int | dict[str, Any]:
+    """One N of the grid: a target parameter count, or a model shape (fields of the model section)."""
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    if isinstance(v, dict) and all(isinstance(k, str) for k in v):
+        return v
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise ValueError(f"an N is a target parameter count (e.g. 20000) or a model shape (e.g. {{d_model: 64}}), "
+                         f"got {v!r}")
+    if v <= 0:
+        raise ValueError(f"a target parameter count must be > 0, got {v}")
+    return v
+
+
+def _gpus(g: float) -> float:
+    if g > 1 and g != int(g):
+        raise ValueError(f"more than one GPU must be a whole number (a fraction <= 1 packs trials on one GPU), got {g}")
+    return g
+
+
+Gpus = Annotated[float, Field(ge=0), AfterValidator(_gpus)]
+
+
 class Grid(Strict):
-    # Each N is a model shape (fields of the model section) or a target parameter count.
-    n: list[Union[PositiveInt, dict[str, Any]]] = Field(min_length=1)
+    n: list[Annotated[Any, AfterValidator(_n_entry)]] = Field(min_length=1)
     n_convention: Literal["total", "non_embedding"] = "total"
     d: list[PositiveFloat] = Field(min_length=1)
     d_field: str | None = None  # None: the task's default (train_fraction for modular)
@@ -112,20 +144,13 @@ class Grid(Strict):
 class ResourceRule(Strict):
     min_n: PositiveInt  # applies to cells whose actual N (grid.n_convention) is >= min_n
     cpus: PositiveFloat = 1
-    gpus: float = Field(default=0, ge=0)
+    gpus: Gpus = 0
 
 
 class Resources(Strict):
     cpus: PositiveFloat = 1
-    gpus: float = Field(default=0, ge=0)  # a fraction packs several trials on one GPU
+    gpus: Gpus = 0  # a fraction packs several trials on one GPU
     by_n: list[ResourceRule] = Field(default_factory=list)
-
-    @model_validator(mode="after")
-    def _gpus(self) -> "Resources":
-        for where, g in [("gpus", self.gpus)] + [(f"by_n[{i}].gpus", r.gpus) for i, r in enumerate(self.by_n)]:
-            if g > 1 and g != int(g):
-                raise ValueError(f"{where}: more than one GPU must be a whole number, got {g}")
-        return self
 
     def for_n(self, n_params: int) -> tuple[float, float]:
         cpus, gpus = self.cpus, self.gpus
@@ -210,23 +235,50 @@ def _loc(loc: tuple) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif str(part) in UNION_TAGS or str(part).startswith(("function-", "tagged-union", "union[")):
+        elif str(part) in UNION_TAGS or str(part).startswith(("function-", "tagged-union", "union[", "constrained-")):
             continue
         else:
             out += ("." if out else "") + str(part)
     return out or "(study)"
 
 
+def _field_of(msg: str, data: dict) -> str:
+    """The field a section-level check names: `p must be >= 3` is about `p`, `task 'addition' needs
+    model.family ...` about `model.family`; "" when the message names no field of `data`."""
+    for dotted in re.findall(r"\b[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+\b", msg):
+        node: Any = data
+        for part in dotted.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None:
+            return dotted
+    first = re.match(r"([A-Za-z_]\w*)(\[\d+\])?", msg)
+    return first.group(0) if first and first.group(1) in data else ""
+
+
 def format_errors(err: ValidationError, prefix: str = "") -> list[str]:
+    """One line per problem: `path: what is wrong, what is allowed, got <value>`."""
     problems = []
     for e in err.errors():
         path = _loc(e["loc"])
-        path = f"{prefix}.{path}" if prefix and path != "(study)" else (prefix or path)
         msg = e["msg"].removeprefix("Value error, ")
         got = e.get("input")
-        shown = "" if isinstance(got, (dict, list)) or e["type"] in ("missing",) else f", got {got!r}"
+        ctx = e.get("ctx") or {}
+        if e["type"] == "value_error" and isinstance(got, dict) and (field := _field_of(msg, got)):
+            path = field if path == "(study)" else f"{path}.{field}"
+        shown = ("" if isinstance(got, (dict, list)) or e["type"] == "missing" or "got " in msg
+                 else f", got {got!r}")
         if e["type"] == "extra_forbidden":
-            msg, shown = "unknown key (check the spelling; see `grokscale validate --help`)", ""
+            msg, shown = "unknown key (check the spelling against the README's study config)", ""
+        elif e["type"] == "missing":
+            msg = "required, but missing"
+        elif e["type"] == "too_short":
+            msg = f"must not be empty: give at least {ctx.get('min_length', 1)} value(s)"
+        elif e["type"] == "union_tag_invalid":
+            path = f"{path}.{str(ctx.get('discriminator', '')).strip(chr(39))}"
+            msg, shown = f"unknown {ctx.get('tag')!r}; allowed: {ctx.get('expected_tags')}", ""
+        elif e["type"] == "string_pattern_mismatch" and path == "name":
+            msg = "use letters, digits, '_', '.' and '-' only (it names the MLflow experiment and run folder)"
+        path = f"{prefix}.{path}" if prefix and path != "(study)" else (prefix or path)
         problems.append(f"{path}: {msg}{shown}")
     return problems
 
@@ -235,6 +287,8 @@ def _check_semantics(study: Study) -> list[str]:
     """What pydantic cannot see alone: each cell and searched value must make a valid TrainSpec."""
     problems: list[str] = []
     task_name = study.task.get("name")
+    if task_name is None:
+        return [f"task.name: required, but missing; name the task: {', '.join(D_FIELDS)}"]
     if task_name not in D_FIELDS:
         return [f"task.name: unknown task {task_name!r}; allowed: {', '.join(D_FIELDS)}"]
     if study.d_field not in D_FIELDS[task_name]:
@@ -277,9 +331,13 @@ def _check_semantics(study: Study) -> list[str]:
             return [str(err)]
         return []
 
+    # A problem of the fixed sections is reported once, plainly; one that only a grid entry's
+    # shape causes is reported per cell below.
     first = errors(study.grid.n[0], study.grid.d[0], {})
     if first:
-        return first
+        fixed = errors({}, study.grid.d[0], {}) if isinstance(study.grid.n[0], dict) else first
+        if fixed:
+            return fixed
     for i, n_entry in enumerate(study.grid.n):
         for j, d in enumerate(study.grid.d):
             problems += [f"grid.n[{i}] x grid.d[{j}]: {line}" for line in errors(n_entry, d, {})]
@@ -287,8 +345,26 @@ def _check_semantics(study: Study) -> list[str]:
         values = [p.low, p.high] if p.type != "categorical" else p.choices
         for v in values:
             problems += [f"search.space.{key}: value {v!r} is not allowed: {line}"
-                         for line in errors(study.grid.n[0], study.grid.d[0], {key: v})]
+                         for line in errors(study.grid.n[0], study.grid.d[0], {key: v}) if line not in first]
     return list(dict.fromkeys(problems))
+
+
+def _duplicate_keys(node: yaml.Node, path: str = "") -> list[str]:
+    """Keys given twice in one mapping: PyYAML would keep the last one without a word."""
+    problems = []
+    if isinstance(node, yaml.MappingNode):
+        seen: set = set()
+        for key, value in node.value:
+            name = key.value if isinstance(key, yaml.ScalarNode) else str(key.value)
+            where = f"{path}.{name}" if path else name
+            if name in seen:
+                problems.append(f"{where}: duplicate key (line {key.start_mark.line + 1}); give each key once")
+            seen.add(name)
+            problems += _duplicate_keys(value, where)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            problems += _duplicate_keys(item, f"{path}[{i}]")
+    return problems
 
 
 def load_study(path: str | Path, overrides: list[str] = ()) -> Study:
@@ -299,13 +375,19 @@ def load_study(path: str | Path, overrides: list[str] = ()) -> Study:
     except OSError as err:
         raise StudyError([f"{path}: cannot read the study file ({err.strerror})"]) from None
     try:
+        # safe_load builds plain data only: a `!!python/...` tag is an error, never a call.
+        duplicates = _duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader))
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise StudyError([f"{path}: not valid YAML{where}: {getattr(err, 'problem', err)}"]) from None
+    if duplicates:
+        raise StudyError(duplicates)
+    if data is None:
+        raise StudyError([f"{path}: the file is empty; a study is a YAML mapping (name:, task:, grid:, ...)"])
     if not isinstance(data, dict):
-        raise StudyError([f"{path}: a study is a YAML mapping (name:, task:, grid:, ...), got {type(data).__name__}"])
+        raise StudyError([f"{path}: a study is a YAML mapping (name:, task:, grid:, ...), got a {type(data).__name__}"])
     try:
         data = apply_overrides(data, overrides)
     except OverrideError as err:

@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import os
+import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
-from orchestrator.config import Study
+from orchestrator.config import Study, redact_url
 from orchestrator.grid import Cell
 
 TRACKING_SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql", "databricks")
 STORAGE_SCHEMES = ("postgresql", "postgresql+psycopg2", "mysql", "mysql+pymysql", "sqlite")
+DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "ray": 10001}
+
+
+def unreachable(host: str, port: int, timeout_s: float = 3.0) -> str | None:
+    """Why nothing answers a TCP connection to host:port; None if something does."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return None
+    except OSError as err:
+        return err.strerror or str(err)
 
 
 def creatable(path: Path) -> str | None:
@@ -51,22 +62,68 @@ def _tracking(uri: str) -> list[str]:
         except urllib.error.HTTPError as err:
             if err.code >= 500 or err.code == 404:
                 return [f"tracking.uri: {uri} answered HTTP {err.code}; is it an MLflow server?"]
-        except (urllib.error.URLError, OSError) as err:
+        except (urllib.error.URLError, OSError, ValueError) as err:
             reason = getattr(err, "reason", err)
-            return [f"tracking.uri: cannot reach the MLflow server at {uri} ({reason}); start it or fix the URI"]
+            return [f"tracking.uri: cannot reach the MLflow server at {redact_url(uri)} ({reason}); "
+                    f"start it or fix the URI"]
+    return []
+
+
+def _storage(url: str) -> list[str]:
+    if "://" not in url:
+        why = creatable(Path(url))
+        return [f"storage: cannot write the Optuna journal {url}: {why}"] if why else []
+    scheme = url.split("://", 1)[0]
+    if scheme not in STORAGE_SCHEMES:
+        return [f"storage: unknown scheme {scheme!r}; allowed: a journal file path, or "
+                f"{', '.join(STORAGE_SCHEMES)} URLs"]
+    if scheme == "sqlite":
+        why = creatable(Path(url.removeprefix("sqlite:///")))
+        return [f"storage: cannot write the Optuna SQLite file {url}: {why}"] if why else []
+    parsed = urlparse(url)
+    try:
+        host, port = parsed.hostname, parsed.port or DEFAULT_PORTS[scheme.split("+")[0]]
+    except ValueError as err:  # a port that is not a number
+        return [f"storage: {redact_url(url)} is not a valid URL ({err})"]
+    if host and (why := unreachable(host, port)):
+        return [f"storage: cannot reach the database at {redact_url(url)} ({why}); start it or fix the URL"]
+    return []
+
+
+def _ray(address: str | None) -> list[str]:
+    """A cluster to join must answer before anything is created (a local Ray needs no check)."""
+    env = os.environ.get("RAY_ADDRESS") or None  # set by `ray job submit`; ray.init joins it
+    address, source = (address, "ray.address") if address is not None else (env, "RAY_ADDRESS")
+    if address in (None, "local"):
+        return []
+    if address == "auto":
+        if env not in (None, "auto", "local"):
+            address, source = env, "RAY_ADDRESS"
+        else:
+            try:  # where the last `ray start` on this machine wrote its address
+                from ray._private.utils import read_ray_address
+
+                address, source = read_ray_address(), "the last `ray start` on this machine"
+            except Exception:  # noqa: BLE001 - Ray's layout changed: let ray.init report it
+                return []
+            if address is None:
+                return ["ray.address: 'auto' found no running Ray cluster (no RAY_ADDRESS, no `ray start` on "
+                        "this machine); start one with `ray start --head`, or leave ray.address out for a local Ray"]
+    parsed = urlparse(address if "://" in address else f"ray://{address}")
+    try:
+        host, port = parsed.hostname, parsed.port or DEFAULT_PORTS.get(parsed.scheme, 6379)
+    except ValueError as err:
+        return [f"ray.address: {address!r} is not host:port or ray://host:port ({err})"]
+    if not host:
+        return [f"ray.address: {address!r} is not host:port, ray://host:port or 'auto'"]
+    if why := unreachable(host, port):
+        return [f"ray.address: cannot reach the Ray cluster at {redact_url(address)} (from {source}: {why}); "
+                f"start it, or leave ray.address out for a local Ray"]
     return []
 
 
 def check_preflight(study: Study, cells: list[Cell], cluster: dict | None = None) -> list[str]:
-    problems = _tracking(study.tracking.uri)
-    url = study.storage_url
-    if "://" in url:
-        scheme = url.split("://", 1)[0]
-        if scheme not in STORAGE_SCHEMES:
-            problems.append(f"storage: unknown scheme {scheme!r}; allowed: a journal file path, or "
-                            f"{', '.join(STORAGE_SCHEMES)} URLs")
-    elif why := creatable(Path(url)):
-        problems.append(f"storage: cannot write the Optuna journal {url}: {why}")
+    problems = _tracking(study.tracking.uri) + _storage(study.storage_url) + _ray(study.ray.address)
     for field, path in (("workdir", study.workdir_path), ("checkpoints", study.checkpoint_path)):
         if path.exists() and not path.is_dir():
             problems.append(f"{field}: {path} is a file, not a directory")

@@ -59,7 +59,7 @@ def optuna_studies(tmp_path: Path, study: str = "tiny") -> dict[str, optuna.Stud
 
 def test_study_end_to_end(tmp_path):
     path = write_study(tmp_path)
-    out = grokscale("run", str(path), "--quiet", "--json", cwd=tmp_path)
+    out = grokscale("run", str(path), "--quiet", "--json", "--no-report", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     counts = json.loads(out.stdout.strip().splitlines()[-1])
     assert counts["completed"] == 8 and counts["failed"] == 0
@@ -99,12 +99,12 @@ def test_study_end_to_end(tmp_path):
     assert all(r["best_params"] is not None for r in rows)
 
     # Running it again retrains nothing and duplicates nothing.
-    again = grokscale("run", str(path), "--quiet", "--json", cwd=tmp_path)
+    again = grokscale("run", str(path), "--quiet", "--json", "--no-report", cwd=tmp_path)
     assert again.returncode == 0 and json.loads(again.stdout.strip().splitlines()[-1])["completed"] == 0
     assert len(child_runs(tmp_path)[1]) == 8
 
     # A cell added to the grid is started; the others are left alone.
-    grown = grokscale("run", str(path), "--quiet", "--json",
+    grown = grokscale("run", str(path), "--quiet", "--json", "--no-report",
                       "--set", "grid.d=[0.3, 0.5, 0.7]", cwd=tmp_path)
     assert grown.returncode == 0 and json.loads(grown.stdout.strip().splitlines()[-1])["completed"] == 4
     assert len(child_runs(tmp_path)[1]) == 12 and len(optuna_studies(tmp_path)) == 6
@@ -129,7 +129,7 @@ def test_driver_killed_then_resumed(tmp_path):
     driver.wait()
     assert len(done_before) < 8, "the study finished before the kill"
 
-    out = grokscale("run", str(path), "--quiet", "--json", cwd=tmp_path)
+    out = grokscale("run", str(path), "--quiet", "--json", "--no-report", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     studies = optuna_studies(tmp_path)
     trials = {(n, t.number): t for n, s in studies.items() for t in s.get_trials()}
@@ -174,7 +174,7 @@ def test_two_node_cluster_with_ray_job_submit(tmp_path):
                            train={**TINY_STUDY["train"], "steps": 400})
         job = subprocess.run([ray_bin, "job", "submit", "--address", "http://127.0.0.1:8265",
                               "--working-dir", str(tmp_path), "--",
-                              sys.executable, "-m", "orchestrator.cli", "run", "study.yaml", "--quiet",
+                              sys.executable, "-m", "orchestrator.cli", "run", "study.yaml", "--quiet", "--no-report",
                               "--set", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
                               "--set", f"workdir={tmp_path / 'runs' / 'tiny'}"],
                              env=env, capture_output=True, text=True, timeout=600)

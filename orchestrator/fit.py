@@ -1,0 +1,203 @@
+"""`grokscale fit`: the analysis fits on any CSV, one row per run.
+
+  grokscale fit scaling FILE.csv --n-col N --d-col D --loss-col L [--convention total] [--json]
+  grokscale fit emergence FILE.csv --x-col X --y-col Y [--group-col G] [--chance C] [--json]
+
+`fit scaling` fits L(N, D) = E + A/N^alpha + B/D^beta (Hoffmann et al. 2022, approach 3);
+with only one of --n-col / --d-col, the one-variable law L(N) or L(D). `fit emergence` fits
+the emergence sigmoid of Y over X, once per value of G when given.
+
+Output: a table, or with --json one object with stable keys. scaling: E, A, alpha, B, beta,
+each with <name>_low and <name>_high (the bootstrap interval; null for a term not in the law),
+and law, variables, convention, objective, n_points, n_inits, n_boot, ci, delta. emergence:
+threshold, low, high, reason, sharp, evidence, bracket, ... (see EmergenceFit); with
+--group-col, "groups": a list of those objects, each with its "group" value.
+
+Exit codes: 0 fitted (a group without a threshold is a result, not an error), 2 bad input
+(missing file or column, non-numeric values, too few points).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+class InputError(Exception):
+    """Input the fit cannot use; the message names the file or column."""
+
+
+def add_fit_parser(sub: argparse._SubParsersAction) -> None:
+    """Register `fit scaling` and `fit emergence` on the grokscale subcommands."""
+    p = sub.add_parser("fit", help="fit a scaling law or an emergence threshold to any CSV (one row per run)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    kinds = p.add_subparsers(dest="fit_kind", required=True)
+    s = kinds.add_parser("scaling", help="L(N, D) = E + A/N^alpha + B/D^beta (or L(N), L(D))")
+    s.add_argument("file", help="CSV file, one row per run")
+    s.add_argument("--n-col", help="column with N, the parameter count")
+    s.add_argument("--d-col", help="column with D, the training set size")
+    s.add_argument("--loss-col", required=True, help="column with the loss (> 0)")
+    s.add_argument("--convention", choices=("total", "non_embedding"), default="total",
+                   help="how N was counted (recorded in the result; default total)")
+    s.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples for the intervals (default 200)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+    s.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    s.set_defaults(fit_func=cmd_scaling)
+    e = kinds.add_parser("emergence", help="emergence threshold: sigmoid of a metric over log scale")
+    e.add_argument("file", help="CSV file, one row per run")
+    e.add_argument("--x-col", required=True, help="column with the scale (> 0), e.g. n_params")
+    e.add_argument("--y-col", required=True, help="column with the metric, e.g. max_val_acc")
+    e.add_argument("--group-col", help="fit once per value of this column, e.g. n_train")
+    e.add_argument("--chance", type=float, help="the metric at chance (the floor); default the lowest scale mean")
+    e.add_argument("--best-value", type=float, default=1.0,
+                   help="the best possible value of the metric (default 1, an accuracy; 0 for a log-likelihood)")
+    e.add_argument("--agg", choices=("mean", "best"), default="mean",
+                   help="how runs at one scale combine (default mean; best: the best run)")
+    e.add_argument("--lower-is-better", action="store_true", help="the metric improves downwards (a loss)")
+    e.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples for the interval (default 200)")
+    e.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+    e.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    e.set_defaults(fit_func=cmd_emergence)
+
+
+def run_fit(args: argparse.Namespace) -> int:
+    """Run the chosen fit; bad input prints `error: ...` and returns 2."""
+    try:
+        return args.fit_func(args)
+    except (InputError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def cmd_scaling(args: argparse.Namespace) -> int:
+    from orchestrator.analysis.scaling import fit_power_law, fit_scaling_law
+
+    if not args.n_col and not args.d_col:
+        raise InputError("give --n-col, --d-col or both")
+    cols = [c for c in (args.n_col, args.d_col) if c] + [args.loss_col]
+    data = read_columns(args.file, cols)
+    try:
+        if args.n_col and args.d_col:
+            fit = fit_scaling_law(data[args.n_col], data[args.d_col], data[args.loss_col],
+                                  convention=args.convention, n_boot=args.n_boot, seed=args.seed)
+        else:
+            variable, col = ("N", args.n_col) if args.n_col else ("D", args.d_col)
+            fit = fit_power_law(data[col], data[args.loss_col], variable=variable,
+                                convention=args.convention if variable == "N" else None,
+                                n_boot=args.n_boot, seed=args.seed)
+    except ValueError as err:
+        raise InputError(f"{args.file}: {err}") from err
+    out = {"file": str(args.file), **fit.to_dict()}
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{out['law']}  ({args.file}, {out['n_points']} runs, N counted as {out['convention']})",
+                  title_justify="left")
+    for col in ("parameter", "value", f"{int(out['ci'] * 100)}% low", f"{int(out['ci'] * 100)}% high"):
+        table.add_column(col)
+    for name in ("E", "A", "alpha", "B", "beta"):
+        if out[name] is not None:
+            table.add_row(name, _num(out[name]), _num(out[f"{name}_low"]), _num(out[f"{name}_high"]))
+    Console().print(table)
+    print(f"Huber objective {out['objective']:.6g} (delta {out['delta']}), best of {out['n_inits']} starts, "
+          f"{out['n_boot']} bootstrap fits")
+    return 0
+
+
+def cmd_emergence(args: argparse.Namespace) -> int:
+    from orchestrator.analysis.emergence import emergence_threshold
+
+    cols = [args.x_col, args.y_col] + ([args.group_col] if args.group_col else [])
+    data = read_columns(args.file, cols, numeric=[args.x_col, args.y_col])
+    if (data[args.x_col] <= 0).any():
+        raise InputError(f"{args.file}: column {args.x_col!r} must be > 0 (the fit is in log scale)")
+    if len(set(data[args.x_col])) < 3:
+        raise InputError(f"{args.file}: column {args.x_col!r} has {len(set(data[args.x_col]))} distinct value(s); "
+                         f"a threshold needs at least 3 scales")
+    kwargs = dict(chance=args.chance, best_value=args.best_value, agg=args.agg,
+                  higher_is_better=not args.lower_is_better, n_boot=args.n_boot, seed=args.seed)
+    head = {"file": str(args.file), "x_col": args.x_col, "y_col": args.y_col}
+    if args.group_col:
+        groups = []
+        for value in sorted(set(data[args.group_col]), key=_sort_key):
+            mask = data[args.group_col] == value
+            fit = emergence_threshold(data[args.x_col][mask], data[args.y_col][mask], **kwargs)
+            groups.append({"group": _plain(value), **fit.to_dict()})
+        out = {**head, "group_col": args.group_col, "groups": groups}
+        rows = groups
+    else:
+        out = {**head, **emergence_threshold(data[args.x_col], data[args.y_col], **kwargs).to_dict()}
+        rows = [out]
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"emergence of {args.y_col} over {args.x_col} ({args.file})", title_justify="left")
+    for col in ([args.group_col] if args.group_col else []) + ["threshold", "95% interval", "between scales",
+                                                                 "sharp jump"]:
+        table.add_column(col)
+    for r in rows:
+        bracket = "" if r["bracket"] is None else f"{_num(r['bracket'][0])} - {_num(r['bracket'][1])}"
+        ci = "" if r["low"] is None else f"{_num(r['low'])} - {_num(r['high'])}"
+        sharp = "" if r["threshold"] is None else (f"yes ({r['evidence']:.3g})" if r["sharp"] else
+                                                   f"no ({r['evidence']:.3g})")
+        table.add_row(*([str(r["group"])] if args.group_col else []), _num(r["threshold"]) or "none", ci, bracket,
+                      sharp)
+    Console().print(table)
+    for r in rows:
+        if r["reason"]:
+            print((f"{args.group_col} = {r['group']}: " if args.group_col else "") + f"no threshold: {r['reason']}")
+    print("sharp jump: the AIC evidence for a sigmoid over a smooth power law (>= 6: sharp)")
+    return 0
+
+
+def read_columns(path: str, cols: list[str], numeric: list[str] | None = None):
+    """The named columns of a CSV as a DataFrame; `numeric` (default all) must parse as numbers.
+    Rows with an empty cell in any of them are dropped."""
+    import pandas as pd
+
+    file = Path(path)
+    if not file.is_file():
+        raise InputError(f"{path}: no such file")
+    try:
+        table = pd.read_csv(file)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: not a readable CSV ({err})") from err
+    missing = [c for c in cols if c not in table.columns]
+    if missing:
+        raise InputError(f"{path}: no column {', '.join(repr(c) for c in missing)}; "
+                         f"the columns are {', '.join(map(str, table.columns))}")
+    table = table[cols].dropna()
+    for col in cols if numeric is None else numeric:
+        values = pd.to_numeric(table[col], errors="coerce")
+        bad = values.isna()
+        if bad.any():
+            row = int(bad.to_numpy().argmax())
+            raise InputError(f"{path}: column {col!r} is not numeric (row {table.index[row] + 2} of the file: "
+                             f"{table[col].iloc[row]!r})")
+        table[col] = values.astype(float)
+    if table.empty:
+        raise InputError(f"{path}: no row has values in all of {', '.join(cols)}")
+    return {c: table[c].to_numpy() for c in cols}
+
+
+def _num(value) -> str:
+    return "" if value is None else f"{value:.4g}"
+
+
+def _plain(value):
+    return value.item() if hasattr(value, "item") else value
+
+
+def _sort_key(value):
+    try:
+        return (0, float(value), "")
+    except (TypeError, ValueError):
+        return (1, 0.0, str(value))

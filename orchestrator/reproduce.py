@@ -1,0 +1,195 @@
+"""`grokscale reproduce RUN_ID`: train one recorded run again, here, and compare bit for bit.
+
+A child run records its whole `TrainSpec` (the `spec.json` artifact, and the `spec_json` param
+while it fits MLflow's param limit). The trainer is bitwise repeatable on CPU, so training that
+spec again with `trainers.train` (no Ray) must give every recorded curve point and final metric
+exactly: MLflow stores float64 and the trainer records Python floats, so nothing is rounded on
+the way. Any difference, however small, is a MISMATCH.
+
+Exit codes: 0 match, 1 mismatch, 2 no such run or no recorded spec.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from pydantic import ValidationError
+
+Curve = list[tuple[int, float]]  # (step, value), by step
+NOT_COMPARED = ("time",)  # metric names holding wall-clock durations differ run to run by nature
+
+
+class ReproduceError(Exception):
+    """The run cannot be reproduced: no such run, no store, no recorded spec."""
+
+
+@dataclass
+class MetricRow:
+    metric: str
+    points: int  # recorded points
+    max_abs_diff: float | None  # None when the steps differ or one side is NaN and the other not
+    match: bool
+    note: str = ""
+
+
+@dataclass
+class Report:
+    run_id: str
+    run_name: str
+    tracking_uri: str
+    wall_time_s: float
+    rows: list[MetricRow]
+
+    @property
+    def match(self) -> bool:
+        return bool(self.rows) and all(r.match for r in self.rows)
+
+    @property
+    def verdict(self) -> str:
+        return "match (bitwise)" if self.match else "MISMATCH"
+
+    def as_dict(self) -> dict:
+        return {"run_id": self.run_id, "run_name": self.run_name, "tracking_uri": self.tracking_uri,
+                "verdict": self.verdict, "match": self.match, "wall_time_s": self.wall_time_s,
+                "metrics": [asdict(r) for r in self.rows]}
+
+    def table(self) -> str:
+        width = max([len(r.metric) for r in self.rows] + [6])
+        lines = [f"run {self.run_id} ({self.run_name}): trained again in {self.wall_time_s:.1f} s",
+                 f"{'metric':<{width}}  points  max |diff|  status"]
+        for r in self.rows:
+            diff = "-" if r.max_abs_diff is None else f"{r.max_abs_diff:.3g}"
+            lines.append(f"{r.metric:<{width}}  {r.points:>6}  {diff:>10}  {'ok' if r.match else 'DIFF'}"
+                         + (f"  {r.note}" if r.note else ""))
+        lines.append(f"verdict: {self.verdict}")
+        return "\n".join(lines)
+
+
+def same_bits(a: float, b: float) -> bool:
+    """Equal as float64 bit patterns (-0.0 is not 0.0); any NaN equals any NaN."""
+    return a.hex() == b.hex() or (math.isnan(a) and math.isnan(b))
+
+
+def compare(metric: str, recorded: Curve, new: Curve) -> MetricRow:
+    if any(word in metric for word in NOT_COMPARED):
+        return MetricRow(metric, len(recorded), None, True, "not compared (a duration)")
+    if not new:
+        return MetricRow(metric, len(recorded), None, False, "not produced by the new run")
+    if not recorded:
+        return MetricRow(metric, 0, None, False, "produced by the new run, not recorded")
+    if [s for s, _ in recorded] != [s for s, _ in new]:
+        return MetricRow(metric, len(recorded), None, False,
+                         f"steps differ: recorded {[s for s, _ in recorded][:5]}..., new {[s for s, _ in new][:5]}...")
+    diffs = [abs(a - b) for (_, a), (_, b) in zip(recorded, new)]
+    finite = all(math.isfinite(d) or (math.isnan(a) and math.isnan(b))
+                 for d, (_, a), (_, b) in zip(diffs, recorded, new))
+    match = all(same_bits(a, b) for (_, a), (_, b) in zip(recorded, new))
+    worst = max((d for d in diffs if not math.isnan(d)), default=0.0)
+    return MetricRow(metric, len(recorded), worst if finite else None, match,
+                     "" if finite else "NaN or inf on one side only")
+
+
+def _client(tracking_uri: str):
+    """An MlflowClient for an existing store; a SQLite or file store that is not there is an error
+    (MLflow would quietly create an empty one)."""
+    parsed = urlparse(tracking_uri)
+    if parsed.scheme == "sqlite":
+        path = Path(tracking_uri.removeprefix("sqlite:///"))
+        if not path.is_file():
+            raise ReproduceError(f"no MLflow store at {path} (tracking URI {tracking_uri}); "
+                                 f"pass the study's --tracking-uri")
+    elif parsed.scheme in ("", "file") and not Path(parsed.path or tracking_uri).is_dir():
+        raise ReproduceError(f"no MLflow store at {tracking_uri}; pass the study's --tracking-uri")
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def recorded_spec(client, run) -> str:
+    """The run's TrainSpec JSON: the spec.json artifact, else the spec_json param."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stderr is for errors
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            return Path(client.download_artifacts(run.info.run_id, "spec.json", tmp)).read_text()
+    except Exception:  # noqa: BLE001 - no artifact (older runs): fall back to the param
+        pass
+    if "spec_json" in run.data.params:
+        return run.data.params["spec_json"]
+    raise ReproduceError(f"run {run.info.run_id} has no recorded spec (no spec.json artifact, no spec_json "
+                         f"param); is it a training run (a child of the study's run)?")
+
+
+def recorded_curves(client, run) -> dict[str, Curve]:
+    curves = {}
+    for key in run.data.metrics:
+        history = client.get_metric_history(run.info.run_id, key)
+        by_step = {m.step: float(m.value) for m in sorted(history, key=lambda m: (m.step, m.timestamp))}
+        curves[key] = sorted(by_step.items())
+    return curves
+
+
+def new_curves(result: dict) -> dict[str, Curve]:
+    """What the driver would have logged for this result: a curve per evaluated metric, and the
+    `final.*` metrics exactly as `orchestrator.run` builds them."""
+    from orchestrator.run import summarize
+
+    history = result.get("history") or {}
+    steps = [int(s) for s in history.get("step", [])]
+    curves = {k: list(zip(steps, map(float, v))) for k, v in history.items() if k != "step"}
+    final = {k: v for k, v in summarize(result).items() if isinstance(v, (int, float))}
+    final.update({f"n_params_{k}": v for k, v in (result.get("n_params") or {}).items()})
+    curves.update({f"final.{k}": [(0, float(v))] for k, v in final.items()})
+    return curves
+
+
+def reproduce(run_id: str, tracking_uri: str) -> Report:
+    from mlflow.exceptions import MlflowException
+
+    client = _client(tracking_uri)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as err:
+        raise ReproduceError(f"no run {run_id!r} in {tracking_uri} ({err.error_code})") from None
+    from trainers import TrainSpec, train
+
+    text = recorded_spec(client, run)
+    try:
+        spec = TrainSpec.model_validate_json(text)
+    except ValidationError as err:
+        raise ReproduceError(f"run {run_id}: the recorded spec is not a valid TrainSpec "
+                             f"({err.error_count()} problem(s), first: {err.errors()[0]['msg']})") from None
+    t0 = time.perf_counter()
+    try:
+        result = train(spec).to_dict()
+    except Exception as err:  # noqa: BLE001 - e.g. a spec recorded on a GPU, trained again without one
+        raise ReproduceError(f"run {run_id}: its spec does not train here ({type(err).__name__}: {err})") from None
+    wall = time.perf_counter() - t0
+    recorded, new = recorded_curves(client, run), new_curves(result)
+    rows = [compare(k, recorded.get(k, []), new.get(k, [])) for k in sorted(set(recorded) | set(new))]
+    return Report(run_id, run.info.run_name or "", tracking_uri, wall, rows)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="grokscale reproduce", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_id", help="the MLflow run id of one training run (a child run of a study)")
+    parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"),
+                        help="the study's MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    parser.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    args = parser.parse_args(argv)
+    try:
+        report = reproduce(args.run_id, args.tracking_uri)
+    except ReproduceError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(report.as_dict(), indent=2) if args.json else report.table())
+    return 0 if report.match else 1

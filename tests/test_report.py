@@ -1,0 +1,84 @@
+"""The report of the quickstart study, made at the end of `grokscale run` and again on demand
+with `grokscale report`, read back through MLflow's API: every plot, the summary table, the
+fitted numbers and the JSON are on the study's parent run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+REPO = Path(__file__).resolve().parents[1]
+GROKSCALE = [sys.executable, "-m", "orchestrator.cli"]
+PLOTS = {"emergence_heatmap.png", "metric_vs_n.png", "grokking_curves.png", "phase_wd_x_d.png",
+         "phase_wd_x_lr.png", "scaling_fit.png", "mirage.png"}
+# The quickstart as shipped, shrunk to one trial per cell and a short budget so it runs in about
+# a minute; the grid (3 N x 3 D) and the searched space are the quickstart's own.
+SHRINK = ["--set", "train.steps=600", "--set", "search.trials_per_cell=1", "--set", "ray.num_cpus=2"]
+
+
+def grokscale(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([*GROKSCALE, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("quickstart")
+    shutil.copy(REPO / "sweeps" / "quickstart.yaml", tmp / "quickstart.yaml")
+    out = grokscale("run", "quickstart.yaml", "--quiet", *SHRINK, cwd=tmp)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    assert "report: 7 plots" in out.stdout, out.stdout[-2000:]
+    return tmp
+
+
+def parent_run(tmp: Path):
+    client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("quickstart")
+    runs = client.search_runs([exp.experiment_id], "tags.`grokscale.role` = 'study'")
+    assert len(runs) == 1
+    return client, runs[0]
+
+
+def test_parent_run_holds_every_plot_table_fit_and_json(quickstart):
+    client, parent = parent_run(quickstart)
+    files = {a.path.removeprefix("report/") for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert PLOTS <= files
+    assert {"summary.csv", "summary.md", "results.json"} <= files
+    local = Path(client.download_artifacts(parent.info.run_id, "report"))
+    for name in PLOTS:
+        png = (local / name).read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000, name  # a real picture, not an empty canvas
+    results = json.loads((local / "results.json").read_text())
+    assert results["metric"] == "max_val_acc" and results["chance"] == pytest.approx(1 / 59)
+    assert results["usable_runs"] == 9 and sorted(results["plots"]) == sorted(p.removesuffix(".png") for p in PLOTS)
+    assert results["scaling_law"]["n_inits"] == 4500 and results["scaling_law"]["convention"] == "total"
+    # Every fitted number is a metric of the parent run, and the JSON holds the same value.
+    metrics = parent.data.metrics
+    assert metrics["report/scaling_law/alpha"] == pytest.approx(results["scaling_law"]["alpha"])
+    for line in results["critical_sizes"]["d_star"]:
+        key = f"report/D_star/N_{line['n']:g}"
+        assert (key in metrics) == (line["threshold"] is not None)
+    summary = (local / "summary.csv").read_text().splitlines()
+    assert len(summary) == 1 + 9 and summary[0].startswith("cell,N,D,runs,completed")
+
+
+def test_report_on_demand_reads_mlflow_alone(quickstart, tmp_path):
+    # From another folder, with only the tracking URI: no study file, no Optuna journal.
+    uri = f"sqlite:///{quickstart / 'mlflow.db'}"
+    out = grokscale("report", "quickstart", "--tracking-uri", uri, "--out", str(tmp_path / "r"), "--json",
+                    cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    made = json.loads(out.stdout.strip().splitlines()[-1])
+    assert {f"{p}.png" for p in made["plots"]} == PLOTS
+    assert {p.name for p in (tmp_path / "r").iterdir()} >= PLOTS
+    assert not (tmp_path / "runs").exists()
+
+
+def test_report_of_an_unknown_study_is_a_clear_error(quickstart, tmp_path):
+    out = grokscale("report", "no_such_study", "--tracking-uri", f"sqlite:///{quickstart / 'mlflow.db'}", cwd=tmp_path)
+    assert out.returncode == 2 and "no experiment 'no_such_study'" in out.stderr and "quickstart" in out.stderr

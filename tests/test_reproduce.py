@@ -1,0 +1,106 @@
+"""`grokscale reproduce`: a recorded run trained again equals its MLflow record bit for bit; a
+record changed by one ulp is a MISMATCH; a run that does not exist is bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from orchestrator.cli import main
+from orchestrator.reproduce import compare, same_bits
+
+GROKSCALE = [sys.executable, "-m", "orchestrator.cli"]
+STUDY = {
+    "name": "repro",
+    "task": {"name": "modular", "p": 23},
+    "model": {"family": "transformer", "n_layer": 1, "n_head": 4, "layer_norm": False},
+    "train": {"steps": 60, "eval_every": 20, "lr": 3e-3},
+    "grid": {"n": [{"d_model": 16}], "d": [0.5], "seeds": [3]},
+    "search": {"trials_per_cell": 1,
+               "space": {"train.weight_decay": {"type": "float", "low": 0.1, "high": 3.0, "log": True}}},
+    "ray": {"num_cpus": 1},
+}
+
+
+def grokscale(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([*GROKSCALE, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """A 1 cell x 1 trial study run through the CLI: (directory, client, the child run)."""
+    root = tmp_path_factory.mktemp("repro")
+    (root / "study.yaml").write_text(yaml.safe_dump(STUDY))
+    out = grokscale("run", "study.yaml", "--quiet", cwd=root)
+    assert out.returncode == 0, out.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("repro")
+    children = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 1
+    return root, client, children[0]
+
+
+def test_same_bits_is_bitwise():
+    assert same_bits(0.1 + 0.2, 0.30000000000000004) and not same_bits(0.1 + 0.2, 0.3)
+    assert same_bits(float("nan"), float("nan")) and not same_bits(0.0, -0.0)
+    row = compare("val_acc", [(20, 0.5), (40, 0.75)], [(20, 0.5), (40, math.nextafter(0.75, 1))])
+    assert not row.match and row.max_abs_diff == pytest.approx(1.1e-16, rel=0.1)
+    assert not compare("val_acc", [(20, 0.5)], [(40, 0.5)]).match  # other steps
+
+
+def test_recorded_run_reproduces_bitwise(study):
+    root, client, run = study
+    # The whole spec travels as an artifact (params are capped in length) and as the param.
+    spec = Path(client.download_artifacts(run.info.run_id, "spec.json", str(root))).read_text()
+    assert json.loads(spec) == json.loads(run.data.params["spec_json"])
+    out = grokscale("reproduce", run.info.run_id, "--json", cwd=root)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    report = json.loads(out.stdout)
+    assert report["verdict"] == "match (bitwise)" and report["match"] is True
+    rows = {r["metric"]: r for r in report["metrics"]}
+    # Every curve point (3 evaluations) and every final metric was compared, with no difference.
+    for metric in ("train_loss", "train_acc", "val_loss", "val_acc", "weight_norm", "lr"):
+        assert rows[metric]["points"] == 3 and rows[metric]["max_abs_diff"] == 0.0
+    assert {"final.val_acc", "final.max_val_acc", "final.steps", "final.n_params_total"} <= set(rows)
+    assert set(rows) == set(run.data.metrics)
+
+
+def test_a_record_off_by_one_ulp_is_a_mismatch(study, monkeypatch, capsys):
+    root, client, run = study
+    # A copy of the run whose val_loss differs from the record in the last bit at one step.
+    copy = client.create_run(run.info.experiment_id, run_name="tampered").info.run_id
+    client.log_param(copy, "spec_json", run.data.params["spec_json"])
+    for key in run.data.metrics:
+        for m in client.get_metric_history(run.info.run_id, key):
+            value = math.nextafter(m.value, math.inf) if key == "val_loss" and m.step == 40 else m.value
+            client.log_metric(copy, key, value, timestamp=m.timestamp, step=m.step)
+    out = grokscale("reproduce", copy, "--json", cwd=root)
+    assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
+    report = json.loads(out.stdout)
+    assert report["verdict"] == "MISMATCH"
+    bad = [r for r in report["metrics"] if not r["match"]]
+    assert [r["metric"] for r in bad] == ["val_loss"] and 0 < bad[0]["max_abs_diff"] < 1e-12
+    monkeypatch.chdir(root)  # the plain table says the same (in this process: quicker)
+    assert main(["reproduce", copy]) == 1
+    table = capsys.readouterr().out
+    assert "verdict: MISMATCH" in table and [line.split()[0] for line in table.splitlines() if "DIFF" in line] == \
+        ["val_loss"]
+
+
+def test_unknown_run_or_store_is_bad_input(study, tmp_path, monkeypatch, capsys):
+    root, client, run = study
+    monkeypatch.chdir(root)
+    assert main(["reproduce", "0123456789abcdef0123456789abcdef"]) == 2
+    assert "no run '0123456789abcdef0123456789abcdef'" in capsys.readouterr().err
+    parent = client.get_run(run.data.tags["mlflow.parentRunId"]).info.run_id
+    assert main(["reproduce", parent]) == 2 and "no recorded spec" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)  # no store here, and none is created
+    assert main(["reproduce", "abc"]) == 2 and "no MLflow store" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
