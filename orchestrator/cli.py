@@ -11,8 +11,6 @@ import os
 import sys
 from pathlib import Path
 
-from orchestrator.config import StudyError, load_study
-
 EXAMPLES = """examples:
   grokscale validate sweeps/quickstart.yaml
   grokscale run sweeps/quickstart.yaml --set search.trials_per_cell=4
@@ -32,6 +30,7 @@ def _study_args(p: argparse.ArgumentParser) -> None:
 
 def _load(args: argparse.Namespace, with_preflight: bool = True):
     """Load, resolve and check a study; print every problem and exit 2 if there is one."""
+    from orchestrator.config import StudyError, load_study  # lazily: it loads torch, which `fit` needs not
     from orchestrator.grid import build_cells
     from orchestrator.preflight import check_preflight
 
@@ -119,6 +118,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def load_study_or_exit(path: str, overrides: list[str]):
+    from orchestrator.config import StudyError, load_study
+
     try:
         return load_study(path, overrides)
     except StudyError as err:

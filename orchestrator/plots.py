@@ -37,6 +37,7 @@ LABELS = {
     "train_acc": "training accuracy (fraction)",
     "val_token_acc": "validation per-token accuracy (fraction)",
     "val_answer_logprob": "validation answer log-likelihood (nats)",
+    "val_p_answer": "probability of the right answer, exp(-val loss) (fraction)",
     "val_loss": "validation loss (nats)",
     "min_val_loss": "lowest validation loss (nats)",
     "step": "step (optimizer updates)",
@@ -137,7 +138,9 @@ def plot_metric_vs_scale(runs: pd.DataFrame, path: str | Path, *, metric: str = 
         ax.plot(agg_values.index, agg_values.values, "o-", color=color, lw=1.2, ms=5,
                 label=f"{group_col} = {value:g}")
         fit = fits.get(value)
-        if isinstance(fit, EmergenceFit) and fit.ceiling is not None:
+        # Only an accepted fit is drawn: a sigmoid the analysis rejected (no threshold) would
+        # suggest a transition that was not found.
+        if isinstance(fit, EmergenceFit) and fit.ceiling is not None and fit.threshold is not None:
             xs = np.logspace(np.log10(part[x_col].min()), np.log10(part[x_col].max()), 200)
             ax.plot(xs, fit.predict(xs), "--", color=color, lw=1.5)
             if fit.threshold is not None:
@@ -335,7 +338,7 @@ def plot_mirage(check: MirageCheck, x: np.ndarray, y_discontinuous: np.ndarray, 
         ax.scatter(x[ok], y[ok], s=10, color=color, alpha=0.35, label="runs")
         means = pd.Series(y[ok]).groupby(x[ok]).mean()
         ax.plot(means.index, means.values, "o-", color=color, ms=5, label="mean per scale")
-        if fit.ceiling is not None:
+        if fit.ceiling is not None and fit.threshold is not None:
             xs = np.logspace(np.log10(x[ok].min()), np.log10(x[ok].max()), 200)
             ax.plot(xs, fit.predict(xs), "k--", lw=1.2, label="fitted sigmoid")
         if fit.threshold is not None:
@@ -346,11 +349,15 @@ def plot_mirage(check: MirageCheck, x: np.ndarray, y_discontinuous: np.ndarray, 
         ax.set_xlabel(label(x_col) + ", log scale")
         ax.set_ylabel(label(metric))
         state = "sharp jump" if fit.sharp else ("no threshold" if fit.threshold is None else "smooth")
+        if fit.threshold is None and fit.reason:
+            ax.text(0.02, 0.02, "no threshold: " + fit.reason[:70], transform=ax.transAxes, fontsize=7,
+                    color="dimgray", va="bottom")
         evidence = "" if fit.evidence is None else f", evidence {fit.evidence:.1f}"
         ax.set_title(f"{metric}: {state}{evidence}", fontsize=10)
         ax.legend(fontsize=8, loc="best")
         ax.grid(alpha=0.3)
-    group = "" if check.group is None else f" (at {check.group})"
+    group = ("" if check.group is None else f" (at D = {check.group:g})" if isinstance(check.group, (int, float))
+             else f" (at {check.group})")
     fig.suptitle(title or f"Mirage check{group}: verdict '{check.verdict}'")
     return _save(fig, path)
 

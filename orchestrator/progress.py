@@ -1,4 +1,5 @@
-"""The live view of a running study: runs done, running and failed per cell, elapsed, ETA."""
+"""The live view of a running study: trials done, running (or queued on Ray behind a busy slot)
+and failed per cell, the elapsed time and an ETA."""
 
 from __future__ import annotations
 
@@ -62,7 +63,7 @@ class Progress:
         title = f"{self.study.name}: {finished}/{total} trials  elapsed {_fmt(elapsed)}  ETA {_fmt(eta)}"
         if self.live is not None:
             table = Table(title=title, title_justify="left")
-            for col in ("cell", "N", "D", "done", "running", "failed", "best"):
+            for col in ("cell", "N", "D", "done", "running/queued", "failed", "best"):
                 table.add_column(col, justify="right" if col != "cell" else "left")
             for s, c in rows:
                 best = ""
@@ -72,7 +73,8 @@ class Progress:
                               str(c["done"]), str(c["running"]), str(c["failed"]), best)
             self.live.update(table)
         else:
-            line = f"{title}  running {sum(c['running'] for _, c in rows)}  failed {sum(c['failed'] for _, c in rows)}"
+            line = (f"{title}  running/queued {sum(c['running'] for _, c in rows)}  "
+                    f"failed {sum(c['failed'] for _, c in rows)}")
             if line.split("  elapsed")[0] != self.last_line.split("  elapsed")[0]:
                 self.console.print(line, highlight=False)
             self.last_line = line
