@@ -13,7 +13,7 @@ from orchestrator.config import Study, redact_url
 from orchestrator.grid import Cell
 
 TRACKING_SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql", "databricks")
-STORAGE_SCHEMES = ("postgresql", "postgresql+psycopg2", "mysql", "mysql+pymysql", "sqlite")
+STORAGE_SCHEMES = ("postgresql", "postgresql+psycopg2", "postgresql+psycopg", "mysql", "mysql+pymysql", "sqlite")
 DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "ray": 10001}
 
 
@@ -87,6 +87,30 @@ def _storage(url: str) -> list[str]:
         return [f"storage: {redact_url(url)} is not a valid URL ({err})"]
     if host and (why := unreachable(host, port)):
         return [f"storage: cannot reach the database at {redact_url(url)} ({why}); start it or fix the URL"]
+    return _database(url)
+
+
+def _database(url: str) -> list[str]:
+    """Log in to the database (no table is created): a missing driver, a wrong database name or
+    a refused login fails here, with the reason, instead of as a traceback once Ray is up."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from orchestrator.search import rdb_url
+
+    try:
+        engine = create_engine(rdb_url(url))
+    except (ImportError, SQLAlchemyError) as err:  # the driver of the URL's scheme is not installed
+        return [f"storage: cannot use {redact_url(url)}: {type(err).__name__}: {err}; "
+                f"install its driver (e.g. pip install psycopg2-binary)"]
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("select 1"))
+    except SQLAlchemyError as err:
+        reason = str(getattr(err, "orig", err)).strip().splitlines()[0][:300]
+        return [f"storage: cannot log in to {redact_url(url)}: {redact_url(reason)}"]
+    finally:
+        engine.dispose()
     return []
 
 

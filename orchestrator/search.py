@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,19 @@ from orchestrator.grid import Cell
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
+def rdb_url(url: str) -> str:
+    """A bare postgresql:// means psycopg2 to SQLAlchemy 2.0 but psycopg (3) to 2.1: when only
+    psycopg2 is installed, name it, so the URL works with either SQLAlchemy."""
+    if url.startswith("postgresql://") and not importlib.util.find_spec("psycopg") \
+            and importlib.util.find_spec("psycopg2"):
+        return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+    return url
+
+
 def open_storage(url: str) -> optuna.storages.BaseStorage:
     """A journal file (the default, safe for one writer: the driver) or an RDB URL for teams."""
     if "://" in url:
-        return optuna.storages.RDBStorage(url)
+        return optuna.storages.RDBStorage(rdb_url(url))
     Path(url).parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(url))
 

@@ -1,0 +1,184 @@
+"""A team's PostgreSQL as the Optuna storage, on a real throwaway PostgreSQL server.
+
+By default a study's trials go to a journal file next to the study (runs/<name>/optuna.journal);
+`storage: postgresql://...` puts them in a shared database instead. The server is a fresh cluster
+made with the PostgreSQL 15 binaries (initdb, pg_ctl) and run as the `postgres` user, since the
+server refuses to run as root; without those binaries the test is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from orchestrator.search import open_storage
+
+GROKSCALE = [sys.executable, "-m", "orchestrator.cli"]
+PG_BIN = Path(os.environ.get("GROKSCALE_PG_BIN", "/usr/lib/postgresql/15/bin"))
+# TINY_STUDY of test_orchestrator.py, two cells and 100 steps: four runs of about a second.
+STUDY = {
+    "name": "tiny",
+    "task": {"name": "modular", "p": 23},
+    "model": {"family": "transformer", "n_layer": 1, "n_head": 4, "d_model": 16, "layer_norm": False},
+    "train": {"steps": 100, "eval_every": 50, "lr": 3e-3},
+    "grid": {"n": [{"d_model": 16}], "d": [0.3, 0.5], "seeds": [0]},
+    "search": {"sampler": "tpe", "trials_per_cell": 2,
+               "space": {"train.weight_decay": {"type": "float", "low": 0.1, "high": 3.0, "log": True}}},
+    "objectives": [{"metric": "max_val_acc", "direction": "maximize"}],
+    "ray": {"num_cpus": 2},
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def grokscale(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([*GROKSCALE, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def write_study(tmp_path: Path) -> Path:
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(STUDY))
+    return path
+
+
+def listing(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+class PostgresServer:
+    """A throwaway cluster in a temporary directory, trust authentication, TCP on 127.0.0.1 only."""
+
+    def __init__(self) -> None:
+        missing = [b for b in ("initdb", "pg_ctl", "postgres") if not (PG_BIN / b).is_file()]
+        if missing:
+            pytest.skip(f"PostgreSQL server binaries not found in {PG_BIN} (missing {', '.join(missing)}); "
+                        f"install postgresql-15 or set GROKSCALE_PG_BIN")
+        try:
+            self.user = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("no `postgres` system user to run the PostgreSQL server as")
+        if os.geteuid() not in (0, self.user.pw_uid):
+            pytest.skip("the PostgreSQL server runs as the `postgres` user: needs root (or to be that user)")
+        # Not under pytest's tmp_path: that is 0700 root, and the server runs as `postgres`.
+        # A short path, too: the Unix socket's path must fit in 107 bytes.
+        self.root = Path(tempfile.mkdtemp(prefix="gs-pg-"))
+        os.chown(self.root, self.user.pw_uid, self.user.pw_gid)
+        self.data = self.root / "pg"
+        self.port = free_port()
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/optuna"
+
+    def _as_postgres(self, *cmd: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        if os.geteuid() == self.user.pw_uid:
+            prefix = []
+        else:
+            prefix = ["runuser", "-u", "postgres", "--"]
+        return subprocess.run([*prefix, *cmd], capture_output=True, text=True, timeout=timeout, cwd=self.root)
+
+    def start(self) -> None:
+        psycopg2 = pytest.importorskip("psycopg2", reason="the `test` extra's psycopg2-binary is not installed")
+        init = self._as_postgres(str(PG_BIN / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres",
+                                 "--no-sync")
+        assert init.returncode == 0, init.stdout[-2000:] + init.stderr[-2000:]
+        started = self._as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "log"),
+                                    "-o", f"-h 127.0.0.1 -p {self.port} -k {self.root} -c fsync=off", "-w", "start")
+        assert started.returncode == 0, started.stderr[-2000:] + self.log()
+        conn = psycopg2.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres")
+        conn.autocommit = True  # CREATE DATABASE cannot run in a transaction
+        with conn.cursor() as cur:
+            cur.execute("CREATE DATABASE optuna")
+        conn.close()
+
+    def stop(self) -> None:
+        self._as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop", timeout=60)
+
+    def log(self) -> str:
+        path = self.root / "log"
+        return path.read_text()[-2000:] if path.exists() else ""
+
+
+@pytest.fixture
+def postgres():
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(server.root, ignore_errors=True)
+
+
+@pytest.mark.slow  # three CLI runs, two of them start a local Ray: 45 s to 2 min
+def test_postgresql_storage_runs_resumes_and_fails_cleanly_when_down(tmp_path, postgres):
+    path = write_study(tmp_path)
+    run = ["run", str(path), "--quiet", "--json", "--no-report", "--set", f"storage={postgres.url}"]
+
+    out = grokscale(*run, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:] + postgres.log()
+    counts = json.loads(out.stdout.strip().splitlines()[-1])
+    assert counts["completed"] == 4 and counts["failed"] == 0
+
+    # Every trial is in PostgreSQL, one study per cell, and no journal file was written.
+    storage = open_storage(postgres.url)
+    summaries = optuna.get_all_study_summaries(storage=storage)
+    assert sorted(s.study_name for s in summaries) == ["tiny/N[d_model=16]_D=0.3", "tiny/N[d_model=16]_D=0.5"]
+    for s in summaries:
+        trials = optuna.load_study(study_name=s.study_name, storage=storage).get_trials()
+        assert [t.state for t in trials] == [TrialState.COMPLETE] * 2, s.study_name
+        assert all(0 <= t.value <= 1 and "train.weight_decay" in t.params for t in trials)
+    assert not (tmp_path / "runs" / "tiny" / "optuna.journal").exists()
+    assert not [p for p in listing(tmp_path) if "journal" in p]
+
+    status = grokscale("status", str(path), "--json", "--set", f"storage={postgres.url}", cwd=tmp_path)
+    assert status.returncode == 0, status.stderr[-2000:]
+    assert [r["complete"] for r in json.loads(status.stdout)] == [2, 2]
+
+    # Run again: it resumes from PostgreSQL, trains nothing and duplicates nothing.
+    before = {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(storage=storage)}
+    again = grokscale(*run, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads(again.stdout.strip().splitlines()[-1])["completed"] == 0
+    assert {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(storage=storage)} == before
+    assert not [p for p in listing(tmp_path) if "journal" in p]
+
+    # A database that does not exist: refused at login, before anything starts.
+    files = listing(tmp_path)
+    wrong = grokscale("run", str(path), "--quiet", "--no-report", "--set",
+                      f"storage={postgres.url.rsplit('/', 1)[0]}/no_such_db", cwd=tmp_path, timeout=120)
+    assert wrong.returncode == 2, wrong.stdout[-2000:] + wrong.stderr[-2000:]
+    assert "storage: cannot log in" in wrong.stderr and "no_such_db" in wrong.stderr
+    assert listing(tmp_path) == files
+
+    # The team's server goes down: the run is refused before anything starts, naming `storage`.
+    postgres.stop()
+    down = grokscale(*run, cwd=tmp_path, timeout=120)
+    assert down.returncode == 2, down.stdout[-2000:] + down.stderr[-2000:]
+    assert "storage" in down.stderr and "cannot reach the database" in down.stderr
+    assert f"127.0.0.1:{postgres.port}" in down.stderr and "nothing was started" in down.stderr
+    assert listing(tmp_path) == files
+
+
+def test_unreachable_postgresql_storage_is_refused_and_creates_nothing(tmp_path):
+    """Needs no PostgreSQL: a closed port. The password in the URL is never printed."""
+    path = write_study(tmp_path)
+    url = f"postgresql://team:s3cret-pw@127.0.0.1:{free_port()}/optuna"
+    out = grokscale("run", str(path), "--quiet", "--no-report", "--set", f"storage={url}", cwd=tmp_path, timeout=120)
+    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "error: storage: cannot reach the database" in out.stderr
+    assert "s3cret-pw" not in out.stdout + out.stderr
+    assert listing(tmp_path) == ["study.yaml"]
