@@ -171,6 +171,14 @@ class RayConfig(Strict):
     max_retries: int = Field(default=3, ge=0)  # a trial whose worker dies is retried this often
 
 
+class Packing(Strict):
+    """Several runs of one cell trained in one process as one batched model (trainers/packed.py):
+    one Ray task, one slot, K runs, each with its own seed and regularization."""
+
+    mode: Literal["auto", "on", "off"] = "auto"  # auto: when it pays (see orchestrator.run.pack_size)
+    max_runs: PositiveInt = 8  # runs per packed task
+
+
 class Study(Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
@@ -186,6 +194,7 @@ class Study(Strict):
     storage: str | None = None  # None: a journal file in workdir; or postgresql://...
     checkpoints: str | None = None  # None: <workdir>/checkpoints
     ray: RayConfig = Field(default_factory=RayConfig)
+    pack: Packing = Field(default_factory=Packing)
 
     @property
     def workdir_path(self) -> Path:

@@ -34,7 +34,11 @@ class Cell:
 
 
 def spec_for(study: Study, cell: Cell, params: dict[str, Any], seed: int) -> TrainSpec:
-    return TrainSpec.model_validate(study.trial_data(cell.shape, cell.d_value, params, seed))
+    """One run's spec; a cell given GPUs (resources) trains on CUDA, and its spec says so."""
+    data = study.trial_data(cell.shape, cell.d_value, params, seed)
+    if study.resources.for_n(cell.n(study.grid.n_convention))[1] > 0:
+        data["device"] = "cuda"
+    return TrainSpec.model_validate(data)
 
 
 def build_cells(study: Study) -> list[Cell]:

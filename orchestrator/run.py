@@ -24,6 +24,7 @@ from orchestrator.grid import Cell, spec_for
 from orchestrator.progress import Progress
 from orchestrator.search import cell_study, open_storage, suggest
 from orchestrator.tracking import Tracker, config_yaml
+from trainers.packed import can_pack
 
 
 # Runs queued on Ray beyond the free slots, per slot: a slot that frees up starts its next run
@@ -73,6 +74,48 @@ def train_task(spec_json: str, checkpoint_dir: str, inbox, run_id: str) -> dict:
     return {**out, **where, "started_at": started, "ended_at": time.time()}
 
 
+@ray.remote
+def packed_task(spec_jsons: list[str], checkpoint_dirs: list[str], inbox, run_ids: list[str]) -> list[dict]:
+    """Several runs of one cell trained together as one batched model (trainers/packed.py), each
+    streaming under its own run id; the results come back in order, one per run."""
+    from trainers import TrainSpec
+    from trainers.packed import train_packed
+
+    def reporter(run_id: str):
+        def report(record: dict) -> None:  # returns None: a truthy return would stop the run
+            inbox.put.remote((run_id, record))
+        return report
+
+    started = time.time()
+    where = {"node_id": ray.get_runtime_context().get_node_id(), "worker_pid": os.getpid(), "packed": len(run_ids)}
+    try:
+        specs = [TrainSpec.model_validate_json(s) for s in spec_jsons]
+        outs = [r.to_dict() for r in train_packed(specs, [reporter(r) for r in run_ids], checkpoint_dirs)]
+    except Exception:  # noqa: BLE001 - the pack's failure is data: every run in it failed
+        reason = traceback.format_exc(limit=5)[-4000:]
+        outs = [{"status": "failed", "reason": reason} for _ in run_ids]
+    ended = time.time()
+    return [{**out, **where, "started_at": started, "ended_at": ended} for out in outs]
+
+
+# Packing pays on a CPU only while one run's step is small: measured with benchmarks/
+# bench_packing.py on 2 cores, K packed runs beat K separate ones by 1.6x at 159 examples x 14k
+# parameters per step and broke even at 505 x 15k. On a GPU a small model's step is mostly
+# kernel launches, which packing shares.
+CPU_PACK_MAX_WORK = 3e6  # examples per step x parameters
+
+
+def pack_size(study: Study, cell: Cell) -> int:
+    """How many runs of this cell to train in one packed task (1: none)."""
+    mode, k = study.pack.mode, study.pack.max_runs
+    if mode == "off" or k < 2:
+        return 1
+    if mode == "on":
+        return k
+    on_gpu = study.resources.for_n(cell.n(study.grid.n_convention))[1] > 0
+    return k if on_gpu or run_cost(study, cell) <= CPU_PACK_MAX_WORK else 1
+
+
 def summarize(result: dict) -> dict[str, float | None]:
     """The run's final metrics plus what the objectives and the analysis read."""
     history = result.get("history") or {}
@@ -106,7 +149,8 @@ class Unit:
     params: dict[str, Any]
     run_id: str
     budget: tuple[int, int] = (0, 1)  # the run's (steps, eval_every): censoring for step objectives
-    ref: Any = None
+    spec: Any = None  # its TrainSpec
+    checkpoint_dir: str = ""
     result: dict | None = None
     summary: dict = field(default_factory=dict)
 
@@ -186,18 +230,21 @@ def run_study(study: Study, cells: list[Cell], show: bool = True) -> dict:
 
     progress = Progress(study, states, show=show)
     ray.get(warm)
-    in_flight: dict[Any, Unit] = {}
+    in_flight: dict[Any, list[Unit]] = {}  # a Ray task -> its runs (several when packed)
     counts: dict[str, Any] = {"completed": 0, "diverged": 0, "failed": 0, "stopped": 0, "resumed": 0, "busy_s": 0.0,
                               "capacity": capacity, "timeline": []}
     live_keys: set[str] = set()
 
-    def submit(state: CellState, trial: optuna.Trial, params: dict[str, Any]) -> None:
+    def prepare(state: CellState, trial: optuna.Trial, params: dict[str, Any]) -> list[Unit]:
+        """The runs of one trial (one per seed), each with its spec and its MLflow run."""
         number = trial.number
         state.handles[number] = trial
         units = []
         for seed in study.grid.seeds:
             spec = spec_for(study, state.cell, params, seed)
-            unit = Unit(state.cell, number, seed, params, run_id="", budget=(spec.train.steps, spec.train.eval_every))
+            ckpt = study.checkpoint_path / state.cell.key / f"trial={number}" / f"seed={seed}"
+            unit = Unit(state.cell, number, seed, params, run_id="", budget=(spec.train.steps, spec.train.eval_every),
+                        spec=spec, checkpoint_dir=str(ckpt.resolve()))
             live_keys.add(unit.key)
             tags = {"grokscale.cell": state.cell.key, "grokscale.trial_number": str(number),
                     "grokscale.seed": str(seed), "grokscale.status": "running"}
@@ -208,15 +255,46 @@ def run_study(study: Study, cells: list[Cell], show: bool = True) -> dict:
                       **{f"param.{k}": v for k, v in params.items()},
                       "spec_json": spec.model_dump_json()}
             unit.run_id = tracker.start_run(unit.key, f"{state.cell.key} t{number} s{seed}", logged, tags)
-            cpus, gpus = study.resources.for_n(state.cell.n(study.grid.n_convention))
-            ckpt = study.checkpoint_path / state.cell.key / f"trial={number}" / f"seed={seed}"
-            unit.ref = train_task.options(num_cpus=cpus, num_gpus=gpus, max_retries=study.ray.max_retries,
-                                          retry_exceptions=False).remote(
-                spec.model_dump_json(), str(ckpt.resolve()), inbox, unit.run_id)
-            in_flight[unit.ref] = unit
             units.append(unit)
             trial.set_user_attr(f"run_id.seed={seed}", unit.run_id)
         state.trials[number] = units
+        return units
+
+    def launch(units: list[Unit]) -> None:
+        """One Ray task per run, or one packed task for runs that can train as one batched model."""
+        if not units:
+            return
+        cell = units[0].cell
+        cpus, gpus = study.resources.for_n(cell.n(study.grid.n_convention))
+        options = dict(num_cpus=cpus, num_gpus=gpus, max_retries=study.ray.max_retries, retry_exceptions=False)
+        if len(units) > 1 and can_pack([u.spec for u in units]) is None:
+            ref = packed_task.options(**options).remote(
+                [u.spec.model_dump_json() for u in units], [u.checkpoint_dir for u in units], inbox,
+                [u.run_id for u in units])
+            in_flight[ref] = units
+            counts["packed_tasks"] = counts.get("packed_tasks", 0) + 1
+            return
+        for u in units:
+            ref = train_task.options(**options).remote(u.spec.model_dump_json(), u.checkpoint_dir, inbox, u.run_id)
+            in_flight[ref] = [u]
+
+    def next_trial(state: CellState) -> list[Unit]:
+        """The runs of the cell's next trial: one a dead driver left in flight, else a new one."""
+        if state.to_resume:
+            frozen = state.to_resume.pop(0)
+            # A trial left RUNNING by a dead driver: same number, same values.
+            return prepare(state, optuna.Trial(state.optuna, frozen._trial_id), dict(frozen.params))
+        trial = state.optuna.ask()
+        state.new_left -= 1
+        try:
+            return prepare(state, trial, suggest(trial, study))
+        except Exception as err:  # noqa: BLE001 - a value the trainer refuses
+            state.handles.pop(trial.number, None)
+            state.trials.pop(trial.number, None)
+            trial.set_user_attr("reason", str(err)[:2000])
+            state.optuna.tell(trial, state=TrialState.FAIL)
+            counts["failed"] += 1
+            return []
 
     def finish(unit: Unit, result: dict) -> None:
         unit.result = result
@@ -225,9 +303,15 @@ def run_study(study: Study, cells: list[Cell], show: bool = True) -> dict:
         unit.summary = summarize(result)
         status = result.get("status", "failed")
         counts[status] = counts.get(status, 0) + 1
-        counts["busy_s"] += result.get("wall_time_s", 0.0)
         if "started_at" in result:  # on which worker, from when to when: the benchmark's timeline
-            counts["timeline"].append((result["worker_pid"], result["started_at"], result["ended_at"]))
+            span = (result["worker_pid"], result["started_at"], result["ended_at"])
+            if result.get("packed"):  # the runs of a pack share its task: count its time once
+                counts["busy_s"] += (span[2] - span[1]) / result["packed"]
+                if span not in counts["timeline"]:
+                    counts["timeline"].append(span)
+            else:
+                counts["busy_s"] += result.get("wall_time_s", 0.0)
+                counts["timeline"].append(span)
         if result.get("resumed_from_step"):
             counts["resumed"] += 1
         extra = {"grokscale.resumed_from_step": str(result.get("resumed_from_step", 0)),
@@ -277,19 +361,16 @@ def run_study(study: Study, cells: list[Cell], show: bool = True) -> dict:
                          or next((s for s in by_cost if s.has_work), None))
                 if state is None:
                     break
-                if state.to_resume:
-                    frozen = state.to_resume.pop(0)
-                    # A trial left RUNNING by a dead driver: same number, same values.
-                    submit(state, optuna.Trial(state.optuna, frozen._trial_id), dict(frozen.params))
+                # A packed task takes the runs of several trials of the cell into one slot.
+                units = list(next_trial(state))  # a copy: the trial's own list must not grow
+                k = pack_size(study, state.cell)
+                if k > 1:
+                    while state.has_work and len(units) + len(study.grid.seeds) <= k:
+                        units += next_trial(state)
+                    launch(units)
                 else:
-                    trial = state.optuna.ask()
-                    state.new_left -= 1
-                    try:
-                        submit(state, trial, suggest(trial, study))
-                    except Exception as err:  # noqa: BLE001 - a value the trainer refuses
-                        trial.set_user_attr("reason", str(err)[:2000])
-                        state.optuna.tell(trial, state=TrialState.FAIL)
-                        counts["failed"] += 1
+                    for unit in units:
+                        launch([unit])
             if not in_flight and not any(s.has_work for s in states):
                 break
             # Wake on the first finished run, or every TICK_S to stream metrics; then collect
@@ -299,14 +380,15 @@ def run_study(study: Study, cells: list[Cell], show: bool = True) -> dict:
                 ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
             _stream(inbox, tracker)
             for ref in ready:
-                unit = in_flight.pop(ref)
+                units = in_flight.pop(ref)
                 try:
-                    result = ray.get(ref)
+                    results = ray.get(ref)
                 except ray.exceptions.RayError as err:  # the worker died more often than max_retries
-                    result = {"status": "failed", "reason": f"{type(err).__name__}: {err}"[:4000]}
-                finish(unit, result)
+                    results = [{"status": "failed", "reason": f"{type(err).__name__}: {err}"[:4000]}] * len(units)
+                for unit, result in zip(units, results if isinstance(results, list) else [results]):
+                    finish(unit, result)
             tracker.flush()
-            progress.update(in_flight.values(), time.monotonic() - t0)
+            progress.update([u for units in in_flight.values() for u in units], time.monotonic() - t0)
 
     counts["scheduled_s"] = time.monotonic() - t0  # first submission to last result recorded
     counts["last_recorded_at"] = time.time()
