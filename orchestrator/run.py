@@ -18,6 +18,7 @@ from typing import Any
 import optuna
 import ray
 from optuna.trial import TrialState
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from orchestrator.config import Study
 from orchestrator.grid import Cell, spec_for
@@ -128,6 +129,7 @@ def summarize(result: dict) -> dict[str, float | None]:
     out["memorization_step"], out["generalization_step"] = mem, gen
     out["grokking_delay"] = gen - mem if mem is not None and gen is not None else None
     out["steps"] = result.get("steps")
+    out["diverged_step"] = events.get("diverged_step")
     return out
 
 
@@ -215,7 +217,9 @@ def run_study(study: Study, cells: list[Cell], show: bool = True) -> dict:
     capacity = _capacity(study, cells)
     warm = [warm_up.remote() for _ in range(min(capacity, 64))]  # overlaps the set-up below
     tracker.open(config_yaml(study))
-    inbox = Inbox.remote()
+    # On the driver's own node: an actor dies with its node, and a dead inbox would stop the driver.
+    inbox = Inbox.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+        ray.get_runtime_context().get_node_id(), soft=False)).remote()
 
     states = []
     for i, cell in enumerate(cells):
@@ -288,7 +292,7 @@ def run_study(study: Study, cells: list[Cell], show: bool = True) -> dict:
         state.new_left -= 1
         try:
             return prepare(state, trial, suggest(trial, study))
-        except Exception as err:  # noqa: BLE001 - a value the trainer refuses
+        except ValueError as err:  # a value the trainer refuses (pydantic, --set paths)
             state.handles.pop(trial.number, None)
             state.trials.pop(trial.number, None)
             trial.set_user_attr("reason", str(err)[:2000])
@@ -406,7 +410,11 @@ def run_study(study: Study, cells: list[Cell], show: bool = True) -> dict:
 def _stream(inbox, tracker: Tracker) -> None:
     """Every record posted since the last tick, one MLflow batch per run."""
     by_run: dict[str, list[dict]] = {}
-    for run_id, record in ray.get(inbox.take.remote()):
+    try:
+        items = ray.get(inbox.take.remote(), timeout=60)
+    except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+        return  # live metrics are best effort: each run's whole history is logged when it ends
+    for run_id, record in items:
         by_run.setdefault(run_id, []).append(record)
     for run_id, records in by_run.items():
         tracker.log_records(run_id, records)

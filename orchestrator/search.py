@@ -33,6 +33,14 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     return JournalStorage(JournalFileBackend(url))
 
 
+class AskTellGridSampler(optuna.samplers.GridSampler):
+    """Optuna's GridSampler calls study.stop() after the last grid point, which raises under
+    ask/tell; the driver stops each cell itself at trials_per_cell."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        pass
+
+
 def make_sampler(study: Study, cell_index: int) -> optuna.samplers.BaseSampler:
     seed = study.search.seed + cell_index
     name = study.search.sampler
@@ -48,7 +56,7 @@ def make_sampler(study: Study, cell_index: int) -> optuna.samplers.BaseSampler:
         return optuna.samplers.QMCSampler(seed=seed)
     # grid: every combination of the categorical choices and of each range's two ends.
     space = {k: (p.choices if p.type == "categorical" else [p.low, p.high]) for k, p in study.search.space.items()}
-    return optuna.samplers.GridSampler(space, seed=seed)
+    return AskTellGridSampler(space, seed=seed)
 
 
 def cell_study(study: Study, cell: Cell, cell_index: int, storage) -> optuna.Study:

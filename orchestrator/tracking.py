@@ -111,7 +111,7 @@ class Tracker:
         self.retry_at = 0.0  # monotonic time before which waiting writes are not tried again
         self.experiment_id = ""
         self.parent_id = ""
-        self.last_step: dict[str, int] = {}  # run id -> last step logged, so a resume never repeats one
+        self.logged: dict[str, set[int]] = {}  # run id -> steps logged, so none is ever logged twice
         self.children: dict[str, Any] = {}  # run key -> mlflow Run
 
     # -- set-up: the experiment, the parent run, the runs of earlier attempts ---------------
@@ -158,7 +158,7 @@ class Tracker:
                 if not refused(err):
                     self.retry_at = time.monotonic() + RETRY_S
                     return False
-                # Kept, it would block every write behind it for good.
+                # Retried, it would fail for ever and hold back every write behind it.
                 log.warning("MLflow refused a write, dropped: %s", err)
             self.pending.popleft()
         return True
@@ -192,9 +192,8 @@ class Tracker:
         def create():
             nonlocal tried
             if tried:
-                found = self.client.search_runs(
-                    [self.experiment_id], f"tags.`grokscale.run_key` = '{key}' and tags.`{PARENT_TAG}` = '{self.parent_id}'",
-                    max_results=1)
+                query = f"tags.`grokscale.run_key` = '{key}' and tags.`{PARENT_TAG}` = '{self.parent_id}'"
+                found = self.client.search_runs([self.experiment_id], query, max_results=1)
                 if found:
                     return found[0]
             tried = True
@@ -211,9 +210,9 @@ class Tracker:
             attempts = int(existing.data.tags.get("grokscale.attempts", "1")) + 1
             self._write(lambda: self.client.update_run(run_id, status="RUNNING"))
             self._write(lambda: self.client.set_tag(run_id, "grokscale.attempts", str(attempts)))
-            history = (self._answer(lambda: self.client.get_metric_history(run_id, "val_acc"))
-                       if existing.info.status != "FINISHED" else [])
-            self.last_step[run_id] = max((m.step for m in history), default=0)
+            # Even a FINISHED run: its trial may not have reached Optuna, and its result comes back.
+            history = self._answer(lambda: self.client.get_metric_history(run_id, "val_acc"))
+            self.logged[run_id] = {m.step for m in history}
             return run_id
         # attempts counts driver submissions of this run (a resume adds one); Ray's own retries
         # after a dead worker show as grokscale.resumed_from_step.
@@ -221,7 +220,7 @@ class Tracker:
         run = self._create_child(key, all_tags, name)
         run_id = run.info.run_id
         self.children[key] = run
-        self.last_step[run_id] = 0
+        self.logged[run_id] = set()
         safe = scrub({k: v if isinstance(v, str) else str(v) for k, v in params.items()})
         batch = [Param(k, v[:6000]) for k, v in safe.items()]
         self._write(lambda: self.client.log_batch(run_id, params=batch))
@@ -237,9 +236,9 @@ class Tracker:
         metrics = []
         for record in records:
             step = int(record["step"])
-            if step <= self.last_step.get(run_id, 0):
+            if step in self.logged.setdefault(run_id, set()):
                 continue
-            self.last_step[run_id] = step
+            self.logged[run_id].add(step)
             metrics += [Metric(k, float(v), now, step) for k, v in record.items() if k != "step"]
         for i in range(0, len(metrics), 1000):  # MLflow's limit of metrics per batch
             chunk = metrics[i:i + 1000]

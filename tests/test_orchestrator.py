@@ -207,3 +207,16 @@ def test_packed_runs_equal_unpacked_runs(tmp_path):
             [m.value for m in client.get_metric_history(r.info.run_id, "val_loss")]) for r in children}
         assert all(len(curve) == 4 for _, curve in finals[mode].values())
     assert finals["on"] == finals["off"]  # same searched values, bitwise the same curves on CPU
+
+
+def test_grid_sampler_runs_every_grid_point(tmp_path):
+    # Optuna's GridSampler stops the study after its last point, which raises under ask/tell.
+    path = write_study(tmp_path, grid={**TINY_STUDY["grid"], "n": [{"d_model": 16}], "d": [0.3]},
+                       train={**TINY_STUDY["train"], "steps": 50},
+                       search={"sampler": "grid", "trials_per_cell": 3,
+                               "space": {"train.weight_decay": {"type": "categorical", "choices": [0.1, 0.5, 1.0]}}})
+    out = grokscale("run", str(path), "--quiet", "--json", "--no-report", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    trials = next(iter(optuna_studies(tmp_path).values())).get_trials()
+    assert sorted(t.params["train.weight_decay"] for t in trials) == [0.1, 0.5, 1.0]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)

@@ -1,0 +1,646 @@
+"""Issue 5's reliability claims, on real components under real faults: a local Ray (and a
+two-node one), an Optuna journal file, an MLflow SQLite store or a real `mlflow server`.
+
+- a worker SIGKILLed 10 times mid-trial: Ray retries it and it resumes from its checkpoint;
+- a node SIGKILLed mid-study: its trials move to the head and the study completes;
+- the driver SIGKILLed at 3 points: each rerun resumes, nothing finished is redone or duplicated;
+- a trial whose loss turns NaN: recorded as diverged, the rest of the study goes on;
+- the tracking server unreachable at start (exit 2, nothing started) or gone for ~20 s mid-study
+  (every metric point still arrives).
+
+Processes are found through /proc (the driver's descendants; a node's `ray start --block` tree)
+and only those this test started are ever signalled; which trial a worker runs is read from its
+stack with py-spy (installed with ray[default]). Linux only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+
+BIN = Path(sys.executable).parent
+GROKSCALE = [sys.executable, "-m", "orchestrator.cli"]
+PY_SPY = shutil.which("py-spy", path=str(BIN)) or shutil.which("py-spy")  # ships with ray[default]
+# Runs of 1-5 s: a 1-layer width-16 transformer on (a + b) mod 23.
+STUDY = {
+    "name": "faults",
+    "task": {"name": "modular", "p": 23},
+    "model": {"family": "transformer", "n_layer": 1, "n_head": 4, "d_model": 16, "layer_norm": False},
+    "train": {"steps": 600, "eval_every": 50, "checkpoint_every": 100, "lr": 3e-3},
+    "grid": {"n": [{"d_model": 16}], "d": [0.3, 0.5], "seeds": [0]},
+    "search": {"sampler": "random", "trials_per_cell": 4,
+               "space": {"train.weight_decay": {"type": "float", "low": 0.1, "high": 3.0, "log": True}}},
+    "objectives": [{"metric": "max_val_acc", "direction": "maximize"}],
+    "ray": {"num_cpus": 2, "max_retries": 20},
+    "pack": {"mode": "off"},  # one Ray task per run: the unit these faults hit (packing: see below)
+}
+RAY_ENV = {"RAY_AUTH_MODE": "disabled"}  # no token to share between the nodes and the driver
+
+
+# ------------------------------------------------------------------------------ helpers
+
+def write_study(tmp_path: Path, **sections) -> Path:
+    """STUDY with each given section merged into its own (a dict) or replacing it."""
+    data = {**STUDY, **{k: {**STUDY[k], **v} if isinstance(STUDY.get(k), dict) else v for k, v in sections.items()}}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def sqlite_uri(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def start_driver(path: Path, uri: str, *args: str, log: str = "driver.log") -> subprocess.Popen:
+    """`grokscale run` in its own session; stdout (the counts) to `log`.out, stderr to `log`."""
+    return subprocess.Popen([*GROKSCALE, "run", str(path), "--quiet", "--json", "--tracking-uri", uri, *args],
+                            cwd=path.parent, stdout=open(path.parent / f"{log}.out", "wb"),
+                            stderr=open(path.parent / log, "ab"), start_new_session=True, env={**os.environ, **RAY_ENV})
+
+
+def wait_driver(driver: subprocess.Popen, path: Path, timeout: float, log: str = "driver.log") -> dict:
+    try:
+        rc = driver.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_tree(driver.pid)
+        driver.wait()
+        raise AssertionError(f"the driver ran past {timeout} s:\n{(path.parent / log).read_text()[-3000:]}")
+    assert rc == 0, f"the driver exited {rc}:\n{(path.parent / log).read_text()[-3000:]}"
+    lines = (path.parent / f"{log}.out").read_text().splitlines()  # Ray prints (raylet) notes here too
+    return json.loads(next(line for line in reversed(lines) if line.startswith("{")))
+
+
+def processes() -> dict[int, tuple[int, list[str]]]:
+    """pid -> (parent pid, command line as the process shows it; Ray workers show their task)."""
+    out = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        out[int(entry)] = (ppid, [c.decode(errors="replace") for c in cmdline.split(b"\0") if c])
+    return out
+
+
+def tree(root: int) -> dict[int, list[str]]:
+    """`root` and every process below it, with their command lines."""
+    procs = processes()
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in procs.items():
+        children.setdefault(ppid, []).append(pid)
+    found, todo = {}, [root]
+    while todo:
+        pid = todo.pop()
+        if pid in procs:
+            found[pid] = procs[pid][1]
+            todo += children.get(pid, [])
+    return found
+
+
+def kill_tree(root: int) -> None:
+    """SIGKILL `root` and its descendants, listed first: Ray workers run in their own process
+    groups, and once their raylet is gone they would no longer be found under it."""
+    for pid in tree(root):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def wait_gone(pid: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return
+        if state in ("Z", "X"):
+            return
+        time.sleep(0.02)
+
+
+def train_workers(root: int) -> list[int]:
+    """Ray workers below `root` running a train_task now (Ray sets the process title)."""
+    return sorted(pid for pid, cmd in tree(root).items() if cmd and cmd[0].startswith("ray::train_task"))
+
+
+FRAME = re.compile(r"^    (\S+) \((.+):(\d+)\)$")
+VAR = re.compile(r"^            (\w+): (.*)$")
+
+
+def trial_of(pid: int) -> str | None:
+    """The run key (cell/trial=N/seed=S) of the train_task running in `pid`, read from its
+    stack by py-spy: the task's checkpoint_dir argument. py-spy cuts strings at ~128 characters,
+    hence the short checkpoint root in these studies. None when no train_task is running."""
+    out = subprocess.run([PY_SPY, "dump", "--locals", "--pid", str(pid)], capture_output=True, text=True,
+                         timeout=30)
+    task = None
+    for line in out.stdout.splitlines():
+        if m := FRAME.match(line):
+            task = {} if m.group(1) == "train_task" else None
+        elif task is not None and (m := VAR.match(line)) and m.group(1) == "checkpoint_dir":
+            where = re.fullmatch(r'"(.*/trial=\d+/seed=\d+)"', m.group(2))
+            return "/".join(Path(where.group(1)).parts[-3:]) if where else None
+    return None
+
+
+def checkpoint(root: Path, key: str) -> tuple[int, bool]:
+    """(step, finished) of a run's checkpoint; (0, False) when there is none yet."""
+    import torch
+
+    try:
+        state = torch.load(root / key / "checkpoint.pt", weights_only=False)
+    except (OSError, EOFError, RuntimeError):  # none yet (written by rename, so never half)
+        return 0, False
+    return int(state["step"]), state.get("finished") is not None
+
+
+def reported_step(client: MlflowClient, key: str) -> int:
+    """The last val_acc step the driver has logged for the run of `key`; 0 if none."""
+    exp = client.get_experiment_by_name("faults")
+    found = client.search_runs([exp.experiment_id], f"tags.`grokscale.run_key` = '{key}'") if exp else []
+    return max((m.step for r in found for m in client.get_metric_history(r.info.run_id, "val_acc")), default=0)
+
+
+@pytest.fixture
+def short_dir():
+    """A directory with a short path, for checkpoints whose path py-spy shows whole."""
+    path = tempfile.mkdtemp(prefix="gsf", dir="/tmp")
+    yield Path(path)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def runs(uri: str, experiment: str = "faults") -> tuple[list, list]:
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    found = client.search_runs([exp.experiment_id], max_results=5000)
+    parents = [r for r in found if "mlflow.parentRunId" not in r.data.tags]
+    return parents, [r for r in found if "mlflow.parentRunId" in r.data.tags]
+
+
+def trials(tmp_path: Path, study: str = "faults") -> dict[str, list[optuna.trial.FrozenTrial]]:
+    """Cell key -> its Optuna trials, read from the journal the driver writes."""
+    from orchestrator.search import open_storage
+
+    journal = tmp_path / "runs" / study / "optuna.journal"
+    if not journal.exists():
+        return {}
+    storage = open_storage(str(journal))
+    return {s.study_name.split("/", 1)[1]: optuna.load_study(study_name=s.study_name, storage=storage).get_trials()
+            for s in optuna.get_all_study_summaries(storage)}
+
+
+def check_study_done(tmp_path: Path, uri: str, n_cells: int, n_trials: int, steps: int, eval_every: int) -> dict:
+    """Every trial COMPLETE exactly once; one FINISHED MLflow run per (trial, seed), each with
+    its whole val_acc curve, no step twice and its final metrics; the parent FINISHED.
+    Returns the child runs by run key."""
+    cells = trials(tmp_path)
+    assert len(cells) == n_cells
+    keys = set()
+    for cell, ts in cells.items():
+        assert sorted(t.number for t in ts) == list(range(n_trials)), f"{cell}: trials {[t.number for t in ts]}"
+        assert all(t.state == TrialState.COMPLETE for t in ts), [(cell, t.number, t.state.name, t.user_attrs)
+                                                                  for t in ts if t.state != TrialState.COMPLETE]
+        keys |= {f"{cell}/trial={t.number}/seed=0" for t in ts}
+    parents, children = runs(uri)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    run_keys = [r.data.tags["grokscale.run_key"] for r in children]
+    assert sorted(run_keys) == sorted(keys), "an MLflow run is missing or duplicated"
+    client = MlflowClient(uri)
+    expected = list(range(eval_every, steps + 1, eval_every))
+    for run in children:
+        assert run.info.status == "FINISHED", (run.data.tags["grokscale.run_key"], run.info.status)
+        assert run.data.tags["grokscale.status"] == "completed"
+        curve = client.get_metric_history(run.info.run_id, "val_acc")
+        assert sorted(m.step for m in curve) == expected, (run.data.tags["grokscale.run_key"],
+                                                           sorted(m.step for m in curve))
+        assert run.data.metrics["final.val_acc"] == max(curve, key=lambda m: m.step).value
+        assert run.data.metrics["final.steps"] == steps
+        assert {"cell", "seed", "param.train.weight_decay", "spec_json"} <= set(run.data.params)
+    return dict(zip(run_keys, children))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ------------------------------------------------------------------------------ 1. worker death
+
+@pytest.mark.slow
+def test_worker_killed_ten_times_resumes_from_checkpoints(tmp_path, short_dir):
+    if PY_SPY is None:
+        pytest.skip("py-spy (part of ray[default]) is needed to see which trial a worker runs")
+    steps, every = 1500, 100
+    path = write_study(tmp_path, train={"steps": steps, "checkpoint_every": every}, checkpoints=str(short_dir))
+    uri = sqlite_uri(tmp_path)
+    rng = random.Random(5)
+    client = MlflowClient(uri)
+    driver = start_driver(path, uri)
+    kills: list[dict] = []  # one per SIGKILL that hit a running trial
+    try:
+        deadline = time.monotonic() + 420
+        while len(kills) < 10 and driver.poll() is None and time.monotonic() < deadline:
+            time.sleep(rng.uniform(0.3, 2.0))
+            # A worker training a trial past its first checkpoint (a fresh worker spends seconds
+            # importing torch first; killing it then proves only Ray's retry).
+            running = {pid: trial_of(pid) for pid in train_workers(driver.pid)}
+            training = sorted(pid for pid, key in running.items()
+                              if key and checkpoint(short_dir, key)[0] > 0 and not checkpoint(short_dir, key)[1])
+            if not training:
+                continue
+            victim = rng.choice(training)
+            key = running[victim]
+            reported = reported_step(client, key)  # a lower bound of its step at the kill
+            try:
+                os.kill(victim, signal.SIGKILL)
+            except ProcessLookupError:
+                continue
+            wait_gone(victim)
+            step, finished = checkpoint(short_dir, key)  # what Ray's retry will resume from
+            kills.append({"key": key, "reported": reported, "checkpoint": step, "finished": finished})
+        assert len(kills) == 10, f"the study ended after {len(kills)} kills (driver rc {driver.poll()})"
+        counts = wait_driver(driver, path, timeout=420)
+    finally:
+        if driver.poll() is None:
+            kill_tree(driver.pid)
+    assert counts["completed"] == 8 and counts["failed"] == 0
+
+    by_key = check_study_done(tmp_path, uri, n_cells=2, n_trials=4, steps=steps, eval_every=50)
+    for k in kills:  # at each kill, at most one checkpoint interval of work was lost
+        assert k["checkpoint"] >= k["reported"] - every, k
+    for key in {k["key"] for k in kills}:
+        run = by_key[key]
+        assert run.data.tags["grokscale.attempts"] == "1"  # Ray's retries, not the driver's
+        last = [k for k in kills if k["key"] == key][-1]
+        if not last["finished"]:  # else the kill may have come after the result was sent: no retry
+            # The tag is the last attempt's: it resumed from the checkpoint the last kill left.
+            assert int(run.data.tags["grokscale.resumed_from_step"]) == last["checkpoint"], (key, kills)
+    print(f"\nkills survived: {len(kills)} over {len({k['key'] for k in kills})} runs; "
+          f"(reported step, checkpoint) at each: {[(k['reported'], k['checkpoint']) for k in kills]}")
+
+
+# ------------------------------------------------------------------------------ 2. node death
+
+class Node:
+    """One `ray start --block` on this machine, with its own temp dir, so its processes are
+    exactly that command's process tree (raylet, agents, workers)."""
+
+    def __init__(self, head_port: int, head: bool, log: Path, env: dict):
+        self.temp_dir = tempfile.mkdtemp(prefix="gsf", dir="/tmp")  # short: Unix socket paths are capped
+        args = (["--head", f"--port={head_port}", "--include-dashboard=false"] if head
+                else [f"--address=127.0.0.1:{head_port}"])
+        self.proc = subprocess.Popen([BIN / "ray", "start", "--block", *args, "--num-cpus=1",
+                                      "--node-ip-address=127.0.0.1", "--disable-usage-stats",
+                                      f"--temp-dir={self.temp_dir}"],
+                                     env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    def kill(self) -> None:
+        kill_tree(self.proc.pid)
+        self.proc.wait()
+
+    def cleanup(self) -> None:
+        if self.proc.poll() is None:
+            self.kill()
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def cluster_nodes(port: int, n_alive: int, env: dict, timeout: float = 120) -> dict[str, str]:
+    """Wait until `n_alive` nodes are alive; node id -> its raylet socket (under its temp dir)."""
+    script = f"""
+import json, time, ray
+ray.init(address="127.0.0.1:{port}", log_to_driver=False)
+deadline = time.monotonic() + {timeout}
+while True:
+    alive = {{n["NodeID"]: n["RayletSocketName"] for n in ray.nodes() if n["Alive"]}}
+    if len(alive) == {n_alive} or time.monotonic() > deadline:
+        print(json.dumps(alive))
+        break
+    time.sleep(0.5)
+"""
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                         timeout=timeout + 60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    alive = json.loads(out.stdout.strip().splitlines()[-1])
+    assert len(alive) == n_alive, f"{len(alive)} nodes alive, expected {n_alive}"
+    return alive
+
+
+@pytest.mark.slow
+def test_node_killed_mid_study_its_trials_finish_on_the_head(tmp_path, short_dir):
+    if PY_SPY is None:
+        pytest.skip("py-spy (part of ray[default]) is needed to see which trial a worker runs")
+    port = 6391  # tests/test_orchestrator.py's cluster uses 6389 and 8265
+    # Health checks every 1 s, dead after 3 misses: the GCS declares the node dead in seconds.
+    env = {**os.environ, **RAY_ENV, "RAY_health_check_period_ms": "1000",
+           "RAY_health_check_failure_threshold": "3"}
+    steps, every = 1500, 100
+    path = write_study(tmp_path, train={"steps": steps, "checkpoint_every": every},
+                       search={**STUDY["search"], "trials_per_cell": 3}, checkpoints=str(short_dir))
+    uri = sqlite_uri(tmp_path)
+    head = Node(port, True, tmp_path / "head.log", env)
+    node = None
+    driver = None
+    try:
+        node = Node(port, False, tmp_path / "node.log", env)
+        ids = cluster_nodes(port, 2, env)
+        head_id = next(i for i, sock in ids.items() if sock.startswith(head.temp_dir))
+        node_id = next(i for i, sock in ids.items() if sock.startswith(node.temp_dir))
+        driver = start_driver(path, uri, "--set", f"ray.address=127.0.0.1:{port}")
+        # Wait for a trial on the second node past its first checkpoint, then kill the node.
+        victims: dict[str, int] = {}  # run key -> its checkpoint's step when the node died
+        deadline = time.monotonic() + 300
+        while not victims and driver.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.3)
+            on_node = [k for k in map(trial_of, train_workers(node.proc.pid)) if k]
+            if any(every < checkpoint(short_dir, k)[0] < steps - every for k in on_node):
+                node.kill()
+                t_kill = time.time()
+                victims = {k: checkpoint(short_dir, k)[0] for k in on_node}
+        assert victims, f"no trial reached the second node (driver rc {driver.poll()})"
+        counts = wait_driver(driver, path, timeout=400)
+        assert counts["completed"] == 6 and counts["failed"] == 0
+        assert len(cluster_nodes(port, 1, env)) == 1
+    finally:
+        if driver is not None and driver.poll() is None:
+            kill_tree(driver.pid)
+        if node is not None:
+            node.cleanup()
+        head.cleanup()
+
+    by_key = check_study_done(tmp_path, uri, n_cells=2, n_trials=3, steps=steps, eval_every=50)
+    for key, step in victims.items():  # finished by the head, from the checkpoints the node left
+        run = by_key[key]
+        assert run.data.tags["grokscale.node_id"] == head_id != node_id
+        assert int(run.data.tags["grokscale.resumed_from_step"]) == step
+    assert {r.data.tags["grokscale.node_id"] for r in by_key.values()} <= {head_id, node_id}
+    assert all(r.data.tags["grokscale.node_id"] == head_id for r in by_key.values()
+               if r.info.start_time > t_kill * 1000), "a run started after the kill ran on the dead node"
+    print(f"\nnode killed with {len(victims)} trial(s) on it, checkpoints at {sorted(victims.values())}; "
+          f"{sum(r.data.tags['grokscale.node_id'] == node_id for r in by_key.values())} runs had finished there")
+
+
+# ------------------------------------------------------------------------------ 3. driver death
+
+@pytest.mark.slow
+def test_driver_killed_three_times_then_resumed(tmp_path):
+    steps, every = 1500, 100
+    path = write_study(tmp_path, train={"steps": steps, "checkpoint_every": every})
+    uri = sqlite_uri(tmp_path)
+    rng = random.Random(11)
+    done: dict[str, tuple] = {}  # run key of a trial COMPLETE at a kill -> what recorded its completion
+    in_flight: dict[str, tuple] = {}  # run key of a trial RUNNING at a kill -> (checkpoint step, had a run)
+    ckpts = tmp_path / "runs" / "faults" / "checkpoints"
+    # Three random points of the study's progress (1 to 6 of its 8 trials complete) plus up to
+    # 1 s; each driver is also given time to start training (a checkpoint written since it started).
+    for k, target in enumerate(sorted(rng.sample(range(1, 7), 3))):
+        driver = start_driver(path, uri)
+        try:
+            started, deadline = time.time(), time.monotonic() + 300
+            while driver.poll() is None and time.monotonic() < deadline and not (
+                    any(f.stat().st_mtime > started for f in ckpts.rglob("checkpoint.pt"))
+                    and sum(t.state == TrialState.COMPLETE for ts in trials(tmp_path).values() for t in ts) >= target):
+                time.sleep(0.1)
+            time.sleep(rng.uniform(0.0, 1.0))
+            assert driver.poll() is None, f"the study finished before kill {k + 1}"
+        finally:
+            kill_tree(driver.pid)  # the driver, its local Ray and its workers
+            driver.wait()
+        mlflow_runs = {r.data.tags["grokscale.run_key"]: r for r in runs(uri)[1]}
+        for cell, ts in trials(tmp_path).items():
+            for t in ts:
+                key = f"{cell}/trial={t.number}/seed=0"
+                if t.state == TrialState.COMPLETE and key not in done:
+                    run = mlflow_runs[key]
+                    done[key] = (t.datetime_complete, t.value, run.data.tags["grokscale.attempts"], run.info.end_time)
+                elif t.state == TrialState.RUNNING:
+                    in_flight[key] = (checkpoint(ckpts, key)[0], key in mlflow_runs)
+    assert done and in_flight, (done, in_flight)
+
+    counts = wait_driver(start_driver(path, uri), path, timeout=400)
+    assert counts["completed"] == 8 - len(done)
+    by_key = check_study_done(tmp_path, uri, n_cells=2, n_trials=4, steps=steps, eval_every=50)
+    final = {f"{cell}/trial={t.number}/seed=0": t for cell, ts in trials(tmp_path).items() for t in ts}
+    for key, recorded in done.items():  # a completed trial is never started or recorded again
+        run, trial = by_key[key], final[key]
+        now = (trial.datetime_complete, trial.value, run.data.tags["grokscale.attempts"], run.info.end_time)
+        assert now == recorded, key
+        if key not in in_flight:
+            assert recorded[2] == "1"
+    resumed = 0
+    for key, (step, had_run) in in_flight.items():
+        run = by_key[key]
+        assert int(run.data.tags["grokscale.attempts"]) >= 1 + had_run  # submitted again, same run...
+        assert int(run.data.tags["grokscale.resumed_from_step"]) >= step  # ...from its checkpoint
+        resumed += step > 0
+    print(f"\n3 driver kills; complete at the kills: {len(done)}, in flight: {len(in_flight)} "
+          f"({resumed} from a checkpoint)")
+
+
+# ------------------------------------------------------------------------------ 4. divergence
+
+@pytest.mark.parametrize("pack", ["off", "on"])  # on: both runs train as one batched model
+def test_diverged_trial_is_recorded_and_the_study_goes_on(tmp_path, pack):
+    path = write_study(tmp_path, train={"steps": 200, "checkpoint_every": 100}, pack={"mode": pack},
+                       grid={**STUDY["grid"], "d": [0.3]},
+                       # The random sampler's seed 0 draws 1e4 then 3e-3 (the grid sampler would
+                       # too, but its after_trial calls Study.stop(), which raises under ask/tell).
+                       search={"sampler": "random", "seed": 0, "trials_per_cell": 2,
+                               "space": {"train.lr": {"type": "categorical", "choices": [3e-3, 1e4]}}})
+    uri = sqlite_uri(tmp_path)
+    counts = wait_driver(start_driver(path, uri), path, timeout=300)
+    # A diverged trial is counted apart from failures, so the run still exits 0.
+    assert (counts["completed"], counts["diverged"], counts["failed"]) == (1, 1, 0)
+    assert counts.get("packed_tasks", 0) == (pack == "on")
+
+    (cell, ts), = trials(tmp_path).items()
+    by_lr = {t.params["train.lr"]: t for t in ts}
+    assert sorted(by_lr) == [3e-3, 1e4]
+    bad, good = by_lr[1e4], by_lr[3e-3]
+    assert good.state == TrialState.COMPLETE and good.user_attrs["status"] == "completed"
+    assert bad.state == TrialState.FAIL and bad.user_attrs["status"] == "diverged"
+    step = int(re.search(r"at step (\d+)", bad.user_attrs["reason"]).group(1))
+    assert 0 < step < 200
+
+    _, children = runs(uri)
+    by_trial = {int(r.data.tags["grokscale.trial_number"]): r for r in children}
+    run = by_trial[bad.number]
+    assert run.info.status == "FAILED"
+    assert run.data.tags["grokscale.status"] == "diverged"
+    assert f"at step {step}" in run.data.tags["grokscale.reason"]
+    assert run.data.metrics["final.steps"] == step
+    assert run.data.metrics["final.diverged_step"] == step  # needs summarize() to carry it (see report)
+    assert by_trial[good.number].info.status == "FINISHED"
+
+
+# ------------------------------------------------------------------------------ 5. tracking server
+
+def test_unreachable_tracking_server_stops_before_anything_starts(tmp_path):
+    path = write_study(tmp_path)
+    t0 = time.monotonic()
+    out = subprocess.run([*GROKSCALE, "run", str(path), "--quiet", "--tracking-uri",
+                          f"http://127.0.0.1:{free_port()}"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 2
+    assert "cannot reach the MLflow server at http://127.0.0.1:" in out.stderr
+    assert "nothing was started" in out.stderr and "Ray" not in out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["study.yaml"]  # no runs/, no store
+    assert time.monotonic() - t0 < 60
+
+
+def test_tracker_keeps_writes_in_order_while_the_server_is_away(tmp_path, monkeypatch):
+    """A Tracker against a closed port: each failed write costs seconds, not minutes, and the
+    writes wait in order; the next flush does not even try until RETRY_S has passed."""
+    from orchestrator.config import load_study
+    from orchestrator.tracking import HTTP_FAIL_FAST, Tracker
+
+    for name, value in HTTP_FAIL_FAST.items():  # what the Tracker sets; restored afterwards
+        monkeypatch.setenv(name, value)
+    study = load_study(write_study(tmp_path), [f"tracking.uri=http://127.0.0.1:{free_port()}"])
+    tracker = Tracker(study)
+    sent = []
+    t0 = time.monotonic()
+    tracker._write(lambda: tracker.client.get_experiment_by_name("faults"))
+    tracker._write(lambda: sent.append(1))
+    assert time.monotonic() - t0 < 10 and len(tracker.pending) == 2 and not sent
+    t1 = time.monotonic()
+    assert not tracker.flush() and time.monotonic() - t1 < 0.1  # waits for RETRY_S
+    tracker.pending.popleft()  # as if the server were back: the rest goes, in order
+    assert tracker.flush(force=True) and sent == [1]
+
+
+def test_tracker_drops_a_write_the_store_refuses_and_sends_the_rest(tmp_path):
+    """A write MLflow refuses (a param logged again with another value: HTTP 400) would fail on
+    every retry; it is dropped, and the writes queued behind it still arrive."""
+    from orchestrator.config import load_study
+    from orchestrator.tracking import Tracker, config_yaml
+
+    study = load_study(write_study(tmp_path), [f"tracking.uri={sqlite_uri(tmp_path)}"])
+    tracker = Tracker(study)
+    tracker.open(config_yaml(study))
+    run_id = tracker.start_run("cell/trial=0/seed=0", "t0", {"lr": 1}, {})
+    tracker._write(lambda: tracker.client.log_param(run_id, "lr", 2))
+    tracker.log_records(run_id, [{"step": 50, "val_acc": 0.5}, {"step": 100, "val_acc": 0.75}])
+    tracker.log_records(run_id, [{"step": 100, "val_acc": 0.0}])  # a retried worker's repeat
+    assert tracker.drain(timeout_s=5) and not tracker.pending
+    curve = tracker.client.get_metric_history(run_id, "val_acc")
+    assert [(m.step, m.value) for m in curve] == [(50, 0.5), (100, 0.75)]
+    assert tracker.client.get_run(run_id).data.params["lr"] == "1"
+
+
+class MlflowServer:
+    def __init__(self, root: Path, port: int):
+        self.root, self.port, self.proc = root, port, None
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 90) -> None:
+        self.proc = subprocess.Popen(
+            [BIN / "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+             "--backend-store-uri", f"sqlite:///{self.root / 'server.db'}",
+             "--artifacts-destination", str(self.root / "artifacts")],
+            cwd=self.root, stdout=open(self.root / "server.log", "ab"), stderr=subprocess.STDOUT,
+            start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            assert self.proc.poll() is None, (self.root / "server.log").read_text()[-2000:]
+            time.sleep(0.3)
+        raise AssertionError(f"mlflow server not up after {timeout} s")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            kill_tree(self.proc.pid)
+            self.proc.wait()
+
+
+@pytest.mark.slow
+def test_tracking_server_dropout_mid_study_loses_nothing(tmp_path):
+    """Two outages of ~20 s: one while new trials start (their runs must wait for the server),
+    one after the last trial has started (every write of the runs still training is buffered)."""
+    steps = 2000
+    path = write_study(tmp_path, train={"steps": steps, "checkpoint_every": 100})
+    t0 = time.time()
+    server = MlflowServer(tmp_path, free_port())
+    server.start()
+    driver = None
+    outages = []
+
+    def outage_when(ready) -> None:
+        deadline = time.monotonic() + 300
+        while driver.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.3)
+            if ready([t for ts in trials(tmp_path).values() for t in ts]) and train_workers(driver.pid):
+                break
+        assert driver.poll() is None, f"the study finished before outage {len(outages) + 1}"
+        server.kill()
+        down = time.time()
+        time.sleep(10)
+        server.start()  # same port, same store; the start itself takes 2-10 s
+        outages.append((down, time.time()))
+        print(f"outage {len(outages)}: {time.time() - down:.1f} s, {time.time() - t0:.0f} s into the test")
+
+    try:
+        driver = start_driver(path, server.uri)
+        outage_when(lambda ts: sum(t.state == TrialState.COMPLETE for t in ts) >= 1)
+        # ...and once every run exists (none waits in create_run) while some still train.
+        outage_when(lambda ts: any(t.state == TrialState.RUNNING for t in ts)
+                    and len(runs(server.uri)[1]) == 8)
+        counts = wait_driver(driver, path, timeout=400)
+    finally:
+        if driver is not None and driver.poll() is None:
+            kill_tree(driver.pid)
+        server.kill()
+    assert counts["completed"] == 8 and counts["failed"] == 0
+    assert all(up - down < 40 for down, up in outages)
+
+    # Read back from the store itself: nothing lost, nothing doubled.
+    uri = f"sqlite:///{tmp_path / 'server.db'}"
+    by_key = check_study_done(tmp_path, uri, n_cells=2, n_trials=4, steps=steps, eval_every=50)
+    client = MlflowClient(uri)
+    (down1, up1), (down2, up2) = outages
+    # Outage 1: a trial asked of Optuna before the server was back got its run (start_time is
+    # the time of the create_run call that succeeded) only after it was killed: it waited.
+    asked = {f"{cell}/trial={t.number}/seed=0": t.datetime_start.timestamp()
+             for cell, ts in trials(tmp_path).items() for t in ts}
+    waited = [k for k, r in by_key.items() if asked[k] < up1 and r.info.start_time / 1000 > down1]
+    assert waited, "no trial started during outage 1: it missed the study"
+    # Outage 2: metrics and completions recorded while the server was away, all delivered.
+    stamps = [m.timestamp / 1000 for r in by_key.values() for m in client.get_metric_history(r.info.run_id, "val_acc")]
+    buffered = sum(down2 < s < up2 for s in stamps)
+    completed = [t for ts in trials(tmp_path).values() for t in ts if down2 < t.datetime_complete.timestamp() < up2]
+    assert buffered > 0 and completed, "nothing was recorded during outage 2: it missed the study"
+    print(f"\nserver down {up1 - down1:.0f} s and {up2 - down2:.0f} s; {len(waited)} run(s) waited to be created, "
+          f"{buffered} val_acc points and {len(completed)} completions buffered, all delivered")
