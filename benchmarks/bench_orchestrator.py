@@ -9,6 +9,10 @@ Baseline: the same 64 TrainSpecs trained one after another in this process (no R
 MLflow): their summed time B is the pure training work.
   overhead per trial = (2 W - T) / 64         slot time not spent in a trial (issue 3: <= 20 ms)
   utilization        = T / (2 W)              trial busy time / available CPU time (>= 90%)
+The slot time not spent in a trial splits, from the trials' own start and end times per worker,
+into the dispatch gaps (from the first submission to a slot's first trial, and between one
+trial's end and the next one's start on the same worker) and the tail (a slot idle at the end
+while the other finishes its last trial: bin packing, once per study, not per trial).
   vs sequential      = T / B (how much slower a trial runs beside the driver and Ray's daemons on
                        2 cores) and B / (S + W), the end-to-end speed-up over the sequential loop.
 
@@ -77,7 +81,16 @@ def main() -> None:
     cpus = 2
     n = len(specs)
     busy, sched, startup = counts["busy_s"], counts["scheduled_s"], counts["startup_s"]
-    out = {"trials": n, "steps_per_trial": steps, "trial_seconds_sequential": baseline / n,
+    spans: dict[int, list[tuple[float, float]]] = {}
+    for pid, start, end in counts["timeline"]:
+        spans.setdefault(pid, []).append((start, end))
+    gaps = tail = 0.0
+    for iv in spans.values():
+        iv.sort()
+        gaps += iv[0][0] - counts["first_submit_at"] + sum(b[0] - a[1] for a, b in zip(iv, iv[1:]))
+        tail += counts["last_recorded_at"] - iv[-1][1]
+    out = {"trials": n, "worker_processes": len(spans),
+           "dispatch_ms_per_trial": gaps / n * 1e3, "tail_s": tail, "steps_per_trial": steps, "trial_seconds_sequential": baseline / n,
            "startup_s": startup, "scheduled_s": sched, "trial_busy_s": busy, "sequential_s": baseline,
            "overhead_ms_per_trial": (cpus * sched - busy) / n * 1e3,
            "utilization": busy / (cpus * sched),
