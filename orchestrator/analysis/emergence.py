@@ -48,7 +48,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from orchestrator.analysis.estimate import interval, jsonable
+from orchestrator.analysis.estimate import interval, jsonable, usable_runs
 
 WIDTH_10_90 = 2 * np.log(9)  # a logistic rises from 10% to 90% over 2 ln 9 of its scale
 MAX_FIT_RATIO = 1e6  # reported in place of infinity (a sigmoid that fits exactly)
@@ -209,12 +209,7 @@ def critical_sizes(runs: pd.DataFrame, *, metric: str = "max_val_acc", n_col: st
     search), and the bootstrap resamples runs within cells. The default chance, shared by every
     line, is the lowest cell value in the table. Other keyword arguments go to
     `emergence_threshold`."""
-    for col in (metric, n_col, d_col):
-        if col not in runs.columns:
-            raise ValueError(f"the runs table has no column {col!r}")
-    table = runs
-    if status_col is not None and status_col in table.columns:
-        table = table[table[status_col].isin(statuses)]
+    table = usable_runs(runs, (metric, n_col, d_col), status_col, statuses)
     table = table[[n_col, d_col, metric]].apply(pd.to_numeric, errors="coerce").dropna()
     higher = kwargs.get("higher_is_better", True)
     if chance is None and len(table):

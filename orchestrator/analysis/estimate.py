@@ -1,4 +1,5 @@
-"""A value with its bootstrap interval, and the JSON-safe conversion every result uses."""
+"""A value with its bootstrap interval, the JSON-safe conversion every result uses, and the
+rows of a runs table an analysis may read."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -17,6 +19,18 @@ class Estimate:
     value: float
     low: float | None = None
     high: float | None = None
+
+
+def usable_runs(runs: pd.DataFrame, columns: tuple[str, ...], status_col: str | None,
+                statuses: tuple[str, ...]) -> pd.DataFrame:
+    """The runs whose status is one of `statuses` (all runs when there is no status column);
+    a ValueError names the first of `columns` the table lacks."""
+    for col in columns:
+        if col not in runs.columns:
+            raise ValueError(f"the runs table has no column {col!r}")
+    if status_col is not None and status_col in runs.columns:
+        return runs[runs[status_col].isin(statuses)]
+    return runs
 
 
 def interval(samples: np.ndarray, ci: float) -> tuple[float | None, float | None]:

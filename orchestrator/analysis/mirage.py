@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from orchestrator.analysis.emergence import EmergenceFit, emergence_threshold
-from orchestrator.analysis.estimate import jsonable
+from orchestrator.analysis.estimate import jsonable, usable_runs
 
 Verdict = Literal["emergent", "mirage", "not emergent"]
 # The continuous counterparts a sequence task reports, with their best possible values.
@@ -81,11 +81,7 @@ def mirage_checks(runs: pd.DataFrame, *, x_col: str = "n_params", group_col: str
     the whole table when group_col is None). Pairs whose columns are missing or empty are
     skipped; best_values overrides `BEST_VALUES` for the metrics' best possible values."""
     best = {**BEST_VALUES, **(best_values or {})}
-    if x_col not in runs.columns:
-        raise ValueError(f"the runs table has no column {x_col!r}")
-    table = runs
-    if status_col is not None and status_col in table.columns:
-        table = table[table[status_col].isin(statuses)]
+    table = usable_runs(runs, (x_col,), status_col, statuses)
     parts = [(None, table)] if group_col is None else list(table.groupby(group_col))
     out = []
     for disc_col, cont_col in pairs:

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from orchestrator.analysis.estimate import jsonable
+from orchestrator.analysis.estimate import jsonable, usable_runs
 
 MIN_TRIALS = 4  # fewer trials than this cannot say which of the parameters mattered
 
@@ -48,12 +48,7 @@ def trial_table(runs: pd.DataFrame, *, objective: str = "max_val_acc", cell_col:
     """One row per (cell, trial): the objective's mean over seeds (`value`), the seeds counted
     (`n_seeds`), and the searched values (columns `param_prefix...`, prefix kept; numbers when
     every value parses as one, since MLflow hands params back as text)."""
-    for col in (objective, cell_col, trial_col):
-        if col not in runs.columns:
-            raise ValueError(f"the runs table has no column {col!r}")
-    table = runs
-    if status_col is not None and status_col in table.columns:
-        table = table[table[status_col].isin(statuses)]
+    table = usable_runs(runs, (objective, cell_col, trial_col), status_col, statuses)
     table = table.assign(_value=pd.to_numeric(table[objective], errors="coerce")).dropna(subset=["_value"])
     params = [c for c in table.columns if c.startswith(param_prefix)]
     grouped = table.groupby([cell_col, trial_col], sort=True)
