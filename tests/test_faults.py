@@ -644,3 +644,34 @@ def test_tracking_server_dropout_mid_study_loses_nothing(tmp_path):
     assert buffered > 0 and completed, "nothing was recorded during outage 2: it missed the study"
     print(f"\nserver down {up1 - down1:.0f} s and {up2 - down2:.0f} s; {len(waited)} run(s) waited to be created, "
           f"{buffered} val_acc points and {len(completed)} completions buffered, all delivered")
+
+
+@pytest.mark.slow
+def test_packed_task_killed_resumes_every_run_from_its_checkpoint(tmp_path):
+    """A packed task (4 runs, one Ray task) SIGKILLed once every run has a checkpoint: Ray runs
+    the pack again and each run resumes from its own checkpoint, with one whole curve."""
+    path = write_study(tmp_path, train={"steps": 1500}, grid={"d": [0.3]}, pack={"mode": "on", "max_runs": 4})
+    uri = sqlite_uri(tmp_path)
+    driver = start_driver(path, uri)
+    ckpts = tmp_path / "runs" / "faults" / "checkpoints"
+    deadline = time.monotonic() + 180
+    packed: list[int] = []
+    while time.monotonic() < deadline and driver.poll() is None:
+        if len(list(ckpts.rglob("checkpoint.pt"))) == 4:  # every run has saved at least once
+            packed = [pid for pid, cmd in tree(driver.pid).items() if cmd and cmd[0].startswith("ray::packed_task")]
+            if packed:
+                break
+        time.sleep(0.1)
+    assert packed, "never saw the packed task running with its 4 checkpoints"
+    os.kill(packed[0], signal.SIGKILL)
+    counts = wait_driver(driver, path, timeout=300)
+    assert counts["completed"] == 4 and counts["packed_tasks"] == 1 and counts["resumed"] == 4
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("faults")
+    runs = client.search_runs([exp.experiment_id], "tags.`mlflow.parentRunId` != ''")
+    assert len(runs) == 4
+    for run in runs:
+        assert run.info.status == "FINISHED" and int(run.data.tags["grokscale.resumed_from_step"]) >= 100
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
+        assert sorted(steps) == list(range(50, 1501, 50))  # the whole curve, no step twice
