@@ -75,7 +75,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.no_report:
         counts["report"] = _report(uri, study.tracking.uri, study.experiment_name, quiet=args.json)
     print(json.dumps(counts) if args.json else
-          f"{study.name}: {counts.get('completed', 0)} completed, {counts.get('diverged', 0)} diverged, "
+          f"{study.name}: {counts.get('completed', 0)} completed, {counts.get('stopped', 0)} pruned, "
+          f"{counts.get('diverged', 0)} diverged, "
           f"{counts.get('failed', 0)} failed in {counts['wall_time_s']:.0f} s. "
           f"Open it with: mlflow ui --backend-store-uri {uri}")
     return 0 if counts.get("failed", 0) == 0 else 1
@@ -140,10 +141,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     table = Table(title=f"{study.name} ({study.storage_url})", title_justify="left")
-    for col in ("cell", "N", "D", "complete", "running", "failed", "best value", "best params"):
+    for col in ("cell", "N", "D", "complete", "pruned", "running", "failed", "best value", "best params"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["cell"], f"{r['n_params']:,}", f"{r['n_train']:,}", str(r["complete"]), str(r["running"]),
+        table.add_row(r["cell"], f"{r['n_params']:,}", f"{r['n_train']:,}", str(r["complete"]), str(r["pruned"]),
+                      str(r["running"]),
                       str(r["failed"]), "" if r["best_value"] is None else f"{r['best_value']}",
                       "" if r["best_params"] is None else json.dumps(r["best_params"]))
     Console().print(table)

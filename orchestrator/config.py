@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError,
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError,
                       field_validator, model_validator)
 
 from trainers.overrides import OverrideError, apply_overrides
@@ -171,12 +171,27 @@ class RayConfig(Strict):
     max_retries: int = Field(default=3, ge=0)  # a trial whose worker dies is retried this often
 
 
+def _yaml_switch(v: Any) -> Any:
+    """YAML 1.1 reads a bare `off`/`on` as false/true: take them back as the words meant."""
+    return {False: "off", True: "on"}.get(v, v) if isinstance(v, bool) else v
+
+
 class Packing(Strict):
     """Several runs of one cell trained in one process as one batched model (trainers/packed.py):
     one Ray task, one slot, K runs, each with its own seed and regularization."""
 
-    mode: Literal["auto", "on", "off"] = "auto"  # auto: when it pays (see orchestrator.run.pack_size)
+    mode: Annotated[Literal["auto", "on", "off"], BeforeValidator(_yaml_switch)] = "auto"  # auto: when it pays (see orchestrator.run.pack_size)
     max_runs: PositiveInt = 8  # runs per packed task
+
+
+class Pruning(Strict):
+    """Per-cell pruning (orchestrator/pruning.py): stop runs whose answer is already known."""
+
+    # off; objective: stop a run once it cannot beat its cell's best step objective (exact);
+    # phase: stop a memorizing run whose budget of weight decay cannot make it grok in time.
+    mode: Annotated[Literal["off", "objective", "phase"], BeforeValidator(_yaml_switch)] = "off"
+    safety: float = Field(default=2.0, ge=1.0)  # phase: how far short of the needed decay a run must fall
+    memorized_for: float = Field(default=10.0, ge=1.0)  # phase: steps since memorization, as a multiple
 
 
 class Study(Strict):
@@ -195,6 +210,7 @@ class Study(Strict):
     checkpoints: str | None = None  # None: <workdir>/checkpoints
     ray: RayConfig = Field(default_factory=RayConfig)
     pack: Packing = Field(default_factory=Packing)
+    prune: Pruning = Field(default_factory=Pruning)
 
     @property
     def workdir_path(self) -> Path:
@@ -325,6 +341,13 @@ def _check_semantics(study: Study) -> list[str]:
     if len(study.objectives) > 1 and study.search.sampler == "cmaes":
         problems.append(f"search.sampler: {study.search.sampler!r} optimizes one objective; use tpe, nsgaii, "
                         f"random or qmc with {len(study.objectives)} objectives")
+    if study.prune.mode == "objective":
+        step_metrics = ("generalization_step", "memorization_step")
+        if len(study.objectives) != 1 or study.objectives[0].metric not in step_metrics \
+                or study.objectives[0].direction != "minimize":
+            problems.append(f"prune.mode: 'objective' stops a run once it cannot beat its cell's best step, so it "
+                            f"needs one objective, {' or '.join(step_metrics)} minimized; got "
+                            f"{[(o.metric, o.direction) for o in study.objectives]}; use 'phase' or 'off'")
     if problems:
         return problems
     # Build the first cell's spec, then every cell, then the first cell under each searched

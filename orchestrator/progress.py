@@ -46,7 +46,7 @@ class Progress:
 
     def counts(self, state: Any, running_units: list) -> dict[str, int]:
         trials = state.optuna.get_trials(deepcopy=False)
-        done = sum(t.state == TrialState.COMPLETE for t in trials)
+        done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)  # pruned: answered
         failed = sum(t.state == TrialState.FAIL for t in trials)
         running = len({u.trial_number for u in running_units if u.cell is state.cell})
         return {"done": done, "failed": failed, "running": running, "total": self.study.search.trials_per_cell}

@@ -4,7 +4,8 @@ A child run records its whole `TrainSpec` (the `spec.json` artifact, and the `sp
 while it fits MLflow's param limit). The trainer is bitwise repeatable on CPU, so training that
 spec again with `trainers.train` (no Ray) must give every recorded curve point and final metric
 exactly: MLflow stores float64 and the trainer records Python floats, so nothing is rounded on
-the way. Any difference, however small, is a MISMATCH.
+the way. Any difference, however small, is a MISMATCH. A pruned run (status `stopped`) is
+trained again up to the step it was stopped at.
 
 Exit codes: 0 match, 1 mismatch, 2 no such run or no recorded spec.
 """
@@ -167,9 +168,14 @@ def reproduce(run_id: str, tracking_uri: str) -> Report:
     except ValidationError as err:
         raise ReproduceError(f"run {run_id}: the recorded spec is not a valid TrainSpec "
                              f"({err.error_count()} problem(s), first: {err.errors()[0]['msg']})") from None
+    # A run stopped from outside (pruned) is replayed to the step it stopped at: where it stopped
+    # depended on other runs, what it computed up to there did not.
+    stop_at = (int(run.data.metrics["final.steps"]) if run.data.tags.get("grokscale.status") == "stopped"
+               and "final.steps" in run.data.metrics else None)
+    report = (lambda record: record["step"] >= stop_at) if stop_at is not None else None
     t0 = time.perf_counter()
     try:
-        result = train(spec).to_dict()
+        result = train(spec, report=report).to_dict()
     except Exception as err:  # noqa: BLE001 - e.g. a spec recorded on a GPU, trained again without one
         raise ReproduceError(f"run {run_id}: its spec does not train here ({type(err).__name__}: {err})") from None
     wall = time.perf_counter() - t0

@@ -23,6 +23,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from orchestrator.config import Study
 from orchestrator.grid import Cell, spec_for
 from orchestrator.progress import Progress
+from orchestrator.pruning import Pruner, RunState, StopRule, should_stop
 from orchestrator.search import cell_study, open_storage, suggest
 from orchestrator.tracking import Tracker, config_yaml
 from trainers.packed import can_pack
@@ -40,9 +41,16 @@ class Inbox:
 
     def __init__(self) -> None:
         self.items: list[tuple[str, dict]] = []
+        self.rules: dict[str, StopRule | None] = {}  # run id -> its stop rule, from the driver
 
-    def put(self, item: tuple[str, dict]) -> None:
+    def put(self, item: tuple[str, dict]) -> StopRule | None:
+        """Take a record; answer with the run's current stop rule (the worker reads it when it
+        has arrived, never waiting for it)."""
         self.items.append(item)
+        return self.rules.get(item[0])
+
+    def set_rule(self, run_id: str, rule: StopRule | None) -> None:
+        self.rules[run_id] = rule
 
     def take(self) -> list[tuple[str, dict]]:
         items, self.items = self.items, []
@@ -55,43 +63,71 @@ def warm_up() -> None:
     import trainers  # noqa: F401
 
 
+class Reporter:
+    """A run's report hook on its worker: posts every evaluation to the inbox (fire and forget,
+    so the trainer never waits), picks up the stop rule the driver answers with once it has
+    arrived, and applies it to the run's own evaluations (orchestrator/pruning.py)."""
+
+    def __init__(self, inbox, run_id: str, spec, rule: StopRule | None = None) -> None:
+        self.inbox, self.run_id, self.rule = inbox, run_id, rule
+        self.state = RunState(spec.train.train_threshold, spec.train.val_threshold)
+        self.pending: list = []
+        self.fired: str | None = None  # the rule's reason, once it stopped the run
+
+    def __call__(self, record: dict) -> bool:
+        if self.pending:
+            ready, _ = ray.wait(self.pending, num_returns=len(self.pending), timeout=0)
+            if ready:
+                done = set(ready)
+                latest = [ref for ref in self.pending if ref in done][-1]
+                self.rule = ray.get(latest)  # the newest answer wins, None included
+                self.pending = [ref for ref in self.pending[self.pending.index(latest) + 1:]]
+        self.pending.append(self.inbox.put.remote((self.run_id, record)))
+        self.state.see(record)
+        if should_stop(self.rule, self.state, int(record["step"])):
+            self.fired = f"{self.rule.reason} (stopped at step {int(record['step'])})"
+            return True
+        return False
+
+    def finish(self, out: dict) -> dict:
+        if out.get("status") == "stopped" and self.fired:
+            out["reason"] = self.fired
+        return out
+
+
 @ray.remote
-def train_task(spec_json: str, checkpoint_dir: str, inbox, run_id: str) -> dict:
+def train_task(spec_json: str, checkpoint_dir: str, inbox, run_id: str, rule: StopRule | None = None) -> dict:
     """One training run on a worker. Metrics go to the inbox as they happen (best effort: the
     result carries the whole history too); an error in training comes back as a failed result,
     so only a dead worker makes Ray retry."""
     from trainers import TrainSpec, train  # imported on the worker
 
-    def report(record: dict) -> None:
-        inbox.put.remote((run_id, record))  # fire and forget: the trainer never waits on it
-
     started = time.time()
     where = {"node_id": ray.get_runtime_context().get_node_id(), "worker_pid": os.getpid()}
     try:
         spec = TrainSpec.model_validate_json(spec_json)
-        out = train(spec, report=report, checkpoint_dir=checkpoint_dir).to_dict()
+        report = Reporter(inbox, run_id, spec, rule)
+        out = report.finish(train(spec, report=report, checkpoint_dir=checkpoint_dir).to_dict())
     except Exception:  # noqa: BLE001 - a trial's failure is data, never a crashed sweep
         out = {"status": "failed", "reason": traceback.format_exc(limit=5)[-4000:]}
     return {**out, **where, "started_at": started, "ended_at": time.time()}
 
 
 @ray.remote
-def packed_task(spec_jsons: list[str], checkpoint_dirs: list[str], inbox, run_ids: list[str]) -> list[dict]:
+def packed_task(spec_jsons: list[str], checkpoint_dirs: list[str], inbox, run_ids: list[str],
+                rules: list[StopRule | None] | None = None) -> list[dict]:
     """Several runs of one cell trained together as one batched model (trainers/packed.py), each
-    streaming under its own run id; the results come back in order, one per run."""
+    streaming under its own run id and stopped by its own rule; the results come back in order,
+    one per run."""
     from trainers import TrainSpec
     from trainers.packed import train_packed
-
-    def reporter(run_id: str):
-        def report(record: dict) -> None:  # returns None: a truthy return would stop the run
-            inbox.put.remote((run_id, record))
-        return report
 
     started = time.time()
     where = {"node_id": ray.get_runtime_context().get_node_id(), "worker_pid": os.getpid(), "packed": len(run_ids)}
     try:
         specs = [TrainSpec.model_validate_json(s) for s in spec_jsons]
-        outs = [r.to_dict() for r in train_packed(specs, [reporter(r) for r in run_ids], checkpoint_dirs)]
+        reports = [Reporter(inbox, r, spec, rule) for r, spec, rule in zip(run_ids, specs, rules or [None] * len(specs))]
+        outs = [rep.finish(r.to_dict()) for rep, r in zip(reports, train_packed(specs, reports, checkpoint_dirs))]
     except Exception:  # noqa: BLE001 - the pack's failure is data: every run in it failed
         reason = traceback.format_exc(limit=5)[-4000:]
         outs = [{"status": "failed", "reason": reason} for _ in run_ids]
@@ -155,6 +191,8 @@ class Unit:
     checkpoint_dir: str = ""
     result: dict | None = None
     summary: dict = field(default_factory=dict)
+    group: tuple = ()  # runs whose decay clocks compare (orchestrator/pruning.py)
+    rule: StopRule | None = None  # the stop rule last posted to its worker
 
     @property
     def key(self) -> str:
@@ -232,6 +270,7 @@ def run_study(study: Study, cells: list[Cell], show: bool = True) -> dict:
         started = len([t for t in trials if t.state != TrialState.WAITING])
         states.append(CellState(cell, i, ostudy, orphans, max(0, study.search.trials_per_cell - started)))
 
+    pruner = make_pruner(study, states)
     progress = Progress(study, states, show=show)
     ray.get(warm)
     in_flight: dict[Any, list[Unit]] = {}  # a Ray task -> its runs (several when packed)
@@ -259,6 +298,9 @@ def run_study(study: Study, cells: list[Cell], show: bool = True) -> dict:
                       **{f"param.{k}": v for k, v in params.items()},
                       "spec_json": spec.model_dump_json()}
             unit.run_id = tracker.start_run(unit.key, f"{state.cell.key} t{number} s{seed}", logged, tags)
+            if pruner is not None:
+                unit.group = Pruner.group(state.cell.n_index, params)
+                unit.rule = pruner.rule(state.cell.key, unit.group, state.cell.d_value, spec.train)
             units.append(unit)
             trial.set_user_attr(f"run_id.seed={seed}", unit.run_id)
         state.trials[number] = units
@@ -274,12 +316,13 @@ def run_study(study: Study, cells: list[Cell], show: bool = True) -> dict:
         if len(units) > 1 and can_pack([u.spec for u in units]) is None:
             ref = packed_task.options(**options).remote(
                 [u.spec.model_dump_json() for u in units], [u.checkpoint_dir for u in units], inbox,
-                [u.run_id for u in units])
+                [u.run_id for u in units], [u.rule for u in units])
             in_flight[ref] = units
             counts["packed_tasks"] = counts.get("packed_tasks", 0) + 1
             return
         for u in units:
-            ref = train_task.options(**options).remote(u.spec.model_dump_json(), u.checkpoint_dir, inbox, u.run_id)
+            ref = train_task.options(**options).remote(u.spec.model_dump_json(), u.checkpoint_dir, inbox, u.run_id,
+                                                       u.rule)
             in_flight[ref] = [u]
 
     def next_trial(state: CellState) -> list[Unit]:
@@ -325,29 +368,55 @@ def run_study(study: Study, cells: list[Cell], show: bool = True) -> dict:
             final[f"n_params_{k}"] = v
         tracker.finish_run(unit.run_id, status, result.get("reason", ""), final, extra)
         state = next(s for s in states if s.cell is unit.cell)
+        gen = unit.summary.get("generalization_step")
+        state.handles[unit.trial_number].set_user_attr(f"generalization_step.seed={unit.seed}", gen)
+        learned = pruner is not None and pruner.run_done(unit.group, unit.cell.d_value, unit.spec.train, gen)
         units = state.trials[unit.trial_number]
         if all(u.result is not None for u in units):
-            tell(state, unit.trial_number, units)
+            learned = tell(state, unit.trial_number, units) or learned
             del state.trials[unit.trial_number]
+        if learned:
+            post_rules()
 
-    def tell(state: CellState, number: int, units: list[Unit]) -> None:
+    def post_rules() -> None:
+        """What a finished run taught its cell, as new stop rules for the runs still training."""
+        for units in in_flight.values():
+            for u in units:
+                rule = pruner.rule(u.cell.key, u.group, u.cell.d_value, u.spec.train)
+                if rule != u.rule:
+                    u.rule = rule
+                    inbox.set_rule.remote(u.run_id, rule)
+
+    def tell(state: CellState, number: int, units: list[Unit]) -> bool:
+        """Report the trial to Optuna; True when it is its cell's new best (objective pruning)."""
         trial = state.handles.pop(number)
-        bad = next((u for u in units if u.result["status"] != "completed"), None)
+        bad = next((u for u in units if u.result["status"] not in ("completed", "stopped")), None)
         if bad is not None:
             trial.set_user_attr("status", bad.result["status"])
             trial.set_user_attr("reason", bad.result.get("reason", "")[:2000])
             state.optuna.tell(trial, state=TrialState.FAIL)
-            return
+            return False
+        stopped = next((u for u in units if u.result["status"] == "stopped"), None)
         values = []
         for obj in study.objectives:
-            vals = [objective_value(obj.metric, u.summary, *u.budget) for u in units]
+            # A stopped run's step objective is censored where it stopped: a bound, not a value.
+            vals = [objective_value(obj.metric, u.summary, u.result.get("steps") or u.budget[0], u.budget[1])
+                    if stopped else objective_value(obj.metric, u.summary, *u.budget) for u in units]
             values.append(sum(vals) / len(vals))  # the mean over seeds
+        if stopped is not None:
+            trial.set_user_attr("status", "pruned")
+            trial.set_user_attr("reason", stopped.result.get("reason", "")[:2000])
+            if len(values) == 1 and not math.isnan(values[0]):
+                trial.report(values[0], max(u.result.get("steps") or 0 for u in units))
+            state.optuna.tell(trial, state=TrialState.PRUNED)
+            return False
         trial.set_user_attr("status", "completed")
         if any(math.isnan(v) for v in values):
             trial.set_user_attr("reason", "an objective metric was not recorded")
             state.optuna.tell(trial, state=TrialState.FAIL)
-        else:
-            state.optuna.tell(trial, values if len(values) > 1 else values[0])
+            return False
+        state.optuna.tell(trial, values if len(values) > 1 else values[0])
+        return pruner is not None and pruner.trial_done(state.cell.key, values[0])
 
     t0 = time.monotonic()
     counts["startup_s"] = t0 - t_start
@@ -405,6 +474,25 @@ def run_study(study: Study, cells: list[Cell], show: bool = True) -> dict:
     counts["wall_time_s"] = time.monotonic() - t0
     counts["parent_run_id"] = tracker.parent_id
     return counts
+
+
+def make_pruner(study: Study, states: list[CellState]) -> Pruner | None:
+    """The study's pruner, with what its finished trials already taught it (on resume)."""
+    if study.prune.mode == "off":
+        return None
+    pruner = Pruner(study.prune.mode, metric=study.objectives[0].metric, safety=study.prune.safety,
+                    memorized_for=study.prune.memorized_for, n_seeds=len(study.grid.seeds))
+    for state in states:
+        for t in state.optuna.get_trials(deepcopy=False, states=[TrialState.COMPLETE, TrialState.PRUNED]):
+            if t.state == TrialState.COMPLETE and len(t.values) == 1:
+                pruner.trial_done(state.cell.key, t.values[0])
+            for seed in study.grid.seeds:
+                gen = t.user_attrs.get(f"generalization_step.seed={seed}")
+                if gen is not None:
+                    spec = spec_for(study, state.cell, dict(t.params), seed)
+                    pruner.run_done(Pruner.group(state.cell.n_index, dict(t.params)), state.cell.d_value,
+                                    spec.train, gen)
+    return pruner
 
 
 def _stream(inbox, tracker: Tracker) -> None:

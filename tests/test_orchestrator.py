@@ -4,6 +4,7 @@ an MLflow SQLite store; then a driver killed with SIGKILL and resumed."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -220,3 +221,76 @@ def test_grid_sampler_runs_every_grid_point(tmp_path):
     trials = next(iter(optuna_studies(tmp_path).values())).get_trials()
     assert sorted(t.params["train.weight_decay"] for t in trials) == [0.1, 0.5, 1.0]
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+
+
+def _pruning_study(where: Path, mode: str, num_cpus: int) -> Path:
+    """One cell where weight decay decides the phase: high decay generalizes within the budget,
+    low decay only memorizes. The QMC sampler draws the same six values in every run."""
+    where.mkdir()
+    return write_study(where, name="prune", task={"name": "modular", "p": 59},
+                       train={"steps": 2000, "eval_every": 50, "lr": 3e-3, "success_stop_evals": 2},
+                       grid={"n": [{"d_model": 32}], "d": [0.5], "seeds": [0]},
+                       search={"sampler": "qmc", "trials_per_cell": 6,
+                               "space": {"train.weight_decay": {"type": "float", "low": 0.01, "high": 10.0,
+                                                                "log": True}}},
+                       objectives=[{"metric": "generalization_step", "direction": "minimize"}],
+                       prune={"mode": mode}, pack={"mode": "off"}, ray={"num_cpus": num_cpus})
+
+
+def _pruning_outcome(where: Path) -> tuple[dict, dict]:
+    """Per trial number: (weight decay, Optuna state, value), and the MLflow runs' rows."""
+    from orchestrator.analysis.grokking import grokking_phases
+    from orchestrator.results import load_results
+
+    trials = next(iter(optuna_studies(where, "prune").values())).get_trials()
+    runs = grokking_phases(load_results(f"sqlite:///{where / 'mlflow.db'}", "prune", with_curves=False).runs)
+    return ({t.number: (t.params["train.weight_decay"], t.state, t.value) for t in trials},
+            {int(r.trial_number): r for r in runs.itertuples()})
+
+
+@pytest.mark.slow
+def test_pruning_keeps_every_answer_of_the_unpruned_study(tmp_path):
+    """`prune.mode: objective` never changes a cell's best; `prune.mode: phase` never stops a run
+    that would have generalized within its budget, and every run keeps its phase. Both train
+    fewer steps than the same study unpruned."""
+    outcome = {}
+    for mode, cpus in (("off", 2), ("objective", 2), ("phase", 1)):  # 1 CPU: trials in QMC order
+        where = tmp_path / mode
+        out = grokscale("run", str(_pruning_study(where, mode, cpus)), "--quiet", "--json", "--no-report", cwd=where)
+        assert out.returncode == 0, out.stderr[-3000:]
+        outcome[mode] = _pruning_outcome(where)
+    trials, runs = outcome["off"]
+    done = optuna.trial.TrialState.COMPLETE
+    pruned_state = optuna.trial.TrialState.PRUNED
+    assert all(state == done for _, state, _ in trials.values())
+    best = min(v for _, _, v in trials.values())
+    assert best < 2000, "no trial generalized: the test would prove nothing"
+    steps_off = sum(r.steps for r in runs.values())
+
+    # objective: the same best; every pruned trial scored no better than it unpruned.
+    o_trials, o_runs = outcome["objective"]
+    assert [wd for wd, _, _ in o_trials.values()] == [wd for wd, _, _ in trials.values()]
+    assert min(v for _, s, v in o_trials.values() if s == done) == best
+    pruned = [n for n, (_, s, _) in o_trials.items() if s == pruned_state]
+    assert pruned, "nothing was pruned"
+    for n in pruned:
+        assert trials[n][2] >= best
+        assert o_runs[n].status == "stopped" and o_runs[n].reason.startswith("pruned: no generalization_step")
+    assert sum(r.steps for r in o_runs.values()) < steps_off
+
+    # phase: each run's phase and generalization step as unpruned; the pruned ones only memorized.
+    p_trials, p_runs = outcome["phase"]
+    pruned = [n for n, (_, s, _) in p_trials.items() if s == pruned_state]
+    assert pruned, "nothing was pruned"
+    for n, run in p_runs.items():
+        assert run.phase == runs[n].phase
+        assert (run.generalization_step == runs[n].generalization_step
+                or (math.isnan(run.generalization_step) and math.isnan(runs[n].generalization_step)))
+    for n in pruned:
+        assert runs[n].phase == "memorization" and p_runs[n].reason.startswith("pruned: memorized")
+        assert p_runs[n].steps < runs[n].steps
+    # A pruned run is reproduced bit for bit up to the step it was stopped at.
+    where = tmp_path / "phase"
+    again = grokscale("reproduce", p_runs[pruned[0]].run_id, "--tracking-uri", f"sqlite:///{where / 'mlflow.db'}",
+                      cwd=where)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-2000:]

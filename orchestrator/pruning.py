@@ -1,0 +1,149 @@
+"""Per-cell pruning: stop a run once its answer is known, and never before.
+
+Two rules, chosen by the study's `prune.mode`:
+
+objective  For a step objective (the generalization or memorization step, minimized): a run
+           still short of the event at step s will score more than s, so once s reaches the
+           cell's best it cannot improve the cell's answer. Exact: it never changes a cell's
+           best value. For the search for the fastest regularization (sweeps/grok_fast.yaml).
+
+phase      For phase diagrams (sweeps/grokking_modular.yaml): stop a run that has memorized,
+           has not generalized for a decade of steps since (so it is not comprehension, see
+           analysis/grokking.py), and whose whole budget of weight decay is less than
+           1/`safety` of what the fastest-generalizing run of its cell, or of any cell with more
+           data, needed. Under AdamW the weights shrink by exp(-sum of lr_t x weight decay) from
+           decay alone (decoupled decay, Loshchilov and Hutter 2019), and the late
+           generalization of grokking is that shrinkage at work: grokking time scales as
+           1 / (lr x weight decay) (Lyu et al. 2024, "Dichotomy of early and late phase
+           implicit biases", Thm. 3.3; Liu et al. 2023, "Omnigrok"), and fewer training
+           examples need more of it (Power et al. 2022, Fig. 1). So the decay clock
+           sum(lr_t x weight decay) is compared across runs of a cell that differ only in
+           learning rate and weight decay, and across its N's cells with more data. Such a run
+           would be labelled "memorization" after its full budget; it is labelled the same now.
+
+The driver decides (this module's pure functions) and posts each run a `StopRule`; the worker
+applies it to its own evaluations as they come (`should_stop`), so a rule acts within one
+evaluation of being known, without a round trip per step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from trainers.spec import TrainConfig
+from trainers.train import lr_factor
+
+# Searched fields that only move the decay clock: runs differing in these alone compare.
+CLOCK_PARAMS = frozenset({"train.weight_decay", "train.lr", "train.warmup_steps"})
+STEP_OBJECTIVES = {"generalization_step": "val", "memorization_step": "train"}
+
+
+def decay_clock(train: TrainConfig, steps: int) -> float:
+    """sum over the first `steps` steps of lr_t x weight decay: the log of the factor by which
+    AdamW's decoupled weight decay alone shrinks the weights by then."""
+    w = train.warmup_steps
+    warm = min(steps, w)
+    ramp = sum(lr_factor(s, w) for s in range(warm)) if w else 0.0
+    return train.lr * train.weight_decay * (ramp + max(0, steps - warm))
+
+
+@dataclass(frozen=True)
+class StopRule:
+    """What a worker needs to stop its run: plain data, posted through Ray."""
+
+    reason: str
+    min_step: int = 0  # never before this step
+    # objective: stop once at min_step without this event ("val": generalized, "train": memorized)
+    event: str | None = None
+    # phase: stop once memorized at m, not generalized, and at step >= memorized_for x m
+    memorized_for: float | None = None
+
+
+@dataclass
+class RunState:
+    """The events a worker has seen in its own run's evaluations."""
+
+    train_threshold: float
+    val_threshold: float
+    memorized_at: int | None = None
+    generalized_at: int | None = None
+
+    def see(self, record: dict) -> None:
+        step = int(record["step"])
+        if self.memorized_at is None and record.get("train_acc", -1.0) >= self.train_threshold:
+            self.memorized_at = step
+        if self.generalized_at is None and record.get("val_acc", -1.0) >= self.val_threshold:
+            self.generalized_at = step
+
+
+def should_stop(rule: StopRule | None, state: RunState, step: int) -> bool:
+    if rule is None or step < rule.min_step:
+        return False
+    if rule.event is not None:
+        reached = state.generalized_at if rule.event == "val" else state.memorized_at
+        return reached is None
+    if rule.memorized_for is not None:
+        return (state.generalized_at is None and state.memorized_at is not None
+                and step >= rule.memorized_for * max(1, state.memorized_at))
+    return False
+
+
+@dataclass
+class Pruner:
+    """The driver's side: what each cell has learned, and the rule each run gets from it."""
+
+    mode: str  # "objective" | "phase"
+    metric: str = "generalization_step"  # objective: the step objective
+    safety: float = 2.0  # phase
+    memorized_for: float = 10.0  # phase
+    n_seeds: int = 1
+    best: dict[str, float] = field(default_factory=dict)  # objective: cell key -> best value
+    # phase: (N index, the run's searched values other than CLOCK_PARAMS) -> [(D, decay clock at generalization)]
+    needed: dict[tuple, list[tuple[float, float]]] = field(default_factory=dict)
+
+    @staticmethod
+    def group(n_index: int, params: dict[str, Any]) -> tuple:
+        return (n_index, tuple(sorted((k, repr(v)) for k, v in params.items() if k not in CLOCK_PARAMS)))
+
+    def trial_done(self, cell_key: str, value: float | None) -> bool:
+        """A trial of the cell ended with objective `value` (mean over seeds); True when it is
+        the cell's new best, so that its runs in flight get a tighter rule."""
+        if self.mode != "objective" or value is None or not math.isfinite(value):
+            return False
+        if value < self.best.get(cell_key, math.inf):
+            self.best[cell_key] = value
+            return True
+        return False
+
+    def run_done(self, group: tuple, d_value: float, train: TrainConfig, generalization_step: int | None) -> bool:
+        """A run ended; True when it taught its group something new (phase mode)."""
+        if self.mode != "phase" or generalization_step is None:
+            return False
+        self.needed.setdefault(group, []).append((d_value, decay_clock(train, generalization_step)))
+        return True
+
+    def rule(self, cell_key: str, group: tuple, d_value: float, train: TrainConfig) -> StopRule | None:
+        if self.mode == "objective":
+            best = self.best.get(cell_key)
+            if best is None:
+                return None
+            # One seed past n x best cannot bring the mean over n seeds below best.
+            bound = int(math.ceil(best * self.n_seeds))
+            return StopRule(reason=f"pruned: no {self.metric} by step {bound}, so it cannot beat the cell's "
+                                   f"best ({best:g})", min_step=bound, event=STEP_OBJECTIVES[self.metric])
+        if self.mode == "phase":
+            # Cells of this N with as much data or more: they generalize with no more decay than this one.
+            seen = [(tau, d) for d, tau in self.needed.get(group, []) if d >= d_value]
+            if not seen:
+                return None
+            need, _ = min(seen)
+            have = decay_clock(train, train.steps)
+            if have * self.safety >= need:
+                return None
+            return StopRule(reason=f"pruned: memorized and not generalized {self.memorized_for:g}x later; its "
+                                   f"whole budget of weight decay (sum lr x wd = {have:.3g}) is under "
+                                   f"1/{self.safety:g} of the least any run of this or a larger-D cell "
+                                   f"generalized with ({need:.3g})", memorized_for=self.memorized_for)
+        return None
