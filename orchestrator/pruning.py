@@ -20,6 +20,10 @@ phase      For phase diagrams (sweeps/grokking_modular.yaml): stop a run that ha
            sum(lr_t x weight decay) is compared across runs of a cell that differ only in
            learning rate and weight decay, and across its N's cells with more data. Such a run
            would be labelled "memorization" after its full budget; it is labelled the same now.
+           Also, per run: a run that has not memorized after 5 e-folds of decay (its weights
+           keep under 1% of their init, so decay and gradient have balanced) and whose training
+           accuracy rose by less than 0.01 over the second half of its steps is stuck in
+           "confusion", the label its full budget would give it.
 
 The driver decides (this module's pure functions) and posts each run a `StopRule`; the worker
 applies it to its own evaluations as they come (`should_stop`), so a rule acts within one
@@ -29,7 +33,7 @@ evaluation of being known, without a round trip per step.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from trainers.spec import TrainConfig
@@ -37,7 +41,23 @@ from trainers.train import lr_factor
 
 # Searched fields that only move the decay clock: runs differing in these alone compare.
 CLOCK_PARAMS = frozenset({"train.weight_decay", "train.lr", "train.warmup_steps"})
+# Confusion: after this many e-folds of decay the weights keep under 1% of their start, so the
+# run's state is set by the balance of gradient and decay, not by its init; a run that has not
+# memorized by then and whose training accuracy has stopped rising is stuck where it is.
+EQUILIBRIUM_EFOLDS = 5.0
+STALL_TOLERANCE = 0.01  # training accuracy, absolute
 STEP_OBJECTIVES = {"generalization_step": "val", "memorization_step": "train"}
+
+
+def clock_step(train: TrainConfig, efolds: float) -> int | None:
+    """The first step at which decay_clock reaches `efolds` (None: not within the budget)."""
+    if train.lr * train.weight_decay <= 0 or decay_clock(train, train.steps) < efolds:
+        return None
+    lo, hi = 0, train.steps  # decay_clock grows with the step: bisect
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (mid + 1, hi) if decay_clock(train, mid) < efolds else (lo, mid)
+    return lo
 
 
 def decay_clock(train: TrainConfig, steps: int) -> float:
@@ -53,22 +73,27 @@ def decay_clock(train: TrainConfig, steps: int) -> float:
 class StopRule:
     """What a worker needs to stop its run: plain data, posted through Ray."""
 
-    reason: str
+    reason: str = ""
     min_step: int = 0  # never before this step
     # objective: stop once at min_step without this event ("val": generalized, "train": memorized)
     event: str | None = None
-    # phase: stop once memorized at m, not generalized, and at step >= memorized_for x m
+    # phase, memorization: stop once memorized at m, not generalized, and at step >= memorized_for x m
     memorized_for: float | None = None
+    # phase, confusion: from this step on, stop a run that has not memorized and whose training
+    # accuracy rose by less than STALL_TOLERANCE over the second half of its steps so far
+    stalled_after: int | None = None
+    stalled_reason: str = ""
 
 
 @dataclass
 class RunState:
-    """The events a worker has seen in its own run's evaluations."""
+    """What a worker has seen in its own run's evaluations."""
 
     train_threshold: float
     val_threshold: float
     memorized_at: int | None = None
     generalized_at: int | None = None
+    train_acc: list[tuple[int, float]] = field(default_factory=list)
 
     def see(self, record: dict) -> None:
         step = int(record["step"])
@@ -76,18 +101,32 @@ class RunState:
             self.memorized_at = step
         if self.generalized_at is None and record.get("val_acc", -1.0) >= self.val_threshold:
             self.generalized_at = step
+        self.train_acc.append((step, float(record.get("train_acc", math.nan))))
+
+    def stalled(self, step: int) -> bool:
+        """Training accuracy gained less than STALL_TOLERANCE from the first half of the run's
+        steps so far to the second."""
+        early = [a for s, a in self.train_acc if s <= step / 2 and math.isfinite(a)]
+        late = [a for s, a in self.train_acc if s > step / 2 and math.isfinite(a)]
+        return bool(early and late) and max(late) < max(early) + STALL_TOLERANCE
 
 
-def should_stop(rule: StopRule | None, state: RunState, step: int) -> bool:
+def stop_reason(rule: StopRule | None, state: RunState, step: int) -> str | None:
+    """Why the run stops at this evaluation under its rule, or None to go on."""
     if rule is None or step < rule.min_step:
-        return False
+        return None
     if rule.event is not None:
         reached = state.generalized_at if rule.event == "val" else state.memorized_at
-        return reached is None
-    if rule.memorized_for is not None:
-        return (state.generalized_at is None and state.memorized_at is not None
-                and step >= rule.memorized_for * max(1, state.memorized_at))
-    return False
+        return rule.reason if reached is None else None
+    if state.generalized_at is not None:  # phase: a run that generalized is never pruned
+        return None
+    if (rule.memorized_for is not None and state.memorized_at is not None
+            and step >= rule.memorized_for * max(1, state.memorized_at)):
+        return rule.reason
+    if (rule.stalled_after is not None and state.memorized_at is None and step >= rule.stalled_after
+            and state.stalled(step)):
+        return rule.stalled_reason
+    return None
 
 
 @dataclass
@@ -134,16 +173,19 @@ class Pruner:
             return StopRule(reason=f"pruned: no {self.metric} by step {bound}, so it cannot beat the cell's "
                                    f"best ({best:g})", min_step=bound, event=STEP_OBJECTIVES[self.metric])
         if self.mode == "phase":
+            rule = StopRule()
             # Cells of this N with as much data or more: they generalize with no more decay than this one.
-            seen = [(tau, d) for d, tau in self.needed.get(group, []) if d >= d_value]
-            if not seen:
-                return None
-            need, _ = min(seen)
+            seen = [tau for d, tau in self.needed.get(group, []) if d >= d_value]
             have = decay_clock(train, train.steps)
-            if have * self.safety >= need:
-                return None
-            return StopRule(reason=f"pruned: memorized and not generalized {self.memorized_for:g}x later; its "
-                                   f"whole budget of weight decay (sum lr x wd = {have:.3g}) is under "
-                                   f"1/{self.safety:g} of the least any run of this or a larger-D cell "
-                                   f"generalized with ({need:.3g})", memorized_for=self.memorized_for)
+            if seen and have * self.safety < min(seen):
+                rule = replace(rule, memorized_for=self.memorized_for, reason=(
+                    f"pruned: memorized and not generalized {self.memorized_for:g}x later; its whole budget of "
+                    f"weight decay (sum lr x wd = {have:.3g}) is under 1/{self.safety:g} of the least any run of "
+                    f"this or a larger-D cell generalized with ({min(seen):.3g})"))
+            stalled = clock_step(train, EQUILIBRIUM_EFOLDS)
+            if stalled is not None:
+                rule = replace(rule, stalled_after=stalled, stalled_reason=(
+                    f"pruned: not memorized, training accuracy flat over the last half of its steps, after "
+                    f"{EQUILIBRIUM_EFOLDS:g} e-folds of weight decay (step {stalled}): confusion"))
+            return rule if rule != StopRule() else None
         return None

@@ -7,8 +7,12 @@ import math
 
 import pytest
 
-from orchestrator.pruning import Pruner, RunState, StopRule, decay_clock, should_stop
+from orchestrator.pruning import Pruner, RunState, StopRule, clock_step, decay_clock, stop_reason
 from trainers.spec import TrainConfig
+
+
+def stopped(rule, state, step) -> bool:
+    return stop_reason(rule, state, step) is not None
 
 
 def test_decay_clock_is_lr_times_weight_decay_summed_over_the_warmup_ramp():
@@ -30,32 +34,32 @@ def test_objective_rule_stops_only_runs_short_of_the_event_at_the_bound():
     state = RunState(train_threshold=0.99, val_threshold=0.95)
     for step in (100, 300, 500):
         state.see(record(step, 1.0, 0.5))
-        assert not should_stop(rule, state, step)
+        assert not stopped(rule, state, step)
     state.see(record(600, 1.0, 0.5))
-    assert should_stop(rule, state, 600)
+    assert stopped(rule, state, 600)
     done = RunState(0.99, 0.95)
     done.see(record(500, 1.0, 0.96))
     done.see(record(600, 1.0, 0.90))  # generalized once: its objective is 500, better than 600
-    assert not should_stop(rule, done, 600)
-    assert not should_stop(None, state, 10_000)
+    assert not stopped(rule, done, 600)
+    assert not stopped(None, state, 10_000)
 
 
 def test_phase_rule_waits_a_decade_after_memorization_and_spares_generalizers():
     rule = StopRule(reason="r", memorized_for=10)
     state = RunState(0.99, 0.95)
     state.see(record(100, 0.5, 0.1))
-    assert not should_stop(rule, state, 100)  # not memorized: could be confusion, never pruned
+    assert not stopped(rule, state, 100)  # not memorized: could be confusion, never pruned
     state.see(record(200, 1.0, 0.1))
     assert state.memorized_at == 200
     for step in (300, 1000, 1900):
         state.see(record(step, 1.0, 0.3))
-        assert not should_stop(rule, state, step)  # still inside the comprehension window
+        assert not stopped(rule, state, step)  # still inside the comprehension window
     state.see(record(2000, 1.0, 0.3))
-    assert should_stop(rule, state, 2000)
+    assert stopped(rule, state, 2000)
     grok = RunState(0.99, 0.95)
     grok.see(record(200, 1.0, 0.1))
     grok.see(record(1500, 1.0, 0.97))
-    assert not should_stop(rule, grok, 5000)
+    assert not stopped(rule, grok, 5000)
 
 
 def test_objective_pruner_bounds_by_the_best_and_by_seeds():
@@ -99,3 +103,32 @@ def test_phase_pruner_prunes_runs_whose_decay_budget_is_far_below_what_generaliz
     # A faster generalizer lowers the bar: nothing is pruned that one run got there with.
     pruner.run_done(group, 0.7, cfg(0.05), 8000)  # needed 0.4
     assert pruner.rule("D=0.5", group, 0.5, cfg(0.05)) is None
+
+
+def test_clock_step_is_the_first_step_the_decay_clock_reaches():
+    cfg = TrainConfig(steps=10_000, lr=1e-3, weight_decay=2.0, warmup_steps=10)
+    step = clock_step(cfg, 5.0)
+    assert decay_clock(cfg, step) >= 5.0 > decay_clock(cfg, step - 1)
+    assert clock_step(TrainConfig(steps=100, lr=1e-3, weight_decay=1.0), 5.0) is None  # not within the budget
+    assert clock_step(TrainConfig(weight_decay=0.0), 5.0) is None
+
+
+def test_confusion_rule_stops_a_run_stuck_below_memorization_only():
+    pruner = Pruner("phase")
+    cfg = TrainConfig(steps=10_000, lr=1e-3, weight_decay=10.0, warmup_steps=0)  # 5 e-folds at step 500
+    rule = pruner.rule("c", Pruner.group(0, {}), 0.5, cfg)
+    assert rule.stalled_after == 500 and rule.memorized_for is None
+    flat = RunState(0.99, 0.95)
+    for step in range(100, 1100, 100):
+        flat.see(record(step, 0.30 + 0.001 * step / 100, 0.02))
+        assert stopped(rule, flat, step) == (step >= 500)
+    rising = RunState(0.99, 0.95)
+    for step in range(100, 1100, 100):
+        rising.see(record(step, 0.30 + 0.05 * step / 100, 0.02))  # still learning: not stuck
+        assert not stopped(rule, rising, step)
+    memorized = RunState(0.99, 0.95)
+    for step in range(100, 1100, 100):
+        memorized.see(record(step, 1.0, 0.02))  # memorized: the confusion rule does not apply
+        assert not stopped(rule, memorized, step)
+    # Too little decay in the whole budget to reach equilibrium: no confusion rule at all.
+    assert pruner.rule("c", Pruner.group(0, {}), 0.5, TrainConfig(steps=10_000, lr=1e-3, weight_decay=0.1)) is None
