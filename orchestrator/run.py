@@ -23,7 +23,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from orchestrator.config import Study
 from orchestrator.grid import Cell, spec_for
 from orchestrator.progress import Progress
-from orchestrator.pruning import Pruner, RunState, StopRule, should_stop
+from orchestrator.pruning import Pruner, RunState, StopRule, stop_reason
 from orchestrator.search import cell_study, open_storage, suggest
 from orchestrator.tracking import Tracker, config_yaml
 from trainers.packed import can_pack
@@ -33,6 +33,7 @@ from trainers.packed import can_pack
 # at once instead of waiting for the driver to record the last one and ask Optuna for the next.
 PREFETCH_PER_SLOT = 1
 TICK_S = 0.5  # how often the driver wakes to stream metrics when no run has finished
+UNSET = "unset"  # the inbox's answer for a run whose rule the driver has not changed since launch
 
 
 @ray.remote(num_cpus=0)
@@ -43,11 +44,11 @@ class Inbox:
         self.items: list[tuple[str, dict]] = []
         self.rules: dict[str, StopRule | None] = {}  # run id -> its stop rule, from the driver
 
-    def put(self, item: tuple[str, dict]) -> StopRule | None:
-        """Take a record; answer with the run's current stop rule (the worker reads it when it
-        has arrived, never waiting for it)."""
+    def put(self, item: tuple[str, dict]) -> StopRule | None | str:
+        """Take a record; answer with the stop rule the driver last posted for the run, or UNSET
+        (the worker reads the answer when it has arrived, never waiting for it)."""
         self.items.append(item)
-        return self.rules.get(item[0])
+        return self.rules.get(item[0], UNSET)
 
     def set_rule(self, run_id: str, rule: StopRule | None) -> None:
         self.rules[run_id] = rule
@@ -80,12 +81,15 @@ class Reporter:
             if ready:
                 done = set(ready)
                 latest = [ref for ref in self.pending if ref in done][-1]
-                self.rule = ray.get(latest)  # the newest answer wins, None included
+                answer = ray.get(latest)
+                if answer != UNSET:  # the newest posted rule wins, None included
+                    self.rule = answer
                 self.pending = [ref for ref in self.pending[self.pending.index(latest) + 1:]]
         self.pending.append(self.inbox.put.remote((self.run_id, record)))
         self.state.see(record)
-        if should_stop(self.rule, self.state, int(record["step"])):
-            self.fired = f"{self.rule.reason} (stopped at step {int(record['step'])})"
+        why = stop_reason(self.rule, self.state, int(record["step"]))
+        if why is not None:
+            self.fired = f"{why} (stopped at step {int(record['step'])})"
             return True
         return False
 
@@ -193,6 +197,7 @@ class Unit:
     summary: dict = field(default_factory=dict)
     group: tuple = ()  # runs whose decay clocks compare (orchestrator/pruning.py)
     rule: StopRule | None = None  # the stop rule last posted to its worker
+    taught: bool = False  # its generalization, seen live, was already taught to the pruner
 
     @property
     def key(self) -> str:
@@ -274,6 +279,7 @@ def run_study(study: Study, cells: list[Cell], show: bool = True) -> dict:
     progress = Progress(study, states, show=show)
     ray.get(warm)
     in_flight: dict[Any, list[Unit]] = {}  # a Ray task -> its runs (several when packed)
+    live: dict[str, Unit] = {}  # run id -> its unit, while it trains
     counts: dict[str, Any] = {"completed": 0, "diverged": 0, "failed": 0, "stopped": 0, "resumed": 0, "busy_s": 0.0,
                               "capacity": capacity, "timeline": []}
     live_keys: set[str] = set()
@@ -310,6 +316,7 @@ def run_study(study: Study, cells: list[Cell], show: bool = True) -> dict:
         """One Ray task per run, or one packed task for runs that can train as one batched model."""
         if not units:
             return
+        live.update((u.run_id, u) for u in units)
         cell = units[0].cell
         cpus, gpus = study.resources.for_n(cell.n(study.grid.n_convention))
         options = dict(num_cpus=cpus, num_gpus=gpus, max_retries=study.ray.max_retries, retry_exceptions=False)
@@ -345,6 +352,7 @@ def run_study(study: Study, cells: list[Cell], show: bool = True) -> dict:
 
     def finish(unit: Unit, result: dict) -> None:
         unit.result = result
+        live.pop(unit.run_id, None)
         # The result's history is the record: steps whose live report was lost or late are logged now.
         tracker.log_history(unit.run_id, result.get("history") or {})
         unit.summary = summarize(result)
@@ -370,13 +378,28 @@ def run_study(study: Study, cells: list[Cell], show: bool = True) -> dict:
         state = next(s for s in states if s.cell is unit.cell)
         gen = unit.summary.get("generalization_step")
         state.handles[unit.trial_number].set_user_attr(f"generalization_step.seed={unit.seed}", gen)
-        learned = pruner is not None and pruner.run_done(unit.group, unit.cell.d_value, unit.spec.train, gen)
+        learned = (pruner is not None and not unit.taught
+                   and pruner.run_done(unit.group, unit.cell.d_value, unit.spec.train, gen))
         units = state.trials[unit.trial_number]
         if all(u.result is not None for u in units):
             learned = tell(state, unit.trial_number, units) or learned
             del state.trials[unit.trial_number]
         if learned:
             post_rules()
+
+    def learn(items: list[tuple[str, dict]]) -> bool:
+        """Generalization seen in the live evaluations, taught to the pruner as it happens rather
+        than when its run ends (a packed run ends with its whole pack)."""
+        new = False
+        for run_id, record in items:
+            u = live.get(run_id)
+            if u is None or u.taught or record.get("val_acc", -1.0) < u.spec.train.val_threshold:
+                continue
+            u.taught, step = True, int(record["step"])
+            new = pruner.run_done(u.group, u.cell.d_value, u.spec.train, step) or new
+            if len(study.grid.seeds) == 1 and pruner.metric == "generalization_step":
+                new = pruner.trial_done(u.cell.key, float(step)) or new  # the trial's value, known now
+        return new
 
     def post_rules() -> None:
         """What a finished run taught its cell, as new stop rules for the runs still training."""
@@ -451,7 +474,9 @@ def run_study(study: Study, cells: list[Cell], show: bool = True) -> dict:
             ready, rest = ray.wait(list(in_flight), num_returns=1, timeout=TICK_S)
             if ready and rest:
                 ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
-            _stream(inbox, tracker)
+            items = _stream(inbox, tracker)
+            if pruner is not None and learn(items):
+                post_rules()
             for ref in ready:
                 units = in_flight.pop(ref)
                 try:
@@ -495,15 +520,16 @@ def make_pruner(study: Study, states: list[CellState]) -> Pruner | None:
     return pruner
 
 
-def _stream(inbox, tracker: Tracker) -> None:
-    """Every record posted since the last tick, one MLflow batch per run."""
+def _stream(inbox, tracker: Tracker) -> list[tuple[str, dict]]:
+    """Every record posted since the last tick, one MLflow batch per run; returns the records."""
     by_run: dict[str, list[dict]] = {}
     try:
         items = ray.get(inbox.take.remote(), timeout=60)
     except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-        return  # live metrics are best effort: each run's whole history is logged when it ends
+        return []  # live metrics are best effort: each run's whole history is logged when it ends
     for run_id, record in items:
         by_run.setdefault(run_id, []).append(record)
     for run_id, records in by_run.items():
         tracker.log_records(run_id, records)
+    return items
 

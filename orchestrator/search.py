@@ -41,9 +41,14 @@ class AskTellGridSampler(optuna.samplers.GridSampler):
         pass
 
 
-def make_sampler(study: Study, cell_index: int) -> optuna.samplers.BaseSampler:
-    seed = study.search.seed + cell_index
+def make_sampler(study: Study, cell_index: int, n_existing: int = 0) -> optuna.samplers.BaseSampler:
+    """The cell's sampler. Samplers that draw from a random generator start it anew in every
+    driver, so a resumed cell (n_existing trials) seeds it past those: otherwise it would draw the
+    values of its first trials again. QMC and grid index their sequence by the stored trials."""
     name = study.search.sampler
+    seed = study.search.seed + cell_index
+    if name not in ("qmc", "grid") and n_existing:
+        seed += 1_000_003 * n_existing
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True)
     if name == "random":
@@ -60,9 +65,13 @@ def make_sampler(study: Study, cell_index: int) -> optuna.samplers.BaseSampler:
 
 
 def cell_study(study: Study, cell: Cell, cell_index: int, storage) -> optuna.Study:
-    return optuna.create_study(
+    ostudy = optuna.create_study(
         study_name=f"{study.name}/{cell.key}", storage=storage, load_if_exists=True,
         sampler=make_sampler(study, cell_index), directions=[o.direction for o in study.objectives])
+    existing = len(ostudy.get_trials(deepcopy=False))
+    if existing:
+        ostudy.sampler = make_sampler(study, cell_index, existing)
+    return ostudy
 
 
 def suggest(trial: optuna.Trial, study: Study) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -234,7 +235,10 @@ def _pruning_study(where: Path, mode: str, num_cpus: int, pack: str) -> Path:
                                "space": {"train.weight_decay": {"type": "float", "low": 0.01, "high": 10.0,
                                                                 "log": True}}},
                        objectives=[{"metric": "generalization_step", "direction": "minimize"}],
-                       prune={"mode": mode}, pack={"mode": pack, "max_runs": 2}, ray={"num_cpus": num_cpus})
+                       # memorized_for 5: memorization comes at step ~200, so the default 10x would
+                       # prune at the 2000-step budget, saving nothing to check
+                       prune={"mode": mode, "memorized_for": 5}, pack={"mode": pack, "max_runs": 2},
+                       ray={"num_cpus": num_cpus})
 
 
 def _pruning_outcome(where: Path) -> tuple[dict, dict]:
@@ -279,6 +283,11 @@ def test_pruning_keeps_every_answer_of_the_unpruned_study(tmp_path):
     for n in pruned:
         assert trials[n][2] >= best
         assert o_runs[n].status == "stopped" and o_runs[n].reason.startswith("pruned: no generalization_step")
+    # Each stops at or past the bound its reason names; trials asked once a best was known carry
+    # their bound from launch and stop right at it.
+    bounds = [tuple(map(int, re.search(r"by step (\d+).*stopped at step (\d+)", o_runs[n].reason).groups()))
+              for n in pruned]
+    assert all(stop >= bound for bound, stop in bounds) and any(stop == bound for bound, stop in bounds)
     assert sum(r.steps for r in o_runs.values()) < steps_off
 
     # phase: each run's phase and generalization step as unpruned; the pruned ones only memorized.
@@ -291,9 +300,24 @@ def test_pruning_keeps_every_answer_of_the_unpruned_study(tmp_path):
                 or (math.isnan(run.generalization_step) and math.isnan(runs[n].generalization_step)))
     for n in pruned:
         assert runs[n].phase == "memorization" and p_runs[n].reason.startswith("pruned: memorized")
-        assert p_runs[n].steps < runs[n].steps
+        # Stopped at its first evaluation 5x past memorization: the rule reached it in time.
+        mem = p_runs[n].memorization_step
+        assert p_runs[n].steps == math.ceil(5 * mem / 50) * 50 < runs[n].steps
     # A pruned run is reproduced bit for bit up to the step it was stopped at.
     where = tmp_path / "phase"
     again = grokscale("reproduce", p_runs[pruned[0]].run_id, "--tracking-uri", f"sqlite:///{where / 'mlflow.db'}",
                       cwd=where)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-2000:]
+
+
+def test_a_resumed_cell_draws_new_values(tmp_path):
+    """A seeded TPE sampler starts afresh in every driver; a cell resumed with more trials must not
+    draw its first trials' values again (it did: 5 of 16 trials of a resumed search repeated)."""
+    small = {**TINY_STUDY["grid"], "n": [{"d_model": 16}], "d": [0.3]}
+    path = write_study(tmp_path, grid=small, train={**TINY_STUDY["train"], "steps": 50})
+    for trials in (2, 4):
+        out = grokscale("run", str(path), "--quiet", "--json", "--no-report",
+                        "--set", f"search.trials_per_cell={trials}", cwd=tmp_path)
+        assert out.returncode == 0, out.stderr[-3000:]
+    values = [t.params["train.weight_decay"] for t in next(iter(optuna_studies(tmp_path).values())).get_trials()]
+    assert len(values) == 4 and len(set(values)) == 4, values
