@@ -20,10 +20,12 @@ phase      For phase diagrams (sweeps/grokking_modular.yaml): stop a run that ha
            sum(lr_t x weight decay) is compared across runs of a cell that differ only in
            learning rate and weight decay, and across its N's cells with more data. Such a run
            would be labelled "memorization" after its full budget; it is labelled the same now.
-           Also, per run: a run that has not memorized after 5 e-folds of decay (its weights
-           keep under 1% of their init, so decay and gradient have balanced) and whose training
-           accuracy rose by less than 0.01 over the second half of its steps is stuck in
-           "confusion", the label its full budget would give it.
+           Also, per run: after 5 e-folds of decay (sum lr_t x weight decay >= 5) the weights
+           keep under 1% of their init and full-batch training has settled where gradient and
+           decay balance; a run there that has not generalized, and whose training and
+           validation accuracy each rose by less than 0.01 over the second half of its steps
+           so far, is stuck: "memorization" if it memorized, else "confusion", the labels its
+           full budget would give it.
 
 The driver decides (this module's pure functions) and posts each run a `StopRule`; the worker
 applies it to its own evaluations as they come (`should_stop`), so a rule acts within one
@@ -41,11 +43,11 @@ from trainers.train import lr_factor
 
 # Searched fields that only move the decay clock: runs differing in these alone compare.
 CLOCK_PARAMS = frozenset({"train.weight_decay", "train.lr", "train.warmup_steps"})
-# Confusion: after this many e-folds of decay the weights keep under 1% of their start, so the
-# run's state is set by the balance of gradient and decay, not by its init; a run that has not
-# memorized by then and whose training accuracy has stopped rising is stuck where it is.
+# After this many e-folds of decay the weights keep under 1% of their start, so the run's state
+# is set by the balance of gradient and decay, not by its init; a run whose accuracies have
+# stopped rising by then is stuck where it is.
 EQUILIBRIUM_EFOLDS = 5.0
-STALL_TOLERANCE = 0.01  # training accuracy, absolute
+STALL_TOLERANCE = 0.01  # accuracy, absolute
 STEP_OBJECTIVES = {"generalization_step": "val", "memorization_step": "train"}
 
 
@@ -79,8 +81,9 @@ class StopRule:
     event: str | None = None
     # phase, memorization: stop once memorized at m, not generalized, and at step >= memorized_for x m
     memorized_for: float | None = None
-    # phase, confusion: from this step on, stop a run that has not memorized and whose training
-    # accuracy rose by less than STALL_TOLERANCE over the second half of its steps so far
+    # phase, stalled: from this step on (decay equilibrium), stop a run that has not generalized
+    # and whose training and validation accuracy each rose by less than STALL_TOLERANCE over the
+    # second half of its steps so far
     stalled_after: int | None = None
     stalled_reason: str = ""
 
@@ -93,7 +96,7 @@ class RunState:
     val_threshold: float
     memorized_at: int | None = None
     generalized_at: int | None = None
-    train_acc: list[tuple[int, float]] = field(default_factory=list)
+    curve: list[tuple[int, float, float]] = field(default_factory=list)  # (step, train acc, val acc)
 
     def see(self, record: dict) -> None:
         step = int(record["step"])
@@ -101,14 +104,17 @@ class RunState:
             self.memorized_at = step
         if self.generalized_at is None and record.get("val_acc", -1.0) >= self.val_threshold:
             self.generalized_at = step
-        self.train_acc.append((step, float(record.get("train_acc", math.nan))))
+        self.curve.append((step, float(record.get("train_acc", math.nan)), float(record.get("val_acc", math.nan))))
 
     def stalled(self, step: int) -> bool:
-        """Training accuracy gained less than STALL_TOLERANCE from the first half of the run's
-        steps so far to the second."""
-        early = [a for s, a in self.train_acc if s <= step / 2 and math.isfinite(a)]
-        late = [a for s, a in self.train_acc if s > step / 2 and math.isfinite(a)]
-        return bool(early and late) and max(late) < max(early) + STALL_TOLERANCE
+        """Training and validation accuracy each gained less than STALL_TOLERANCE from the first
+        half of the run's steps so far to the second."""
+        for i in (1, 2):
+            early = [p[i] for p in self.curve if p[0] <= step / 2 and math.isfinite(p[i])]
+            late = [p[i] for p in self.curve if p[0] > step / 2 and math.isfinite(p[i])]
+            if not (early and late) or max(late) >= max(early) + STALL_TOLERANCE:
+                return False
+        return True
 
 
 def stop_reason(rule: StopRule | None, state: RunState, step: int) -> str | None:
@@ -123,9 +129,8 @@ def stop_reason(rule: StopRule | None, state: RunState, step: int) -> str | None
     if (rule.memorized_for is not None and state.memorized_at is not None
             and step >= rule.memorized_for * max(1, state.memorized_at)):
         return rule.reason
-    if (rule.stalled_after is not None and state.memorized_at is None and step >= rule.stalled_after
-            and state.stalled(step)):
-        return rule.stalled_reason
+    if rule.stalled_after is not None and step >= rule.stalled_after and state.stalled(step):
+        return rule.stalled_reason + (": memorization" if state.memorized_at is not None else ": confusion")
     return None
 
 
@@ -185,7 +190,7 @@ class Pruner:
             stalled = clock_step(train, EQUILIBRIUM_EFOLDS)
             if stalled is not None:
                 rule = replace(rule, stalled_after=stalled, stalled_reason=(
-                    f"pruned: not memorized, training accuracy flat over the last half of its steps, after "
-                    f"{EQUILIBRIUM_EFOLDS:g} e-folds of weight decay (step {stalled}): confusion"))
+                    f"pruned: stalled, train and val accuracy flat over the last half of its steps, past "
+                    f"{EQUILIBRIUM_EFOLDS:g} e-folds of weight decay (step {stalled})"))
             return rule if rule != StopRule() else None
         return None

@@ -113,7 +113,7 @@ def test_clock_step_is_the_first_step_the_decay_clock_reaches():
     assert clock_step(TrainConfig(weight_decay=0.0), 5.0) is None
 
 
-def test_confusion_rule_stops_a_run_stuck_below_memorization_only():
+def test_stall_rule_stops_a_run_whose_accuracies_stopped_rising_at_equilibrium():
     pruner = Pruner("phase")
     cfg = TrainConfig(steps=10_000, lr=1e-3, weight_decay=10.0, warmup_steps=0)  # 5 e-folds at step 500
     rule = pruner.rule("c", Pruner.group(0, {}), 0.5, cfg)
@@ -126,9 +126,18 @@ def test_confusion_rule_stops_a_run_stuck_below_memorization_only():
     for step in range(100, 1100, 100):
         rising.see(record(step, 0.30 + 0.05 * step / 100, 0.02))  # still learning: not stuck
         assert not stopped(rule, rising, step)
+    assert stop_reason(rule, flat, 1000).endswith(": confusion")
     memorized = RunState(0.99, 0.95)
     for step in range(100, 1100, 100):
-        memorized.see(record(step, 1.0, 0.02))  # memorized: the confusion rule does not apply
-        assert not stopped(rule, memorized, step)
+        memorized.see(record(step, 1.0, 0.80))  # memorized, validation flat: stuck in memorization
+    assert stop_reason(rule, memorized, 1000).endswith(": memorization")
+    creeping = RunState(0.99, 0.95)
+    for step in range(100, 1100, 100):
+        creeping.see(record(step, 1.0, 0.50 + 0.03 * step / 100))  # validation still rising: goes on
+        assert not stopped(rule, creeping, step)
+    generalized = RunState(0.99, 0.95)
+    for step in range(100, 1100, 100):
+        generalized.see(record(step, 1.0, 0.96))  # generalized: never pruned
+        assert not stopped(rule, generalized, step)
     # Too little decay in the whole budget to reach equilibrium: no confusion rule at all.
     assert pruner.rule("c", Pruner.group(0, {}), 0.5, TrainConfig(steps=10_000, lr=1e-3, weight_decay=0.1)) is None
