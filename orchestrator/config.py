@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError,
-                      field_validator, model_validator)
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PositiveFloat, PositiveInt,
+                      ValidationError, field_validator, model_validator)
 
 from trainers.overrides import OverrideError, apply_overrides
 from trainers.spec import TrainSpec
@@ -180,7 +180,8 @@ class Packing(Strict):
     """Several runs of one cell trained in one process as one batched model (trainers/packed.py):
     one Ray task, one slot, K runs, each with its own seed and regularization."""
 
-    mode: Annotated[Literal["auto", "on", "off"], BeforeValidator(_yaml_switch)] = "auto"  # auto: when it pays (see orchestrator.run.pack_size)
+    # auto: when it pays (see orchestrator.run.pack_size)
+    mode: Annotated[Literal["auto", "on", "off"], BeforeValidator(_yaml_switch)] = "auto"
     max_runs: PositiveInt = 8  # runs per packed task
 
 
