@@ -141,12 +141,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     table = Table(title=f"{study.name} ({study.storage_url})", title_justify="left")
-    for col in ("cell", "N", "D", "complete", "pruned", "running", "failed", "best value", "best params"):
+    for col in ("cell", "N", "D", "complete", "pruned", "running", "queued", "failed", "best value", "best params"):
         table.add_column(col)
     for r in rows:
         table.add_row(r["cell"], f"{r['n_params']:,}", f"{r['n_train']:,}", str(r["complete"]), str(r["pruned"]),
-                      str(r["running"]),
-                      str(r["failed"]), "" if r["best_value"] is None else f"{r['best_value']}",
+                      str(r["running"]), str(r["queued"]), str(r["failed"]),
+                      "" if r["best_value"] is None else f"{r['best_value']}",
                       "" if r["best_params"] is None else json.dumps(r["best_params"]))
     Console().print(table)
     return 0

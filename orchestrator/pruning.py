@@ -7,34 +7,48 @@ objective  For a step objective (the generalization or memorization step, minimi
            cell's best it cannot improve the cell's answer. Exact: it never changes a cell's
            best value. For the search for the fastest regularization (sweeps/grok_fast.yaml).
 
-phase      For phase diagrams (sweeps/grokking_modular.yaml): stop a run that has memorized,
-           has not generalized for a decade of steps since (so it is not comprehension, see
-           analysis/grokking.py), and whose whole budget of weight decay is less than
-           1/`safety` of what the fastest-generalizing run of its cell, or of any cell with more
-           data, needed. Under AdamW the weights shrink by exp(-sum of lr_t x weight decay) from
-           decay alone (decoupled decay, Loshchilov and Hutter 2019), and the late
-           generalization of grokking is that shrinkage at work: grokking time scales as
-           1 / (lr x weight decay) (Lyu et al. 2024, "Dichotomy of early and late phase
-           implicit biases", Thm. 3.3; Liu et al. 2023, "Omnigrok"), and fewer training
-           examples need more of it (Power et al. 2022, Fig. 1). So the decay clock
-           sum(lr_t x weight decay) is compared across runs of a cell that differ only in
-           learning rate and weight decay, and across its N's cells with more data. Such a run
-           would be labelled "memorization" after its full budget; it is labelled the same now.
+phase      For phase diagrams (sweeps/grokking_modular.yaml): stop a run whose full budget would
+           end in "memorization", once that is clear. Under AdamW the weights shrink by
+           exp(-sum of lr_t x weight decay) from decay alone (decoupled decay, Loshchilov and
+           Hutter 2019), and the late generalization of grokking is that shrinkage at work:
+           grokking time scales as 1 / (lr x weight decay) (Lyu et al. 2024, "Dichotomy of early
+           and late phase implicit biases", Thm. 3.3; Liu et al. 2023, "Omnigrok"). So runs are
+           compared on their decay clock, sum(lr_t x weight decay), within a group (same N, same
+           searched values other than lr and weight decay). Two orderings make one run evidence
+           for another: fewer training examples need more decay (Power et al. 2022, Fig. 1), and
+           so does a slower decay rate lr x wd (phase diagrams go memorization -> grokking ->
+           comprehension as weight decay rises, Liu et al. 2022, "Towards understanding
+           grokking", Fig. 6). Hence:
+             evidence  a run with at least as much data and at least as fast a decay rate that
+                       has gone a decay clock L without generalizing, while still fitting its
+                       training set (median training loss over the last half of its steps
+                       <= FIT_LOSS: over-strong decay, which balances the gradient at a high
+                       training loss and fails for another reason, teaches nothing);
+             rule      a run that has memorized, has not generalized for a decade of steps since
+                       (so it is not comprehension, see analysis/grokking.py), and whose whole
+                       budget of decay is under L / `safety`, is stopped;
+             veto      unless a run with no more data and no faster decay generalized within
+                       this run's budget of decay.
            Also, per run: after 5 e-folds of decay (sum lr_t x weight decay >= 5) the weights
            keep under 1% of their init and full-batch training has settled where gradient and
            decay balance; a run there that has not generalized, and whose training and
            validation accuracy each rose by less than 0.01 over the second half of its steps
            so far, is stuck: "memorization" if it memorized, else "confusion", the labels its
-           full budget would give it.
+           full budget would give it. Found at equilibrium, it would have gone its whole budget
+           without generalizing: that budget is the L it teaches the rule above.
+
+A cell's fastest-decaying runs are the first to generalize or settle, so with a sampler whose
+draws ignore results the driver runs them first (orchestrator/run.py).
 
 The driver decides (this module's pure functions) and posts each run a `StopRule`; the worker
-applies it to its own evaluations as they come (`should_stop`), so a rule acts within one
+applies it to its own evaluations as they come (`stop_reason`), so a rule acts within one
 evaluation of being known, without a round trip per step.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -49,6 +63,12 @@ CLOCK_PARAMS = frozenset({"train.weight_decay", "train.lr", "train.warmup_steps"
 EQUILIBRIUM_EFOLDS = 5.0
 STALL_TOLERANCE = 0.01  # accuracy, absolute
 STEP_OBJECTIVES = {"generalization_step": "val", "memorization_step": "train"}
+STALLED = "pruned: stalled"  # the stall rule's reasons start so
+# Training cross-entropy a run must keep (median over the last half of its steps) for its decay
+# clock to count as evidence. In the naive phase diagram of bench_sweep_compute.py, runs whose
+# decay the clock describes settle at 1e-7 to 1e-4; those with decay too strong to fit the
+# training set (weight decay 3 and up there) at 1e-2 to 0.5.
+FIT_LOSS = 1e-3
 
 
 def clock_step(train: TrainConfig, efolds: float) -> int | None:
@@ -134,6 +154,20 @@ def stop_reason(rule: StopRule | None, state: RunState, step: int) -> str | None
     return None
 
 
+@dataclass(frozen=True)
+class Evidence:
+    """One run's lesson for the phase rule: its decay clock at an event, and where it stands."""
+
+    run: str  # which run, named in the reasons it gives
+    d_value: float
+    rate: float  # lr x weight decay: how fast its decay clock runs
+    clock: float  # generalized: the clock when it did; unresolved: the most it went without
+
+
+def decay_rate(train: TrainConfig) -> float:
+    return train.lr * train.weight_decay
+
+
 @dataclass
 class Pruner:
     """The driver's side: what each cell has learned, and the rule each run gets from it."""
@@ -144,8 +178,11 @@ class Pruner:
     memorized_for: float = 10.0  # phase
     n_seeds: int = 1
     best: dict[str, float] = field(default_factory=dict)  # objective: cell key -> best value
-    # phase: (N index, the run's searched values other than CLOCK_PARAMS) -> [(D, decay clock at generalization)]
-    needed: dict[tuple, list[tuple[float, float]]] = field(default_factory=dict)
+    # phase, per group (Pruner.group): run -> the decay clock it went without generalizing, while fitting
+    unresolved: dict[tuple, dict[str, Evidence]] = field(default_factory=dict)
+    # phase, per group: run -> the decay clock at which it generalized
+    generalized: dict[tuple, dict[str, Evidence]] = field(default_factory=dict)
+    losses: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # phase: run -> (step, train loss)
 
     @staticmethod
     def group(n_index: int, params: dict[str, Any]) -> tuple:
@@ -161,14 +198,61 @@ class Pruner:
             return True
         return False
 
-    def run_done(self, group: tuple, d_value: float, train: TrainConfig, generalization_step: int | None) -> bool:
-        """A run ended; True when it taught its group something new (phase mode)."""
-        if self.mode != "phase" or generalization_step is None:
+    def see(self, run: str, group: tuple, d_value: float, train: TrainConfig, record: dict) -> bool:
+        """One evaluation of a run, as the driver receives it (phase mode; an evaluation seen
+        before is skipped); True when what the run teaches its group changed."""
+        if self.mode != "phase" or run in self.generalized.get(group, {}):
             return False
-        self.needed.setdefault(group, []).append((d_value, decay_clock(train, generalization_step)))
-        return True
+        step = int(record["step"])
+        seen = self.losses.setdefault(run, [])
+        if seen and step <= seen[-1][0]:
+            return False
+        clock = decay_clock(train, step)
+        if record.get("val_acc", -1.0) >= train.val_threshold:
+            self.generalized.setdefault(group, {})[run] = Evidence(run, d_value, decay_rate(train), clock)
+            self.losses.pop(run, None)
+            return True
+        seen.append((step, float(record.get("train_loss", math.nan))))
+        recent = [loss for s, loss in seen if s > step / 2]
+        unresolved = self.unresolved.setdefault(group, {})
+        if all(math.isfinite(x) for x in recent) and statistics.median(recent) <= FIT_LOSS:
+            unresolved[run] = Evidence(run, d_value, decay_rate(train), clock)
+            return True
+        return unresolved.pop(run, None) is not None
 
-    def rule(self, cell_key: str, group: tuple, d_value: float, train: TrainConfig) -> StopRule | None:
+    def run_done(self, run: str, group: tuple, d_value: float, train: TrainConfig, history: dict[str, list],
+                 reason: str = "") -> bool:
+        """A run ended: its whole history (what the live stream missed included), and whether
+        the stall rule stopped it. True when what it teaches its group changed."""
+        changed = False
+        steps = history.get("step") or []
+        for i, step in enumerate(steps):
+            record = {k: v[i] for k, v in history.items() if i < len(v)}
+            changed = self.see(run, group, d_value, train, {**record, "step": step}) or changed
+        self.losses.pop(run, None)
+        mine = self.unresolved.get(group, {}).get(run)
+        if mine is not None and reason.startswith(STALLED):
+            # Found at equilibrium, not generalizing: it would have gone its whole budget so.
+            self.unresolved[group][run] = replace(mine, clock=max(mine.clock, decay_clock(train, train.steps)))
+            changed = True
+        return changed
+
+    def restore(self, run: str, group: tuple, d_value: float, train: TrainConfig,
+                generalization_step: int | None, unresolved_clock: float | None) -> None:
+        """What a finished run taught, read back from Optuna when a study resumes."""
+        if self.mode != "phase":
+            return
+        if generalization_step is not None:
+            self.generalized.setdefault(group, {})[run] = Evidence(
+                run, d_value, decay_rate(train), decay_clock(train, int(generalization_step)))
+        if unresolved_clock is not None:
+            self.unresolved.setdefault(group, {})[run] = Evidence(run, d_value, decay_rate(train), unresolved_clock)
+
+    def unresolved_clock(self, group: tuple, run: str) -> float | None:
+        mine = self.unresolved.get(group, {}).get(run)
+        return None if mine is None else mine.clock
+
+    def rule(self, cell_key: str, group: tuple, d_value: float, train: TrainConfig, run: str = "") -> StopRule | None:
         if self.mode == "objective":
             best = self.best.get(cell_key)
             if best is None:
@@ -179,18 +263,21 @@ class Pruner:
                                    f"best ({best:g})", min_step=bound, event=STEP_OBJECTIVES[self.metric])
         if self.mode == "phase":
             rule = StopRule()
-            # Cells of this N with as much data or more: they generalize with no more decay than this one.
-            seen = [tau for d, tau in self.needed.get(group, []) if d >= d_value]
-            have = decay_clock(train, train.steps)
-            if seen and have * self.safety < min(seen):
+            have, rate = decay_clock(train, train.steps), decay_rate(train)
+            easier = [e for e in self.unresolved.get(group, {}).values()
+                      if e.run != run and e.d_value >= d_value and e.rate >= rate]
+            harder = [e for e in self.generalized.get(group, {}).values()
+                      if e.run != run and e.d_value <= d_value and e.rate <= rate and e.clock <= have]
+            top = max(easier, key=lambda e: e.clock, default=None)
+            if top is not None and have * self.safety < top.clock and not harder:
                 rule = replace(rule, memorized_for=self.memorized_for, reason=(
                     f"pruned: memorized and not generalized {self.memorized_for:g}x later; its whole budget of "
-                    f"weight decay (sum lr x wd = {have:.3g}) is under 1/{self.safety:g} of the least any run of "
-                    f"this or a larger-D cell generalized with ({min(seen):.3g})"))
+                    f"weight decay (sum lr x wd = {have:.3g}) is under 1/{self.safety:g} of the {top.clock:.3g} "
+                    f"that {top.run}, with as much data and decay, went without generalizing"))
             stalled = clock_step(train, EQUILIBRIUM_EFOLDS)
             if stalled is not None:
                 rule = replace(rule, stalled_after=stalled, stalled_reason=(
-                    f"pruned: stalled, train and val accuracy flat over the last half of its steps, past "
+                    f"{STALLED}, train and val accuracy flat over the last half of its steps, past "
                     f"{EQUILIBRIUM_EFOLDS:g} e-folds of weight decay (step {stalled})"))
             return rule if rule != StopRule() else None
         return None

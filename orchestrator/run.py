@@ -23,7 +23,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from orchestrator.config import Study
 from orchestrator.grid import Cell, spec_for
 from orchestrator.progress import Progress
-from orchestrator.pruning import Pruner, RunState, StopRule, stop_reason
+from orchestrator.pruning import Pruner, RunState, StopRule, decay_rate, stop_reason
 from orchestrator.search import cell_study, open_storage, suggest
 from orchestrator.tracking import Tracker, config_yaml
 from trainers.packed import can_pack
@@ -34,6 +34,7 @@ from trainers.packed import can_pack
 PREFETCH_PER_SLOT = 1
 TICK_S = 0.5  # how often the driver wakes to stream metrics when no run has finished
 UNSET = "unset"  # the inbox's answer for a run whose rule the driver has not changed since launch
+NON_ADAPTIVE_SAMPLERS = ("qmc", "grid", "random")  # their draws do not depend on results
 
 
 @ray.remote(num_cpus=0)
@@ -197,7 +198,7 @@ class Unit:
     summary: dict = field(default_factory=dict)
     group: tuple = ()  # runs whose decay clocks compare (orchestrator/pruning.py)
     rule: StopRule | None = None  # the stop rule last posted to its worker
-    taught: bool = False  # its generalization, seen live, was already taught to the pruner
+    taught: bool = False  # objective: its generalization, seen live, was already taught to the pruner
 
     @property
     def key(self) -> str:
@@ -213,10 +214,11 @@ class CellState:
     new_left: int
     trials: dict[int, list[Unit]] = field(default_factory=dict)  # in flight, by trial number
     handles: dict[int, optuna.Trial] = field(default_factory=dict)  # to set attributes by number
+    ahead: list[tuple[optuna.Trial, dict | None]] = field(default_factory=list)  # asked ahead, run in order
 
     @property
     def has_work(self) -> bool:
-        return bool(self.to_resume) or self.new_left > 0
+        return bool(self.to_resume) or self.new_left > 0 or bool(self.ahead)
 
 
 def _connect(study: Study) -> None:
@@ -276,6 +278,8 @@ def run_study(study: Study, cells: list[Cell], show: bool = True) -> dict:
         states.append(CellState(cell, i, ostudy, orphans, max(0, study.search.trials_per_cell - started)))
 
     pruner = make_pruner(study, states)
+    decides_fastest_first = (pruner is not None and pruner.mode == "phase"
+                             and study.search.sampler in NON_ADAPTIVE_SAMPLERS)
     progress = Progress(study, states, show=show)
     ray.get(warm)
     in_flight: dict[Any, list[Unit]] = {}  # a Ray task -> its runs (several when packed)
@@ -306,7 +310,7 @@ def run_study(study: Study, cells: list[Cell], show: bool = True) -> dict:
             unit.run_id = tracker.start_run(unit.key, f"{state.cell.key} t{number} s{seed}", logged, tags)
             if pruner is not None:
                 unit.group = Pruner.group(state.cell.n_index, params)
-                unit.rule = pruner.rule(state.cell.key, unit.group, state.cell.d_value, spec.train)
+                unit.rule = pruner.rule(state.cell.key, unit.group, state.cell.d_value, spec.train, unit.key)
             units.append(unit)
             trial.set_user_attr(f"run_id.seed={seed}", unit.run_id)
         state.trials[number] = units
@@ -338,10 +342,25 @@ def run_study(study: Study, cells: list[Cell], show: bool = True) -> dict:
             frozen = state.to_resume.pop(0)
             # A trial left RUNNING by a dead driver: same number, same values.
             return prepare(state, optuna.Trial(state.optuna, frozen._trial_id), dict(frozen.params))
-        trial = state.optuna.ask()
-        state.new_left -= 1
+        if not state.ahead and state.new_left > 0 and decides_fastest_first:
+            # A sampler that ignores results draws the same values asked now or later: ask the
+            # cell's trials at once and run the fastest decay first. It is the first to
+            # generalize or settle, and what it teaches prunes the slower ones (pruning.py).
+            while state.new_left > 0:
+                state.new_left -= 1
+                trial = state.optuna.ask()
+                try:
+                    state.ahead.append((trial, suggest(trial, study)))
+                except ValueError:  # asked again below, where it fails like any refused value
+                    state.ahead.append((trial, None))
+            state.ahead.sort(key=lambda tp: -decay_rate_of(state.cell, tp[1]))
+        if state.ahead:
+            trial, params = state.ahead.pop(0)
+        else:
+            trial, params = state.optuna.ask(), None
+            state.new_left -= 1
         try:
-            return prepare(state, trial, suggest(trial, study))
+            return prepare(state, trial, suggest(trial, study) if params is None else params)
         except ValueError as err:  # a value the trainer refuses (pydantic, --set paths)
             state.handles.pop(trial.number, None)
             state.trials.pop(trial.number, None)
@@ -349,6 +368,14 @@ def run_study(study: Study, cells: list[Cell], show: bool = True) -> dict:
             state.optuna.tell(trial, state=TrialState.FAIL)
             counts["failed"] += 1
             return []
+
+    def decay_rate_of(cell: Cell, params: dict[str, Any] | None) -> float:
+        if params is None:
+            return math.inf
+        try:
+            return decay_rate(spec_for(study, cell, params, study.grid.seeds[0]).train)
+        except ValueError:  # refused by the trainer: fails when it is prepared
+            return math.inf
 
     def finish(unit: Unit, result: dict) -> None:
         unit.result = result
@@ -377,9 +404,15 @@ def run_study(study: Study, cells: list[Cell], show: bool = True) -> dict:
         tracker.finish_run(unit.run_id, status, result.get("reason", ""), final, extra)
         state = next(s for s in states if s.cell is unit.cell)
         gen = unit.summary.get("generalization_step")
-        state.handles[unit.trial_number].set_user_attr(f"generalization_step.seed={unit.seed}", gen)
-        learned = (pruner is not None and not unit.taught
-                   and pruner.run_done(unit.group, unit.cell.d_value, unit.spec.train, gen))
+        handle = state.handles[unit.trial_number]
+        handle.set_user_attr(f"generalization_step.seed={unit.seed}", gen)
+        learned = False
+        if pruner is not None:
+            learned = pruner.run_done(unit.key, unit.group, unit.cell.d_value, unit.spec.train,
+                                      result.get("history") or {}, result.get("reason", ""))
+            if pruner.mode == "phase":  # what it taught, for a resumed driver (make_pruner)
+                handle.set_user_attr(f"decay_unresolved.seed={unit.seed}",
+                                     pruner.unresolved_clock(unit.group, unit.key))
         units = state.trials[unit.trial_number]
         if all(u.result is not None for u in units):
             learned = tell(state, unit.trial_number, units) or learned
@@ -388,24 +421,27 @@ def run_study(study: Study, cells: list[Cell], show: bool = True) -> dict:
             post_rules()
 
     def learn(items: list[tuple[str, dict]]) -> bool:
-        """Generalization seen in the live evaluations, taught to the pruner as it happens rather
-        than when its run ends (a packed run ends with its whole pack)."""
+        """The live evaluations, taught to the pruner as they come rather than when their run
+        ends (a packed run ends with its whole pack)."""
         new = False
         for run_id, record in items:
             u = live.get(run_id)
-            if u is None or u.taught or record.get("val_acc", -1.0) < u.spec.train.val_threshold:
+            if u is None:
                 continue
-            u.taught, step = True, int(record["step"])
-            new = pruner.run_done(u.group, u.cell.d_value, u.spec.train, step) or new
+            new = pruner.see(u.key, u.group, u.cell.d_value, u.spec.train, record) or new
+            if u.taught or record.get("val_acc", -1.0) < u.spec.train.val_threshold:
+                continue
+            u.taught = True
             if len(study.grid.seeds) == 1 and pruner.metric == "generalization_step":
-                new = pruner.trial_done(u.cell.key, float(step)) or new  # the trial's value, known now
+                # objective: the trial's value, known now
+                new = pruner.trial_done(u.cell.key, float(record["step"])) or new
         return new
 
     def post_rules() -> None:
         """What a finished run taught its cell, as new stop rules for the runs still training."""
         for units in in_flight.values():
             for u in units:
-                rule = pruner.rule(u.cell.key, u.group, u.cell.d_value, u.spec.train)
+                rule = pruner.rule(u.cell.key, u.group, u.cell.d_value, u.spec.train, u.key)
                 if rule != u.rule:
                     u.rule = rule
                     inbox.set_rule.remote(u.run_id, rule)
@@ -512,11 +548,11 @@ def make_pruner(study: Study, states: list[CellState]) -> Pruner | None:
             if t.state == TrialState.COMPLETE and len(t.values) == 1:
                 pruner.trial_done(state.cell.key, t.values[0])
             for seed in study.grid.seeds:
-                gen = t.user_attrs.get(f"generalization_step.seed={seed}")
-                if gen is not None:
-                    spec = spec_for(study, state.cell, dict(t.params), seed)
-                    pruner.run_done(Pruner.group(state.cell.n_index, dict(t.params)), state.cell.d_value,
-                                    spec.train, gen)
+                spec = spec_for(study, state.cell, dict(t.params), seed)
+                pruner.restore(f"{state.cell.key}/trial={t.number}/seed={seed}",
+                               Pruner.group(state.cell.n_index, dict(t.params)), state.cell.d_value, spec.train,
+                               t.user_attrs.get(f"generalization_step.seed={seed}"),
+                               t.user_attrs.get(f"decay_unresolved.seed={seed}"))
     return pruner
 
 

@@ -19,14 +19,17 @@ def study_status(study: Study, cells: list[Cell]) -> list[dict]:
     rows = []
     for cell in cells:
         row = {"cell": cell.key, "n_params": cell.n(study.grid.n_convention), "n_train": cell.n_train,
-               "complete": 0, "pruned": 0, "running": 0, "failed": 0, "best_value": None, "best_params": None}
+               "complete": 0, "pruned": 0, "running": 0, "queued": 0, "failed": 0, "best_value": None, "best_params": None}
         name = f"{study.name}/{cell.key}"
         if name in names:
             ostudy = optuna.load_study(study_name=name, storage=storage)
             trials = ostudy.get_trials(deepcopy=False)
             row["complete"] = sum(t.state == TrialState.COMPLETE for t in trials)
             row["pruned"] = sum(t.state == TrialState.PRUNED for t in trials)
-            row["running"] = sum(t.state == TrialState.RUNNING for t in trials)
+            running = [t for t in trials if t.state == TrialState.RUNNING]
+            # Asked ahead of its turn (run.py, phase pruning) but no run started yet: queued.
+            row["queued"] = sum(not any(k.startswith("run_id.") for k in t.user_attrs) for t in running)
+            row["running"] = len(running) - row["queued"]
             row["failed"] = sum(t.state == TrialState.FAIL for t in trials)
             if row["complete"]:
                 best = ostudy.best_trials
