@@ -29,11 +29,11 @@ phase      For phase diagrams (sweeps/grokking_modular.yaml): stop a run whose f
                        budget of decay is under L / `safety`, is stopped;
              veto      unless a run with no more data and no faster decay generalized within
                        this run's budget of decay.
-           Also, per run: after 5 e-folds of decay (sum lr_t x weight decay >= 5) the weights
-           keep under 1% of their init and full-batch training has settled where gradient and
-           decay balance; a run there that has not generalized, and whose training and
-           validation accuracy each rose by less than 0.01 over the second half of its steps
-           so far, is stuck: "memorization" if it memorized, else "confusion", the labels its
+           Also, per run: after 20 e-folds of decay (sum lr_t x weight decay >= 20) nothing of
+           the init is left and full-batch training has long settled where gradient and decay
+           balance; a run there that has not generalized, and whose training and validation
+           accuracy each rose by less than 0.01 over the second half of its steps so far, is
+           stuck: "memorization" if it memorized, else "confusion", the labels its
            full budget would give it. Found at equilibrium, it would have gone its whole budget
            without generalizing: that budget is the L it teaches the rule above.
 
@@ -57,10 +57,12 @@ from trainers.train import lr_factor
 
 # Searched fields that only move the decay clock: runs differing in these alone compare.
 CLOCK_PARAMS = frozenset({"train.weight_decay", "train.lr", "train.warmup_steps"})
-# After this many e-folds of decay the weights keep under 1% of their start, so the run's state
-# is set by the balance of gradient and decay, not by its init; a run whose accuracies have
-# stopped rising by then is stuck where it is.
-EQUILIBRIUM_EFOLDS = 5.0
+# After this many e-folds of decay nothing of the init is left, and a run whose accuracies have
+# stopped rising is stuck where it is. Not 5 (weights under 1% of their init): in the naive phase
+# diagram of bench_sweep_compute.py on seed 1, a run (D = 0.4, weight decay 1) grokked at 35
+# e-folds after its validation accuracy crept from 0.03 to 0.05; at 5 e-folds it had risen by
+# 0.001 over the second half (flat), at 20 by 0.023 or more at every evaluation (not flat).
+EQUILIBRIUM_EFOLDS = 20.0
 STALL_TOLERANCE = 0.01  # accuracy, absolute
 STEP_OBJECTIVES = {"generalization_step": "val", "memorization_step": "train"}
 STALLED = "pruned: stalled"  # the stall rule's reasons start so

@@ -165,12 +165,12 @@ def test_phase_evidence_stops_at_generalization_and_a_harder_generalizer_vetoes(
 def test_a_run_stalled_at_equilibrium_teaches_its_whole_budget():
     pruner = Pruner("phase")
     group = Pruner.group(0, {})
-    stuck = cfg(10.0)  # 5 e-folds at step 500
+    stuck = cfg(40.0)  # 20 e-folds at step 500
     history = {"step": list(range(100, 1100, 100)), "train_acc": [1.0] * 10, "val_acc": [0.02] * 10,
                "train_loss": [1e-6] * 10}
     assert pruner.run_done("S", group, 0.5, stuck, history, reason=f"{STALLED}, ... (stopped at step 1000)")
-    assert pruner.unresolved_clock(group, "S") == pytest.approx(decay_clock(stuck, 10_000))  # 100, not 10
-    assert pruner.rule("D=0.5", group, 0.5, cfg(1.0)).memorized_for == 10  # budget 10 < 100 / 2
+    assert pruner.unresolved_clock(group, "S") == pytest.approx(decay_clock(stuck, 10_000))  # 400, not 40
+    assert pruner.rule("D=0.5", group, 0.5, cfg(1.0)).memorized_for == 10  # budget 10 < 400 / 2
     # A run that ended at its budget teaches what it went through, and no more.
     other = Pruner("phase")
     other.run_done("S", group, 0.5, stuck, history, reason="step budget reached")
@@ -199,7 +199,7 @@ def test_clock_step_is_the_first_step_the_decay_clock_reaches():
 
 def test_stall_rule_stops_a_run_whose_accuracies_stopped_rising_at_equilibrium():
     pruner = Pruner("phase")
-    cfg = TrainConfig(steps=10_000, lr=1e-3, weight_decay=10.0, warmup_steps=0)  # 5 e-folds at step 500
+    cfg = TrainConfig(steps=10_000, lr=1e-3, weight_decay=40.0, warmup_steps=0)  # 20 e-folds at step 500
     rule = pruner.rule("c", Pruner.group(0, {}), 0.5, cfg)
     assert rule.stalled_after == 500 and rule.memorized_for is None
     flat = RunState(0.99, 0.95)
