@@ -227,10 +227,9 @@ class Pruner:
         """A run ended: its whole history (what the live stream missed included), and whether
         the stall rule stopped it. True when what it teaches its group changed."""
         changed = False
-        steps = history.get("step") or []
-        for i, step in enumerate(steps):
-            record = {k: v[i] for k, v in history.items() if i < len(v)}
-            changed = self.see(run, group, d_value, train, {**record, "step": step}) or changed
+        for i in range(len(history.get("step") or [])):
+            record = {k: v[i] for k, v in history.items() if i < len(v)}  # "step" among them
+            changed = self.see(run, group, d_value, train, record) or changed
         self.losses.pop(run, None)
         mine = self.unresolved.get(group, {}).get(run)
         if mine is not None and reason.startswith(STALLED):
