@@ -27,9 +27,9 @@ import os
 import tempfile
 import time
 
-from orchestrator.config import Study
-from orchestrator.grid import build_cells, spec_for
-from orchestrator.run import run_study
+from orchestrator.study import Study
+from orchestrator.study.grid import build_cells, spec_for
+from orchestrator.sweep.driver import run_study
 from trainers import train
 
 
@@ -67,7 +67,7 @@ def main() -> None:
         # The same trials, as Optuna recorded them, one after another in this process.
         import optuna
 
-        from orchestrator.search import open_storage
+        from orchestrator.sweep.search import open_storage
 
         storage = open_storage(study.storage_url)
         specs = []

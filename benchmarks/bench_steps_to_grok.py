@@ -37,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from orchestrator.config import load_study  # noqa: E402
+from orchestrator.study import load_study  # noqa: E402
 from trainers import TrainSpec, train  # noqa: E402
 
 STUDY = ROOT / "sweeps" / "grok_fast.yaml"
@@ -90,8 +90,8 @@ def train_seeds(study, params: dict, seeds: list[int], budget: int, workers: int
 def best_params(study) -> dict:
     import optuna
 
-    from orchestrator.grid import build_cells
-    from orchestrator.search import cell_study, open_storage
+    from orchestrator.study.grid import build_cells
+    from orchestrator.sweep.search import cell_study, open_storage
 
     cell = build_cells(study)[0]
     ostudy = cell_study(study, cell, 0, open_storage(study.storage_url))

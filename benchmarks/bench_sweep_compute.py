@@ -7,7 +7,7 @@ data fractions, the weight decay range, the sampler and the trials per cell are 
 own). The QMC sampler draws the same weight decays in both, so runs pair up by cell and trial.
 
   naive    success_stop_evals: null, prune.mode: off; every run trains its whole budget
-  stopped  the study's own success-stop and `prune.mode: phase` (orchestrator/pruning.py)
+  stopped  the study's own success-stop and `prune.mode: phase` (orchestrator/sweep/pruning.py)
 
 Reported: total training steps (stopped / naive; target <= 0.25), the phase of every run and
 every cell (analysis/grokking.py) in both, and every run that generalized within the budget in
@@ -33,8 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from orchestrator.analysis.grokking import grokking_phases  # noqa: E402
-from orchestrator.config import load_study  # noqa: E402
-from orchestrator.results import load_results  # noqa: E402
+from orchestrator.study import load_study  # noqa: E402
+from orchestrator.store.results import load_results  # noqa: E402
 
 STUDY = ROOT / "sweeps" / "grokking_modular.yaml"
 # p = 113, d_model 128 and 20k steps (about 12 CPU-days for the naive grid) down to what a

@@ -30,9 +30,9 @@ def _study_args(p: argparse.ArgumentParser) -> None:
 
 def _load(args: argparse.Namespace, with_preflight: bool = True):
     """Load, resolve and check a study; print every problem and exit 2 if there is one."""
-    from orchestrator.config import StudyError, load_study  # lazily: it loads torch, which `fit` needs not
-    from orchestrator.grid import build_cells
-    from orchestrator.preflight import check_preflight
+    from orchestrator.study import StudyError, load_study  # lazily: it loads torch, which `fit` needs not
+    from orchestrator.study.grid import build_cells
+    from orchestrator.study.preflight import check_preflight
 
     overrides = list(args.set) + ([f"tracking.uri={args.tracking_uri}"] if args.tracking_uri else [])
     try:
@@ -66,8 +66,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         # single-machine mode, which must be chosen before ray is imported. Never when joining
         # a cluster: other nodes must reach this driver.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    from orchestrator.config import redact_url
-    from orchestrator.run import run_study
+    from orchestrator.study import redact_url
+    from orchestrator.sweep.driver import run_study
 
     counts = run_study(study, cells, show=not args.quiet)
     counts.pop("timeline", None)  # per-run timestamps, for benchmarks
@@ -84,8 +84,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _report(shown_uri: str, uri: str, experiment: str, quiet: bool = False, out_dir: str | None = None) -> dict:
     """Make the study's report from MLflow and log it to the parent run; failure is reported, not raised."""
-    from orchestrator.report import make_report
-    from orchestrator.results import ResultsError
+    from orchestrator.report.report import make_report
+    from orchestrator.store.results import ResultsError
 
     try:
         report = make_report(uri, experiment, out_dir)
@@ -102,7 +102,7 @@ def _report(shown_uri: str, uri: str, experiment: str, quiet: bool = False, out_
 
 def cmd_report(args: argparse.Namespace) -> int:
     """The study is a YAML file (its name and tracking URI are read from it) or an experiment name."""
-    from orchestrator.config import redact_url
+    from orchestrator.study import redact_url
 
     uri, experiment = args.tracking_uri, args.study
     if args.study.endswith((".yaml", ".yml")):
@@ -119,7 +119,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def load_study_or_exit(path: str, overrides: list[str]):
-    from orchestrator.config import StudyError, load_study
+    from orchestrator.study import StudyError, load_study
 
     try:
         return load_study(path, overrides)
@@ -131,7 +131,7 @@ def load_study_or_exit(path: str, overrides: list[str]):
 
 def cmd_status(args: argparse.Namespace) -> int:
     study, cells = _load(args, with_preflight=False)
-    from orchestrator.status import study_status
+    from orchestrator.store.status import study_status
 
     rows = study_status(study, cells)
     if args.json:
@@ -185,10 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("reproduce", help="train one recorded run again; compare its metrics bit for bit (see --help)",
                    add_help=False)
     if argv[:1] == ["reproduce"]:
-        from orchestrator.reproduce import main as reproduce_main
+        from orchestrator.report.reproduce import main as reproduce_main
 
         return reproduce_main(argv[1:])
-    from orchestrator.fit import add_fit_parser, run_fit
+    from orchestrator.report.fit import add_fit_parser, run_fit
 
     add_fit_parser(sub)  # grokscale fit scaling|emergence FILE.csv ...
     args = parser.parse_args(argv)

@@ -48,7 +48,7 @@ def no_driver(monkeypatch):
     def run_study(*args, **kwargs):
         raise AssertionError("a broken study reached run_study")
 
-    monkeypatch.setitem(sys.modules, "orchestrator.run", types.SimpleNamespace(run_study=run_study))
+    monkeypatch.setitem(sys.modules, "orchestrator.sweep.driver", types.SimpleNamespace(run_study=run_study))
 
 
 def grokscale_run(tmp_path: Path, args: list[str], subprocess_: bool, capsys) -> tuple[int, str]:

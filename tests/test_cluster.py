@@ -360,7 +360,7 @@ def test_setup_check_rejects_another_torch_version():
 def test_docs_overrides_are_study_fields():
     from pydantic import BaseModel
 
-    from orchestrator.config import Study
+    from orchestrator.study import Study
 
     keys = [argv[k + 1].split("=", 1)[0] for line in doc_command_lines() for argv in all_commands(line)
             for k, a in enumerate(argv[:-1]) if a == "--set"]

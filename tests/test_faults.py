@@ -203,7 +203,7 @@ def runs(uri: str, experiment: str = "faults") -> tuple[list, list]:
 
 def trials(tmp_path: Path, study: str = "faults") -> dict[str, list[optuna.trial.FrozenTrial]]:
     """Cell key -> its Optuna trials, read from the journal the driver writes."""
-    from orchestrator.search import open_storage
+    from orchestrator.sweep.search import open_storage
 
     journal = tmp_path / "runs" / study / "optuna.journal"
     if not journal.exists():
@@ -516,8 +516,8 @@ def test_unreachable_tracking_server_stops_before_anything_starts(tmp_path):
 def test_tracker_keeps_writes_in_order_while_the_server_is_away(tmp_path, monkeypatch):
     """A Tracker against a closed port: each failed write costs seconds, not minutes, and the
     writes wait in order; the next flush does not even try until RETRY_S has passed."""
-    from orchestrator.config import load_study
-    from orchestrator.tracking import HTTP_FAIL_FAST, Tracker
+    from orchestrator.study import load_study
+    from orchestrator.store.tracker import HTTP_FAIL_FAST, Tracker
 
     for name, value in HTTP_FAIL_FAST.items():  # what the Tracker sets; restored afterwards
         monkeypatch.setenv(name, value)
@@ -537,8 +537,8 @@ def test_tracker_keeps_writes_in_order_while_the_server_is_away(tmp_path, monkey
 def test_tracker_drops_a_write_the_store_refuses_and_sends_the_rest(tmp_path):
     """A write MLflow refuses (a param logged again with another value: HTTP 400) would fail on
     every retry; it is dropped, and the writes queued behind it still arrive."""
-    from orchestrator.config import load_study
-    from orchestrator.tracking import Tracker, config_yaml
+    from orchestrator.study import load_study
+    from orchestrator.store.tracker import Tracker, config_yaml
 
     study = load_study(write_study(tmp_path), [f"tracking.uri={sqlite_uri(tmp_path)}"])
     tracker = Tracker(study)

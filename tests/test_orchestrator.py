@@ -18,11 +18,11 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from orchestrator.config import load_study
-from orchestrator.grid import build_cells, spec_for
-from orchestrator.pruning import Pruner
-from orchestrator.run import CellState, make_pruner
-from orchestrator.search import cell_study, open_storage
+from orchestrator.study import load_study
+from orchestrator.study.grid import build_cells, spec_for
+from orchestrator.sweep.pruning import Pruner
+from orchestrator.sweep.driver import CellState, make_pruner
+from orchestrator.sweep.search import cell_study, open_storage
 
 GROKSCALE = [sys.executable, "-m", "orchestrator.cli"]
 TINY_STUDY = {
@@ -58,7 +58,7 @@ def child_runs(tmp_path: Path, study: str = "tiny") -> tuple[list, list]:
 
 
 def optuna_studies(tmp_path: Path, study: str = "tiny") -> dict[str, optuna.Study]:
-    from orchestrator.search import open_storage
+    from orchestrator.sweep.search import open_storage
 
     storage = open_storage(str(tmp_path / "runs" / study / "optuna.journal"))
     return {s.study_name: optuna.load_study(study_name=s.study_name, storage=storage)
@@ -250,7 +250,7 @@ def _pruning_study(where: Path, mode: str, num_cpus: int, pack: str) -> Path:
 def _pruning_outcome(where: Path) -> tuple[dict, dict]:
     """Per trial number: (weight decay, Optuna state, value), and the MLflow runs' rows."""
     from orchestrator.analysis.grokking import grokking_phases
-    from orchestrator.results import load_results
+    from orchestrator.store.results import load_results
 
     trials = next(iter(optuna_studies(where, "prune").values())).get_trials()
     runs = grokking_phases(load_results(f"sqlite:///{where / 'mlflow.db'}", "prune", with_curves=False).runs)

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from matplotlib.image import imread
 
-from orchestrator import plots
+from orchestrator.report import plots
 from orchestrator.analysis import (Estimate, ScalingLawFit, critical_sizes, fit_power_law, grokking_phases,
                                    mirage_check)
 

@@ -23,7 +23,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from orchestrator.search import open_storage
+from orchestrator.sweep.search import open_storage
 
 GROKSCALE = [sys.executable, "-m", "orchestrator.cli"]
 PG_BIN = Path(os.environ.get("GROKSCALE_PG_BIN", "/usr/lib/postgresql/15/bin"))

@@ -1,4 +1,4 @@
-"""Per-cell pruning rules (orchestrator/pruning.py): the decay clock, each rule's verdicts, and the
+"""Per-cell pruning rules (orchestrator/sweep/pruning.py): the decay clock, each rule's verdicts, and the
 worker's side applying a rule to its own evaluations."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from orchestrator.pruning import STALLED, Pruner, RunState, StopRule, clock_step, decay_clock, stop_reason
+from orchestrator.sweep.pruning import STALLED, Pruner, RunState, StopRule, clock_step, decay_clock, stop_reason
 from trainers.spec import TrainConfig
 
 

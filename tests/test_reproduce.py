@@ -14,7 +14,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from orchestrator.cli import main
-from orchestrator.reproduce import compare, same_bits
+from orchestrator.report.reproduce import compare, same_bits
 
 GROKSCALE = [sys.executable, "-m", "orchestrator.cli"]
 STUDY = {

@@ -16,8 +16,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from orchestrator.config import StudyError, load_study
-from orchestrator.tracking import config_yaml, scrub
+from orchestrator.study import StudyError, load_study
+from orchestrator.store.tracker import config_yaml, scrub
 
 ROOT = Path(__file__).resolve().parents[1]
 GROKSCALE = [sys.executable, "-m", "orchestrator.cli"]

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from orchestrator.config import Study, StudyError, format_errors
+from orchestrator.study.config import Study, StudyError, format_errors
 from trainers.models import ParamCounts, resolve_shape, shape_counts
 from trainers.spec import TrainSpec
 from trainers.tasks import make_task

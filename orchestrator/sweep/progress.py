@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from orchestrator.config import Study
+from orchestrator.study import Study
 
 
 def _fmt(seconds: float | None) -> str:

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from orchestrator import plots
+from orchestrator.report import plots
 from orchestrator.analysis import (CriticalSizes, ScalingLawFit, cell_regularization, critical_sizes, curve_events,
                                    fit_power_law, fit_scaling_law, mirage_checks)
-from orchestrator.results import StudyResults, load_results
+from orchestrator.store.results import StudyResults, load_results
 
 USABLE = ("completed", "stopped")  # runs whose metrics mean what they say (not diverged or failed)
 PLOTS = ("emergence_heatmap", "metric_vs_n", "grokking_curves", "phase_wd_x_d", "phase_wd_x_lr", "scaling_fit",

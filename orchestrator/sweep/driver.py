@@ -20,12 +20,12 @@ import ray
 from optuna.trial import TrialState
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from orchestrator.config import Study
-from orchestrator.grid import Cell, spec_for
-from orchestrator.progress import Progress
-from orchestrator.pruning import Pruner, RunState, StopRule, decay_rate, stop_reason
-from orchestrator.search import cell_study, open_storage, suggest
-from orchestrator.tracking import Tracker, config_yaml
+from orchestrator.study import Study
+from orchestrator.study.grid import Cell, spec_for
+from orchestrator.sweep.progress import Progress
+from orchestrator.sweep.pruning import Pruner, RunState, StopRule, decay_rate, stop_reason
+from orchestrator.sweep.search import cell_study, open_storage, suggest
+from orchestrator.store.tracker import Tracker, config_yaml
 from trainers.packed import can_pack
 
 
@@ -68,7 +68,7 @@ def warm_up() -> None:
 class Reporter:
     """A run's report hook on its worker: posts every evaluation to the inbox (fire and forget,
     so the trainer never waits), picks up the stop rule the driver answers with once it has
-    arrived, and applies it to the run's own evaluations (orchestrator/pruning.py)."""
+    arrived, and applies it to the run's own evaluations (orchestrator/sweep/pruning.py)."""
 
     def __init__(self, inbox, run_id: str, spec, rule: StopRule | None = None) -> None:
         self.inbox, self.run_id, self.rule = inbox, run_id, rule
@@ -196,7 +196,7 @@ class Unit:
     checkpoint_dir: str = ""
     result: dict | None = None
     summary: dict = field(default_factory=dict)
-    group: tuple = ()  # runs whose decay clocks compare (orchestrator/pruning.py)
+    group: tuple = ()  # runs whose decay clocks compare (orchestrator/sweep/pruning.py)
     rule: StopRule | None = None  # the stop rule last posted to its worker
     taught: bool = False  # objective: its generalization, seen live, was already taught to the pruner
 

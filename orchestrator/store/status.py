@@ -7,9 +7,9 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from orchestrator.config import Study
-from orchestrator.grid import Cell
-from orchestrator.search import open_storage
+from orchestrator.study import Study
+from orchestrator.study.grid import Cell
+from orchestrator.sweep.search import open_storage
 
 
 def study_status(study: Study, cells: list[Cell]) -> list[dict]:

@@ -38,7 +38,7 @@ phase      For phase diagrams (sweeps/grokking_modular.yaml): stop a run whose f
            without generalizing: that budget is the L it teaches the rule above.
 
 A cell's fastest-decaying runs are the first to generalize or settle, so with a sampler whose
-draws ignore results the driver runs them first (orchestrator/run.py).
+draws ignore results the driver runs them first (orchestrator/sweep/driver.py).
 
 The driver decides (this module's pure functions) and posts each run a `StopRule`; the worker
 applies it to its own evaluations as they come (`stop_reason`), so a rule acts within one

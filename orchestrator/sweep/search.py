@@ -10,8 +10,8 @@ import optuna
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
-from orchestrator.config import Study
-from orchestrator.grid import Cell
+from orchestrator.study import Study
+from orchestrator.study.grid import Cell
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -180,13 +180,13 @@ class Packing(Strict):
     """Several runs of one cell trained in one process as one batched model (trainers/packed.py):
     one Ray task, one slot, K runs, each with its own seed and regularization."""
 
-    # auto: when it pays (see orchestrator.run.pack_size)
+    # auto: when it pays (see orchestrator.sweep.driver.pack_size)
     mode: Annotated[Literal["auto", "on", "off"], BeforeValidator(_yaml_switch)] = "auto"
     max_runs: PositiveInt = 8  # runs per packed task
 
 
 class Pruning(Strict):
-    """Per-cell pruning (orchestrator/pruning.py): stop runs whose answer is already known."""
+    """Per-cell pruning (orchestrator/sweep/pruning.py): stop runs whose answer is already known."""
 
     # off; objective: stop a run once it cannot beat its cell's best step objective (exact);
     # phase: stop a memorizing run whose budget of weight decay cannot make it grok in time.

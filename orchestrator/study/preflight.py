@@ -9,8 +9,8 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
-from orchestrator.config import Study, redact_url
-from orchestrator.grid import Cell
+from orchestrator.study.config import Study, redact_url
+from orchestrator.study.grid import Cell
 
 TRACKING_SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql", "databricks")
 STORAGE_SCHEMES = ("postgresql", "postgresql+psycopg2", "postgresql+psycopg", "mysql", "mysql+pymysql", "sqlite")
@@ -96,7 +96,7 @@ def _database(url: str) -> list[str]:
     from sqlalchemy import create_engine, text
     from sqlalchemy.exc import SQLAlchemyError
 
-    from orchestrator.search import rdb_url
+    from orchestrator.sweep.search import rdb_url
 
     try:
         engine = create_engine(rdb_url(url))
