@@ -106,3 +106,51 @@ def test_critical_size_lines_follow_a_known_boundary():
     assert np.log10(n_star[3].threshold) == pytest.approx(4.0, abs=0.1)  # D = 1e4
     out = json.loads(json.dumps(lines.to_dict()))
     assert len(out["d_star"]) == 5 and len(out["n_star"]) == 7 and out["n_star"][0]["threshold"] is None
+
+
+# Refusals (issue 15): what the data cannot decide is reported as such.
+
+def test_three_scales_and_a_clean_step_give_insufficient_data_and_the_whole_bracket():
+    # The quickstart's shape: 2 runs at each of 1k, 3k and 10k parameters, a clean step 3k -> 10k.
+    x = [1e3, 1e3, 3e3, 3e3, 1e4, 1e4]
+    y = [0.01, 0.02, 0.015, 0.02, 0.97, 0.99]
+    fit = emergence_threshold(x, y, chance=0.01)
+    assert fit.threshold is not None and fit.bracket == (3e3, 1e4)
+    assert fit.sharp is None and "insufficient data: 3 scales" in fit.sharp_reason and "AICc" in fit.sharp_reason
+    assert fit.censored  # no scale inside the rise: the threshold is anywhere in the bracket
+    assert fit.low <= 3e3 and fit.high >= 1e4  # was [5,477, 5,636] before: narrower than the gap
+    assert json.loads(json.dumps(fit.to_dict()))["sharp"] is None
+
+
+def test_a_scale_inside_the_rise_is_not_censored_and_five_scales_decide_sharpness():
+    x = np.repeat(np.logspace(3, 5, 5), 2)
+    fit = emergence_threshold(x, sigmoid(x, mid=4.0, width=0.25) + np.tile([-0.01, 0.01], 5), chance=0.01)
+    assert fit.sharp is not None and fit.sharp_reason is None
+    assert not fit.censored and not fit.low_unbounded and not fit.high_unbounded
+    assert fit.low < fit.threshold < fit.high
+
+
+def test_four_scales_are_not_enough_to_call_a_jump_sharp():
+    x = np.repeat(np.logspace(3, 6, 4), 3)
+    fit = emergence_threshold(x, sigmoid(x, mid=4.5, width=0.3) + np.random.default_rng(0).normal(0, 0.01, x.size),
+                              chance=0.01)
+    assert fit.threshold is not None and fit.sharp is None and "4 scales" in fit.sharp_reason
+
+
+def test_a_threshold_the_resamples_push_past_the_grid_has_an_unbounded_interval():
+    # The jump starts at 3e6, but at the two largest scales one run of two stays at chance:
+    # resampling runs often leaves no jump below 1e7, so the interval has no upper end in the grid.
+    x = np.repeat(np.logspace(3, 7, 9), 2)
+    y = np.where(x < 3e6, 0.02, 0.95)
+    y[-4:] = [0.02, 0.95, 0.02, 0.97]
+    fit = emergence_threshold(x, y, chance=0.02)
+    assert fit.threshold is not None and fit.bracket == (pytest.approx(1e6), pytest.approx(10 ** 6.5))
+    assert fit.high_unbounded and fit.high is None
+    assert not fit.low_unbounded and fit.low is not None and fit.low <= fit.threshold
+
+
+def test_a_clean_acceptance_is_sharp_bounded_and_uncensored():
+    x, y = noisy_sigmoid()
+    fit = emergence_threshold(x, y, chance=0.01)
+    assert fit.sharp is True and fit.sharp_reason is None
+    assert not (fit.censored or fit.low_unbounded or fit.high_unbounded)

@@ -70,3 +70,11 @@ def test_mirage_checks_over_a_runs_table_per_group():
     checks = mirage_checks(runs, n_boot=20)  # val_answer_logprob is absent: that pair is skipped
     assert [(c.group, c.continuous_metric, c.verdict) for c in checks] == [
         (0.3, "val_token_acc", "mirage"), (0.6, "val_token_acc", "mirage")]
+
+
+def test_three_scales_give_insufficient_data_not_a_verdict():
+    # Shrunk mirage_addition as measured: the whole transition between two adjacent sizes.
+    x = np.array([4e3, 1e4, 3e4])
+    check = mirage_check(x, np.array([0.12, 1.0, 1.0]), np.array([0.78, 1.0, 1.0]), chance_discontinuous=0.0,
+                         chance_continuous=0.1)
+    assert check.verdict == "insufficient data" and "3 scales" in check.reason

@@ -38,6 +38,19 @@ central `ci` percentile interval of 10**mid. On a coarse grid the data cannot pl
 midpoint more finely than between two measured scales: `bracket` gives those two scales, and
 the fitted 10%-90% rise is never narrower than the smallest step between measured scales (so
 a clean step between two scales puts the midpoint halfway between them in log x).
+
+Refusals (what the data cannot decide is said, not guessed):
+- `sharp` is None, with `sharp_reason`, below MIN_SCALES_SHARPNESS (5) measured scales. The
+  test compares two curves of k = 3 free parameters each; AICc (Hurvich & Tsai 1989), the
+  small-sample AIC, adds 2k(k+1)/(n-k-1), defined only for n > k + 1 = 4 scales. With 3 scales
+  a 3-parameter sigmoid passes through the means exactly and "evidence" measures nothing.
+- `censored`: when no measured scale lies inside the rise (every scale mean is within 10% of the
+  floor or of the ceiling), the metric steps cleanly from one scale to the next and the midpoint
+  can lie anywhere between them. Resampling runs cannot see that gap, so the interval is widened
+  to cover the whole bracket, and `censored` says the threshold is known only to that bracket.
+- `low_unbounded` / `high_unbounded`: when more than the interval's tail of bootstrap resamples
+  put the midpoint outside the measured range (or never leave the floor: no threshold within
+  the grid), that side of the interval is unbounded and reported as None.
 """
 
 from __future__ import annotations
@@ -48,11 +61,14 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from orchestrator.analysis.estimate import interval, jsonable, usable_runs
+from orchestrator.analysis.estimate import jsonable, usable_runs
 
 WIDTH_10_90 = 2 * np.log(9)  # a logistic rises from 10% to 90% over 2 ln 9 of its scale
 MAX_FIT_RATIO = 1e6  # reported in place of infinity (a sigmoid that fits exactly)
 MAX_EXPONENT = 2.0  # the steepest smooth power law considered, per decade (see _fit_ratio)
+N_FREE = 3  # free parameters of each curve the sharpness test compares (sigmoid; power law)
+MIN_SCALES_SHARPNESS = N_FREE + 2  # AICc's correction 2k(k+1)/(n-k-1) needs n > k + 1
+STEP_BAND = 0.1  # a scale mean within this fraction of the jump from floor or ceiling is "not inside the rise"
 
 
 @dataclass(frozen=True)
@@ -67,7 +83,7 @@ class EmergenceFit:
     low: float | None
     high: float | None
     reason: str | None
-    sharp: bool
+    sharp: bool | None  # None: insufficient data to tell a jump from smooth growth (sharp_reason)
     fit_ratio: float | None
     evidence: float | None
     width_decades: float | None
@@ -84,6 +100,10 @@ class EmergenceFit:
     bootstrap: str | None
     ci: float
     higher_is_better: bool = True
+    sharp_reason: str | None = None
+    censored: bool = False  # the threshold is known only to lie within `bracket`
+    low_unbounded: bool = False
+    high_unbounded: bool = False
 
     def predict(self, x: np.ndarray | float) -> np.ndarray:
         """The fitted curve at x (NaN everywhere when no sigmoid was fitted)."""
@@ -154,7 +174,8 @@ def emergence_threshold(x: np.ndarray, y: np.ndarray, *, chance: float | None = 
     means = _aggregate(groups, agg)
     floor = sign * chance if chance is not None else (float(means.min()) if means.size else np.nan)
     cap = None if best_value is None else sign * best_value
-    base = dict(low=None, high=None, sharp=False, fit_ratio=None, evidence=None, width_decades=None,
+    base = dict(low=None, high=None, sharp=False, sharp_reason=None, censored=False, low_unbounded=False,
+                high_unbounded=False, fit_ratio=None, evidence=None, width_decades=None,
                 ceiling=None, mid_log10=None, width=None, bracket=None, x_min=float(x.min()) if x.size else np.nan,
                 x_max=float(x.max()) if x.size else np.nan, n_points=int(x.size), n_scales=int(scales.size),
                 n_boot=0, bootstrap=None, ci=ci, higher_is_better=higher_is_better)
@@ -194,9 +215,20 @@ def emergence_threshold(x: np.ndarray, y: np.ndarray, *, chance: float | None = 
     bracket = (float(scales[above - 1]), float(scales[above]))  # the measured scales around the midpoint
     mids, method = _bootstrap(u, groups, agg, floor, cap, means - _sigmoid(u, mid, width, floor, amp),
                               (mid, width, amp), n_boot, seed)
-    low, high = interval(10.0 ** mids, ci) if mids.size else (None, None)
-    return result(None, threshold=float(10 ** mid), low=low, high=high, bracket=bracket,
-                  sharp=bool(evidence >= min_evidence), n_boot=int(mids.size), bootstrap=method, **shape)
+    bounds = _bounded_interval(mids, u, ci)
+    censored = not np.any((means > floor + STEP_BAND * amp) & (means < floor + (1 - STEP_BAND) * amp))
+    if censored:  # a clean step: the midpoint may lie anywhere in the bracket, whatever the resamples say
+        bounds["low"] = bracket[0] if bounds["low"] is None else min(bounds["low"], bracket[0])
+        bounds["high"] = bracket[1] if bounds["high"] is None else max(bounds["high"], bracket[1])
+        bounds["low"] = None if bounds["low_unbounded"] else bounds["low"]
+        bounds["high"] = None if bounds["high_unbounded"] else bounds["high"]
+    sharp, sharp_reason = bool(evidence >= min_evidence), None
+    if scales.size < MIN_SCALES_SHARPNESS:
+        sharp, sharp_reason = None, (f"insufficient data: {scales.size} scales; telling a jump from smooth "
+                                     f"growth compares two {N_FREE}-parameter curves by AICc, which needs at "
+                                     f"least {MIN_SCALES_SHARPNESS} scales")
+    return result(None, threshold=float(10 ** mid), bracket=bracket, sharp=sharp, sharp_reason=sharp_reason,
+                  censored=bool(censored), n_boot=int(mids.size), bootstrap=method, **bounds, **shape)
 
 
 def critical_sizes(runs: pd.DataFrame, *, metric: str = "max_val_acc", n_col: str = "n_params",
@@ -303,6 +335,27 @@ def _fit_ratio(u: np.ndarray, g: np.ndarray, sse_sigmoid: float, amp: float) -> 
     return float(min(sse_power / sse_sigmoid, MAX_FIT_RATIO))
 
 
+def _bounded_interval(mids: np.ndarray, u: np.ndarray, ci: float) -> dict:
+    """The percentile interval of 10**mid over the resamples, where a resample with no midpoint
+    within the grid (NaN: it never left the floor; or a midpoint beyond the measured scales)
+    counts as beyond that end: when more than the tail lies beyond an end, that side is unbounded."""
+    tail = (1 - ci) / 2
+    n = mids.size
+    if n == 0:
+        return dict(low=None, high=None, low_unbounded=True, high_unbounded=True)
+    below = float(np.sum(mids < u[0])) / n
+    above = float(np.sum(np.isnan(mids) | (mids > u[-1]))) / n
+    inside = mids[np.isfinite(mids) & (mids >= u[0]) & (mids <= u[-1])]
+    low_unbounded, high_unbounded = below > tail, above > tail
+    # The interval's ends, as percentiles of all resamples (those beyond an end sort past it).
+    ordered = np.sort(np.where(np.isnan(mids), np.inf, mids))
+    lo = ordered[min(n - 1, int(np.floor(tail * n)))]
+    hi = ordered[max(0, int(np.ceil((1 - tail) * n)) - 1)]
+    clip = lambda v: float(10 ** np.clip(v, u[0], u[-1])) if inside.size else None  # noqa: E731
+    return dict(low=None if low_unbounded else clip(lo), high=None if high_unbounded else clip(hi),
+                low_unbounded=bool(low_unbounded), high_unbounded=bool(high_unbounded))
+
+
 def _bootstrap(u: np.ndarray, groups: list[np.ndarray], agg: str, floor: float, cap: float | None,
                residuals: np.ndarray, fitted: tuple[float, float, float], n_boot: int,
                seed: int) -> tuple[np.ndarray, str]:
@@ -316,6 +369,7 @@ def _bootstrap(u: np.ndarray, groups: list[np.ndarray], agg: str, floor: float, 
         else:
             g = curve + residuals[rng.integers(0, len(residuals), len(residuals))]
         if g.max() - floor <= 0:
-            continue  # a resample that never leaves the floor has no midpoint
+            mids.append(np.nan)  # never leaves the floor: no midpoint within the grid
+            continue
         mids.append(_fit_sigmoid(u, g, floor, cap)[0])
     return np.array(mids), "cases" if cases else "residuals"

@@ -9,7 +9,9 @@ Verdict per pair, from `EmergenceFit.sharp` (an S-shaped jump that a saturating 
 cannot follow; see `emergence.py`):
   "emergent"      sharp under both metrics: the jump survives the continuous metric;
   "mirage"        sharp under the discontinuous metric only;
-  "not emergent"  not sharp under the discontinuous metric (no threshold, or smooth).
+  "not emergent"  not sharp under the discontinuous metric (no threshold, or smooth);
+  "insufficient data"  a metric with a threshold whose sharpness the data cannot decide (too
+                  few scales: see emergence.MIN_SCALES_SHARPNESS), so neither verdict holds.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import pandas as pd
 from orchestrator.analysis.emergence import EmergenceFit, emergence_threshold
 from orchestrator.analysis.estimate import jsonable, usable_runs
 
-Verdict = Literal["emergent", "mirage", "not emergent"]
+Verdict = Literal["emergent", "mirage", "not emergent", "insufficient data"]
 # The continuous counterparts a sequence task reports, with their best possible values.
 DEFAULT_PAIRS = (("val_acc", "val_token_acc"), ("val_acc", "val_answer_logprob"))
 BEST_VALUES = {"val_acc": 1.0, "max_val_acc": 1.0, "val_token_acc": 1.0, "val_answer_logprob": 0.0}
@@ -59,7 +61,11 @@ def mirage_check(x: np.ndarray, y_discontinuous: np.ndarray, y_continuous: np.nd
     disc = emergence_threshold(x, y_discontinuous, chance=chance_discontinuous, best_value=best_discontinuous,
                                **kwargs)
     cont = emergence_threshold(x, y_continuous, chance=chance_continuous, best_value=best_continuous, **kwargs)
-    if not disc.sharp:
+    undecided = next(((m, f) for m, f in ((discontinuous_metric, disc), (continuous_metric, cont))
+                      if f.sharp is None and f.threshold is not None), None)
+    if disc.threshold is not None and undecided is not None:
+        verdict, reason = "insufficient data", f"{undecided[0]}: {undecided[1].sharp_reason}"
+    elif not disc.sharp:
         why = disc.reason or f"it rises smoothly (evidence for a jump {disc.evidence:.3g} < the minimum)"
         verdict, reason = "not emergent", f"{discontinuous_metric}: {why}"
     elif cont.sharp:

@@ -1,0 +1,107 @@
+"""One driver per study (orchestrator/store/hold.py), on a real journal storage shared by
+processes: a second driver is refused with who holds the study and since when; a killed
+driver's hold never blocks a resume; a claim from another host expires by its heartbeat."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+
+from orchestrator.store.hold import HOLD_STUDY_PREFIX, STALE_S, StudyHeld, StudyHold
+
+HOLDER = """
+import sys, time
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from orchestrator.store.hold import StudyHold
+hold = StudyHold(JournalStorage(JournalFileBackend(sys.argv[1])), "demo").acquire()
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def storage(path) -> JournalStorage:
+    return JournalStorage(JournalFileBackend(str(path)))
+
+
+def start_holder(journal) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(journal)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_second_driver_is_refused_and_a_killed_one_never_blocks(tmp_path):
+    journal = tmp_path / "optuna.journal"
+    proc = start_holder(journal)
+    try:
+        with pytest.raises(StudyHeld) as err:
+            StudyHold(storage(journal), "demo").acquire()
+        text = str(err.value)
+        assert f"process {proc.pid}" in text and "host " in text and "since " in text
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    # Killed without releasing: its claim is stale at once on its own host.
+    hold = StudyHold(storage(journal), "demo").acquire()
+    try:
+        with pytest.raises(StudyHeld):
+            StudyHold(storage(journal), "demo").acquire()
+    finally:
+        hold.release()
+    StudyHold(storage(journal), "demo").acquire().release()  # released: free again
+
+
+def test_refused_claims_and_released_holds_leave_no_live_claim(tmp_path):
+    journal = tmp_path / "optuna.journal"
+    first = StudyHold(storage(journal), "demo").acquire()
+    for _ in range(3):
+        with pytest.raises(StudyHeld):
+            StudyHold(storage(journal), "demo").acquire()
+    assert [h.pid for h in first.holders()] == [first.holders()[0].pid]  # only the holder is live
+    first.release()
+    assert StudyHold(storage(journal), "demo").holders() == []
+    # Holds live in their own Optuna study, beside the cells' studies, not in them.
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage(journal))]
+    assert names == [HOLD_STUDY_PREFIX + "demo"]
+
+
+def claim_from_other_host(journal, heartbeat: float) -> None:
+    """A claim as a driver on another machine sharing this storage writes it."""
+    st = storage(journal)
+    hold = StudyHold(st, "demo")
+    trial_id = st.create_new_trial(hold._study_id())
+    for key, value in {"host": "another-host.example", "pid": 1, "started": 0.0, "since": heartbeat,
+                       "heartbeat": heartbeat}.items():
+        st.set_trial_user_attr(trial_id, key, value)
+
+
+def test_claim_from_another_host_holds_while_it_beats_and_expires_after(tmp_path):
+    journal = tmp_path / "optuna.journal"
+    claim_from_other_host(journal, time.time())
+    with pytest.raises(StudyHeld, match="another-host.example"):
+        StudyHold(storage(journal), "demo").acquire()
+
+    journal2 = tmp_path / "stale.journal"
+    claim_from_other_host(journal2, time.time() - STALE_S - 5)
+    hold = StudyHold(storage(journal2), "demo").acquire()
+    assert [h.host for h in hold.holders()] == [hold.holders()[0].host] and hold.holders()[0].host != \
+        "another-host.example"
+    hold.release()
+
+
+def test_concurrent_claims_have_exactly_one_winner(tmp_path):
+    journal = tmp_path / "optuna.journal"
+    code = HOLDER.replace('print("held", flush=True)\ntime.sleep(600)', 'print("held", flush=True); time.sleep(20)')
+    code = code.replace("hold = StudyHold(", "from orchestrator.store.hold import StudyHeld\ntry:\n    hold = StudyHold(")
+    code = code.replace('.acquire()\n', '.acquire()\nexcept StudyHeld:\n    print("refused", flush=True); sys.exit(0)\n')
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(journal)], stdout=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    outs = [p.communicate(timeout=120)[0].strip() for p in procs]
+    assert sorted(outs) == ["held", "refused", "refused", "refused"], outs

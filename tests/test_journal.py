@@ -1,0 +1,68 @@
+"""A damaged Optuna journal (orchestrator/store/journal.py), on real journal files written by
+Optuna: a cut-short last record is set aside and the study goes on with every whole record; a
+damaged record elsewhere is a clear error that changes nothing."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+
+from orchestrator.store.journal import JournalCorrupt, check_journal
+
+
+def write_study(path, n: int = 3) -> bytes:
+    study = optuna.create_study(storage=JournalStorage(JournalFileBackend(str(path))), study_name="cell")
+    for _ in range(n):
+        trial = study.ask()
+        trial.suggest_float("x", 0, 1)
+        study.tell(trial, 1.0)
+    return path.read_bytes()
+
+
+def load(path) -> optuna.Study:
+    return optuna.load_study(storage=JournalStorage(JournalFileBackend(str(path))), study_name="cell")
+
+
+def test_whole_journal_is_left_alone(tmp_path):
+    path = tmp_path / "optuna.journal"
+    data = write_study(path)
+    assert check_journal(path) is None and path.read_bytes() == data
+    assert check_journal(tmp_path / "absent.journal") is None
+
+
+def test_cut_short_last_record_is_set_aside_and_the_study_goes_on(tmp_path):
+    path = tmp_path / "optuna.journal"
+    data = write_study(path)
+    path.write_bytes(data[:-30])  # the last tell, cut mid-write
+    note = check_journal(path)
+    assert note is not None and "cut short" in note
+    aside = list(tmp_path.glob("optuna.journal.partial-*"))
+    assert len(aside) == 1 and data[:-30].endswith(aside[0].read_bytes())  # kept, not lost
+    study = load(path)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.RUNNING]
+    # Without the check this append would be glued to the partial line and break every later read.
+    trial = study.ask()
+    study.tell(trial, 2.0)
+    assert len(load(path).trials) == 4 and check_journal(path) is None
+
+
+def test_last_record_without_its_newline_is_completed(tmp_path):
+    path = tmp_path / "optuna.journal"
+    data = write_study(path)
+    path.write_bytes(data[:-1])
+    assert check_journal(path) is None
+    assert path.read_bytes() == data
+
+
+def test_damaged_record_in_the_middle_is_an_error_and_nothing_changes(tmp_path):
+    path = tmp_path / "optuna.journal"
+    lines = write_study(path).split(b"\n")
+    lines[2] = lines[2][: len(lines[2]) // 2]
+    damaged = b"\n".join(lines)
+    path.write_bytes(damaged)
+    with pytest.raises(JournalCorrupt, match=r"line 3 of \d+ is not a valid journal record"):
+        check_journal(path)
+    assert path.read_bytes() == damaged and not list(tmp_path.glob("*.partial-*"))
