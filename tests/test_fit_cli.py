@@ -15,6 +15,8 @@ from orchestrator.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 SCALING_KEYS = {f"{k}{s}" for k in ("E", "A", "alpha", "B", "beta") for s in ("", "_low", "_high")}
+FRONTIER_KEYS = {f"{k}{s}" for k in ("a", "b", "G") for s in ("", "_low", "_high")} | {"frontier"}
+POINT_KEYS = {"flops"} | {f"{k}{s}" for k in ("N_opt", "D_opt", "L_opt", "tokens_per_param") for s in ("", "_low", "_high")}
 
 
 def grokscale(*args: str) -> subprocess.CompletedProcess:
@@ -34,13 +36,27 @@ def scaling_csv(tmp_path_factory) -> Path:
 
 def test_fit_scaling_json(scaling_csv):
     out = grokscale("scaling", scaling_csv, "--n-col", "n_params", "--d-col", "n_train", "--loss-col", "min_val_loss",
-                    "--convention", "non_embedding", "--n-boot", "20", "--json")
+                    "--convention", "non_embedding", "--n-boot", "20", "--flops", "1e10", "1e12",
+                    "--flops-per-token", "8", "--json")
     assert out.returncode == 0, out.stderr
     fit = json.loads(out.stdout)
     assert SCALING_KEYS <= set(fit) and fit["convention"] == "non_embedding" and fit["n_inits"] == 4500
     for key, true in {"E": 2.0, "A": 300.0, "alpha": 0.3, "B": 800.0, "beta": 0.4}.items():
         assert fit[key] == pytest.approx(true, rel=1e-2), key
         assert fit[f"{key}_low"] <= fit[key] <= fit[f"{key}_high"]
+    # The frontier of the law by hand: a = beta/(alpha+beta) = 4/7, G = (0.3*300/(0.4*800))^(1/0.7).
+    assert FRONTIER_KEYS <= set(fit) and fit["flops_per_token"] == 8.0 and fit["frontier_reason"] is None
+    a, g = 0.4 / 0.7, (0.3 * 300 / (0.4 * 800)) ** (1 / 0.7)
+    assert fit["a"] == pytest.approx(a, abs=5e-3) and fit["b"] == pytest.approx(1 - a, abs=5e-3)
+    assert fit["G"] == pytest.approx(g, rel=0.1) and fit["a_low"] <= fit["a"] <= fit["a_high"]
+    assert [p["flops"] for p in fit["frontier"]] == [1e10, 1e12]
+    for p in fit["frontier"]:
+        assert POINT_KEYS <= set(p)
+        n_opt = g * (p["flops"] / 8) ** a
+        assert p["N_opt"] == pytest.approx(n_opt, rel=0.1) and p["N_opt_low"] <= p["N_opt"] <= p["N_opt_high"]
+        assert p["D_opt"] == pytest.approx(p["flops"] / (8 * p["N_opt"]))
+        assert p["tokens_per_param"] == pytest.approx(p["D_opt"] / p["N_opt"])
+        assert p["L_opt"] == pytest.approx(2 + 300 / p["N_opt"] ** 0.3 + 800 / p["D_opt"] ** 0.4, rel=1e-2)
 
 
 def test_fit_scaling_table_and_one_variable_law(scaling_csv, capsys):
@@ -98,6 +114,12 @@ def test_a_bad_column_exits_2_naming_it(scaling_csv):
      "need at least 6 points"),
     (["emergence", "{few}", "--x-col", "n_train", "--y-col", "min_val_loss"], "at least 3 scales"),
     (["scaling", "{csv}", "--d-col", "n_train", "--loss-col", "cell"], "column 'cell' is not numeric"),
+    (["scaling", "{csv}", "--n-col", "n_params", "--loss-col", "min_val_loss", "--flops", "1e12"],
+     "--flops needs both --n-col and --d-col"),
+    (["isoflop", "{csv}", "--n-col", "n_params", "--flops-col", "flops", "--loss-col", "min_val_loss"],
+     "no column 'flops'"),
+    (["isoflop", "{csv}", "--n-col", "n_params", "--flops-col", "n_train", "--loss-col", "min_val_loss",
+      "--flops-per-token", "0"], "flops_per_token must be > 0"),
 ])
 def test_bad_input_exits_2_with_the_reason(scaling_csv, tmp_path, capsys, argv, message):
     few = tmp_path / "few.csv"
@@ -106,3 +128,51 @@ def test_bad_input_exits_2_with_the_reason(scaling_csv, tmp_path, capsys, argv, 
     assert main(["fit", *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err
+
+
+def isoflop_table(budgets, a=0.5, g=0.1, offsets=np.linspace(-1.5, 1.2, 5)) -> pd.DataFrame:
+    """Runs on exact parabolas in ln N about a planted N_opt = g (C/6)^a; loss 2 at every minimum."""
+    rows = [{"params": g * (c / 6) ** a * np.exp(o), "budget": c, "loss": 2.0 + 0.1 * o ** 2}
+            for c in budgets for o in offsets]
+    return pd.DataFrame(rows)
+
+
+def test_fit_isoflop_json_gives_back_planted_minima(tmp_path):
+    path = tmp_path / "iso.csv"
+    budgets = [1e17, 1e18, 1e19, 1e20]
+    isoflop_table(budgets).to_csv(path, index=False)
+    out = grokscale("isoflop", path, "--n-col", "params", "--flops-col", "budget", "--loss-col", "loss",
+                    "--n-boot", "20", "--json")
+    assert out.returncode == 0, out.stderr
+    fit = json.loads(out.stdout)
+    assert FRONTIER_KEYS <= set(fit) and fit["reason"] is None and fit["flops_per_token"] == 6.0
+    assert fit["a"] == pytest.approx(0.5) and fit["b"] == pytest.approx(0.5) and fit["G"] == pytest.approx(0.1)
+    assert [p["flops"] for p in fit["frontier"]] == budgets
+    for p in fit["frontier"]:
+        assert POINT_KEYS <= set(p) and p["trusted"]
+        assert p["N_opt"] == pytest.approx(0.1 * (p["flops"] / 6) ** 0.5) and p["L_opt"] == pytest.approx(2.0)
+    assert fit["backtest"]["flops"] == 1e20 and fit["backtest"]["N_opt_error"] == pytest.approx(0, abs=1e-7)
+
+
+def test_fit_isoflop_table_flags_an_unbracketed_budget_and_too_few_budgets(tmp_path, capsys):
+    # At the largest budget every size is above the optimum: its minimum is extrapolated.
+    table = pd.concat([isoflop_table([1e17, 1e18]), isoflop_table([1e19], offsets=np.array([0.3, 0.8, 1.3, 1.8]))])
+    path = tmp_path / "iso.csv"
+    table.to_csv(path, index=False)
+    assert main(["fit", "isoflop", str(path), "--n-col", "params", "--flops-col", "budget", "--loss-col", "loss",
+                 "--n-boot", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "1e+17" in out and "1e+19 *" in out
+    assert "* C = 1e+19 not trusted: minimum not bracketed" in out
+    assert "no power law: insufficient data: 2 budget(s) with a bracketed minimum (of 3)" in out
+    assert "backtest: the largest budget has no observed optimum" in out
+
+
+def test_fit_scaling_table_shows_the_frontier(scaling_csv, capsys):
+    assert main(["fit", "scaling", str(scaling_csv), "--n-col", "n_params", "--d-col", "n_train",
+                 "--loss-col", "min_val_loss", "--n-boot", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "compute-optimal frontier of the law (C = 6*N*D)" in out
+    assert "a = 0.57" in out and "N_opt = G (C/6)^a" in out
+    # Default budgets: 5 log-spaced from the smallest 6*N*D (6e7) to the largest (6e13).
+    assert all(f"│ {c} " in out for c in ("6e+07", "1.9e+09", "6e+10", "1.9e+12", "6e+13"))

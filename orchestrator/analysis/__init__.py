@@ -9,6 +9,10 @@ nothing was found, and has a JSON-safe `to_dict()`.
 - `grokking_events`, `grokking_phase`, `grokking_phases`, `curve_events`: memorization and
   generalization steps, delay, ratio, and the learning phase of each run.
 - `fit_scaling_law`, `fit_power_law`: L(N, D), L(N), L(D) as in Hoffmann et al. (2022).
+- `loss_law_frontier` (approach 3, from a `fit_scaling_law` result), `fit_envelope` (approach 1,
+  training curves), `fit_isoflop` (approach 2, IsoFLOP budgets): the compute-optimal frontier
+  N_opt = G (C/k)^a, D_opt, L_opt and tokens per parameter (Hoffmann et al. 2022);
+  `extrapolation_backtest`: fit on all budgets but the largest, predict its N_opt and loss.
 - `cell_regularization`, `param_importances`, `trial_table`: the best trial per cell and the
   importance of each searched parameter (Optuna, imported lazily).
 
@@ -17,16 +21,22 @@ report (`cell`, `n_params`, `n_train`, `d_value`, `seed`, `trial_number`, `statu
 `param.<dotted path>`, final metrics such as `max_val_acc`); every column name is an argument.
 """
 
+from orchestrator.analysis.backtest import Backtest, extrapolation_backtest
 from orchestrator.analysis.emergence import CriticalSizes, EmergenceFit, critical_sizes, emergence_threshold
+from orchestrator.analysis.envelope import EnvelopeFit, fit_envelope
 from orchestrator.analysis.estimate import Estimate
+from orchestrator.analysis.frontier import FLOPS_PER_TOKEN, ComputeOptimalFrontier, FrontierPoint, loss_law_frontier
 from orchestrator.analysis.grokking import (PHASES, GrokkingEvents, curve_events, grokking_events, grokking_phase,
                                             grokking_phases)
+from orchestrator.analysis.isoflop import IsoFlopBudget, IsoFlopFit, fit_isoflop
 from orchestrator.analysis.mirage import MirageCheck, mirage_check, mirage_checks
 from orchestrator.analysis.regularization import (CellRegularization, cell_regularization, param_importances,
                                                   trial_table)
 from orchestrator.analysis.scaling import N_COLUMNS, ScalingLawFit, fit_power_law, fit_scaling_law
 
 __all__ = [
+    "FLOPS_PER_TOKEN", "Backtest", "ComputeOptimalFrontier", "EnvelopeFit", "FrontierPoint", "IsoFlopBudget",
+    "IsoFlopFit", "extrapolation_backtest", "fit_envelope", "fit_isoflop", "loss_law_frontier",
     "CellRegularization", "CriticalSizes", "EmergenceFit", "Estimate", "GrokkingEvents", "MirageCheck", "N_COLUMNS",
     "PHASES", "ScalingLawFit", "cell_regularization", "critical_sizes", "curve_events", "emergence_threshold",
     "fit_power_law", "fit_scaling_law", "grokking_events", "grokking_phase", "grokking_phases", "mirage_check",

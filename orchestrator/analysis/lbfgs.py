@@ -78,7 +78,7 @@ def minimize_batched(fun: Objective, x0: np.ndarray, *, max_iter: int = 1000, me
         s = x_new - x[rows]
         yv = g_new - gr
         sy = np.einsum("kp,kp->k", s, yv)
-        keep = moved & (sy > 1e-10 * np.linalg.norm(s, axis=1) * np.linalg.norm(yv, axis=1))
+        keep = moved & _curvature_ok(s, yv, sy, moved)
         kr = rows[keep]
         s_hist[kr] = np.roll(s_hist[kr], -1, axis=1)
         y_hist[kr] = np.roll(y_hist[kr], -1, axis=1)
@@ -95,6 +95,27 @@ def minimize_batched(fun: Objective, x0: np.ndarray, *, max_iter: int = 1000, me
         converged[rows[done]] = True
         active[rows[done]] = False
     return BatchResult(x=x, f=f, iterations=iterations, converged=converged)
+
+
+def _curvature_ok(s: np.ndarray, y: np.ndarray, sy: np.ndarray, moved: np.ndarray) -> np.ndarray:
+    """Whether each pair (s, y) may enter the history: cos(s, y) > 1e-10, and rho = 1 / s.y is
+    finite. Only rows that moved are looked at: a failed line search leaves its last, rejected
+    trial point in s, which may be astronomically far (f was inf there). The cosine is taken on
+    each vector divided by its largest component, so |s| |y| cannot overflow (an L-BFGS step of
+    1e160 squared is inf), and a product s.y that is finite but below the smallest normal number
+    (a step of 1e-160) would make 1 / s.y inf: both once printed numpy RuntimeWarnings at the
+    end of the quickstart, and either pair is useless as curvature."""
+    ok = np.zeros(s.shape[0], dtype=bool)
+    rows = np.flatnonzero(moved & np.isfinite(sy) & (sy > np.finfo(float).tiny))
+    if rows.size == 0:
+        return ok
+    sr, yr = s[rows], y[rows]
+    s_max = np.abs(sr).max(axis=1, keepdims=True)  # > 0: s.y > 0
+    y_max = np.abs(yr).max(axis=1, keepdims=True)
+    su, yu = sr / s_max, yr / y_max  # components in [-1, 1]
+    cos = np.einsum("kp,kp->k", su, yu) / (np.linalg.norm(su, axis=1) * np.linalg.norm(yu, axis=1))
+    ok[rows] = cos > 1e-10
+    return ok
 
 
 def _two_loop(g: np.ndarray, s: np.ndarray, y: np.ndarray, rho: np.ndarray) -> np.ndarray:

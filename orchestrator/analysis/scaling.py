@@ -20,7 +20,7 @@ under 1 s more.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -35,6 +35,7 @@ GRID_COEF = np.arange(0.0, 25.1, 5.0)  # a = log A, b = log B
 # The runs-table column that holds N under each parameter-count convention.
 N_COLUMNS = {"total": "n_params", "non_embedding": "n_params_non_embedding"}
 CONVENTIONS = tuple(N_COLUMNS)
+BOOT_COLUMNS = ("E", "A", "alpha", "B", "beta")  # the columns of ScalingLawFit.boot
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,9 @@ class ScalingLawFit:
     `convention` names how N was counted ("total" or "non_embedding"); `objective` is the
     summed Huber loss at the optimum; `n_inits` the starts tried on the full data; `n_boot`
     the bootstrap resamples that fitted; intervals are central `ci` percentile intervals.
+    `boot` keeps those resamples' parameters, one row each, columns `BOOT_COLUMNS` (NaN for a
+    term not in the law), so quantities derived from the law (the compute-optimal frontier,
+    `frontier.loss_law_frontier`) get intervals from the same joint resamples.
     """
 
     variables: tuple[str, ...]  # ("N", "D"), ("N",) or ("D",)
@@ -59,6 +63,7 @@ class ScalingLawFit:
     n_boot: int
     ci: float
     delta: float = HUBER_DELTA
+    boot: np.ndarray | None = field(default=None, repr=False, compare=False)  # (n_boot, 5)
 
     def predict(self, n: np.ndarray | float | None = None, d: np.ndarray | float | None = None) -> np.ndarray:
         """The fitted loss at N = n and D = d (each needed only if the law has that term)."""
@@ -221,10 +226,25 @@ def _fit(variables: tuple[str, ...], logs: np.ndarray, log_loss: np.ndarray, con
 
     terms: dict[str, tuple[Estimate, Estimate]] = {}
     for t, var in enumerate(variables):
-        terms[var] = (estimate(t, np.exp), estimate(n_terms + t, lambda v: v))
+        terms[var] = (estimate(t, _exp), estimate(n_terms + t, lambda v: v))
     coef_n, exp_n = terms.get("N", (None, None))
     coef_d, exp_d = terms.get("D", (None, None))
+    boot = np.full((len(samples), len(BOOT_COLUMNS)), np.nan)
+    boot[:, 0] = np.exp(samples[:, 2 * n_terms])
+    for t, var in enumerate(variables):
+        coef, expo = (1, 2) if var == "N" else (3, 4)
+        boot[:, coef], boot[:, expo] = np.exp(samples[:, t]), samples[:, n_terms + t]
+    boot.setflags(write=False)  # the result is frozen; so are its resamples
     return ScalingLawFit(variables=variables, convention=convention if "N" in variables else None,
-                         E=estimate(2 * n_terms, np.exp), A=coef_n, alpha=exp_n, B=coef_d, beta=exp_d,
+                         E=estimate(2 * n_terms, _exp), A=coef_n, alpha=exp_n, B=coef_d, beta=exp_d,
                          objective=float(res.f[order[0]]), n_points=n_points, n_inits=len(starts),
-                         n_boot=len(samples), ci=ci, delta=delta)
+                         n_boot=len(samples), ci=ci, delta=delta, boot=boot)
+
+
+def _exp(log_value: np.ndarray) -> np.ndarray:
+    """A, B or E from its log. A resample where a term is flat in its variable can send log A
+    past 709 (its exponent then trades off against A without bound): that A is inf, an interval
+    open at the top, which is what the data say; only this overflow is expected, so only it is
+    let through without numpy's RuntimeWarning."""
+    with np.errstate(over="ignore"):
+        return np.exp(log_value)

@@ -1,19 +1,30 @@
 """`grokscale fit`: the analysis fits on any CSV, one row per run.
 
-  grokscale fit scaling FILE.csv --n-col N --d-col D --loss-col L [--convention total] [--json]
+  grokscale fit scaling FILE.csv --n-col N --d-col D --loss-col L [--flops C ...] [--flops-per-token K] [--json]
+  grokscale fit isoflop FILE.csv --n-col N --flops-col C --loss-col L [--flops-per-token K] [--json]
   grokscale fit emergence FILE.csv --x-col X --y-col Y [--group-col G] [--chance C] [--json]
 
-`fit scaling` fits L(N, D) = E + A/N^alpha + B/D^beta (Hoffmann et al. 2022, approach 3);
-with only one of --n-col / --d-col, the one-variable law L(N) or L(D). `fit emergence` fits
-the emergence sigmoid of Y over X, once per value of G when given.
+`fit scaling` fits L(N, D) = E + A/N^alpha + B/D^beta (Hoffmann et al. 2022, approach 3) and
+its compute-optimal frontier at the budgets --flops (default: 5 spanning the runs' K*N*D), with
+C = K*N*D (K = --flops-per-token, FLOPs per token per parameter, default 6); with only one of
+--n-col / --d-col, the one-variable law L(N) or L(D), which has no frontier. `fit isoflop` runs
+approach 2 on IsoFLOP runs: a parabola in ln N per budget, N_opt = G (C/K)^a across budgets,
+and a backtest that predicts the largest budget from the others. `fit emergence` fits the
+emergence sigmoid of Y over X, once per value of G when given.
 
 Output: a table, or with --json one object with stable keys. scaling: E, A, alpha, B, beta,
 each with <name>_low and <name>_high (the bootstrap interval; null for a term not in the law),
-and law, variables, convention, objective, n_points, n_inits, n_boot, ci, delta. emergence:
+and law, variables, convention, objective, n_points, n_inits, n_boot, ci, delta; with both
+N and D also a, b, G (each with _low/_high), flops_per_token, frontier_reason and "frontier":
+one object per budget with flops, N_opt, D_opt, L_opt, tokens_per_param (each with _low/_high),
+trusted, reason. isoflop: the same a, b, G and frontier (one object per budget in the file),
+residual_rms, reason (why there is no power law), "budgets" (the parabolas) and "backtest".
+emergence:
 threshold, low, high, reason, sharp, evidence, bracket, ... (see EmergenceFit); with
 --group-col, "groups": a list of those objects, each with its "group" value.
 
-Exit codes: 0 fitted (a group without a threshold is a result, not an error), 2 bad input
+Exit codes: 0 fitted (a group without a threshold, a frontier without enough budgets: results,
+not errors), 2 bad input
 (missing file or column, non-numeric values, too few points).
 """
 
@@ -23,6 +34,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+import numpy as np
 
 
 class InputError(Exception):
@@ -41,10 +54,17 @@ def add_fit_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--loss-col", required=True, help="column with the loss (> 0)")
     s.add_argument("--convention", choices=("total", "non_embedding"), default="total",
                    help="how N was counted (recorded in the result; default total)")
-    s.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples for the intervals (default 200)")
-    s.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
-    s.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    s.add_argument("--flops", type=float, nargs="+", metavar="C",
+                   help="compute budgets for the frontier (default: 5 log-spaced over the runs' K*N*D)")
+    _add_common(s)
     s.set_defaults(fit_func=cmd_scaling)
+    i = kinds.add_parser("isoflop", help="approach 2: a parabola in log N per compute budget, N_opt(C) power law")
+    i.add_argument("file", help="CSV file, one row per run")
+    i.add_argument("--n-col", required=True, help="column with N, the parameter count")
+    i.add_argument("--flops-col", required=True, help="column with the run's compute budget C (FLOPs)")
+    i.add_argument("--loss-col", required=True, help="column with the final loss")
+    _add_common(i)
+    i.set_defaults(fit_func=cmd_isoflop)
     e = kinds.add_parser("emergence", help="emergence threshold: sigmoid of a metric over log scale")
     e.add_argument("file", help="CSV file, one row per run")
     e.add_argument("--x-col", required=True, help="column with the scale (> 0), e.g. n_params")
@@ -62,6 +82,14 @@ def add_fit_parser(sub: argparse._SubParsersAction) -> None:
     e.set_defaults(fit_func=cmd_emergence)
 
 
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--flops-per-token", type=float, default=6.0, metavar="K",
+                   help="FLOPs per token per parameter: C = K*N*D (default 6, Kaplan et al. 2020)")
+    p.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples for the intervals (default 200)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
 def run_fit(args: argparse.Namespace) -> int:
     """Run the chosen fit; bad input prints `error: ...` and returns 2."""
     try:
@@ -76,6 +104,8 @@ def cmd_scaling(args: argparse.Namespace) -> int:
 
     if not args.n_col and not args.d_col:
         raise InputError("give --n-col, --d-col or both")
+    if args.flops and not (args.n_col and args.d_col):
+        raise InputError("--flops needs both --n-col and --d-col: a one-variable law has no compute-optimal frontier")
     cols = [c for c in (args.n_col, args.d_col) if c] + [args.loss_col]
     data = read_columns(args.file, cols)
     try:
@@ -90,6 +120,8 @@ def cmd_scaling(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise InputError(f"{args.file}: {err}") from err
     out = {"file": str(args.file), **fit.to_dict()}
+    if fit.variables == ("N", "D"):
+        out.update(_frontier_keys(fit, data[args.n_col] * data[args.d_col], args))
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
@@ -106,7 +138,82 @@ def cmd_scaling(args: argparse.Namespace) -> int:
     Console().print(table)
     print(f"Huber objective {out['objective']:.6g} (delta {out['delta']}), best of {out['n_inits']} starts, "
           f"{out['n_boot']} bootstrap fits")
+    if "frontier" in out:
+        print_frontier(out, f"compute-optimal frontier of the law (C = {out['flops_per_token']:g}*N*D)")
     return 0
+
+
+def _frontier_keys(fit, n_times_d, args: argparse.Namespace) -> dict:
+    """a, b, G, flops_per_token, frontier_reason and frontier of the fitted law (approach 3)."""
+    from orchestrator.analysis.frontier import loss_law_frontier
+
+    if args.flops_per_token <= 0:
+        raise InputError(f"--flops-per-token must be > 0, got {args.flops_per_token}")
+    budgets = args.flops
+    if not budgets:  # 3 significant digits: budgets a reader can quote
+        span = args.flops_per_token * n_times_d
+        budgets = [float(f"{c:.3g}") for c in np.geomspace(span.min(), span.max(), 5)]
+    try:
+        fr = loss_law_frontier(fit, budgets, flops_per_token=args.flops_per_token).to_dict()
+    except ValueError as err:
+        raise InputError(f"--flops: {err}") from err
+    keys = [f"{k}{s}" for k in ("a", "b", "G") for s in ("", "_low", "_high")]
+    return {**{k: fr[k] for k in keys}, "flops_per_token": fr["flops_per_token"], "frontier_reason": fr["reason"],
+            "frontier": fr["frontier"]}
+
+
+def cmd_isoflop(args: argparse.Namespace) -> int:
+    from orchestrator.analysis.backtest import extrapolation_backtest
+    from orchestrator.analysis.isoflop import fit_isoflop
+
+    data = read_columns(args.file, [args.n_col, args.flops_col, args.loss_col])
+    kw = dict(flops_per_token=args.flops_per_token, n_boot=args.n_boot, seed=args.seed)
+    try:
+        fit = fit_isoflop(data[args.n_col], data[args.flops_col], data[args.loss_col], **kw)
+        (backtest,) = extrapolation_backtest(data[args.n_col], data[args.flops_col], data[args.loss_col],
+                                             predictors=("isoflop",), **kw)
+    except ValueError as err:
+        raise InputError(f"{args.file}: {err}") from err
+    out = {"file": str(args.file), **fit.to_dict(), "backtest": backtest.to_dict()}
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    print_frontier(out, f"IsoFLOP minima ({args.file}, {len(data[args.n_col])} runs, "
+                        f"{len(out['budgets'])} budgets, C = {out['flops_per_token']:g}*N*D)")
+    bt = out["backtest"]
+    if bt["reason"]:
+        print(f"backtest: {bt['reason']}")
+    else:
+        print(f"backtest, fitted on the {bt['n_budgets']} smaller budgets, at C = {_num(bt['flops'])}: "
+              f"N_opt {_num(bt['N_opt_predicted'])} predicted vs {_num(bt['N_opt_observed'])} observed "
+              f"({bt['N_opt_error']:+.1%}); L_opt {_num(bt['L_opt_predicted'])} vs {_num(bt['L_opt_observed'])} "
+              f"({bt['L_opt_error']:+.1%})")
+    return 0
+
+
+def print_frontier(out: dict, title: str) -> None:
+    """The frontier points as a table, then the power law (or why there is none)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    pct = f"{int(out.get('ci', 0.95) * 100)}%"
+    table = Table(title=title, title_justify="left")
+    for col in ("C (FLOPs)", "N_opt", f"N_opt {pct}", "D_opt", "L_opt", "D/N"):
+        table.add_column(col, no_wrap=True)
+    for p in out["frontier"]:
+        ci = "" if p["N_opt_low"] is None else f"{_num(p['N_opt_low'])}-{_num(p['N_opt_high'])}"
+        flag = "" if p["reason"] is None else " *"
+        table.add_row(_num(p["flops"]) + flag, _num(p["N_opt"]) or "none", ci, _num(p["D_opt"]), _num(p["L_opt"]),
+                      _num(p["tokens_per_param"]))
+    Console().print(table)
+    for p in out["frontier"]:
+        if p["reason"] is not None:
+            print(f"* C = {_num(p['flops'])} not trusted: {p['reason']}")
+    if out["a"] is None:
+        print(f"no power law: {out.get('frontier_reason') or out.get('reason')}")
+        return
+    print("  ".join(f"{k} = {_num(out[k])} [{_num(out[f'{k}_low'])}, {_num(out[f'{k}_high'])}]" for k in ("a", "b", "G"))
+          + f"   (N_opt = G (C/{out['flops_per_token']:g})^a, D_opt = (C/{out['flops_per_token']:g})^b / G)")
 
 
 def cmd_emergence(args: argparse.Namespace) -> int:

@@ -7,7 +7,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from orchestrator.study.config import Study, StudyError, format_errors
+from orchestrator.study.errors import StudyError, format_errors
+from orchestrator.study.schema import Study
 from trainers.models import ParamCounts, resolve_shape, shape_counts
 from trainers.spec import TrainSpec
 from trainers.tasks import make_task
@@ -63,7 +64,7 @@ def build_cells(study: Study) -> list[Cell]:
                 problems.append(f"grid.n[{i}] x grid.d[{j}]: {err}")
                 continue
             except ValidationError as err:
-                problems += [f"grid.n[{i}] x grid.d[{j}]: {line}" for line in format_errors(err)]
+                problems += [f"grid.n[{i}] x grid.d[{j}]: {line}" for line in format_errors(err, model=TrainSpec)]
                 continue
             cells.append(Cell(i, j, shape, d, counts, data.n_train, target))
     if problems:

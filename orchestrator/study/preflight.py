@@ -9,8 +9,9 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
-from orchestrator.study.config import Study, redact_url
+from orchestrator.study.errors import redact_url
 from orchestrator.study.grid import Cell
+from orchestrator.study.schema import Study
 
 TRACKING_SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql", "databricks")
 STORAGE_SCHEMES = ("postgresql", "postgresql+psycopg2", "postgresql+psycopg", "mysql", "mysql+pymysql", "sqlite")

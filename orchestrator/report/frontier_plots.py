@@ -1,0 +1,131 @@
+"""Figures of the compute-optimal analysis, drawn from `orchestrator.analysis` results only.
+
+`plot_isoflop_curves`: each budget's runs, its fitted parabola in ln N and its minimum.
+`plot_frontiers`: N_opt(C) and tokens per parameter from each approach, side by side on shared
+axes, so a reader sees at once whether approaches 1-3 agree. As in `plots.py`: matplotlib's
+object API on an Agg canvas; each returns the path written, or None when there is nothing to draw.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.colors import LogNorm
+from matplotlib.lines import Line2D
+
+from orchestrator.analysis.frontier import ComputeOptimalFrontier
+from orchestrator.analysis.isoflop import IsoFlopFit
+from orchestrator.report.plots import _errorbar, _new_figure, _save
+
+APPROACH_LABELS = {"envelope": "approach 1: envelope of training curves", "isoflop": "approach 2: IsoFLOP minima",
+                   "loss_law": "approach 3: from L(N, D)"}
+APPROACH_STYLE = {"envelope": ("C0", "s"), "isoflop": ("C3", "o"), "loss_law": ("C2", "D")}
+
+
+def plot_isoflop_curves(fit: IsoFlopFit, path: str | Path, *, title: str | None = None) -> Path | None:
+    """Loss against N at each budget (one color per budget), the fitted parabola over the sampled
+    sizes and its minimum with the N_opt interval; a hollow marker: a minimum not trusted."""
+    budgets = [b for b in fit.budgets if b.n]
+    if not budgets:
+        return None
+    fig = _new_figure(8, 5.5)
+    ax = fig.add_subplot()
+    flops = np.array([b.flops for b in budgets])
+    norm = LogNorm(vmin=flops.min(), vmax=max(flops.max(), flops.min() * 1.001))
+    cmap = _cmap()
+    for b in budgets:
+        color = cmap(norm(b.flops))
+        ax.scatter(b.n, b.loss, color=color, s=24, edgecolor="black", lw=0.4, zorder=3)
+        if b.coef is not None:
+            x = np.linspace(np.log(min(b.n)) - 0.15, np.log(max(b.n)) + 0.15, 100)
+            ax.plot(np.exp(x), b.coef[0] + b.coef[1] * x + b.coef[2] * x * x, color=color, lw=1.2)
+        if b.N_opt is not None:
+            face = color if b.trusted else "white"
+            _errorbar(ax, [b.N_opt.value], [b.L_opt.value], xerr=([b.N_opt.low], [b.N_opt.high]), marker="*",
+                      color=color, mfc=face, zorder=4)
+    ax.set_xscale("log")
+    ax.set_xlabel("N: parameters (count), log scale")
+    ax.set_ylabel("final loss (nats)")
+    sm = _scalar_mappable(cmap, norm)
+    fig.colorbar(sm, ax=ax, label="compute budget C (FLOPs), log color scale")
+    ax.legend(handles=[Line2D([], [], marker="o", ls="", color="gray", mec="black", label="runs"),
+                       Line2D([], [], color="gray", label="parabola in ln N"),
+                       Line2D([], [], marker="*", ls="", color="gray", mec="black", ms=10,
+                              label=f"minimum, {int(fit.frontier.ci * 100)}% interval of N_opt"),
+                       Line2D([], [], marker="*", ls="", color="gray", mfc="white", mec="black", ms=10,
+                              label="minimum not trusted (e.g. not bracketed)")], fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.set_title(title or f"IsoFLOP profiles (Hoffmann et al. 2022, approach 2)\n{_law_text(fit.frontier)}",
+                 fontsize=10)
+    return _save(fig, path)
+
+
+def plot_frontiers(frontiers: Sequence[ComputeOptimalFrontier], path: str | Path, *,
+                   title: str | None = None) -> Path | None:
+    """Left: N_opt against C from each approach (its points with intervals, its power law as a
+    line over the budgets drawn). Right: the tokens per parameter D_opt / N_opt, the same way."""
+    frontiers = [f for f in frontiers if f.points or f.a is not None]
+    if not frontiers:
+        return None
+    budgets = np.array([p.flops for f in frontiers for p in f.points if p.N_opt is not None])
+    if budgets.size == 0:
+        return None
+    fig = _new_figure(13, 5.5)
+    ax_n, ax_t = fig.subplots(1, 2)
+    c = np.geomspace(budgets.min() / 2, budgets.max() * 2, 100)
+    for f in frontiers:
+        color, marker = APPROACH_STYLE.get(f.approach, ("C7", "o"))
+        label = APPROACH_LABELS.get(f.approach, f.approach)
+        if f.a is not None:
+            n = f.n_opt(c)
+            ax_n.plot(c, n, color=color, lw=1.3, label=f"{label}: a = {_est(f.a)}")
+            ax_t.plot(c, c / (f.flops_per_token * n * n), color=color, lw=1.3, label=f"{label}: b = {_est(f.b)}")
+        else:
+            ax_n.plot([], [], color=color, label=f"{label}: no power law ({f.reason})")
+        for p in f.points:
+            if p.N_opt is None:
+                continue
+            face = color if p.trusted else "white"
+            _errorbar(ax_n, [p.flops], [p.N_opt.value], yerr=([p.N_opt.low], [p.N_opt.high]), marker=marker,
+                      color=color, mfc=face)
+            _errorbar(ax_t, [p.flops], [p.tokens_per_param.value],
+                      yerr=([p.tokens_per_param.low], [p.tokens_per_param.high]), marker=marker, color=color, mfc=face)
+    for ax, ylabel in ((ax_n, "N_opt: compute-optimal parameters (count), log scale"),
+                       (ax_t, "D_opt / N_opt: tokens per parameter, log scale")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("compute budget C (FLOPs), log scale")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    ax_t.axhline(20, color="gray", ls=":", lw=1)  # Hoffmann et al.'s ~20 tokens per parameter
+    ax_t.annotate("20 tokens/param (Chinchilla)", (c[0], 20), fontsize=8, color="gray", va="bottom")
+    k = sorted({f.flops_per_token for f in frontiers})
+    fig.suptitle(title or f"Compute-optimal frontier, C = {'/'.join(f'{v:g}' for v in k)}*N*D "
+                          "(hollow: a point not trusted)", fontsize=11)
+    return _save(fig, path)
+
+
+def _est(est) -> str:
+    return f"{est.value:.3g}" + ("" if est.low is None else f" [{est.low:.3g}, {est.high:.3g}]")
+
+
+def _law_text(f: ComputeOptimalFrontier) -> str:
+    if f.a is None:
+        return f"no power law: {f.reason}"
+    return (f"N_opt = G (C/{f.flops_per_token:g})^a, a = {_est(f.a)}, G = {_est(f.G)}; "
+            f"{f.n_fit} budgets, {int(f.ci * 100)}% intervals")
+
+
+def _cmap():
+    from matplotlib import colormaps
+
+    return colormaps["viridis"]
+
+
+def _scalar_mappable(cmap, norm):
+    from matplotlib.cm import ScalarMappable
+
+    return ScalarMappable(norm=norm, cmap=cmap)

@@ -1,0 +1,124 @@
+"""What the schema cannot see alone: the study's parts must fit each other and the trainer.
+
+`check_study(study)` returns every problem as a line `path: message`; [] when the study can run.
+It runs after the schema validated, so each check may trust the types.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from orchestrator.study.errors import Problem, problems_of
+from orchestrator.study.schema import Study
+from orchestrator.study.tasks import task_kinds
+from trainers.overrides import OverrideError
+from trainers.spec import TrainSpec
+
+STEP_METRICS = ("generalization_step", "memorization_step")  # what prune.mode 'objective' can bound
+SINGLE_OBJECTIVE_SAMPLERS = ("cmaes",)
+
+
+def _task(study: Study) -> list[str]:
+    """The task is one the trainer knows, and the grid's D is one of its data sizes; nothing
+    else can be checked until it is."""
+    kinds = task_kinds()
+    name = study.task.get("name")
+    if name is None:
+        return [f"task.name: required, but missing; name the task: {', '.join(kinds)}"]
+    if name not in kinds:
+        return [f"task.name: unknown task {name!r}; allowed: {', '.join(kinds)}"]
+    kind = kinds[name]
+    if not kind.d_fields:
+        return [f"task.name: task {name!r} declares no data size (its class has no d_fields), so grid.d "
+                f"has nothing to set"]
+    if study.d_field not in kind.d_fields:
+        return [f"grid.d_field: {study.d_field!r} is not a data size of task {name!r}; "
+                f"allowed: {', '.join(kind.d_fields)}"]
+    return []
+
+
+def _grid_d(study: Study) -> list[str]:
+    """Each D is a whole count, or a fraction in (0, 1), as the task's D field is; and the task
+    section sets no other data size, which the grid's would silently replace."""
+    kind = task_kinds()[study.task["name"]]
+    problems = [f"task.{f}: the grid sets the data size as {study.d_field} (grid.d); give one data size: "
+                f"remove task.{f}, or set grid.d_field: {f}"
+                for f in kind.d_fields if f != study.d_field and study.task.get(f) is not None]
+    for i, d in enumerate(study.grid.d):
+        if study.d_field in kind.counts and d != int(d):
+            problems.append(f"grid.d[{i}]: {study.d_field} is a count, got {d}")
+        elif study.d_field not in kind.counts and not 0 < d < 1:
+            problems.append(f"grid.d[{i}]: a {study.d_field} must be in (0, 1), got {d}")
+    return problems
+
+
+def _search(study: Study) -> list[str]:
+    """Searched fields are trainer fields; objectives are metrics a run reports, each once, and
+    the sampler and pruning rule can serve them."""
+    problems = [f"search.space.{key}: must be a dotted trainer field under task., model. or train. "
+                f"(e.g. train.weight_decay)"
+                for key in study.search.space if key.split(".")[0] not in ("task", "model", "train")]
+    allowed = study.allowed_metrics()
+    problems += [f"objectives[{i}].metric: unknown metric {o.metric!r}; allowed: {', '.join(allowed)}"
+                 for i, o in enumerate(study.objectives) if o.metric not in allowed]
+    if len({o.metric for o in study.objectives}) != len(study.objectives):
+        problems.append("objectives: each metric may appear once")
+    if len(study.objectives) > 1 and study.search.sampler in SINGLE_OBJECTIVE_SAMPLERS:
+        problems.append(f"search.sampler: {study.search.sampler!r} optimizes one objective; use tpe, nsgaii, "
+                        f"random or qmc with {len(study.objectives)} objectives")
+    if study.prune.mode == "objective":
+        objectives = [(o.metric, o.direction) for o in study.objectives]
+        if len(objectives) != 1 or objectives[0][0] not in STEP_METRICS or objectives[0][1] != "minimize":
+            problems.append(f"prune.mode: 'objective' stops a run once it cannot beat its cell's best step, so it "
+                            f"needs one objective, {' or '.join(STEP_METRICS)} minimized; got {objectives}; "
+                            f"use 'phase' or 'off'")
+    return problems
+
+
+def _spec_problems(study: Study, n_entry: Any, d: float, params: dict) -> list[str]:
+    """Why the trainer refuses one run of the study ([] if it accepts it). The D field the grid
+    sets is reported as grid.d, where the person wrote it."""
+    entry = n_entry if isinstance(n_entry, dict) else {}
+    try:
+        TrainSpec.model_validate(study.trial_data(entry, d, params, study.grid.seeds[0]))
+    except ValidationError as err:
+        d_path = f"task.{study.d_field}"
+        return [str(Problem("grid.d", p.message) if p.path == d_path else p) for p in problems_of(err, TrainSpec)]
+    except OverrideError as err:
+        return [str(err)]
+    return []
+
+
+def _specs(study: Study) -> list[str]:
+    """Build the first cell's spec, then every cell, then the first cell under each searched
+    value at its ends: a fixed field, a shape or a searched range the trainer refuses fails here,
+    reported once at the place in the study that set it."""
+    n0, d0 = study.grid.n[0], study.grid.d[0]
+    first = _spec_problems(study, n0, d0, {})
+    # A problem of the fixed sections is reported once, plainly; one that only a grid entry's
+    # shape causes is reported per cell below.
+    if first:
+        fixed = _spec_problems(study, {}, d0, {}) if isinstance(n0, dict) else first
+        if fixed:
+            return fixed
+    problems = []
+    for i, n_entry in enumerate(study.grid.n):
+        for j, d in enumerate(study.grid.d):
+            problems += [f"grid.n[{i}] x grid.d[{j}]: {line}" for line in _spec_problems(study, n_entry, d, {})]
+    for key, p in study.search.space.items():
+        for v in [p.low, p.high] if p.type != "categorical" else p.choices:
+            problems += [f"search.space.{key}: value {v!r} is not allowed: {line}"
+                         for line in _spec_problems(study, n0, d0, {key: v}) if line not in first]
+    return problems
+
+
+def check_study(study: Study) -> list[str]:
+    """Every problem the schema could not see, each once; the trainer is asked only once the
+    study's own parts fit."""
+    problems = _task(study)
+    if problems:
+        return problems
+    problems = _grid_d(study) + _search(study)
+    return list(dict.fromkeys(problems or _specs(study)))

@@ -1,0 +1,256 @@
+"""The study's schema: frozen pydantic models with unknown keys forbidden.
+
+Validators raise `PydanticCustomError` with the message a person needs (what is wrong, what is
+allowed); orchestrator/study/errors.py adds the path from pydantic's location and the value.
+The task, model and train sections stay plain data here: each cell turns them into a trainer
+`TrainSpec`, which validates them (orchestrator/study/checks.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, PositiveFloat,
+                      PositiveInt, Tag, field_validator, model_validator)
+from pydantic_core import PydanticCustomError
+
+from orchestrator.study.tasks import task_kinds
+from trainers.overrides import apply_overrides
+
+# Objective metrics computed from a run beyond its final evaluation record.
+DERIVED_METRICS = ("max_val_acc", "min_val_loss", "generalization_step", "memorization_step",
+                   "grokking_delay", "steps")
+FINAL_METRICS = ("val_acc", "val_loss", "train_acc", "train_loss", "weight_norm")
+SEQUENCE_METRICS = ("val_token_acc", "val_answer_logprob", "train_token_acc", "train_answer_logprob")
+SAMPLERS = ("tpe", "random", "grid", "cmaes", "nsgaii", "qmc")
+NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_range(low: float, high: float, log: bool) -> None:
+    if low >= high:
+        raise PydanticCustomError("range_inverted", "low ({low}) must be < high ({high})",
+                                  {"field": "low", "low": low, "high": high})
+    if log and low <= 0:
+        raise PydanticCustomError("log_range", "a log-scale range must be > 0, got low = {low}",
+                                  {"field": "low", "low": low})
+
+
+class FloatParam(Strict):
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _range(self) -> "FloatParam":
+        _check_range(self.low, self.high, self.log)
+        return self
+
+
+class IntParam(Strict):
+    type: Literal["int"]
+    low: int
+    high: int
+    log: bool = False
+    step: PositiveInt = 1
+
+    @model_validator(mode="after")
+    def _range(self) -> "IntParam":
+        _check_range(self.low, self.high, self.log)
+        return self
+
+
+class CategoricalParam(Strict):
+    type: Literal["categorical"]
+    choices: list[Union[bool, int, float, str, None]] = Field(min_length=1)
+
+
+Param = Annotated[Union[FloatParam, IntParam, CategoricalParam], Field(discriminator="type")]
+
+
+class Search(Strict):
+    sampler: Literal[SAMPLERS] = "tpe"  # type: ignore[valid-type]
+    trials_per_cell: PositiveInt = 4
+    seed: int = Field(default=0, ge=0)  # the sampler's seed; cell i uses seed + i
+    # Dotted TrainSpec paths (train.weight_decay, model.dropout, ...) to their ranges.
+    space: dict[str, Param] = Field(default_factory=dict)
+
+
+class Objective(Strict):
+    metric: str = "max_val_acc"
+    direction: Literal["maximize", "minimize"] = "maximize"
+
+
+def _n_kind(v: Any) -> str | None:
+    """Which kind of N an entry is: a target parameter count, or a model shape (fields of the
+    model section); None is neither, and pydantic reports the union's own error."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and float(v).is_integer():
+        return "count"
+    if isinstance(v, dict) and all(isinstance(k, str) for k in v):
+        return "shape"
+    return None
+
+
+def _positive_count(v: int) -> int:
+    if v <= 0:
+        raise PydanticCustomError("n_target", "a target parameter count must be > 0")
+    return v
+
+
+NEntry = Annotated[
+    Union[Annotated[int, AfterValidator(_positive_count), Tag("count")], Annotated[dict[str, Any], Tag("shape")]],
+    Discriminator(_n_kind, custom_error_type="n_entry",
+                  custom_error_message="an N is a target parameter count (e.g. 20000) or a model shape "
+                                       "(e.g. {d_model: 64})")]
+
+
+def _gpus(g: float) -> float:
+    if g > 1 and g != int(g):
+        raise PydanticCustomError("gpus_whole", "more than one GPU must be a whole number (a fraction <= 1 packs "
+                                                "trials on one GPU)")
+    return g
+
+
+Gpus = Annotated[float, Field(ge=0), AfterValidator(_gpus)]
+
+
+class Grid(Strict):
+    n: list[NEntry] = Field(min_length=1)
+    n_convention: Literal["total", "non_embedding"] = "total"
+    d: list[PositiveFloat] = Field(min_length=1)
+    d_field: str | None = None  # None: the task's default (train_fraction for modular)
+    seeds: list[Annotated[int, Field(ge=0)]] = Field(default=[0], min_length=1)
+
+    @field_validator("seeds", "d")
+    @classmethod
+    def _unique(cls, v: list) -> list:
+        if len(set(v)) != len(v):
+            raise PydanticCustomError("not_distinct", "values must be distinct, got {values}", {"values": v})
+        return v
+
+
+class ResourceRule(Strict):
+    min_n: PositiveInt  # applies to cells whose actual N (grid.n_convention) is >= min_n
+    cpus: PositiveFloat = 1
+    gpus: Gpus = 0
+
+
+class Resources(Strict):
+    cpus: PositiveFloat = 1
+    gpus: Gpus = 0  # a fraction packs several trials on one GPU
+    by_n: list[ResourceRule] = Field(default_factory=list)
+
+    def for_n(self, n_params: int) -> tuple[float, float]:
+        cpus, gpus = self.cpus, self.gpus
+        for rule in sorted(self.by_n, key=lambda r: r.min_n):
+            if n_params >= rule.min_n:
+                cpus, gpus = rule.cpus, rule.gpus
+        return cpus, gpus
+
+
+class Tracking(Strict):
+    uri: str = "sqlite:///mlflow.db"  # MLflow's own default, so a plain `mlflow ui` finds it
+    experiment: str | None = None  # None: the study name
+
+
+class RayConfig(Strict):
+    address: str | None = None  # None: start a local Ray; "auto" or ray://host:port: join one
+    num_cpus: PositiveInt | None = None  # local Ray only; None: every core
+    max_retries: int = Field(default=3, ge=0)  # a trial whose worker dies is retried this often
+
+
+def _yaml_switch(v: Any) -> Any:
+    """YAML 1.1 reads a bare `off`/`on` as false/true: take them back as the words meant."""
+    return {False: "off", True: "on"}.get(v, v) if isinstance(v, bool) else v
+
+
+class Packing(Strict):
+    """Several runs of one cell trained in one process as one batched model (trainers/packed.py):
+    one Ray task, one slot, K runs, each with its own seed and regularization."""
+
+    # auto: when it pays (see orchestrator.sweep.driver.pack_size)
+    mode: Annotated[Literal["auto", "on", "off"], BeforeValidator(_yaml_switch)] = "auto"
+    max_runs: PositiveInt = 8  # runs per packed task
+
+
+class Pruning(Strict):
+    """Per-cell pruning (orchestrator/sweep/pruning.py): stop runs whose answer is already known."""
+
+    # off; objective: stop a run once it cannot beat its cell's best step objective (exact);
+    # phase: stop a memorizing run whose budget of weight decay cannot make it grok in time.
+    mode: Annotated[Literal["off", "objective", "phase"], BeforeValidator(_yaml_switch)] = "off"
+    safety: float = Field(default=2.0, ge=1.0)  # phase: how far short of the needed decay a run must fall
+    memorized_for: float = Field(default=10.0, ge=1.0)  # phase: steps since memorization, as a multiple
+
+
+def _name(v: str) -> str:
+    if not NAME.fullmatch(v):
+        raise PydanticCustomError("study_name", "use letters, digits, '_', '.' and '-' only (it names the MLflow "
+                                                "experiment and run folder)")
+    return v
+
+
+class Study(Strict):
+    name: Annotated[str, AfterValidator(_name)]
+    description: str = ""
+    task: dict[str, Any]
+    model: dict[str, Any] = Field(default_factory=lambda: {"family": "transformer"})
+    train: dict[str, Any] = Field(default_factory=dict)
+    grid: Grid
+    search: Search = Field(default_factory=Search)
+    objectives: list[Objective] = Field(default_factory=lambda: [Objective()], min_length=1)
+    resources: Resources = Field(default_factory=Resources)
+    tracking: Tracking = Field(default_factory=Tracking)
+    workdir: str | None = None  # None: runs/<name>; holds the Optuna journal and checkpoints
+    storage: str | None = None  # None: a journal file in workdir; or postgresql://...
+    checkpoints: str | None = None  # None: <workdir>/checkpoints
+    ray: RayConfig = Field(default_factory=RayConfig)
+    pack: Packing = Field(default_factory=Packing)
+    prune: Pruning = Field(default_factory=Pruning)
+
+    @property
+    def workdir_path(self) -> Path:
+        return Path(self.workdir or f"runs/{self.name}")
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or str(self.workdir_path / "optuna.journal")
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return Path(self.checkpoints) if self.checkpoints else self.workdir_path / "checkpoints"
+
+    @property
+    def experiment_name(self) -> str:
+        return self.tracking.experiment or self.name
+
+    @property
+    def d_field(self) -> str:
+        return self.grid.d_field or task_kinds()[self.task["name"]].d_field
+
+    def digest(self) -> str:
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def allowed_metrics(self) -> tuple[str, ...]:
+        kind = task_kinds().get(self.task.get("name"))
+        return FINAL_METRICS + DERIVED_METRICS + (SEQUENCE_METRICS if kind and kind.sequence_metrics else ())
+
+    def trial_data(self, n_entry: dict[str, Any], d_value: float, params: dict[str, Any], seed: int) -> dict:
+        """The TrainSpec data of one run, before validation: fixed sections, the cell, the
+        searched values and the seed, in that order of precedence."""
+        kind = task_kinds()[self.task["name"]]
+        task = {**self.task, self.d_field: int(d_value) if self.d_field in kind.counts else d_value}
+        # A task's D fields are alternatives (modular: train_fraction or n_train): the grid sets
+        # one and clears the others (checks.py refuses a task section that sets another).
+        task.update({f: None for f in kind.d_fields if f != self.d_field})
+        data = {"task": task, "model": {**self.model, **n_entry}, "train": dict(self.train), "seed": seed}
+        return apply_overrides(data, [f"{k}={json.dumps(v)}" for k, v in params.items()])

@@ -1,0 +1,64 @@
+"""What the study layer needs to know about each trainer task: read from the task schemas.
+
+The tasks are the members of `TrainSpec.task`'s union (trainers/spec.py), so a task added there
+is known here without an edit: its name, which of its fields the grid's D axis may set, and
+whether it reports the sequence metrics (per-token accuracy, answer log-likelihood).
+
+A task class declares these itself as class attributes, `d_fields: ClassVar[tuple[str, ...]]`
+(the first is the default D) and `sequence_metrics: ClassVar[bool]`. TASK_DEFAULTS holds them for
+the built-in tasks whose classes do not declare them yet; a class's own attribute wins.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from types import UnionType
+from typing import Annotated, Union, get_args, get_origin
+
+from trainers.spec import TrainSpec
+
+TASK_DEFAULTS: dict[str, tuple[tuple[str, ...], bool]] = {
+    "modular": (("train_fraction", "n_train"), False), "sparse_parity": (("n_train",), False),
+    "addition": (("n_train",), True), "charlm": (("n_train_tokens",), True)}
+
+
+@dataclass(frozen=True)
+class TaskKind:
+    name: str
+    d_fields: tuple[str, ...]  # fields the grid's D may set; the first is the default
+    counts: frozenset[str]  # the D fields that count examples (or tokens); the others are fractions
+    sequence_metrics: bool
+
+    @property
+    def d_field(self) -> str:
+        return self.d_fields[0]
+
+
+def _is_int(annotation) -> bool:
+    """int, PositiveInt, `PositiveInt | None`: a count."""
+    if annotation is int:
+        return True
+    if get_origin(annotation) is Annotated:
+        return _is_int(get_args(annotation)[0])
+    if get_origin(annotation) in (Union, UnionType):
+        return any(_is_int(a) for a in get_args(annotation))
+    return False
+
+
+def kinds_of(classes) -> dict[str, TaskKind]:
+    """The TaskKind of each task schema class (a pydantic model whose `name` default names it)."""
+    kinds = {}
+    for cls in classes:
+        name = cls.model_fields["name"].default
+        default_fields, default_sequence = TASK_DEFAULTS.get(name, ((), False))
+        d_fields = tuple(getattr(cls, "d_fields", default_fields))
+        counts = frozenset(f for f in d_fields if _is_int(cls.model_fields[f].annotation))
+        kinds[name] = TaskKind(name, d_fields, counts, bool(getattr(cls, "sequence_metrics", default_sequence)))
+    return kinds
+
+
+@cache
+def task_kinds() -> dict[str, TaskKind]:
+    """Every trainer task by name, in the order of TrainSpec's task union."""
+    return kinds_of(get_args(TrainSpec.model_fields["task"].annotation))
