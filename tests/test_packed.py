@@ -46,6 +46,21 @@ def test_each_packed_run_equals_the_run_alone():
         assert packed.steps == 200 and len(packed.history["val_loss"]) == 10
 
 
+def test_schedules_and_thresholds_added_once_pack_bitwise():
+    # The payoff of one core (issue 12): schedules and thresholds live in schedules.py and
+    # core.RunLog, written once, so a pack mixing them equals each run alone bit for bit.
+    specs = [spec(0, schedule="cosine"),
+             spec(1, schedule="wsd", decay_fraction=0.3, min_lr_fraction=0.0),
+             spec(2, schedule="cosine", min_lr_fraction=0.5, warmup_steps=0, train_threshold=0.5),
+             spec(3, val_threshold=0.01, weight_decay=0.3)]
+    assert can_pack(specs) is None
+    for packed, s in zip(train_packed(specs), specs):
+        alone = train(s)
+        assert packed.history == alone.history and packed.events == alone.events
+        assert (packed.status, packed.reason, packed.steps) == (alone.status, alone.reason, alone.steps)
+    assert alone.events.generalization_step is not None  # the low threshold was really crossed
+
+
 def test_two_packed_runs_are_bitwise_identical():
     a, b = train_packed(FOUR[:2]), train_packed(FOUR[:2])
     assert [r.history for r in a] == [r.history for r in b]

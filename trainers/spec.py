@@ -140,6 +140,12 @@ class TrainConfig(Frozen):
     eps: PositiveFloat = 1e-8
     weight_decay: float = Field(default=1.0, ge=0)
     warmup_steps: int = Field(default=10, ge=0)
+    # Learning-rate schedule after warmup (trainers/schedules.py). Constant is Nanda et al.'s
+    # grokking set-up; cosine matches its cycle to `steps` (Hoffmann et al. 2022); wsd decays
+    # linearly over the last `decay_fraction` of the steps (Hägele et al. 2024).
+    schedule: Literal["constant", "cosine", "wsd"] = "constant"
+    min_lr_fraction: float = Field(default=0.1, ge=0, le=1)  # cosine/wsd floor, as a fraction of lr
+    decay_fraction: float = Field(default=0.2, gt=0, le=1)  # wsd: the share of steps spent decaying
     batch_size: PositiveInt | None = None  # None: full batch
     eval_every: PositiveInt = 100
     eval_batch_size: PositiveInt = 8192
@@ -160,7 +166,18 @@ class TrainConfig(Frozen):
                 raise ValueError(f"betas[{i}] must be in [0, 1), got {b}")
         if self.warmup_steps > self.steps:
             raise ValueError(f"warmup_steps ({self.warmup_steps}) must be <= steps ({self.steps})")
+        if self.schedule == "wsd":
+            n_decay = self.decay_steps
+            if self.warmup_steps + n_decay > self.steps:
+                raise ValueError(
+                    f"schedule 'wsd': warmup_steps ({self.warmup_steps}) + decay steps ({n_decay} = "
+                    f"decay_fraction {self.decay_fraction} x steps {self.steps}) must be <= steps ({self.steps})")
         return self
+
+    @property
+    def decay_steps(self) -> int:
+        """WSD: the number of final steps over which the rate decays, at least one."""
+        return max(1, round(self.decay_fraction * self.steps))
 
 
 class TrainSpec(Frozen):

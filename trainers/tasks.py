@@ -42,8 +42,16 @@ class TaskData:
         return self.x_train.shape[1]
 
 
-def _generator(seed: int, stream: int) -> torch.Generator:
-    # Separate streams so that, e.g., the split does not shift when the init changes.
+# Every generator a run draws from, by stream: separate streams so that, e.g., the split does
+# not shift when the batch order changes. The model's init and dropout use the global generator,
+# seeded with the run's seed (trainers/core.py: build_run).
+STREAM_DATA = 0  # the split, or the training sample
+STREAM_VAL = 1  # a fresh validation sample
+STREAM_BATCHES = 7  # the minibatch order of the training loops
+
+
+def generator(seed: int, stream: int) -> torch.Generator:
+    """The run's generator for one stream: the one place seeds are derived."""
     return torch.Generator().manual_seed(seed * 1_000_003 + stream)
 
 
@@ -78,18 +86,18 @@ def make_modular(task: ModularTask, seed: int) -> TaskData:
     x = torch.stack([a, b, equals], dim=1)  # (P, 3)
     n_train = task.n_train if task.n_train is not None else int(round(task.train_fraction * len(a)))
     n_train = min(max(n_train, 1), len(a) - 1)
-    order = torch.randperm(len(a), generator=_generator(seed, 0))
+    order = torch.randperm(len(a), generator=generator(seed, STREAM_DATA))
     tr, va = order[:n_train], order[n_train:]
     return TaskData(x[tr], c[tr], x[va], c[va], vocab_size=p + 1, n_out=p, target="last",
                     accuracy="exact", n_train=n_train, info={"n_pairs": len(a)})
 
 
 def make_sparse_parity(task: SparseParityTask, seed: int) -> TaskData:
-    g = _generator(seed, 0)
+    g = generator(seed, STREAM_DATA)
     support = torch.randperm(task.n_bits, generator=g)[: task.k].sort().values
     x_train = torch.randint(0, 2, (task.n_train, task.n_bits), generator=g)
     # Validation draws fresh samples from its own stream, so it never depends on n_train.
-    x_val = torch.randint(0, 2, (task.n_val, task.n_bits), generator=_generator(seed, 1))
+    x_val = torch.randint(0, 2, (task.n_val, task.n_bits), generator=generator(seed, STREAM_VAL))
     parity = lambda x: x[:, support].sum(dim=1) % 2  # noqa: E731
     return TaskData(x_train, parity(x_train), x_val, parity(x_val), vocab_size=2, n_out=2,
                     target="last", accuracy="exact", n_train=task.n_train,
@@ -108,7 +116,7 @@ def _digits(v: torch.Tensor, n: int) -> torch.Tensor:
 def make_addition(task: AdditionTask, seed: int) -> TaskData:
     n = task.n_digits
     space = 10 ** (2 * n)
-    g = _generator(seed, 0)
+    g = generator(seed, STREAM_DATA)
     want = task.n_train + task.n_val
     if space <= 10**8:
         if want > space:

@@ -2,7 +2,8 @@
 
 The loop is inline and reads top to bottom. Everything random draws from generators seeded by
 the spec, and the checkpoint holds every piece of state, so on CPU a run is bitwise repeatable
-and a resumed run equals an uninterrupted one.
+and a resumed run equals an uninterrupted one. What train_packed() shares with this loop lives
+in core.py (set-up, bookkeeping, result), schedules.py (the learning rate) and checkpoint.py.
 """
 
 from __future__ import annotations
@@ -10,54 +11,23 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
 
-from trainers.models import ParamCounts, build_model, count_params, init_weights
+from trainers.checkpoint import CHECKPOINT_NAME, Checkpoint
+from trainers.checkpoint import load as load_checkpoint
+from trainers.core import (Accounting, Events, Report, RunLog, Status, TrainResult, batch_generator, build_run,
+                           reduce_metrics)
+from trainers.models import count_params
+from trainers.schedules import lr_at, lr_factor
 from trainers.spec import TrainSpec
-from trainers.tasks import IGNORE, TaskData, make_task
+from trainers.tasks import IGNORE, TaskData
 
-Status = Literal["completed", "diverged", "stopped"]
-CHECKPOINT_NAME = "checkpoint.pt"
-
-# Called after every evaluation with the record just appended to the history; returning True
-# stops the run (the orchestrator's pruner). The one hook the trainer has.
-Report = Callable[[dict], "bool | None"]
-
-
-@dataclass
-class Events:
-    memorization_step: int | None = None  # first eval with train accuracy >= train_threshold
-    generalization_step: int | None = None  # first eval with val accuracy >= val_threshold
-    diverged_step: int | None = None  # first step whose training loss was NaN or inf
-
-
-@dataclass
-class TrainResult:
-    status: Status
-    reason: str
-    steps: int
-    final: dict[str, float]
-    history: dict[str, list[float]]
-    events: Events
-    n_params: dict[str, int]
-    n_train: int
-    wall_time_s: float
-    eval_time_s: float = 0.0  # of wall_time_s, spent evaluating (the cost of eval_every)
-    resumed_from_step: int = 0
-    task_info: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def lr_factor(step: int, warmup_steps: int) -> float:
-    """Linear warmup to the full learning rate, then constant (Nanda et al. 2023)."""
-    return min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+# Names other modules import from here, kept so that `from trainers.train import ...` still works.
+__all__ = ["CHECKPOINT_NAME", "Events", "Report", "Status", "TrainResult", "evaluate", "lr_factor",
+           "train", "weight_norm"]
 
 
 @torch.no_grad()
@@ -91,24 +61,11 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, data: Tas
             n_tokens += mask.sum().item()
             logprob_sum += logp.sum().item()
     model.train(was_training)
-    n = len(x)
-    out = {"loss": loss_sum / n_tokens,
-           "acc": (exact / n) if data.accuracy == "exact" else correct_tokens / n_tokens}
-    if data.target == "sequence":
-        out["token_acc"] = correct_tokens / n_tokens
-        out["answer_logprob"] = logprob_sum / n  # mean log-likelihood of a whole answer, nats
-    return out
+    return reduce_metrics(data, len(x), loss_sum, correct_tokens, exact, n_tokens, logprob_sum)
 
 
 def weight_norm(model: torch.nn.Module) -> float:
     return math.sqrt(sum(p.detach().double().pow(2).sum().item() for p in model.parameters()))
-
-
-def _save(path: Path, state: dict) -> None:
-    # Write then rename: a crash mid-write never leaves a half checkpoint behind.
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
 
 
 def train(spec: TrainSpec, report: Report | None = None,
@@ -116,63 +73,47 @@ def train(spec: TrainSpec, report: Report | None = None,
     t0 = time.perf_counter()
     cfg = spec.train
     torch.set_num_threads(cfg.threads)
-    data = make_task(spec.task, spec.seed)
     device = torch.device(spec.device)
-
-    torch.manual_seed(spec.seed)  # init and dropout draw from the global generator
-    model = build_model(spec.model, data.vocab_size, data.n_out, data.seq_len)
-    init_weights(model, cfg.init_scale)
-    model.to(device)
-    counts: ParamCounts = count_params(model)
+    data, model = build_run(spec, device)  # the data and the init, from the seed
+    counts = count_params(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
                                   weight_decay=cfg.weight_decay)
-    batch_gen = torch.Generator().manual_seed(spec.seed * 1_000_003 + 7)
+    batch_gen = batch_generator(spec.seed)
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
     x_val, y_val = data.x_val.to(device), data.y_val.to(device)
     n = len(x_train)
     full_batch = cfg.batch_size is None or cfg.batch_size >= n
     last_only = data.target == "last"
     ema = [torch.zeros_like(p) for p in model.parameters()] if cfg.grokfast else None
+    log = RunLog(cfg, Accounting.of(spec, data), report)  # history, events, stop rules
 
     step = 0
     perm, cursor = torch.arange(n), n  # an exhausted epoch: the first batch draws a new one
-    history: dict[str, list[float]] = {}
-    events = Events()
-    above = 0  # consecutive evals with val accuracy >= threshold (success-stop)
-    resumed_from = 0
-    finished: tuple[Status, str] | None = None
-    ckpt = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
-    if ckpt is not None:
+    ckpt, note = None, None
+    if checkpoint_dir is not None:
+        ckpt = Path(checkpoint_dir) / CHECKPOINT_NAME
         ckpt.parent.mkdir(parents=True, exist_ok=True)
-        if ckpt.exists():
-            state = torch.load(ckpt, weights_only=False)
-            if state["digest"] == spec.digest():
-                model.load_state_dict(state["model"])
-                optimizer.load_state_dict(state["optimizer"])
-                torch.set_rng_state(state["torch_rng"])
-                batch_gen.set_state(state["batch_rng"])
-                if ema is not None:
-                    ema = state["ema"]
-                step, perm, cursor = state["step"], state["perm"], state["cursor"]
-                history, events, above = state["history"], Events(**state["events"]), state["above"]
-                resumed_from = step
-                finished = state.get("finished")  # (status, reason) of a run that already ended
+        saved, note = load_checkpoint(ckpt, spec.digest())  # None, and why, if unusable
+        if saved is not None:
+            model.load_state_dict(saved.model)
+            optimizer.load_state_dict(saved.optimizer)
+            torch.set_rng_state(saved.torch_rng)
+            batch_gen.set_state(saved.batch_rng)
+            ema = saved.ema if ema is not None else None
+            step, perm, cursor = saved.step, saved.perm, saved.cursor
+            log.restore(saved.log, saved.finished)  # a run that already ended stays ended
+    resumed_from, ended_before = step, log.outcome is not None
 
-    def checkpoint_state(finished: tuple[Status, str] | None = None) -> dict:
-        return {"digest": spec.digest(), "step": step, "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
-                "batch_rng": batch_gen.get_state(), "ema": ema, "perm": perm, "cursor": cursor,
-                "history": history, "events": asdict(events), "above": above, "finished": finished}
+    def save(finished: tuple[Status, str] | None = None) -> None:
+        Checkpoint(spec.digest(), step, model.state_dict(), optimizer.state_dict(), torch.get_rng_state(),
+                   batch_gen.get_state(), ema, perm, cursor, log.state(), finished).save(ckpt)
 
-    status: Status = "completed"
-    reason = "step budget reached"
     eval_time = 0.0
-    if finished is not None:
-        status, reason = finished
     model.train()
-    while step < cfg.steps and finished is None:
+    while step < cfg.steps and log.outcome is None:
+        lr = lr_at(cfg, step)  # trainers/schedules.py: warmup, then the schedule
         for group in optimizer.param_groups:
-            group["lr"] = cfg.lr * lr_factor(step, cfg.warmup_steps)
+            group["lr"] = lr
         if full_batch:
             xb, yb = x_train, y_train
         else:
@@ -184,9 +125,7 @@ def train(spec: TrainSpec, report: Report | None = None,
         logits = model(xb, last_only=last_only)
         loss = F.cross_entropy(logits.flatten(0, -2), yb.flatten(), ignore_index=IGNORE)
         step += 1
-        if not math.isfinite(loss.item()):
-            events.diverged_step = step
-            status, reason = "diverged", f"training loss was {loss.item()} at step {step}"
+        if log.on_loss(step, loss.item()):  # diverged
             break
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -202,37 +141,15 @@ def train(spec: TrainSpec, report: Report | None = None,
             t_eval = time.perf_counter()
             tr = evaluate(model, x_train, y_train, data, cfg.eval_batch_size)
             va = evaluate(model, x_val, y_val, data, cfg.eval_batch_size)
-            record = {"step": step, **{f"train_{k}": v for k, v in tr.items()},
-                      **{f"val_{k}": v for k, v in va.items()},
-                      "weight_norm": weight_norm(model), "lr": optimizer.param_groups[0]["lr"]}
+            norm = weight_norm(model)
             eval_time += time.perf_counter() - t_eval
-            for k, v in record.items():
-                history.setdefault(k, []).append(v)
-            if events.memorization_step is None and tr["acc"] >= cfg.train_threshold:
-                events.memorization_step = step
-            if events.generalization_step is None and va["acc"] >= cfg.val_threshold:
-                events.generalization_step = step
-            above = above + 1 if va["acc"] >= cfg.val_threshold else 0
-            if not all(math.isfinite(v) for v in record.values()):
-                events.diverged_step = step
-                status, reason = "diverged", f"evaluation was not finite at step {step}"
-                break
-            if cfg.success_stop_evals is not None and above >= cfg.success_stop_evals:
-                reason = f"success-stop: val accuracy >= {cfg.val_threshold} for {above} evaluations"
-                break
-            if report is not None and report(record):
-                status, reason = "stopped", f"stopped by the report hook at step {step}"
+            if log.on_eval(step, tr, va, norm, lr):  # events, success-stop, divergence, report hook
                 break
         if ckpt is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-            _save(ckpt, checkpoint_state())
+            save()
 
-    if ckpt is not None and finished is None:
+    if ckpt is not None and not ended_before:
         # The final state, marked finished: a run asked again after it ended (its driver died
         # before recording it) returns this result instead of training again.
-        _save(ckpt, checkpoint_state(finished=(status, reason)))
-
-    final = {k: v[-1] for k, v in history.items()}
-    return TrainResult(status=status, reason=reason, steps=step, final=final, history=history,
-                       events=events, n_params=counts.as_dict(), n_train=data.n_train,
-                       wall_time_s=time.perf_counter() - t0, eval_time_s=eval_time, resumed_from_step=resumed_from,
-                       task_info=data.info)
+        save(finished=log.finish())
+    return log.result(step, counts.as_dict(), data, time.perf_counter() - t0, eval_time, resumed_from, note)
