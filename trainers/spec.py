@@ -9,15 +9,22 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Annotated, Literal, Union
+from typing import Annotated, ClassVar, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+from pydantic_core import PydanticCustomError
 
 MODULAR_OPS = ("add", "sub", "mul", "div", "x2+y2", "x2+xy+y2", "x3+xy")
 
 
 class Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def invalid(field: str, message: str) -> PydanticCustomError:
+    """A check across fields that names the field it is about, so the study's error says
+    `task.p: p must be >= 3` rather than pointing at the whole section."""
+    return PydanticCustomError("invalid_field", message, {"field": field})
 
 
 def _is_prime(p: int) -> bool:
@@ -28,6 +35,9 @@ class ModularTask(Frozen):
     """(a op b) mod p over all pairs, Power et al. (2022)."""
 
     name: Literal["modular"] = "modular"
+    # Fields the grid's D axis may set (the first is the default), read by orchestrator/study.
+    d_fields: ClassVar[tuple[str, ...]] = ("train_fraction", "n_train")
+    sequence_metrics: ClassVar[bool] = False
     p: PositiveInt = 97
     op: Literal[MODULAR_OPS] = "add"  # type: ignore[valid-type]
     # D: exactly one of a fraction of all pairs or a count of training pairs.
@@ -47,12 +57,12 @@ class ModularTask(Frozen):
         if (self.train_fraction is None) == (self.n_train is None):
             raise ValueError("give exactly one of train_fraction or n_train")
         if self.p < 3:
-            raise ValueError(f"p must be >= 3, got {self.p}")
+            raise invalid("p", f"p must be >= 3, got {self.p}")
         if self.op == "div" and not _is_prime(self.p):
             # b has an inverse mod p for every b != 0 only when p is prime.
-            raise ValueError(f"op 'div' needs a prime p, got {self.p}")
+            raise invalid("op", f"op 'div' needs a prime p, got {self.p}")
         if self.n_train is not None and self.n_train >= self.n_pairs:
-            raise ValueError(f"n_train must be < the {self.n_pairs} pairs for p={self.p}, got {self.n_train}")
+            raise invalid("n_train", f"n_train must be < the {self.n_pairs} pairs for p={self.p}, got {self.n_train}")
         return self
 
     @property
@@ -64,6 +74,8 @@ class SparseParityTask(Frozen):
     """Parity of k hidden bits out of n, Barak et al. (2022)."""
 
     name: Literal["sparse_parity"] = "sparse_parity"
+    d_fields: ClassVar[tuple[str, ...]] = ("n_train",)
+    sequence_metrics: ClassVar[bool] = False
     n_bits: PositiveInt = 40
     k: PositiveInt = 3
     n_train: PositiveInt = 1000
@@ -72,7 +84,7 @@ class SparseParityTask(Frozen):
     @model_validator(mode="after")
     def _check(self) -> "SparseParityTask":
         if self.k > self.n_bits:
-            raise ValueError(f"k must be <= n_bits ({self.n_bits}), got {self.k}")
+            raise invalid("k", f"k must be <= n_bits ({self.n_bits}), got {self.k}")
         return self
 
 
@@ -80,6 +92,8 @@ class AdditionTask(Frozen):
     """n_digits-digit integer addition as a token sequence for a causal transformer."""
 
     name: Literal["addition"] = "addition"
+    d_fields: ClassVar[tuple[str, ...]] = ("n_train",)
+    sequence_metrics: ClassVar[bool] = True
     n_digits: PositiveInt = Field(default=3, le=18)
     n_train: PositiveInt = 2000
     n_val: PositiveInt = 1000
@@ -89,6 +103,8 @@ class CharLMTask(Frozen):
     """Byte- or character-level LM on the Python standard library's own source files."""
 
     name: Literal["charlm"] = "charlm"
+    d_fields: ClassVar[tuple[str, ...]] = ("n_train_tokens",)
+    sequence_metrics: ClassVar[bool] = True
     level: Literal["byte", "char"] = "byte"
     n_train_tokens: PositiveInt = 200_000
     n_val_tokens: PositiveInt = 50_000
@@ -111,7 +127,7 @@ class TransformerModel(Frozen):
     @model_validator(mode="after")
     def _check(self) -> "TransformerModel":
         if self.d_model % self.n_head:
-            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})")
+            raise invalid("d_model", f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})")
         return self
 
     @property
@@ -163,14 +179,14 @@ class TrainConfig(Frozen):
     def _check(self) -> "TrainConfig":
         for i, b in enumerate(self.betas):
             if not 0 <= b < 1:
-                raise ValueError(f"betas[{i}] must be in [0, 1), got {b}")
+                raise invalid(f"betas[{i}]", f"betas[{i}] must be in [0, 1), got {b}")
         if self.warmup_steps > self.steps:
-            raise ValueError(f"warmup_steps ({self.warmup_steps}) must be <= steps ({self.steps})")
+            raise invalid("warmup_steps", f"warmup_steps ({self.warmup_steps}) must be <= steps ({self.steps})")
         if self.schedule == "wsd":
             n_decay = self.decay_steps
             if self.warmup_steps + n_decay > self.steps:
-                raise ValueError(
-                    f"schedule 'wsd': warmup_steps ({self.warmup_steps}) + decay steps ({n_decay} = "
+                raise invalid(
+                    "warmup_steps", f"schedule 'wsd': warmup_steps ({self.warmup_steps}) + decay steps ({n_decay} = "
                     f"decay_fraction {self.decay_fraction} x steps {self.steps}) must be <= steps ({self.steps})")
         return self
 
@@ -201,7 +217,8 @@ class TrainSpec(Frozen):
     @model_validator(mode="after")
     def _check(self) -> "TrainSpec":
         if self.model.family == "mlp" and self.task.name in ("addition", "charlm"):
-            raise ValueError(f"task '{self.task.name}' needs model.family 'transformer'; 'mlp' reads fixed-length inputs only")
+            raise invalid("model.family", f"task '{self.task.name}' needs model.family 'transformer'; 'mlp' reads "
+                          "fixed-length inputs only")
         return self
 
     def digest(self) -> str:

@@ -103,21 +103,6 @@ def field_path(model: type[BaseModel] | None, loc: tuple) -> tuple[str, dict | N
     return path, schema
 
 
-def _legacy_field(message: str, section: dict) -> str:
-    """The field a plain `ValueError` of a section-level check is about, for validators that do
-    not yet name it in their context (trainers/spec.py's): a dotted path in the message that
-    exists in the input (`task 'addition' needs model.family ...`), else the message's first
-    word when the section has that key (`p must be >= 3`, `betas[1] must be ...`)."""
-    for dotted in re.findall(r"\b[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+\b", message):
-        node: Any = section
-        for part in dotted.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-        if node is not None:
-            return dotted
-    first = re.match(r"([A-Za-z_]\w*)(\[\d+\])?", message)
-    return first.group(0) if first and first.group(1) in section else ""
-
-
 def _tags(schema: dict | None) -> str:
     return ", ".join(repr(t) for t in schema["choices"]) if schema and schema["type"] == "tagged-union" else ""
 
@@ -140,8 +125,6 @@ def _problem(e: dict, model: type[BaseModel] | None) -> Problem:
         message, show_got = f"{unknown}; allowed: {ctx.get('expected_tags') or _tags(schema)}", False
     elif kind == "value_error":
         message = str(ctx.get("error", message))
-        if isinstance(got, dict) and (field := _legacy_field(message, got)):
-            path = f"{path}.{field}" if path else field
     if ctx.get("field"):  # a PydanticCustomError of a section-level check names its field
         path = f"{path}.{ctx['field']}" if path else ctx["field"]
     return Problem(path, f"{message}, got {got!r}" if show_got and kind != "missing" else message)

@@ -5,8 +5,8 @@ is known here without an edit: its name, which of its fields the grid's D axis m
 whether it reports the sequence metrics (per-token accuracy, answer log-likelihood).
 
 A task class declares these itself as class attributes, `d_fields: ClassVar[tuple[str, ...]]`
-(the first is the default D) and `sequence_metrics: ClassVar[bool]`. TASK_DEFAULTS holds them for
-the built-in tasks whose classes do not declare them yet; a class's own attribute wins.
+(the first is the default D) and `sequence_metrics: ClassVar[bool]`; a task without `d_fields`
+has no D axis to sweep.
 """
 
 from __future__ import annotations
@@ -17,10 +17,6 @@ from types import UnionType
 from typing import Annotated, Union, get_args, get_origin
 
 from trainers.spec import TrainSpec
-
-TASK_DEFAULTS: dict[str, tuple[tuple[str, ...], bool]] = {
-    "modular": (("train_fraction", "n_train"), False), "sparse_parity": (("n_train",), False),
-    "addition": (("n_train",), True), "charlm": (("n_train_tokens",), True)}
 
 
 @dataclass(frozen=True)
@@ -51,10 +47,9 @@ def kinds_of(classes) -> dict[str, TaskKind]:
     kinds = {}
     for cls in classes:
         name = cls.model_fields["name"].default
-        default_fields, default_sequence = TASK_DEFAULTS.get(name, ((), False))
-        d_fields = tuple(getattr(cls, "d_fields", default_fields))
+        d_fields = tuple(getattr(cls, "d_fields", ()))
         counts = frozenset(f for f in d_fields if _is_int(cls.model_fields[f].annotation))
-        kinds[name] = TaskKind(name, d_fields, counts, bool(getattr(cls, "sequence_metrics", default_sequence)))
+        kinds[name] = TaskKind(name, d_fields, counts, bool(getattr(cls, "sequence_metrics", False)))
     return kinds
 
 
