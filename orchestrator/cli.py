@@ -30,7 +30,10 @@ def _study_args(p: argparse.ArgumentParser) -> None:
 
 def _load(args: argparse.Namespace, with_preflight: bool = True):
     """Load, resolve and check a study; print every problem and exit 2 if there is one."""
-    from orchestrator.study import StudyError, load_study  # lazily: it loads torch, which `fit` needs not
+    from orchestrator.study import (  # lazily: it loads torch, which `fit` needs not
+        StudyError,
+        load_study,
+    )
     from orchestrator.study.grid import build_cells
     from orchestrator.study.preflight import check_preflight
 
@@ -66,20 +69,30 @@ def cmd_run(args: argparse.Namespace) -> int:
         # single-machine mode, which must be chosen before ray is imported. Never when joining
         # a cluster: other nodes must reach this driver.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    from orchestrator.store.ui import study_links
     from orchestrator.study import redact_url
     from orchestrator.sweep.driver import run_study
 
-    counts = run_study(study, cells, show=not args.quiet)
-    counts.pop("timeline", None)  # per-run timestamps, for benchmarks
-    uri = redact_url(study.tracking.uri)
+    stats = run_study(study, cells, show=not args.quiet)
+    out = {k: v for k, v in stats.to_dict().items() if k != "timeline"}  # per-run timestamps: for benchmarks
     if not args.no_report:
-        counts["report"] = _report(uri, study.tracking.uri, study.experiment_name, quiet=args.json)
-    print(json.dumps(counts) if args.json else
-          f"{study.name}: {counts.get('completed', 0)} completed, {counts.get('stopped', 0)} pruned, "
-          f"{counts.get('diverged', 0)} diverged, "
-          f"{counts.get('failed', 0)} failed in {counts['wall_time_s']:.0f} s. "
-          f"Open it with: mlflow ui --backend-store-uri {uri}")
-    return 0 if counts.get("failed", 0) == 0 else 1
+        out["report"] = _report(redact_url(study.tracking.uri), study.tracking.uri, study.experiment_name,
+                                quiet=args.json)
+    links = study_links(study)  # after the report, so its link opens the report's heatmap
+    out["links"] = links.to_dict() if links else None
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(f"{study.name}: {stats.completed} completed, {stats.stopped} pruned, {stats.diverged} diverged, "
+              f"{stats.failed} failed in {stats.wall_time_s:.0f} s.")
+        _print_links(links)
+    return 0 if stats.failed == 0 else 1
+
+
+def _print_links(links) -> None:
+    """Where to look: the MLflow UI's runs table and report, and optuna-dashboard."""
+    for line in links.lines() if links else []:
+        print(line)
 
 
 def _report(shown_uri: str, uri: str, experiment: str, quiet: bool = False, out_dir: str | None = None) -> dict:
@@ -131,24 +144,17 @@ def load_study_or_exit(path: str, overrides: list[str]):
 
 def cmd_status(args: argparse.Namespace) -> int:
     study, cells = _load(args, with_preflight=False)
-    from orchestrator.store.status import study_status
+    from orchestrator.store.status import status_table, study_status
+    from orchestrator.store.ui import study_links
 
     rows = study_status(study, cells)
-    if args.json:
+    if args.json:  # the rows alone, one per cell: what scripts read
         print(json.dumps(rows, indent=2))
         return 0
     from rich.console import Console
-    from rich.table import Table
 
-    table = Table(title=f"{study.name} ({study.storage_url})", title_justify="left")
-    for col in ("cell", "N", "D", "complete", "pruned", "running", "queued", "failed", "best value", "best params"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(r["cell"], f"{r['n_params']:,}", f"{r['n_train']:,}", str(r["complete"]), str(r["pruned"]),
-                      str(r["running"]), str(r["queued"]), str(r["failed"]),
-                      "" if r["best_value"] is None else f"{r['best_value']}",
-                      "" if r["best_params"] is None else json.dumps(r["best_params"]))
-    Console().print(table)
+    Console().print(status_table(study, rows))
+    _print_links(study_links(study))
     return 0
 
 

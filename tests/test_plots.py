@@ -7,9 +7,15 @@ import pandas as pd
 import pytest
 from matplotlib.image import imread
 
+from orchestrator.analysis import (
+    Estimate,
+    ScalingLawFit,
+    critical_sizes,
+    fit_power_law,
+    grokking_phases,
+    mirage_check,
+)
 from orchestrator.report import plots
-from orchestrator.analysis import (Estimate, ScalingLawFit, critical_sizes, fit_power_law, grokking_phases,
-                                   mirage_check)
 
 NS, DS = [2e4, 5e4, 1.2e5, 3e5], [(0.2, 700), (0.35, 1200), (0.5, 1700)]
 

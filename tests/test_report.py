@@ -23,7 +23,7 @@ SHRINK = ["--set", "train.steps=600", "--set", "search.trials_per_cell=1", "--se
 
 
 def grokscale(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([*GROKSCALE, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([*GROKSCALE, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +82,54 @@ def test_report_on_demand_reads_mlflow_alone(quickstart, tmp_path):
 def test_report_of_an_unknown_study_is_a_clear_error(quickstart, tmp_path):
     out = grokscale("report", "no_such_study", "--tracking-uri", f"sqlite:///{quickstart / 'mlflow.db'}", cwd=tmp_path)
     assert out.returncode == 2 and "no experiment 'no_such_study'" in out.stderr and "quickstart" in out.stderr
+
+
+# -- the report's phases agree with the events the runs recorded (issue 12, bug 2) ---------------
+THRESHOLD_STUDY = {
+    "name": "thresholds",
+    "task": {"name": "modular", "p": 23},
+    "model": {"family": "transformer", "n_layer": 1, "n_head": 4, "layer_norm": False},
+    "train": {"steps": 400, "eval_every": 20, "lr": 3e-3, "val_threshold": 0.9},
+    "grid": {"n": [{"d_model": 16}], "d": [0.5], "seeds": [0]},
+    "search": {"trials_per_cell": 1,
+               "space": {"train.weight_decay": {"type": "float", "low": 0.1, "high": 3.0, "log": True}}},
+}
+
+
+def test_report_phases_use_the_study_thresholds(tmp_path, monkeypatch):
+    """A study with `train.val_threshold: 0.9` whose run memorized at step 20 and reached 0.92
+    validation accuracy at step 400: its trainer recorded generalization at 400 (grokking, 20x
+    later). Under the default 0.95 the report called it memorization, contradicting the run."""
+    import yaml
+
+    from orchestrator.report.report import build_report
+    from orchestrator.store import names
+    from orchestrator.store.results import load_results
+    from orchestrator.store.tracker import Tracker, config_yaml
+    from orchestrator.study import load_study
+    from orchestrator.study.grid import build_cells, spec_for
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(THRESHOLD_STUDY))
+    study = load_study(tmp_path / "study.yaml", [f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"])
+    cell = build_cells(study)[0]
+    spec = spec_for(study, cell, {"train.weight_decay": 1.0}, 0)
+    assert spec.train.val_threshold == 0.9
+    tracker = Tracker(study)  # the driver's own writer, into a real SQLite store
+    tracker.open(config_yaml(study))
+    params = {names.PARAM_CELL: cell.key, names.PARAM_N_PARAMS: cell.n_params.total, names.PARAM_N_TRAIN: cell.n_train,
+              names.PARAM_SEED: 0, names.PARAM_TRIAL_NUMBER: 0, names.PARAM_SPEC_JSON: spec.model_dump_json(),
+              f"{names.PARAM_SEARCHED_PREFIX}train.weight_decay": 1.0}
+    run_id = tracker.start_run(names.run_key(cell.key, 0, 0), "t0", params, {names.TAG_CELL: cell.key})
+    steps = list(range(20, 401, 20))
+    tracker.log_records(run_id, [{"step": s, "train_acc": 1.0, "val_acc": 0.92 if s == 400 else 0.3,
+                                  "train_loss": 0.01, "val_loss": 2.0} for s in steps])
+    final = {"memorization_step": 20, "generalization_step": 400, "max_val_acc": 0.92, "steps": 400}
+    tracker.finish_run(run_id, names.RunStatus.COMPLETED, "budget", final, {})
+    assert tracker.drain(timeout_s=30)
+
+    res = load_results(study.tracking.uri, "thresholds")
+    assert res.runs.loc[0, "val_threshold"] == 0.9  # read back from the run's own spec
+    report = build_report(res, tmp_path / "report")
+    assert report.results["phases"] == {"grokking": 1}
+    assert report.summary.loc[0, "phases"] == "grokking 1"

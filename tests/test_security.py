@@ -16,8 +16,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from orchestrator.study import StudyError, load_study
 from orchestrator.store.tracker import config_yaml, scrub
+from orchestrator.study import StudyError, load_study
 
 ROOT = Path(__file__).resolve().parents[1]
 GROKSCALE = [sys.executable, "-m", "orchestrator.cli"]
@@ -127,7 +127,7 @@ def test_mlflow_ui_commands_bind_loopback():
     host = next(p for p in ui.params if p.name == "host")
     assert host.default == "127.0.0.1"  # so a plain `mlflow ui` (README) is local only
     makefile = (ROOT / "Makefile").read_text()
-    recipe = re.search(r"^ui:.*\n((?:\t.*\n)+)", makefile, re.M).group(1)
+    recipe = re.search(r"^ui:.*\n((?:\t.*\n)+)", makefile, re.MULTILINE).group(1)
     assert "mlflow ui --host 127.0.0.1" in recipe
     docs = makefile + (ROOT / "README.md").read_text()
     commands = re.findall(r"mlflow (?:ui|server)[^\n`']*", docs)

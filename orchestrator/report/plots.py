@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from orchestrator.analysis.emergence import CriticalSizes, EmergenceFit
-from orchestrator.analysis.grokking import PHASES
+from orchestrator.analysis.grokking import PHASES, TRAIN_THRESHOLD, VAL_THRESHOLD
 from orchestrator.analysis.mirage import MirageCheck
 from orchestrator.analysis.scaling import ScalingLawFit
 
@@ -162,7 +162,7 @@ def plot_metric_vs_scale(runs: pd.DataFrame, path: str | Path, *, metric: str = 
 def plot_grokking_curves(curves: pd.DataFrame, path: str | Path, *, runs: pd.DataFrame | None = None,
                          cell_col: str = "cell", run_col: str = "run_id", step_col: str = "step",
                          train_col: str = "train_acc", val_col: str = "val_acc", max_cells: int = 49,
-                         train_threshold: float = 0.99, val_threshold: float = 0.95,
+                         train_threshold: float = TRAIN_THRESHOLD, val_threshold: float = VAL_THRESHOLD,
                          title: str | None = None) -> Path | None:
     """Training and validation accuracy over steps (log scale) in one small panel per cell:
     every run of the cell, the one that reached the highest validation accuracy drawn bold.

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import sys
@@ -25,6 +26,10 @@ from urllib.parse import urlparse
 
 from pydantic import ValidationError
 
+from orchestrator.store import names
+from orchestrator.store.names import RunStatus
+
+log = logging.getLogger(__name__)
 Curve = list[tuple[int, float]]  # (step, value), by step
 NOT_COMPARED = ("time",)  # metric names holding wall-clock durations differ run to run by nature
 
@@ -120,11 +125,11 @@ def recorded_spec(client, run) -> str:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stderr is for errors
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            return Path(client.download_artifacts(run.info.run_id, "spec.json", tmp)).read_text()
-    except Exception:  # noqa: BLE001 - no artifact (older runs): fall back to the param
-        pass
-    if "spec_json" in run.data.params:
-        return run.data.params["spec_json"]
+            return Path(client.download_artifacts(run.info.run_id, names.ARTIFACT_SPEC, tmp)).read_text()
+    except Exception as err:  # noqa: BLE001 - no artifact (older runs): fall back to the param
+        log.debug("run %s: no %s artifact (%s); using the param", run.info.run_id, names.ARTIFACT_SPEC, err)
+    if names.PARAM_SPEC_JSON in run.data.params:
+        return run.data.params[names.PARAM_SPEC_JSON]
     raise ReproduceError(f"run {run.info.run_id} has no recorded spec (no spec.json artifact, no spec_json "
                          f"param); is it a training run (a child of the study's run)?")
 
@@ -147,8 +152,8 @@ def new_curves(result: dict) -> dict[str, Curve]:
     steps = [int(s) for s in history.get("step", [])]
     curves = {k: list(zip(steps, map(float, v))) for k, v in history.items() if k != "step"}
     final = {k: v for k, v in summarize(result).items() if isinstance(v, (int, float))}
-    final.update({f"n_params_{k}": v for k, v in (result.get("n_params") or {}).items()})
-    curves.update({f"final.{k}": [(0, float(v))] for k, v in final.items()})
+    final.update({f"{names.N_PARAMS_METRIC_PREFIX}{k}": v for k, v in (result.get("n_params") or {}).items()})
+    curves.update({f"{names.FINAL_PREFIX}{k}": [(0, float(v))] for k, v in final.items()})
     return curves
 
 
@@ -170,8 +175,9 @@ def reproduce(run_id: str, tracking_uri: str) -> Report:
                              f"({err.error_count()} problem(s), first: {err.errors()[0]['msg']})") from None
     # A run stopped from outside (pruned) is replayed to the step it stopped at: where it stopped
     # depended on other runs, what it computed up to there did not.
-    stop_at = (int(run.data.metrics["final.steps"]) if run.data.tags.get("grokscale.status") == "stopped"
-               and "final.steps" in run.data.metrics else None)
+    final_steps = f"{names.FINAL_PREFIX}steps"
+    stopped = run.data.tags.get(names.TAG_STATUS) == RunStatus.STOPPED.value
+    stop_at = int(run.data.metrics[final_steps]) if stopped and final_steps in run.data.metrics else None
     report = (lambda record: record["step"] >= stop_at) if stop_at is not None else None
     t0 = time.perf_counter()
     try:

@@ -109,3 +109,22 @@ def trial_decay_unresolved(seed: int) -> str:
 
 def run_key(cell_key: str, trial_number: int, seed: int) -> str:
     return f"{cell_key}/trial={trial_number}/seed={seed}"
+
+
+def optuna_study_name(study_name: str, cell_key: str) -> str:
+    """The Optuna study of one cell: one storage holds every cell of every study."""
+    return f"{study_name}/{cell_key}"
+
+
+# MLflow artifacts: the resolved study on the parent run, the spec on each child run, and the
+# report's folder on the parent run.
+ARTIFACT_STUDY = "study.yaml"
+ARTIFACT_SPEC = "spec.json"
+ARTIFACT_REPORT = "report"
+# MLflow metrics on the parent run: every number the report fitted, under this prefix.
+REPORT_METRIC_PREFIX = "report/"
+
+
+def tag_equals(tag: str, value: str) -> str:
+    """An MLflow search filter: runs whose `tag` is `value`."""
+    return f"tags.`{tag}` = '{value}'"

@@ -9,13 +9,20 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
+import yaml
 from mlflow.tracking import MlflowClient
 
+from orchestrator.analysis.grokking import TRAIN_THRESHOLD, VAL_THRESHOLD
+from orchestrator.store import names
+from orchestrator.store.names import tag_equals
+
 CURVE_METRICS = ("train_acc", "val_acc", "train_loss", "val_loss", "val_token_acc", "val_answer_logprob")
-NUMERIC_PARAMS = ("n_params", "n_params_non_embedding", "n_params_embedding", "n_train", "d_value", "seed",
-                  "optuna_trial_number")
+NUMERIC_PARAMS = (names.PARAM_N_PARAMS, names.PARAM_N_PARAMS_NON_EMBEDDING, names.PARAM_N_PARAMS_EMBEDDING,
+                  names.PARAM_N_TRAIN, names.PARAM_D_VALUE, names.PARAM_SEED, names.PARAM_TRIAL_NUMBER)
+THRESHOLDS = {"train_threshold": TRAIN_THRESHOLD, "val_threshold": VAL_THRESHOLD}  # the trainer's defaults
 
 
 class ResultsError(Exception):
@@ -27,7 +34,7 @@ class StudyResults:
     parent_run_id: str
     experiment_id: str
     config: dict  # the resolved study, as logged with the parent run
-    runs: pd.DataFrame  # one row per training run (trial x seed)
+    runs: pd.DataFrame  # one row per training run (trial x seed), with the event thresholds it ran with
     curves: pd.DataFrame  # long: run_id, step, train_acc, val_acc, train_loss, val_loss, ...
 
 
@@ -42,51 +49,68 @@ def _number(text: str):
 def find_parent(client: MlflowClient, experiment: str) -> tuple[str, str]:
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
-        names = [e.name for e in client.search_experiments(max_results=50)]
-        raise ResultsError(f"no experiment {experiment!r} in this MLflow store; it has: {', '.join(names) or 'none'}")
-    parents = client.search_runs([exp.experiment_id], "tags.`grokscale.role` = 'study'", max_results=5)
+        found = [e.name for e in client.search_experiments(max_results=50)]
+        raise ResultsError(f"no experiment {experiment!r} in this MLflow store; it has: {', '.join(found) or 'none'}")
+    parents = client.search_runs([exp.experiment_id], tag_equals(names.TAG_ROLE, names.ROLE_STUDY), max_results=5)
     if not parents:
         raise ResultsError(f"experiment {experiment!r} holds no grokscale study run")
     return exp.experiment_id, parents[0].info.run_id
 
 
+def run_thresholds(params: dict[str, str], study_train: dict) -> dict[str, float]:
+    """The event thresholds a run's trainer used: its own spec (the `spec_json` param, which
+    also holds searched values), else the study's `train:` section, else the trainer's defaults.
+    The report's grokking events must use these, or its phases contradict the run's own events."""
+    try:
+        spec_train = json.loads(params.get(names.PARAM_SPEC_JSON, ""))["train"]
+    except (ValueError, KeyError, TypeError):  # absent, or cut at MLflow's param length
+        spec_train = {}
+    return {k: float(spec_train.get(k, study_train.get(k, default))) for k, default in THRESHOLDS.items()}
+
+
+def run_row(run, study_train: dict) -> dict:
+    """One training run as a table row: cell, status, numeric params, searched values, finals."""
+    params, tags, metrics = run.data.params, run.data.tags, run.data.metrics
+    trial = tags.get(names.TAG_TRIAL_NUMBER, params.get(names.PARAM_TRIAL_NUMBER, -1))
+    row: dict = {"run_id": run.info.run_id, "cell": params.get(names.PARAM_CELL, tags.get(names.TAG_CELL)),
+                 "status": tags.get(names.TAG_STATUS, "unknown"), "reason": tags.get(names.TAG_REASON, ""),
+                 "trial_number": int(trial), **run_thresholds(params, study_train)}
+    for key in NUMERIC_PARAMS:
+        if key in params:
+            row[key] = float(params[key])
+    for key, value in params.items():
+        if key.startswith(names.PARAM_SEARCHED_PREFIX):
+            row[key] = _number(value)
+    for key, value in metrics.items():
+        if key.startswith(names.FINAL_PREFIX):
+            row[key.removeprefix(names.FINAL_PREFIX)] = value
+    return row
+
+
+def run_curves(client: MlflowClient, run) -> list[dict]:
+    """The run's evaluation curves, one dict per evaluated step."""
+    points: dict[int, dict] = {}
+    for name in CURVE_METRICS:
+        if name not in run.data.metrics:
+            continue
+        for m in client.get_metric_history(run.info.run_id, name):
+            points.setdefault(m.step, {"run_id": run.info.run_id, "step": m.step})[name] = m.value
+    return sorted(points.values(), key=lambda p: p["step"])
+
+
 def load_results(tracking_uri: str, experiment: str, with_curves: bool = True) -> StudyResults:
     client = MlflowClient(tracking_uri=tracking_uri)
     experiment_id, parent_id = find_parent(client, experiment)
-    import yaml
-
     try:
-        config = yaml.safe_load(open(client.download_artifacts(parent_id, "study.yaml")).read()) or {}
+        config = yaml.safe_load(Path(client.download_artifacts(parent_id, names.ARTIFACT_STUDY)).read_text()) or {}
     except Exception:  # noqa: BLE001 - an older or foreign study without the artifact
         config = {}
-    children = client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'",
-                                  max_results=50_000)
+    children = client.search_runs([experiment_id], tag_equals(names.PARENT_RUN, parent_id), max_results=50_000)
     if not children:
         raise ResultsError(f"study {experiment!r} has no training runs yet")
-    rows, curves = [], []
-    for run in children:
-        params, tags, metrics = run.data.params, run.data.tags, run.data.metrics
-        row: dict = {"run_id": run.info.run_id, "cell": params.get("cell", tags.get("grokscale.cell")),
-                     "status": tags.get("grokscale.status", "unknown"), "reason": tags.get("grokscale.reason", ""),
-                     "trial_number": int(tags.get("grokscale.trial_number", params.get("optuna_trial_number", -1)))}
-        for key in NUMERIC_PARAMS:
-            if key in params:
-                row[key] = float(params[key])
-        for key, value in params.items():
-            if key.startswith("param."):
-                row[key] = _number(value)
-        for key, value in metrics.items():
-            if key.startswith("final."):
-                row[key.removeprefix("final.")] = value
-        rows.append(row)
-        if with_curves:
-            points: dict[int, dict] = {}
-            for name in CURVE_METRICS:
-                if name not in metrics:
-                    continue
-                for m in client.get_metric_history(run.info.run_id, name):
-                    points.setdefault(m.step, {"run_id": run.info.run_id, "step": m.step})[name] = m.value
-            curves += sorted(points.values(), key=lambda p: p["step"])
+    study_train = config.get("train") or {}
+    rows = [run_row(run, study_train) for run in children]
+    curves = [point for run in children for point in run_curves(client, run)] if with_curves else []
     runs = pd.DataFrame(rows).sort_values(["cell", "trial_number", "seed"], ignore_index=True)
     for col in ("memorization_step", "generalization_step", "grokking_delay"):
         if col not in runs:

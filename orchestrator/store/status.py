@@ -2,38 +2,64 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
 
+from orchestrator.store import names
 from orchestrator.study import Study
 from orchestrator.study.grid import Cell
 from orchestrator.sweep.search import open_storage
+
+COLUMNS = ("cell", "N", "D", "complete", "pruned", "running", "queued", "failed", "best value", "best params")
+
+
+def cell_row(study: Study, cell: Cell, ostudy: optuna.Study | None) -> dict:
+    """One cell's counts by trial state, and its best trial (None before one completed)."""
+    row = {"cell": cell.key, "n_params": cell.n(study.grid.n_convention), "n_train": cell.n_train,
+           "complete": 0, "pruned": 0, "running": 0, "queued": 0, "failed": 0, "best_value": None, "best_params": None}
+    if ostudy is None:
+        return row
+    trials = ostudy.get_trials(deepcopy=False)
+    row["complete"] = sum(t.state == TrialState.COMPLETE for t in trials)
+    row["pruned"] = sum(t.state == TrialState.PRUNED for t in trials)
+    running = [t for t in trials if t.state == TrialState.RUNNING]
+    # Asked ahead of its turn (phase stopping asks fastest-first) but no run started yet: queued.
+    # A started run has its MLflow run id as a trial attribute (names.trial_run_id).
+    row["queued"] = sum(not any(k.startswith(names.RUN_ID_PREFIX) for k in t.user_attrs) for t in running)
+    row["running"] = len(running) - row["queued"]
+    row["failed"] = sum(t.state == TrialState.FAIL for t in trials)
+    if row["complete"]:
+        best = ostudy.best_trials
+        row["best_value"] = best[0].values if len(best[0].values) > 1 else best[0].value
+        row["best_params"] = best[0].params
+    return row
 
 
 def study_status(study: Study, cells: list[Cell]) -> list[dict]:
     url = study.storage_url
     storage = open_storage(url) if "://" in url or Path(url).exists() else None  # never create one
-    names = {s.study_name for s in optuna.get_all_study_summaries(storage)} if storage else set()
+    existing = {s.study_name for s in optuna.get_all_study_summaries(storage)} if storage else set()
     rows = []
     for cell in cells:
-        row = {"cell": cell.key, "n_params": cell.n(study.grid.n_convention), "n_train": cell.n_train,
-               "complete": 0, "pruned": 0, "running": 0, "queued": 0, "failed": 0, "best_value": None, "best_params": None}
-        name = f"{study.name}/{cell.key}"
-        if name in names:
-            ostudy = optuna.load_study(study_name=name, storage=storage)
-            trials = ostudy.get_trials(deepcopy=False)
-            row["complete"] = sum(t.state == TrialState.COMPLETE for t in trials)
-            row["pruned"] = sum(t.state == TrialState.PRUNED for t in trials)
-            running = [t for t in trials if t.state == TrialState.RUNNING]
-            # Asked ahead of its turn (run.py, phase pruning) but no run started yet: queued.
-            row["queued"] = sum(not any(k.startswith("run_id.") for k in t.user_attrs) for t in running)
-            row["running"] = len(running) - row["queued"]
-            row["failed"] = sum(t.state == TrialState.FAIL for t in trials)
-            if row["complete"]:
-                best = ostudy.best_trials
-                row["best_value"] = best[0].values if len(best[0].values) > 1 else best[0].value
-                row["best_params"] = best[0].params
-        rows.append(row)
+        name = names.optuna_study_name(study.name, cell.key)
+        ostudy = optuna.load_study(study_name=name, storage=storage) if name in existing else None
+        rows.append(cell_row(study, cell, ostudy))
     return rows
+
+
+def status_table(study: Study, rows: list[dict]):
+    """The rows as a rich Table, titled with the study and its storage."""
+    from rich.table import Table
+
+    table = Table(title=f"{study.name} ({study.storage_url})", title_justify="left")
+    for col in COLUMNS:
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["cell"], f"{r['n_params']:,}", f"{r['n_train']:,}", str(r["complete"]), str(r["pruned"]),
+                      str(r["running"]), str(r["queued"]), str(r["failed"]),
+                      "" if r["best_value"] is None else f"{r['best_value']}",
+                      "" if r["best_params"] is None else json.dumps(r["best_params"]))
+    return table
