@@ -196,11 +196,15 @@ def main(argv: list[str] | None = None) -> int:
         return reproduce_main(argv[1:])
     from orchestrator.report.fit import add_fit_parser, run_fit
 
-    add_fit_parser(sub)  # grokscale fit scaling|emergence FILE.csv ...
+    from orchestrator.cluster.slurm import add_slurm_parser, cmd_slurm
+
+    add_fit_parser(sub)  # grokscale fit scaling|isoflop|emergence FILE.csv ...
+    add_slurm_parser(sub)  # grokscale slurm STUDY --nodes N ...
     args = parser.parse_args(argv)
     if args.command == "fit":
         return run_fit(args)
-    return {"run": cmd_run, "validate": cmd_validate, "status": cmd_status, "report": cmd_report}[args.command](args)
+    return {"run": cmd_run, "validate": cmd_validate, "status": cmd_status, "report": cmd_report,
+            "slurm": cmd_slurm}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from orchestrator.analysis.grokking import TRAIN_THRESHOLD, VAL_THRESHOLD
 from orchestrator.store import names
 from orchestrator.store.names import tag_equals
 
-CURVE_METRICS = ("train_acc", "val_acc", "train_loss", "val_loss", "val_token_acc", "val_answer_logprob")
+CURVE_METRICS = ("train_acc", "val_acc", "train_loss", "val_loss", "val_token_acc", "val_answer_logprob", "flops")
 NUMERIC_PARAMS = (names.PARAM_N_PARAMS, names.PARAM_N_PARAMS_NON_EMBEDDING, names.PARAM_N_PARAMS_EMBEDDING,
                   names.PARAM_N_TRAIN, names.PARAM_D_VALUE, names.PARAM_SEED, names.PARAM_TRIAL_NUMBER)
 THRESHOLDS = {"train_threshold": TRAIN_THRESHOLD, "val_threshold": VAL_THRESHOLD}  # the trainer's defaults
