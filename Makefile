@@ -24,8 +24,10 @@ quickstart: install
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# A real soak (tests/test_soak.py): random SIGKILLs of workers, the driver and the tracking
+# server for GROKSCALE_SOAK_S seconds (default 1800), then nothing lost or duplicated.
 soak: install
-	$(PY) -m pytest -m soak
+	$(PY) -m pytest -m soak -s tests/test_soak.py
 
 bench: install
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done

@@ -26,6 +26,7 @@ import json
 import os
 import tempfile
 import time
+from itertools import pairwise
 
 from orchestrator.study import Study
 from orchestrator.study.grid import build_cells, spec_for
@@ -63,7 +64,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         study = make_study(tmp, args.trials, steps)
         cells = build_cells(study)
-        counts = run_study(study, cells, show=False)
+        stats = run_study(study, cells, show=False)
         # The same trials, as Optuna recorded them, one after another in this process.
         import optuna
 
@@ -80,15 +81,15 @@ def main() -> None:
     baseline = time.perf_counter() - t0
     cpus = 2
     n = len(specs)
-    busy, sched, startup = counts["busy_s"], counts["scheduled_s"], counts["startup_s"]
+    busy, sched, startup = stats.busy_s, stats.scheduled_s, stats.startup_s
     spans: dict[int, list[tuple[float, float]]] = {}
-    for pid, start, end in counts["timeline"]:
+    for pid, start, end in stats.timeline:
         spans.setdefault(pid, []).append((start, end))
     gaps = tail = 0.0
     for iv in spans.values():
         iv.sort()
-        gaps += iv[0][0] - counts["first_submit_at"] + sum(b[0] - a[1] for a, b in zip(iv, iv[1:]))
-        tail += counts["last_recorded_at"] - iv[-1][1]
+        gaps += iv[0][0] - stats.first_submit_at + sum(b[0] - a[1] for a, b in pairwise(iv))
+        tail += stats.last_recorded_at - iv[-1][1]
     out = {"trials": n, "worker_processes": len(spans),
            "dispatch_ms_per_trial": gaps / n * 1e3, "tail_s": tail, "steps_per_trial": steps, "trial_seconds_sequential": baseline / n,
            "startup_s": startup, "scheduled_s": sched, "trial_busy_s": busy, "sequential_s": baseline,
@@ -97,7 +98,7 @@ def main() -> None:
            "trial_slowdown_vs_sequential": busy / baseline,
            "utilization_vs_sequential_work": baseline / (cpus * sched),
            "speedup_vs_sequential_end_to_end": baseline / (startup + sched),
-           "completed": counts["completed"], "cpus": cpus, "host_cpus": os.cpu_count()}
+           "completed": stats.completed, "cpus": cpus, "host_cpus": os.cpu_count()}
     print(json.dumps(out, indent=2))
 
 

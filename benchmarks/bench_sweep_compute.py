@@ -7,7 +7,7 @@ data fractions, the weight decay range, the sampler and the trials per cell are 
 own). The QMC sampler draws the same weight decays in both, so runs pair up by cell and trial.
 
   naive    success_stop_evals: null, prune.mode: off; every run trains its whole budget
-  stopped  the study's own success-stop and `prune.mode: phase` (orchestrator/sweep/pruning.py)
+  stopped  the study's own success-stop and `prune.mode: phase` (orchestrator/sweep/stopping/phase.py)
 
 Reported: total training steps (stopped / naive; target <= 0.25), the phase of every run and
 every cell (analysis/grokking.py) in both, and every run that generalized within the budget in
@@ -32,9 +32,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from orchestrator.analysis.grokking import grokking_phases  # noqa: E402
-from orchestrator.study import load_study  # noqa: E402
-from orchestrator.store.results import load_results  # noqa: E402
+from orchestrator.analysis.grokking import grokking_phases
+from orchestrator.store.results import load_results
+from orchestrator.study import load_study
 
 STUDY = ROOT / "sweeps" / "grokking_modular.yaml"
 # p = 113, d_model 128 and 20k steps (about 12 CPU-days for the naive grid) down to what a
@@ -114,7 +114,7 @@ def main() -> None:
                        "pruned": int(b.loc[cell, "reason"].str.startswith("pruned").sum()),
                        "success_stopped": int(b.loc[cell, "reason"].str.startswith("success-stop").sum())}
     summary = {
-        "overrides": shrink, "runs": int(len(a)), "naive_reused": args.reuse_naive,
+        "overrides": shrink, "runs": len(a), "naive_reused": args.reuse_naive,
         "total_steps": {"naive": steps_naive, "stopped": steps_stopped, "ratio": steps_stopped / steps_naive},
         "wall_s": {"naive": naive["wall_s"], "stopped": stopped["wall_s"],
                    "ratio": stopped["wall_s"] / naive["wall_s"]},

@@ -73,7 +73,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from orchestrator.study import redact_url
     from orchestrator.sweep.driver import run_study
 
-    stats = run_study(study, cells, show=not args.quiet)
+    from orchestrator.store.hold import StudyHeld
+    from orchestrator.store.journal import JournalCorrupt
+
+    try:
+        stats = run_study(study, cells, show=not args.quiet)
+    except (StudyHeld, JournalCorrupt) as err:  # nothing was started
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     out = {k: v for k, v in stats.to_dict().items() if k != "timeline"}  # per-run timestamps: for benchmarks
     if not args.no_report:
         out["report"] = _report(redact_url(study.tracking.uri), study.tracking.uri, study.experiment_name,
@@ -147,7 +154,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     from orchestrator.store.status import status_table, study_status
     from orchestrator.store.ui import study_links
 
-    rows = study_status(study, cells)
+    from orchestrator.store.journal import JournalCorrupt
+
+    try:
+        rows = study_status(study, cells)
+    except JournalCorrupt as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if args.json:  # the rows alone, one per cell: what scripts read
         print(json.dumps(rows, indent=2))
         return 0

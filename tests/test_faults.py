@@ -15,6 +15,7 @@ stack with py-spy (installed with ray[default]). Linux only.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -57,6 +58,36 @@ RAY_ENV = {"RAY_AUTH_MODE": "disabled"}  # no token to share between the nodes a
 
 
 # ------------------------------------------------------------------------------ helpers
+
+class Race(Exception):
+    """A fault missed its moment: the study ran faster or slower than the test's plan (a loaded
+    CI machine), so the fault did not hit what the test means to prove. Not a failure of
+    grokscale: `retry_races` runs the scenario again from scratch."""
+
+
+def retry_races(attempts: int = 3):
+    """Run the test again, in fresh directories, when it raises Race (at most `attempts` times);
+    every real assertion still fails at once."""
+    def wrap(test):
+        @functools.wraps(test)
+        def run(**fixtures):
+            for attempt in range(1, attempts + 1):
+                try:
+                    return test(**fixtures)
+                except Race as race:
+                    if attempt == attempts:
+                        pytest.fail(f"the fault missed its moment {attempts} times; last: {race}")
+                    print(f"\nattempt {attempt}: {race}; again from scratch")
+                    fixtures = {k: fresh_dir(v, attempt) if isinstance(v, Path) else v for k, v in fixtures.items()}
+        return run
+    return wrap
+
+
+def fresh_dir(root: Path, attempt: int) -> Path:
+    path = root / f"r{attempt}"  # short: py-spy shows checkpoint paths of ~128 characters whole
+    path.mkdir()
+    return path
+
 
 def write_study(tmp_path: Path, **sections) -> Path:
     """STUDY with each given section merged into its own (a dict) or replacing it."""
@@ -155,8 +186,11 @@ def trial_of(pid: int) -> str | None:
     """The run key (cell/trial=N/seed=S) of the train_task running in `pid`, read from its
     stack by py-spy: the task's checkpoint_dir argument. py-spy cuts strings at ~128 characters,
     hence the short checkpoint root in these studies. None when no train_task is running."""
-    out = subprocess.run([PY_SPY, "dump", "--locals", "--pid", str(pid)], capture_output=True, text=True,
-                         timeout=30)
+    try:
+        out = subprocess.run([PY_SPY, "dump", "--locals", "--pid", str(pid)], capture_output=True, text=True,
+                             timeout=60, check=False)
+    except subprocess.TimeoutExpired:  # a loaded machine: not seen this time, the caller looks again
+        return None
     task = None
     for line in out.stdout.splitlines():
         if m := FRAME.match(line):
@@ -249,9 +283,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def test_retry_races_reruns_a_missed_fault_in_fresh_directories_and_nothing_else(tmp_path):
+    seen = []
+
+    @retry_races(3)
+    def scenario(tmp_path, fail_with=None):
+        seen.append(tmp_path)
+        if len(seen) < 3:
+            raise (fail_with or Race)("missed")
+
+    scenario(tmp_path=tmp_path)
+    assert seen == [tmp_path, tmp_path / "r1", tmp_path / "r1" / "r2"] and all(p.is_dir() for p in seen)
+    seen.clear()
+    with pytest.raises(AssertionError):  # a real failure is never run again
+        scenario(tmp_path=tmp_path / "r1", fail_with=AssertionError)
+    assert len(seen) == 1
+
+
 # ------------------------------------------------------------------------------ 1. worker death
 
 @pytest.mark.slow
+@retry_races()
 def test_worker_killed_ten_times_resumes_from_checkpoints(tmp_path, short_dir):
     if PY_SPY is None:
         pytest.skip("py-spy (part of ray[default]) is needed to see which trial a worker runs")
@@ -283,7 +335,8 @@ def test_worker_killed_ten_times_resumes_from_checkpoints(tmp_path, short_dir):
             wait_gone(victim)
             step, finished = checkpoint(short_dir, key)  # what Ray's retry will resume from
             kills.append({"key": key, "reported": reported, "checkpoint": step, "finished": finished})
-        assert len(kills) == 10, f"the study ended after {len(kills)} kills (driver rc {driver.poll()})"
+        if len(kills) < 10:
+            raise Race(f"the study ended after {len(kills)} kills (driver rc {driver.poll()})")
         counts = wait_driver(driver, path, timeout=420)
     finally:
         if driver.poll() is None:
@@ -314,11 +367,11 @@ class Node:
         self.temp_dir = tempfile.mkdtemp(prefix="gsf", dir="/tmp")  # short: Unix socket paths are capped
         args = (["--head", f"--port={head_port}", "--include-dashboard=false"] if head
                 else [f"--address=127.0.0.1:{head_port}"])
-        self.proc = subprocess.Popen([BIN / "ray", "start", "--block", *args, "--num-cpus=1",
-                                      "--node-ip-address=127.0.0.1", "--disable-usage-stats",
-                                      f"--temp-dir={self.temp_dir}"],
-                                     env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        with open(log, "ab") as out:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen([BIN / "ray", "start", "--block", *args, "--num-cpus=1",
+                                          "--node-ip-address=127.0.0.1", "--disable-usage-stats",
+                                          f"--temp-dir={self.temp_dir}"],
+                                         env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
     def kill(self) -> None:
         kill_tree(self.proc.pid)
@@ -344,7 +397,7 @@ while True:
     time.sleep(0.5)
 """
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
-                         timeout=timeout + 60)
+                         timeout=timeout + 60, check=False)
     assert out.returncode == 0, out.stderr[-2000:]
     alive = json.loads(out.stdout.strip().splitlines()[-1])
     assert len(alive) == n_alive, f"{len(alive)} nodes alive, expected {n_alive}"
@@ -352,6 +405,7 @@ while True:
 
 
 @pytest.mark.slow
+@retry_races()
 def test_node_killed_mid_study_its_trials_finish_on_the_head(tmp_path, short_dir):
     if PY_SPY is None:
         pytest.skip("py-spy (part of ray[default]) is needed to see which trial a worker runs")
@@ -382,7 +436,8 @@ def test_node_killed_mid_study_its_trials_finish_on_the_head(tmp_path, short_dir
                 node.kill()
                 t_kill = time.time()
                 victims = {k: checkpoint(short_dir, k)[0] for k in on_node}
-        assert victims, f"no trial reached the second node (driver rc {driver.poll()})"
+        if not victims:
+            raise Race(f"no trial reached the second node past a checkpoint (driver rc {driver.poll()})")
         counts = wait_driver(driver, path, timeout=400)
         assert counts["completed"] == 6 and counts["failed"] == 0
         assert len(cluster_nodes(port, 1, env)) == 1
@@ -408,6 +463,7 @@ def test_node_killed_mid_study_its_trials_finish_on_the_head(tmp_path, short_dir
 # ------------------------------------------------------------------------------ 3. driver death
 
 @pytest.mark.slow
+@retry_races()
 def test_driver_killed_three_times_then_resumed(tmp_path):
     steps, every = 1500, 100
     path = write_study(tmp_path, train={"steps": steps, "checkpoint_every": every})
@@ -427,7 +483,8 @@ def test_driver_killed_three_times_then_resumed(tmp_path):
                     and sum(t.state == TrialState.COMPLETE for ts in trials(tmp_path).values() for t in ts) >= target):
                 time.sleep(0.1)
             time.sleep(rng.uniform(0.0, 1.0))
-            assert driver.poll() is None, f"the study finished before kill {k + 1}"
+            if driver.poll() is not None:
+                raise Race(f"the study finished before kill {k + 1}")
         finally:
             kill_tree(driver.pid)  # the driver, its local Ray and its workers
             driver.wait()
@@ -440,7 +497,8 @@ def test_driver_killed_three_times_then_resumed(tmp_path):
                     done[key] = (t.datetime_complete, t.value, run.data.tags["grokscale.attempts"], run.info.end_time)
                 elif t.state == TrialState.RUNNING:
                     in_flight[key] = (checkpoint(ckpts, key)[0], key in mlflow_runs)
-    assert done and in_flight, (done, in_flight)
+    if not (done and in_flight):
+        raise Race(f"the kills found no trial complete or none in flight: {done}, {in_flight}")
 
     counts = wait_driver(start_driver(path, uri), path, timeout=400)
     assert counts["completed"] == 8 - len(done)
@@ -478,7 +536,7 @@ def test_diverged_trial_is_recorded_and_the_study_goes_on(tmp_path, pack):
     assert (counts["completed"], counts["diverged"], counts["failed"]) == (1, 1, 0)
     assert counts.get("packed_tasks", 0) == (pack == "on")
 
-    (cell, ts), = trials(tmp_path).items()
+    (_cell, ts), = trials(tmp_path).items()
     by_lr = {t.params["train.lr"]: t for t in ts}
     assert sorted(by_lr) == [3e-3, 1e4]
     bad, good = by_lr[1e4], by_lr[3e-3]
@@ -505,31 +563,49 @@ def test_unreachable_tracking_server_stops_before_anything_starts(tmp_path):
     t0 = time.monotonic()
     out = subprocess.run([*GROKSCALE, "run", str(path), "--quiet", "--tracking-uri",
                           f"http://127.0.0.1:{free_port()}"], cwd=tmp_path, capture_output=True, text=True,
-                         timeout=120)
+                         timeout=300, check=False)
     assert out.returncode == 2
     assert "cannot reach the MLflow server at http://127.0.0.1:" in out.stderr
     assert "nothing was started" in out.stderr and "Ray" not in out.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["study.yaml"]  # no runs/, no store
-    assert time.monotonic() - t0 < 60
+    # Fast, not MLflow's default retries (7 with backoff 2: over 4 minutes), even on a loaded
+    # machine where starting Python and importing MLflow takes tens of seconds.
+    assert time.monotonic() - t0 < 150
 
 
 def test_tracker_keeps_writes_in_order_while_the_server_is_away(tmp_path, monkeypatch):
     """A Tracker against a closed port: each failed write costs seconds, not minutes, and the
-    writes wait in order; the next flush does not even try until RETRY_S has passed."""
-    from orchestrator.study import load_study
+    writes wait in order; a flush within RETRY_S of a failure does not even try (counted)."""
     from orchestrator.store.tracker import HTTP_FAIL_FAST, Tracker
+    from orchestrator.study import load_study
 
     for name, value in HTTP_FAIL_FAST.items():  # what the Tracker sets; restored afterwards
         monkeypatch.setenv(name, value)
     study = load_study(write_study(tmp_path), [f"tracking.uri=http://127.0.0.1:{free_port()}"])
     tracker = Tracker(study)
-    sent = []
+    sent, tries = [], []
+
+    def unreachable() -> None:
+        tries.append(1)
+        tracker.client.get_experiment_by_name("faults")
+
     t0 = time.monotonic()
-    tracker._write(lambda: tracker.client.get_experiment_by_name("faults"))
+    tracker._write(unreachable)
     tracker._write(lambda: sent.append(1))
-    assert time.monotonic() - t0 < 10 and len(tracker.pending) == 2 and not sent
-    t1 = time.monotonic()
-    assert not tracker.flush() and time.monotonic() - t1 < 0.1  # waits for RETRY_S
+    # Seconds, not MLflow's default retries (over 4 minutes); generous for a loaded machine.
+    assert time.monotonic() - t0 < 60 and len(tracker.pending) == 2 and not sent
+    # A flush inside the retry window must not try. The window is RETRY_S of wall time, which a
+    # loaded machine can spend between two lines: a flush that ended after it proves nothing,
+    # so that case is run again (a failed forced flush opens a new window), never failed.
+    for _ in range(20):
+        assert not tracker.flush(force=True) and not sent  # tries, fails: a new window
+        before = len(tries)
+        assert not tracker.flush() and not sent
+        if time.monotonic() < tracker.queue.retry_at:  # the flush ran inside the window
+            assert len(tries) == before, "a flush inside RETRY_S tried the server"
+            break
+    else:
+        pytest.fail("20 flushes in a row ran past RETRY_S: the machine is too slow to tell")
     tracker.pending.popleft()  # as if the server were back: the rest goes, in order
     assert tracker.flush(force=True) and sent == [1]
 
@@ -537,8 +613,8 @@ def test_tracker_keeps_writes_in_order_while_the_server_is_away(tmp_path, monkey
 def test_tracker_drops_a_write_the_store_refuses_and_sends_the_rest(tmp_path):
     """A write MLflow refuses (a param logged again with another value: HTTP 400) would fail on
     every retry; it is dropped, and the writes queued behind it still arrive."""
-    from orchestrator.study import load_study
     from orchestrator.store.tracker import Tracker, config_yaml
+    from orchestrator.study import load_study
 
     study = load_study(write_study(tmp_path), [f"tracking.uri={sqlite_uri(tmp_path)}"])
     tracker = Tracker(study)
@@ -561,13 +637,13 @@ class MlflowServer:
     def uri(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 90) -> None:
-        self.proc = subprocess.Popen(
-            [BIN / "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-             "--backend-store-uri", f"sqlite:///{self.root / 'server.db'}",
-             "--artifacts-destination", str(self.root / "artifacts")],
-            cwd=self.root, stdout=open(self.root / "server.log", "ab"), stderr=subprocess.STDOUT,
-            start_new_session=True)
+    def start(self, timeout: float = 300) -> None:  # generous: a loaded 2-core machine
+        with open(self.root / "server.log", "ab") as out:  # the child keeps its own copy
+            self.proc = subprocess.Popen(
+                [BIN / "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+                 "--backend-store-uri", f"sqlite:///{self.root / 'server.db'}",
+                 "--artifacts-destination", str(self.root / "artifacts")],
+                cwd=self.root, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -587,6 +663,7 @@ class MlflowServer:
 
 
 @pytest.mark.slow
+@retry_races()
 def test_tracking_server_dropout_mid_study_loses_nothing(tmp_path):
     """Two outages of ~20 s: one while new trials start (their runs must wait for the server),
     one after the last trial has started (every write of the runs still training is buffered)."""
@@ -604,7 +681,8 @@ def test_tracking_server_dropout_mid_study_loses_nothing(tmp_path):
             time.sleep(0.3)
             if ready([t for ts in trials(tmp_path).values() for t in ts]) and train_workers(driver.pid):
                 break
-        assert driver.poll() is None, f"the study finished before outage {len(outages) + 1}"
+        if driver.poll() is not None:
+            raise Race(f"the study finished before outage {len(outages) + 1}")
         server.kill()
         down = time.time()
         time.sleep(10)
@@ -624,7 +702,6 @@ def test_tracking_server_dropout_mid_study_loses_nothing(tmp_path):
             kill_tree(driver.pid)
         server.kill()
     assert counts["completed"] == 8 and counts["failed"] == 0
-    assert all(up - down < 40 for down, up in outages)
 
     # Read back from the store itself: nothing lost, nothing doubled.
     uri = f"sqlite:///{tmp_path / 'server.db'}"
@@ -636,17 +713,20 @@ def test_tracking_server_dropout_mid_study_loses_nothing(tmp_path):
     asked = {f"{cell}/trial={t.number}/seed=0": t.datetime_start.timestamp()
              for cell, ts in trials(tmp_path).items() for t in ts}
     waited = [k for k, r in by_key.items() if asked[k] < up1 and r.info.start_time / 1000 > down1]
-    assert waited, "no trial started during outage 1: it missed the study"
+    if not waited:
+        raise Race("no trial started during outage 1: it missed the study")
     # Outage 2: metrics and completions recorded while the server was away, all delivered.
     stamps = [m.timestamp / 1000 for r in by_key.values() for m in client.get_metric_history(r.info.run_id, "val_acc")]
     buffered = sum(down2 < s < up2 for s in stamps)
     completed = [t for ts in trials(tmp_path).values() for t in ts if down2 < t.datetime_complete.timestamp() < up2]
-    assert buffered > 0 and completed, "nothing was recorded during outage 2: it missed the study"
+    if not (buffered > 0 and completed):
+        raise Race("nothing was recorded during outage 2: it missed the study")
     print(f"\nserver down {up1 - down1:.0f} s and {up2 - down2:.0f} s; {len(waited)} run(s) waited to be created, "
           f"{buffered} val_acc points and {len(completed)} completions buffered, all delivered")
 
 
 @pytest.mark.slow
+@retry_races()
 def test_packed_task_killed_resumes_every_run_from_its_checkpoint(tmp_path):
     """A packed task (4 runs, one Ray task) SIGKILLed once every run has a checkpoint: Ray runs
     the pack again and each run resumes from its own checkpoint, with one whole curve."""
@@ -662,8 +742,16 @@ def test_packed_task_killed_resumes_every_run_from_its_checkpoint(tmp_path):
             if packed:
                 break
         time.sleep(0.1)
-    assert packed, "never saw the packed task running with its 4 checkpoints"
-    os.kill(packed[0], signal.SIGKILL)
+    if not packed:
+        kill_tree(driver.pid)
+        driver.wait()
+        raise Race("never saw the packed task running with its 4 checkpoints")
+    try:
+        os.kill(packed[0], signal.SIGKILL)
+    except ProcessLookupError:
+        kill_tree(driver.pid)
+        driver.wait()
+        raise Race("the packed task ended before the kill") from None
     counts = wait_driver(driver, path, timeout=300)
     assert counts["completed"] == 4 and counts["packed_tasks"] == 1 and counts["resumed"] == 4
 

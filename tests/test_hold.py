@@ -105,3 +105,42 @@ def test_concurrent_claims_have_exactly_one_winner(tmp_path):
              for _ in range(4)]
     outs = [p.communicate(timeout=120)[0].strip() for p in procs]
     assert sorted(outs) == ["held", "refused", "refused", "refused"], outs
+
+
+STUDY = """
+name: twice
+task: {name: modular, p: 23}
+model: {family: transformer, n_layer: 1, n_head: 4, d_model: 16, layer_norm: false}
+train: {steps: 1500, eval_every: 100, lr: 3.0e-3}
+grid: {n: [{d_model: 16}], d: [0.3, 0.5], seeds: [0]}
+search:
+  sampler: tpe
+  trials_per_cell: 2
+  space: {train.weight_decay: {type: float, low: 0.1, high: 3.0, log: true}}
+objectives: [{metric: max_val_acc, direction: maximize}]
+ray: {num_cpus: 2}
+"""
+
+
+@pytest.mark.slow
+def test_second_grokscale_run_of_a_live_study_exits_2_and_the_first_finishes(tmp_path):
+    """As a new user does it: the same study submitted twice in the same folder."""
+    (tmp_path / "study.yaml").write_text(STUDY)
+    cmd = [sys.executable, "-m", "orchestrator.cli", "run", "study.yaml", "--quiet", "--no-report"]
+    first = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    journal = tmp_path / "runs" / "twice" / "optuna.journal"
+    deadline = time.monotonic() + 300
+    while not (journal.exists() and HOLD_STUDY_PREFIX.encode() in journal.read_bytes()):
+        assert first.poll() is None, first.communicate()
+        assert time.monotonic() < deadline, "the first driver never took its hold"
+        time.sleep(0.5)
+    second = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 2, second.stderr[-2000:]
+    assert f"process {first.pid}" in second.stderr and "already being run" in second.stderr
+    assert "Traceback" not in second.stderr
+    out, err = first.communicate(timeout=600)
+    assert first.returncode == 0, (out + err)[-3000:]
+    assert "4 completed" in out
+    # Finished and released: running it again resumes (nothing left to train) and exits 0.
+    third = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert third.returncode == 0 and "0 completed" in third.stdout, third.stderr[-2000:]

@@ -4,6 +4,9 @@ damaged record elsewhere is a clear error that changes nothing."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import optuna
 import pytest
 from optuna.storages import JournalStorage
@@ -66,3 +69,30 @@ def test_damaged_record_in_the_middle_is_an_error_and_nothing_changes(tmp_path):
     with pytest.raises(JournalCorrupt, match=r"line 3 of \d+ is not a valid journal record"):
         check_journal(path)
     assert path.read_bytes() == damaged and not list(tmp_path.glob("*.partial-*"))
+
+
+
+STUDY = """
+name: damaged
+task: {name: modular, p: 23}
+model: {family: transformer, n_layer: 1, n_head: 4, d_model: 16, layer_norm: false}
+train: {steps: 100, eval_every: 50}
+grid: {n: [{d_model: 16}], d: [0.3], seeds: [0]}
+search: {trials_per_cell: 1, space: {train.weight_decay: {type: float, low: 0.1, high: 3.0, log: true}}}
+ray: {num_cpus: 1}
+"""
+
+
+def test_status_and_run_refuse_a_damaged_journal_with_exit_2(tmp_path):
+    (tmp_path / "study.yaml").write_text(STUDY)
+    journal = tmp_path / "runs" / "damaged" / "optuna.journal"
+    journal.parent.mkdir(parents=True)
+    lines = write_study(journal).split(b"\n")
+    lines[1] = b"{not json"
+    journal.write_bytes(b"\n".join(lines))
+    for command in ("status", "run"):
+        out = subprocess.run([sys.executable, "-m", "orchestrator.cli", command, "study.yaml"], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 2, (command, out.stderr[-2000:])
+        assert "line 2 of" in out.stderr and "not a valid journal record" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "mlflow.db").exists()  # nothing was started

@@ -230,10 +230,10 @@ def _fit(variables: tuple[str, ...], logs: np.ndarray, log_loss: np.ndarray, con
     coef_n, exp_n = terms.get("N", (None, None))
     coef_d, exp_d = terms.get("D", (None, None))
     boot = np.full((len(samples), len(BOOT_COLUMNS)), np.nan)
-    boot[:, 0] = np.exp(samples[:, 2 * n_terms])
+    boot[:, 0] = _exp(samples[:, 2 * n_terms])
     for t, var in enumerate(variables):
         coef, expo = (1, 2) if var == "N" else (3, 4)
-        boot[:, coef], boot[:, expo] = np.exp(samples[:, t]), samples[:, n_terms + t]
+        boot[:, coef], boot[:, expo] = _exp(samples[:, t]), samples[:, n_terms + t]
     boot.setflags(write=False)  # the result is frozen; so are its resamples
     return ScalingLawFit(variables=variables, convention=convention if "N" in variables else None,
                          E=estimate(2 * n_terms, _exp), A=coef_n, alpha=exp_n, B=coef_d, beta=exp_d,

@@ -145,8 +145,8 @@ def plot_metric_vs_scale(runs: pd.DataFrame, path: str | Path, *, metric: str = 
             ax.plot(xs, fit.predict(xs), "--", color=color, lw=1.5)
             if fit.threshold is not None:
                 ax.axvline(fit.threshold, color=color, lw=1, ls=":")
-                if fit.low is not None:
-                    ax.axvspan(fit.low, fit.high, color=color, alpha=0.12)
+                if fit.low is not None or fit.high is not None:  # an unbounded side runs to the grid's end
+                    ax.axvspan(fit.low or part[x_col].min(), fit.high or part[x_col].max(), color=color, alpha=0.12)
     ax.set_xscale("log")
     _grid_ticks(ax.xaxis, table[x_col].to_numpy())
     ax.set_xlabel(label(x_col) + ", log scale")
@@ -343,12 +343,13 @@ def plot_mirage(check: MirageCheck, x: np.ndarray, y_discontinuous: np.ndarray, 
             ax.plot(xs, fit.predict(xs), "k--", lw=1.2, label="fitted sigmoid")
         if fit.threshold is not None:
             ax.axvline(fit.threshold, color="black", ls=":", lw=1, label=f"threshold {fit.threshold:.3g}")
-            if fit.low is not None:
-                ax.axvspan(fit.low, fit.high, color="gray", alpha=0.15, label="95% CI")
+            if fit.low is not None or fit.high is not None:  # an unbounded side runs to the grid's end
+                ax.axvspan(fit.low or np.min(x), fit.high or np.max(x), color="gray", alpha=0.15, label="95% CI")
         ax.set_xscale("log")
         ax.set_xlabel(label(x_col) + ", log scale")
         ax.set_ylabel(label(metric))
-        state = "sharp jump" if fit.sharp else ("no threshold" if fit.threshold is None else "smooth")
+        state = ("no threshold" if fit.threshold is None else "sharpness: insufficient data" if fit.sharp is None
+                 else "sharp jump" if fit.sharp else "smooth")
         if fit.threshold is None and fit.reason:
             ax.text(0.02, 0.02, "no threshold: " + fit.reason[:70], transform=ax.transAxes, fontsize=7,
                     color="dimgray", va="bottom")

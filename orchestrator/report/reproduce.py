@@ -146,7 +146,7 @@ def recorded_curves(client, run) -> dict[str, Curve]:
 def new_curves(result: dict) -> dict[str, Curve]:
     """What the driver would have logged for this result: a curve per evaluated metric, and the
     `final.*` metrics exactly as `orchestrator.sweep.driver` builds them."""
-    from orchestrator.sweep.driver import summarize
+    from orchestrator.sweep.outcome import summarize
 
     history = result.get("history") or {}
     steps = [int(s) for s in history.get("step", [])]

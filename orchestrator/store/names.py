@@ -62,6 +62,8 @@ TAG_STOP_KIND = "grokscale.stop_kind"  # a StopKind, on a stopped run
 TAG_ATTEMPTS = "grokscale.attempts"
 TAG_RESUMED_FROM_STEP = "grokscale.resumed_from_step"
 TAG_NODE_ID = "grokscale.node_id"
+TAG_CHECKPOINT_NOTE = "grokscale.checkpoint_note"  # why a run's checkpoint was not used (it started over)
+TAG_FLOPS_PREFIX = "grokscale.flops."  # + per_example, per_token, n_matmul, ...: the run's FLOP accounting
 
 # MLflow params on each child run.
 PARAM_CELL = "cell"
@@ -88,6 +90,7 @@ STUDY_SHAPE = "shape"
 TRIAL_STATUS = "status"
 TRIAL_REASON = "reason"
 TRIAL_STOP_KIND = "stop_kind"
+TRIAL_PRUNED = "pruned"  # the TRIAL_STATUS of a trial a stopping rule ended
 
 
 def trial_run_id(seed: int) -> str:

@@ -84,6 +84,13 @@ class Tracker:
 
     # -- set-up: the experiment, the parent run, the runs of earlier attempts ---------------
     def open(self, config_yaml: str) -> None:
+        """The study's experiment and parent run, found or made; retried while the tracking server
+        is away (it may drop between the preflight check and here). Every step looks before it
+        creates, so a retry after a lost answer never makes a second experiment or parent."""
+        answer(lambda: self._open(config_yaml))
+
+    def _open(self, config_yaml: str) -> None:
+        self.children = {}
         exp = self.client.get_experiment_by_name(self.study.experiment_name)
         self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(self.study.experiment_name)
         query = f"{tag_equals(names.TAG_ROLE, names.ROLE_STUDY)} and {tag_equals(names.TAG_STUDY, self.study.name)}"

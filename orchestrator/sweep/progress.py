@@ -4,7 +4,8 @@ and failed per cell, the elapsed time and an ETA."""
 from __future__ import annotations
 
 import time
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any, Self
 
 from optuna.trial import TrialState
 from rich.console import Console
@@ -34,7 +35,7 @@ class Progress:
         self.last_line = ""
         self.last_draw = 0.0
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Self:
         if self.show and self.console.is_terminal:
             self.live = Live(console=self.console, refresh_per_second=4, transient=False)
             self.live.__enter__()
@@ -44,12 +45,27 @@ class Progress:
         if self.live is not None:
             self.live.__exit__(*exc)
 
-    def counts(self, state: Any, running_units: list) -> dict[str, int]:
+    def counts(self, state: Any, running_units: list) -> dict[str, Any]:
         trials = state.optuna.get_trials(deepcopy=False)
         done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)  # pruned: answered
         failed = sum(t.state == TrialState.FAIL for t in trials)
         running = len({u.trial_number for u in running_units if u.cell is state.cell})
-        return {"done": done, "failed": failed, "running": running, "total": self.study.search.trials_per_cell}
+        return {"done": done, "failed": failed, "running": running, "total": self.study.search.trials_per_cell,
+                "best": self.best(trials)}
+
+    def best(self, trials: list) -> float | None:
+        """The cell's best objective value over its COMPLETE trials; None before the first one.
+
+        Not Optuna's `Study.best_value`: it raises "No trials are completed yet" for a cell
+        whose answered trials were all PRUNED (the phase rule can stop a cell's first run), and
+        that exception killed the driver on a terminal. Single objective only (several have a
+        Pareto front, not one best)."""
+        if len(self.study.objectives) != 1:
+            return None
+        values = [t.values[0] for t in trials if t.state == TrialState.COMPLETE and t.values]
+        if not values:
+            return None
+        return max(values) if self.study.objectives[0].direction == "maximize" else min(values)
 
     def update(self, in_flight: Iterable[Any], elapsed: float) -> None:
         if not self.show or time.monotonic() - self.last_draw < 0.25:
@@ -66,9 +82,7 @@ class Progress:
             for col in ("cell", "N", "D", "done", "running/queued", "failed", "best"):
                 table.add_column(col, justify="right" if col != "cell" else "left")
             for s, c in rows:
-                best = ""
-                if c["done"] and len(self.study.objectives) == 1:
-                    best = f"{s.optuna.best_value:.4g}"
+                best = "" if c["best"] is None else f"{c['best']:.4g}"
                 table.add_row(s.cell.key, f"{s.cell.n(self.study.grid.n_convention):,}", f"{s.cell.n_train:,}",
                               str(c["done"]), str(c["running"]), str(c["failed"]), best)
             self.live.update(table)

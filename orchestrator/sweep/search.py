@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import optuna
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
+from orchestrator.store.journal import check_journal
 from orchestrator.study import Study
 from orchestrator.study.grid import Cell
 
@@ -30,6 +32,9 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     if "://" in url:
         return optuna.storages.RDBStorage(rdb_url(url))
     Path(url).parent.mkdir(parents=True, exist_ok=True)
+    note = check_journal(url)  # a cut-short last record is set aside; a damaged one raises JournalCorrupt
+    if note is not None:
+        print(f"note: {note}", file=sys.stderr)
     return JournalStorage(JournalFileBackend(url))
 
 

@@ -1,0 +1,154 @@
+"""The phase rule, for phase diagrams (sweeps/grokking_modular.yaml): stop a run whose full
+budget would end in "memorization", once that is clear.
+
+Under AdamW the weights shrink by exp(-sum of lr_t x weight decay) from decay alone (decoupled
+decay, Loshchilov and Hutter 2019), and the late generalization of grokking is that shrinkage
+at work: grokking time scales as 1 / (lr x weight decay) (Lyu et al. 2024, "Dichotomy of early
+and late phase implicit biases", Thm. 3.3; Liu et al. 2023, "Omnigrok"). So runs are compared
+on their decay clock (clock.py) within a group (same N, same searched values other than lr and
+weight decay). Two orderings make one run evidence for another: fewer training examples need
+more decay (Power et al. 2022, Fig. 1), and so does a slower decay rate lr x wd (phase diagrams
+go memorization -> grokking -> comprehension as weight decay rises, Liu et al. 2022, "Towards
+understanding grokking", Fig. 6). Hence:
+  evidence  a run with at least as much data and at least as fast a decay rate that has gone a
+            decay clock L without generalizing, while still fitting its training set (median
+            training loss over the last half of its steps <= FIT_LOSS: over-strong decay, which
+            balances the gradient at a high training loss and fails for another reason, teaches
+            nothing);
+  rule      (DECAY_CLOCK) a run that has memorized, has not generalized for a decade of steps
+            since (so it is not comprehension, see analysis/grokking.py), and whose whole budget
+            of decay is under L / `safety`, is stopped;
+  veto      unless a run with no more data and no faster decay generalized within this run's
+            budget of decay.
+Also, per run (STALLED): after EQUILIBRIUM_EFOLDS e-folds of decay nothing of the init is left
+and full-batch training has long settled where gradient and decay balance; a run there that has
+not generalized, and whose training and validation accuracy each rose by less than 0.01 over
+the second half of its steps so far, is stuck: "memorization" if it memorized, else "confusion",
+the labels its full budget would give it. Found at equilibrium, it would have gone its whole
+budget without generalizing: that budget is the L it teaches the rule above.
+
+A cell's fastest-decaying runs are the first to generalize or settle, so with a sampler whose
+draws ignore results the driver runs them first (orchestrator/sweep/cell.py).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from orchestrator.store import names
+from orchestrator.store.names import StopKind
+from orchestrator.sweep.stopping.base import RunInfo, StoppingRule
+from orchestrator.sweep.stopping.clock import clock_step, decay_clock, decay_rate
+from orchestrator.sweep.stopping.rule import StopRule, StopRules
+
+# After this many e-folds of decay nothing of the init is left, and a run whose accuracies have
+# stopped rising is stuck where it is. Not 5 (weights under 1% of their init): in the naive phase
+# diagram of bench_sweep_compute.py on seed 1, a run (D = 0.4, weight decay 1) grokked at 35
+# e-folds after its validation accuracy crept from 0.03 to 0.05; at 5 e-folds it had risen by
+# 0.001 over the second half (flat), at 20 by 0.023 or more at every evaluation (not flat).
+EQUILIBRIUM_EFOLDS = 20.0
+# Training cross-entropy a run must keep (median over the last half of its steps) for its decay
+# clock to count as evidence. In the naive phase diagram of bench_sweep_compute.py, runs whose
+# decay the clock describes settle at 1e-7 to 1e-4; those with decay too strong to fit the
+# training set (weight decay 3 and up there) at 1e-2 to 0.5.
+FIT_LOSS = 1e-3
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """One run's lesson for the phase rule: its decay clock at an event, and where it stands."""
+
+    run: str  # which run, named in the reasons it gives
+    d_value: float
+    rate: float  # lr x weight decay: how fast its decay clock runs
+    clock: float  # generalized: the clock when it did; unresolved: the most it went without
+
+
+class PhaseRule(StoppingRule):
+    def __init__(self, safety: float = 2.0, memorized_for: float = 10.0) -> None:
+        self.safety = safety
+        self.memorized_for = memorized_for
+        # per group: run -> the decay clock it went without generalizing, while fitting
+        self.unresolved: dict[tuple, dict[str, Evidence]] = {}
+        # per group: run -> the decay clock at which it generalized
+        self.generalized: dict[tuple, dict[str, Evidence]] = {}
+        # run in flight -> its (step, training loss) so far: the fit guard's median reads them
+        self.losses: dict[str, list[tuple[int, float]]] = {}
+
+    def _evidence(self, run: RunInfo, clock: float) -> Evidence:
+        return Evidence(run.key, run.d_value, decay_rate(run.train), clock)
+
+    def see(self, run: RunInfo, record: dict) -> bool:
+        """An evaluation seen before (the history replayed when the run ends) is skipped."""
+        if run.key in self.generalized.get(run.group, {}):
+            return False
+        step = int(record["step"])
+        seen = self.losses.setdefault(run.key, [])
+        if seen and step <= seen[-1][0]:
+            return False
+        clock = decay_clock(run.train, step)
+        if record.get("val_acc", -1.0) >= run.train.val_threshold:
+            self.generalized.setdefault(run.group, {})[run.key] = self._evidence(run, clock)
+            self.losses.pop(run.key, None)
+            return True
+        seen.append((step, float(record.get("train_loss", math.nan))))
+        recent = [loss for s, loss in seen if s > step / 2]
+        unresolved = self.unresolved.setdefault(run.group, {})
+        if all(math.isfinite(x) for x in recent) and statistics.median(recent) <= FIT_LOSS:
+            unresolved[run.key] = self._evidence(run, clock)
+            return True
+        return unresolved.pop(run.key, None) is not None
+
+    def run_done(self, run: RunInfo, history: dict[str, list], stop_kind: StopKind | None) -> bool:
+        changed = False
+        for i in range(len(history.get("step") or [])):
+            record = {k: v[i] for k, v in history.items() if i < len(v)}  # "step" among them
+            changed = self.see(run, record) or changed
+        self.losses.pop(run.key, None)
+        mine = self.unresolved.get(run.group, {}).get(run.key)
+        if mine is not None and stop_kind == StopKind.STALLED:
+            # Found at equilibrium, not generalizing: it would have gone its whole budget so.
+            budget = decay_clock(run.train, run.train.steps)
+            self.unresolved[run.group][run.key] = replace(mine, clock=max(mine.clock, budget))
+            changed = True
+        return changed
+
+    def unresolved_clock(self, run: RunInfo) -> float | None:
+        mine = self.unresolved.get(run.group, {}).get(run.key)
+        return None if mine is None else mine.clock
+
+    def lesson(self, run: RunInfo) -> dict[str, Any]:
+        return {names.trial_decay_unresolved(run.seed): self.unresolved_clock(run)}
+
+    def restore(self, run: RunInfo, value: float | None, attrs: Mapping[str, Any]) -> None:
+        generalization_step = attrs.get(names.trial_generalization_step(run.seed))
+        unresolved_clock = attrs.get(names.trial_decay_unresolved(run.seed))
+        if generalization_step is not None:
+            clock = decay_clock(run.train, int(generalization_step))
+            self.generalized.setdefault(run.group, {})[run.key] = self._evidence(run, clock)
+        if unresolved_clock is not None:
+            self.unresolved.setdefault(run.group, {})[run.key] = self._evidence(run, unresolved_clock)
+
+    def rules(self, run: RunInfo) -> StopRules:
+        out = []
+        have, rate = decay_clock(run.train, run.train.steps), decay_rate(run.train)
+        easier = [e for e in self.unresolved.get(run.group, {}).values()
+                  if e.run != run.key and e.d_value >= run.d_value and e.rate >= rate]
+        harder = [e for e in self.generalized.get(run.group, {}).values()
+                  if e.run != run.key and e.d_value <= run.d_value and e.rate <= rate and e.clock <= have]
+        top = max(easier, key=lambda e: e.clock, default=None)
+        if top is not None and have * self.safety < top.clock and not harder:
+            out.append(StopRule(StopKind.DECAY_CLOCK, memorized_for=self.memorized_for, reason=(
+                f"pruned: memorized and not generalized {self.memorized_for:g}x later; its whole budget of "
+                f"weight decay (sum lr x wd = {have:.3g}) is under 1/{self.safety:g} of the {top.clock:.3g} "
+                f"that {top.run}, with as much data and decay, went without generalizing")))
+        stalled = clock_step(run.train, EQUILIBRIUM_EFOLDS)
+        if stalled is not None:
+            out.append(StopRule(StopKind.STALLED, stalled_after=stalled, reason=(
+                f"pruned: stalled, train and val accuracy flat over the last half of its steps, past "
+                f"{EQUILIBRIUM_EFOLDS:g} e-folds of weight decay (step {stalled})")))
+        return tuple(out)
