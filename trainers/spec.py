@@ -38,6 +38,7 @@ class ModularTask(Frozen):
     # Fields the grid's D axis may set (the first is the default), read by orchestrator/study.
     d_fields: ClassVar[tuple[str, ...]] = ("train_fraction", "n_train")
     sequence_metrics: ClassVar[bool] = False
+    language_model: ClassVar[bool] = False  # True: D counts tokens; one pass is the default length
     p: PositiveInt = 97
     op: Literal[MODULAR_OPS] = "add"  # type: ignore[valid-type]
     # D: exactly one of a fraction of all pairs or a count of training pairs.
@@ -76,6 +77,7 @@ class SparseParityTask(Frozen):
     name: Literal["sparse_parity"] = "sparse_parity"
     d_fields: ClassVar[tuple[str, ...]] = ("n_train",)
     sequence_metrics: ClassVar[bool] = False
+    language_model: ClassVar[bool] = False
     n_bits: PositiveInt = 40
     k: PositiveInt = 3
     n_train: PositiveInt = 1000
@@ -94,6 +96,7 @@ class AdditionTask(Frozen):
     name: Literal["addition"] = "addition"
     d_fields: ClassVar[tuple[str, ...]] = ("n_train",)
     sequence_metrics: ClassVar[bool] = True
+    language_model: ClassVar[bool] = False
     n_digits: PositiveInt = Field(default=3, le=18)
     n_train: PositiveInt = 2000
     n_val: PositiveInt = 1000
@@ -105,6 +108,9 @@ class CharLMTask(Frozen):
     name: Literal["charlm"] = "charlm"
     d_fields: ClassVar[tuple[str, ...]] = ("n_train_tokens",)
     sequence_metrics: ClassVar[bool] = True
+    # D counts tokens: a study trains one pass over them by default (Hoffmann et al. 2022's D)
+    # and may give an IsoFLOP grid (orchestrator/study/length.py).
+    language_model: ClassVar[bool] = True
     level: Literal["byte", "char"] = "byte"
     n_train_tokens: PositiveInt = 200_000
     n_val_tokens: PositiveInt = 50_000

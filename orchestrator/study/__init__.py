@@ -6,8 +6,10 @@ modules behind it are this package's own business:
   tasks.py   what the study needs to know of each trainer task (D fields, metrics)
   errors.py  StudyError, and pydantic's errors as `path: message` lines
   checks.py  what the schema cannot see alone (the parts fit each other and the trainer)
+  length.py  a run's training length (steps, tokens, epochs or an IsoFLOP budget) in steps
   load.py    YAML in: safe loading, duplicate keys, --set overrides, load_study
-  grid.py    the cells (N, D) with shapes resolved; preflight.py: checks of the outside world
+  grid.py    the cells (N, D) or (N, C) with shapes and lengths resolved; spec_for (one run)
+  preflight.py  checks of the outside world
 The grid (`orchestrator.study.grid`) is not re-exported: it resolves shapes with torch, which
 `grokscale fit` never needs.
 """

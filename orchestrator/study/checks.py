@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from orchestrator.study.errors import Problem, problems_of
+from orchestrator.study.length import PROBE_STEPS, length_problems
 from orchestrator.study.schema import Study
 from orchestrator.study.tasks import task_kinds
 from trainers.overrides import OverrideError
@@ -46,12 +47,26 @@ def _grid_d(study: Study) -> list[str]:
     problems = [f"task.{f}: the grid sets the data size as {study.d_field} (grid.d); give one data size: "
                 f"remove task.{f}, or set grid.d_field: {f}"
                 for f in kind.d_fields if f != study.d_field and study.task.get(f) is not None]
-    for i, d in enumerate(study.grid.d):
+    for i, d in enumerate(study.grid.d or ()):
         if study.d_field in kind.counts and d != int(d):
             problems.append(f"grid.d[{i}]: {study.d_field} is a count, got {d}")
         elif study.d_field not in kind.counts and not 0 < d < 1:
             problems.append(f"grid.d[{i}]: a {study.d_field} must be in (0, 1), got {d}")
     return problems
+
+
+def _length(study: Study) -> list[str]:
+    """One training length (orchestrator/study/length.py); an IsoFLOP grid only where D counts
+    the tokens a language model trains on, so that a budget C buys D = C / FLOPs per token."""
+    kind = task_kinds()[study.task["name"]]
+    problems = []
+    if study.isoflop and not kind.language_model:
+        lms = [k.name for k in task_kinds().values() if k.language_model]
+        problems.append(f"grid.flops: an IsoFLOP grid needs a language-modelling task, whose D counts the tokens "
+                        f"trained on ({', '.join(lms)}); task {kind.name!r} is not one: give grid.d")
+    elif study.isoflop and study.d_field not in kind.counts:
+        problems.append(f"grid.d_field: an IsoFLOP grid sets D as a count of tokens; {study.d_field!r} is not one")
+    return problems + length_problems(study.train, study.isoflop, kind.language_model, list(study.search.space))
 
 
 def _search(study: Study) -> list[str]:
@@ -77,25 +92,37 @@ def _search(study: Study) -> list[str]:
     return problems
 
 
-def _spec_problems(study: Study, n_entry: Any, d: float, params: dict) -> list[str]:
+def _spec_problems(study: Study, n_entry: Any, d: float | None, params: dict) -> list[str]:
     """Why the trainer refuses one run of the study ([] if it accepts it). The D field the grid
-    sets is reported as grid.d, where the person wrote it."""
+    sets is reported as grid.d, where the person wrote it. A length other than steps is checked
+    per cell once it is resolved (grid.build_cells); here the steps are a probe's."""
     entry = n_entry if isinstance(n_entry, dict) else {}
     try:
-        TrainSpec.model_validate(study.trial_data(entry, d, params, study.grid.seeds[0]))
+        data = study.trial_data(entry, d, params, study.grid.seeds[0])
+        if study.length.kind != "steps":
+            data["train"]["steps"] = PROBE_STEPS
+        TrainSpec.model_validate(data)
     except ValidationError as err:
         d_path = f"task.{study.d_field}"
-        return [str(Problem("grid.d", p.message) if p.path == d_path else p) for p in problems_of(err, TrainSpec)]
+        return [str(Problem("grid.d", p.message) if p.path == d_path and d is not None else p)
+                for p in problems_of(err, TrainSpec)]
     except OverrideError as err:
         return [str(err)]
     return []
+
+
+def _d_axis(study: Study) -> list[tuple[str, float | None]]:
+    """The grid's second axis as (label, D): an IsoFLOP grid's D is known only per cell, later."""
+    if study.grid.d is None:
+        return [("", None)]
+    return [(f" x grid.d[{j}]", d) for j, d in enumerate(study.grid.d)]
 
 
 def _specs(study: Study) -> list[str]:
     """Build the first cell's spec, then every cell, then the first cell under each searched
     value at its ends: a fixed field, a shape or a searched range the trainer refuses fails here,
     reported once at the place in the study that set it."""
-    n0, d0 = study.grid.n[0], study.grid.d[0]
+    n0, d0 = study.grid.n[0], _d_axis(study)[0][1]
     first = _spec_problems(study, n0, d0, {})
     # A problem of the fixed sections is reported once, plainly; one that only a grid entry's
     # shape causes is reported per cell below.
@@ -105,8 +132,8 @@ def _specs(study: Study) -> list[str]:
             return fixed
     problems = []
     for i, n_entry in enumerate(study.grid.n):
-        for j, d in enumerate(study.grid.d):
-            problems += [f"grid.n[{i}] x grid.d[{j}]: {line}" for line in _spec_problems(study, n_entry, d, {})]
+        for label, d in _d_axis(study):
+            problems += [f"grid.n[{i}]{label}: {line}" for line in _spec_problems(study, n_entry, d, {})]
     for key, p in study.search.space.items():
         for v in [p.low, p.high] if p.type != "categorical" else p.choices:
             problems += [f"search.space.{key}: value {v!r} is not allowed: {line}"
@@ -120,5 +147,5 @@ def check_study(study: Study) -> list[str]:
     problems = _task(study)
     if problems:
         return problems
-    problems = _grid_d(study) + _search(study)
+    problems = _grid_d(study) + _length(study) + _search(study)
     return list(dict.fromkeys(problems or _specs(study)))

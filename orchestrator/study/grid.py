@@ -1,72 +1,135 @@
-"""The study's grid: one cell per (N, D), with the model shape resolved and the actual N and D."""
+"""The study's grid: one cell per (N, D), or per (N, C) in an IsoFLOP study, with the model shape
+resolved, the actual N and D, and each run's length in steps (orchestrator/study/length.py)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pydantic import ValidationError
 
 from orchestrator.study.errors import StudyError, format_errors
+from orchestrator.study.length import PROBE_STEPS, examples_per_step, isoflop_d, steps_for
 from orchestrator.study.schema import Study
+from trainers.flops import flops_for_task, flops_per_example
 from trainers.models import ParamCounts, resolve_shape, shape_counts
 from trainers.spec import TrainSpec
-from trainers.tasks import make_task
+from trainers.tasks import TaskData, make_task
 
 
 @dataclass(frozen=True)
 class Cell:
     n_index: int
-    d_index: int
+    d_index: int  # the index in grid.d, or in grid.flops for an IsoFLOP cell
     shape: dict[str, Any]  # model fields this cell sets (a resolved width for a target N)
-    d_value: float  # the grid value (a fraction or a count)
+    d_value: float  # the grid value (a fraction or a count); an IsoFLOP cell's D in tokens
     n_params: ParamCounts
     n_train: int  # D as a count of examples (tokens for the LM)
     target_n: int | None
+    # What its length is counted in, from the cell's data and model (searched values aside):
+    n_examples: int = 0  # unique training examples (windows of seq_len tokens for the LM)
+    examples_per_step: int = 0  # the study's batch_size, or all examples (full batch)
+    tokens_per_example: int = 0  # seq_len
+    flops_per_example: float = 0.0  # training FLOPs, forward and backward (trainers/flops.py)
+    steps: int = 0  # train.steps of its runs, before any searched value changes the batch
+    flops_budget: float | None = None  # an IsoFLOP cell's C
+    # (vocab_size, n_out, seq_len, last_only): what a searched model shape's FLOPs need.
+    io: tuple[int, int, int, bool] = (1, 1, 1, False)
 
     @property
     def key(self) -> str:
         """Stable across edits of the grid's order: an Optuna study and MLflow tag name."""
         shape = ",".join(f"{k}={v}" for k, v in sorted(self.shape.items()))
+        if self.flops_budget is not None:
+            return f"N[{shape}]_C={self.flops_budget:g}"
         return f"N[{shape}]_D={self.d_value:g}"
+
+    @property
+    def train_flops(self) -> float:
+        """Training FLOPs of one run of this cell (its full length; success-stop ends some sooner)."""
+        return float(self.steps) * self.examples_per_step * self.flops_per_example
+
+    @property
+    def epochs(self) -> float:
+        """Passes over the unique training examples one run makes."""
+        return self.steps * self.examples_per_step / self.n_examples if self.n_examples else 0.0
 
     def n(self, convention: str) -> int:
         return getattr(self.n_params, convention)
 
 
+def _resolve_steps(study: Study, cell: Cell, data: dict[str, Any]) -> dict[str, Any]:
+    """data with train.steps set from the study's length, counted with the run's own batch size
+    and model (a searched value may change either): a probe spec reads them."""
+    length = study.length
+    if length.kind == "steps":
+        return data
+    probe = TrainSpec.model_validate({**data, "train": {**data["train"], "steps": PROBE_STEPS}})
+    per_step = examples_per_step(probe.train.batch_size, cell.n_examples)
+    flops = flops_per_example(probe.model, *cell.io[:3], last_only=cell.io[3])
+    steps = steps_for(length, n_examples=cell.n_examples, per_step=per_step, tokens_per_example=flops.tokens,
+                      flops_per_example=flops.total, flops_budget=cell.flops_budget)
+    return {**data, "train": {**data["train"], "steps": steps}}
+
+
 def spec_for(study: Study, cell: Cell, params: dict[str, Any], seed: int) -> TrainSpec:
-    """One run's spec; a cell given GPUs (resources) trains on CUDA, and its spec says so."""
-    data = study.trial_data(cell.shape, cell.d_value, params, seed)
+    """One run's spec, its length resolved into steps; a cell given GPUs (resources) trains on
+    CUDA, and its spec says so."""
+    data = _resolve_steps(study, cell, study.trial_data(cell.shape, cell.d_value, params, seed))
     if study.resources.for_n(cell.n(study.grid.n_convention))[1] > 0:
         data["device"] = "cuda"
     return TrainSpec.model_validate(data)
 
 
+def _shape(study: Study, entry: Any, d_value: float | None) -> tuple[TrainSpec, TaskData, dict, int | None,
+                                                                    ParamCounts]:
+    """The base spec and data of one grid entry at one D, its shape, target N and counts."""
+    base = TrainSpec.model_validate(study.trial_data(entry if isinstance(entry, dict) else {}, d_value,
+                                                     {"train.steps": PROBE_STEPS}, 0))
+    data = make_task(base.task, 0)
+    args = (data.vocab_size, data.n_out, data.seq_len)
+    if isinstance(entry, dict):
+        return base, data, dict(entry), None, shape_counts(base.model, *args)
+    r = resolve_shape(base.model, entry, *args, convention=study.grid.n_convention)
+    width = "d_model" if r.model.family == "transformer" else "d_hidden"
+    shape = {width: getattr(r.model, width)}
+    if r.model.family == "transformer" and base.model.d_mlp is not None:
+        shape["d_mlp"] = r.model.d_mlp
+    return base, data, shape, entry, r.n_params
+
+
+def _cell(study: Study, i: int, j: int, entry: Any, d_value: float | None, budget: float | None) -> Cell:
+    """One cell; an IsoFLOP cell (budget C) first resolves its model, then D = C / (FLOPs per
+    token x epochs), then builds its data at that D."""
+    base, data, shape, target, counts = _shape(study, entry, d_value)
+    model = base.model.model_copy(update=shape)  # the resolved width of a target N
+    if budget is not None:
+        d_value = isoflop_d(budget, flops_for_task(model, data).per_token, study.length.epochs)
+        base, data, *_ = _shape(study, shape, d_value)
+    io = (data.vocab_size, data.n_out, data.seq_len, data.target == "last")
+    flops = flops_per_example(model, *io[:3], last_only=io[3])
+    n_examples = data.x_train.shape[0]
+    cell = Cell(i, j, shape, d_value, counts, data.n_train, target, n_examples=n_examples,
+                examples_per_step=examples_per_step(base.train.batch_size, n_examples),
+                tokens_per_example=data.seq_len, flops_per_example=flops.total, flops_budget=budget, io=io)
+    spec = spec_for(study, cell, {}, study.grid.seeds[0])  # the resolved length must fit (warmup <= steps)
+    return replace(cell, steps=spec.train.steps)
+
+
 def build_cells(study: Study) -> list[Cell]:
-    """Every cell of the grid, N-major; a target N that no width reaches is a StudyError."""
+    """Every cell of the grid, N-major; a target N that no width reaches, or a cell whose data or
+    resolved length the trainer refuses, is a StudyError."""
     cells, problems = [], []
+    axis = [(f"grid.d[{j}]", d, None) for j, d in enumerate(study.grid.d or ())]
+    axis += [(f"grid.flops[{j}]", None, c) for j, c in enumerate(study.grid.flops or ())]
     for i, entry in enumerate(study.grid.n):
-        for j, d in enumerate(study.grid.d):
+        for j, (label, d, budget) in enumerate(axis):
             try:
-                base = TrainSpec.model_validate(study.trial_data(entry if isinstance(entry, dict) else {}, d, {}, 0))
-                data = make_task(base.task, 0)
-                args = (data.vocab_size, data.n_out, data.seq_len)
-                if isinstance(entry, dict):
-                    shape, target, counts = dict(entry), None, shape_counts(base.model, *args)
-                else:
-                    r = resolve_shape(base.model, entry, *args, convention=study.grid.n_convention)
-                    width = "d_model" if r.model.family == "transformer" else "d_hidden"
-                    shape = {width: getattr(r.model, width)}
-                    if r.model.family == "transformer" and base.model.d_mlp is not None:
-                        shape["d_mlp"] = r.model.d_mlp
-                    target, counts = entry, r.n_params
+                cells.append(_cell(study, i, j, entry, d, budget))
+            except ValidationError as err:  # (a ValueError too) the resolved spec, e.g. warmup > steps
+                problems += [f"grid.n[{i}] x {label}: {line}" for line in format_errors(err, model=TrainSpec)]
             except ValueError as err:  # the resolver, or a task that cannot hold this D
-                problems.append(f"grid.n[{i}] x grid.d[{j}]: {err}")
-                continue
-            except ValidationError as err:
-                problems += [f"grid.n[{i}] x grid.d[{j}]: {line}" for line in format_errors(err, model=TrainSpec)]
-                continue
-            cells.append(Cell(i, j, shape, d, counts, data.n_train, target))
+                problems.append(f"grid.n[{i}] x {label}: {err}")
     if problems:
         raise StudyError(list(dict.fromkeys(problems)))
     keys = [c.key for c in cells]

@@ -18,6 +18,7 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Di
                       PositiveInt, Tag, field_validator, model_validator)
 from pydantic_core import PydanticCustomError
 
+from orchestrator.study.length import STUDY_ONLY_KEYS, Length, study_length
 from orchestrator.study.tasks import task_kinds
 from trainers.overrides import apply_overrides
 
@@ -125,16 +126,29 @@ Gpus = Annotated[float, Field(ge=0), AfterValidator(_gpus)]
 class Grid(Strict):
     n: list[NEntry] = Field(min_length=1)
     n_convention: Literal["total", "non_embedding"] = "total"
-    d: list[PositiveFloat] = Field(min_length=1)
+    # The second axis, one of: d, the unique data (the task's D field), or flops, compute budgets
+    # in training FLOPs (an IsoFLOP study: each cell's D and length follow from N and C).
+    d: list[PositiveFloat] | None = Field(default=None, min_length=1)
+    flops: list[PositiveFloat] | None = Field(default=None, min_length=1)
     d_field: str | None = None  # None: the task's default (train_fraction for modular)
     seeds: list[Annotated[int, Field(ge=0)]] = Field(default=[0], min_length=1)
 
-    @field_validator("seeds", "d")
+    @field_validator("seeds", "d", "flops")
     @classmethod
-    def _unique(cls, v: list) -> list:
-        if len(set(v)) != len(v):
+    def _unique(cls, v: list | None) -> list | None:
+        if v is not None and len(set(v)) != len(v):
             raise PydanticCustomError("not_distinct", "values must be distinct, got {values}", {"values": v})
         return v
+
+    @model_validator(mode="after")
+    def _one_axis(self) -> "Grid":
+        if self.d is None and self.flops is None:
+            raise PydanticCustomError("grid_axis", "required, but missing: give the data sizes as grid.d, or the "
+                                                   "compute budgets of an IsoFLOP study as grid.flops", {"field": "d"})
+        if self.d is not None and self.flops is not None:
+            raise PydanticCustomError("grid_axis", "give grid.d (data sizes) or grid.flops (compute budgets, an "
+                                                   "IsoFLOP study), not both", {"field": "flops"})
+        return self
 
 
 class ResourceRule(Strict):
@@ -236,6 +250,17 @@ class Study(Strict):
     def d_field(self) -> str:
         return self.grid.d_field or task_kinds()[self.task["name"]].d_field
 
+    @property
+    def isoflop(self) -> bool:
+        """An IsoFLOP study: a grid of model sizes x compute budgets (grid.flops)."""
+        return self.grid.flops is not None
+
+    @property
+    def length(self) -> Length:
+        """How long each run trains (orchestrator/study/length.py); resolved per cell by spec_for."""
+        kind = task_kinds().get(self.task.get("name"))
+        return study_length(self.train, self.isoflop, bool(kind and kind.language_model))
+
     def digest(self) -> str:
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
@@ -244,13 +269,18 @@ class Study(Strict):
         kind = task_kinds().get(self.task.get("name"))
         return FINAL_METRICS + DERIVED_METRICS + (SEQUENCE_METRICS if kind and kind.sequence_metrics else ())
 
-    def trial_data(self, n_entry: dict[str, Any], d_value: float, params: dict[str, Any], seed: int) -> dict:
+    def trial_data(self, n_entry: dict[str, Any], d_value: float | None, params: dict[str, Any], seed: int) -> dict:
         """The TrainSpec data of one run, before validation: fixed sections, the cell, the
-        searched values and the seed, in that order of precedence."""
+        searched values and the seed, in that order of precedence. d_value None keeps the task's
+        own data size (an IsoFLOP cell's D is known only once its model is). Train steps are the
+        study's when it gives them; spec_for resolves any other length into steps."""
         kind = task_kinds()[self.task["name"]]
-        task = {**self.task, self.d_field: int(d_value) if self.d_field in kind.counts else d_value}
-        # A task's D fields are alternatives (modular: train_fraction or n_train): the grid sets
-        # one and clears the others (checks.py refuses a task section that sets another).
-        task.update({f: None for f in kind.d_fields if f != self.d_field})
-        data = {"task": task, "model": {**self.model, **n_entry}, "train": dict(self.train), "seed": seed}
+        task = dict(self.task)
+        if d_value is not None:
+            task[self.d_field] = int(d_value) if self.d_field in kind.counts else d_value
+            # A task's D fields are alternatives (modular: train_fraction or n_train): the grid sets
+            # one and clears the others (checks.py refuses a task section that sets another).
+            task.update({f: None for f in kind.d_fields if f != self.d_field})
+        train = {k: v for k, v in self.train.items() if k not in STUDY_ONLY_KEYS}
+        data = {"task": task, "model": {**self.model, **n_entry}, "train": train, "seed": seed}
         return apply_overrides(data, [f"{k}={json.dumps(v)}" for k, v in params.items()])

@@ -5,8 +5,10 @@ is known here without an edit: its name, which of its fields the grid's D axis m
 whether it reports the sequence metrics (per-token accuracy, answer log-likelihood).
 
 A task class declares these itself as class attributes, `d_fields: ClassVar[tuple[str, ...]]`
-(the first is the default D) and `sequence_metrics: ClassVar[bool]`; a task without `d_fields`
-has no D axis to sweep.
+(the first is the default D), `sequence_metrics: ClassVar[bool]` and `language_model:
+ClassVar[bool]` (its D counts tokens, so a run's default length is one pass over them and an
+IsoFLOP grid may derive D from a compute budget); a task without `d_fields` has no D axis to
+sweep.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class TaskKind:
     d_fields: tuple[str, ...]  # fields the grid's D may set; the first is the default
     counts: frozenset[str]  # the D fields that count examples (or tokens); the others are fractions
     sequence_metrics: bool
+    language_model: bool = False  # one pass by default; IsoFLOP grids allowed
 
     @property
     def d_field(self) -> str:
@@ -49,7 +52,8 @@ def kinds_of(classes) -> dict[str, TaskKind]:
         name = cls.model_fields["name"].default
         d_fields = tuple(getattr(cls, "d_fields", ()))
         counts = frozenset(f for f in d_fields if _is_int(cls.model_fields[f].annotation))
-        kinds[name] = TaskKind(name, d_fields, counts, bool(getattr(cls, "sequence_metrics", False)))
+        kinds[name] = TaskKind(name, d_fields, counts, bool(getattr(cls, "sequence_metrics", False)),
+                               bool(getattr(cls, "language_model", False)))
     return kinds
 
 
