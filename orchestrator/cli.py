@@ -58,7 +58,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(f"{args.study}: valid. {len(cells)} cells x {study.search.trials_per_cell} trials x "
           f"{len(study.grid.seeds)} seeds = {runs} training runs")
     for c in cells:
-        print(f"  {c.key}: N = {c.n(study.grid.n_convention):,} ({study.grid.n_convention}), D = {c.n_train:,}")
+        budget = f", C = {c.flops_budget:.3g}" if c.flops_budget else ""
+        print(f"  {c.key}: N = {c.n(study.grid.n_convention):,} ({study.grid.n_convention}), D = {c.n_train:,}, "
+              f"{c.steps:,} steps ({c.epochs:.3g} epochs, {c.train_flops:.3g} training FLOPs){budget}")
     return 0
 
 
@@ -69,12 +71,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         # single-machine mode, which must be chosen before ray is imported. Never when joining
         # a cluster: other nodes must reach this driver.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    from orchestrator.store.hold import StudyHeld
+    from orchestrator.store.journal import JournalCorrupt
     from orchestrator.store.ui import study_links
     from orchestrator.study import redact_url
     from orchestrator.sweep.driver import run_study
-
-    from orchestrator.store.hold import StudyHeld
-    from orchestrator.store.journal import JournalCorrupt
 
     try:
         stats = run_study(study, cells, show=not args.quiet)
@@ -151,10 +152,9 @@ def load_study_or_exit(path: str, overrides: list[str]):
 
 def cmd_status(args: argparse.Namespace) -> int:
     study, cells = _load(args, with_preflight=False)
+    from orchestrator.store.journal import JournalCorrupt
     from orchestrator.store.status import status_table, study_status
     from orchestrator.store.ui import study_links
-
-    from orchestrator.store.journal import JournalCorrupt
 
     try:
         rows = study_status(study, cells)
@@ -207,9 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         from orchestrator.report.reproduce import main as reproduce_main
 
         return reproduce_main(argv[1:])
-    from orchestrator.report.fit import add_fit_parser, run_fit
-
     from orchestrator.cluster.slurm import add_slurm_parser, cmd_slurm
+    from orchestrator.report.fit import add_fit_parser, run_fit
 
     add_fit_parser(sub)  # grokscale fit scaling|isoflop|emergence FILE.csv ...
     add_slurm_parser(sub)  # grokscale slurm STUDY --nodes N ...

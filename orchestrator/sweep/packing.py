@@ -21,11 +21,17 @@ def pack_size(study: Study, cell: Cell) -> int:
     if mode == "on":
         return k
     on_gpu = study.resources.for_n(cell.n(study.grid.n_convention))[1] > 0
-    return k if on_gpu or run_cost(study, cell) <= CPU_PACK_MAX_WORK else 1
+    return k if on_gpu or step_cost(study, cell) <= CPU_PACK_MAX_WORK else 1
+
+
+def step_cost(study: Study, cell: Cell) -> float:
+    """The work of one training step of a run in a cell: parameters x examples per step
+    (training FLOPs scale as 6 N x tokens, Kaplan et al. 2020). What packing pays against."""
+    batch = study.train.get("batch_size") or cell.n_train
+    return float(cell.n_params.total) * min(batch, cell.n_train)
 
 
 def run_cost(study: Study, cell: Cell) -> float:
-    """Relative compute of one run in a cell: parameters x examples per step (training FLOPs
-    scale as 6 N x tokens, Kaplan et al. 2020); the steps are the same in every cell."""
-    batch = study.train.get("batch_size") or cell.n_train
-    return float(cell.n_params.total) * min(batch, cell.n_train)
+    """The compute of one whole run in a cell: its training FLOPs (steps differ between cells
+    once lengths come from tokens, epochs or a FLOP budget), else its step cost."""
+    return cell.train_flops or step_cost(study, cell)
