@@ -25,10 +25,11 @@ from orchestrator.analysis import (
     ScalingLawFit,
     cell_regularization,
     critical_sizes,
+    extrapolation_backtest,
     curve_events,
-    fit_power_law,
     fit_envelope,
     fit_isoflop,
+    fit_power_law,
     fit_scaling_law,
     loss_law_frontier,
     mirage_checks,
@@ -234,6 +235,7 @@ def _scaling(inp: Inputs, report: Report, results: dict) -> None:
     n, d, loss = (best[c].to_numpy(float) for c in (inp.n_col, inp.d_col, "min_val_loss"))
     convention = "non_embedding" if inp.n_col == names.PARAM_N_PARAMS_NON_EMBEDDING else "total"
     accepted: dict[str, bool] = {}
+    law_fit: ScalingLawFit | None = None
     if len(np.unique(n)) >= 2 and len(np.unique(d)) >= 2 and len(loss) >= 6:
         fit: ScalingLawFit = fit_scaling_law(n, d, loss, convention=convention)
         check = check_fit(fit, n, d, loss)
@@ -241,7 +243,7 @@ def _scaling(inp: Inputs, report: Report, results: dict) -> None:
         accepted["scaling_law"] = check.accepted
         if check.accepted:
             report.draw("scaling_fit", plots.plot_scaling_fit, fit, n, d, loss, inp.out / "scaling_fit.png")
-            _compute_optimal(inp, report, results, fit)
+            law_fit = fit
         else:
             report.skipped["scaling_fit"] = f"fit rejected: {check.reason}"
     else:
@@ -259,14 +261,18 @@ def _scaling(inp: Inputs, report: Report, results: dict) -> None:
         for k, v in results[name].items():
             if _finite(v):
                 report.metric(f"{name}/{k}", v)
+    _compute_optimal(inp, report, results, law_fit)
 
 
-def _compute_optimal(inp: Inputs, report: Report, results: dict, fit: ScalingLawFit) -> None:
+def _compute_optimal(inp: Inputs, report: Report, results: dict, fit: ScalingLawFit | None) -> None:
     """The compute-optimal frontier, where the study holds what it needs: approach 3 from the
     accepted L(N, D) fit (D as tokens trained: one pass, the LM default); approach 2 from an
     IsoFLOP grid (`grid.flops`); approach 1 from the runs' curves of loss against cumulative FLOPs."""
     budgets = [float(c) for c in ((inp.config.get("grid") or {}).get("flops") or [])]
     usable = inp.usable
+    if fit is None and not budgets:
+        report.skipped["frontier"] = "neither an IsoFLOP grid (grid.flops) nor an accepted L(N, D) law"
+        return
     if not budgets and "flops" in usable:
         total = usable["flops"].astype(float).dropna()
         if len(total):
@@ -275,20 +281,24 @@ def _compute_optimal(inp: Inputs, report: Report, results: dict, fit: ScalingLaw
         report.skipped["frontier"] = "no FLOPs recorded by the runs and no grid.flops"
         return
     per_token = _flops_per_token(usable, inp.n_col)
-    law = loss_law_frontier(fit, budgets, flops_per_token=per_token)
-    results["frontier_loss_law"] = law.to_dict()
-    frontiers = [law]
-    iso = None
-    if (inp.config.get("grid") or {}).get("flops") and "min_val_loss" in usable:
+    frontiers = []
+    if fit is not None:  # only an accepted L(N, D) gives a frontier
+        law = loss_law_frontier(fit, budgets, flops_per_token=per_token)
+        results["frontier_loss_law"] = law.to_dict()
+        frontiers.append(law)
+    if (inp.config.get("grid") or {}).get("flops") and "min_val_loss" in usable and "flops" in usable:
+        # Each cell at its tuned learning rate: the best trial of the cell (Porian et al. 2024 tune per size).
+        best = _per_cell_best(usable, "min_val_loss", minimize=True)
         grid = np.array(budgets)
-        run_flops = usable["flops"].astype(float).to_numpy() if "flops" in usable else None
-        if run_flops is not None:
-            nearest = grid[np.argmin(np.abs(np.log(run_flops[:, None]) - np.log(grid[None, :])), axis=1)]
-            iso = fit_isoflop(usable[inp.n_col].to_numpy(float), nearest, usable["min_val_loss"].to_numpy(float),
-                              flops_per_token=per_token)
-            results["frontier_isoflop"] = iso.to_dict()
-            report.draw("isoflop_curves", plot_isoflop_curves, iso, inp.out / "isoflop_curves.png")
-            frontiers.insert(0, iso.frontier)
+        run_flops = best["flops"].astype(float).to_numpy()
+        budget = grid[np.argmin(np.abs(np.log(run_flops[:, None]) - np.log(grid[None, :])), axis=1)]
+        n, loss = best[inp.n_col].to_numpy(float), best["min_val_loss"].to_numpy(float)
+        iso = fit_isoflop(n, budget, loss, flops_per_token=per_token)
+        results["frontier_isoflop"] = iso.to_dict()
+        results["frontier_backtest"] = [b.to_dict() for b in
+                                        extrapolation_backtest(n, budget, loss, flops_per_token=per_token)]
+        report.draw("isoflop_curves", plot_isoflop_curves, iso, inp.out / "isoflop_curves.png")
+        frontiers.insert(0, iso.frontier)
     curves = inp.curves
     if not curves.empty and {"flops", "val_loss"} <= set(curves.columns):
         c = curves.dropna(subset=["flops", "val_loss"]).merge(usable[["run_id", inp.n_col]], on="run_id")
@@ -297,7 +307,8 @@ def _compute_optimal(inp: Inputs, report: Report, results: dict, fit: ScalingLaw
                                c["val_loss"].to_numpy(float), flops_per_token=per_token)
             results["frontier_envelope"] = env.to_dict()
             frontiers.insert(0, env.frontier)
-    report.draw("frontier", plot_frontiers, frontiers, inp.out / "frontier.png")
+    if frontiers:
+        report.draw("frontier", plot_frontiers, frontiers, inp.out / "frontier.png")
     for key in ("frontier_isoflop", "frontier_loss_law", "frontier_envelope"):
         for k in ("a", "b"):
             v = (results.get(key) or {}).get(k)
@@ -320,7 +331,8 @@ def _mirage(inp: Inputs, report: Report, results: dict) -> None:
     """The discontinuous metric against its continuous counterparts, over N at each D."""
     usable = inp.usable
     pairs = [(p, c) for p, c in (("val_acc", "val_token_acc"), ("val_acc", "val_answer_logprob"),
-                                 ("val_acc", "val_p_answer")) if p in usable and c in usable and usable[c].notna().any()]
+                                 ("val_acc", "val_p_answer"))
+             if p in usable and c in usable and usable[c].notna().any()]
     if not pairs or usable.empty:
         report.skipped["mirage"] = "no continuous counterpart of the accuracy was recorded"
         return
