@@ -21,13 +21,15 @@ install: $(VENV)/.installed
 quickstart: install
 	$(VENV)/bin/grokscale run sweeps/quickstart.yaml
 
+# The linter first (configured in pyproject.toml): it takes seconds, the suite takes many minutes.
 test: install
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# A real soak (tests/test_soak.py): random SIGKILLs of workers, the driver and the tracking
+# A real soak (tests/faults/test_soak.py): random SIGKILLs of workers, the driver and the tracking
 # server for GROKSCALE_SOAK_S seconds (default 1800), then nothing lost or duplicated.
 soak: install
-	$(PY) -m pytest -m soak -s tests/test_soak.py
+	$(PY) -m pytest -m soak -s tests/faults/test_soak.py
 
 bench: install
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done

@@ -91,7 +91,8 @@ def main() -> None:
         gaps += iv[0][0] - stats.first_submit_at + sum(b[0] - a[1] for a, b in pairwise(iv))
         tail += stats.last_recorded_at - iv[-1][1]
     out = {"trials": n, "worker_processes": len(spans),
-           "dispatch_ms_per_trial": gaps / n * 1e3, "tail_s": tail, "steps_per_trial": steps, "trial_seconds_sequential": baseline / n,
+           "dispatch_ms_per_trial": gaps / n * 1e3, "tail_s": tail, "steps_per_trial": steps,
+           "trial_seconds_sequential": baseline / n,
            "startup_s": startup, "scheduled_s": sched, "trial_busy_s": busy, "sequential_s": baseline,
            "overhead_ms_per_trial": (cpus * sched - busy) / n * 1e3,
            "utilization": busy / (cpus * sched),

@@ -42,8 +42,8 @@ def make_specs(k: int, args, device: str, threads: int = 1) -> list[TrainSpec]:
     return [TrainSpec.model_validate({
         "task": {"name": "modular", "p": args.p, "train_fraction": 0.3},
         "model": {"n_layer": 1, "d_model": args.d_model, "n_head": 4, "layer_norm": False},
-        "train": {"steps": args.steps, "eval_every": args.steps, "warmup_steps": min(10, args.steps), "threads": threads,
-                  "weight_decay": 0.1 + 0.9 * i / max(1, k - 1)},
+        "train": {"steps": args.steps, "eval_every": args.steps, "warmup_steps": min(10, args.steps),
+                  "threads": threads, "weight_decay": 0.1 + 0.9 * i / max(1, k - 1)},
         "seed": i, "device": device}) for i in range(k)]
 
 
@@ -107,16 +107,19 @@ def main() -> None:
 
     for k in args.ks:
         jsons = [s.model_dump_json() for s in make_specs(k, args, "cuda" if cuda else "cpu")]
+        # Each lambda binds this k's lists as defaults: they are all called within this iteration,
+        # but binding says so (and keeps them right if they were ever called later).
         if cuda:
-            ways = {"packed": lambda: _train_pack(jsons), "sequential": lambda: _one_by_one(_train_one, jsons)}
+            ways = {"packed": lambda jsons=jsons: _train_pack(jsons),
+                    "sequential": lambda jsons=jsons: _one_by_one(_train_one, jsons)}
         else:
             wide = [s.model_dump_json() for s in make_specs(k, args, "cpu", threads=workers)]
             packs = [jsons[i::workers] for i in range(workers) if jsons[i::workers]]
-            ways = {"packed": lambda: _train_pack(jsons),
-                    f"packed, {workers} threads": lambda: _train_pack(wide),
-                    f"packed in {workers} processes": lambda: _in_pool(pool, _train_pack, packs),
-                    f"{k} processes": lambda: _in_pool(pool, _train_one, jsons),
-                    "sequential": lambda: _one_by_one(_train_one, jsons)}
+            ways = {"packed": lambda jsons=jsons: _train_pack(jsons),
+                    f"packed, {workers} threads": lambda wide=wide: _train_pack(wide),
+                    f"packed in {workers} processes": lambda packs=packs: _in_pool(pool, _train_pack, packs),
+                    f"{k} processes": lambda jsons=jsons: _in_pool(pool, _train_one, jsons),
+                    "sequential": lambda jsons=jsons: _one_by_one(_train_one, jsons)}
         best = {name: float("inf") for name in ways}
         best_cpu = {name: float("inf") for name in ways}
         losses: dict[str, list[float]] = {}

@@ -30,11 +30,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere: the repo's packages come first
 
-from orchestrator.analysis.grokking import grokking_phases
-from orchestrator.store.results import load_results
-from orchestrator.study import load_study
+# After the sys.path line above, which these imports need.
+from orchestrator.analysis.grokking import grokking_phases  # noqa: E402
+from orchestrator.store.results import load_results  # noqa: E402
+from orchestrator.study import load_study  # noqa: E402
 
 STUDY = ROOT / "sweeps" / "grokking_modular.yaml"
 # p = 113, d_model 128 and 20k steps (about 12 CPU-days for the naive grid) down to what a

@@ -18,7 +18,6 @@ from trainers.overrides import OverrideError, apply_overrides
 from trainers.spec import TrainSpec
 from trainers.train import train
 
-
 OWN_FLAGS = {"--set", "--checkpoint-dir", "--json", "--quiet", "--help", "-h"}
 
 

@@ -19,7 +19,7 @@ and in train.py's order (Grokfast filters the gradient, then AdamW steps).
 What must be equal, and why. Each run's TrainResult (history, events, status, reason, steps)
 equals that of `train(spec)` alone, up to float rounding, so that packing is a way of running
 trials and never a different experiment: Optuna, the analysis and a resumed run see the same
-numbers either way. Measured on CPU with torch 2.13 (tests/test_packed.py): the grokking
+numbers either way. Measured on CPU with torch 2.13 (tests/unit/test_packed.py): the grokking
 transformer without LayerNorm and the MLP on modular arithmetic come out bitwise equal; vmap
 decomposes LayerNorm, so models with it start ~1e-8 apart, a gap that grows as any rounding
 difference does where training is chaotic. A run that diverges, success-stops or is stopped by

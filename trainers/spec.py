@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Annotated, ClassVar, Literal, Union
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
 from pydantic_core import PydanticCustomError
@@ -54,7 +54,7 @@ class ModularTask(Frozen):
         return data
 
     @model_validator(mode="after")
-    def _check(self) -> "ModularTask":
+    def _check(self) -> ModularTask:
         if (self.train_fraction is None) == (self.n_train is None):
             raise ValueError("give exactly one of train_fraction or n_train")
         if self.p < 3:
@@ -84,7 +84,7 @@ class SparseParityTask(Frozen):
     n_val: PositiveInt = 2000
 
     @model_validator(mode="after")
-    def _check(self) -> "SparseParityTask":
+    def _check(self) -> SparseParityTask:
         if self.k > self.n_bits:
             raise invalid("k", f"k must be <= n_bits ({self.n_bits}), got {self.k}")
         return self
@@ -117,7 +117,7 @@ class CharLMTask(Frozen):
     seq_len: PositiveInt = 64
 
 
-Task = Annotated[Union[ModularTask, SparseParityTask, AdditionTask, CharLMTask], Field(discriminator="name")]
+Task = Annotated[ModularTask | SparseParityTask | AdditionTask | CharLMTask, Field(discriminator="name")]
 
 
 class TransformerModel(Frozen):
@@ -131,7 +131,7 @@ class TransformerModel(Frozen):
     layer_norm: bool = True
 
     @model_validator(mode="after")
-    def _check(self) -> "TransformerModel":
+    def _check(self) -> TransformerModel:
         if self.d_model % self.n_head:
             raise invalid("d_model", f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})")
         return self
@@ -151,7 +151,7 @@ class MLPModel(Frozen):
     dropout: float = Field(default=0.0, ge=0, lt=1)
 
 
-Model = Annotated[Union[TransformerModel, MLPModel], Field(discriminator="family")]
+Model = Annotated[TransformerModel | MLPModel, Field(discriminator="family")]
 
 
 class TrainConfig(Frozen):
@@ -182,7 +182,7 @@ class TrainConfig(Frozen):
     threads: PositiveInt = 1  # torch intra-op threads; fixed so results do not depend on the host
 
     @model_validator(mode="after")
-    def _check(self) -> "TrainConfig":
+    def _check(self) -> TrainConfig:
         for i, b in enumerate(self.betas):
             if not 0 <= b < 1:
                 raise invalid(f"betas[{i}]", f"betas[{i}] must be in [0, 1), got {b}")
@@ -221,7 +221,7 @@ class TrainSpec(Frozen):
         return data
 
     @model_validator(mode="after")
-    def _check(self) -> "TrainSpec":
+    def _check(self) -> TrainSpec:
         if self.model.family == "mlp" and self.task.name in ("addition", "charlm"):
             raise invalid("model.family", f"task '{self.task.name}' needs model.family 'transformer'; 'mlp' reads "
                           "fixed-length inputs only")

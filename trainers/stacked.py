@@ -1,7 +1,7 @@
 """The arithmetic of a pack: K runs' tensors stacked along a leading axis, each op per run.
 
 Every function here reproduces, for each run k, what train() computes for that run alone,
-rounding included (checked bitwise on CPU by tests/test_packed.py): AdamW and Grokfast with
+rounding included (checked bitwise on CPU by tests/unit/test_packed.py): AdamW and Grokfast with
 per-run hyperparameters as (K, 1, ...) columns, and the evaluation's float64 sums.
 """
 

@@ -18,8 +18,17 @@ import torch.nn.functional as F
 
 from trainers.checkpoint import CHECKPOINT_NAME, Checkpoint
 from trainers.checkpoint import load as load_checkpoint
-from trainers.core import (Accounting, Events, Report, RunLog, Status, TrainResult, batch_generator, build_run,
-                           reduce_metrics)
+from trainers.core import (
+    Accounting,
+    Events,
+    Report,
+    RunLog,
+    Status,
+    TrainResult,
+    batch_generator,
+    build_run,
+    reduce_metrics,
+)
 from trainers.models import count_params
 from trainers.schedules import lr_at, lr_factor
 from trainers.spec import TrainSpec

@@ -26,12 +26,17 @@ from orchestrator.analysis.emergence import CriticalSizes, EmergenceFit, critica
 from orchestrator.analysis.envelope import EnvelopeFit, fit_envelope
 from orchestrator.analysis.estimate import Estimate
 from orchestrator.analysis.frontier import FLOPS_PER_TOKEN, ComputeOptimalFrontier, FrontierPoint, loss_law_frontier
-from orchestrator.analysis.grokking import (PHASES, GrokkingEvents, curve_events, grokking_events, grokking_phase,
-                                            grokking_phases)
+from orchestrator.analysis.grokking import (
+                                            PHASES,
+                                            GrokkingEvents,
+                                            curve_events,
+                                            grokking_events,
+                                            grokking_phase,
+                                            grokking_phases,
+)
 from orchestrator.analysis.isoflop import IsoFlopBudget, IsoFlopFit, fit_isoflop
 from orchestrator.analysis.mirage import MirageCheck, mirage_check, mirage_checks
-from orchestrator.analysis.regularization import (CellRegularization, cell_regularization, param_importances,
-                                                  trial_table)
+from orchestrator.analysis.regularization import CellRegularization, cell_regularization, param_importances, trial_table
 from orchestrator.analysis.scaling import N_COLUMNS, ScalingLawFit, fit_power_law, fit_scaling_law
 
 __all__ = [

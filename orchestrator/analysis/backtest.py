@@ -81,7 +81,8 @@ def extrapolation_backtest(n: np.ndarray, flops: np.ndarray, loss: np.ndarray, *
                                 L_opt_error=None, reason=reason))
             continue
         if name == "isoflop":
-            part = fit_isoflop(n[train], flops[train], loss[train], min_budgets=min_budgets, **kw) if train.size else None
+            part = (fit_isoflop(n[train], flops[train], loss[train], min_budgets=min_budgets, **kw)
+                    if train.size else None)
             n_pred, l_pred, reason = _isoflop_prediction(part, held.flops, flops_per_token, ci, min_budgets)
         else:
             n_pred, l_pred, reason = _loss_law_prediction(n[train], flops[train], loss[train], held.flops,

@@ -26,8 +26,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from orchestrator.analysis.estimate import Estimate, interval, jsonable
-from orchestrator.analysis.frontier import (FLOPS_PER_TOKEN, ComputeOptimalFrontier, FrontierPoint, no_frontier,
-                                            compute_power_law, frontier_point)
+from orchestrator.analysis.frontier import (
+    FLOPS_PER_TOKEN,
+    ComputeOptimalFrontier,
+    FrontierPoint,
+    compute_power_law,
+    frontier_point,
+    no_frontier,
+)
 
 
 @dataclass(frozen=True)

@@ -177,9 +177,7 @@ def _objective(logs: np.ndarray, log_loss: np.ndarray, weights: np.ndarray, weig
         f = np.einsum("kn,n->k", huber, w) if shared else np.einsum("kn,kn->k", huber, w)
         dr = np.copysign(small, r, out=r)  # dHuber/dr = clip(r, -delta, delta)
         dr /= total  # over the softmax denominator: d LSE / d z_t = exp(z_t - top) / total
-        if not shared:
-            dr *= w
-        elif not np.all(w == 1):
+        if not shared or not np.all(w == 1):
             dr *= w
         grad = np.empty_like(theta)
         for t in range(n_terms):

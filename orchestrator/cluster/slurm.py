@@ -162,7 +162,8 @@ def add_slurm_parser(subparsers) -> argparse.ArgumentParser:
                    help=f"Ray's client server port on the head (default {CLIENT_PORT})")
     p.add_argument("--object-manager-port", type=int, default=OBJECT_PORT,
                    help=f"Ray's object manager port on every node (default {OBJECT_PORT})")
-    p.add_argument("--dry-run", action="store_true", help="write the script and print the sbatch command; submit nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="write the script and print the sbatch command; submit nothing")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a study field, for the check and for the job's `grokscale run` (repeatable)")
     return p

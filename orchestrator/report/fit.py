@@ -212,7 +212,8 @@ def print_frontier(out: dict, title: str) -> None:
     if out["a"] is None:
         print(f"no power law: {out.get('frontier_reason') or out.get('reason')}")
         return
-    print("  ".join(f"{k} = {_num(out[k])} [{_num(out[f'{k}_low'])}, {_num(out[f'{k}_high'])}]" for k in ("a", "b", "G"))
+    print("  ".join(f"{k} = {_num(out[k])} [{_num(out[f'{k}_low'])}, {_num(out[f'{k}_high'])}]"
+                    for k in ("a", "b", "G"))
           + f"   (N_opt = G (C/{out['flops_per_token']:g})^a, D_opt = (C/{out['flops_per_token']:g})^b / G)")
 
 

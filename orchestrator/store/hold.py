@@ -96,7 +96,7 @@ class StudyHold:
         out = []
         for t in self.storage.get_all_trials(self._study_id(), deepcopy=False, states=(TrialState.RUNNING,)):
             a = t.user_attrs
-            if "host" not in a:  # a claim being written: its creator reads it next
+            if not {"host", "pid", "since"} <= a.keys():  # a claim being written: its creator reads it next
                 continue
             out.append(Holder(a["host"], int(a["pid"]), float(a.get("started", 0.0)), float(a["since"]),
                               float(a.get("heartbeat", a["since"])), self._trial_id(t.number), t.number))
@@ -110,13 +110,14 @@ class StudyHold:
             return not _alive_here(h.pid, h.started)
         return now - h.heartbeat > STALE_S
 
-    def acquire(self) -> "StudyHold":
+    def acquire(self) -> StudyHold:
         study_id = self._study_id()
         now = time.time()
         trial_id = self.storage.create_new_trial(study_id)
         pid = os.getpid()
-        for key, value in {"host": socket.gethostname(), "pid": pid, "started": _process_start(pid),
-                           "since": now, "heartbeat": now}.items():
+        # `host` last: a claim counts once it is whole (holders() skips one still being written).
+        for key, value in {"pid": pid, "started": _process_start(pid), "since": now, "heartbeat": now,
+                           "host": socket.gethostname()}.items():
             self.storage.set_trial_user_attr(trial_id, key, value)
         for h in self.holders():
             if h.trial_id == trial_id:
@@ -168,7 +169,7 @@ class StudyHold:
                 pass
         self.trial_id = None
 
-    def __enter__(self) -> "StudyHold":
+    def __enter__(self) -> StudyHold:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:

@@ -7,6 +7,7 @@ Writes go through a `WriteQueue`: kept in order and retried while the server is 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import os
 import subprocess
@@ -48,10 +49,8 @@ def git_commit() -> str | None:
 def package_versions() -> dict[str, str]:
     out = {}
     for name in PACKAGES:
-        try:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):  # not installed: not listed
             out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            pass
     return out
 
 

@@ -15,31 +15,33 @@ stack with py-spy (installed with ray[default]). Linux only.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
-import optuna
 import pytest
-import yaml
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
+
+from support import cli
+from support.cli import GROKSCALE, merged, sqlite_uri
+from support.driver import RAY_ENV, runs, start_driver, trials, wait_driver
+from support.mlflow_server import MlflowServer
+from support.ports import free_port
+from support.processes import kill_tree, train_workers, tree, wait_gone
+from support.races import Race, retry_races
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
 BIN = Path(sys.executable).parent
-GROKSCALE = [sys.executable, "-m", "orchestrator.cli"]
 PY_SPY = shutil.which("py-spy", path=str(BIN)) or shutil.which("py-spy")  # ships with ray[default]
 # Runs of 1-5 s: a 1-layer width-16 transformer on (a + b) mod 23.
 STUDY = {
@@ -54,128 +56,13 @@ STUDY = {
     "ray": {"num_cpus": 2, "max_retries": 20},
     "pack": {"mode": "off"},  # one Ray task per run: the unit these faults hit (packing: see below)
 }
-RAY_ENV = {"RAY_AUTH_MODE": "disabled"}  # no token to share between the nodes and the driver
 
 
 # ------------------------------------------------------------------------------ helpers
 
-class Race(Exception):
-    """A fault missed its moment: the study ran faster or slower than the test's plan (a loaded
-    CI machine), so the fault did not hit what the test means to prove. Not a failure of
-    grokscale: `retry_races` runs the scenario again from scratch."""
-
-
-def retry_races(attempts: int = 3):
-    """Run the test again, in fresh directories, when it raises Race (at most `attempts` times);
-    every real assertion still fails at once."""
-    def wrap(test):
-        @functools.wraps(test)
-        def run(**fixtures):
-            for attempt in range(1, attempts + 1):
-                try:
-                    return test(**fixtures)
-                except Race as race:
-                    if attempt == attempts:
-                        pytest.fail(f"the fault missed its moment {attempts} times; last: {race}")
-                    print(f"\nattempt {attempt}: {race}; again from scratch")
-                    fixtures = {k: fresh_dir(v, attempt) if isinstance(v, Path) else v for k, v in fixtures.items()}
-        return run
-    return wrap
-
-
-def fresh_dir(root: Path, attempt: int) -> Path:
-    path = root / f"r{attempt}"  # short: py-spy shows checkpoint paths of ~128 characters whole
-    path.mkdir()
-    return path
-
-
 def write_study(tmp_path: Path, **sections) -> Path:
     """STUDY with each given section merged into its own (a dict) or replacing it."""
-    data = {**STUDY, **{k: {**STUDY[k], **v} if isinstance(STUDY.get(k), dict) else v for k, v in sections.items()}}
-    path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
-def sqlite_uri(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'mlflow.db'}"
-
-
-def start_driver(path: Path, uri: str, *args: str, log: str = "driver.log") -> subprocess.Popen:
-    """`grokscale run` in its own session; stdout (the counts) to `log`.out, stderr to `log`."""
-    return subprocess.Popen([*GROKSCALE, "run", str(path), "--quiet", "--json", "--tracking-uri", uri, *args],
-                            cwd=path.parent, stdout=open(path.parent / f"{log}.out", "wb"),
-                            stderr=open(path.parent / log, "ab"), start_new_session=True, env={**os.environ, **RAY_ENV})
-
-
-def wait_driver(driver: subprocess.Popen, path: Path, timeout: float, log: str = "driver.log") -> dict:
-    try:
-        rc = driver.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        kill_tree(driver.pid)
-        driver.wait()
-        raise AssertionError(f"the driver ran past {timeout} s:\n{(path.parent / log).read_text()[-3000:]}")
-    assert rc == 0, f"the driver exited {rc}:\n{(path.parent / log).read_text()[-3000:]}"
-    lines = (path.parent / f"{log}.out").read_text().splitlines()  # Ray prints (raylet) notes here too
-    return json.loads(next(line for line in reversed(lines) if line.startswith("{")))
-
-
-def processes() -> dict[int, tuple[int, list[str]]]:
-    """pid -> (parent pid, command line as the process shows it; Ray workers show their task)."""
-    out = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        out[int(entry)] = (ppid, [c.decode(errors="replace") for c in cmdline.split(b"\0") if c])
-    return out
-
-
-def tree(root: int) -> dict[int, list[str]]:
-    """`root` and every process below it, with their command lines."""
-    procs = processes()
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in procs.items():
-        children.setdefault(ppid, []).append(pid)
-    found, todo = {}, [root]
-    while todo:
-        pid = todo.pop()
-        if pid in procs:
-            found[pid] = procs[pid][1]
-            todo += children.get(pid, [])
-    return found
-
-
-def kill_tree(root: int) -> None:
-    """SIGKILL `root` and its descendants, listed first: Ray workers run in their own process
-    groups, and once their raylet is gone they would no longer be found under it."""
-    for pid in tree(root):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
-def wait_gone(pid: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            return
-        if state in ("Z", "X"):
-            return
-        time.sleep(0.02)
-
-
-def train_workers(root: int) -> list[int]:
-    """Ray workers below `root` running a train_task now (Ray sets the process title)."""
-    return sorted(pid for pid, cmd in tree(root).items() if cmd and cmd[0].startswith("ray::train_task"))
+    return cli.write_study(tmp_path, merged(STUDY, **sections))
 
 
 FRAME = re.compile(r"^    (\S+) \((.+):(\d+)\)$")
@@ -227,26 +114,6 @@ def short_dir():
     shutil.rmtree(path, ignore_errors=True)
 
 
-def runs(uri: str, experiment: str = "faults") -> tuple[list, list]:
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(experiment)
-    found = client.search_runs([exp.experiment_id], max_results=5000)
-    parents = [r for r in found if "mlflow.parentRunId" not in r.data.tags]
-    return parents, [r for r in found if "mlflow.parentRunId" in r.data.tags]
-
-
-def trials(tmp_path: Path, study: str = "faults") -> dict[str, list[optuna.trial.FrozenTrial]]:
-    """Cell key -> its Optuna trials, read from the journal the driver writes."""
-    from orchestrator.sweep.search import open_storage
-
-    journal = tmp_path / "runs" / study / "optuna.journal"
-    if not journal.exists():
-        return {}
-    storage = open_storage(str(journal))
-    return {s.study_name.split("/", 1)[1]: optuna.load_study(study_name=s.study_name, storage=storage).get_trials()
-            for s in optuna.get_all_study_summaries(storage)}
-
-
 def check_study_done(tmp_path: Path, uri: str, n_cells: int, n_trials: int, steps: int, eval_every: int) -> dict:
     """Every trial COMPLETE exactly once; one FINISHED MLflow run per (trial, seed), each with
     its whole val_acc curve, no step twice and its final metrics; the parent FINISHED.
@@ -275,12 +142,6 @@ def check_study_done(tmp_path: Path, uri: str, n_cells: int, n_trials: int, step
         assert run.data.metrics["final.steps"] == steps
         assert {"cell", "seed", "param.train.weight_decay", "spec_json"} <= set(run.data.params)
     return dict(zip(run_keys, children))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_retry_races_reruns_a_missed_fault_in_fresh_directories_and_nothing_else(tmp_path):
@@ -409,7 +270,7 @@ while True:
 def test_node_killed_mid_study_its_trials_finish_on_the_head(tmp_path, short_dir):
     if PY_SPY is None:
         pytest.skip("py-spy (part of ray[default]) is needed to see which trial a worker runs")
-    port = 6391  # tests/test_orchestrator.py's cluster uses 6389 and 8265
+    port = 6391  # tests/study/test_orchestrator.py's cluster uses 6389 and 8265
     # Health checks every 1 s, dead after 3 misses: the GCS declares the node dead in seconds.
     env = {**os.environ, **RAY_ENV, "RAY_health_check_period_ms": "1000",
            "RAY_health_check_failure_threshold": "3"}
@@ -627,39 +488,6 @@ def test_tracker_drops_a_write_the_store_refuses_and_sends_the_rest(tmp_path):
     curve = tracker.client.get_metric_history(run_id, "val_acc")
     assert [(m.step, m.value) for m in curve] == [(50, 0.5), (100, 0.75)]
     assert tracker.client.get_run(run_id).data.params["lr"] == "1"
-
-
-class MlflowServer:
-    def __init__(self, root: Path, port: int):
-        self.root, self.port, self.proc = root, port, None
-
-    @property
-    def uri(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 300) -> None:  # generous: a loaded 2-core machine
-        with open(self.root / "server.log", "ab") as out:  # the child keeps its own copy
-            self.proc = subprocess.Popen(
-                [BIN / "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-                 "--backend-store-uri", f"sqlite:///{self.root / 'server.db'}",
-                 "--artifacts-destination", str(self.root / "artifacts")],
-                cwd=self.root, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            assert self.proc.poll() is None, (self.root / "server.log").read_text()[-2000:]
-            time.sleep(0.3)
-        raise AssertionError(f"mlflow server not up after {timeout} s")
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            kill_tree(self.proc.pid)
-            self.proc.wait()
 
 
 @pytest.mark.slow

@@ -4,9 +4,6 @@ damaged record elsewhere is a clear error that changes nothing."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import optuna
 import pytest
 from optuna.storages import JournalStorage
@@ -14,6 +11,8 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from orchestrator.store.journal import JournalCorrupt, check_journal
+
+from support.cli import grokscale
 
 
 def write_study(path, n: int = 3) -> bytes:
@@ -91,8 +90,8 @@ def test_status_and_run_refuse_a_damaged_journal_with_exit_2(tmp_path):
     lines[1] = b"{not json"
     journal.write_bytes(b"\n".join(lines))
     for command in ("status", "run"):
-        out = subprocess.run([sys.executable, "-m", "orchestrator.cli", command, "study.yaml"], cwd=tmp_path,
-                             capture_output=True, text=True, timeout=300)
+        out = grokscale(command, "study.yaml", cwd=tmp_path)
         assert out.returncode == 2, (command, out.stderr[-2000:])
-        assert "line 2 of" in out.stderr and "not a valid journal record" in out.stderr and "Traceback" not in out.stderr
+        assert "line 2 of" in out.stderr and "not a valid journal record" in out.stderr
+        assert "Traceback" not in out.stderr
     assert not (tmp_path / "mlflow.db").exists()  # nothing was started

@@ -30,15 +30,11 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
-from test_faults import (
-    MlflowServer,
-    free_port,
-    kill_tree,
-    start_driver,
-    train_workers,
-    trials,
-    wait_gone,
-)
+
+from support.driver import start_driver, trials
+from support.mlflow_server import MlflowServer
+from support.ports import free_port
+from support.processes import kill_tree, train_workers, wait_gone
 
 SOAK_S = float(os.environ.get("GROKSCALE_SOAK_S", "1800"))
 STEPS, EVAL_EVERY = 600, 50

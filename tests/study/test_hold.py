@@ -16,6 +16,8 @@ from optuna.storages.journal import JournalFileBackend
 
 from orchestrator.store.hold import HOLD_STUDY_PREFIX, STALE_S, StudyHeld, StudyHold
 
+from support.cli import GROKSCALE
+
 HOLDER = """
 import sys, time
 from optuna.storages import JournalStorage
@@ -99,8 +101,10 @@ def test_claim_from_another_host_holds_while_it_beats_and_expires_after(tmp_path
 def test_concurrent_claims_have_exactly_one_winner(tmp_path):
     journal = tmp_path / "optuna.journal"
     code = HOLDER.replace('print("held", flush=True)\ntime.sleep(600)', 'print("held", flush=True); time.sleep(20)')
-    code = code.replace("hold = StudyHold(", "from orchestrator.store.hold import StudyHeld\ntry:\n    hold = StudyHold(")
-    code = code.replace('.acquire()\n', '.acquire()\nexcept StudyHeld:\n    print("refused", flush=True); sys.exit(0)\n')
+    code = code.replace("hold = StudyHold(",
+                        "from orchestrator.store.hold import StudyHeld\ntry:\n    hold = StudyHold(")
+    code = code.replace('.acquire()\n',
+                        '.acquire()\nexcept StudyHeld:\n    print("refused", flush=True); sys.exit(0)\n')
     procs = [subprocess.Popen([sys.executable, "-c", code, str(journal)], stdout=subprocess.PIPE, text=True)
              for _ in range(4)]
     outs = [p.communicate(timeout=120)[0].strip() for p in procs]
@@ -126,7 +130,7 @@ ray: {num_cpus: 2}
 def test_second_grokscale_run_of_a_live_study_exits_2_and_the_first_finishes(tmp_path):
     """As a new user does it: the same study submitted twice in the same folder."""
     (tmp_path / "study.yaml").write_text(STUDY)
-    cmd = [sys.executable, "-m", "orchestrator.cli", "run", "study.yaml", "--quiet", "--no-report"]
+    cmd = [*GROKSCALE, "run", "study.yaml", "--quiet", "--no-report"]
     first = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     journal = tmp_path / "runs" / "twice" / "optuna.journal"
     deadline = time.monotonic() + 300

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-import yaml
 from mlflow.tracking import MlflowClient
 
 from orchestrator.store import names
@@ -27,7 +26,9 @@ from orchestrator.sweep.search import open_storage
 from orchestrator.sweep.stopping import make_stopping
 from orchestrator.sweep.unit import run_info
 
-GROKSCALE = [sys.executable, "-m", "orchestrator.cli"]
+from support import cli
+from support.cli import GROKSCALE, grokscale
+
 TINY_STUDY = {
     "name": "tiny",
     "task": {"name": "modular", "p": 23},
@@ -42,13 +43,7 @@ TINY_STUDY = {
 
 
 def write_study(tmp_path: Path, **updates) -> Path:
-    path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump({**TINY_STUDY, **updates}))
-    return path
-
-
-def grokscale(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([*GROKSCALE, *args], cwd=cwd, capture_output=True, text=True, check=False, timeout=timeout)
+    return cli.write_study(tmp_path, TINY_STUDY, **updates)
 
 
 def child_runs(tmp_path: Path, study: str = "tiny") -> tuple[list, list]:
@@ -179,7 +174,8 @@ def test_two_node_cluster_with_ray_job_submit(tmp_path):
     assert head.returncode == 0, head.stderr[-2000:]
     try:
         node = subprocess.run([ray_bin, "start", f"--address=127.0.0.1:{port}", "--num-cpus=1",
-                               "--disable-usage-stats"], env=env, capture_output=True, text=True, check=False, timeout=120)
+                               "--disable-usage-stats"],
+                              env=env, capture_output=True, text=True, check=False, timeout=120)
         assert node.returncode == 0, node.stderr[-2000:]
         write_study(tmp_path, ray={"address": "auto"}, train={**TINY_STUDY["train"], "steps": 400})
         job = subprocess.run([ray_bin, "job", "submit", "--address", "http://127.0.0.1:8265",

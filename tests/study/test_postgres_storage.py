@@ -12,20 +12,19 @@ import json
 import os
 import pwd
 import shutil
-import socket
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import optuna
 import pytest
-import yaml
 from optuna.trial import TrialState
 
 from orchestrator.sweep.search import open_storage
 
-GROKSCALE = [sys.executable, "-m", "orchestrator.cli"]
+from support.cli import grokscale, listing, write_study
+from support.ports import free_port
+
 PG_BIN = Path(os.environ.get("GROKSCALE_PG_BIN", "/usr/lib/postgresql/15/bin"))
 # TINY_STUDY of test_orchestrator.py, two cells and 100 steps: four runs of about a second.
 STUDY = {
@@ -39,26 +38,6 @@ STUDY = {
     "objectives": [{"metric": "max_val_acc", "direction": "maximize"}],
     "ray": {"num_cpus": 2},
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def grokscale(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([*GROKSCALE, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
-
-
-def write_study(tmp_path: Path) -> Path:
-    path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump(STUDY))
-    return path
-
-
-def listing(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
 
 
 class PostgresServer:
@@ -125,7 +104,7 @@ def postgres():
 
 @pytest.mark.slow  # three CLI runs, two of them start a local Ray: 45 s to 2 min
 def test_postgresql_storage_runs_resumes_and_fails_cleanly_when_down(tmp_path, postgres):
-    path = write_study(tmp_path)
+    path = write_study(tmp_path, STUDY)
     run = ["run", str(path), "--quiet", "--json", "--no-report", "--set", f"storage={postgres.url}"]
 
     out = grokscale(*run, cwd=tmp_path)
@@ -175,7 +154,7 @@ def test_postgresql_storage_runs_resumes_and_fails_cleanly_when_down(tmp_path, p
 
 def test_unreachable_postgresql_storage_is_refused_and_creates_nothing(tmp_path):
     """Needs no PostgreSQL: a closed port. The password in the URL is never printed."""
-    path = write_study(tmp_path)
+    path = write_study(tmp_path, STUDY)
     url = f"postgresql://team:s3cret-pw@127.0.0.1:{free_port()}/optuna"
     out = grokscale("run", str(path), "--quiet", "--no-report", "--set", f"storage={url}", cwd=tmp_path, timeout=120)
     assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]

@@ -20,7 +20,9 @@ from pathlib import Path
 
 import optuna
 import pytest
-import yaml
+
+from support import cli
+from support.cli import GROKSCALE
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a Linux pseudo-terminal")
 
@@ -73,9 +75,7 @@ def run_in_pty(argv: list[str], cwd: Path, timeout: float) -> tuple[int, str]:
 
 
 def write_study(tmp_path: Path, **changes) -> Path:
-    path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump({**STUDY, **changes}))
-    return path
+    return cli.write_study(tmp_path, STUDY, **changes)
 
 
 RENDER = """
@@ -130,7 +130,7 @@ def test_grokscale_run_on_a_terminal_resumes_a_pruned_only_cell(tmp_path):
     journal.parent.mkdir(parents=True)
     ostudy = cell_study(study, cell, 0, open_storage(str(journal)))
     ostudy.tell(ostudy.ask(), state=optuna.trial.TrialState.PRUNED)  # trial 0: stopped, as the phase rule does
-    rc, out = run_in_pty([sys.executable, "-m", "orchestrator.cli", "run", str(path), "--no-report",
+    rc, out = run_in_pty([*GROKSCALE, "run", str(path), "--no-report",
                           "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"], tmp_path, timeout=400)
     assert "No trials are completed yet" not in out, out[-3000:]
     assert rc == 0, out[-3000:]

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +14,8 @@ from mlflow.tracking import MlflowClient
 from orchestrator.cli import main
 from orchestrator.report.reproduce import compare, same_bits
 
-GROKSCALE = [sys.executable, "-m", "orchestrator.cli"]
+from support.cli import grokscale
+
 STUDY = {
     "name": "repro",
     "task": {"name": "modular", "p": 23},
@@ -27,10 +26,6 @@ STUDY = {
                "space": {"train.weight_decay": {"type": "float", "low": 0.1, "high": 3.0, "log": True}}},
     "ray": {"num_cpus": 1},
 }
-
-
-def grokscale(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([*GROKSCALE, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ import re
 import secrets
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,8 +18,9 @@ from mlflow.tracking import MlflowClient
 from orchestrator.store.tracker import config_yaml, scrub
 from orchestrator.study import StudyError, load_study
 
-ROOT = Path(__file__).resolve().parents[1]
-GROKSCALE = [sys.executable, "-m", "orchestrator.cli"]
+from support.cli import GROKSCALE, REPO, grokscale, listing
+from support.processes import tree
+
 STUDY = {
     "name": "secure",
     "task": {"name": "modular", "p": 23},
@@ -33,18 +33,14 @@ STUDY = {
 }
 
 
-def listing(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
-
-
 # -- YAML is data, never code --------------------------------------------------------------------
 def test_python_tags_in_a_study_are_refused_and_run_nothing(tmp_path):
-    text = (ROOT / "tests" / "broken_configs" / "_valid.yaml").read_text()
+    text = (REPO / "tests" / "broken_configs" / "_valid.yaml").read_text()
     tag = '!!python/object/apply:os.system ["touch pwned"]'
     (tmp_path / "study.yaml").write_text(text.replace("name: tiny", f"name: {tag}"))
     before = listing(tmp_path)
-    out = subprocess.run([*GROKSCALE, "run", "study.yaml", "--quiet"], cwd=tmp_path, capture_output=True, text=True,
-                         timeout=120, env={**os.environ, "RAY_TMPDIR": str(tmp_path)})
+    out = grokscale("run", "study.yaml", "--quiet", cwd=tmp_path, timeout=120,
+                    env={**os.environ, "RAY_TMPDIR": str(tmp_path)})
     assert out.returncode == 2 and "not valid YAML" in out.stderr and "Traceback" not in out.stderr, out.stderr
     assert not (tmp_path / "pwned").exists()
     assert listing(tmp_path) == before  # no MLflow store, runs/, journal, checkpoints, Ray session
@@ -94,8 +90,7 @@ def test_no_secret_from_the_environment_reaches_mlflow(tmp_path):
     study = {**STUDY, "description": f"mirrored to https://bob:{url_password}@results.lab/x; "
                                      f"key {env_secrets['GROKSCALE_API_KEY']}"}
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
-    out = subprocess.run([*GROKSCALE, "run", "study.yaml", "--quiet"], cwd=tmp_path, capture_output=True, text=True,
-                         timeout=300, env={**os.environ, **env_secrets})
+    out = grokscale("run", "study.yaml", "--quiet", cwd=tmp_path, env={**os.environ, **env_secrets})
     assert out.returncode == 0, out.stderr[-3000:]
     forbidden = [*env_secrets.values(), url_password]
 
@@ -126,31 +121,15 @@ def test_mlflow_ui_commands_bind_loopback():
     ui = cli.get_command(Context(cli), "ui")
     host = next(p for p in ui.params if p.name == "host")
     assert host.default == "127.0.0.1"  # so a plain `mlflow ui` (README) is local only
-    makefile = (ROOT / "Makefile").read_text()
+    makefile = (REPO / "Makefile").read_text()
     recipe = re.search(r"^ui:.*\n((?:\t.*\n)+)", makefile, re.MULTILINE).group(1)
     assert "mlflow ui --host 127.0.0.1" in recipe
-    docs = makefile + (ROOT / "README.md").read_text()
+    docs = makefile + (REPO / "README.md").read_text()
     commands = re.findall(r"mlflow (?:ui|server)[^\n`']*", docs)
     assert commands
     for command in commands:
         assert "--host" not in command or "--host 127.0.0.1" in command, command
     assert "0.0.0.0" not in docs
-
-
-def _tree(pid: int) -> set[int]:
-    parents = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                parents[int(entry)] = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                pass
-    tree, todo = set(), [pid]
-    while todo:
-        p = todo.pop()
-        tree.add(p)
-        todo += [c for c, parent in parents.items() if parent == p and c not in tree]
-    return tree
 
 
 def _listening(pids: set[int]) -> dict[str, str]:
@@ -177,7 +156,7 @@ def test_the_local_ray_of_a_study_listens_on_loopback_only(tmp_path):
     seen: dict[str, str] = {}
     deadline = time.monotonic() + 240
     while driver.poll() is None and time.monotonic() < deadline:
-        seen.update(_listening(_tree(driver.pid)))
+        seen.update(_listening({driver.pid, *tree(driver.pid)}))
         time.sleep(0.5)
     _, err = driver.communicate(timeout=240)
     assert driver.returncode == 0, err[-3000:]

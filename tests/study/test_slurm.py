@@ -24,12 +24,13 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from orchestrator.cluster.slurm import main as slurm_main
 from orchestrator.store.names import TAG_STATUS, RunStatus
 
-REPO = Path(__file__).resolve().parents[1]
+from support import cli, ports
+from support.cli import listing
+
 SLURM = [sys.executable, "-m", "orchestrator.cluster.slurm"]
 # test_postgres_storage.py's tiny study with one trial per cell: two runs of about a second.
 STUDY = {
@@ -45,19 +46,11 @@ STUDY = {
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
+    return ports.free_port("")  # free on every interface: slurmd and Ray's nodes bind them all
 
 
 def write_study(where: Path, **changes) -> Path:
-    path = where / "study.yaml"
-    path.write_text(yaml.safe_dump({**STUDY, **changes}))
-    return path
-
-
-def listing(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+    return cli.write_study(where, STUDY, **changes)
 
 
 # ------------------------------------------------------------------------------ the script
@@ -352,8 +345,7 @@ def test_study_runs_and_resumes_through_sbatch_on_a_one_node_slurm(tmp_path, slu
             assert not job_processes(job)
 
         # Optuna: each cell's one trial COMPLETE, not run again by the resume.
-        status = subprocess.run([sys.executable, "-m", "orchestrator.cli", "status", "study.yaml", "--json"],
-                                cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        status = cli.grokscale("status", "study.yaml", "--json", cwd=tmp_path)
         assert status.returncode == 0, status.stderr[-2000:]
         assert [(r["complete"], r["failed"]) for r in json.loads(status.stdout)] == [(1, 0), (1, 0)]
         # MLflow (sqlite:///mlflow.db, relative: the job ran in the submit directory): two child runs.

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,8 @@ from orchestrator.store.tracker import Tracker, config_yaml
 from orchestrator.store.ui import WORKFLOW, dashboard_command, study_links
 from orchestrator.study import load_study
 from orchestrator.sweep.search import open_storage
+
+from support.ports import free_port
 
 STUDY = {
     "name": "links",
@@ -50,12 +51,6 @@ def study(tmp_path, monkeypatch):
     tracker = Tracker(study)
     tracker.open(config_yaml(study))
     return study, tracker
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(url: str, timeout_s: float) -> bytes:

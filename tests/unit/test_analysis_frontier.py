@@ -7,8 +7,15 @@ import time
 import numpy as np
 import pytest
 
-from orchestrator.analysis import (Estimate, ScalingLawFit, extrapolation_backtest, fit_envelope, fit_isoflop,
-                                   fit_scaling_law, loss_law_frontier)
+from orchestrator.analysis import (
+    Estimate,
+    ScalingLawFit,
+    extrapolation_backtest,
+    fit_envelope,
+    fit_isoflop,
+    fit_scaling_law,
+    loss_law_frontier,
+)
 
 # Hoffmann et al. (2022), eq. 10.
 E, A, B, ALPHA, BETA = 1.69, 406.4, 410.7, 0.34, 0.28
@@ -27,7 +34,11 @@ def exact_law(k_boot: int = 0) -> ScalingLawFit:
                          objective=0.0, n_points=0, n_inits=0, n_boot=k_boot, ci=0.95, boot=boot)
 
 
-def isoflop_runs(budgets=np.logspace(18, 22, 5), noise=0.0, seed=0):
+ISOFLOP_BUDGETS = np.logspace(18, 22, 5)
+CURVE_SIZES = np.logspace(7, 10, 25)
+
+
+def isoflop_runs(budgets=ISOFLOP_BUDGETS, noise=0.0, seed=0):
     """5 sizes per budget around the law's optimum (a factor 10 either side), final loss from the law."""
     rng = np.random.default_rng(seed)
     n = np.concatenate([G_OPT * (c / 6) ** A_OPT * np.logspace(-1, 1, 5) for c in budgets])
@@ -35,7 +46,7 @@ def isoflop_runs(budgets=np.logspace(18, 22, 5), noise=0.0, seed=0):
     return n, c, chinchilla(n, c / (6 * n)) * np.exp(rng.normal(0, noise, n.size))
 
 
-def training_curves(sizes=np.logspace(7, 10, 25), c_end=1e22, n_eval=40):
+def training_curves(sizes=CURVE_SIZES, c_end=1e22, n_eval=40):
     """One curve per size, every run trained to c_end, evaluated at log-spaced tokens from 1e8;
     each point is the law's loss (as if the schedule matched every length)."""
     run, n, flops, loss = [], [], [], []

@@ -13,7 +13,7 @@ def ramp(step_at: int | None, low=0.0, high=1.0):
     """Accuracy `low` before step_at and `high` from it on (never reaching it when None)."""
     if step_at is None:
         return np.full(STEPS.size, low)
-    return np.where(STEPS >= step_at, high, low)
+    return np.where(step_at <= STEPS, high, low)
 
 
 def test_a_grokking_curve():

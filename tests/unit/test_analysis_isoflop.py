@@ -11,6 +11,7 @@ from orchestrator.analysis.isoflop import group_budgets
 
 A_TRUE, G_TRUE = 0.5, 0.1  # planted N_opt = G (C/6)^a
 BUDGETS = np.logspace(17, 20, 4)
+OFFSETS = np.linspace(-1.5, 1.2, 5)  # ln(N / N*): asymmetric about the minimum
 
 
 def l_star(c):
@@ -18,7 +19,7 @@ def l_star(c):
     return 2.0 * (c / 1e17) ** -0.05
 
 
-def planted_runs(budgets=BUDGETS, offsets=np.linspace(-1.5, 1.2, 5), curvature=0.1, seeds=1, noise=0.0, seed=0):
+def planted_runs(budgets=BUDGETS, offsets=OFFSETS, curvature=0.1, seeds=1, noise=0.0, seed=0):
     """Runs on exact parabolas in ln N: loss = L*(C) + curvature (ln N - ln N*)^2, N* = G (C/6)^a.
     The sizes are N* e^offset, asymmetric about the minimum so its middle size is not the answer."""
     rng = np.random.default_rng(seed)

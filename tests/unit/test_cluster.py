@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from ray.autoscaler._private.providers import _get_default_config
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-REPO = Path(__file__).resolve().parents[1]
+from support.cli import REPO
+
 CLUSTER_YAML = REPO / "cluster.yaml"
 DOCS = REPO / "docs" / "cluster.md"
 CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"

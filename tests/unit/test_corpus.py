@@ -22,6 +22,8 @@ from trainers.corpus import (
     load_corpus,
 )
 
+from support.cli import REPO
+
 DOCS = [f"document {i}: " + " ".join(f"word{(i * 7 + j) % 23}" for j in range(40 + i)) + "\nend line\n"
         for i in range(30)]
 
@@ -93,8 +95,9 @@ def test_saved_dataset_and_parquet_give_the_folder_stream(tmp_path):
 
     rows = {"text": DOCS, "id": list(range(len(DOCS)))}
     datasets.Dataset.from_dict(rows).save_to_disk(str(tmp_path / "ds"))
-    datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows),
-                          "test": datasets.Dataset.from_dict({"text": ["x"], "id": [0]})}).save_to_disk(str(tmp_path / "dd"))
+    both = datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows),
+                                 "test": datasets.Dataset.from_dict({"text": ["x"], "id": [0]})})
+    both.save_to_disk(str(tmp_path / "dd"))
     (tmp_path / "pq").mkdir()
     for part in range(2):  # two files, read in name order
         pq.write_table(pa.table({"text": DOCS[part * 15:(part + 1) * 15]}), tmp_path / "pq" / f"part-{part}.parquet")
@@ -276,7 +279,7 @@ def test_a_3_gib_token_file_streams_in_far_less_memory(tmp_path):
         assert path.stat().st_size == 3 * GIB
         del chunk
         out = subprocess.run([sys.executable, "-c", SAMPLER, str(path)], capture_output=True, text=True, check=False,
-                             timeout=600, cwd=Path(__file__).parents[1], env={**os.environ, "PYTHONPATH": "."})
+                             timeout=600, cwd=REPO, env={**os.environ, "PYTHONPATH": "."})
         assert out.returncode == 0, out.stderr
         got = json.loads(out.stdout)
         print(f"sampling a 3 GiB token file: peak RSS (VmHWM) {got['vm_hwm_mb']:.0f} MB, "

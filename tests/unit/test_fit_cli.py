@@ -4,7 +4,6 @@ real command line (a subprocess); the table output and the other bad inputs thro
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,15 +12,17 @@ import pytest
 
 from orchestrator.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
+from support import cli
+
 SCALING_KEYS = {f"{k}{s}" for k in ("E", "A", "alpha", "B", "beta") for s in ("", "_low", "_high")}
 FRONTIER_KEYS = {f"{k}{s}" for k in ("a", "b", "G") for s in ("", "_low", "_high")} | {"frontier"}
-POINT_KEYS = {"flops"} | {f"{k}{s}" for k in ("N_opt", "D_opt", "L_opt", "tokens_per_param") for s in ("", "_low", "_high")}
+POINT_KEYS = {"flops"} | {f"{k}{s}" for k in ("N_opt", "D_opt", "L_opt", "tokens_per_param")
+                          for s in ("", "_low", "_high")}
 
 
-def grokscale(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "orchestrator.cli", "fit", *map(str, args)], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+def grokscale(*args: object) -> subprocess.CompletedProcess:
+    """`grokscale fit ARGS...` in the repository."""
+    return cli.grokscale("fit", *args)
 
 
 @pytest.fixture(scope="module")
@@ -40,18 +41,18 @@ def test_fit_scaling_json(scaling_csv):
                     "--flops-per-token", "8", "--json")
     assert out.returncode == 0, out.stderr
     fit = json.loads(out.stdout)
-    assert SCALING_KEYS <= set(fit) and fit["convention"] == "non_embedding" and fit["n_inits"] == 4500
+    assert set(fit) >= SCALING_KEYS and fit["convention"] == "non_embedding" and fit["n_inits"] == 4500
     for key, true in {"E": 2.0, "A": 300.0, "alpha": 0.3, "B": 800.0, "beta": 0.4}.items():
         assert fit[key] == pytest.approx(true, rel=1e-2), key
         assert fit[f"{key}_low"] <= fit[key] <= fit[f"{key}_high"]
     # The frontier of the law by hand: a = beta/(alpha+beta) = 4/7, G = (0.3*300/(0.4*800))^(1/0.7).
-    assert FRONTIER_KEYS <= set(fit) and fit["flops_per_token"] == 8.0 and fit["frontier_reason"] is None
+    assert set(fit) >= FRONTIER_KEYS and fit["flops_per_token"] == 8.0 and fit["frontier_reason"] is None
     a, g = 0.4 / 0.7, (0.3 * 300 / (0.4 * 800)) ** (1 / 0.7)
     assert fit["a"] == pytest.approx(a, abs=5e-3) and fit["b"] == pytest.approx(1 - a, abs=5e-3)
     assert fit["G"] == pytest.approx(g, rel=0.1) and fit["a_low"] <= fit["a"] <= fit["a_high"]
     assert [p["flops"] for p in fit["frontier"]] == [1e10, 1e12]
     for p in fit["frontier"]:
-        assert POINT_KEYS <= set(p)
+        assert set(p) >= POINT_KEYS
         n_opt = g * (p["flops"] / 8) ** a
         assert p["N_opt"] == pytest.approx(n_opt, rel=0.1) and p["N_opt_low"] <= p["N_opt"] <= p["N_opt_high"]
         assert p["D_opt"] == pytest.approx(p["flops"] / (8 * p["N_opt"]))
@@ -130,7 +131,10 @@ def test_bad_input_exits_2_with_the_reason(scaling_csv, tmp_path, capsys, argv, 
     assert err.startswith("error: ") and message in err
 
 
-def isoflop_table(budgets, a=0.5, g=0.1, offsets=np.linspace(-1.5, 1.2, 5)) -> pd.DataFrame:
+OFFSETS = np.linspace(-1.5, 1.2, 5)  # ln(N / N_opt) of the sizes at each budget
+
+
+def isoflop_table(budgets, a=0.5, g=0.1, offsets=OFFSETS) -> pd.DataFrame:
     """Runs on exact parabolas in ln N about a planted N_opt = g (C/6)^a; loss 2 at every minimum."""
     rows = [{"params": g * (c / 6) ** a * np.exp(o), "budget": c, "loss": 2.0 + 0.1 * o ** 2}
             for c in budgets for o in offsets]
@@ -145,11 +149,11 @@ def test_fit_isoflop_json_gives_back_planted_minima(tmp_path):
                     "--n-boot", "20", "--json")
     assert out.returncode == 0, out.stderr
     fit = json.loads(out.stdout)
-    assert FRONTIER_KEYS <= set(fit) and fit["reason"] is None and fit["flops_per_token"] == 6.0
+    assert set(fit) >= FRONTIER_KEYS and fit["reason"] is None and fit["flops_per_token"] == 6.0
     assert fit["a"] == pytest.approx(0.5) and fit["b"] == pytest.approx(0.5) and fit["G"] == pytest.approx(0.1)
     assert [p["flops"] for p in fit["frontier"]] == budgets
     for p in fit["frontier"]:
-        assert POINT_KEYS <= set(p) and p["trusted"]
+        assert set(p) >= POINT_KEYS and p["trusted"]
         assert p["N_opt"] == pytest.approx(0.1 * (p["flops"] / 6) ** 0.5) and p["L_opt"] == pytest.approx(2.0)
     assert fit["backtest"]["flops"] == 1e20 and fit["backtest"]["N_opt_error"] == pytest.approx(0, abs=1e-7)
 

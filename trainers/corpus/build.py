@@ -131,7 +131,10 @@ def build(task: CorpusTask, fmt: Format, cache_dir: Path) -> tuple[Path, dict]:
         out.mkdir(parents=True, exist_ok=True)
         total = byte_length(iter_pieces(task, fmt))
         cut_at = math.ceil((1 - task.val_fraction) * total)
-        stream = lambda: split_pieces(iter_pieces(task, fmt), cut_at)
+
+        def stream():
+            return split_pieces(iter_pieces(task, fmt), cut_at)
+
         encoder = _encoder(task, out, (t for split, t, _ in itertools.takewhile(lambda p: p[0] == "train", stream())))
         n_train = _write(((t, e) for s, t, e in stream() if s == "train"), encoder, out / "train.bin")
         n_val = _write(((t, e) for s, t, e in stream() if s == "val"), encoder, out / "val.bin")

@@ -48,7 +48,8 @@ class TokenSpan:
         try:
             for row, s in zip(out, starts.tolist()):
                 if os.preadv(fd, [row], (self.start + s) * item) != width * item:
-                    raise CorpusError(f"{self.path} is shorter than its {self.start + self.length} tokens: changed on disk?")
+                    raise CorpusError(f"{self.path} is shorter than its {self.start + self.length} tokens: "
+                                      "changed on disk?")
         finally:
             os.close(fd)
         return out
@@ -138,7 +139,10 @@ def _token_file(task: CorpusTask) -> tuple[TokenSpan, TokenSpan, dict, None]:
     """nanoGPT's layout: a folder with train.bin and val.bin, or one .bin whose tail is held out."""
     dtype = np.dtype(task.token_dtype)
     path = task.path
-    size = lambda p: p.stat().st_size // dtype.itemsize
+
+    def size(p):
+        return p.stat().st_size // dtype.itemsize
+
     if path.is_dir():
         train = TokenSpan(path / "train.bin", dtype, 0, size(path / "train.bin"))
         val = TokenSpan(path / "val.bin", dtype, 0, size(path / "val.bin"))

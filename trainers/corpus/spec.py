@@ -66,7 +66,8 @@ class CorpusTask(Frozen):
         for field in ("n_train_tokens", "n_val_tokens"):
             n = getattr(self, field)
             if n is not None and n <= self.seq_len:
-                raise ValueError(f"{field} ({n}) must be > seq_len ({self.seq_len}): one window needs seq_len + 1 tokens")
+                raise ValueError(f"{field} ({n}) must be > seq_len ({self.seq_len}): "
+                                 "one window needs seq_len + 1 tokens")
         return self
 
     @property
@@ -160,7 +161,8 @@ def _check_tokens(task: CorpusTask, path: Path) -> list[str]:
             problems.append(f"source: {f} has {size} bytes, not a whole number of {task.token_dtype} tokens "
                             "(is token_dtype right?)")
         elif size // width <= task.seq_len:
-            problems.append(f"source: {f} holds {size // width} tokens, too few for one window of seq_len {task.seq_len}")
+            problems.append(f"source: {f} holds {size // width} tokens, "
+                            f"too few for one window of seq_len {task.seq_len}")
     return problems
 
 

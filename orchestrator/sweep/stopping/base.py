@@ -55,6 +55,7 @@ class StoppingRule(ABC):
         """Optuna trial attributes that keep what a finished run taught, for `restore`."""
         return {}
 
-    def restore(self, run: RunInfo, value: float | None, attrs: Mapping[str, Any]) -> None:
+    # A no-op by default, not abstract: only rules that learn from finished runs restore.
+    def restore(self, run: RunInfo, value: float | None, attrs: Mapping[str, Any]) -> None:  # noqa: B027
         """What a finished run taught, read back from its trial when a study resumes: the
         trial's value (None unless complete with one objective) and its user attributes."""

@@ -22,7 +22,8 @@ FLOPS_PER_TOKEN, FLOPS_PER_EXAMPLE = 46_080, 737_280
 LM = {"name": "lm", "task": {"name": "charlm", "level": "byte", "seq_len": 16, "n_val_tokens": 2000},
       "model": {"family": "transformer", "n_layer": 1, "n_head": 4, "layer_norm": True},
       "train": {"eval_every": 10, "warmup_steps": 2, "batch_size": 8},
-      "grid": {"n": [{"d_model": 16}], "d": [1601]}, "objectives": [{"metric": "min_val_loss", "direction": "minimize"}]}
+      "grid": {"n": [{"d_model": 16}], "d": [1601]},
+      "objectives": [{"metric": "min_val_loss", "direction": "minimize"}]}
 MODULAR = {"name": "mod", "task": {"name": "modular", "p": 23}, "model": {"n_layer": 1, "n_head": 4},
            "train": {"warmup_steps": 2}, "grid": {"n": [{"d_model": 16}], "d": [200], "d_field": "n_train"}}
 

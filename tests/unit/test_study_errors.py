@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Annotated, ClassVar, Literal, Union, get_args
+from typing import Annotated, ClassVar, Literal, get_args
 
 import pytest
 from pydantic import BaseModel, Discriminator, PositiveInt, Tag, ValidationError, model_validator
@@ -19,7 +19,7 @@ from orchestrator.study.tasks import kinds_of, task_kinds
 from trainers.spec import TrainSpec
 
 VALID = Path(__file__).parent / "broken_configs" / "_valid.yaml"
-REPO = Path(__file__).parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def errors_of(model: type[BaseModel], data: dict) -> ValidationError:
@@ -39,7 +39,7 @@ class Span(BaseModel):
     high: int
 
     @model_validator(mode="after")
-    def _order(self) -> "Span":
+    def _order(self) -> Span:
         if self.low >= self.high:  # a section-level check that names its field in the context
             raise PydanticCustomError("inverted", "low ({low}) must be < high ({high})",
                                       {"field": "low", "low": self.low, "high": self.high})
@@ -48,7 +48,7 @@ class Span(BaseModel):
 
 class Root(BaseModel):
     # A union tagged by a callable: pydantic puts the chosen tag ("span", "count") in the loc.
-    items: list[Annotated[Union[Annotated[Span, Tag("span")], Annotated[PositiveInt, Tag("count")]],
+    items: list[Annotated[Annotated[Span, Tag("span")] | Annotated[PositiveInt, Tag("count")],
                           Discriminator(lambda v: "span" if isinstance(v, dict) else "count")]]
     table: dict[str, Span] = {}
 

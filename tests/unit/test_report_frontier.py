@@ -36,8 +36,9 @@ def isoflop_study(rng):
                              "val_loss": loss, "flops": c * 1.001, "tokens": d, "max_val_acc": 0.5,
                              "train_threshold": 0.99, "val_threshold": 0.95})
                 for f in np.geomspace(c / 30, c, 8):  # the run's curve: loss falls as it trains
+                    val = law(n, f / (K * n)) * (1 + 0.03 * trial)
                     curves.append({"run_id": run, "step": int(f / c * 1000), "flops": f, "train_acc": 0.5,
-                                   "val_acc": 0.5, "train_loss": loss, "val_loss": law(n, f / (K * n)) * (1 + 0.03 * trial)})
+                                   "val_acc": 0.5, "train_loss": loss, "val_loss": val})
     config = {"name": "iso", "task": {"name": "charlm"}, "grid": {"flops": budgets, "n_convention": "total"},
               "objectives": [{"metric": "min_val_loss", "direction": "minimize"}], "train": {}}
     return StudyResults("parent", "0", config, pd.DataFrame(rows), pd.DataFrame(curves))
