@@ -35,16 +35,42 @@ class Checkpoint:
         """Write atomically and durably: write a temporary file, fsync it, rename it over the
         old one, fsync the directory. A crash at any point leaves the old or the new file whole."""
         tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            torch.save(_as_dict(self), f)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(_as_dict(self), f)
+                f.flush()
+                os.fsync(f.fileno())
+        except (OSError, RuntimeError) as err:  # torch wraps a failed write in a RuntimeError
+            tmp.unlink(missing_ok=True)  # the old checkpoint stays whole; the partial one goes
+            raise CheckpointWriteError(f"could not write the checkpoint {path}: {_why(err)}; "
+                                       f"{_free_bytes(path.parent):,} bytes free there") from err
         os.replace(tmp, path)
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)  # makes the rename itself durable
         finally:
             os.close(dir_fd)
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (a full disk, a read-only or vanished folder): the run
+    fails with this as its reason, and its last whole checkpoint is left as it was."""
+
+
+def _why(err: BaseException) -> str:
+    while err.__cause__ is not None or err.__context__ is not None:  # the OSError under torch's wrapper
+        if isinstance(err, OSError) and err.strerror:
+            break
+        err = err.__cause__ or err.__context__
+    return err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+
+
+def _free_bytes(folder: Path) -> int:
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return 0
+    return st.f_bavail * st.f_frsize
 
 
 def _as_dict(ckpt: Checkpoint) -> dict:

@@ -157,7 +157,7 @@ def test_all_three_approaches_with_bootstraps_take_seconds_on_25_runs(all_three)
 
 
 def test_plots_draw_the_records_and_skip_empty_ones(all_three, tmp_path):
-    from orchestrator.report.frontier_plots import plot_frontiers, plot_isoflop_curves
+    from orchestrator.report.scaling_plots import plot_frontiers, plot_isoflop_curves
 
     fronts = [all_three["env"].frontier, all_three["iso"].frontier, all_three["law"]]
     assert plot_isoflop_curves(all_three["iso"], tmp_path / "iso.png").stat().st_size > 10_000

@@ -15,7 +15,7 @@ from orchestrator.analysis import (
     grokking_phases,
     mirage_check,
 )
-from orchestrator.report import plots
+from orchestrator.report import grokking_plots, plots, scaling_plots
 
 NS, DS = [2e4, 5e4, 1.2e5, 3e5], [(0.2, 700), (0.35, 1200), (0.5, 1700)]
 
@@ -65,20 +65,20 @@ def test_emergence_heatmap_and_metric_vs_scale(study, tmp_path):
 
 def test_grokking_curves_one_panel_per_cell(study, tmp_path):
     runs, curves = study
-    assert_png(plots.plot_grokking_curves(curves, tmp_path / "curves.png", runs=runs), min_width=900)
-    assert plots.plot_grokking_curves(curves.iloc[:0], tmp_path / "none.png", runs=runs) is None
+    assert_png(grokking_plots.plot_grokking_curves(curves, tmp_path / "curves.png", runs=runs), min_width=900)
+    assert grokking_plots.plot_grokking_curves(curves.iloc[:0], tmp_path / "none.png", runs=runs) is None
     with pytest.raises(ValueError, match="pass runs"):
-        plots.plot_grokking_curves(curves, tmp_path / "x.png")
+        grokking_plots.plot_grokking_curves(curves, tmp_path / "x.png")
 
 
 def test_phase_diagrams_and_a_parameter_that_was_not_searched(study, tmp_path):
     runs, _ = study
     phased = grokking_phases(runs)
-    assert_png(plots.plot_phase_diagram(phased, tmp_path / "wd_d.png"))
-    assert_png(plots.plot_phase_diagram(phased, tmp_path / "wd_lr.png", y_col="param.train.lr"))
+    assert_png(grokking_plots.plot_phase_diagram(phased, tmp_path / "wd_d.png"))
+    assert_png(grokking_plots.plot_phase_diagram(phased, tmp_path / "wd_lr.png", y_col="param.train.lr"))
     fixed_lr = phased.assign(**{"param.train.lr": 1e-3})
-    assert plots.plot_phase_diagram(fixed_lr, tmp_path / "lr.png", y_col="param.train.lr") is None
-    assert plots.plot_phase_diagram(phased.drop(columns="param.train.lr"), tmp_path / "lr.png",
+    assert grokking_plots.plot_phase_diagram(fixed_lr, tmp_path / "lr.png", y_col="param.train.lr") is None
+    assert grokking_plots.plot_phase_diagram(phased.drop(columns="param.train.lr"), tmp_path / "lr.png",
                                     y_col="param.train.lr") is None
 
 
@@ -89,11 +89,12 @@ def test_scaling_fit_two_and_one_variable(tmp_path):
                         A=Estimate(406.4, 350, 450), alpha=Estimate(0.34, 0.33, 0.35), B=Estimate(410.7, 300, 500),
                         beta=Estimate(0.28, 0.27, 0.29), objective=0.0, n_points=n.size, n_inits=4500, n_boot=100,
                         ci=0.95)
-    assert_png(plots.plot_scaling_fit(fit, n, d, loss, tmp_path / "law.png"), min_width=1000)
+    assert_png(scaling_plots.plot_scaling_fit(fit, n, d, loss, tmp_path / "law.png"), min_width=1000)
     x = np.logspace(7, 10, 7)
     one = fit_power_law(x, 1.69 + 406.4 / x ** 0.34, n_boot=10)
-    assert_png(plots.plot_scaling_fit(one, x, None, 1.69 + 406.4 / x ** 0.34, tmp_path / "law_n.png"), min_width=1000)
-    assert plots.plot_scaling_fit(one, x[:0], None, x[:0], tmp_path / "none.png") is None
+    assert_png(scaling_plots.plot_scaling_fit(one, x, None, 1.69 + 406.4 / x ** 0.34, tmp_path / "law_n.png"),
+               min_width=1000)
+    assert scaling_plots.plot_scaling_fit(one, x[:0], None, x[:0], tmp_path / "none.png") is None
 
 
 def test_mirage_side_by_side(tmp_path):

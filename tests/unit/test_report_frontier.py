@@ -1,4 +1,4 @@
-"""The report's compute-optimal section (orchestrator/report/report.py) on an IsoFLOP study with a
+"""The report's compute-optimal section (orchestrator/report/scaling_section.py) on an IsoFLOP study with a
 planted answer: runs whose losses follow Hoffmann et al.'s law at each budget, as MLflow would
 give them back (a runs table and per-evaluation curves). The report must find the planted
 N_opt(C) exponent, draw the IsoFLOP curves and the frontier, and backtest the largest budget."""

@@ -1,0 +1,109 @@
+"""What the report's sections share: the Report they write into (plots, skipped analyses,
+fitted numbers) and the Inputs they read (the study's config, runs, curves and axes)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from orchestrator.store import names
+from orchestrator.store.names import USABLE_STATUSES
+from orchestrator.store.results import THRESHOLDS, StudyResults
+
+
+@dataclass
+class Report:
+    directory: Path
+    plots: dict[str, Path] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)  # plot or analysis -> why it was not made
+    summary: pd.DataFrame | None = None  # one row per cell
+    metrics: dict[str, float] = field(default_factory=dict)  # fitted numbers, logged as MLflow metrics
+    results: dict = field(default_factory=dict)  # everything, JSON-safe
+
+    def draw(self, name: str, fn, *args, **kwargs) -> None:
+        """Draw one plot; a table it cannot be drawn from is noted as skipped, not raised."""
+        try:
+            path = fn(*args, **kwargs)
+        except (ValueError, KeyError) as err:
+            path, why = None, f"{type(err).__name__}: {err}"
+        else:
+            why = "not enough distinct values to draw it"
+        if path is None:
+            self.skipped[name] = why
+        else:
+            self.plots[name] = Path(path)
+
+    def metric(self, name: str, value: float) -> None:
+        """A fitted number, logged to the parent run as `report/<name>`."""
+        self.metrics[_key(names.REPORT_METRIC_PREFIX + name)] = float(value)
+
+
+@dataclass
+class Inputs:
+    """What every section reads: the study's config, its runs and curves, and the axes."""
+
+    config: dict
+    runs: pd.DataFrame  # every run
+    usable: pd.DataFrame  # the runs whose metrics mean what they say
+    curves: pd.DataFrame
+    out: Path
+    n_col: str
+    d_col: str
+    metric: str  # the accuracy whose emergence is measured
+    chance: float | None
+
+
+def read_inputs(res: StudyResults, out: Path) -> Inputs:
+    """The Inputs of a study's results: every run under its own event thresholds, the usable
+    runs with the probability of the right answer added, and the axes and metric to measure."""
+    config = res.config
+    runs = with_thresholds(res.runs, config)
+    usable = runs[runs["status"].isin(USABLE_STATUSES)].copy()
+    if "val_loss" in usable:  # the mean probability given to the right answer: a continuous accuracy
+        usable["val_p_answer"] = np.exp(-usable["val_loss"].astype(float))
+    return Inputs(config, runs, usable, res.curves, out, _n_col(config), names.PARAM_N_TRAIN,
+                  _emergence_metric(config, runs), chance_level(config))
+
+
+def chance_level(config: dict) -> float | None:
+    """The accuracy of guessing, from the task: what "never left chance" is measured against."""
+    task = config.get("task") or {}
+    name = task.get("name")
+    if name == "modular":
+        return 1.0 / int(task.get("p", 97))
+    if name == "sparse_parity":
+        return 0.5
+    if name == "addition":
+        return 10.0 ** -(int(task.get("n_digits", 3)) + 1)  # every answer digit right by luck
+    return None  # an LM's token accuracy: the analysis takes the smallest scale's level
+
+
+def with_thresholds(runs: pd.DataFrame, config: dict) -> pd.DataFrame:
+    """`runs` with the event thresholds of each run: as read back from MLflow (results.py), else
+    the study's `train:` section, else the trainer's defaults."""
+    train = config.get("train") or {}
+    runs = runs.copy()
+    for col, default in THRESHOLDS.items():
+        fixed = float(train.get(col, default))
+        runs[col] = runs[col].fillna(fixed) if col in runs else fixed
+    return runs
+
+
+def _n_col(config: dict) -> str:
+    non_embedding = (config.get("grid") or {}).get("n_convention") == "non_embedding"
+    return names.PARAM_N_PARAMS_NON_EMBEDDING if non_embedding else names.PARAM_N_PARAMS
+
+
+def _emergence_metric(config: dict, runs: pd.DataFrame) -> str:
+    objectives = config.get("objectives") or []
+    first = objectives[0]["metric"] if objectives else "max_val_acc"
+    return first if "acc" in first and first in runs else "max_val_acc"
+
+
+def _key(text: str) -> str:
+    """An MLflow metric name: letters, digits, _ - . / : and spaces only."""
+    return re.sub(r"[^\w.\-/: ]", "_", text)

@@ -1,0 +1,54 @@
+"""The report's per-cell summary table (runs by status, best metric, phases, best parameters
+and their importance), as CSV and markdown, and the JSON encoding of its numbers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+
+from orchestrator.analysis import CriticalSizes
+from orchestrator.store.names import USABLE_STATUSES, RunStatus
+
+
+def summary_table(runs: pd.DataFrame, phases: pd.DataFrame, regs: list, metric: str, n_col: str, d_col: str,
+             critical: CriticalSizes | None) -> pd.DataFrame:
+    rows = []
+    by_reg = {r.cell: r for r in regs}
+    for cell, part in runs.groupby("cell", sort=False):
+        usable = part[part["status"].isin(USABLE_STATUSES)]
+        row = {"cell": cell, "N": int(part[n_col].iloc[0]), "D": int(part[d_col].iloc[0]), "runs": len(part),
+               **{s.value: int((part["status"] == s.value).sum())
+                  for s in (RunStatus.COMPLETED, RunStatus.DIVERGED, RunStatus.FAILED)},
+               f"best {metric}": float(usable[metric].max()) if metric in usable and len(usable) else None}
+        if not phases.empty and "phase" in phases:
+            counts = phases[phases["cell"] == cell]["phase"].value_counts()
+            row["phases"] = ", ".join(f"{k} {v}" for k, v in counts.items())
+        reg = by_reg.get(cell)
+        if reg is not None:
+            row["best params"] = json.dumps(reg.best_params, default=json_default)
+            row["importance"] = ("" if reg.importances is None else
+                                 ", ".join(f"{k.removeprefix('train.')} {v:.2f}" for k, v in reg.importances.items()))
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    return table.sort_values(["N", "D"], ignore_index=True) if not table.empty else table
+
+
+def markdown(table: pd.DataFrame) -> str:
+    if table.empty:
+        return "(no runs)\n"
+    cols = list(table.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, r in table.iterrows():
+        lines.append("| " + " | ".join("" if pd.isna(v) else (f"{v:.4g}" if isinstance(v, float) else str(v))
+                                       for v in r) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def json_default(value):
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return None if not np.isfinite(value) else float(value)
+    return str(value)
