@@ -164,7 +164,8 @@ def plot_frontiers(frontiers: Sequence[ComputeOptimalFrontier], path: str | Path
         ax.set_xlabel("compute budget C (FLOPs), log scale")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # no fitted line (every approach refused): no legend
+            ax.legend(fontsize=8)
     ax_t.axhline(20, color="gray", ls=":", lw=1)  # Hoffmann et al.'s ~20 tokens per parameter
     ax_t.annotate("20 tokens/param (Chinchilla)", (c[0], 20), fontsize=8, color="gray", va="bottom")
     k = sorted({f.flops_per_token for f in frontiers})
