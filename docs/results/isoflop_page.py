@@ -11,7 +11,6 @@ the published values it is compared with.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 from pathlib import Path
@@ -47,6 +46,7 @@ def _agrees(a: dict, b: dict) -> str:
 
 def page(results: dict, wall: str) -> str:
     iso, law, env = (results.get(k) or {} for k in ("frontier_isoflop", "frontier_loss_law", "frontier_envelope"))
+    no_law = "the L(N, D) fit was rejected or not made: " + str((results.get("skipped") or {}).get("scaling_fit"))
     lines = ["# IsoFLOP study: byte-level language modelling of the Python standard library", "",
              "Made by `docs/results/isoflop_page.py` from a real `grokscale run sweeps/isoflop_charlm.yaml` "
              f"on the 2-core dev machine ({wall}). The study: 5 model sizes (d_model 16-64, 2 layers) x 4 "
@@ -70,7 +70,7 @@ def page(results: dict, wall: str) -> str:
               f"{env.get('reason') or ''} |",
               f"| 2: IsoFLOP parabolas | {_interval(iso, 'a')} | {_interval(iso, 'b')} | {iso.get('reason') or ''} |",
               f"| 3: from L(N, D) | {_interval(law, 'a')} | {_interval(law, 'b')} | "
-              f"{law.get('reason') or ('' if law else 'the L(N, D) fit was rejected or not made: ' + str((results.get('skipped') or {}).get('scaling_fit')))} |",
+              f"{law.get('reason') or ('' if law else no_law)} |",
               "", f"Approaches 2 and 3 agree? {_agrees(iso, law)}.", "",
               "| claim in the literature | a | what grokscale measured (approach 2) | agrees? |", "|---|---|---|---|"]
     for who, a in PUBLISHED:
@@ -79,7 +79,8 @@ def page(results: dict, wall: str) -> str:
         lines.append(f"| {who} | {a} | {_interval(iso, 'a')} | {ok} |")
     lines += ["", "## Extrapolation backtest", "",
               "Fit every budget but the largest, predict the largest budget's optimum.", "",
-              "| predictor | N_opt predicted | N_opt observed | error | L_opt predicted | L_opt observed | error | note |",
+              "| predictor | N_opt predicted | N_opt observed | error | L_opt predicted | L_opt observed | error "
+              "| note |",
               "|---|---|---|---|---|---|---|---|"]
     for b in results.get("frontier_backtest") or []:
         lines.append(f"| {b['approach']} | {_num(b.get('N_opt_predicted'))} | {_num(b.get('N_opt_observed'))} | "

@@ -24,20 +24,11 @@ from orchestrator.sweep.search import open_storage
 
 from support.cli import grokscale, listing, write_study
 from support.ports import free_port
+from support.studies import tiny_study
 
 PG_BIN = Path(os.environ.get("GROKSCALE_PG_BIN", "/usr/lib/postgresql/15/bin"))
 # TINY_STUDY of test_orchestrator.py, two cells and 100 steps: four runs of about a second.
-STUDY = {
-    "name": "tiny",
-    "task": {"name": "modular", "p": 23},
-    "model": {"family": "transformer", "n_layer": 1, "n_head": 4, "d_model": 16, "layer_norm": False},
-    "train": {"steps": 100, "eval_every": 50, "lr": 3e-3},
-    "grid": {"n": [{"d_model": 16}], "d": [0.3, 0.5], "seeds": [0]},
-    "search": {"sampler": "tpe", "trials_per_cell": 2,
-               "space": {"train.weight_decay": {"type": "float", "low": 0.1, "high": 3.0, "log": True}}},
-    "objectives": [{"metric": "max_val_acc", "direction": "maximize"}],
-    "ray": {"num_cpus": 2},
-}
+STUDY = tiny_study("tiny")
 
 
 class PostgresServer:

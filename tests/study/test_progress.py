@@ -23,21 +23,11 @@ import pytest
 
 from support import cli
 from support.cli import GROKSCALE
+from support.studies import tiny_study
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a Linux pseudo-terminal")
 
-STUDY = {
-    "name": "progress",
-    "task": {"name": "modular", "p": 23},
-    "model": {"family": "transformer", "n_layer": 1, "n_head": 4, "d_model": 16, "layer_norm": False},
-    "train": {"steps": 300, "eval_every": 50, "lr": 3e-3},
-    "grid": {"n": [{"d_model": 16}], "d": [0.3, 0.5], "seeds": [0]},
-    "search": {"sampler": "random", "trials_per_cell": 2,
-               "space": {"train.weight_decay": {"type": "float", "low": 0.1, "high": 3.0, "log": True}}},
-    "objectives": [{"metric": "max_val_acc", "direction": "maximize"}],
-    "ray": {"num_cpus": 1},
-    "pack": {"mode": "off"},
-}
+STUDY = tiny_study("progress", steps=300, sampler="random", num_cpus=1, pack={"mode": "off"})
 TERMINAL_ENV = {"TERM": "xterm-256color", "COLUMNS": "120", "LINES": "40", "RAY_AUTH_MODE": "disabled"}
 
 

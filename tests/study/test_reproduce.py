@@ -15,17 +15,9 @@ from orchestrator.cli import main
 from orchestrator.report.reproduce import compare, same_bits
 
 from support.cli import grokscale
+from support.studies import tiny_study
 
-STUDY = {
-    "name": "repro",
-    "task": {"name": "modular", "p": 23},
-    "model": {"family": "transformer", "n_layer": 1, "n_head": 4, "layer_norm": False},
-    "train": {"steps": 60, "eval_every": 20, "lr": 3e-3},
-    "grid": {"n": [{"d_model": 16}], "d": [0.5], "seeds": [3]},
-    "search": {"trials_per_cell": 1,
-               "space": {"train.weight_decay": {"type": "float", "low": 0.1, "high": 3.0, "log": True}}},
-    "ray": {"num_cpus": 1},
-}
+STUDY = tiny_study("repro", steps=60, eval_every=20, d=(0.5,), trials=1, sampler=None, seeds=(3,), num_cpus=1)
 
 
 @pytest.fixture(scope="module")

@@ -20,17 +20,9 @@ from orchestrator.study import StudyError, load_study
 
 from support.cli import GROKSCALE, REPO, grokscale, listing
 from support.processes import tree
+from support.studies import tiny_study
 
-STUDY = {
-    "name": "secure",
-    "task": {"name": "modular", "p": 23},
-    "model": {"family": "transformer", "n_layer": 1, "n_head": 4, "layer_norm": False},
-    "train": {"steps": 50, "eval_every": 25, "lr": 3e-3},
-    "grid": {"n": [{"d_model": 16}], "d": [0.5], "seeds": [0]},
-    "search": {"trials_per_cell": 1,
-               "space": {"train.weight_decay": {"type": "float", "low": 0.1, "high": 3.0, "log": True}}},
-    "ray": {"num_cpus": 1},
-}
+STUDY = tiny_study("secure", steps=50, eval_every=25, d=(0.5,), trials=1, sampler=None, num_cpus=1)
 
 
 # -- YAML is data, never code --------------------------------------------------------------------

@@ -30,19 +30,11 @@ from orchestrator.store.names import TAG_STATUS, RunStatus
 
 from support import cli, ports
 from support.cli import listing
+from support.studies import tiny_study
 
 SLURM = [sys.executable, "-m", "orchestrator.cluster.slurm"]
 # test_postgres_storage.py's tiny study with one trial per cell: two runs of about a second.
-STUDY = {
-    "name": "tiny",
-    "task": {"name": "modular", "p": 23},
-    "model": {"family": "transformer", "n_layer": 1, "n_head": 4, "d_model": 16, "layer_norm": False},
-    "train": {"steps": 100, "eval_every": 50, "lr": 3e-3},
-    "grid": {"n": [{"d_model": 16}], "d": [0.3, 0.5], "seeds": [0]},
-    "search": {"sampler": "tpe", "trials_per_cell": 1,
-               "space": {"train.weight_decay": {"type": "float", "low": 0.1, "high": 3.0, "log": True}}},
-    "objectives": [{"metric": "max_val_acc", "direction": "maximize"}],
-}
+STUDY = tiny_study("tiny", trials=1, num_cpus=None)
 
 
 def free_port() -> int:

@@ -26,16 +26,9 @@ from orchestrator.study import load_study
 from orchestrator.sweep.search import open_storage
 
 from support.ports import free_port
+from support.studies import tiny_study
 
-STUDY = {
-    "name": "links",
-    "task": {"name": "modular", "p": 23},
-    "model": {"family": "transformer", "n_layer": 1, "n_head": 4, "layer_norm": False},
-    "train": {"steps": 40, "eval_every": 20, "lr": 3e-3},
-    "grid": {"n": [{"d_model": 16}], "d": [0.5], "seeds": [0]},
-    "search": {"trials_per_cell": 1,
-               "space": {"train.weight_decay": {"type": "float", "low": 0.1, "high": 3.0, "log": True}}},
-}
+STUDY = tiny_study("links", steps=40, eval_every=20, d=(0.5,), trials=1, sampler=None, num_cpus=None)
 
 
 @pytest.fixture
