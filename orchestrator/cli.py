@@ -58,6 +58,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(f"{args.study}: valid. {len(cells)} cells x {study.search.trials_per_cell} trials x "
           f"{len(study.grid.seeds)} seeds = {runs} training runs")
     for c in cells:
+        if study.trainer is not None:  # the user's trainer reports its own N and decides its data
+            print(f"  {c.key}: N and D as the trainer {study.trainer} reports them")
+            continue
         budget = f", C = {c.flops_budget:.3g}" if c.flops_budget else ""
         print(f"  {c.key}: N = {c.n(study.grid.n_convention):,} ({study.grid.n_convention}), D = {c.n_train:,}, "
               f"{c.steps:,} steps ({c.epochs:.3g} epochs, {c.train_flops:.3g} training FLOPs){budget}")

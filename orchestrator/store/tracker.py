@@ -179,6 +179,13 @@ class Tracker:
             chunk = metrics[i:i + 1000]
             self._write(lambda chunk=chunk: self.client.log_batch(run_id, metrics=chunk))
 
+    def log_params(self, run_id: str, params: dict[str, object]) -> None:
+        """Params known only once a run ends (the N a user's trainer reports), queued like any write."""
+        from mlflow.entities import Param
+
+        batch = [Param(k, str(v)) for k, v in params.items()]
+        self._write(lambda: self.client.log_batch(run_id, params=batch))
+
     def log_history(self, run_id: str, history: dict[str, list[float]]) -> None:
         """A trainer's whole history (columns of equal length, one entry per evaluation)."""
         steps = history.get("step", [])

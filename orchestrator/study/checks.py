@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from orchestrator.study.errors import Problem, problems_of
 from orchestrator.study.length import PROBE_STEPS, length_problems
+from orchestrator.study.own_trainer import own_trainer_problems
 from orchestrator.study.schema import Study
 from orchestrator.study.tasks import task_kinds
 from trainers.overrides import OverrideError
@@ -75,7 +76,8 @@ def _search(study: Study) -> list[str]:
     problems = [f"search.space.{key}: must be a dotted trainer field under task., model. or train. "
                 f"(e.g. train.weight_decay)"
                 for key in study.search.space if key.split(".")[0] not in ("task", "model", "train")]
-    allowed = study.allowed_metrics()
+    # A user trainer's metrics are whatever it reports and returns: known only once it runs.
+    allowed = study.allowed_metrics() if study.trainer is None else [o.metric for o in study.objectives]
     problems += [f"objectives[{i}].metric: unknown metric {o.metric!r}; allowed: {', '.join(allowed)}"
                  for i, o in enumerate(study.objectives) if o.metric not in allowed]
     if len({o.metric for o in study.objectives}) != len(study.objectives):
@@ -144,6 +146,8 @@ def _specs(study: Study) -> list[str]:
 def check_study(study: Study) -> list[str]:
     """Every problem the schema could not see, each once; the trainer is asked only once the
     study's own parts fit."""
+    if study.trainer is not None:
+        return list(dict.fromkeys(own_trainer_problems(study) + _search(study)))
     problems = _task(study)
     if problems:
         return problems

@@ -10,9 +10,11 @@ from pydantic import ValidationError
 
 from orchestrator.study.errors import StudyError, format_errors
 from orchestrator.study.length import PROBE_STEPS, examples_per_step, isoflop_d, steps_for
+from orchestrator.study.own_trainer import user_spec
 from orchestrator.study.schema import Study
 from trainers.flops import flops_for_task, flops_per_example
 from trainers.models import ParamCounts, resolve_shape, shape_counts
+from trainers.protocol import UserSpec, grokscale_train
 from trainers.spec import TrainSpec
 from trainers.tasks import TaskData, make_task
 
@@ -72,9 +74,13 @@ def _resolve_steps(study: Study, cell: Cell, data: dict[str, Any]) -> dict[str, 
     return {**data, "train": {**data["train"], "steps": steps}}
 
 
-def spec_for(study: Study, cell: Cell, params: dict[str, Any], seed: int) -> TrainSpec:
+def spec_for(study: Study, cell: Cell, params: dict[str, Any], seed: int) -> TrainSpec | UserSpec:
     """One run's spec, its length resolved into steps; a cell given GPUs (resources) trains on
-    CUDA, and its spec says so."""
+    CUDA, and its spec says so. A study of the user's own trainer gets a UserSpec."""
+    if study.trainer is not None:
+        entry = cell.target_n if cell.target_n is not None else cell.shape
+        on_gpu = study.resources.for_n(cell.n(study.grid.n_convention))[1] > 0
+        return user_spec(study, entry, cell.d_value, params, seed, "cuda" if on_gpu else "cpu")
     data = _resolve_steps(study, cell, study.trial_data(cell.shape, cell.d_value, params, seed))
     if study.resources.for_n(cell.n(study.grid.n_convention))[1] > 0:
         data["device"] = "cuda"
@@ -116,9 +122,25 @@ def _cell(study: Study, i: int, j: int, entry: Any, d_value: float | None, budge
     return replace(cell, steps=spec.train.steps)
 
 
+def own_trainer_cells(study: Study) -> list[Cell]:
+    """The cells of a study of the user's own trainer: each N entry as given (the function builds
+    its model and reports the N it got; a target count stands in until then) x each grid.d."""
+    steps = grokscale_train(study.train).steps
+    cells = []
+    for i, entry in enumerate(study.grid.n):
+        target = None if isinstance(entry, dict) else int(entry)
+        shape = dict(entry) if target is None else {"n": target}
+        for j, d in enumerate(study.grid.d or ()):
+            n_train = int(d) if d >= 1 and d == int(d) else 0  # D as a count, when it is one
+            cells.append(Cell(i, j, shape, d, ParamCounts(0, target or 0), n_train, target, steps=steps))
+    return cells
+
+
 def build_cells(study: Study) -> list[Cell]:
     """Every cell of the grid, N-major; a target N that no width reaches, or a cell whose data or
     resolved length the trainer refuses, is a StudyError."""
+    if study.trainer is not None:
+        return _distinct(own_trainer_cells(study))
     cells, problems = [], []
     axis = [(f"grid.d[{j}]", d, None) for j, d in enumerate(study.grid.d or ())]
     axis += [(f"grid.flops[{j}]", None, c) for j, c in enumerate(study.grid.flops or ())]
@@ -132,6 +154,10 @@ def build_cells(study: Study) -> list[Cell]:
                 problems.append(f"grid.n[{i}] x {label}: {err}")
     if problems:
         raise StudyError(list(dict.fromkeys(problems)))
+    return _distinct(cells)
+
+
+def _distinct(cells: list[Cell]) -> list[Cell]:
     keys = [c.key for c in cells]
     dupes = sorted({k for k in keys if keys.count(k) > 1})
     if dupes:

@@ -12,10 +12,21 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, PositiveFloat,
-                      PositiveInt, Tag, field_validator, model_validator)
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    Tag,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from orchestrator.study.length import STUDY_ONLY_KEYS, Length, study_length
@@ -51,7 +62,7 @@ class FloatParam(Strict):
     log: bool = False
 
     @model_validator(mode="after")
-    def _range(self) -> "FloatParam":
+    def _range(self) -> FloatParam:
         _check_range(self.low, self.high, self.log)
         return self
 
@@ -64,17 +75,17 @@ class IntParam(Strict):
     step: PositiveInt = 1
 
     @model_validator(mode="after")
-    def _range(self) -> "IntParam":
+    def _range(self) -> IntParam:
         _check_range(self.low, self.high, self.log)
         return self
 
 
 class CategoricalParam(Strict):
     type: Literal["categorical"]
-    choices: list[Union[bool, int, float, str, None]] = Field(min_length=1)
+    choices: list[bool | int | float | str | None] = Field(min_length=1)
 
 
-Param = Annotated[Union[FloatParam, IntParam, CategoricalParam], Field(discriminator="type")]
+Param = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator="type")]
 
 
 class Search(Strict):
@@ -107,7 +118,7 @@ def _positive_count(v: int) -> int:
 
 
 NEntry = Annotated[
-    Union[Annotated[int, AfterValidator(_positive_count), Tag("count")], Annotated[dict[str, Any], Tag("shape")]],
+    Annotated[int, AfterValidator(_positive_count), Tag("count")] | Annotated[dict[str, Any], Tag("shape")],
     Discriminator(_n_kind, custom_error_type="n_entry",
                   custom_error_message="an N is a target parameter count (e.g. 20000) or a model shape "
                                        "(e.g. {d_model: 64})")]
@@ -141,7 +152,7 @@ class Grid(Strict):
         return v
 
     @model_validator(mode="after")
-    def _one_axis(self) -> "Grid":
+    def _one_axis(self) -> Grid:
         if self.d is None and self.flops is None:
             raise PydanticCustomError("grid_axis", "required, but missing: give the data sizes as grid.d, or the "
                                                    "compute budgets of an IsoFLOP study as grid.flops", {"field": "d"})
@@ -212,9 +223,19 @@ def _name(v: str) -> str:
     return v
 
 
+def _trainer_ref(v: str | None) -> str | None:
+    if v is not None and not v.strip():
+        raise PydanticCustomError("trainer_ref", "empty; name your function as 'package.module:function'")
+    return v
+
+
 class Study(Strict):
     name: Annotated[str, AfterValidator(_name)]
     description: str = ""
+    # The researcher's own training function (trainers/protocol.py): 'package.module:function' or
+    # a short name in the entry-point group grokscale.trainers. None: the built-in trainers.
+    # With it, task/model/train are the function's own (grokscale reads only the budget keys).
+    trainer: Annotated[str | None, AfterValidator(_trainer_ref)] = None
     task: dict[str, Any]
     model: dict[str, Any] = Field(default_factory=lambda: {"family": "transformer"})
     train: dict[str, Any] = Field(default_factory=dict)
@@ -229,6 +250,16 @@ class Study(Strict):
     ray: RayConfig = Field(default_factory=RayConfig)
     pack: Packing = Field(default_factory=Packing)
     prune: Pruning = Field(default_factory=Pruning)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_packing_for_own_trainer(cls, data: Any) -> Any:
+        """Packing batches runs of the built-in models into one (trainers/packed.py); a user's
+        function trains one run per call, so its study packs nothing (an explicit `pack.mode`
+        other than off is refused in checks.py)."""
+        if isinstance(data, dict) and data.get("trainer") is not None and data.get("pack") is None:
+            return {**data, "pack": {"mode": "off"}}
+        return data
 
     @property
     def workdir_path(self) -> Path:
@@ -248,6 +279,8 @@ class Study(Strict):
 
     @property
     def d_field(self) -> str:
+        if self.trainer is not None:  # the user's function reads D from its RunConfig
+            return self.grid.d_field or "d"
         return self.grid.d_field or task_kinds()[self.task["name"]].d_field
 
     @property
@@ -258,7 +291,7 @@ class Study(Strict):
     @property
     def length(self) -> Length:
         """How long each run trains (orchestrator/study/length.py); resolved per cell by spec_for."""
-        kind = task_kinds().get(self.task.get("name"))
+        kind = None if self.trainer is not None else task_kinds().get(self.task.get("name"))
         return study_length(self.train, self.isoflop, bool(kind and kind.language_model))
 
     def digest(self) -> str:

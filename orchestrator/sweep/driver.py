@@ -37,6 +37,7 @@ from orchestrator.sweep.search import open_storage, suggest
 from orchestrator.sweep.stats import SweepStats
 from orchestrator.sweep.stopping import StoppingRule, decay_rate, make_stopping
 from orchestrator.sweep.unit import Unit, run_info
+from orchestrator.sweep.user_trainer import N_PARAMS, reported_n_params
 from trainers.packed import can_pack
 
 # Runs queued on Ray beyond the free slots, per slot: a slot that frees up starts its next run
@@ -180,6 +181,9 @@ class Driver:
                   names.PARAM_D_VALUE: cell.d_value, names.PARAM_SEED: seed, names.PARAM_TRIAL_NUMBER: number,
                   **{f"{names.PARAM_SEARCHED_PREFIX}{k}": v for k, v in params.items()},
                   names.PARAM_SPEC_JSON: spec.model_dump_json()}
+        if self.study.trainer is not None:  # the user's trainer reports its N: logged when it ends
+            for key in N_PARAMS:
+                logged.pop(key)
         unit.run_id = self.tracker.start_run(unit.key, f"{cell.key} t{number} s{seed}", logged, tags)
         if self.stopping is not None:
             unit.rules = self.stopping.rules(info)
@@ -269,7 +273,19 @@ class Driver:
         final = {k: v for k, v in unit.summary.items() if isinstance(v, (int, float))}
         for k, v in (result.get("n_params") or {}).items():
             final[f"{names.N_PARAMS_METRIC_PREFIX}{k}"] = v
+        if self.study.trainer is not None:
+            self._log_reported_n(unit, result)
         self.tracker.finish_run(unit.run_id, status.value, result.get("reason", ""), final, tags)
+
+    def _log_reported_n(self, unit: Unit, result: dict) -> None:
+        """The N a user trainer reported (a target count when it reported none), as the N params
+        the report reads; params an earlier attempt logged stay (MLflow keeps a param's first value)."""
+        reported = reported_n_params(result, unit.cell.target_n)
+        run = self.tracker.children.get(unit.key)
+        had = set(run.data.params) if run is not None and run.data is not None else set()
+        fresh = {k: v for k, v in reported.items() if k not in had}
+        if fresh:
+            self.tracker.log_params(unit.run_id, fresh)
 
     def tell_optuna(self, search: CellSearch, number: int) -> bool:
         """The trial to Optuna; True when its value taught the stopping rule something new."""

@@ -16,7 +16,7 @@ CPU_PACK_MAX_WORK = 3e6  # examples per step x parameters
 def pack_size(study: Study, cell: Cell) -> int:
     """How many runs of this cell to train in one packed task (1: none)."""
     mode, k = study.pack.mode, study.pack.max_runs
-    if mode == "off" or k < 2:
+    if mode == "off" or k < 2 or study.trainer is not None:  # packing is for the built-in trainers only
         return 1
     if mode == "on":
         return k

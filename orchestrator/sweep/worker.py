@@ -4,6 +4,7 @@ and applies the stop rules the driver answers with."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import traceback
@@ -14,6 +15,7 @@ from orchestrator.store.names import RunStatus
 from orchestrator.sweep.outcome import STOP_KIND
 from orchestrator.sweep.stopping import RunState, StopRules, first_stop
 
+USER_TRAINER_KEY = "trainer"  # a spec with it runs the study's own function, never packed
 UNSET = "unset"  # the inbox's answer for a run whose rules the driver has not changed since launch
 
 
@@ -74,13 +76,21 @@ def train_task(spec_json: str, checkpoint_dir: str, inbox, run_id: str, rules: S
     result carries the whole history too); an error in training comes back as a failed result,
     so only a dead worker makes Ray retry."""
     from trainers import TrainSpec, train  # imported on the worker
+    from trainers.protocol import UserSpec
 
     started = time.time()
     where = _where()
     try:
-        spec = TrainSpec.model_validate_json(spec_json)
-        report = Reporter(inbox, run_id, spec, rules)
-        out = report.finish(train(spec, report=report, checkpoint_dir=checkpoint_dir).to_dict())
+        if USER_TRAINER_KEY in json.loads(spec_json):  # the study's own trainer (trainers/protocol.py)
+            from orchestrator.sweep.user_trainer import run_user_trainer
+
+            spec = UserSpec.model_validate_json(spec_json)
+            report = Reporter(inbox, run_id, spec, rules)
+            out = report.finish(run_user_trainer(spec, report, checkpoint_dir))
+        else:
+            spec = TrainSpec.model_validate_json(spec_json)
+            report = Reporter(inbox, run_id, spec, rules)
+            out = report.finish(train(spec, report=report, checkpoint_dir=checkpoint_dir).to_dict())
     except Exception:  # noqa: BLE001 - a trial's failure is data, never a crashed sweep
         out = _failed()
     return {**out, **where, "started_at": started, "ended_at": time.time()}
