@@ -18,6 +18,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from orchestrator.store import names
+from orchestrator.store.hold import HOLD_STUDY_PREFIX
 from orchestrator.store.names import StopKind
 from orchestrator.study import load_study
 from orchestrator.study.grid import build_cells
@@ -60,7 +61,7 @@ def optuna_studies(tmp_path: Path, study: str = "tiny") -> dict[str, optuna.Stud
 
     storage = open_storage(str(tmp_path / "runs" / study / "optuna.journal"))
     return {s.study_name: optuna.load_study(study_name=s.study_name, storage=storage)
-            for s in optuna.get_all_study_summaries(storage)}
+            for s in optuna.get_all_study_summaries(storage) if not s.study_name.startswith(HOLD_STUDY_PREFIX)}
 
 
 def test_study_end_to_end(tmp_path):

@@ -20,6 +20,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from orchestrator.store.hold import HOLD_STUDY_PREFIX
 from orchestrator.sweep.search import open_storage
 
 from support.cli import grokscale, listing, write_study
@@ -29,6 +30,12 @@ from support.studies import tiny_study
 PG_BIN = Path(os.environ.get("GROKSCALE_PG_BIN", "/usr/lib/postgresql/15/bin"))
 # TINY_STUDY of test_orchestrator.py, two cells and 100 steps: four runs of about a second.
 STUDY = tiny_study("tiny")
+
+
+def cell_summaries(storage) -> list:
+    """The study's Optuna studies, one per cell (not the driver's hold: store/hold.py)."""
+    return [s for s in optuna.get_all_study_summaries(storage=storage)
+            if not s.study_name.startswith(HOLD_STUDY_PREFIX)]
 
 
 class PostgresServer:
@@ -105,7 +112,7 @@ def test_postgresql_storage_runs_resumes_and_fails_cleanly_when_down(tmp_path, p
 
     # Every trial is in PostgreSQL, one study per cell, and no journal file was written.
     storage = open_storage(postgres.url)
-    summaries = optuna.get_all_study_summaries(storage=storage)
+    summaries = cell_summaries(storage)
     assert sorted(s.study_name for s in summaries) == ["tiny/N[d_model=16]_D=0.3", "tiny/N[d_model=16]_D=0.5"]
     for s in summaries:
         trials = optuna.load_study(study_name=s.study_name, storage=storage).get_trials()
@@ -119,11 +126,11 @@ def test_postgresql_storage_runs_resumes_and_fails_cleanly_when_down(tmp_path, p
     assert [r["complete"] for r in json.loads(status.stdout)] == [2, 2]
 
     # Run again: it resumes from PostgreSQL, trains nothing and duplicates nothing.
-    before = {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(storage=storage)}
+    before = {s.study_name: s.n_trials for s in cell_summaries(storage)}
     again = grokscale(*run, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads(again.stdout.strip().splitlines()[-1])["completed"] == 0
-    assert {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(storage=storage)} == before
+    assert {s.study_name: s.n_trials for s in cell_summaries(storage)} == before
     assert not [p for p in listing(tmp_path) if "journal" in p]
 
     # A database that does not exist: refused at login, before anything starts.

@@ -11,6 +11,8 @@ from pathlib import Path
 import optuna
 from mlflow.tracking import MlflowClient
 
+from orchestrator.store.hold import HOLD_STUDY_PREFIX
+
 from support.cli import GROKSCALE
 from support.processes import kill_tree
 
@@ -53,4 +55,4 @@ def trials(tmp_path: Path, study: str = "faults") -> dict[str, list[optuna.trial
         return {}
     storage = open_storage(str(journal))
     return {s.study_name.split("/", 1)[1]: optuna.load_study(study_name=s.study_name, storage=storage).get_trials()
-            for s in optuna.get_all_study_summaries(storage)}
+            for s in optuna.get_all_study_summaries(storage) if not s.study_name.startswith(HOLD_STUDY_PREFIX)}
