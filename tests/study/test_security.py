@@ -27,7 +27,7 @@ STUDY = tiny_study("secure", steps=50, eval_every=25, d=(0.5,), trials=1, sample
 
 # -- YAML is data, never code --------------------------------------------------------------------
 def test_python_tags_in_a_study_are_refused_and_run_nothing(tmp_path):
-    text = (REPO / "tests" / "broken_configs" / "_valid.yaml").read_text()
+    text = (REPO / "tests" / "unit" / "broken_configs" / "_valid.yaml").read_text()
     tag = '!!python/object/apply:os.system ["touch pwned"]'
     (tmp_path / "study.yaml").write_text(text.replace("name: tiny", f"name: {tag}"))
     before = listing(tmp_path)

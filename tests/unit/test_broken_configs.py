@@ -1,4 +1,4 @@
-"""Every study in tests/broken_configs is refused by `grokscale run` before anything starts.
+"""Every study in tests/unit/broken_configs is refused by `grokscale run` before anything starts.
 
 Each file is the valid study `_valid.yaml` with one thing broken. Its header says what, and what
 the error must say: `# expect: PATH | WORD` means a line of stderr starts `error: PATH` and
