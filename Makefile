@@ -6,9 +6,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # The CPU build of torch; a GPU user who installed their own torch into $(VENV) first keeps it.
 TORCH ?= torch==2.13.0
-PYTEST_ARGS ?= -m "not soak"
+# `make test` stays near 20 minutes on 2 cores; `make test-all` adds the tests that install and
+# start whole services (a one-node Slurm, headless Chromium on the MLflow UI: about 8 minutes more).
+PYTEST_ARGS ?= -m "not soak and not long"
 
-.PHONY: install quickstart test soak bench ui clean
+.PHONY: install quickstart test test-all soak bench ui clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +27,10 @@ quickstart: install
 test: install
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-all: install
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -m "not soak"
 
 # A real soak (tests/faults/test_soak.py): random SIGKILLs of workers, the driver and the tracking
 # server for GROKSCALE_SOAK_S seconds (default 1800), then nothing lost or duplicated.

@@ -311,6 +311,7 @@ def submit(slurm: OneNodeSlurm, tmp_path: Path, ports: list[int]) -> str:
     return re.search(r"submitted job (\d+)", out.stdout).group(1)
 
 
+@pytest.mark.long
 @pytest.mark.slow  # a one-node Slurm, a Ray head and a driver in a job, twice: 2 to 5 minutes
 def test_study_runs_and_resumes_through_sbatch_on_a_one_node_slurm(tmp_path, slurm):
     from mlflow.tracking import MlflowClient

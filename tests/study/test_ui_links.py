@@ -115,6 +115,7 @@ def browser() -> str | None:
                  if shutil.which(name)), None)
 
 
+@pytest.mark.long
 @pytest.mark.slow
 @pytest.mark.skipif(browser() is None, reason="needs a headless Chromium (Debian: apt-get install chromium)")
 def test_the_printed_link_opens_the_runs_table_in_mlflow(study, tmp_path):
