@@ -7,11 +7,12 @@ the study and since when.
 
 How, on any storage (journal file, PostgreSQL, shared by several machines): the holds are trials
 of a dedicated Optuna study, `grokscale.hold/<study>`. Creating a trial is the one operation every
-storage serializes, so trial numbers order the claims: a driver creates its claim, then reads the
-live claims, and the lowest number wins; a loser withdraws its claim. A claim stays live while
-its driver beats (a `heartbeat` attribute every HEARTBEAT_S). It is stale, and never blocks a
-resume, when its process is gone (same host: the pid is dead, or reused by another process) or,
-seen from another host, when its heartbeat is older than STALE_S.
+storage serializes, so trial numbers order the claims: a driver creates its claim (whole, in one
+operation, so no rival reads it half-written), then reads the live claims, and the lowest number
+wins; a loser withdraws its claim. A claim stays live while its driver beats (a `heartbeat`
+attribute every HEARTBEAT_S). It is stale, and never blocks a resume, when its process is gone
+(same host: the pid is dead, or reused by another process) or, seen from another host, when its
+heartbeat is older than STALE_S.
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ class StudyHold:
         out = []
         for t in self.storage.get_all_trials(self._study_id(), deepcopy=False, states=(TrialState.RUNNING,)):
             a = t.user_attrs
-            if not {"host", "pid", "since"} <= a.keys():  # a claim being written: its creator reads it next
+            if not {"host", "pid", "since"} <= a.keys():  # not a claim this module wrote
                 continue
             out.append(Holder(a["host"], int(a["pid"]), float(a.get("started", 0.0)), float(a["since"]),
                               float(a.get("heartbeat", a["since"])), self._trial_id(t.number), t.number))
@@ -113,12 +114,13 @@ class StudyHold:
     def acquire(self) -> StudyHold:
         study_id = self._study_id()
         now = time.time()
-        trial_id = self.storage.create_new_trial(study_id)
         pid = os.getpid()
-        # `host` last: a claim counts once it is whole (holders() skips one still being written).
-        for key, value in {"pid": pid, "started": _process_start(pid), "since": now, "heartbeat": now,
-                           "host": socket.gethostname()}.items():
-            self.storage.set_trial_user_attr(trial_id, key, value)
+        # The claim is created whole, in one storage operation: a claim written attribute by
+        # attribute could be read half-written by a rival, who would skip it and win beside it.
+        claim = optuna.trial.create_trial(state=TrialState.RUNNING, user_attrs={
+            "pid": pid, "started": _process_start(pid), "since": now, "heartbeat": now,
+            "host": socket.gethostname()})
+        trial_id = self.storage.create_new_trial(study_id, template_trial=claim)
         for h in self.holders():
             if h.trial_id == trial_id:
                 break  # no live claim before ours: the study is ours
