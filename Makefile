@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 # `make test` stays near 20 minutes on 2 cores; `make test-all` adds the tests that install and
 # start whole services (a one-node Slurm, headless Chromium on the MLflow UI: about 8 minutes more).
-PYTEST_ARGS ?= -m "not soak and not long"
+PYTEST_ARGS ?= -m "not soak and not long" --durations=30
 
 .PHONY: install quickstart test test-all soak bench ui clean
 
