@@ -35,11 +35,13 @@ def _load(args: argparse.Namespace, with_preflight: bool = True):
         load_study,
     )
     from orchestrator.study.grid import build_cells
-    from orchestrator.study.preflight import check_preflight
+    from orchestrator.study.preflight import check_preflight, corpus_problems
 
     overrides = list(args.set) + ([f"tracking.uri={args.tracking_uri}"] if args.tracking_uri else [])
     try:
         study = load_study(args.study, overrides)
+        if problems := corpus_problems(study):  # before the grid, which tokenizes the corpus
+            raise StudyError(problems)
         cells = build_cells(study)
         problems = check_preflight(study, cells) if with_preflight else []
         if problems:
@@ -78,14 +80,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     from orchestrator.store.journal import JournalCorrupt
     from orchestrator.store.ui import study_links
     from orchestrator.study import redact_url
-    from orchestrator.sweep.driver import run_study
+    from orchestrator.sweep.refine import run_refined
 
     try:
-        stats = run_study(study, cells, show=not args.quiet)
+        stats, refined = run_refined(study, cells, show=not args.quiet)  # run_study, refined with grid.refine
     except (StudyHeld, JournalCorrupt) as err:  # nothing was started
         print(f"error: {err}", file=sys.stderr)
         return 2
     out = {k: v for k, v in stats.to_dict().items() if k != "timeline"}  # per-run timestamps: for benchmarks
+    if refined is not None:
+        out["refine"] = refined.to_dict()
     if not args.no_report:
         out["report"] = _report(redact_url(study.tracking.uri), study.tracking.uri, study.experiment_name,
                                 quiet=args.json)
@@ -96,6 +100,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         print(f"{study.name}: {stats.completed} completed, {stats.stopped} pruned, {stats.diverged} diverged, "
               f"{stats.failed} failed in {stats.wall_time_s:.0f} s.")
+        if refined is not None:
+            print(refined.summary())
         _print_links(links)
     return 0 if stats.failed == 0 else 1
 
@@ -156,7 +162,7 @@ def load_study_or_exit(path: str, overrides: list[str]):
 def cmd_status(args: argparse.Namespace) -> int:
     study, cells = _load(args, with_preflight=False)
     from orchestrator.store.journal import JournalCorrupt
-    from orchestrator.store.status import status_table, study_status
+    from orchestrator.store.status import print_status, study_status
     from orchestrator.store.ui import study_links
 
     try:
@@ -167,9 +173,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:  # the rows alone, one per cell: what scripts read
         print(json.dumps(rows, indent=2))
         return 0
-    from rich.console import Console
-
-    Console().print(status_table(study, rows))
+    print_status(study, rows)
     _print_links(study_links(study))
     return 0
 

@@ -120,7 +120,7 @@ class Accounting:
 
     @classmethod
     def of(cls, spec: TrainSpec, data: TaskData) -> Accounting:
-        n = len(data.x_train)
+        n = data.n_examples  # rows of x_train, or a corpus's windows
         batch = spec.train.batch_size
         return cls(n if batch is None or batch >= n else batch, n, flops_for_task(spec.model, data))
 

@@ -92,6 +92,22 @@ def _mlp(cfg: MLPModel, n_out: int, seq_len: int) -> FlopCount:
     return _count(hidden + readout, 2 * hidden, 0, 2 * readout, seq_len)
 
 
+def _own(model_cfg, vocab_size: int, n_out: int, seq_len: int) -> FlopCount:
+    """A model of the user's, by Kaplan et al.'s rule alone: 2N FLOPs per position forward, N its
+    parameters outside nn.Embedding lookups (its readout included, as n_matmul here), at every
+    position; attention scores (no parameters) are not counted."""
+    import torch
+    from torch import nn
+
+    from trainers.models import build_model  # lazily: models.py needs torch, this module does not
+
+    with torch.device("meta"):
+        model = build_model(model_cfg, vocab_size, n_out, seq_len)
+    lookups = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    n = sum(p.numel() for p in model.parameters() if id(p) not in lookups)
+    return _count(n, 2 * seq_len * n, 0, 0, seq_len)
+
+
 def flops_per_example(model_cfg: TransformerModel | MLPModel, vocab_size: int, n_out: int,
                       seq_len: int, last_only: bool) -> FlopCount:
     """FLOPs to train on one example of `seq_len` positions (arguments as models.build_model).
@@ -106,6 +122,8 @@ def flops_per_example(model_cfg: TransformerModel | MLPModel, vocab_size: int, n
         return _transformer(model_cfg, n_out, seq_len, last_only)
     if model_cfg.family == "mlp":
         return _mlp(model_cfg, n_out, seq_len)
+    if ":" in model_cfg.family:  # a model of the user's (trainers/spec.py: OwnModel)
+        return _own(model_cfg, vocab_size, n_out, seq_len)
     raise ValueError(f"no FLOP formula for model family {model_cfg.family!r}")
 
 

@@ -3,6 +3,8 @@
 Convention: the "embedding" group holds the vocabulary-sized matrices (token and position
 embeddings and the unembedding / readout layer); "non_embedding" is everything else, as in
 Kaplan et al. (2020). Hoffmann et al. (2022) count the total. Both are always reported.
+A model of the user's (`model.family: package.module:Class`, trainers/spec.py) is counted the
+same way: its nn.Embedding modules and those named tok_emb, pos_emb, unembed are "embedding".
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainers.spec import MLPModel, TransformerModel
+from trainers.spec import MLPModel, OwnModel, TransformerModel, own_class
 
 EMBEDDING_MODULES = ("tok_emb", "pos_emb", "unembed")
 
@@ -33,9 +35,12 @@ class ParamCounts:
 
 
 def count_params(model: nn.Module) -> ParamCounts:
+    """Parameters by group (module docstring); a parameter shared by two modules counts once."""
+    lookups = {name for name, m in model.named_modules() if name and isinstance(m, nn.Embedding)}
+    groups = set(EMBEDDING_MODULES) | lookups
     emb = non = 0
     for name, p in model.named_parameters():
-        if name.split(".")[0] in EMBEDDING_MODULES:
+        if any(name.startswith(f"{g}.") for g in groups):
             emb += p.numel()
         else:
             non += p.numel()
@@ -121,12 +126,14 @@ class MLP(nn.Module):
 
 
 def init_weights(model: nn.Module, init_scale: float) -> None:
-    """N(0, 1/fan_in) weights, zero biases, then everything times init_scale.
+    """N(0, 1/fan_in) weights, zero biases, then everything times init_scale. A model of the
+    user's keeps its own initialization; init_scale multiplies it.
 
     Liu et al. (2022, "Omnigrok") tie grokking to the initial weight norm: a large init_scale
     delays generalization, a small one removes the delay.
     """
-    for module in model.modules():
+    builtin = isinstance(model, (Transformer, MLP))
+    for module in model.modules() if builtin else ():
         if isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, std=1 / math.sqrt(module.in_features))
             if module.bias is not None:
@@ -139,7 +146,9 @@ def init_weights(model: nn.Module, init_scale: float) -> None:
                 p.mul_(init_scale)
 
 
-def build_model(cfg: TransformerModel | MLPModel, vocab_size: int, n_out: int, seq_len: int) -> nn.Module:
+def build_model(cfg: TransformerModel | MLPModel | OwnModel, vocab_size: int, n_out: int, seq_len: int) -> nn.Module:
+    if isinstance(cfg, OwnModel):
+        return own_class(cfg.family, "model")(cfg.config, vocab_size, n_out, seq_len)
     cls = Transformer if cfg.family == "transformer" else MLP
     return cls(cfg, vocab_size, n_out, seq_len)
 
@@ -167,6 +176,9 @@ def resolve_shape(base: TransformerModel | MLPModel, target: int, vocab_size: in
     """The width (d_model for a transformer of fixed depth and heads, d_hidden for an MLP)
     whose parameter count under `convention` is closest to `target`; an error if none is
     within `tolerance`. Counts grow monotonically with width, so a binary search suffices."""
+    if isinstance(base, OwnModel):
+        raise ValueError(f"model.family: a target parameter count is resolved for the built-in families only; "
+                         f"give {base.family}'s N as a shape of its fields (e.g. {{width: 64}})")
     if base.family == "transformer":
         step = base.n_head
         ratio = None if base.d_mlp is None else base.d_mlp / base.d_model

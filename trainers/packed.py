@@ -27,7 +27,9 @@ its report hook leaves the pack at the step `train()` would have stopped it (its
 dropped, so it stops updating and costs nothing more); the others go on unchanged. Dropout is
 not packed: `train()` draws its masks from the global generator, which vmap cannot reproduce
 per run. Sequence tasks pack too, but vmap has no batching rule for CPU flash attention and
-loops over the K runs there.
+loops over the K runs there. Not packed either: the corpus task (its windows stream from disk,
+run by run) and models of the user's (vmap may not batch them); can_pack says so, and the
+driver then runs them one per task.
 
 Where it pays. Packing saves per-op overhead, not arithmetic. On CPU (benchmarks/bench_packing.py)
 it used ~1.6x less CPU per trial-step than separate runs at p=23 (159 examples, ~1.6 ms a step
@@ -83,6 +85,12 @@ def can_pack(specs: Sequence[TrainSpec]) -> str | None:
     if not specs:
         return "no specs"
     first, problems = specs[0], []
+    if first.task.name == "corpus":
+        # A corpus streams its windows from disk per run; packing stacks in-memory data (K, N, T).
+        return "task 'corpus' reads its batches from disk, run by run; packing stacks in-memory tasks only"
+    if ":" in first.model.family:
+        # vmap over a module of the user's may not batch (data-dependent control flow, in-place ops).
+        return f"model.family {first.model.family!r} is the user's own; packing batches the built-in models only"
     shared = lambda s: s.train.model_dump(exclude=PER_RUN)  # noqa: E731
     for i, s in enumerate(specs[1:], start=1):
         for name in ("task", "model", "device"):

@@ -9,9 +9,10 @@ A study names it, `trainer: mypkg.train:run` (or a short name offered in the ent
 least `step`; `val_acc`, `train_acc`, `val_loss`, ... as the function has them) and returns True
 when the run should stop (success-stop or the study's stopping rule); `checkpoint_dir` is where
 the function saves what it needs to resume after its worker died (it is the same directory when
-Ray retries the run). It returns its final metrics, optionally with `n_params` by group
-(`count_params_by_group(module)`). The orchestrator turns that into the result the built-in
-trainers return (orchestrator/sweep/user_trainer.py).
+Ray retries the run): report an evaluation before saving the checkpoint that follows it, so a
+retry never resumes past an evaluation it did not report. It returns its final metrics,
+optionally with `n_params` by group (`count_params_by_group(module)`). The orchestrator turns
+that into the result the built-in trainers return (orchestrator/sweep/user_trainer.py).
 
 Imports no Ray, Optuna or MLflow: a trainer can be written and tested without them.
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -80,16 +82,27 @@ class UserSpec(Frozen):
         return RunConfig(**self.config)
 
 
+def is_user_spec(spec_json: str) -> bool:
+    """Whether a recorded spec (JSON) is a UserSpec rather than the built-in trainers' TrainSpec."""
+    try:
+        data = json.loads(spec_json)
+    except ValueError:
+        return False
+    return isinstance(data, dict) and "trainer" in data
+
+
 def grokscale_train(train: dict[str, Any]) -> TrainConfig:
     """grokscale's reading of a user trainer's `train:` section: the budget keys only (no
     warmup: the built-in schedule is not the user's)."""
     return TrainConfig.model_validate({"warmup_steps": 0, **{k: train[k] for k in BUDGET_KEYS if k in train}})
 
 
-def _import(ref: str) -> Any:
+def import_object(ref: str, what: str = "function") -> Any:
+    """The object `package.module:attribute` names (a trainer; a task or model class, trainers/spec.py);
+    TrainerError says why not. `what` names it in the message."""
     module_name, _, attr = ref.partition(":")
     if not module_name or not attr or ":" in attr:
-        raise TrainerError(f"write it as 'package.module:function', got {ref!r}")
+        raise TrainerError(f"write it as 'package.module:{what}', got {ref!r}")
     try:
         module = importlib.import_module(module_name)
     except Exception as err:  # noqa: BLE001 - any failure at import is the study's problem to report
@@ -109,7 +122,7 @@ def _entry_point(name: str) -> Any:
         known = sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
         raise TrainerError(f"{name!r} is neither 'package.module:function' nor a trainer registered in the "
                            f"entry-point group {ENTRY_POINT_GROUP!r} (registered: {', '.join(known) or 'none'})")
-    return _import(found[0].value)
+    return import_object(found[0].value)
 
 
 def signature_problem(fn: Any) -> str | None:
@@ -136,7 +149,7 @@ def load_trainer(ref: str) -> Trainer:
     ref = ref.strip()
     if not ref:
         raise TrainerError("empty; write it as 'package.module:function'")
-    fn = _import(ref) if ":" in ref else _entry_point(ref)
+    fn = import_object(ref) if ":" in ref else _entry_point(ref)
     problem = signature_problem(fn)
     if problem:
         raise TrainerError(problem)

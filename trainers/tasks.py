@@ -3,7 +3,9 @@
 Every task is a token-sequence problem. `target == "last"` means one label per example, read
 at the last position (modular arithmetic, sparse parity); `target == "sequence"` means a label
 per position with -100 where there is nothing to predict (addition, character LM).
-Nothing is downloaded: data is generated from the seed, or read from the standard library.
+Nothing is downloaded: data is generated from the seed, read from the standard library, or read
+from a local corpus (trainers/corpus), which streams from disk instead of sitting in tensors.
+A task of the user's (`task.name: package.module:Class`, trainers/spec.py) builds its own TaskData.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from typing import Literal
 
 import torch
 
-from trainers.spec import AdditionTask, CharLMTask, ModularTask, SparseParityTask
+from trainers.corpus import CorpusData, CorpusError, CorpusTask, load_corpus
+from trainers.spec import AdditionTask, CharLMTask, ModularTask, OwnTask, SparseParityTask
 
 IGNORE = -100  # torch.nn.functional.cross_entropy's default ignore_index
 
@@ -36,10 +39,18 @@ class TaskData:
     accuracy: Literal["exact", "token"]
     n_train: int  # D as a count: examples, or tokens for the LM
     info: dict
+    # A corpus on disk (task 'corpus'): the training loop reads its windows a batch at a time
+    # and evaluates on its held-out split; the four tensors above are then empty, (0, T).
+    stream: CorpusData | None = None
 
     @property
     def seq_len(self) -> int:
         return self.x_train.shape[1]
+
+    @property
+    def n_examples(self) -> int:
+        """Unique training examples: rows of x_train, or a corpus's non-overlapping windows."""
+        return self.stream.n_train_windows() if self.stream is not None else len(self.x_train)
 
 
 # Every generator a run draws from, by stream: separate streams so that, e.g., the split does
@@ -177,7 +188,29 @@ def make_charlm(task: CharLMTask, seed: int) -> TaskData:
                     info={"corpus_tokens": len(tokens), "corpus_sha256": digest})
 
 
+def make_corpus(task: CorpusTask, seed: int) -> TaskData:
+    """The corpus tokenized into task.cache_dir (once; trainers/corpus/build.py), read from disk.
+    The split is the corpus's own, not the seed's: every run evaluates on the same held-out text."""
+    try:
+        corpus = load_corpus(task)
+    except CorpusError as err:  # its message starts with the field: name the section too
+        raise CorpusError(f"task.{err}") from None
+    empty = torch.empty(0, task.seq_len, dtype=torch.long)
+    return TaskData(empty, empty, empty, empty, vocab_size=corpus.vocab_size, n_out=corpus.vocab_size,
+                    target="sequence", accuracy="token", n_train=corpus.n_train, info=corpus.info, stream=corpus)
+
+
+def make_own(task: OwnTask, seed: int) -> TaskData:
+    data = task.config.make(seed)
+    if not isinstance(data, TaskData):
+        raise ValueError(f"task.name: {task.name}.make(seed) must return trainers.tasks.TaskData, "
+                         f"got {type(data).__name__}")
+    return data
+
+
 def make_task(task, seed: int) -> TaskData:
+    if isinstance(task, OwnTask):
+        return make_own(task, seed)
     builders = {"modular": make_modular, "sparse_parity": make_sparse_parity,
-                "addition": make_addition, "charlm": make_charlm}
+                "addition": make_addition, "charlm": make_charlm, "corpus": make_corpus}
     return builders[task.name](task, seed)

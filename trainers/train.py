@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -35,21 +36,40 @@ from trainers.spec import TrainSpec
 from trainers.tasks import IGNORE, TaskData
 
 # Names other modules import from here, kept so that `from trainers.train import ...` still works.
-__all__ = ["CHECKPOINT_NAME", "Events", "Report", "Status", "TrainResult", "evaluate", "lr_factor",
-           "train", "weight_norm"]
+__all__ = ["CHECKPOINT_NAME", "Events", "Report", "Status", "TrainResult", "evaluate", "evaluate_batches",
+           "lr_factor", "train", "weight_norm"]
 
 
-@torch.no_grad()
 def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, data: TaskData,
              batch_size: int) -> dict[str, float]:
     """Loss in nats per labelled token, accuracy, and for sequence tasks the continuous
     metrics of Schaeffer et al. (2023): per-token accuracy and the answer's log-likelihood."""
+    return evaluate_batches(model, ((x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size)),
+                            data)
+
+
+def eval_batches(data: TaskData, split: str, batch_size: int, device: torch.device,
+                 x: torch.Tensor, y: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One split's evaluation batches: slices of the tensors, or for a corpus its held-out windows
+    and a fixed, evenly spread sample of as many training windows (the same at every evaluation)."""
+    stream = data.stream
+    if stream is None:
+        return ((x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size))
+    batches = (stream.val_batches(batch_size) if split == "val"
+               else stream.train_eval_batches(stream.n_val_windows(), batch_size))
+    return ((xb.to(device), yb.to(device)) for xb, yb in batches)
+
+
+@torch.no_grad()
+def evaluate_batches(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                     data: TaskData) -> dict[str, float]:
+    """evaluate() over any batches: sums in float64 over all of them, then one reduction."""
     was_training = model.training
     model.eval()
     loss_sum = correct_tokens = exact = logprob_sum = 0.0
-    n_tokens = 0
-    for i in range(0, len(x), batch_size):
-        xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+    n_tokens = n = 0
+    for xb, yb in batches:
+        n += len(xb)
         if data.target == "last":
             logits = model(xb, last_only=True).double()  # (B, V)
             logp = F.log_softmax(logits, dim=-1).gather(1, yb[:, None])[:, 0]  # (B,)
@@ -70,7 +90,7 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, data: Tas
             n_tokens += mask.sum().item()
             logprob_sum += logp.sum().item()
     model.train(was_training)
-    return reduce_metrics(data, len(x), loss_sum, correct_tokens, exact, n_tokens, logprob_sum)
+    return reduce_metrics(data, n, loss_sum, correct_tokens, exact, n_tokens, logprob_sum)
 
 
 def weight_norm(model: torch.nn.Module) -> float:
@@ -90,8 +110,9 @@ def train(spec: TrainSpec, report: Report | None = None,
     batch_gen = batch_generator(spec.seed)
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
     x_val, y_val = data.x_val.to(device), data.y_val.to(device)
-    n = len(x_train)
-    full_batch = cfg.batch_size is None or cfg.batch_size >= n
+    stream = data.stream  # a corpus: windows are read from disk a batch at a time
+    n = data.n_examples
+    full_batch = stream is None and (cfg.batch_size is None or cfg.batch_size >= n)
     last_only = data.target == "last"
     ema = [torch.zeros_like(p) for p in model.parameters()] if cfg.grokfast else None
     log = RunLog(cfg, Accounting.of(spec, data), report)  # history, events, stop rules
@@ -130,7 +151,10 @@ def train(spec: TrainSpec, report: Report | None = None,
                 perm, cursor = torch.randperm(n, generator=batch_gen), 0
             idx = perm[cursor:cursor + cfg.batch_size]
             cursor += cfg.batch_size
-            xb, yb = x_train[idx], y_train[idx]
+            if stream is None:
+                xb, yb = x_train[idx], y_train[idx]
+            else:  # one epoch reads each window once: D tokens (trainers/corpus/data.py)
+                xb, yb = (t.to(device) for t in stream.windows("train", idx))
         logits = model(xb, last_only=last_only)
         loss = F.cross_entropy(logits.flatten(0, -2), yb.flatten(), ignore_index=IGNORE)
         step += 1
@@ -148,8 +172,9 @@ def train(spec: TrainSpec, report: Report | None = None,
 
         if step % cfg.eval_every == 0 or step == cfg.steps:
             t_eval = time.perf_counter()
-            tr = evaluate(model, x_train, y_train, data, cfg.eval_batch_size)
-            va = evaluate(model, x_val, y_val, data, cfg.eval_batch_size)
+            bs = cfg.eval_batch_size
+            tr = evaluate_batches(model, eval_batches(data, "train", bs, device, x_train, y_train), data)
+            va = evaluate_batches(model, eval_batches(data, "val", bs, device, x_val, y_val), data)
             norm = weight_norm(model)
             eval_time += time.perf_counter() - t_eval
             if log.on_eval(step, tr, va, norm, lr):  # events, success-stop, divergence, report hook

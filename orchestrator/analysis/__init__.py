@@ -15,6 +15,12 @@ nothing was found, and has a JSON-safe `to_dict()`.
   `extrapolation_backtest`: fit on all budgets but the largest, predict its N_opt and loss.
 - `cell_regularization`, `param_importances`, `trial_table`: the best trial per cell and the
   importance of each searched parameter (Optuna, imported lazily).
+- `phase_regions`: the phase of the nearest runs over a plane of two hyperparameters, each in
+  its search space (Liu et al. 2022's phase diagrams), or None with the reason when too sparse.
+- `critical_data_sizes`, `fit_critical_data`, `critical_data_backtest`: the critical data size
+  D*(N) bracketed by the grid, as a power law in N, predicted at each size from the smaller ones.
+- `generalization_backtest`: each run's generalization step predicted at its memorization step
+  by its decay clock (sum of lr x weight decay), leave-one-out.
 
 The runs tables these take have one row per training run, with columns named as in the
 report (`cell`, `n_params`, `n_train`, `d_value`, `seed`, `trial_number`, `status`,
@@ -22,6 +28,14 @@ report (`cell`, `n_params`, `n_train`, `d_value`, `seed`, `trial_number`, `statu
 """
 
 from orchestrator.analysis.backtest import Backtest, extrapolation_backtest
+from orchestrator.analysis.critical_data import (
+    CriticalData,
+    CriticalDataBacktest,
+    CriticalDataLaw,
+    critical_data_backtest,
+    critical_data_sizes,
+    fit_critical_data,
+)
 from orchestrator.analysis.emergence import CriticalSizes, EmergenceFit, critical_sizes, emergence_threshold
 from orchestrator.analysis.envelope import EnvelopeFit, fit_envelope
 from orchestrator.analysis.estimate import Estimate
@@ -34,8 +48,10 @@ from orchestrator.analysis.grokking import (
                                             grokking_phase,
                                             grokking_phases,
 )
+from orchestrator.analysis.grokking_time import StepBacktest, StepPrediction, generalization_backtest
 from orchestrator.analysis.isoflop import IsoFlopBudget, IsoFlopFit, fit_isoflop
 from orchestrator.analysis.mirage import MirageCheck, mirage_check, mirage_checks
+from orchestrator.analysis.phase_regions import PhaseRegions, phase_regions
 from orchestrator.analysis.regularization import CellRegularization, cell_regularization, param_importances, trial_table
 from orchestrator.analysis.scaling import N_COLUMNS, ScalingLawFit, fit_power_law, fit_scaling_law
 
@@ -46,4 +62,6 @@ __all__ = [
     "PHASES", "ScalingLawFit", "cell_regularization", "critical_sizes", "curve_events", "emergence_threshold",
     "fit_power_law", "fit_scaling_law", "grokking_events", "grokking_phase", "grokking_phases", "mirage_check",
     "mirage_checks", "param_importances", "trial_table",
+    "CriticalData", "CriticalDataBacktest", "CriticalDataLaw", "PhaseRegions", "StepBacktest", "StepPrediction",
+    "critical_data_backtest", "critical_data_sizes", "fit_critical_data", "generalization_backtest", "phase_regions",
 ]

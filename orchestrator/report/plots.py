@@ -18,6 +18,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 
 from orchestrator.analysis.emergence import CriticalSizes, EmergenceFit
 from orchestrator.analysis.mirage import MirageCheck
@@ -42,6 +43,24 @@ LABELS = {
 }
 
 DPI = 120
+REFINED_COL = "refined"  # "round k" on the runs of a cell grid.refine added (orchestrator/store/results.py)
+REFINED_LABEL = "added by grid.refine"
+REFINED_COLOR = "#ff00ff"  # magenta: apart from viridis, and from the red and orange threshold markers
+
+
+def refined_scales(runs: pd.DataFrame, x_col: str, y_col: str) -> set[tuple[float, float]]:
+    """The (x, y) scales of the cells grid.refine added: those with a run that carries the
+    `refined` tag. Empty for a study without grid.refine (no such column, or no tag)."""
+    if REFINED_COL not in runs or x_col not in runs or y_col not in runs:
+        return set()
+    marked = runs[runs[REFINED_COL].notna()]
+    xs, ys = (pd.to_numeric(marked[c], errors="coerce").to_numpy(float) for c in (x_col, y_col))
+    return {(float(x), float(y)) for x, y in zip(xs, ys) if np.isfinite(x) and np.isfinite(y)}
+
+
+def refined_handle(color: str = "black") -> Line2D:
+    """The legend entry of an added cell: a hollow diamond."""
+    return Line2D([], [], marker="D", ls="none", ms=8, mfc="none", mec=color, mew=1.5, label=REFINED_LABEL)
 
 
 def label(col: str) -> str:
@@ -55,7 +74,8 @@ def plot_emergence_heatmap(runs: pd.DataFrame, path: str | Path, *, metric: str 
                            title: str | None = None) -> Path | None:
     """The metric per (N, D) cell (agg "best": the best run; "mean"), with the threshold contour
     at `level` (default: the midpoint level of the fits in `critical`, else halfway between the
-    lowest and highest cell) and the critical sizes D*(N), N*(D) with their intervals."""
+    lowest and highest cell) and the critical sizes D*(N), N*(D) with their intervals. The cells
+    grid.refine added (a `refined` column, see `refined_scales`) carry a hollow diamond."""
     need(runs, metric, n_col, d_col)
     table = _numeric(runs, n_col, d_col, metric)
     if table.empty:
@@ -73,21 +93,30 @@ def plot_emergence_heatmap(runs: pd.DataFrame, path: str | Path, *, metric: str 
     ax.set_yscale("log")
     fig.colorbar(mesh, ax=ax, label=f"{label(metric)}, {'best run' if agg == 'best' else 'mean'} per cell")
     if values.size <= 144:
+        widths = _cell_points(ns, ds)[0]
         for i, n in enumerate(ns):
             for j, d in enumerate(ds):
-                if np.isfinite(values[i, j]):
+                if np.isfinite(values[i, j]) and widths[i] >= 24:  # "0.50" in 8 points is about 18 wide
                     dark = (values[i, j] - vmin) / max(vmax - vmin, 1e-12) > 0.6
                     ax.text(n, d, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=8,
                             color="black" if dark else "white")
     handles = []
+    added = sorted(refined_scales(runs.loc[table.index], n_col, d_col))  # cells drawn, not failed ones
+    if added:  # a hollow diamond around the cell's number, sized to fit inside its own cell
+        ax.scatter([n for n, _ in added], [d for _, d in added], s=_cell_sizes(ns, ds, added) ** 2, marker="D",
+                   facecolors="none", edgecolors=REFINED_COLOR, linewidths=1.8, zorder=3)
+        handles.append(refined_handle(REFINED_COLOR))
+    if not np.isfinite(values).all():  # a grid refined along one line leaves cells never run
+        ax.set_facecolor("#d9d9d9")
+        handles.append(Patch(facecolor="#d9d9d9", edgecolor="gray", label="no run at this (N, D)"))
     if level is None and critical is not None:
         levels = [f.midpoint_level for _, f in critical.d_star + critical.n_star if f.midpoint_level is not None]
         level = float(np.median(levels)) if levels else None
     if level is None:
         level = (np.nanmin(values) + np.nanmax(values)) / 2
     if len(ns) >= 2 and len(ds) >= 2 and np.nanmin(values) < level < np.nanmax(values):
-        filled = np.where(np.isfinite(values), values, np.nanmin(values))
-        ax.contour(ns, ds, filled.T, levels=[level], colors="white", linewidths=2, linestyles="--")
+        ax.contour(ns, ds, np.ma.masked_invalid(_between(ns, ds, values)).T, levels=[level], colors="white",
+                   linewidths=2, linestyles="--")
         handles.append(Line2D([], [], color="white", ls="--", lw=2, label=f"contour at {level:.2f} (midpoint level)"))
     if critical is not None:
         pts = [(n, f) for n, f in critical.d_star if f.threshold is not None]
@@ -119,12 +148,14 @@ def plot_metric_vs_scale(runs: pd.DataFrame, path: str | Path, *, metric: str = 
                          fits: Mapping | Sequence | None = None, title: str | None = None) -> Path | None:
     """The metric over scale x_col, one curve per value of group_col: every run (small dots),
     the per-scale value (agg "best" or "mean"), and from `fits` (group value -> EmergenceFit,
-    e.g. dict(critical.n_star)) the fitted sigmoid and the threshold with its interval."""
+    e.g. dict(critical.n_star)) the fitted sigmoid and the threshold with its interval. The
+    scales grid.refine added (a `refined` column, see `refined_scales`) carry a hollow diamond."""
     need(runs, metric, x_col, group_col)
     table = _numeric(runs, x_col, group_col, metric)
     if table.empty:
         return None
     fits = dict(fits or {})
+    added = refined_scales(runs.loc[table.index], x_col, group_col)
     groups = sorted(table[group_col].unique())
     colors = _colors(len(groups))
     fig, ax = _figure(7.5, 5)
@@ -135,6 +166,10 @@ def plot_metric_vs_scale(runs: pd.DataFrame, path: str | Path, *, metric: str = 
         ax.scatter(part[x_col], part[metric], s=8, color=color, alpha=0.35)
         ax.plot(agg_values.index, agg_values.values, "o-", color=color, lw=1.2, ms=5,
                 label=f"{group_col} = {value:g}")
+        mine = [x for x in agg_values.index if (float(x), float(value)) in added]
+        if mine:
+            ax.scatter(mine, agg_values.loc[mine].to_numpy(float), marker="D", s=90, facecolors="none",
+                       edgecolors=[color], linewidths=1.5, zorder=3)
         fit = fits.get(value)
         # Only an accepted fit is drawn: a sigmoid the analysis rejected (no threshold) would
         # suggest a transition that was not found.
@@ -151,7 +186,8 @@ def plot_metric_vs_scale(runs: pd.DataFrame, path: str | Path, *, metric: str = 
     ax.set_ylabel(label(metric) + (", best run per scale" if agg == "best" else ", mean per scale"))
     extra = [Line2D([], [], color="black", ls="--", label="fitted sigmoid (floor at chance)"),
              Line2D([], [], color="black", ls=":", label="threshold (midpoint), band: 95% CI")]
-    ax.legend(handles=ax.get_legend_handles_labels()[0] + (extra if fits else []), fontsize=8, loc="best")
+    extra = (extra if fits else []) + ([refined_handle()] if added else [])
+    ax.legend(handles=ax.get_legend_handles_labels()[0] + extra, fontsize=8, loc="best")
     ax.set_title(title or f"{metric} over {x_col}, one curve per {group_col}")
     ax.grid(alpha=0.3)
     return save(fig, path)
@@ -233,7 +269,28 @@ def _grid_ticks(axis, values: np.ndarray) -> None:
     if 1 < values.size <= 12:
         axis.set_major_locator(FixedLocator(values))
         axis.set_minor_locator(NullLocator())
-        axis.set_ticklabels([_compact(v) for v in values])
+        # A tick closer than 1/15 of the axis to the last labelled one (a scale grid.refine added
+        # inside a bracket) keeps its tick but not its label: the labels would run into each other.
+        logs, shown, last = np.log10(values), [], -np.inf
+        for v, lv in zip(values, logs):
+            keep = lv - last >= (logs[-1] - logs[0]) / 15
+            shown.append(_compact(v) if keep else "")
+            last = lv if keep else last
+        axis.set_ticklabels(shown)
+
+
+def readable_log_ticks(axis) -> None:
+    """Plain-number labels on a log axis (0.3, 0.5, 1, 2), without the crowded "3x10^-1" minor
+    labels matplotlib puts on an axis that spans less than a decade: every digit within a decade,
+    1-2-5 steps up to two, powers of ten beyond (call it once the data are drawn)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    lo, hi = sorted(axis.get_view_interval())
+    decades = np.log10(hi / lo) if lo > 0 else np.inf
+    subs = np.arange(1.0, 10.0) if decades <= 1 else (1.0, 2.0, 5.0) if decades <= 2 else (1.0,)
+    axis.set_major_locator(LogLocator(base=10, subs=subs))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def _compact(v: float) -> str:
@@ -249,6 +306,36 @@ def save(fig: Figure, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI, bbox_inches="tight")
     return path
+
+
+def _between(ns: np.ndarray, ds: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """For the contour only: a cell never run that lies between two measured cells of its D
+    (a model size grid.refine added at another D), else of its N, gets the value interpolated in
+    log scale between them, as the contour interpolates between any two cells; the rest stay
+    NaN (masked: no contour where nothing was measured on either side)."""
+    out = values.copy()
+    for grid, along in ((np.log10(ns), out), (np.log10(ds), out.T)):  # along N at each D, then D at each N
+        for k in range(along.shape[1]):
+            line = along[:, k]
+            known = np.isfinite(line)
+            inside = ~known & (grid > grid[known].min()) & (grid < grid[known].max()) if known.sum() >= 2 else None
+            if inside is not None and inside.any():
+                line[inside] = np.interp(grid[inside], grid[known], line[known])
+    return out
+
+
+def _cell_points(ns: np.ndarray, ds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The width of each N's and the height of each D's heatmap cell in points, on the 7.5 x 5.5
+    inch figure (its axes about 5.5 x 4 inches): a scale grid.refine added has a narrow cell."""
+    ex, ey = np.diff(np.log10(_edges(ns))), np.diff(np.log10(_edges(ds)))
+    return 5.5 * 72 * ex / ex.sum(), 4.0 * 72 * ey / ey.sum()
+
+
+def _cell_sizes(ns: np.ndarray, ds: np.ndarray, points: Sequence[tuple[float, float]]) -> np.ndarray:
+    """Marker sizes (points) that fit inside each point's heatmap cell: 70% of its smaller side, at most 20."""
+    widths, heights = _cell_points(ns, ds)
+    return np.asarray([min(20.0, 0.7 * min(widths[np.searchsorted(ns, n)], heights[np.searchsorted(ds, d)]))
+                       for n, d in points])
 
 
 def _edges(centers: np.ndarray) -> np.ndarray:

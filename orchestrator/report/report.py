@@ -2,8 +2,10 @@
 
 `build_report` is analysis and drawing only (a StudyResults in, files in a folder out), one
 section per question (emergence, grokking, scaling law, mirage, regularization: sections.py,
-scaling_section.py); `log_report` is the MLflow write; `make_report` does both, and is what
-`grokscale report` and the end of `grokscale run` call. Everything comes from MLflow, so any
+scaling_section.py; D*(N) and generalization steps predicted and backtested: prediction_section.py;
+what grid.refine added, below the summary table in summary.md: sections.py);
+`log_report` is the MLflow write; `make_report` does both, and is what `grokscale report` and
+the end of `grokscale run` call. Everything comes from MLflow, so any
 machine with the tracking URI can make the report.
 """
 
@@ -14,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from orchestrator.report import scaling_section, sections
+from orchestrator.report import prediction_section, scaling_section, sections
 from orchestrator.report.document import Report, read_inputs
 from orchestrator.report.summary import json_default, markdown, summary_table
 from orchestrator.store import names
@@ -34,15 +36,17 @@ def build_report(res: StudyResults, out_dir: str | Path) -> Report:
                      "statuses": inp.runs["status"].value_counts().to_dict()}
     critical = sections.emergence(inp, report, results)
     phases = sections.grokking(inp, report, results)
+    prediction_section.predictions(inp, report, results, phases)
     scaling_section.scaling(inp, report, results)
     sections.mirage(inp, report, results)
     regs = sections.regularization(inp, results)
+    refined = sections.refinement(res.refine, inp, report, results)
     report.summary = summary_table(inp.runs, phases, regs, inp.metric, inp.n_col, inp.d_col, critical)
     results["skipped"] = report.skipped
     results["plots"] = sorted(report.plots)
     report.results = results
     report.summary.to_csv(out / "summary.csv", index=False)
-    (out / "summary.md").write_text(markdown(report.summary))
+    (out / "summary.md").write_text(markdown(report.summary) + (f"\n{refined}" if refined else ""))
     (out / "results.json").write_text(json.dumps(results, indent=2, default=json_default))
     return report
 

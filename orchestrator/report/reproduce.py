@@ -7,6 +7,13 @@ exactly: MLflow stores float64 and the trainer records Python floats, so nothing
 the way. Any difference, however small, is a MISMATCH. A pruned run (status `stopped`) is
 trained again up to the step it was stopped at.
 
+A run of a study's own trainer (`trainer: mypkg.train:run`, trainers/protocol.py) records a
+UserSpec instead: the function's import reference, the folder its package was imported from, and
+the whole RunConfig. Its function is imported again (that folder first on sys.path) and called
+with the same RunConfig, a fresh checkpoint folder and the same report callback a worker gives
+it. The comparison is the same; it matches bit for bit when the function is deterministic (its
+seed taken from RunConfig.seed, on CPU) and its code has not changed since the run.
+
 Exit codes: 0 match, 1 mismatch, 2 no such run or no recorded spec.
 """
 
@@ -20,6 +27,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -157,6 +165,46 @@ def new_curves(result: dict) -> dict[str, Curve]:
     return curves
 
 
+def _invalid(run_id: str, kind: str, err: ValidationError) -> ReproduceError:
+    return ReproduceError(f"run {run_id}: the recorded spec is not a valid {kind} "
+                          f"({err.error_count()} problem(s), first: {err.errors()[0]['msg']})")
+
+
+def train_spec(run_id: str, text: str, report: Callable[[dict], bool] | None) -> dict:
+    """The built-in trainer's run of a recorded TrainSpec, as its result dict."""
+    from trainers import TrainSpec, train
+
+    try:
+        spec = TrainSpec.model_validate_json(text)
+    except ValidationError as err:
+        raise _invalid(run_id, "TrainSpec", err) from None
+    try:
+        return train(spec, report=report).to_dict()
+    except Exception as err:  # noqa: BLE001 - e.g. a spec recorded on a GPU, trained again without one
+        raise ReproduceError(f"run {run_id}: its spec does not train here ({type(err).__name__}: {err})") from None
+
+
+def train_user_spec(run_id: str, text: str, report: Callable[[dict], bool] | None) -> dict:
+    """The study's own trainer called again with the recorded RunConfig, through the same
+    wrapper a worker uses (orchestrator/sweep/user_trainer.py), in a fresh checkpoint folder: a
+    checkpoint the run left behind would turn the replay into a resume."""
+    from orchestrator.sweep.user_trainer import run_user_trainer
+    from trainers.protocol import TrainerError, UserSpec
+
+    try:
+        spec = UserSpec.model_validate_json(text)
+    except ValidationError as err:
+        raise _invalid(run_id, "UserSpec", err) from None
+    with tempfile.TemporaryDirectory(prefix="grokscale-reproduce-") as folder:
+        try:
+            return run_user_trainer(spec, report, folder)
+        except TrainerError as err:
+            raise ReproduceError(f"run {run_id}: its trainer {spec.trainer!r} cannot be loaded here: {err}") from None
+        except Exception as err:  # noqa: BLE001 - the user's code failed: say so, with its own words
+            raise ReproduceError(f"run {run_id}: its trainer {spec.trainer!r} failed here "
+                                 f"({type(err).__name__}: {err})") from None
+
+
 def reproduce(run_id: str, tracking_uri: str) -> Report:
     from mlflow.exceptions import MlflowException
 
@@ -165,14 +213,9 @@ def reproduce(run_id: str, tracking_uri: str) -> Report:
         run = client.get_run(run_id)
     except MlflowException as err:
         raise ReproduceError(f"no run {run_id!r} in {tracking_uri} ({err.error_code})") from None
-    from trainers import TrainSpec, train
+    from trainers.protocol import is_user_spec
 
     text = recorded_spec(client, run)
-    try:
-        spec = TrainSpec.model_validate_json(text)
-    except ValidationError as err:
-        raise ReproduceError(f"run {run_id}: the recorded spec is not a valid TrainSpec "
-                             f"({err.error_count()} problem(s), first: {err.errors()[0]['msg']})") from None
     # A run stopped from outside (pruned) is replayed to the step it stopped at: where it stopped
     # depended on other runs, what it computed up to there did not.
     final_steps = f"{names.FINAL_PREFIX}steps"
@@ -180,10 +223,7 @@ def reproduce(run_id: str, tracking_uri: str) -> Report:
     stop_at = int(run.data.metrics[final_steps]) if stopped and final_steps in run.data.metrics else None
     report = (lambda record: record["step"] >= stop_at) if stop_at is not None else None
     t0 = time.perf_counter()
-    try:
-        result = train(spec, report=report).to_dict()
-    except Exception as err:  # noqa: BLE001 - e.g. a spec recorded on a GPU, trained again without one
-        raise ReproduceError(f"run {run_id}: its spec does not train here ({type(err).__name__}: {err})") from None
+    result = (train_user_spec if is_user_spec(text) else train_spec)(run_id, text, report)
     wall = time.perf_counter() - t0
     recorded, new = recorded_curves(client, run), new_curves(result)
     rows = [compare(k, recorded.get(k, []), new.get(k, [])) for k in sorted(set(recorded) | set(new))]

@@ -1,13 +1,21 @@
-"""The report's sections on emergence, grokking, the mirage check and regularization: each
-reads the Inputs, draws its figures into the Report and records its numbers in `results`."""
+"""The report's sections on emergence, grokking, the mirage check, regularization and grid
+refinement: each reads the Inputs, draws its figures into the Report and records its numbers in
+`results`."""
 
 from __future__ import annotations
 
 import pandas as pd
 
-from orchestrator.analysis import CriticalSizes, cell_regularization, critical_sizes, curve_events, mirage_checks
+from orchestrator.analysis import (
+    CriticalSizes,
+    cell_regularization,
+    critical_sizes,
+    curve_events,
+    mirage_checks,
+    phase_regions,
+)
 from orchestrator.report.document import Inputs, Report
-from orchestrator.report.grokking_plots import plot_grokking_curves, plot_phase_diagram
+from orchestrator.report.grokking_plots import axis_is_log, phase_facets, plot_grokking_curves, plot_phase_diagram
 from orchestrator.report.plots import plot_emergence_heatmap, plot_metric_vs_scale, plot_mirage
 from orchestrator.store import names
 from orchestrator.store.results import THRESHOLDS
@@ -49,11 +57,42 @@ def grokking(inp: Inputs, report: Report, results: dict) -> pd.DataFrame:
     for col, fixed in ((wd, train.get("weight_decay", 1.0)), (lr, train.get("lr", 1e-3))):
         if col not in phases:  # not searched: every run had the study's fixed value
             phases[col] = float(fixed)
-    report.draw("phase_wd_x_d", plot_phase_diagram, phases, inp.out / "phase_wd_x_d.png",
-                x_col=wd, y_col=inp.d_col, facet_col=inp.n_col)
-    report.draw("phase_wd_x_lr", plot_phase_diagram, phases, inp.out / "phase_wd_x_lr.png",
-                x_col=wd, y_col=lr, facet_col=inp.d_col)
+    results["phase_regions"] = {}
+    for name, y_col, facet_col in (("phase_wd_x_d", inp.d_col, inp.n_col), ("phase_wd_x_lr", lr, inp.d_col)):
+        log_x, log_y = searched_log(inp.config, wd), searched_log(inp.config, y_col)
+        regions = regions_by_facet(phases, wd, y_col, facet_col, log_x, log_y)
+        results["phase_regions"][name] = {str(k): r.to_dict() for k, r in regions.items()}
+        report.draw(name, plot_phase_diagram, phases, inp.out / f"{name}.png", x_col=wd, y_col=y_col,
+                    facet_col=facet_col, log_x=log_x, log_y=log_y, regions=regions)
     return phases
+
+
+def searched_log(config: dict, col: str) -> bool | None:
+    """Whether a searched column (`param.<dotted path>`) was searched on a log scale, from the
+    study's search space; None for an axis that was not searched (the figure then decides)."""
+    space = (config.get("search") or {}).get("space") or {}
+    entry = space.get(col.removeprefix(names.PARAM_SEARCHED_PREFIX)) if col.startswith(
+        names.PARAM_SEARCHED_PREFIX) else None
+    return bool(entry.get("log", False)) if isinstance(entry, dict) and "low" in entry else None
+
+
+def regions_by_facet(phases: pd.DataFrame, x_col: str, y_col: str, facet_col: str, log_x: bool | None,
+                     log_y: bool | None) -> dict:
+    """Phase regions (analysis/phase_regions.py) per panel of the phase diagram, each axis in the
+    space it was searched in (an axis not searched: log when its values span a decade)."""
+    if "phase" not in phases or x_col not in phases or y_col not in phases:
+        return {}
+    data = phases.assign(_x=pd.to_numeric(phases[x_col], errors="coerce"),
+                         _y=pd.to_numeric(phases[y_col], errors="coerce")).dropna(subset=["_x", "_y", "phase"])
+    if data.empty:
+        return {}
+    lx, ly = axis_is_log(data["_x"], log_x), axis_is_log(data["_y"], log_y)  # the figure's own scales
+    out = {}
+    for value, part in phase_facets(data, facet_col):
+        out[value] = phase_regions(part["_x"].to_numpy(), part["_y"].to_numpy(), part["phase"].to_numpy(),
+                                   log_x=lx, log_y=ly)
+    return out
+
 
 
 def run_events(curves: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
@@ -105,3 +144,54 @@ def regularization(inp: Inputs, results: dict) -> list:
     regs = cell_regularization(inp.usable, objective=objective["metric"], direction=objective["direction"])
     results["regularization"] = [r.to_dict() for r in regs]
     return regs
+
+
+def refinement(refine: dict | None, inp: Inputs, report: Report, results: dict) -> str:
+    """What grid.refine added and why each line stopped (the parent run's refine.json, read by
+    results.py), into results["refine"]; returns the report's "Refinement" section as markdown,
+    "" for a study that did not refine."""
+    results["refine"] = refine
+    if refine is None:
+        return ""
+    if "error" in refine:
+        report.skipped["refinement"] = refine["error"]
+        return f"## Refinement (grid.refine)\n\n{refine['error']}\n"
+    by_cell = inp.runs.drop_duplicates("cell").set_index("cell") if "cell" in inp.runs else pd.DataFrame()
+    scale_col = inp.n_col if refine.get("axis") == "n" else inp.d_col
+    scales = by_cell[scale_col].to_dict() if scale_col in by_cell else {}
+    return refinement_markdown(refine, scales)
+
+
+def refinement_markdown(refine: dict, scales: dict) -> str:
+    """The Refinement section: one sentence, the cells added (round, cell, its scale, the bracket
+    it split) and, per line, where its threshold ended and why nothing more was added there.
+    `scales`: cell key -> the added cell's measured scale (N for axis n, D for axis d)."""
+    scale, line = ("N", "D") if refine.get("axis") == "n" else ("D", "N")
+    added, lines = refine.get("added") or [], refine.get("lines") or []
+    resolved = sum(1 for x in lines if str(x.get("stop", "")).startswith("resolved"))
+    out = ["## Refinement (grid.refine)", "",
+           f"Thresholds over {scale} at each {line}: {len(added)} cells added in {refine.get('rounds', 0)} rounds "
+           f"(budget {refine.get('max_cells')}), each at the geometric midpoint of a bracket whose threshold "
+           f"interval was wider than {_num(refine.get('width_decades'))} decades; {resolved} of {len(lines)} "
+           f"thresholds ended narrower than that. Added cells are marked in the table above (origin), and with "
+           f"hollow diamonds in emergence_heatmap.png and metric_vs_n.png.", ""]
+    if added:
+        out += [f"| round | cell | {scale} | at {line} | bracket split ({scale}) |", "|---|---|---|---|---|"]
+        out += [f"| {a.get('round')} | {a.get('key')} | {_num(scales.get(a.get('key')))} | {_num(a.get('line'))} "
+                f"| {_num(a.get('low'))} to {_num(a.get('high'))} |" for a in added]
+        out.append("")
+    if lines:
+        out += [f"| {line} | threshold {scale}* | 95% interval | width (decades) | why it stopped |",
+                "|---|---|---|---|---|"]
+        for x in lines:
+            interval = ("" if x.get("threshold") is None else
+                        f"{_num(x.get('low'), 'unbounded')} to {_num(x.get('high'), 'unbounded')}"
+                        + (" (censored)" if x.get("censored") else ""))
+            out.append(f"| {_num(x.get('line'))} | {_num(x.get('threshold'), 'none')} | {interval} "
+                       f"| {_num(x.get('interval_decades'))} | {x.get('stop', '')} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def _num(value, missing: str = "") -> str:
+    return missing if value is None or (isinstance(value, float) and value != value) else f"{float(value):.4g}"

@@ -1,5 +1,6 @@
 """The report's per-cell summary table (runs by status, best metric, phases, best parameters
-and their importance), as CSV and markdown, and the JSON encoding of its numbers."""
+and their importance; in a study that grid.refine refined, each cell's origin), as CSV and
+markdown, and the JSON encoding of its numbers."""
 
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ def summary_table(runs: pd.DataFrame, phases: pd.DataFrame, regs: list, metric: 
              critical: CriticalSizes | None) -> pd.DataFrame:
     rows = []
     by_reg = {r.cell: r for r in regs}
+    refined = "refined" in runs and bool(runs["refined"].notna().any())  # the column only in a refined study
     for cell, part in runs.groupby("cell", sort=False):
         usable = part[part["status"].isin(USABLE_STATUSES)]
-        row = {"cell": cell, "N": int(part[n_col].iloc[0]), "D": int(part[d_col].iloc[0]), "runs": len(part),
+        row = {"cell": cell, "N": int(part[n_col].iloc[0]), "D": int(part[d_col].iloc[0]),
+               **({"origin": origin(part)} if refined else {}), "runs": len(part),
                **{s.value: int((part["status"] == s.value).sum())
                   for s in (RunStatus.COMPLETED, RunStatus.DIVERGED, RunStatus.FAILED)},
                f"best {metric}": float(usable[metric].max()) if metric in usable and len(usable) else None}
@@ -33,6 +36,13 @@ def summary_table(runs: pd.DataFrame, phases: pd.DataFrame, regs: list, metric: 
         rows.append(row)
     table = pd.DataFrame(rows)
     return table.sort_values(["N", "D"], ignore_index=True) if not table.empty else table
+
+
+def origin(part: pd.DataFrame) -> str:
+    """Where a cell came from: "grid" (the study's own grid), or "added (round k)" by grid.refine
+    (its runs' `refined` tag, orchestrator/sweep/refine.py)."""
+    rounds = part["refined"].dropna() if "refined" in part else pd.Series(dtype=object)
+    return f"added ({rounds.iloc[0]})" if len(rounds) else "grid"
 
 
 def markdown(table: pd.DataFrame) -> str:

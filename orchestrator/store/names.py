@@ -50,6 +50,7 @@ TAG_CONFIG_HASH = "grokscale.config_hash"
 TAG_GIT_COMMIT = "grokscale.git_commit"
 TAG_VERSION_PREFIX = "grokscale.version."  # + package name
 TAG_REPORT = "grokscale.report"  # the plots the report logged
+TAG_REFINE_SUMMARY = "grokscale.refine"  # what grid.refine added, in one line (the whole: ARTIFACT_REFINE)
 
 # MLflow tags on each child run (one training: a trial under one seed).
 TAG_RUN_KEY = "grokscale.run_key"  # cell/trial=N/seed=S: how a resumed driver finds the run again
@@ -64,6 +65,7 @@ TAG_RESUMED_FROM_STEP = "grokscale.resumed_from_step"
 TAG_NODE_ID = "grokscale.node_id"
 TAG_CHECKPOINT_NOTE = "grokscale.checkpoint_note"  # why a run's checkpoint was not used (it started over)
 TAG_FLOPS_PREFIX = "grokscale.flops."  # + per_example, per_token, n_matmul, ...: the run's FLOP accounting
+TAG_REFINED = "grokscale.refined"  # "round k": a run of a cell grid.refine added (orchestrator/sweep/refine.py)
 
 # MLflow params on each child run.
 PARAM_CELL = "cell"
@@ -110,6 +112,11 @@ def trial_decay_unresolved(seed: int) -> str:
     return f"decay_unresolved.seed={seed}"
 
 
+def refined_round(k: int) -> str:
+    """The TAG_REFINED value of a cell added in refinement round k (1, 2, ...)."""
+    return f"round {k}"
+
+
 def run_key(cell_key: str, trial_number: int, seed: int) -> str:
     return f"{cell_key}/trial={trial_number}/seed={seed}"
 
@@ -124,6 +131,7 @@ def optuna_study_name(study_name: str, cell_key: str) -> str:
 ARTIFACT_STUDY = "study.yaml"
 ARTIFACT_SPEC = "spec.json"
 ARTIFACT_REPORT = "report"
+ARTIFACT_REFINE = "refine.json"  # on the parent run: the cells grid.refine added and why each line stopped
 # MLflow metrics on the parent run: every number the report fitted, under this prefix.
 REPORT_METRIC_PREFIX = "report/"
 

@@ -36,6 +36,7 @@ class StudyResults:
     config: dict  # the resolved study, as logged with the parent run
     runs: pd.DataFrame  # one row per training run (trial x seed), with the event thresholds it ran with
     curves: pd.DataFrame  # long: run_id, step, train_acc, val_acc, train_loss, val_loss, ...
+    refine: dict | None = None  # refine.json of the parent run (orchestrator/sweep/refine.py); None without grid.refine
 
 
 def _number(text: str):
@@ -74,7 +75,8 @@ def run_row(run, study_train: dict) -> dict:
     trial = tags.get(names.TAG_TRIAL_NUMBER, params.get(names.PARAM_TRIAL_NUMBER, -1))
     row: dict = {"run_id": run.info.run_id, "cell": params.get(names.PARAM_CELL, tags.get(names.TAG_CELL)),
                  "status": tags.get(names.TAG_STATUS, "unknown"), "reason": tags.get(names.TAG_REASON, ""),
-                 "trial_number": int(trial), **run_thresholds(params, study_train)}
+                 "trial_number": int(trial), **run_thresholds(params, study_train),
+                 "refined": tags.get(names.TAG_REFINED)}  # "round k" on a cell grid.refine added, else None
     for key in NUMERIC_PARAMS:
         if key in params:
             row[key] = float(params[key])
@@ -85,6 +87,18 @@ def run_row(run, study_train: dict) -> dict:
         if key.startswith(names.FINAL_PREFIX):
             row[key.removeprefix(names.FINAL_PREFIX)] = value
     return row
+
+
+def load_refinement(client: MlflowClient, parent_id: str) -> dict | None:
+    """What grid.refine added and why each line stopped (the parent run's refine.json), None
+    when the study did not refine. An artifact that is there but cannot be read is said, not
+    dropped: {"error": why}."""
+    if not any(a.path == names.ARTIFACT_REFINE for a in client.list_artifacts(parent_id)):
+        return None
+    try:
+        return json.loads(Path(client.download_artifacts(parent_id, names.ARTIFACT_REFINE)).read_text())
+    except (OSError, ValueError) as err:
+        return {"error": f"{names.ARTIFACT_REFINE} could not be read: {type(err).__name__}: {err}"}
 
 
 def run_curves(client: MlflowClient, run) -> list[dict]:
@@ -115,4 +129,5 @@ def load_results(tracking_uri: str, experiment: str, with_curves: bool = True) -
     for col in ("memorization_step", "generalization_step", "grokking_delay"):
         if col not in runs:
             runs[col] = math.nan
-    return StudyResults(parent_id, experiment_id, config, runs, pd.DataFrame(curves))
+    return StudyResults(parent_id, experiment_id, config, runs, pd.DataFrame(curves),
+                        load_refinement(client, parent_id))

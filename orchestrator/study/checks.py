@@ -143,11 +143,21 @@ def _specs(study: Study) -> list[str]:
     return problems
 
 
+def _refine_own_trainer(study: Study) -> list[str]:
+    """Refinement places a new scale by its N or D before it trains (orchestrator/sweep/refine.py);
+    a user's function reports its N only once it has run."""
+    if study.grid.refine is None:
+        return []
+    return [f"grid.refine: refining needs the built-in trainers, whose model shapes have a known N before they "
+            f"train; trainer {study.trainer!r} reports its N only after: remove grid.refine, or add the scales "
+            f"to grid.{study.grid.refine.axis} by hand"]
+
+
 def check_study(study: Study) -> list[str]:
     """Every problem the schema could not see, each once; the trainer is asked only once the
     study's own parts fit."""
     if study.trainer is not None:
-        return list(dict.fromkeys(own_trainer_problems(study) + _search(study)))
+        return list(dict.fromkeys(own_trainer_problems(study) + _search(study) + _refine_own_trainer(study)))
     problems = _task(study)
     if problems:
         return problems

@@ -1,8 +1,10 @@
 """The study's grid: one cell per (N, D), or per (N, C) in an IsoFLOP study, with the model shape
-resolved, the actual N and D, and each run's length in steps (orchestrator/study/length.py)."""
+resolved, the actual N and D, and each run's length in steps (orchestrator/study/length.py); and
+the cells a refined grid adds between two of them (`cell_between_n`, `cell_between_d`)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -12,6 +14,7 @@ from orchestrator.study.errors import StudyError, format_errors
 from orchestrator.study.length import PROBE_STEPS, examples_per_step, isoflop_d, steps_for
 from orchestrator.study.own_trainer import user_spec
 from orchestrator.study.schema import Study
+from orchestrator.study.tasks import task_kinds
 from trainers.flops import flops_for_task, flops_per_example
 from trainers.models import ParamCounts, resolve_shape, shape_counts
 from trainers.protocol import UserSpec, grokscale_train
@@ -114,7 +117,7 @@ def _cell(study: Study, i: int, j: int, entry: Any, d_value: float | None, budge
         base, data, *_ = _shape(study, shape, d_value)
     io = (data.vocab_size, data.n_out, data.seq_len, data.target == "last")
     flops = flops_per_example(model, *io[:3], last_only=io[3])
-    n_examples = data.x_train.shape[0]
+    n_examples = data.n_examples  # rows of x_train, or a corpus's windows
     cell = Cell(i, j, shape, d_value, counts, data.n_train, target, n_examples=n_examples,
                 examples_per_step=examples_per_step(base.train.batch_size, n_examples),
                 tokens_per_example=data.seq_len, flops_per_example=flops.total, flops_budget=budget, io=io)
@@ -164,3 +167,86 @@ def _distinct(cells: list[Cell]) -> list[Cell]:
         raise StudyError([f"grid.n: two entries resolve to the same shape ({', '.join(dupes)}); "
                           f"make them distinct"])
     return cells
+
+
+# -- cells added inside a bracket (orchestrator/sweep/refine.py) -----------------------------------
+PATH_POINTS = 257  # points on the geometric path between two shapes; integer fields repeat, so fewer shapes
+
+
+def cell_between_n(study: Study, low: Cell, high: Cell, cells: list[Cell]) -> Cell | None:
+    """A cell at low's D whose N lies strictly between low's and high's, nearest their geometric
+    midpoint in log N; None when no model shape lies between (two widths one apart).
+
+    Between two target counts, the midpoint is a target count, resolved like any grid entry (a
+    width at the study's depth). Otherwise, and when that resolves to a shape already in the
+    study, the shapes on the geometric path from low's shape to high's: every field that differs
+    (d_model, d_mlp, n_layer, ...) interpolated as lo^(1-t) hi^t and rounded, t in (0, 1), which
+    is the one field that varies when only one does."""
+    conv = study.grid.n_convention
+    n_lo, n_hi = low.n(conv), high.n(conv)
+    goal = math.log(n_lo * n_hi) / 2
+    entries: list[Any] = []
+    if low.target_n is not None and high.target_n is not None:
+        entries.append(round(math.exp(goal)))
+    entries += _shapes_between(study, low, high, goal)
+    taken = {c.key for c in cells}
+    for entry in entries:
+        try:
+            cell = _cell(study, 0, low.d_index, entry, low.d_value, None)
+        except ValueError:  # a width no head count divides, a target no width reaches (pydantic's too)
+            continue
+        if cell.key not in taken and n_lo < cell.n(conv) < n_hi:
+            same = [c.n_index for c in cells if c.shape == cell.shape]
+            return replace(cell, n_index=same[0] if same else 1 + max(c.n_index for c in cells))
+    return None
+
+
+def cell_between_d(study: Study, low: Cell, high: Cell, cells: list[Cell]) -> Cell | None:
+    """A cell at low's N whose D is the geometric midpoint of low's and high's grid values (a
+    whole count when D counts examples); None when no D lies strictly between."""
+    kind_counts = study.d_field in task_kinds()[study.task["name"]].counts
+    goal = math.sqrt(low.d_value * high.d_value)
+    value = float(round(goal)) if kind_counts else float(f"{goal:.6g}")  # `:g`: the cell key's own precision
+    if not low.d_value < value < high.d_value:
+        return None
+    entry = low.target_n if low.target_n is not None else low.shape
+    same = [c.d_index for c in cells if c.d_value == value]
+    try:
+        cell = _cell(study, low.n_index, same[0] if same else 1 + max(c.d_index for c in cells), entry, value, None)
+    except ValueError:
+        return None
+    if cell.key in {c.key for c in cells} or not low.n_train < cell.n_train < high.n_train:
+        return None
+    return cell
+
+
+def _shapes_between(study: Study, low: Cell, high: Cell, goal: float) -> list[dict[str, Any]]:
+    """Shapes on the geometric path between low's and high's, strictly between them in N, nearest
+    exp(goal) first; [] when they differ in a field that is not a positive whole number."""
+    lo_model, hi_model = (_model(study, c) for c in (low, high))
+    fields = sorted(set(low.shape) | set(high.shape))
+    ends = {f: (getattr(lo_model, f), getattr(hi_model, f)) for f in fields}
+    varying = {f: v for f, v in ends.items() if v[0] != v[1]}
+    if not varying or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0
+                              for v in varying.values() for x in v):
+        return []
+    conv, n_lo, n_hi = study.grid.n_convention, low.n(study.grid.n_convention), high.n(study.grid.n_convention)
+    found: dict[tuple, float] = {}
+    for t in [i / (PATH_POINTS - 1) for i in range(1, PATH_POINTS - 1)]:
+        shape = {f: (round(a ** (1 - t) * b ** t) if f in varying else a) for f, (a, b) in ends.items()}
+        key = tuple(sorted(shape.items()))
+        if key in found:
+            continue
+        try:
+            n = getattr(shape_counts(lo_model.model_copy(update=shape), *low.io[:3]), conv)
+        except (ValueError, RuntimeError):  # a shape the model cannot be built with
+            continue
+        if n_lo < n < n_hi:
+            found[key] = abs(math.log(n) - goal)
+    return [dict(k) for k in sorted(found, key=lambda k: (found[k], k))]
+
+
+def _model(study: Study, cell: Cell):
+    """The cell's whole model section, validated (defaults filled in)."""
+    data = study.trial_data(cell.shape, cell.d_value, {"train.steps": PROBE_STEPS}, study.grid.seeds[0])
+    return TrainSpec.model_validate(data).model

@@ -3,10 +3,17 @@
 `load_study(path, overrides)` is the one place a study is read. It has no side effects: it
 creates no file, run or storage, seeds nothing and probes no device, so a broken config leaves
 nothing behind.
+
+Paths of a corpus task (`task.source`, `task.cache_dir`) are made absolute here, so every Ray
+worker, whatever its working directory, reads the same files: a path written in the study file
+is relative to the file's folder (the study and its data travel together); one given with
+`--set` is relative to the current directory, as a path typed at the shell is. The corpus is
+tokenized into `task.cache_dir`, by default `<workdir>/corpus`, shared by the study's runs.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +23,9 @@ from pydantic import ValidationError
 from orchestrator.study.checks import check_study
 from orchestrator.study.errors import StudyError, format_errors
 from orchestrator.study.schema import Study
+from orchestrator.study.tasks import import_problems
 from trainers.overrides import OverrideError, apply_overrides
+from trainers.spec import is_import_path
 
 MAPPING_HINT = "a study is a YAML mapping (name:, task:, grid:, ...)"
 
@@ -63,19 +72,73 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+CORPUS_PATHS = ("source", "cache_dir")  # the corpus task's paths, made absolute (module docstring)
+CORPUS_CACHE = "corpus"  # the default cache_dir: <workdir>/corpus
+
+
+def absolute_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """data with a corpus task's relative paths joined to `base` (a leading ~ is the home folder)."""
+    task = data.get("task")
+    if not (isinstance(task, dict) and task.get("name") == "corpus"):
+        return data
+    fixed = {k: os.path.normpath(base / Path(v).expanduser()) for k in CORPUS_PATHS
+             if isinstance(v := task.get(k), str) and v.strip()}
+    return {**data, "task": {**task, **fixed}} if fixed else data
+
+
+def own_code_problems(study: Study) -> list[str]:
+    """A task or model named by import path imports and keeps its protocol; a model of the user's
+    is sized by shapes only (a target count is resolved for the built-in families)."""
+    problems = import_problems(study.task, study.model)
+    if is_import_path(study.model.get("family")) and not problems:
+        problems += [f"grid.n[{i}]: a target parameter count is resolved for the built-in model families only; "
+                     f"give {study.model['family']}'s N as a shape of its Config's fields (e.g. {{width: 64}})"
+                     for i, n in enumerate(study.grid.n) if not isinstance(n, dict)]
+    return problems
+
+
+def packing_problems(study: Study) -> list[str]:
+    """`pack.mode: on` where packing cannot apply (trainers/packed.py: can_pack); `auto` just runs
+    such a study one run per task."""
+    if study.pack.mode != "on":
+        return []
+    if study.task.get("name") == "corpus":
+        why = "task 'corpus' reads its windows from disk, run by run"
+    elif is_import_path(study.model.get("family")):
+        why = f"model.family {study.model['family']!r} is your own module, which vmap may not batch"
+    else:
+        return []
+    return [f"pack.mode: 'on' trains several runs as one batched model (trainers/packed.py), but {why}; "
+            f"set pack.mode: off (or auto, which then runs one run per task)"]
+
+
+def with_corpus_cache(study: Study) -> Study:
+    """A corpus study's cache_dir, <workdir>/corpus unless the study gives one."""
+    if study.task.get("name") != "corpus" or study.task.get("cache_dir"):
+        return study
+    cache = str((study.workdir_path / CORPUS_CACHE).expanduser().absolute())
+    return study.model_copy(update={"task": {**study.task, "cache_dir": cache}})
+
+
 def load_study(path: str | Path, overrides: list[str] = ()) -> Study:
     """Read, override (`--set a.b=value`) and validate a study; raise StudyError listing every
     problem."""
-    data = read_yaml(Path(path))
+    path = Path(path)
+    data = absolute_paths(read_yaml(path), path.expanduser().absolute().parent)
     try:
-        data = apply_overrides(data, overrides)
+        data = absolute_paths(apply_overrides(data, overrides), Path.cwd())
     except OverrideError as err:
         raise StudyError([f"--set: {err}"]) from None
     try:
         study = Study.model_validate(data)
     except ValidationError as err:
         raise StudyError(format_errors(err, model=Study)) from None
-    problems = check_study(study)
+    if study.trainer is None:
+        problems = own_code_problems(study)
+        if problems:  # nothing else can be checked against a class that is not there
+            raise StudyError(problems)
+        study = with_corpus_cache(study)
+    problems = check_study(study) + (packing_problems(study) if study.trainer is None else [])
     if problems:
         raise StudyError(problems)
     return study

@@ -9,9 +9,12 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
+from pydantic import ValidationError
+
 from orchestrator.study.errors import redact_url
 from orchestrator.study.grid import Cell
 from orchestrator.study.schema import Study
+from trainers.corpus import CorpusTask, check_source, infer_format
 
 TRACKING_SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql", "databricks")
 STORAGE_SCHEMES = ("postgresql", "postgresql+psycopg2", "postgresql+psycopg", "mysql", "mysql+pymysql", "sqlite")
@@ -147,8 +150,26 @@ def _ray(address: str | None) -> list[str]:
     return []
 
 
+def corpus_problems(study: Study) -> list[str]:
+    """A corpus task's source reads as configured (trainers.corpus.check_source: it exists, is
+    readable, is the format it seems, has the column asked for) and its cache can be made. Run
+    before the grid is built: building it tokenizes the corpus."""
+    if study.trainer is not None or study.task.get("name") != "corpus":
+        return []
+    try:
+        task = CorpusTask.model_validate(study.task)
+    except ValidationError:
+        return []  # check_study reported it
+    problems = [f"task.{p}" for p in check_source(task)]
+    fmt = infer_format(task.path) if task.format == "auto" else task.format
+    if not problems and fmt != "tokens" and task.cache_dir and (why := creatable(Path(task.cache_dir))):
+        problems.append(f"task.cache_dir: cannot create the corpus cache {task.cache_dir}: {why}")
+    return problems
+
+
 def check_preflight(study: Study, cells: list[Cell], cluster: dict | None = None) -> list[str]:
-    problems = _tracking(study.tracking.uri) + _storage(study.storage_url) + _ray(study.ray.address)
+    problems = corpus_problems(study)
+    problems += _tracking(study.tracking.uri) + _storage(study.storage_url) + _ray(study.ray.address)
     for field, path in (("workdir", study.workdir_path), ("checkpoints", study.checkpoint_path)):
         if path.exists() and not path.is_dir():
             problems.append(f"{field}: {path} is a file, not a directory")

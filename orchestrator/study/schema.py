@@ -134,6 +134,16 @@ def _gpus(g: float) -> float:
 Gpus = Annotated[float, Field(ge=0), AfterValidator(_gpus)]
 
 
+class Refine(Strict):
+    """Scales added inside a bracketed emergence threshold (orchestrator/sweep/refine.py)."""
+
+    axis: Literal["n", "d"]  # n: model sizes at each D; d: data sizes at each N
+    max_cells: PositiveInt = 6  # cells added in all, over every round and line
+    # Stop once the threshold's interval is narrower than this, in decades of the axis: 0.1 is a
+    # factor of 1.26, finer than the factor of about 3 of a typical hand-placed grid.
+    width_decades: PositiveFloat = 0.1
+
+
 class Grid(Strict):
     n: list[NEntry] = Field(min_length=1)
     n_convention: Literal["total", "non_embedding"] = "total"
@@ -143,6 +153,7 @@ class Grid(Strict):
     flops: list[PositiveFloat] | None = Field(default=None, min_length=1)
     d_field: str | None = None  # None: the task's default (train_fraction for modular)
     seeds: list[Annotated[int, Field(ge=0)]] = Field(default=[0], min_length=1)
+    refine: Refine | None = None  # None: the grid as given
 
     @field_validator("seeds", "d", "flops")
     @classmethod
@@ -159,7 +170,23 @@ class Grid(Strict):
         if self.d is not None and self.flops is not None:
             raise PydanticCustomError("grid_axis", "give grid.d (data sizes) or grid.flops (compute budgets, an "
                                                    "IsoFLOP study), not both", {"field": "flops"})
+        if self.refine is not None:
+            self._check_refine(self.refine)
         return self
+
+    def _check_refine(self, refine: Refine) -> None:
+        """A threshold is fitted over at least 3 scales of the refined axis (analysis/emergence.py),
+        and an IsoFLOP grid has no D axis of its own to refine."""
+        if self.flops is not None:
+            raise PydanticCustomError("refine_isoflop", "refining needs grid.d: an IsoFLOP study's D follows from N "
+                                                        "and C, so it has no emergence threshold over D or at a D "
+                                                        "to refine", {"field": "refine"})
+        given = len(self.n) if refine.axis == "n" else len(self.d or ())
+        if given < 3:
+            raise PydanticCustomError("refine_scales", "refining {axis} needs at least 3 entries in grid.{axis} (an "
+                                                       "emergence threshold is fitted over 3 or more scales), got "
+                                                       "{given}", {"field": "refine.axis", "axis": refine.axis,
+                                                                   "given": given})
 
 
 class ResourceRule(Strict):

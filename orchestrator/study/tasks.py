@@ -2,7 +2,9 @@
 
 The tasks are the members of `TrainSpec.task`'s union (trainers/spec.py), so a task added there
 is known here without an edit: its name, which of its fields the grid's D axis may set, and
-whether it reports the sequence metrics (per-token accuracy, answer log-likelihood).
+whether it reports the sequence metrics (per-token accuracy, answer log-likelihood). A task of
+the user's, named by import path (`task.name: mypkg.tasks:Copying`), is known once imported: its
+class declares the same.
 
 A task class declares these itself as class attributes, `d_fields: ClassVar[tuple[str, ...]]`
 (the first is the default D), `sequence_metrics: ClassVar[bool]` and `language_model:
@@ -16,9 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 from types import UnionType
-from typing import Annotated, Union, get_args, get_origin
+from typing import Annotated, Any, Union, get_args, get_origin
 
-from trainers.spec import TrainSpec
+from trainers.spec import OwnCodeError, OwnTask, TrainSpec, is_import_path, own_class
 
 
 @dataclass(frozen=True)
@@ -45,19 +47,70 @@ def _is_int(annotation) -> bool:
     return False
 
 
+def kind_of(cls, name: str) -> TaskKind:
+    """The TaskKind of one task schema class (a pydantic model) under the name a study gives it."""
+    d_fields = tuple(getattr(cls, "d_fields", ()))
+    counts = frozenset(f for f in d_fields if _is_int(cls.model_fields[f].annotation))
+    return TaskKind(name, d_fields, counts, bool(getattr(cls, "sequence_metrics", False)),
+                    bool(getattr(cls, "language_model", False)))
+
+
 def kinds_of(classes) -> dict[str, TaskKind]:
     """The TaskKind of each task schema class (a pydantic model whose `name` default names it)."""
-    kinds = {}
-    for cls in classes:
-        name = cls.model_fields["name"].default
-        d_fields = tuple(getattr(cls, "d_fields", ()))
-        counts = frozenset(f for f in d_fields if _is_int(cls.model_fields[f].annotation))
-        kinds[name] = TaskKind(name, d_fields, counts, bool(getattr(cls, "sequence_metrics", False)),
-                               bool(getattr(cls, "language_model", False)))
-    return kinds
+    return {cls.model_fields["name"].default: kind_of(cls, cls.model_fields["name"].default) for cls in classes}
+
+
+class TaskKinds(dict):
+    """The built-in tasks by name; an import path (`package.module:Class`) is imported and checked
+    on lookup (trainers/spec.py: own_class), and is then known like a built-in. Listing the kinds
+    (keys, values) gives the built-ins only."""
+
+    def __missing__(self, name: str) -> TaskKind:
+        if not is_import_path(name):
+            raise KeyError(name)
+        return _own_kind(name)  # OwnCodeError (a ValueError) when it cannot be used
+
+    def get(self, name: Any, default: Any = None) -> Any:
+        try:
+            return self[name]
+        except (KeyError, ValueError):
+            return default
+
+    def __contains__(self, name: object) -> bool:
+        return self.get(name) is not None
 
 
 @cache
-def task_kinds() -> dict[str, TaskKind]:
-    """Every trainer task by name, in the order of TrainSpec's task union."""
-    return kinds_of(get_args(TrainSpec.model_fields["task"].annotation))
+def _own_kind(name: str) -> TaskKind:
+    return kind_of(own_class(name, "task"), name)
+
+
+def _members(annotation) -> list:
+    """The classes of a (tagged) union: Annotated[Union[Annotated[A, Tag], ...], Discriminator]."""
+    if get_origin(annotation) is Annotated:
+        return _members(get_args(annotation)[0])
+    if get_origin(annotation) in (Union, UnionType):
+        return [m for a in get_args(annotation) for m in _members(a)]
+    return [annotation]
+
+
+@cache
+def task_kinds() -> TaskKinds:
+    """Every built-in trainer task by name, in the order of TrainSpec's task union; import paths
+    resolve on lookup."""
+    builtin = [c for c in _members(TrainSpec.model_fields["task"].annotation) if c is not OwnTask]
+    return TaskKinds(kinds_of(builtin))
+
+
+def import_problems(task: dict[str, Any], model: dict[str, Any]) -> list[str]:
+    """Why a task or model named by import path cannot be used ([] if each imports and keeps its
+    protocol, trainers/spec.py), each naming its field: checked before anything else of the study."""
+    problems = []
+    for section, key, kind in ((task, "name", "task"), (model, "family", "model")):
+        ref = section.get(key)
+        if is_import_path(ref):
+            try:
+                own_class(ref, kind)
+            except OwnCodeError as err:
+                problems.append(f"{'task' if kind == 'task' else 'model'}.{key}: {err}")
+    return problems

@@ -7,12 +7,15 @@ then it turns the function's final metrics and that history into the result the 
 trainers return, so the driver, MLflow, Optuna, pruning and the report read it unchanged.
 
 The history is kept beside the user's checkpoint, so a run Ray retries after its worker died
-keeps the evaluations from before its checkpoint; a run that finished keeps its result there,
-so running it again (a driver killed before it recorded the run) returns it without training.
+keeps the evaluations from before its checkpoint (those its resumed function reports again are
+replaced, never doubled; `resumed_from_step` is the last one kept). A run that finished keeps its
+whole result there, stop kind included, so running it again (a driver killed before it recorded
+the run) returns it without training, as long as its function and RunConfig are the same.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -145,13 +148,18 @@ def result_of(log: ReportLog, returned: Any, wall_time_s: float) -> dict:
             "task_info": {}, "flops": {}, "checkpoint_note": None}
 
 
-def run_user_trainer(spec: UserSpec, report: Callable[[dict], bool] | None, checkpoint_dir: str | None) -> dict:
-    """One run of the study's trainer, as a result dict like TrainResult.to_dict()."""
+def run_user_trainer(spec: UserSpec, report: Callable[[dict], bool] | None, checkpoint_dir: str | None,
+                     finish: Callable[[dict], dict] | None = None) -> dict:
+    """One run of the study's trainer, as a result dict like TrainResult.to_dict(). `finish`
+    (the worker's Reporter.finish: which stopping rule fired, its StopKind) completes the result
+    before it is kept, so a run asked again after it ended returns it whole, its stop kind with it."""
     folder = Path(checkpoint_dir) if checkpoint_dir else None
+    note = None
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
-        if (folder / RESULT_FILE).exists():  # it finished before: never train a finished run again
-            return json.loads((folder / RESULT_FILE).read_text())
+        done, note = finished_result(folder, spec)
+        if done is not None:  # it finished before: never train a finished run again
+            return done
     for root in reversed(spec.sys_path):  # where the driver imported the trainer's package from
         if root not in sys.path:
             sys.path.insert(0, root)
@@ -160,9 +168,34 @@ def run_user_trainer(spec: UserSpec, report: Callable[[dict], bool] | None, chec
     log = ReportLog(spec.train, report, folder)
     returned = call_trainer(fn, spec.run_config(), log, str(folder) if folder else "")
     result = result_of(log, returned, time.time() - started)
+    result["checkpoint_note"] = note
+    if finish is not None:
+        result = finish(result)
     if folder is not None:
-        _write_json(folder / RESULT_FILE, result)
+        _write_json(folder / RESULT_FILE, {"spec_digest": spec_digest(spec), "result": result})
     return result
+
+
+def spec_digest(spec: UserSpec) -> str:
+    """What makes a run this run: its function and its RunConfig (not where its package was found)."""
+    text = json.dumps({"trainer": spec.trainer, "config": spec.config}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def finished_result(folder: Path, spec: UserSpec) -> tuple[dict | None, str | None]:
+    """The result a finished run kept in its folder, if it is this spec's; else None, and why
+    when there was one (the study changed since: the run trains again, as a built-in run whose
+    checkpoint belongs to another spec starts over)."""
+    path = folder / RESULT_FILE
+    if not path.exists():
+        return None, None
+    try:
+        saved = json.loads(path.read_text())
+    except ValueError:
+        return None, f"the finished run's result {path} could not be read; trained again"
+    if not isinstance(saved, dict) or saved.get("spec_digest") != spec_digest(spec) or "result" not in saved:
+        return None, f"the finished run's result {path} belongs to another spec; trained again"
+    return saved["result"], None
 
 
 # The MLflow params of a run's N, by the group each holds (the report reads these).

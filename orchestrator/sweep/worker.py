@@ -8,6 +8,7 @@ import json
 import os
 import time
 import traceback
+from pathlib import Path
 
 import ray
 
@@ -15,20 +16,25 @@ from orchestrator.store.names import RunStatus
 from orchestrator.sweep.outcome import STOP_KIND
 from orchestrator.sweep.stopping import RunState, StopRules, first_stop
 
-USER_TRAINER_KEY = "trainer"  # a spec with it runs the study's own function, never packed
+STOP_FILE = "grokscale_stop.json"  # beside a run's checkpoint: [stop kind, reason] of the rule that stopped it
 UNSET = "unset"  # the inbox's answer for a run whose rules the driver has not changed since launch
 
 
 class Reporter:
     """A run's report hook on its worker: posts every evaluation to the inbox (fire and forget,
     so the trainer never waits), picks up the stop rules the driver answers with once they have
-    arrived, and applies them to the run's own evaluations (orchestrator/sweep/stopping)."""
+    arrived, and applies them to the run's own evaluations (orchestrator/sweep/stopping).
 
-    def __init__(self, inbox, run_id: str, spec, rules: StopRules = ()) -> None:
+    The rule that stopped the run is kept in its checkpoint folder too: a run asked again after
+    it ended (its driver died before recording it) returns its finished result without a single
+    report, and its stop kind and reason come from there."""
+
+    def __init__(self, inbox, run_id: str, spec, rules: StopRules = (), checkpoint_dir: str | None = None) -> None:
         self.inbox, self.run_id, self.rules = inbox, run_id, rules
         self.state = RunState(spec.train.train_threshold, spec.train.val_threshold)
         self.pending: list = []
         self.fired: tuple[str, str] | None = None  # (stop kind, reason) of the rule that stopped the run
+        self.stop_file = Path(checkpoint_dir) / STOP_FILE if checkpoint_dir else None
 
     def __call__(self, record: dict) -> bool:
         self._pick_up_answers()
@@ -39,8 +45,27 @@ class Reporter:
         if stop is not None:
             kind, why = stop
             self.fired = (kind.value, f"{why} (stopped at step {step})")
+            self._keep()
             return True
         return False
+
+    def _keep(self) -> None:
+        """The fired rule beside the run's checkpoint, whole or not at all."""
+        if self.stop_file is None:
+            return
+        self.stop_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.stop_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.fired))
+        os.replace(tmp, self.stop_file)
+
+    def _kept(self) -> tuple[str, str] | None:
+        if self.stop_file is None:
+            return None
+        try:
+            kind, reason = json.loads(self.stop_file.read_text())
+        except (OSError, ValueError, TypeError):  # none kept, or not whole
+            return None
+        return kind, reason
 
     def _pick_up_answers(self) -> None:
         """The newest answer that has arrived wins (an empty tuple included); never waits."""
@@ -57,8 +82,12 @@ class Reporter:
         self.pending = self.pending[self.pending.index(latest) + 1:]
 
     def finish(self, out: dict) -> dict:
-        if out.get("status") == RunStatus.STOPPED and self.fired:
-            out[STOP_KIND], out["reason"] = self.fired
+        """The stop kind and the rule's reason of a stopped run: fired in this attempt, else kept
+        by the attempt that stopped it (this one only returned its finished result)."""
+        if out.get("status") == RunStatus.STOPPED and not out.get(STOP_KIND):
+            fired = self.fired or self._kept()
+            if fired:
+                out[STOP_KIND], out["reason"] = fired
         return out
 
 
@@ -76,20 +105,20 @@ def train_task(spec_json: str, checkpoint_dir: str, inbox, run_id: str, rules: S
     result carries the whole history too); an error in training comes back as a failed result,
     so only a dead worker makes Ray retry."""
     from trainers import TrainSpec, train  # imported on the worker
-    from trainers.protocol import UserSpec
+    from trainers.protocol import UserSpec, is_user_spec
 
     started = time.time()
     where = _where()
     try:
-        if USER_TRAINER_KEY in json.loads(spec_json):  # the study's own trainer (trainers/protocol.py)
+        if is_user_spec(spec_json):  # the study's own trainer (trainers/protocol.py), never packed
             from orchestrator.sweep.user_trainer import run_user_trainer
 
             spec = UserSpec.model_validate_json(spec_json)
-            report = Reporter(inbox, run_id, spec, rules)
-            out = report.finish(run_user_trainer(spec, report, checkpoint_dir))
+            report = Reporter(inbox, run_id, spec, rules, checkpoint_dir)
+            out = run_user_trainer(spec, report, checkpoint_dir, finish=report.finish)
         else:
             spec = TrainSpec.model_validate_json(spec_json)
-            report = Reporter(inbox, run_id, spec, rules)
+            report = Reporter(inbox, run_id, spec, rules, checkpoint_dir)
             out = report.finish(train(spec, report=report, checkpoint_dir=checkpoint_dir).to_dict())
     except Exception:  # noqa: BLE001 - a trial's failure is data, never a crashed sweep
         out = _failed()
@@ -109,7 +138,7 @@ def packed_task(spec_jsons: list[str], checkpoint_dirs: list[str], inbox, run_id
     where = _where(packed=len(run_ids))
     try:
         specs = [TrainSpec.model_validate_json(s) for s in spec_jsons]
-        reports = [Reporter(inbox, r, spec, rs) for r, spec, rs in zip(run_ids, specs, rules)]
+        reports = [Reporter(inbox, r, spec, rs, d) for r, spec, rs, d in zip(run_ids, specs, rules, checkpoint_dirs)]
         outs = [rep.finish(r.to_dict()) for rep, r in zip(reports, train_packed(specs, reports, checkpoint_dirs))]
     except Exception:  # noqa: BLE001 - the pack's failure is data: every run in it failed
         outs = [_failed()] * len(run_ids)

@@ -20,8 +20,16 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from orchestrator.store import names
-from orchestrator.sweep.user_trainer import HISTORY_FILE, RESULT_FILE, ReportLog, result_of
-from trainers.protocol import TrainerError, call_trainer, count_params_by_group, load_trainer
+from orchestrator.sweep.user_trainer import HISTORY_FILE, RESULT_FILE, ReportLog, result_of, run_user_trainer
+from trainers.protocol import (
+    RunConfig,
+    TrainerError,
+    UserSpec,
+    call_trainer,
+    count_params_by_group,
+    grokscale_train,
+    load_trainer,
+)
 from trainers.spec import TrainConfig
 
 from support.cli import GROKSCALE, REPO, grokscale, sqlite_uri
@@ -88,6 +96,25 @@ def test_a_non_finite_report_ends_the_run_as_diverged():
     assert result_of(log, {}, 0.0)["status"] == "diverged"
 
 
+def _user_spec(steps: int) -> UserSpec:
+    train = {"steps": steps, "eval_every": 10}
+    config = RunConfig(n={"width": 16}, d=0.5, seed=0, steps=steps, eval_every=10, task={"p": 11}, train=train)
+    return UserSpec(trainer="mytrainer.train:run", config=config.to_dict(), train=grokscale_train(train))
+
+
+def test_a_finished_run_is_returned_again_only_for_its_own_spec(tmp_path):
+    first = run_user_trainer(_user_spec(20), None, str(tmp_path))
+    trained = (tmp_path / "mytrainer.pt").stat().st_mtime_ns
+    assert first["steps"] == 20 and first["checkpoint_note"] is None
+    assert run_user_trainer(_user_spec(20), None, str(tmp_path)) == first  # kept: not trained again
+    assert (tmp_path / "mytrainer.pt").stat().st_mtime_ns == trained
+    # The study's budget changed since: the kept result is another spec's, so the run trains on
+    # (the example resumes from its checkpoint at step 20) and says why.
+    longer = run_user_trainer(_user_spec(30), None, str(tmp_path))
+    assert longer["steps"] == 30 and longer["history"]["step"] == [10.0, 20.0, 30.0]
+    assert "belongs to another spec" in longer["checkpoint_note"] and longer["resumed_from_step"] == 20
+
+
 # -- through `grokscale run` ------------------------------------------------------------------------
 def _study(tmp_path: Path, **train) -> Path:
     study = yaml.safe_load((EXAMPLE / "study.yaml").read_text())
@@ -147,6 +174,18 @@ def test_example_study_records_curves_and_n_and_its_report(tmp_path, ray_tmp):
     report = grokscale("report", study, "--out", tmp_path / "report", cwd=tmp_path, env=_env(ray_tmp))
     assert report.returncode == 0, report.stderr[-3000:]
     assert list((tmp_path / "report").glob("*.png")), report.stdout
+
+    # `grokscale reproduce` calls the function again from the run's record alone (its package's
+    # folder is in the record: not on this PYTHONPATH) and gets every number bit for bit.
+    run = children[0]
+    out = grokscale("reproduce", run.info.run_id, "--json", "--tracking-uri", sqlite_uri(tmp_path), cwd=tmp_path,
+                    env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    rows = {r["metric"]: r for r in json.loads(out.stdout)["metrics"]}
+    assert set(rows) == set(run.data.metrics) and all(r["match"] for r in rows.values())
+    for metric in ("train_loss", "train_acc", "val_loss", "val_acc"):
+        assert rows[metric]["points"] == 3 and rows[metric]["max_abs_diff"] == 0.0
+    assert {"final.val_acc", "final.n_train", "final.n_params_total", "final.steps"} <= set(rows)
 
 
 @pytest.mark.slow

@@ -91,3 +91,22 @@ def test_unknown_run_or_store_is_bad_input(study, tmp_path, monkeypatch, capsys)
     monkeypatch.chdir(tmp_path)  # no store here, and none is created
     assert main(["reproduce", "abc"]) == 2 and "no MLflow store" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_user_trainer_that_cannot_be_imported_here_is_bad_input(tmp_path, capsys):
+    """A run of a study's own trainer (trainers/protocol.py) whose package is not here: exit 2,
+    naming the trainer and why, before anything trains. (A user trainer reproduced bit for bit:
+    tests/study/test_own_trainer.py, on the example's runs.)"""
+    from orchestrator.store import names
+    from trainers.protocol import RunConfig, UserSpec, grokscale_train
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run = client.create_run(client.create_experiment("own")).info.run_id
+    spec = UserSpec(trainer="no_such_pkg.train:run", sys_path=[str(tmp_path / "gone")],
+                    config=RunConfig(n=64, d=0.5, seed=0, steps=10, eval_every=5).to_dict(),
+                    train=grokscale_train({"steps": 10, "eval_every": 5}))
+    client.log_param(run, names.PARAM_SPEC_JSON, spec.model_dump_json())
+    assert main(["reproduce", run, "--tracking-uri", uri]) == 2
+    err = capsys.readouterr().err
+    assert "its trainer 'no_such_pkg.train:run' cannot be loaded here" in err and "PYTHONPATH" in err

@@ -292,3 +292,73 @@ def test_a_3_gib_token_file_streams_in_far_less_memory(tmp_path):
         assert got["vm_hwm_mb"] - got["loaded_mb"] < 64  # sampling holds a batch, not the file
     finally:
         path.unlink(missing_ok=True)
+
+
+# ---- the corpus as a training task (trainers/tasks.py: make_corpus, trainers/train.py) ----
+
+def test_windows_are_the_stream_cut_every_seq_len_and_the_train_sample_is_fixed(tmp_path):
+    root = write_folder(tmp_path / "docs", DOCS)
+    data = load_corpus(CorpusTask(source=str(root), seq_len=16, cache_dir=str(tmp_path / "c")))  # the task's cache
+    train = np.asarray(data.train).astype(np.int64)
+    assert data.n_train_windows() == (data.n_train - 1) // 16
+    x, y = data.windows("train", torch.tensor([0, 5, data.n_train_windows() - 1]))
+    for row, i in enumerate([0, 5, data.n_train_windows() - 1]):
+        assert np.array_equal(x[row].numpy(), train[i * 16:i * 16 + 16])
+        assert np.array_equal(y[row].numpy(), train[i * 16 + 1:i * 16 + 17])
+    first = [x.clone() for x, _ in data.train_eval_batches(10, 4)]
+    assert [len(b) for b in first] == [4, 4, 2]
+    assert all(torch.equal(a, b) for a, b in zip(first, [x for x, _ in data.train_eval_batches(10, 4)]))
+    assert torch.equal(first[0][0], data.windows("train", torch.tensor([0]))[0][0])  # spread from the start
+
+
+class Crash(Exception):
+    pass
+
+
+def corpus_spec(tmp_path: Path, **train):
+    from trainers.spec import TrainSpec
+
+    root = tmp_path / "docs"
+    if not root.exists():
+        write_folder(root, DOCS)
+    return TrainSpec.model_validate({
+        "task": {"name": "corpus", "source": str(root), "seq_len": 16, "n_train_tokens": 3000,
+                 "n_val_tokens": 400, "cache_dir": str(tmp_path / "cache")},
+        "model": {"family": "transformer", "d_model": 16, "n_head": 2, "n_layer": 1},
+        "train": {"steps": 24, "batch_size": 8, "eval_every": 6, "lr": 1e-2, "warmup_steps": 0,
+                  "weight_decay": 0.0, **train}})
+
+
+def test_training_on_a_corpus_counts_tokens_repeats_and_resumes_bit_for_bit(tmp_path):
+    from trainers.train import train
+
+    spec = corpus_spec(tmp_path)
+    whole = train(spec)
+    assert whole.status == "completed" and whole.n_train == 3000 and whole.task_info["n_val"] == 400
+    windows = (3000 - 1) // 16  # 187: an epoch is every window once
+    assert whole.history["tokens"][-1] == 24 * 8 * 16 and whole.history["epochs"][-1] == 24 * 8 / windows
+    assert whole.history["train_loss"][-1] < whole.history["train_loss"][0] - 0.5  # it learns the bytes
+    assert train(spec).history == whole.history  # the batch order and init come from the seed
+
+    def crash_at_12(record):
+        if record["step"] == 12:
+            raise Crash  # as if the worker died at step 12, before its checkpoint: the last is at 6
+
+    resumable = corpus_spec(tmp_path, checkpoint_every=6)
+    with pytest.raises(Crash):
+        train(resumable, report=crash_at_12, checkpoint_dir=tmp_path / "ckpt")
+    resumed = train(resumable, checkpoint_dir=tmp_path / "ckpt")
+    assert resumed.resumed_from_step == 6 and resumed.history == whole.history
+
+
+def test_a_corpus_spec_needs_a_batch_size_and_a_transformer_and_does_not_pack(tmp_path):
+    from trainers.packed import can_pack
+    from trainers.spec import TrainSpec
+
+    spec = corpus_spec(tmp_path)
+    data = spec.model_dump()
+    with pytest.raises(ValidationError, match="give train.batch_size"):
+        TrainSpec.model_validate({**data, "train": {**data["train"], "batch_size": None}})
+    with pytest.raises(ValidationError, match="needs model.family 'transformer'"):
+        TrainSpec.model_validate({**data, "model": {"family": "mlp"}})
+    assert "reads its batches from disk" in can_pack([spec, spec])

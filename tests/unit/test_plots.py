@@ -103,3 +103,73 @@ def test_mirage_side_by_side(tmp_path):
     check = mirage_check(x, token ** 20, token, n_boot=20)
     assert_png(plots.plot_mirage(check, x, token ** 20, token, tmp_path / "mirage.png"), min_width=900)
     assert plots.plot_mirage(check, x[:0], x[:0], x[:0], tmp_path / "none.png") is None
+
+
+def test_a_searched_log_axis_is_drawn_in_log():
+    """Weight decay searched log-uniform from 0.3 to 3 spans under a decade in a small sample:
+    the span alone would draw it linear; the search space says log."""
+    from orchestrator.report.sections import searched_log
+
+    config = {"search": {"space": {"train.weight_decay": {"type": "float", "low": 0.3, "high": 3.0, "log": True},
+                                   "train.lr": {"type": "float", "low": 1e-3, "high": 1e-2}}}}
+    wd = pd.Series([0.35, 0.8, 2.1])
+    assert grokking_plots.axis_is_log(wd) is False
+    assert searched_log(config, "param.train.weight_decay") is True
+    assert grokking_plots.axis_is_log(wd, searched_log(config, "param.train.weight_decay")) is True
+    assert searched_log(config, "param.train.lr") is False
+    assert searched_log(config, "n_train") is None and searched_log({}, "param.train.weight_decay") is None
+    assert grokking_plots.axis_is_log(pd.Series([700, 1200, 1700]), None) is False
+    assert grokking_plots.axis_is_log(pd.Series([0.0, 1.0]), True) is False  # zero has no place on a log axis
+
+
+def test_phase_diagram_fills_regions_where_runs_are_dense(tmp_path):
+    from orchestrator.report.sections import regions_by_facet
+
+    rng = np.random.default_rng(5)
+    rows = []
+    for n in (1e4, 1e5):
+        for frac in (0.2, 0.35, 0.5, 0.65):
+            for _ in range(6 if n == 1e4 else 1):  # dense at the small N, 4 runs at the large
+                wd = float(10 ** rng.uniform(np.log10(0.3), np.log10(3)))
+                phase = ("comprehension" if frac > 0.4 and wd > 1 else "grokking" if frac > 0.4
+                         else "memorization")
+                rows.append({"n_params": n, "n_train": frac * 3481, "param.train.weight_decay": wd, "phase": phase})
+    table = pd.DataFrame(rows)
+    regions = regions_by_facet(table, "param.train.weight_decay", "n_train", "n_params", True, None)
+    assert set(regions) == {1e4, 1e5}
+    assert regions[1e4].labels is not None and regions[1e4].log_x and not regions[1e4].log_y
+    assert regions[1e5].labels is None and "4 runs" in regions[1e5].reason
+    assert_png(grokking_plots.plot_phase_diagram(table, tmp_path / "regions.png", y_col="n_train", log_x=True,
+                                                 regions=regions), min_width=700)
+
+
+def test_predictions_section_writes_json_and_markdown(study, tmp_path):
+    """The section end to end on the synthetic study: D* bracketed per N from the runs, the
+    law's backtest, the clock's backtest on the curves, the files and the metrics."""
+    import json
+
+    from orchestrator.report import prediction_section, sections
+    from orchestrator.report.document import Inputs, Report, with_thresholds
+
+    runs, curves = study
+    config = {"train": {"steps": 10_000, "eval_every": 100, "lr": 1e-3},
+              "search": {"space": {"train.weight_decay": {"type": "float", "low": 0.1, "high": 10, "log": True}}}}
+    runs = with_thresholds(runs, config)
+    inp = Inputs(config, runs, runs, curves, tmp_path, "n_params", "n_train", "max_val_acc", 0.02)
+    report, results = Report(tmp_path), {}
+    phases = sections.grokking(inp, report, results)
+    prediction_section.predictions(inp, report, results, phases)
+    saved = json.loads((tmp_path / "predictions" / "predictions.json").read_text())
+    cd = saved["critical_data"]
+    # The fixture generalizes when log10 N + 3 D_value > 5.7 (and weight decay > 0.3).
+    brackets = {p["n"]: (p["low"], p["high"], p["censoring"]) for p in cd["points"]}
+    assert brackets == {2e4: (1200, 1700, "interval"), 5e4: (700, 1200, "interval"),
+                        1.2e5: (700, 1200, "interval"), 3e5: (None, 700, "left")}
+    assert cd["law"]["direction"] in ("shrinks", "undecided") and [b["n"] for b in cd["backtest"]] == [1.2e5, 3e5]
+    assert cd["backtest"][-1]["agrees"] is True and cd["next"]["n"] == pytest.approx(3e5 * 3e5 / 1.2e5)
+    gs = saved["generalization_step"]
+    assert gs["n_scored"] > 0 and gs["predictions"] and gs["median_abs_error"] is not None
+    md = (tmp_path / "predictions" / "predictions.md").read_text()
+    assert "| held-out N |" in md and "| run | cell |" in md and "Huang et al. 2024" in md
+    assert results["predictions"]["critical_data"]["law"] == cd["law"]
+    assert "report/predictions/generalization_step/median_abs_error" in report.metrics

@@ -96,6 +96,28 @@ class CorpusData:
     def n_val_windows(self) -> int:
         return (self.val_span.length - 1) // self.seq_len
 
+    def n_train_windows(self) -> int:
+        """Non-overlapping training windows: one pass over them trains on D tokens (less the
+        remainder of one window), which is what a study's one epoch means."""
+        return (self.train_span.length - 1) // self.seq_len
+
+    def windows(self, split: Split, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Non-overlapping windows by number (window i starts at token i * seq_len): x (B, T)
+        int64 and y = x shifted left by one. The training loop draws `index` from a permutation,
+        so one epoch reads each window once."""
+        span = self.train_span if split == "train" else self.val_span
+        t = self.seq_len
+        w = torch.from_numpy(span.read(index.numpy() * t, t + 1).astype(np.int64))  # (B, T + 1)
+        return w[:, :-1], w[:, 1:]
+
+    def train_eval_batches(self, n_windows: int, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """`n_windows` training windows spread evenly over the training split, in batches: the
+        fixed sample a run's train metrics are measured on (the same at every evaluation)."""
+        n = self.n_train_windows()
+        index = torch.linspace(0, n - 1, min(n_windows, n)).round().long().unique()
+        for i in range(0, len(index), batch_size):
+            yield self.windows("train", index[i:i + batch_size])
+
     def val_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Every held-out window, non-overlapping from the split's start, in batches: the same
         batches on every call, so evaluations compare across steps, runs and sizes."""
@@ -113,14 +135,16 @@ class CorpusData:
 
 
 def load_corpus(task: CorpusTask, cache_dir: str | Path | None = None) -> CorpusData:
-    """The corpus ready to sample: tokenized into `cache_dir` (built once, then reused) unless it
-    is a token file already. Raises CorpusError with the field at fault."""
+    """The corpus ready to sample: tokenized into `cache_dir` (default: the task's own; built once,
+    then reused) unless it is a token file already. Raises CorpusError with the field at fault."""
     fmt = resolve_format(task)
+    cache_dir = cache_dir if cache_dir is not None else task.cache_dir
     if fmt == "tokens":
         train, val, meta, encoder = _token_file(task)
     else:
         if cache_dir is None:
-            raise CorpusError(f"format {fmt!r} is tokenized into a cache: pass cache_dir (e.g. runs/<study>/corpus)")
+            raise CorpusError(f"cache_dir: format {fmt!r} is tokenized into a cache: pass cache_dir "
+                              "(e.g. runs/<study>/corpus)")
         out, meta = build(task, fmt, Path(cache_dir))
         dtype = np.dtype(meta["dtype"])
         train = TokenSpan(out / "train.bin", dtype, 0, meta["n_train"])

@@ -8,12 +8,12 @@ problem at once, each starting with its field name, so a preflight can report th
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
-from pydantic import Field, PositiveInt, model_validator
-
-from trainers.spec import Frozen
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from pydantic_core import PydanticCustomError
 
 Format = Literal["text", "tokens", "hf_disk", "parquet"]
 UINT16_VOCAB = 2**16  # token ids 0..65535 fit a uint16, nanoGPT's .bin layout
@@ -26,14 +26,25 @@ class CorpusError(ValueError):
     """A corpus that cannot be read as configured; the message names the field."""
 
 
-class CorpusTask(Frozen):
+def _invalid(field: str, message: str) -> PydanticCustomError:
+    # trainers.spec.invalid, written out: trainers/spec.py imports this module, not the other way.
+    return PydanticCustomError("invalid_field", message, {"field": field})
+
+
+class CorpusTask(BaseModel):
     """Next-token prediction on a local corpus: text, a token file, or a saved dataset.
 
     D is `n_train_tokens`: a prefix of the training token stream (None: all of it). The held-out
     split is the tail of the corpus, chosen before tokenizing (see trainers/corpus/build.py).
     """
 
+    model_config = ConfigDict(extra="forbid", frozen=True)  # as trainers.spec.Frozen
     name: Literal["corpus"] = "corpus"
+    # What the study layer reads (orchestrator/study/tasks.py): D counts training tokens, so a
+    # run's default length is one pass over them (Hoffmann et al. 2022's D).
+    d_fields: ClassVar[tuple[str, ...]] = ("n_train_tokens",)
+    sequence_metrics: ClassVar[bool] = True
+    language_model: ClassVar[bool] = True
     source: str  # a text file, a folder, a .bin token file (or a folder with train.bin, val.bin),
     #              a `datasets` folder written by save_to_disk, or .parquet file(s)
     format: Literal["auto", "text", "tokens", "hf_disk", "parquet"] = "auto"
@@ -51,23 +62,26 @@ class CorpusTask(Frozen):
     # The held-out tail, as a share of the corpus's UTF-8 bytes (text) or of its tokens (a single
     # .bin file). A token folder's val.bin is its held-out split and ignores this.
     val_fraction: float = Field(default=0.05, gt=0, le=0.5)
+    # Where a text source is tokenized (train.bin, val.bin, the BPE); None: none given. A study
+    # sets it to <workdir>/corpus, so its runs share one build (orchestrator/study/load.py).
+    cache_dir: str | None = None
 
     @model_validator(mode="after")
     def _check(self) -> CorpusTask:
         if not self.source.strip():
-            raise ValueError("source must name a file or folder")
+            raise _invalid("source", "source must name a file or folder")
         v = self.vocab_size
         if self.tokenizer == "bpe":
             if v is None:
-                raise ValueError("tokenizer 'bpe' needs vocab_size (e.g. 4096)")
+                raise _invalid("vocab_size", "tokenizer 'bpe' needs vocab_size (e.g. 4096)")
             if not BPE_MIN_VOCAB <= v <= BPE_MAX_VOCAB:
-                raise ValueError(f"vocab_size for tokenizer 'bpe' must be in [{BPE_MIN_VOCAB}, {BPE_MAX_VOCAB}] "
-                                 f"(the 256 bytes and <|endoftext|> come first), got {v}")
+                raise _invalid("vocab_size", f"vocab_size for tokenizer 'bpe' must be in [{BPE_MIN_VOCAB}, "
+                                             f"{BPE_MAX_VOCAB}] (the 256 bytes and <|endoftext|> come first), got {v}")
         for field in ("n_train_tokens", "n_val_tokens"):
             n = getattr(self, field)
             if n is not None and n <= self.seq_len:
-                raise ValueError(f"{field} ({n}) must be > seq_len ({self.seq_len}): "
-                                 "one window needs seq_len + 1 tokens")
+                raise _invalid(field, f"{field} ({n}) must be > seq_len ({self.seq_len}): "
+                                      "one window needs seq_len + 1 tokens")
         return self
 
     @property
@@ -122,6 +136,8 @@ def check_source(task: CorpusTask) -> list[str]:
     path = task.path
     if not path.exists():
         return [f"source: {path} does not exist"]
+    if not os.access(path, os.R_OK | (os.X_OK if path.is_dir() else 0)):
+        return [f"source: {path} is not readable"]
     fmt = infer_format(path) if task.format == "auto" else task.format
     checks = {"text": _check_text, "tokens": _check_tokens, "hf_disk": _check_hf_disk, "parquet": _check_parquet}
     problems = checks[fmt](task, path)
@@ -142,6 +158,9 @@ def _check_text(task: CorpusTask, path: Path) -> list[str]:
     if path.is_file():
         return [] if path.stat().st_size else [f"source: {path} is empty"]
     files = text_files(path, task.glob)
+    unreadable = [str(p) for p in files if not os.access(p, os.R_OK)]
+    if unreadable:
+        return [f"source: {len(unreadable)} file(s) in {path} are not readable: {', '.join(unreadable[:3])}"]
     if not files:
         return [f"source: no files in {path}" + (f" match glob {task.glob!r}" if task.glob else "")]
     if all(p.stat().st_size == 0 for p in files):

@@ -51,6 +51,14 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float,
     return F.cross_entropy(logits, y).item(), (logits.argmax(-1) == y).float().mean().item()
 
 
+def save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int) -> None:
+    """Whole or not at all: written beside, then renamed over the old one (a worker killed
+    mid-write leaves the previous checkpoint)."""
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step}, tmp)
+    tmp.replace(path)
+
+
 def run(config: RunConfig, report, checkpoint_dir: str) -> dict:
     p = int(config.task.get("p", 23))
     width = int(config.n["width"]) if isinstance(config.n, dict) else int(config.n)
@@ -61,7 +69,7 @@ def run(config: RunConfig, report, checkpoint_dir: str) -> dict:
                             weight_decay=float(config.train.get("weight_decay", 1.0)))
     step, path = 0, Path(checkpoint_dir) / CHECKPOINT
     if path.exists():  # a retry of this run: carry on where its last checkpoint left it
-        state = torch.load(path)
+        state = torch.load(path, weights_only=True)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         step = state["step"]
@@ -76,9 +84,11 @@ def run(config: RunConfig, report, checkpoint_dir: str) -> dict:
         if step % config.eval_every == 0 or step == config.steps:
             train_loss, train_acc = evaluate(model, x_tr, y_tr)
             val_loss, val_acc = evaluate(model, x_va, y_va)
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step}, path)
-            if report({"step": step, "train_loss": train_loss, "train_acc": train_acc,
-                       "val_loss": val_loss, "val_acc": val_acc}):
+            stop = report({"step": step, "train_loss": train_loss, "train_acc": train_acc,
+                           "val_loss": val_loss, "val_acc": val_acc})
+            # Saved after its evaluation is reported, so a retry never resumes past an unreported one.
+            save_checkpoint(path, model, opt, step)
+            if stop:
                 break
     val_loss, val_acc = evaluate(model, x_va, y_va)
     return {"val_loss": val_loss, "val_acc": val_acc, "n_train": len(y_tr),

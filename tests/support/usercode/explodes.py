@@ -1,0 +1,3 @@
+"""A module that fails as it is imported, as a module with a bug does."""
+
+raise RuntimeError("this module fails at import")
