@@ -8,14 +8,17 @@ checkpoints into their own MLflow runs, and new cells simply start.
 
 The loop is `Driver.step`: fill the free slots (`fill_slots`), wait for finished runs (the
 launcher's `poll`), take the records runs streamed meanwhile (`take_records`), record each
-finished run (`finish_run`) and, once all of a trial's runs are in, tell Optuna (`tell_optuna`);
-whatever taught the stopping rule something new reaches the runs in flight (`post_rules`).
+finished run (`finish_run`) and, once all of a trial's runs are in and MLflow has them, tell Optuna
+(`tell_ready`); whatever taught the stopping rule something new reaches the runs in flight it
+concerns, once a turn (`post_rules`). MLflow writes go out on the tracker's writer thread.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -35,7 +38,7 @@ from orchestrator.sweep.packing import pack_size, run_cost
 from orchestrator.sweep.progress import Progress
 from orchestrator.sweep.search import open_storage, suggest
 from orchestrator.sweep.stats import SweepStats
-from orchestrator.sweep.stopping import StoppingRule, decay_rate, make_stopping
+from orchestrator.sweep.stopping import StoppingRule, StopRules, decay_rate, make_stopping
 from orchestrator.sweep.unit import Unit, run_info
 from orchestrator.sweep.user_trainer import N_PARAMS, reported_n_params
 from trainers.packed import can_pack
@@ -44,6 +47,9 @@ from trainers.packed import can_pack
 # at once instead of waiting for the driver to record the last one and ask Optuna for the next.
 PREFETCH_PER_SLOT = 1
 TICK_S = 0.5  # how often the driver wakes to stream metrics when no run has finished
+# MLflow writes waiting for the server, per slot, beyond which no new run starts (each run makes
+# about five): the driver's memory stays O(runs in flight) when the store is slower than the cluster.
+BACKLOG_PER_SLOT = 8
 NON_ADAPTIVE_SAMPLERS = ("qmc", "grid", "random")  # their draws do not depend on results
 
 
@@ -65,6 +71,10 @@ class Driver:
         self.live: dict[str, Unit] = {}  # run id -> its unit, while it trains
         self.live_keys: set[str] = set()  # every run started: the others left RUNNING are orphans
         self.searches: list[CellSearch] = []
+        self.dirty: set = set()  # scopes (StoppingRule.scope) whose runs' rules may have changed
+        # Trials whose runs all ended, to tell Optuna once their MLflow writes are out (tracker.mark):
+        # Optuna never records a trial whose runs MLflow does not have (a resume skips told trials).
+        self.to_tell: deque[tuple[CellSearch, int, int]] = deque()
 
     # -- set-up and the loop --------------------------------------------------------------------
     def set_up(self) -> None:
@@ -77,6 +87,7 @@ class Driver:
         self.launcher = self.make_launcher(self.study, self.cells)
         self.stats.capacity = self.launcher.capacity
         self.tracker.open(config_yaml(self.study))
+        self.tracker.start_writer()  # from here MLflow writes never hold up the loop
         # A sampler that ignores results: a cell's trials are asked at once, fastest decay first.
         fastest_first = self.study.prune.mode == "phase" and self.study.search.sampler in NON_ADAPTIVE_SAMPLERS
         rank = self._slowest_decay_last if fastest_first else None
@@ -111,14 +122,20 @@ class Driver:
 
     def step(self) -> bool:
         """One turn: fill the slots, wake on the first finished run or after TICK_S, stream,
-        record what finished. False once nothing is in flight and no cell has work left."""
+        record what finished, post what the stopping rule learned (once a turn, to the runs it may
+        concern). False once nothing is in flight and no cell has work left."""
         self.fill_slots()
         if not len(self.launcher) and not any(s.has_work for s in self.searches):
-            return False
+            if not self.to_tell:
+                return False
+            time.sleep(0.02)  # the last trials wait for their MLflow writes
         finished = self.launcher.poll(TICK_S)
         self.take_records()
         for unit, result in finished:
             self.finish_run(unit, result)
+        self.tell_ready()
+        if self.dirty:
+            self.post_rules()
         self.tracker.flush()
         return True
 
@@ -138,7 +155,8 @@ class Driver:
         driver: trials a dead driver left in flight first, then new trials from the costliest
         cell that has work left."""
         limit = max(self.launcher.capacity * (1 + PREFETCH_PER_SLOT), self.n_seeds)
-        while len(self.launcher) + self.n_seeds <= limit:
+        backlog = BACKLOG_PER_SLOT * self.launcher.capacity
+        while len(self.launcher) + self.n_seeds <= limit and len(self.tracker.pending) <= backlog:
             search = (next((s for s in self.searches if s.to_resume), None)
                       or next((s for s in self.by_cost if s.has_work), None))
             if search is None:
@@ -213,24 +231,20 @@ class Driver:
 
     # -- hearing from runs ------------------------------------------------------------------------
     def take_records(self) -> None:
-        """The evaluations runs posted since the last tick: into MLflow, one batch per run, and
+        """The evaluations runs posted since the last tick: into MLflow (buffered per run), and
         to the stopping rule as they come rather than when their run ends (a packed run ends
-        with its whole pack)."""
-        items = self.launcher.records()
+        with its whole pack). A record that comes after its run's result is in that result's
+        history, logged already."""
         by_run: dict[str, list[dict]] = {}
-        for run_id, record in items:
-            by_run.setdefault(run_id, []).append(record)
+        for run_id, record in self.launcher.records():
+            if run_id in self.live:
+                by_run.setdefault(run_id, []).append(record)
         for run_id, records in by_run.items():
             self.tracker.log_records(run_id, records)
-        if self.stopping is None:
-            return
-        learned = False
-        for run_id, record in items:
-            unit = self.live.get(run_id)
-            if unit is not None:
-                learned = self.stopping.see(unit.info, record) or learned
-        if learned:
-            self.post_rules()
+            if self.stopping is not None:
+                info = self.live[run_id].info
+                if any([self.stopping.see(info, r) for r in records]):
+                    self.dirty.add(self.stopping.scope(info))
 
     def finish_run(self, unit: Unit, result: dict) -> None:
         """A run's result: counted, logged to MLflow, taught to the stopping rule; once the
@@ -250,11 +264,21 @@ class Driver:
             kind = StopKind(result[STOP_KIND]) if result.get(STOP_KIND) else None
             learned = self.stopping.run_done(unit.info, result.get("history") or {}, kind)
             kept.update(self.stopping.lesson(unit.info))  # for a resumed driver (CellSearch.teach)
-        search.keep(unit.trial_number, kept)
+        # Only what is known: an attribute a resumed driver would read as None is not written
+        # (one Optuna write each; CellSearch.teach reads a missing one as None).
+        search.keep(unit.trial_number, {k: v for k, v in kept.items() if v is not None})
         if search.finished(unit.trial_number) is not None:
-            learned = self.tell_optuna(search, unit.trial_number) or learned
+            self.to_tell.append((search, unit.trial_number, self.tracker.mark()))
         if learned:
-            self.post_rules()
+            self.dirty.add(self.stopping.scope(unit.info))
+
+    def tell_ready(self) -> None:
+        """The finished trials whose runs MLflow has, to Optuna, in the order they finished."""
+        while self.to_tell and self.tracker.sent_through(self.to_tell[0][2]):
+            search, number, _ = self.to_tell.popleft()
+            info = search.trials[number][0].info
+            if self.tell_optuna(search, number):
+                self.dirty.add(self.stopping.scope(info))
 
     def _log_run(self, unit: Unit, status: RunStatus) -> None:
         """The run's whole history (steps whose live report was lost or late are logged now),
@@ -293,10 +317,21 @@ class Driver:
         return self.stopping is not None and self.stopping.trial_done(search.cell.key, value)
 
     def post_rules(self) -> None:
-        """What the stopping rule learned, as new rules for the runs still training. Each run's
-        rules are worked out again: O(runs in flight x the evidence of their groups) a call."""
+        """What the stopping rule learned this turn, as new rules for the runs still training in
+        the scopes it concerned (a phase group, a cell). A run is posted only when what its rules
+        decide changed (`decides`), not when their wording did (the evidence a reason cites grows
+        with every evaluation of a run in flight; re-posting for that was O(runs in flight) a tick)."""
+        dirty, self.dirty = self.dirty, set()
+        scope = self.stopping.scope
         for unit in self.launcher.running():
+            if scope(unit.info) not in dirty:
+                continue
             rules = self.stopping.rules(unit.info)
-            if rules != unit.rules:
+            if decides(rules) != decides(unit.rules):
                 unit.rules = rules
                 self.launcher.post_rules(unit.run_id, rules)
+
+
+def decides(rules: StopRules) -> tuple:
+    """What a run's rules decide: every field but the reason's wording."""
+    return tuple(dataclasses.replace(r, reason="") for r in rules)

@@ -9,7 +9,7 @@ state per cell. Two rules implement it: objective.py and phase.py.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +46,11 @@ class StoppingRule(ABC):
     def trial_done(self, cell_key: str, value: float | None) -> bool:
         """A trial of the cell ended with its first objective's `value` (mean over seeds)."""
         return False
+
+    def scope(self, run: RunInfo) -> Hashable:
+        """The runs whose rules what a run taught can change: those of the same scope (None:
+        every run). The driver re-works only their rules (O(changed runs), not O(runs in flight))."""
+        return None
 
     @abstractmethod
     def rules(self, run: RunInfo) -> StopRules:

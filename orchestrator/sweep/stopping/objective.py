@@ -45,6 +45,9 @@ class ObjectiveRule(StoppingRule):
         self.taught.discard(run.key)
         return False
 
+    def scope(self, run: RunInfo) -> str:
+        return run.cell_key  # a cell's best bounds only its own runs
+
     def rules(self, run: RunInfo) -> StopRules:
         best = self.best.get(run.cell_key)
         if best is None:

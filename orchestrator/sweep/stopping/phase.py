@@ -34,9 +34,11 @@ draws ignore results the driver runs them first (orchestrator/sweep/cell.py).
 from __future__ import annotations
 
 import math
-import statistics
-from collections.abc import Mapping
+from bisect import bisect_left, insort
+from collections import deque
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Any
 
 from orchestrator.store import names
@@ -68,6 +70,47 @@ class Evidence:
     clock: float  # generalized: the clock when it did; unresolved: the most it went without
 
 
+class RecentLosses:
+    """A run's training losses over the last half of its steps (s > step / 2), for the fit
+    guard: O(log n) an evaluation instead of a rescan of its whole history."""
+
+    def __init__(self) -> None:
+        self.window: deque[tuple[int, float]] = deque()  # (step, loss), oldest first
+        self.finite: list[float] = []  # the window's finite losses, sorted
+        self.not_finite = 0
+        self.last_step: int | None = None
+
+    def add(self, step: int, loss: float) -> None:
+        self.last_step = step
+        self.window.append((step, loss))
+        self._put(loss, +1)
+        while self.window and self.window[0][0] <= step / 2:
+            self._put(self.window.popleft()[1], -1)
+
+    def _put(self, loss: float, sign: int) -> None:
+        if not math.isfinite(loss):
+            self.not_finite += sign
+        elif sign > 0:
+            insort(self.finite, loss)
+        else:
+            del self.finite[bisect_left(self.finite, loss)]
+
+    def fits(self) -> bool:
+        """Every loss in the window finite, and their median <= FIT_LOSS."""
+        n = len(self.finite)
+        if self.not_finite or not n:
+            return False
+        median = self.finite[n // 2] if n % 2 else (self.finite[n // 2 - 1] + self.finite[n // 2]) / 2
+        return median <= FIT_LOSS
+
+
+@lru_cache(maxsize=4096)
+def _budget(train) -> tuple[float, float, int | None]:
+    """(whole-budget decay clock, decay rate, equilibrium step) of a run's config: rules() asks
+    for every run it is posted to."""
+    return decay_clock(train, train.steps), decay_rate(train), clock_step(train, EQUILIBRIUM_EFOLDS)
+
+
 class PhaseRule(StoppingRule):
     def __init__(self, safety: float = 2.0, memorized_for: float = 10.0) -> None:
         self.safety = safety
@@ -76,8 +119,8 @@ class PhaseRule(StoppingRule):
         self.unresolved: dict[tuple, dict[str, Evidence]] = {}
         # per group: run -> the decay clock at which it generalized
         self.generalized: dict[tuple, dict[str, Evidence]] = {}
-        # run in flight -> its (step, training loss) so far: the fit guard's median reads them
-        self.losses: dict[str, list[tuple[int, float]]] = {}
+        # run in flight -> its training losses over the last half of its steps (the fit guard)
+        self.losses: dict[str, RecentLosses] = {}
 
     def _evidence(self, run: RunInfo, clock: float) -> Evidence:
         return Evidence(run.key, run.d_value, decay_rate(run.train), clock)
@@ -87,18 +130,17 @@ class PhaseRule(StoppingRule):
         if run.key in self.generalized.get(run.group, {}):
             return False
         step = int(record["step"])
-        seen = self.losses.setdefault(run.key, [])
-        if seen and step <= seen[-1][0]:
+        seen = self.losses.setdefault(run.key, RecentLosses())
+        if seen.last_step is not None and step <= seen.last_step:
             return False
         clock = decay_clock(run.train, step)
         if record.get("val_acc", -1.0) >= run.train.val_threshold:
             self.generalized.setdefault(run.group, {})[run.key] = self._evidence(run, clock)
             self.losses.pop(run.key, None)
             return True
-        seen.append((step, float(record.get("train_loss", math.nan))))
-        recent = [loss for s, loss in seen if s > step / 2]
+        seen.add(step, float(record.get("train_loss", math.nan)))
         unresolved = self.unresolved.setdefault(run.group, {})
-        if all(math.isfinite(x) for x in recent) and statistics.median(recent) <= FIT_LOSS:
+        if seen.fits():
             unresolved[run.key] = self._evidence(run, clock)
             return True
         return unresolved.pop(run.key, None) is not None
@@ -133,9 +175,12 @@ class PhaseRule(StoppingRule):
         if unresolved_clock is not None:
             self.unresolved.setdefault(run.group, {})[run.key] = self._evidence(run, unresolved_clock)
 
+    def scope(self, run: RunInfo) -> Hashable:
+        return run.group  # evidence compares runs of one group only
+
     def rules(self, run: RunInfo) -> StopRules:
         out = []
-        have, rate = decay_clock(run.train, run.train.steps), decay_rate(run.train)
+        have, rate, stalled = _budget(run.train)
         easier = [e for e in self.unresolved.get(run.group, {}).values()
                   if e.run != run.key and e.d_value >= run.d_value and e.rate >= rate]
         harder = [e for e in self.generalized.get(run.group, {}).values()
@@ -146,7 +191,6 @@ class PhaseRule(StoppingRule):
                 f"pruned: memorized and not generalized {self.memorized_for:g}x later; its whole budget of "
                 f"weight decay (sum lr x wd = {have:.3g}) is under 1/{self.safety:g} of the {top.clock:.3g} "
                 f"that {top.run}, with as much data and decay, went without generalizing")))
-        stalled = clock_step(run.train, EQUILIBRIUM_EFOLDS)
         if stalled is not None:
             out.append(StopRule(StopKind.STALLED, stalled_after=stalled, reason=(
                 f"pruned: stalled, train and val accuracy flat over the last half of its steps, past "
