@@ -300,8 +300,11 @@ class Tracker:
         self._write(lambda: self.client.update_run(run_id, status="RUNNING"))
         self._write(lambda: self.client.set_tag(run_id, names.TAG_ATTEMPTS, str(attempts)))
         # Even a FINISHED run: its trial may not have reached Optuna, and its result comes back.
-        # Every evaluation logs val_acc, so its steps are the steps already logged.
-        history = answer(lambda: self.client.get_metric_history(run_id, "val_acc"))
+        # Every evaluation logs every metric it has; the built-in trainers always log val_acc, a
+        # user's trainer may not, so any curve metric (not a `final.*` total) gives the steps.
+        curves = sorted(k for k in run.data.metrics if not k.startswith("final."))
+        key = "val_acc" if "val_acc" in curves or not curves else curves[0]
+        history = answer(lambda: self.client.get_metric_history(run_id, key))
         self.logged[run_id] = {m.step for m in history}
         return run_id
 

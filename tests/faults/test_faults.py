@@ -490,6 +490,27 @@ def test_tracker_drops_a_write_the_store_refuses_and_sends_the_rest(tmp_path):
     assert tracker.client.get_run(run_id).data.params["lr"] == "1"
 
 
+def test_a_reopened_run_without_val_acc_gets_no_step_twice(tmp_path):
+    """A driver killed and rerun reopens its runs and skips the steps MLflow already has. A user's
+    trainer may report no val_acc: the steps come from whatever curve it logged."""
+    from orchestrator.store.tracker import Tracker, config_yaml
+    from orchestrator.study import load_study
+
+    study = load_study(write_study(tmp_path), [f"tracking.uri={sqlite_uri(tmp_path)}"])
+    first = Tracker(study)
+    first.open(config_yaml(study))
+    run_id = first.start_run("cell/trial=0/seed=0", "t0", {"lr": 1}, {})
+    first.log_records(run_id, [{"step": 10, "loss": 2.0}, {"step": 20, "loss": 1.5}])
+    assert first.drain(timeout_s=5) and not first.pending
+    second = Tracker(study)  # the rerun driver
+    second.open(config_yaml(study))
+    assert second.start_run("cell/trial=0/seed=0", "t0", {"lr": 1}, {}) == run_id
+    second.log_records(run_id, [{"step": 10, "loss": 2.0}, {"step": 20, "loss": 1.5}, {"step": 30, "loss": 1.0}])
+    assert second.drain(timeout_s=5) and not second.pending
+    curve = second.client.get_metric_history(run_id, "loss")
+    assert sorted((m.step, m.value) for m in curve) == [(10, 2.0), (20, 1.5), (30, 1.0)]
+
+
 @pytest.mark.slow
 @retry_races()
 def test_tracking_server_dropout_mid_study_loses_nothing(tmp_path):
