@@ -10,12 +10,14 @@ object API on an Agg canvas; each returns the path written, or None when there i
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.lines import Line2D
+from matplotlib.ticker import NullFormatter
 
 from orchestrator.analysis.frontier import ComputeOptimalFrontier
 from orchestrator.analysis.isoflop import IsoFlopFit
@@ -111,6 +113,9 @@ def plot_isoflop_curves(fit: IsoFlopFit, path: str | Path, *, title: str | None 
             errorbar(ax, [b.N_opt.value], [b.L_opt.value], xerr=([b.N_opt.low], [b.N_opt.high]), marker="*",
                       color=color, mfc=face, zorder=4)
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    trusted = [x for b in budgets for x in b.n]
+    ax.set_xlim(min(trusted) / 4, max(trusted) * 4)  # an untrusted minimum's interval runs off the edge
     ax.set_xlabel("N: parameters (count), log scale")
     ax.set_ylabel("final loss (nats)")
     sm = _scalar_mappable(cmap, norm)
@@ -140,32 +145,41 @@ def plot_frontiers(frontiers: Sequence[ComputeOptimalFrontier], path: str | Path
     fig = new_figure(13, 5.5)
     ax_n, ax_t = fig.subplots(1, 2)
     c = np.geomspace(budgets.min() / 2, budgets.max() * 2, 100)
+    values: dict[str, list[float]] = {"n": [], "t": []}  # what the y axes must show
     for f in frontiers:
         color, marker = APPROACH_STYLE.get(f.approach, ("C7", "o"))
         label = APPROACH_LABELS.get(f.approach, f.approach)
         if f.a is not None:
             n = f.n_opt(c)
+            values["n"] += list(n)
+            values["t"] += list(c / (f.flops_per_token * n * n))
             ax_n.plot(c, n, color=color, lw=1.3, label=f"{label}: a = {_est(f.a)}")
             ax_t.plot(c, c / (f.flops_per_token * n * n), color=color, lw=1.3, label=f"{label}: b = {_est(f.b)}")
         else:
-            ax_n.plot([], [], color=color, label=f"{label}: no power law ({f.reason})")
+            ax_n.plot([], [], color=color, label=textwrap.fill(f"{label}: no power law ({f.reason})", 70))
         for p in f.points:
             if p.N_opt is None:
                 continue
             face = color if p.trusted else "white"
+            values["n"].append(p.N_opt.value)
+            values["t"].append(p.tokens_per_param.value)
             errorbar(ax_n, [p.flops], [p.N_opt.value], yerr=([p.N_opt.low], [p.N_opt.high]), marker=marker,
                       color=color, mfc=face)
             errorbar(ax_t, [p.flops], [p.tokens_per_param.value],
                       yerr=([p.tokens_per_param.low], [p.tokens_per_param.high]), marker=marker, color=color, mfc=face)
-    for ax, ylabel in ((ax_n, "N_opt: compute-optimal parameters (count), log scale"),
-                       (ax_t, "D_opt / N_opt: tokens per parameter, log scale")):
+    for ax, ylabel, key in ((ax_n, "N_opt: compute-optimal parameters (count), log scale", "n"),
+                            (ax_t, "D_opt / N_opt: tokens per parameter, log scale", "t")):
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels ran into each other
+        shown = [v for v in values[key] if v and np.isfinite(v) and v > 0]
+        if shown:  # the estimates set the range; an interval spanning decades runs off the edge
+            ax.set_ylim(min(shown) / 10, max(shown) * 10)
         ax.set_xlabel("compute budget C (FLOPs), log scale")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:  # no fitted line (every approach refused): no legend
-            ax.legend(fontsize=8)
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14))
     ax_t.axhline(20, color="gray", ls=":", lw=1)  # Hoffmann et al.'s ~20 tokens per parameter
     ax_t.annotate("20 tokens/param (Chinchilla)", (c[0], 20), fontsize=8, color="gray", va="bottom")
     k = sorted({f.flops_per_token for f in frontiers})
