@@ -7,7 +7,8 @@ PY := $(VENV)/bin/python
 # The CPU build of torch; a GPU user who installed their own torch into $(VENV) first keeps it.
 TORCH ?= torch==2.13.0
 # `make test` stays near 20 minutes on 2 cores; `make test-all` adds the tests that install and
-# start whole services (a one-node Slurm, headless Chromium on the MLflow UI: about 8 minutes more).
+# start whole services (a one-node Slurm, headless Chromium on the MLflow UI) and the pruning-exactness
+# study (about 12 minutes more).
 PYTEST_ARGS ?= -m "not soak and not long" --durations=30
 
 .PHONY: install quickstart test test-all soak bench ui clean

@@ -274,7 +274,7 @@ def stop_kinds(where: Path, pruned: list[int]) -> set[str]:
     return kinds
 
 
-@pytest.mark.slow
+@pytest.mark.long  # 4-9 minutes: `make test-all`; pruning exactness is also what bench_sweep_compute checks
 def test_pruning_keeps_every_answer_of_the_unpruned_study(tmp_path, monkeypatch):
     """`prune.mode: objective` never changes a cell's best; `prune.mode: phase` never stops a run
     that would have generalized within its budget, and every run keeps its phase. Both train

@@ -59,7 +59,7 @@ def test_recorded_run_reproduces_bitwise(study):
     assert set(rows) == set(run.data.metrics)
 
 
-def test_a_record_off_by_one_ulp_is_a_mismatch(study, monkeypatch, capsys):
+def test_a_record_off_by_one_ulp_is_a_mismatch(study):
     root, client, run = study
     # A copy of the run whose val_loss differs from the record in the last bit at one step.
     copy = client.create_run(run.info.experiment_id, run_name="tampered").info.run_id
@@ -74,22 +74,24 @@ def test_a_record_off_by_one_ulp_is_a_mismatch(study, monkeypatch, capsys):
     assert report["verdict"] == "MISMATCH"
     bad = [r for r in report["metrics"] if not r["match"]]
     assert [r["metric"] for r in bad] == ["val_loss"] and 0 < bad[0]["max_abs_diff"] < 1e-12
-    monkeypatch.chdir(root)  # the plain table says the same (in this process: quicker)
-    assert main(["reproduce", copy]) == 1
-    table = capsys.readouterr().out
+    # The plain table says the same. (A separate process, as a user runs it: in-process, a study
+    # an earlier test ran through `main` in this pytest process left state that changed the answer.)
+    plain = grokscale("reproduce", copy, cwd=root)
+    assert plain.returncode == 1, plain.stdout[-3000:] + plain.stderr[-3000:]
+    table = plain.stdout
     assert "verdict: MISMATCH" in table and [line.split()[0] for line in table.splitlines() if "DIFF" in line] == \
         ["val_loss"]
 
 
-def test_unknown_run_or_store_is_bad_input(study, tmp_path, monkeypatch, capsys):
+def test_unknown_run_or_store_is_bad_input(study, tmp_path):
     root, client, run = study
-    monkeypatch.chdir(root)
-    assert main(["reproduce", "0123456789abcdef0123456789abcdef"]) == 2
-    assert "no run '0123456789abcdef0123456789abcdef'" in capsys.readouterr().err
+    out = grokscale("reproduce", "0123456789abcdef0123456789abcdef", cwd=root)
+    assert out.returncode == 2 and "no run '0123456789abcdef0123456789abcdef'" in out.stderr, out.stderr[-2000:]
     parent = client.get_run(run.data.tags["mlflow.parentRunId"]).info.run_id
-    assert main(["reproduce", parent]) == 2 and "no recorded spec" in capsys.readouterr().err
-    monkeypatch.chdir(tmp_path)  # no store here, and none is created
-    assert main(["reproduce", "abc"]) == 2 and "no MLflow store" in capsys.readouterr().err
+    out = grokscale("reproduce", parent, cwd=root)
+    assert out.returncode == 2 and "no recorded spec" in out.stderr, out.stderr[-2000:]
+    out = grokscale("reproduce", "abc", cwd=tmp_path)  # no store here, and none is created
+    assert out.returncode == 2 and "no MLflow store" in out.stderr, out.stderr[-2000:]
     assert list(tmp_path.iterdir()) == []
 
 
