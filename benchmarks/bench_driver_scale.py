@@ -29,21 +29,15 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import pwd
 import resource
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 from simulated_cluster import SimulatedCluster
@@ -52,97 +46,14 @@ from orchestrator.study import Study
 from orchestrator.study.grid import build_cells
 from orchestrator.sweep.driver import Driver
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the tests' throwaway servers
+from support.mlflow_server import MlflowServer  # noqa: E402
+from support.postgres import Postgres, unavailable  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
-PG_BIN = Path(os.environ.get("GROKSCALE_PG_BIN", "/usr/lib/postgresql/15/bin"))
-VENV_BIN = Path(sys.executable).parent
 D_VALUES = (0.3, 0.4, 0.5, 0.6, 0.7)
 SEEDS = (0, 1)
 PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Postgres:
-    """A throwaway PostgreSQL cluster run as the `postgres` user, TCP on 127.0.0.1 only."""
-
-    def __init__(self) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="gs-pg-"))
-        user = pwd.getpwnam("postgres")
-        os.chown(self.root, user.pw_uid, user.pw_gid)
-        self.port = free_port()
-        self.prefix = [] if os.geteuid() == user.pw_uid else ["runuser", "-u", "postgres", "--"]
-
-    def _run(self, *cmd: str) -> None:
-        out = subprocess.run([*self.prefix, *cmd], capture_output=True, text=True, timeout=120, cwd=self.root)
-        if out.returncode:
-            raise RuntimeError(f"{cmd[0]} failed: {out.stdout[-1500:]}{out.stderr[-1500:]}")
-
-    def start(self) -> None:
-        self._run(str(PG_BIN / "initdb"), "-D", str(self.root / "pg"), "-A", "trust", "-U", "postgres", "--no-sync")
-        # fsync off: a benchmark of the driver, not of the disk; max_connections for MLflow's workers.
-        self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.root / "pg"), "-l", str(self.root / "log"), "-o",
-                  f"-h 127.0.0.1 -p {self.port} -k {self.root} -c fsync=off -c max_connections=200", "-w", "start")
-        for db in ("optuna", "mlflow"):
-            self._run(str(PG_BIN / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-c",
-                      f"CREATE DATABASE {db}")
-
-    def url(self, db: str) -> str:
-        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/{db}"
-
-    def query(self, db: str, sql: str) -> str:
-        out = subprocess.run([*self.prefix, str(PG_BIN / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U",
-                              "postgres", "-d", db, "-tAc", sql], capture_output=True, text=True, timeout=300)
-        return out.stdout.strip()
-
-    def stop(self) -> None:
-        subprocess.run([*self.prefix, str(PG_BIN / "pg_ctl"), "-D", str(self.root / "pg"), "-m", "immediate", "-w",
-                        "stop"], capture_output=True, timeout=60, cwd=self.root)
-        shutil.rmtree(self.root, ignore_errors=True)
-
-
-class MlflowServer:
-    def __init__(self, root: Path, backend: str, workers: int) -> None:
-        self.root, self.backend, self.workers = root, backend, workers
-        self.port = free_port()
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def uri(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 300) -> None:
-        with open(self.root / "mlflow-server.log", "ab") as log:
-            self.proc = subprocess.Popen(
-                [str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port),
-                 "--workers", str(self.workers), "--backend-store-uri", self.backend,
-                 "--artifacts-destination", str(self.root / "artifacts")],
-                cwd=self.root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            if self.proc.poll() is not None:
-                raise RuntimeError((self.root / "mlflow-server.log").read_text()[-3000:])
-            time.sleep(0.5)
-        raise RuntimeError(f"mlflow server not up after {timeout} s")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout=15)
-        if self.proc is not None:  # uvicorn's workers outlive a slow graceful stop
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=30)
 
 
 def make_study(root: Path, runs: int, tracking: str, storage: str, ray_slots: int | None = None) -> Study:
@@ -266,14 +177,17 @@ def main() -> None:
     ap.add_argument("--show", action="store_true", help="the live progress lines on stderr")
     args = ap.parse_args()
     run_seconds = args.run_seconds or max(1.0, args.slots / 150)
+    if unavailable():
+        sys.exit(f"bench_driver_scale: {unavailable()}")
     pg = Postgres()
     root = Path(tempfile.mkdtemp(prefix="gs-scale-"))
     server = None
     try:
-        pg.start()
-        server = MlflowServer(root, pg.url("mlflow"), args.mlflow_workers)
+        pg.start(databases=("optuna", "mlflow"), max_connections=200)  # MLflow's workers hold pools
+        server = MlflowServer(root, backend=pg.url("mlflow", "postgresql+psycopg2"), workers=args.mlflow_workers)
         server.start()
-        study = make_study(root, args.runs, server.uri, pg.url("optuna"), args.slots if args.ray else None)
+        optuna_url = pg.url("optuna", "postgresql+psycopg2")
+        study = make_study(root, args.runs, server.uri, optuna_url, args.slots if args.ray else None)
         if args.ray:
             import ray
             from simulated_cluster import ray_launcher
@@ -307,7 +221,7 @@ def main() -> None:
     finally:
         if server is not None:
             server.stop()
-        pg.stop()
+        pg.remove()
         shutil.rmtree(root, ignore_errors=True)
     samples = out.pop("samples")
     print(json.dumps(out, indent=2))

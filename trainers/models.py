@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainers.spec import MLPModel, OwnModel, TransformerModel, own_class
+from trainers.own_code import OwnModel, own_class
+from trainers.spec import MLPModel, TransformerModel
 
 EMBEDDING_MODULES = ("tok_emb", "pos_emb", "unembed")
 

@@ -32,8 +32,9 @@ from typing import Any
 from pydantic import Field
 from torch import nn
 
+from trainers.fields import Frozen
 from trainers.models import EMBEDDING_MODULES, ParamCounts
-from trainers.spec import Frozen, TrainConfig
+from trainers.spec import TrainConfig
 
 ENTRY_POINT_GROUP = "grokscale.trainers"
 PARAM_NAMES = ("config", "report", "checkpoint_dir")

@@ -20,7 +20,8 @@ from typing import Literal
 import torch
 
 from trainers.corpus import CorpusData, CorpusError, CorpusTask, load_corpus
-from trainers.spec import AdditionTask, CharLMTask, ModularTask, OwnTask, SparseParityTask
+from trainers.own_code import OwnTask
+from trainers.spec import AdditionTask, CharLMTask, ModularTask, SparseParityTask
 
 IGNORE = -100  # torch.nn.functional.cross_entropy's default ignore_index
 

@@ -94,8 +94,8 @@ class RestWrites:
             "params": [{"key": p.key, "value": p.value} for p in params],
             "tags": [{"key": t.key, "value": t.value} for t in tags]})
 
-    def set_terminated(self, run_id: str, status: str) -> None:
-        self._post("runs/update", {"run_id": run_id, "status": status, "end_time": int(time.time() * 1000)})
+    def set_terminated(self, run_id: str, status: str, end_time: int) -> None:
+        self._post("runs/update", {"run_id": run_id, "status": status, "end_time": end_time})
 
     def create_run(self, experiment_id: str, tags: dict[str, str], name: str) -> Run:
         from google.protobuf.json_format import ParseDict
@@ -206,11 +206,11 @@ class Tracker:
                                   tags=list(tags))
         self.points_sent += sum(m[3] > 0 for m in metrics)  # evaluations; final metrics are logged at step 0
 
-    def _terminate(self, run_id: str, status: str) -> None:
+    def _terminate(self, run_id: str, status: str, end_time: int) -> None:
         if self.rest is not None:
-            self.rest.set_terminated(run_id, status)
+            self.rest.set_terminated(run_id, status, end_time)
         else:
-            self.client.set_terminated(run_id, status)
+            self.client.set_terminated(run_id, status, end_time=end_time)
 
     def _send_buffered(self, run_id: str, extra: list | None = None, tags: list | None = None) -> None:
         """The run's buffered points (and `extra` metrics, `tags`) as batches of MLFLOW_BATCH."""
@@ -350,7 +350,8 @@ class Tracker:
         mlflow_status = "FINISHED" if status == RunStatus.COMPLETED else "FAILED"
         # The rest of its curve, its final metrics and its end tags: as few batches as fit.
         self._send_buffered(run_id, metrics, all_tags)
-        self._write(lambda: self._terminate(run_id, mlflow_status))
+        # end_time is when the run ended, not when the write got through (a server that was down).
+        self._write(lambda: self._terminate(run_id, mlflow_status, now))
         self.logged.pop(run_id, None)  # O(runs in flight): a finished run's steps are not kept
 
     def close_orphans(self, live_keys: set[str]) -> int:

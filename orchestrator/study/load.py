@@ -25,7 +25,7 @@ from orchestrator.study.errors import StudyError, format_errors
 from orchestrator.study.schema import Study
 from orchestrator.study.tasks import import_problems
 from trainers.overrides import OverrideError, apply_overrides
-from trainers.spec import is_import_path
+from trainers.own_code import is_import_path
 
 MAPPING_HINT = "a study is a YAML mapping (name:, task:, grid:, ...)"
 

@@ -20,7 +20,8 @@ from functools import cache
 from types import UnionType
 from typing import Annotated, Any, Union, get_args, get_origin
 
-from trainers.spec import OwnCodeError, OwnTask, TrainSpec, is_import_path, own_class
+from trainers.own_code import OwnCodeError, OwnTask, is_import_path, own_class
+from trainers.spec import TrainSpec
 
 
 @dataclass(frozen=True)

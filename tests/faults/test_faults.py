@@ -15,6 +15,7 @@ stack with py-spy (installed with ray[default]). Linux only.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -511,11 +512,23 @@ def test_a_reopened_run_without_val_acc_gets_no_step_twice(tmp_path):
     assert sorted((m.step, m.value) for m in curve) == [(10, 2.0), (20, 1.5), (30, 1.0)]
 
 
+def ended_since(folder: Path, t: float) -> bool:
+    """Has a run ended after time t? A run's last checkpoint records how it finished."""
+    import torch
+
+    for f in folder.rglob("checkpoint.pt"):
+        with contextlib.suppress(OSError, RuntimeError):  # replaced as we read: the next look sees it
+            if f.stat().st_mtime > t and torch.load(f, weights_only=False).get("finished"):
+                return True
+    return False
+
+
 @pytest.mark.slow
 @retry_races()
 def test_tracking_server_dropout_mid_study_loses_nothing(tmp_path):
-    """Two outages of ~20 s: one while new trials start (their runs must wait for the server),
-    one after the last trial has started (every write of the runs still training is buffered)."""
+    """Two outages of 20 s or more: one while new trials start (their runs must wait for the
+    server), one after the last trial has started, lasting until a run has ended (every write of
+    the runs still training is buffered, and the ended run's end is recorded when it ended)."""
     steps = 2000
     path = write_study(tmp_path, train={"steps": steps, "checkpoint_every": 100})
     t0 = time.time()
@@ -524,27 +537,40 @@ def test_tracking_server_dropout_mid_study_loses_nothing(tmp_path):
     driver = None
     outages = []
 
-    def outage_when(ready) -> None:
+    def all_trials():
+        return [t for ts in trials(tmp_path).values() for t in ts]
+
+    def outage_when(ready, until) -> None:
+        """Kill the server once `ready`; keep it down at least 10 s and until `until(down)` says
+        what the outage is for has happened (at most 120 s), so a loaded machine that trains
+        slower does not make the outage miss it."""
         deadline = time.monotonic() + 300
         while driver.poll() is None and time.monotonic() < deadline:
             time.sleep(0.3)
-            if ready([t for ts in trials(tmp_path).values() for t in ts]) and train_workers(driver.pid):
+            if ready(all_trials()) and train_workers(driver.pid):
                 break
         if driver.poll() is not None:
             raise Race(f"the study finished before outage {len(outages) + 1}")
         server.kill()
         down = time.time()
         time.sleep(10)
+        while time.time() - down < 120 and driver.poll() is None and not until(down):
+            time.sleep(0.5)
         server.start()  # same port, same store; the start itself takes 2-10 s
         outages.append((down, time.time()))
         print(f"outage {len(outages)}: {time.time() - down:.1f} s, {time.time() - t0:.0f} s into the test")
 
     try:
         driver = start_driver(path, server.uri)
-        outage_when(lambda ts: sum(t.state == TrialState.COMPLETE for t in ts) >= 1)
-        # ...and once every run exists (none waits in create_run) while some still train.
+        # Outage 1 once a trial has completed, lasting until Optuna has asked a new trial.
+        outage_when(lambda ts: sum(t.state == TrialState.COMPLETE for t in ts) >= 1,
+                    until=lambda down: any(t.datetime_start.timestamp() > down for t in all_trials()))
+        # Outage 2 once every run exists (none waits in create_run) while some still train,
+        # lasting until a run has ended while the server is away (its last checkpoint says so;
+        # Optuna hears of it only once MLflow has it, after the outage).
         outage_when(lambda ts: any(t.state == TrialState.RUNNING for t in ts)
-                    and len(runs(server.uri)[1]) == 8)
+                    and len(runs(server.uri)[1]) == 8,
+                    until=lambda down: ended_since(tmp_path / "runs", down))
         counts = wait_driver(driver, path, timeout=400)
     finally:
         if driver is not None and driver.poll() is None:
@@ -567,7 +593,7 @@ def test_tracking_server_dropout_mid_study_loses_nothing(tmp_path):
     # Outage 2: metrics and completions recorded while the server was away, all delivered.
     stamps = [m.timestamp / 1000 for r in by_key.values() for m in client.get_metric_history(r.info.run_id, "val_acc")]
     buffered = sum(down2 < s < up2 for s in stamps)
-    completed = [t for ts in trials(tmp_path).values() for t in ts if down2 < t.datetime_complete.timestamp() < up2]
+    completed = [r for r in by_key.values() if down2 < r.info.end_time / 1000 < up2]  # when it ended, not sent
     if not (buffered > 0 and completed):
         raise Race("nothing was recorded during outage 2: it missed the study")
     print(f"\nserver down {up1 - down1:.0f} s and {up2 - down2:.0f} s; {len(waited)} run(s) waited to be created, "

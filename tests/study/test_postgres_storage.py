@@ -9,12 +9,6 @@ server refuses to run as root; without those binaries the test is skipped.
 from __future__ import annotations
 
 import json
-import os
-import pwd
-import shutil
-import subprocess
-import tempfile
-from pathlib import Path
 
 import optuna
 import pytest
@@ -25,9 +19,9 @@ from orchestrator.sweep.search import open_storage
 
 from support.cli import grokscale, listing, write_study
 from support.ports import free_port
+from support.postgres import Postgres, unavailable
 from support.studies import tiny_study
 
-PG_BIN = Path(os.environ.get("GROKSCALE_PG_BIN", "/usr/lib/postgresql/15/bin"))
 # TINY_STUDY of test_orchestrator.py, two cells and 100 steps: four runs of about a second.
 STUDY = tiny_study("tiny")
 
@@ -38,72 +32,24 @@ def cell_summaries(storage) -> list:
             if not s.study_name.startswith(HOLD_STUDY_PREFIX)]
 
 
-class PostgresServer:
-    """A throwaway cluster in a temporary directory, trust authentication, TCP on 127.0.0.1 only."""
-
-    def __init__(self) -> None:
-        missing = [b for b in ("initdb", "pg_ctl", "postgres") if not (PG_BIN / b).is_file()]
-        if missing:
-            pytest.skip(f"PostgreSQL server binaries not found in {PG_BIN} (missing {', '.join(missing)}); "
-                        f"install postgresql-15 or set GROKSCALE_PG_BIN")
-        try:
-            self.user = pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.skip("no `postgres` system user to run the PostgreSQL server as")
-        if os.geteuid() not in (0, self.user.pw_uid):
-            pytest.skip("the PostgreSQL server runs as the `postgres` user: needs root (or to be that user)")
-        # Not under pytest's tmp_path: that is 0700 root, and the server runs as `postgres`.
-        # A short path, too: the Unix socket's path must fit in 107 bytes.
-        self.root = Path(tempfile.mkdtemp(prefix="gs-pg-"))
-        os.chown(self.root, self.user.pw_uid, self.user.pw_gid)
-        self.data = self.root / "pg"
-        self.port = free_port()
-        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/optuna"
-
-    def _as_postgres(self, *cmd: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        if os.geteuid() == self.user.pw_uid:
-            prefix = []
-        else:
-            prefix = ["runuser", "-u", "postgres", "--"]
-        return subprocess.run([*prefix, *cmd], capture_output=True, text=True, timeout=timeout, cwd=self.root)
-
-    def start(self) -> None:
-        psycopg2 = pytest.importorskip("psycopg2", reason="the `test` extra's psycopg2-binary is not installed")
-        init = self._as_postgres(str(PG_BIN / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres",
-                                 "--no-sync")
-        assert init.returncode == 0, init.stdout[-2000:] + init.stderr[-2000:]
-        started = self._as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "log"),
-                                    "-o", f"-h 127.0.0.1 -p {self.port} -k {self.root} -c fsync=off", "-w", "start")
-        assert started.returncode == 0, started.stderr[-2000:] + self.log()
-        conn = psycopg2.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres")
-        conn.autocommit = True  # CREATE DATABASE cannot run in a transaction
-        with conn.cursor() as cur:
-            cur.execute("CREATE DATABASE optuna")
-        conn.close()
-
-    def stop(self) -> None:
-        self._as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop", timeout=60)
-
-    def log(self) -> str:
-        path = self.root / "log"
-        return path.read_text()[-2000:] if path.exists() else ""
-
-
 @pytest.fixture
 def postgres():
-    server = PostgresServer()
+    why = unavailable()
+    if why:
+        pytest.skip(why)
+    pytest.importorskip("psycopg2", reason="the `test` extra's psycopg2-binary is not installed")
+    server = Postgres()
     try:
         server.start()
         yield server
     finally:
-        server.stop()
-        shutil.rmtree(server.root, ignore_errors=True)
+        server.remove()
 
 
 @pytest.mark.slow  # three CLI runs, two of them start a local Ray: 45 s to 2 min
 def test_postgresql_storage_runs_resumes_and_fails_cleanly_when_down(tmp_path, postgres):
     path = write_study(tmp_path, STUDY)
-    run = ["run", str(path), "--quiet", "--json", "--no-report", "--set", f"storage={postgres.url}"]
+    run = ["run", str(path), "--quiet", "--json", "--no-report", "--set", f"storage={postgres.url('optuna')}"]
 
     out = grokscale(*run, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:] + postgres.log()
@@ -111,7 +57,7 @@ def test_postgresql_storage_runs_resumes_and_fails_cleanly_when_down(tmp_path, p
     assert counts["completed"] == 4 and counts["failed"] == 0
 
     # Every trial is in PostgreSQL, one study per cell, and no journal file was written.
-    storage = open_storage(postgres.url)
+    storage = open_storage(postgres.url('optuna'))
     summaries = cell_summaries(storage)
     assert sorted(s.study_name for s in summaries) == ["tiny/N[d_model=16]_D=0.3", "tiny/N[d_model=16]_D=0.5"]
     for s in summaries:
@@ -121,7 +67,7 @@ def test_postgresql_storage_runs_resumes_and_fails_cleanly_when_down(tmp_path, p
     assert not (tmp_path / "runs" / "tiny" / "optuna.journal").exists()
     assert not [p for p in listing(tmp_path) if "journal" in p]
 
-    status = grokscale("status", str(path), "--json", "--set", f"storage={postgres.url}", cwd=tmp_path)
+    status = grokscale("status", str(path), "--json", "--set", f"storage={postgres.url('optuna')}", cwd=tmp_path)
     assert status.returncode == 0, status.stderr[-2000:]
     assert [r["complete"] for r in json.loads(status.stdout)] == [2, 2]
 
@@ -136,7 +82,7 @@ def test_postgresql_storage_runs_resumes_and_fails_cleanly_when_down(tmp_path, p
     # A database that does not exist: refused at login, before anything starts.
     files = listing(tmp_path)
     wrong = grokscale("run", str(path), "--quiet", "--no-report", "--set",
-                      f"storage={postgres.url.rsplit('/', 1)[0]}/no_such_db", cwd=tmp_path, timeout=120)
+                      f"storage={postgres.url('optuna').rsplit('/', 1)[0]}/no_such_db", cwd=tmp_path, timeout=120)
     assert wrong.returncode == 2, wrong.stdout[-2000:] + wrong.stderr[-2000:]
     assert "storage: cannot log in" in wrong.stderr and "no_such_db" in wrong.stderr
     assert listing(tmp_path) == files

@@ -1,22 +1,27 @@
-"""A real `mlflow server` on 127.0.0.1 with a SQLite store, which a test can kill and start
-again on the same port and store."""
+"""A real `mlflow server` on 127.0.0.1, which a test can kill and start again on the same port
+and store; a benchmark gives it a PostgreSQL backend and more workers."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
+from support.ports import free_port
 from support.processes import kill_tree
 
 BIN = Path(sys.executable).parent
 
 
 class MlflowServer:
-    def __init__(self, root: Path, port: int):
-        self.root, self.port, self.proc = root, port, None
+    def __init__(self, root: Path, port: int | None = None, backend: str | None = None, workers: int = 1):
+        self.root, self.port, self.workers, self.proc = root, port or free_port(), workers, None
+        self.backend = backend or f"sqlite:///{root / 'server.db'}"
 
     @property
     def uri(self) -> str:
@@ -25,8 +30,8 @@ class MlflowServer:
     def start(self, timeout: float = 300) -> None:  # generous: a loaded 2-core machine
         with open(self.root / "server.log", "ab") as out:  # the child keeps its own copy
             self.proc = subprocess.Popen(
-                [BIN / "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-                 "--backend-store-uri", f"sqlite:///{self.root / 'server.db'}",
+                [BIN / "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
+                 "--workers", str(self.workers), "--backend-store-uri", self.backend,
                  "--artifacts-destination", str(self.root / "artifacts")],
                 cwd=self.root, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
@@ -37,11 +42,25 @@ class MlflowServer:
                         return
             except OSError:
                 pass
-            assert self.proc.poll() is None, (self.root / "server.log").read_text()[-2000:]
+            if self.proc.poll() is not None:
+                raise RuntimeError("mlflow server exited: " + (self.root / "server.log").read_text()[-2000:])
             time.sleep(0.3)
-        raise AssertionError(f"mlflow server not up after {timeout} s")
+        raise RuntimeError(f"mlflow server not up after {timeout} s")
 
     def kill(self) -> None:
+        """SIGKILL the server and its workers: an outage as a crash makes it."""
         if self.proc is not None and self.proc.poll() is None:
             kill_tree(self.proc.pid)
             self.proc.wait()
+
+    def stop(self) -> None:
+        """A graceful stop, then SIGKILL for the workers that outlive it (uvicorn's do)."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=15)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
-from pydantic_core import PydanticCustomError
+
+from trainers.fields import invalid
 
 Format = Literal["text", "tokens", "hf_disk", "parquet"]
 UINT16_VOCAB = 2**16  # token ids 0..65535 fit a uint16, nanoGPT's .bin layout
@@ -24,11 +25,6 @@ BPE_MAX_VOCAB = 2**24  # far beyond any tokenizer in use; guards a typo like 5e9
 
 class CorpusError(ValueError):
     """A corpus that cannot be read as configured; the message names the field."""
-
-
-def _invalid(field: str, message: str) -> PydanticCustomError:
-    # trainers.spec.invalid, written out: trainers/spec.py imports this module, not the other way.
-    return PydanticCustomError("invalid_field", message, {"field": field})
 
 
 class CorpusTask(BaseModel):
@@ -69,18 +65,18 @@ class CorpusTask(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> CorpusTask:
         if not self.source.strip():
-            raise _invalid("source", "source must name a file or folder")
+            raise invalid("source", "source must name a file or folder")
         v = self.vocab_size
         if self.tokenizer == "bpe":
             if v is None:
-                raise _invalid("vocab_size", "tokenizer 'bpe' needs vocab_size (e.g. 4096)")
+                raise invalid("vocab_size", "tokenizer 'bpe' needs vocab_size (e.g. 4096)")
             if not BPE_MIN_VOCAB <= v <= BPE_MAX_VOCAB:
-                raise _invalid("vocab_size", f"vocab_size for tokenizer 'bpe' must be in [{BPE_MIN_VOCAB}, "
+                raise invalid("vocab_size", f"vocab_size for tokenizer 'bpe' must be in [{BPE_MIN_VOCAB}, "
                                              f"{BPE_MAX_VOCAB}] (the 256 bytes and <|endoftext|> come first), got {v}")
         for field in ("n_train_tokens", "n_val_tokens"):
             n = getattr(self, field)
             if n is not None and n <= self.seq_len:
-                raise _invalid(field, f"{field} ({n}) must be > seq_len ({self.seq_len}): "
+                raise invalid(field, f"{field} ({n}) must be > seq_len ({self.seq_len}): "
                                       "one window needs seq_len + 1 tokens")
         return self
 

@@ -1,0 +1,17 @@
+"""The pydantic basics every spec section shares: frozen sections with unknown keys forbidden,
+and an error that names the field a check across fields is about."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+from pydantic_core import PydanticCustomError
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def invalid(field: str, message: str) -> PydanticCustomError:
+    """A check across fields that names the field it is about, so the study's error says
+    `task.p: p must be >= 3` rather than pointing at the whole section."""
+    return PydanticCustomError("invalid_field", message, {"field": field})
