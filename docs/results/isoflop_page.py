@@ -44,44 +44,84 @@ def _agrees(a: dict, b: dict) -> str:
     return "yes: their 95% intervals overlap" if overlap else "no: their 95% intervals do not overlap"
 
 
-def findings(iso: dict, env: dict) -> list[str]:
+def findings(iso: dict, env: dict, law: dict) -> list[str]:
     """The page's reading of its own numbers: which budgets' minima lie inside the sizes, where
     the others lie, and what that means for the exponent (worded from the results, not typed)."""
     points = iso.get("budgets") or []
     inside = [p for p in points if p.get("bracketed")]
     out = [f"- {len(inside)} of {len(points)} budgets have their loss minimum inside the sampled sizes."]
-    smallest = [p for p in points if not p.get("bracketed")]
-    if smallest:
-        out.append("- At " + ", ".join(f"{p['flops']:.2g}" for p in smallest) + " FLOPs the fitted minimum lies "
-                   "outside the sizes (" + ", ".join(f"N_opt ~ {p['N_opt']:.3g}" for p in smallest) + "): the "
-                   "smallest models are at or near the optimum, so these budgets say only that N_opt is at most "
-                   "about the smallest size. A grid that brackets them needs smaller models (d_model 8-12).")
+    if inside:
+        tpp = {f["flops"]: f.get("tokens_per_param") for f in iso.get("frontier") or []}
+        out.append("- The bracketed optima: " + "; ".join(
+            f"N_opt {_interval(p, 'N_opt')} at {p['flops']:.2g} FLOPs ({_num(tpp.get(p['flops']))} tokens per "
+            f"parameter)" for p in inside) + ". Chinchilla's rule of thumb is ~20 tokens per parameter.")
+    for p in points:
+        if p.get("N_opt") is None:
+            out.append(f"- At {p['flops']:.2g} FLOPs there is no minimum: {p.get('reason')}.")
+            continue
+        if p.get("bracketed"):
+            continue
+        side = "below the smallest" if p["N_opt"] < p["n_min"] else "above the largest"
+        out.append(f"- At {p['flops']:.2g} FLOPs the fitted minimum (N_opt ~ {p['N_opt']:.3g}) lies {side} "
+                   "size: that budget says only that N_opt is beyond the grid's edge there.")
     if iso.get("a") is None:
         out.append(f"- Approach 2 gives no exponent: {iso.get('reason')}. That is the answer the data "
                    "supports; a number fitted through unbracketed minima would be extrapolated, not measured.")
+    else:
+        out.append(f"- Approach 2 gives a = {_interval(iso, 'a')} from {iso.get('n_fit')} budgets: the optimal "
+                   f"size grows as C^{iso['a']:.2f}, and the optimal data as C^{iso['b']:.2f}.")
     if env.get("a") is not None:
-        out.append(f"- Approach 1 (the envelope of every run's curve) gives a = {_interval(env, 'a')}, an interval "
-                   "too wide to compare with the published ~0.5.")
-    out.append("- Why the optimum sits at smaller N than Chinchilla's ~20 tokens per parameter predicts: here N "
-               "counts every parameter, and at d_model 16-64 with a 256-byte vocabulary the embedding and "
-               "unembedding are a third to a half of N; Kaplan et al. 2020 found laws cleaner without them, and "
-               "Pearce & Song 2024 and Porian et al. 2024 trace much of the Kaplan-Chinchilla gap to that choice "
-               "at small scale. With 3 learning-rate trials per cell the per-cell noise (non-monotone losses along "
-               "one budget) is of the same size as the curvature the parabolas need.")
+        width = env["a_high"] - env["a_low"] if env.get("a_low") is not None else None
+        out.append(f"- Approach 1 (the envelope of every run's curve) gives a = {_interval(env, 'a')}"
+                   + (", an interval too wide to say more than its sign." if width is not None and width > 0.5
+                      else "."))
+    if not law:
+        out.append("- Approach 3 has no L(N, D) law to work from: the fit was rejected (reasons in the table). "
+                   "On a one-pass IsoFLOP grid N and D move together along each budget, so the law's two "
+                   "exponents are poorly separated by design; Hoffmann et al. fit it on many more runs.")
     return out
 
 
-def page(results: dict, wall: str) -> str:
+def design(config: dict) -> str:
+    """The grid as the study recorded it (its config logged with the parent run)."""
+    grid, search, model = config.get("grid") or {}, config.get("search") or {}, config.get("model") or {}
+    shapes = [n.get("d_model") for n in grid.get("n") or [] if isinstance(n, dict)]
+    budgets = grid.get("flops") or []
+    lr = ((search.get("space") or {}).get("train.lr") or {})
+    rates = (f"the learning rate from the grid {lr['choices']}" if lr.get("choices") else
+             f"the learning rate tuned per cell ({search.get('trials_per_cell')} {search.get('sampler')} trials)")
+    return (f"{len(shapes)} model sizes (d_model {', '.join(map(str, shapes))}; {model.get('n_layer')} layers) x "
+            f"{len(budgets)} training budgets ({min(budgets):.2g} to {max(budgets):.2g} FLOPs), {rates}")
+
+
+def rate_edges(runs, config: dict) -> str | None:
+    """How often each cell's best run used the learning-rate grid's largest or smallest value:
+    an optimum at the grid's edge means the rate, too, was not bracketed there."""
+    choices = ((config.get("search") or {}).get("space") or {}).get("train.lr", {}).get("choices")
+    col = "param.train.lr"
+    if not choices or col not in runs or "min_val_loss" not in runs:
+        return None
+    done = runs.dropna(subset=["min_val_loss"])
+    best = done.loc[done.groupby("cell")["min_val_loss"].idxmin()]
+    top, low = (best[col].astype(float) == max(choices)).sum(), (best[col].astype(float) == min(choices)).sum()
+    return (f"- The best learning rate of a cell is the grid's largest ({max(choices):g}) in {top} of {len(best)} "
+            f"cells and its smallest in {low}: " + ("the rate's optimum lies above the grid in most cells, so "
+            "every size trained below its best rate, and not necessarily by the same amount (the best rate "
+            "usually falls with width), which can move the minima. A wider rate grid is the next run."
+            if top > len(best) / 2 else "the grid brackets the rate in most cells."))
+
+
+def page(results: dict, wall: str, design: str, extra: list[str] = ()) -> str:
     iso, law, env = (results.get(k) or {} for k in ("frontier_isoflop", "frontier_loss_law", "frontier_envelope"))
     no_law = "the L(N, D) fit was rejected or not made: " + str((results.get("skipped") or {}).get("scaling_fit"))
     lines = ["# IsoFLOP study: byte-level language modelling of the Python standard library", "",
              "Made by `docs/results/isoflop_page.py` from a real `grokscale run sweeps/isoflop_charlm.yaml` "
-             f"on the 2-core dev machine ({wall}). The study: 5 model sizes (d_model 16-64, 2 layers) x 4 "
-             "training budgets (4.5e10 to 3.6e11 FLOPs), one pass over the data, a cosine schedule matched "
-             "to each run, the learning rate tuned per cell (3 trials). What was shrunk, and why: budgets "
-             "~1e11 FLOPs instead of Chinchilla's 1e18-1e21, because the corpus (4.7M bytes) and 2 cores bound "
-             "them; the sizes are chosen so that at ~20 tokens per parameter every budget's optimum falls "
-             "inside the grid.", "",
+             f"on the 2-core dev machine ({wall}). The study: {design}, one pass over the data, a cosine "
+             "schedule matched to each run. What was shrunk, and why: budgets ~1e11 FLOPs instead of "
+             "Chinchilla's 1e18-1e21, because the corpus (4.7M bytes) and 2 cores bound them; the sizes "
+             "are chosen so that at ~20 tokens per parameter every budget's optimum falls inside the grid. "
+             "Why the learning rate is a grid, not a search: see the comment at the top of the study file "
+             "(the first run, with 3 TPE draws per cell, measured the draws, not the sizes).", "",
              "![IsoFLOP curves](isoflop_charlm/isoflop_curves.png)", "",
              "![Frontier](isoflop_charlm/frontier.png)", "",
              "## Optimal model size per budget (approach 2)", "",
@@ -104,7 +144,7 @@ def page(results: dict, wall: str) -> str:
         ok = "n/a" if iso.get("a_low") is None else (
             "yes" if iso["a_low"] <= a <= iso["a_high"] else "no")
         lines.append(f"| {who} | {a} | {_interval(iso, 'a')} | {ok} |")
-    lines += ["", "## What this run shows", "", *findings(iso, env), "", "## Extrapolation backtest", "",
+    lines += ["", "## What this run shows", "", *findings(iso, env, law), *extra, "", "## Extrapolation backtest", "",
               "Fit every budget but the largest, predict the largest budget's optimum.", "",
               "| predictor | N_opt predicted | N_opt observed | error | L_opt predicted | L_opt observed | error "
               "| note |",
@@ -131,7 +171,8 @@ def main(argv: list[str]) -> int:
             shutil.copy(report.plots[name], out / f"{name}.png")
     shutil.copy(out / "report" / "results.json", out / "results.json")
     shutil.rmtree(out / "report")
-    (HERE / "isoflop_charlm.md").write_text(page(report.results, args.wall))
+    (HERE / "isoflop_charlm.md").write_text(page(report.results, args.wall, design(res.config),
+                                                     [line for line in [rate_edges(res.runs, res.config)] if line]))
     print(f"wrote {HERE / 'isoflop_charlm.md'}")
     return 0
 

@@ -61,7 +61,8 @@ class IsoFlopBudget:
 
     def to_dict(self) -> dict:
         """The budget's summary (its runs are in the frontier's input, not repeated here)."""
-        out = {"flops": self.flops, "n_runs": len(self.n), "n_sizes": len(set(self.n)), "coef": self.coef}
+        out = {"flops": self.flops, "n_runs": len(self.n), "n_sizes": len(set(self.n)), "coef": self.coef,
+               "n_min": min(self.n, default=None), "n_max": max(self.n, default=None)}
         for name in ("N_opt", "L_opt"):
             est = getattr(self, name)
             out.update({name: None if est is None else est.value, f"{name}_low": None if est is None else est.low,

@@ -51,7 +51,9 @@ def scaling(inp: Inputs, report: Report, results: dict) -> None:
         report.skipped["scaling_fit"] = (f"a law in N and D needs >= 2 distinct N, >= 2 distinct D and >= 6 "
                                          f"cells; got {len(np.unique(n))} N, {len(np.unique(d))} D, {len(loss)} cells")
     for variable, x in (("N", n), ("D", d)):
-        if len(np.unique(x)) >= 3:
+        if len(np.unique(x)) >= 3 and len(loss) < 4:  # 3 parameters: E, A, alpha
+            report.skipped[f"power_law_{variable}"] = f"a power law in {variable} needs >= 4 cells; got {len(loss)}"
+        elif len(np.unique(x)) >= 3:
             one = fit_power_law(x, loss, variable=variable, convention=convention if variable == "N" else None)
             check = check_fit(one, x if variable == "N" else None, x if variable == "D" else None, loss)
             results[f"power_law_{variable}"] = {**one.to_dict(), "check": check.to_dict()}

@@ -11,12 +11,14 @@ end undisturbed, and the store is read back directly (the SQLite file, not the s
 - every Optuna trial exactly once (numbers 0..T-1 in each cell), each COMPLETE;
 - one MLflow child run per trial x seed, FINISHED, no run key twice;
 - every curve whole: val_acc at eval_every, 2 eval_every, ..., steps, no gap, no step twice.
-It prints the faults injected and the runs lost (the goal: 0), and fails on any loss.
+It prints the faults injected and the runs lost (the goal: 0), writes them as JSON to
+benchmarks/results/soak/ (GROKSCALE_SOAK_OUT to change), and fails on any loss.
 Not part of `make test` (marker `soak`); run it with `make soak`.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -38,6 +40,7 @@ from support.processes import kill_tree, train_workers, wait_gone
 
 SOAK_S = float(os.environ.get("GROKSCALE_SOAK_S", "1800"))
 STEPS, EVAL_EVERY = 600, 50
+DRAIN_S = 1500  # the last, undisturbed driver's time to finish what the faults left
 GROW = 4  # trials added to every cell when the study ends before the soak does
 # The quickstart's shape (3 N x 3 D, one seed) at a size where a run takes seconds on 2 cores.
 STUDY = {
@@ -61,7 +64,7 @@ class Soak:
     """The study, its tracking server and its driver, and the faults injected into them."""
 
     def __init__(self, root: Path, seed: int = 0):
-        self.root, self.rng = root, random.Random(seed)
+        self.root, self.rng, self.rng_seed = root, random.Random(seed), seed
         self.trials_per_cell = STUDY["search"]["trials_per_cell"]
         self.path = root / "study.yaml"
         self.write()
@@ -71,6 +74,7 @@ class Soak:
         self.rounds = 0  # drivers started
         self.crashes: list[str] = []  # drivers that died on their own
         self.log_from = 0  # where the running driver's part of driver.log starts
+        self.overran = False  # the last driver did not finish within DRAIN_S
 
     def write(self) -> None:
         data = {**STUDY, "search": {**STUDY["search"], "trials_per_cell": self.trials_per_cell}}
@@ -149,12 +153,13 @@ class Soak:
                 self.start_driver()
                 continue
             self.inject()
-        # The last driver finishes undisturbed.
-        deadline = time.monotonic() + 1500
+        # The last driver finishes undisturbed (the audit runs and prints either way).
+        deadline = time.monotonic() + DRAIN_S
         while self.driver_exited() is None:
-            assert time.monotonic() < deadline, "the last driver ran past 1500 s"
+            if time.monotonic() > deadline:
+                self.overran = True
+                return
             time.sleep(1)
-        assert self.driver.returncode == 0
 
     def close(self) -> None:
         if self.driver is not None and self.driver.poll() is None:
@@ -212,6 +217,15 @@ def test_soak_random_kills_lose_and_duplicate_nothing(tmp_path):
           f"driver crashes {len(soak.crashes)}")
     for crash in soak.crashes:
         print(f"  {crash}")
+    record = {"seconds": round(time.monotonic() - t0), "soak_s": SOAK_S, "drivers_started": soak.rounds,
+              "faults": dict(soak.faults), "crashes": soak.crashes, "overran": soak.overran,
+              "loadavg_end": os.getloadavg(), **{k: v for k, v in result.items() if k != "problems"},
+              "problems": result["problems"][:50]}
+    out = Path(os.environ.get("GROKSCALE_SOAK_OUT", Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+                              / "soak" / f"soak_{int(SOAK_S)}s_seed{soak.rng_seed}.json"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=1))
+    assert not soak.overran, f"the last driver did not finish within {DRAIN_S} s of the last fault"
     assert result["cells"] == 9
     assert not result["problems"] and not result["missing"] and not result["duplicated_keys"], result
     assert not soak.crashes, f"drivers died on their own (logs: crash*.log in {tmp_path}): {soak.crashes}"
