@@ -40,19 +40,12 @@ from orchestrator.study import Study, load_study  # noqa: E402
 from orchestrator.study.grid import build_cells  # noqa: E402
 from orchestrator.sweep.refine import Split, cell_for, refine  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "tests"))  # the tests' tiny studies
+from support.studies import refine_parity_study  # noqa: E402
+
 PARITY = ROOT / "sweeps" / "emergence_parity.yaml"
 REFINE = {"axis": "n", "max_cells": 40, "width_decades": 0.1}
-TINY = {
-    "name": "refine_bench",
-    "task": {"name": "sparse_parity", "n_bits": 8, "k": 3, "n_train": 400, "n_val": 400},
-    "model": {"family": "mlp", "d_embed": 2, "n_hidden": 1},
-    "train": {"steps": 300, "eval_every": 100, "lr": 1.0e-2, "weight_decay": 0.0, "warmup_steps": 0},
-    "grid": {"n": [{"d_hidden": 1}, {"d_hidden": 16}, {"d_hidden": 64}], "d": [400], "seeds": [0],
-             "refine": {"axis": "n", "max_cells": 6, "width_decades": 0.1}},
-    "search": {"sampler": "random", "trials_per_cell": 1},
-    "objectives": [{"metric": "max_val_acc", "direction": "maximize"}],
-    "ray": {"num_cpus": 2},
-}
+TINY = refine_parity_study("refine_bench", max_cells=6)
 
 
 def n_star(d: float) -> float:

@@ -25,20 +25,11 @@ from orchestrator.store import names
 from orchestrator.store.results import load_results
 
 from support.cli import sqlite_uri, write_study
+from support.studies import refine_parity_study
 
 pytestmark = pytest.mark.slow
 
-STUDY = {
-    "name": "refine_parity",
-    "task": {"name": "sparse_parity", "n_bits": 8, "k": 3, "n_train": 400, "n_val": 400},
-    "model": {"family": "mlp", "d_embed": 2, "n_hidden": 1},
-    "train": {"steps": 300, "eval_every": 100, "lr": 1.0e-2, "weight_decay": 0.0, "warmup_steps": 0},
-    "grid": {"n": [{"d_hidden": 1}, {"d_hidden": 16}, {"d_hidden": 64}], "d": [400], "seeds": [0],
-             "refine": {"axis": "n", "max_cells": 3, "width_decades": 0.1}},
-    "search": {"sampler": "random", "trials_per_cell": 1},
-    "objectives": [{"metric": "max_val_acc", "direction": "maximize"}],
-    "ray": {"num_cpus": 2},
-}
+STUDY = refine_parity_study("refine_parity", max_cells=3)
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
-"""The tiny study the real-study tests run: modular addition at p = 23, one transformer of
-d_model 16 without LayerNorm, weight decay searched; each run takes about a second."""
+"""The tiny studies the real-study tests (and benchmarks) run: modular addition at p = 23, one
+transformer of d_model 16 without LayerNorm, weight decay searched, each run about a second; and
+a sparse-parity study for grid.refine."""
 
 from __future__ import annotations
 
@@ -28,3 +29,19 @@ def tiny_study(name: str, *, steps: int = 100, eval_every: int = 50, d: tuple[fl
     if num_cpus is not None:
         study["ray"] = {"num_cpus": num_cpus}
     return {**study, **sections}
+
+
+def refine_parity_study(name: str, max_cells: int) -> dict:
+    """A sparse-parity study (8 bits, 3 relevant) whose accuracy jumps between MLP widths 1 and 16
+    within 300 steps: grid.refine's bracket to narrow (tests/study/test_refine.py, bench_refine.py)."""
+    return {
+        "name": name,
+        "task": {"name": "sparse_parity", "n_bits": 8, "k": 3, "n_train": 400, "n_val": 400},
+        "model": {"family": "mlp", "d_embed": 2, "n_hidden": 1},
+        "train": {"steps": 300, "eval_every": 100, "lr": 1.0e-2, "weight_decay": 0.0, "warmup_steps": 0},
+        "grid": {"n": [{"d_hidden": 1}, {"d_hidden": 16}, {"d_hidden": 64}], "d": [400], "seeds": [0],
+                 "refine": {"axis": "n", "max_cells": max_cells, "width_decades": 0.1}},
+        "search": {"sampler": "random", "trials_per_cell": 1},
+        "objectives": [{"metric": "max_val_acc", "direction": "maximize"}],
+        "ray": {"num_cpus": 2},
+    }
