@@ -60,6 +60,7 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
+from scipy.special import expit
 
 from orchestrator.analysis.estimate import jsonable, usable_runs
 
@@ -263,7 +264,7 @@ def _aggregate(groups: list[np.ndarray], agg: str) -> np.ndarray:
 
 
 def _sigmoid(u: np.ndarray, mid, width, floor: float, amp) -> np.ndarray:
-    return floor + amp / (1 + np.exp(-(u - mid) / width))
+    return floor + amp * expit((u - mid) / width)  # expit: no overflow far from the midpoint
 
 
 def _fit_sigmoid(u: np.ndarray, g: np.ndarray, floor: float, cap: float | None) -> tuple[float, float, float, float]:
@@ -281,7 +282,7 @@ def _fit_sigmoid(u: np.ndarray, g: np.ndarray, floor: float, cap: float | None) 
 
     def evaluate(mids: np.ndarray, log_widths: np.ndarray):
         m, lw = np.meshgrid(mids, log_widths, indexing="ij")
-        s = 1 / (1 + np.exp(-(u[None, None, :] - m[..., None]) / np.exp(lw)[..., None]))  # (M, W, n)
+        s = expit((u[None, None, :] - m[..., None]) / np.exp(lw)[..., None])  # (M, W, n)
         amp = np.einsum("mwn,n->mw", s, target) / np.maximum(np.einsum("mwn,mwn->mw", s, s), 1e-300)
         amp = np.clip(amp, 1e-12, amp_max)
         sse = ((target - amp[..., None] * s) ** 2).sum(axis=-1)
