@@ -9,7 +9,7 @@ from typing import Any
 
 import optuna
 from optuna.storages import JournalStorage
-from optuna.storages.journal import JournalFileBackend
+from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
 from orchestrator.store.journal import check_journal
 from orchestrator.study import Study
@@ -17,6 +17,9 @@ from orchestrator.study.grid import Cell
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
+
+JOURNAL_LOCK_SUFFIX = ".lock"  # Optuna's lock file beside the journal (LOCK_FILE_SUFFIX, private)
+JOURNAL_LOCK_GRACE_S = 30  # Optuna's default: a lock unchanged this long belongs to a dead writer
 
 def rdb_url(url: str) -> str:
     """A bare postgresql:// means psycopg2 to SQLAlchemy 2.0 but psycopg (3) to 2.1: when only
@@ -31,11 +34,22 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     """A journal file (the default, safe for one writer: the driver) or an RDB URL for teams."""
     if "://" in url:
         return optuna.storages.RDBStorage(rdb_url(url))
-    Path(url).parent.mkdir(parents=True, exist_ok=True)
-    note = check_journal(url)  # a cut-short last record is set aside; a damaged one raises JournalCorrupt
+    path = Path(url).resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    note = check_journal(str(path))  # a cut-short last record is set aside; a damaged one raises JournalCorrupt
     if note is not None:
         print(f"note: {note}", file=sys.stderr)
-    return JournalStorage(JournalFileBackend(url))
+    lock = path.with_name(path.name + JOURNAL_LOCK_SUFFIX)
+    if lock.is_symlink() and not lock.exists():
+        # Optuna's default lock is a symlink to the journal's path as given; from a relative path it
+        # dangles, and then its grace period never starts (it stats the target): a driver killed
+        # while writing left a lock the next one waited on forever, spinning. Such a lock is never
+        # held by a live grokscale driver (it uses the lock below), so it is removed.
+        lock.unlink()
+        print(f"note: removed a stale journal lock {lock} (left by a killed driver)", file=sys.stderr)
+    # A plain lock file: a killed driver's lock is broken after JOURNAL_LOCK_GRACE_S without change.
+    lock_obj = JournalFileOpenLock(str(path), grace_period=JOURNAL_LOCK_GRACE_S)
+    return JournalStorage(JournalFileBackend(str(path), lock_obj=lock_obj))
 
 
 class AskTellGridSampler(optuna.samplers.GridSampler):

@@ -95,3 +95,49 @@ def test_status_and_run_refuse_a_damaged_journal_with_exit_2(tmp_path):
         assert "line 2 of" in out.stderr and "not a valid journal record" in out.stderr
         assert "Traceback" not in out.stderr
     assert not (tmp_path / "mlflow.db").exists()  # nothing was started
+
+
+def ask_within(storage, seconds: float) -> float:
+    """Ask and tell one trial in a thread; how long it took (fails past `seconds`)."""
+    import threading
+    import time
+
+    done = threading.Event()
+
+    def work():
+        study = optuna.create_study(storage=storage, study_name="cell", load_if_exists=True)
+        trial = study.ask()
+        study.tell(trial, 1.0)
+        done.set()
+
+    t0 = time.monotonic()
+    threading.Thread(target=work, daemon=True).start()
+    assert done.wait(seconds), f"the journal stayed locked for {seconds} s"
+    return time.monotonic() - t0
+
+
+def test_a_killed_drivers_symlink_lock_does_not_block_the_next(tmp_path, monkeypatch):
+    """The lock Optuna's default leaves when its writer is killed mid-write, for a journal named
+    by a relative path (the default, runs/<study>/optuna.journal): a symlink to that relative path,
+    which dangles. Optuna's grace period never breaks it (it stats the missing target), so the
+    next driver waited forever at full CPU (found by `make soak`)."""
+    from orchestrator.sweep.search import open_storage
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "s").mkdir(parents=True)
+    write_study(tmp_path / "runs" / "s" / "optuna.journal")
+    (tmp_path / "runs" / "s" / "optuna.journal.lock").symlink_to("runs/s/optuna.journal")
+    assert ask_within(open_storage("runs/s/optuna.journal"), 20) < 20
+    assert not (tmp_path / "runs" / "s" / "optuna.journal.lock").is_symlink()
+
+
+def test_a_killed_drivers_lock_file_is_broken_after_the_grace_period(tmp_path):
+    """grokscale's own lock (a plain file) left by a driver killed mid-write: broken once it has not
+    changed for the grace period, not waited on forever."""
+    from orchestrator.sweep.search import JOURNAL_LOCK_GRACE_S, open_storage
+
+    path = tmp_path / "optuna.journal"
+    write_study(path)
+    (tmp_path / "optuna.journal.lock").touch()
+    took = ask_within(open_storage(str(path)), JOURNAL_LOCK_GRACE_S + 30)
+    assert took > JOURNAL_LOCK_GRACE_S - 1
