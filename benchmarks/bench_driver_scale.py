@@ -177,8 +177,9 @@ def main() -> None:
     ap.add_argument("--show", action="store_true", help="the live progress lines on stderr")
     args = ap.parse_args()
     run_seconds = args.run_seconds or max(1.0, args.slots / 150)
-    if unavailable():
-        sys.exit(f"bench_driver_scale: {unavailable()}")
+    why = unavailable()
+    if why:
+        sys.exit(f"bench_driver_scale: {why}")
     pg = Postgres()
     root = Path(tempfile.mkdtemp(prefix="gs-scale-"))
     server = None
