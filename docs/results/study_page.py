@@ -401,7 +401,9 @@ def failures(results: dict) -> list[str]:
         if gs.get("reason"):
             out.append(f"- generalization step: {gs['reason']}.")
         m, b = gs.get("median_abs_error"), gs.get("baseline_median_abs_error")
-        trivial, late, late_err, late_base = late_scores(gs)
+        trivial, late_err, late_base = gs.get("n_immediate") or 0, gs.get("late_median_abs_error"), \
+            gs.get("late_baseline_median_abs_error")
+        late = gs.get("n_scored", 0) - trivial
         if trivial:
             out.append(f"- generalization step: {trivial} of {gs['n_scored']} scored runs generalized at the "
                        f"evaluation at which they memorized (comprehension): for them the clock predicts \"now\" "
@@ -427,19 +429,6 @@ def failures(results: dict) -> list[str]:
 def one_data_size(cd: dict) -> bool:
     """The study measured a single D at every model size: no D* can be bracketed."""
     return bool(cd.get("points")) and all(p.get("n_values", 0) < 2 for p in cd["points"])
-
-
-def late_scores(gs: dict) -> tuple[int, int, float | None, float | None]:
-    """Of the scored step predictions: how many runs generalized at their memorization step (the
-    clock's "now" is then trivially right), how many later, and the later ones' median |error|
-    of the clock and of the baseline."""
-    scored = [p for p in gs.get("predictions") or [] if p.get("error") is not None]
-    trivial = [p for p in scored if p["observed"] == p["memorization_step"]]
-    late = [p for p in scored if p["observed"] != p["memorization_step"]]
-    err = [abs(p["error"]) for p in late]
-    base = [abs(p["baseline_error"]) for p in late if p.get("baseline_error") is not None]
-    return (len(trivial), len(late), float(np.median(err)) if err else None,
-            float(np.median(base)) if base else None)
 
 
 def _bracket(p: dict) -> str:

@@ -15,7 +15,9 @@ set amount of decay, Δ (in e-folds), before the generalizing solution wins. So:
             largest Δ. A target beyond the run's budget predicts "does not generalize in time".
 The outcome is measured at the evaluation grid, so errors under eval_every / step are noise.
 The baseline is the pool's median generalization step, ignoring the clock: if the clock does
-not beat it, it explains nothing.
+not beat it, it explains nothing. A run that generalized at the evaluation at which it memorized
+(comprehension, no delay) is scored too, but the clock's "now" is then trivially right and
+flatters the median: the errors are also given over the runs that generalized later (`late_*`).
 
 Where it fails, by construction: a run that never memorizes gets no prediction (it has no
 memorization step); a run without weight decay has a clock that never moves (no prediction);
@@ -76,10 +78,15 @@ class StepBacktest:
     missed: int
     surprised: int
     reason: str | None = None
+    n_immediate: int = 0  # scored runs that generalized at their memorization step (no delay to predict)
+    late_median_abs_error: float | None = None  # over the scored runs that generalized after memorizing
+    late_baseline_median_abs_error: float | None = None
 
     def to_dict(self) -> dict:
         return jsonable({k: getattr(self, k) for k in ("n_scored", "median_abs_error", "baseline_median_abs_error",
-                                                        "within_interval", "missed", "surprised", "reason")}
+                                                        "within_interval", "missed", "surprised", "reason",
+                                                        "n_immediate", "late_median_abs_error",
+                                                        "late_baseline_median_abs_error")}
                         | {"predictions": [p.to_dict() for p in self.predictions]})
 
 
@@ -122,15 +129,22 @@ def generalization_backtest(runs: pd.DataFrame, clocks: Mapping[str, tuple[np.nd
                   f"that memorized, then generalized)")
     else:
         reason = None
-    base = [abs(p.baseline_error) for p in scored if p.baseline_error is not None]
+    late = [p for p in scored if p.observed != p.memorization_step]
     inside = [p.low <= p.observed <= p.high for p in scored if p.low is not None and p.high is not None]
     return StepBacktest(
         predictions=tuple(predictions), n_scored=len(scored),
-        median_abs_error=float(np.median([abs(p.error) for p in scored])) if scored else None,
-        baseline_median_abs_error=float(np.median(base)) if base else None,
+        median_abs_error=_median_abs([p.error for p in scored]),
+        baseline_median_abs_error=_median_abs([p.baseline_error for p in scored]),
         within_interval=float(np.mean(inside)) if inside else None,
         missed=sum(p.within_budget is True and p.observed is None for p in predictions),
-        surprised=sum(p.within_budget is False and p.observed is not None for p in predictions), reason=reason)
+        surprised=sum(p.within_budget is False and p.observed is not None for p in predictions), reason=reason,
+        n_immediate=len(scored) - len(late), late_median_abs_error=_median_abs([p.error for p in late]),
+        late_baseline_median_abs_error=_median_abs([p.baseline_error for p in late]))
+
+
+def _median_abs(errors: list[float | None]) -> float | None:
+    kept = [abs(e) for e in errors if e is not None]
+    return float(np.median(kept)) if kept else None
 
 
 def _predict(row, pools: tuple[str, ...], teachers: dict, deltas: dict, gen_steps: dict,

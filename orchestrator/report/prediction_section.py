@@ -46,7 +46,8 @@ def predictions(inp: Inputs, report: Report, results: dict, phases: pd.DataFrame
     for b in law.get("backtest") or []:
         if b.get("error") is not None:
             report.metric(f"predictions/D_star/backtest_error/N_{b['n']:g}", b["error"])
-    for key in ("median_abs_error", "baseline_median_abs_error"):
+    for key in ("median_abs_error", "baseline_median_abs_error", "late_median_abs_error",
+                "late_baseline_median_abs_error"):
         if steps.get(key) is not None:
             report.metric(f"predictions/generalization_step/{key}", steps[key])
 
@@ -172,6 +173,11 @@ def markdown(out: dict, inp: Inputs) -> str:
                  f"{_pct(gs['baseline_median_abs_error'])}; outcome inside the interval {_pct(gs['within_interval'])}; "
                  f"predicted to generalize but never did: {gs['missed']}; predicted not to but did: {gs['surprised']}."
                  + (f" {gs['reason']}." if gs.get("reason") else ""))
+    if gs.get("n_immediate"):
+        lines.append(f"\n{gs['n_immediate']} of the scored runs generalized at the evaluation at which they memorized: "
+                     f"the clock's \"now\" is trivially right for them. Over the {gs['n_scored'] - gs['n_immediate']} "
+                     f"that generalized later: clock {_pct(gs.get('late_median_abs_error'))}, baseline "
+                     f"{_pct(gs.get('late_baseline_median_abs_error'))}.")
     lines += ["", "| run | cell | memorized at | predicted [interval] | observed | error | baseline error | note |",
               "|---|---|---|---|---|---|---|---|"]
     for p in gs["predictions"]:

@@ -143,6 +143,25 @@ def test_small_cells_pool_by_data_size_then_study():
         generalization_backtest(runs, clocks, pools=())
 
 
+def test_runs_that_generalize_as_they_memorize_are_scored_apart():
+    """A run that generalizes at its memorization step is predicted "now" by any clock that has
+    learned Δ = 0 from its like: it flatters the median error. The late runs are scored alone."""
+    rng = np.random.default_rng(3)
+    runs, clocks = clock_runs(rng, {"a": 3.0}, per_cell=8, budget=100_000)
+    now = runs.index[:5]
+    runs.loc[now, "generalization_step"] = runs.loc[now, "memorization_step"]  # comprehension: no delay
+    bt = generalization_backtest(runs, clocks)
+    assert bt.n_scored == 8 and bt.n_immediate == 5
+    late = [p for p in bt.predictions if p.observed != p.memorization_step]
+    assert len(late) == 3
+    assert bt.late_median_abs_error == pytest.approx(np.median([abs(p.error) for p in late]))
+    # Most of each run's pool learned Δ = 0, so the clock says "now" for every run: exact for
+    # the five, far off for the three that took the planted 3 e-folds. The median over all eight
+    # says the clock is perfect; over the late three it says what happened.
+    assert bt.median_abs_error == 0.0 and bt.late_median_abs_error > 0.5
+    assert bt.to_dict()["n_immediate"] == 5
+
+
 def test_clock_refusals():
     rng = np.random.default_rng(1)
     runs, clocks = clock_runs(rng, {"a": 3.0}, per_cell=4)
