@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -59,6 +60,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     runs = len(cells) * study.search.trials_per_cell * len(study.grid.seeds)
     print(f"{args.study}: valid. {len(cells)} cells x {study.search.trials_per_cell} trials x "
           f"{len(study.grid.seeds)} seeds = {runs} training runs")
+    window = study.grid.tokens_per_param
+    if window is not None:
+        product = len(study.grid.n) * len(study.grid.flops or ())
+        print(f"  grid.tokens_per_param [{window.min or 0:g}, {window.max or math.inf:g}] keeps {len(cells)} of the "
+              f"{product} N x C cells")
     for c in cells:
         if study.trainer is not None:  # the user's trainer reports its own N and decides its data
             print(f"  {c.key}: N and D as the trainer {study.trainer} reports them")

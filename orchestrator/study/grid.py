@@ -107,13 +107,18 @@ def _shape(study: Study, entry: Any, d_value: float | None) -> tuple[TrainSpec, 
     return base, data, shape, entry, r.n_params
 
 
-def _cell(study: Study, i: int, j: int, entry: Any, d_value: float | None, budget: float | None) -> Cell:
+def _cell(study: Study, i: int, j: int, entry: Any, d_value: float | None, budget: float | None) -> Cell | None:
     """One cell; an IsoFLOP cell (budget C) first resolves its model, then D = C / (FLOPs per
-    token x epochs), then builds its data at that D."""
+    token x epochs), then builds its data at that D. None: an IsoFLOP cell outside the grid's
+    window on tokens per parameter (before its data is built: it may not fit the corpus)."""
     base, data, shape, target, counts = _shape(study, entry, d_value)
     model = base.model.model_copy(update=shape)  # the resolved width of a target N
     if budget is not None:
-        d_value = isoflop_d(budget, flops_for_task(model, data).per_token, study.length.epochs)
+        per_token = flops_for_task(model, data).per_token
+        window = study.grid.tokens_per_param
+        if window is not None and not window.holds(budget / per_token / getattr(counts, study.grid.n_convention)):
+            return None
+        d_value = isoflop_d(budget, per_token, study.length.epochs)
         base, data, *_ = _shape(study, shape, d_value)
     io = (data.vocab_size, data.n_out, data.seq_len, data.target == "last")
     flops = flops_per_example(model, *io[:3], last_only=io[3])
@@ -150,14 +155,35 @@ def build_cells(study: Study) -> list[Cell]:
     for i, entry in enumerate(study.grid.n):
         for j, (label, d, budget) in enumerate(axis):
             try:
-                cells.append(_cell(study, i, j, entry, d, budget))
+                cell = _cell(study, i, j, entry, d, budget)
             except ValidationError as err:  # (a ValueError too) the resolved spec, e.g. warmup > steps
                 problems += [f"grid.n[{i}] x {label}: {line}" for line in format_errors(err, model=TrainSpec)]
             except ValueError as err:  # the resolver, or a task that cannot hold this D
                 problems.append(f"grid.n[{i}] x {label}: {err}")
+            else:
+                cells += [cell] if cell is not None else []
     if problems:
         raise StudyError(list(dict.fromkeys(problems)))
+    if study.grid.tokens_per_param is not None:
+        _check_window(study, cells)
     return _distinct(cells)
+
+
+MIN_SIZES_PER_BUDGET = 3  # a parabola in log N (analysis/isoflop.py) needs 3 sizes
+
+
+def _check_window(study: Study, cells: list[Cell]) -> None:
+    """Every budget keeps enough sizes for its parabola; say which sizes the window left."""
+    problems = []
+    for j, budget in enumerate(study.grid.flops or ()):
+        kept = [c.n(study.grid.n_convention) for c in cells if c.d_index == j]
+        if len(kept) < MIN_SIZES_PER_BUDGET:
+            sizes = ", ".join(f"{n:,}" for n in sorted(kept)) or "none"
+            problems.append(f"grid.tokens_per_param: at grid.flops[{j}] = {budget:g} the window keeps {len(kept)} "
+                            f"size(s) ({sizes}); an IsoFLOP parabola needs {MIN_SIZES_PER_BUDGET}: widen the window "
+                            f"or add sizes whose tokens per parameter fall in it")
+    if problems:
+        raise StudyError(problems)
 
 
 def _distinct(cells: list[Cell]) -> list[Cell]:

@@ -144,6 +144,29 @@ class Refine(Strict):
     width_decades: PositiveFloat = 0.1
 
 
+class TokensPerParam(Strict):
+    """The cells an IsoFLOP grid keeps: those whose tokens trained per parameter (grid.n_convention)
+    lie in [min, max]. Hoffmann et al. (2022, approach 2) give each budget its own range of sizes
+    around its optimum; a window on tokens per parameter does that from one list of sizes, and
+    drops the cells far from any optimum (a large model trained a few dozen steps) or beyond the
+    data (a small model at a large budget)."""
+
+    min: PositiveFloat | None = None
+    max: PositiveFloat | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TokensPerParam:
+        if self.min is None and self.max is None:
+            raise PydanticCustomError("window_empty", "give min, max or both (tokens per parameter)", {})
+        if self.min is not None and self.max is not None and self.min >= self.max:
+            raise PydanticCustomError("window_order", "min ({lo}) must be < max ({hi})", {"lo": self.min,
+                                                                                        "hi": self.max})
+        return self
+
+    def holds(self, value: float) -> bool:
+        return (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
+
+
 class Grid(Strict):
     n: list[NEntry] = Field(min_length=1)
     n_convention: Literal["total", "non_embedding"] = "total"
@@ -151,6 +174,7 @@ class Grid(Strict):
     # in training FLOPs (an IsoFLOP study: each cell's D and length follow from N and C).
     d: list[PositiveFloat] | None = Field(default=None, min_length=1)
     flops: list[PositiveFloat] | None = Field(default=None, min_length=1)
+    tokens_per_param: TokensPerParam | None = None  # an IsoFLOP grid's window; None: every N x C cell
     d_field: str | None = None  # None: the task's default (train_fraction for modular)
     seeds: list[Annotated[int, Field(ge=0)]] = Field(default=[0], min_length=1)
     refine: Refine | None = None  # None: the grid as given
@@ -170,6 +194,10 @@ class Grid(Strict):
         if self.d is not None and self.flops is not None:
             raise PydanticCustomError("grid_axis", "give grid.d (data sizes) or grid.flops (compute budgets, an "
                                                    "IsoFLOP study), not both", {"field": "flops"})
+        if self.tokens_per_param is not None and self.flops is None:
+            raise PydanticCustomError("window_isoflop", "a window on tokens per parameter picks the cells of an "
+                                                        "IsoFLOP grid (grid.flops); with grid.d every cell is given",
+                                      {"field": "tokens_per_param"})
         if self.refine is not None:
             self._check_refine(self.refine)
         return self

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from orchestrator.cli import main
 from orchestrator.study import StudyError, load_study
 from orchestrator.study.grid import build_cells, spec_for
 from trainers.core import Accounting
@@ -127,3 +128,46 @@ def test_a_searched_task_field_cannot_move_a_counted_length(tmp_path):
 def test_warmup_must_fit_every_cells_resolved_length(tmp_path):
     lines = refused(tmp_path, LM, train={"warmup_steps": 200}, grid={"n": [{"d_model": 16}], "flops": [1.0e9, 4.0e9]})
     assert lines == ["grid.n[0] x grid.flops[0]: train.warmup_steps: warmup_steps (200) must be <= steps (170)"]
+
+
+def test_isoflop_window_on_tokens_per_parameter(tmp_path):
+    """grid.tokens_per_param keeps the cells whose tokens per parameter (C / FLOPs per token / N)
+    lie in the window: each budget gets its own range of sizes, as Hoffmann et al. (2022) chose them."""
+    sizes = [{"d_model": 16}, {"d_model": 32}, {"d_model": 48}, {"d_model": 64}]
+    grid = {"n": sizes, "flops": [1.0e9, 4.0e9]}
+    every = build_cells(study(tmp_path, LM, grid=grid))
+    ratio = {c.key: c.flops_budget / (c.flops_per_example / 16) / c.n("total") for c in every}
+    small = next(c for c in every if c.key == "N[d_model=16]_C=1e+09")
+    assert ratio[small.key] == pytest.approx(1.0e9 / FLOPS_PER_TOKEN / small.n_params.total)  # 21,701 tokens
+    lo, hi = sorted(ratio.values())[1], sorted(ratio.values())[-2]  # drops the two extremes
+    kept = build_cells(study(tmp_path, LM, grid={**grid, "tokens_per_param": {"min": lo, "max": hi}}))
+    assert {c.key for c in kept} == {k for k, v in ratio.items() if lo <= v <= hi}
+    assert len(kept) == len(every) - 2
+    assert "N[d_model=16]_C=4e+09" not in {c.key for c in kept}  # the most tokens per parameter
+    assert "N[d_model=64]_C=1e+09" not in {c.key for c in kept}  # the fewest
+    assert all(c.d_index == e.d_index and c.n_index == e.n_index for c in kept for e in every if e.key == c.key)
+
+
+def test_isoflop_window_errors(tmp_path):
+    sizes = [{"d_model": 16}, {"d_model": 32}, {"d_model": 48}]
+    lines = refused(tmp_path, LM, grid={"n": sizes, "flops": [1.0e9], "tokens_per_param": {"max": 1.0}})
+    # d_model 16 trains 1.86 tokens per parameter at 1e9 FLOPs; 32 and 48 fewer.
+    assert lines == ["grid.tokens_per_param: at grid.flops[0] = 1e+09 the window keeps 2 size(s) (29,536, 53,520); "
+                     "an IsoFLOP parabola needs 3: widen the window or add sizes whose tokens per parameter fall in it"]
+    assert refused(tmp_path, LM, grid={"n": sizes, "d": [1601], "tokens_per_param": {"min": 1}}) == [
+        "grid.tokens_per_param: a window on tokens per parameter picks the cells of an IsoFLOP grid (grid.flops); "
+        "with grid.d every cell is given"]
+    assert refused(tmp_path, LM, grid={"n": sizes, "flops": [1.0e9], "tokens_per_param": {"min": 5, "max": 2}}) == [
+        "grid.tokens_per_param: min (5.0) must be < max (2.0)"]
+    assert refused(tmp_path, LM, grid={"n": sizes, "flops": [1.0e9], "tokens_per_param": {}}) == [
+        "grid.tokens_per_param: give min, max or both (tokens per parameter)"]
+
+
+def test_validate_says_what_the_window_kept(tmp_path, monkeypatch, capsys):
+    sizes = [{"d_model": 16}, {"d_model": 32}, {"d_model": 48}, {"d_model": 64}]
+    study(tmp_path, LM, grid={"n": sizes, "flops": [1.0e9, 4.0e9], "tokens_per_param": {"max": 2.0}})
+    monkeypatch.chdir(tmp_path)
+    assert main(["validate", "study.yaml"]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "grid.tokens_per_param [0, 2] keeps 7 of the 8 N x C cells" in out, out
+    assert "N[d_model=16]_C=4e+09" not in out  # 7.4 tokens per parameter
