@@ -13,6 +13,7 @@ import pandas as pd
 from orchestrator.store import names
 from orchestrator.store.names import USABLE_STATUSES
 from orchestrator.store.results import THRESHOLDS, StudyResults
+from orchestrator.study.tasks import task_kinds
 
 
 @dataclass
@@ -55,6 +56,7 @@ class Inputs:
     d_col: str
     metric: str  # the accuracy whose emergence is measured
     chance: float | None
+    language_model: bool = False  # its accuracies are next-token accuracies (no grokking phases)
 
 
 def read_inputs(res: StudyResults, out: Path) -> Inputs:
@@ -66,7 +68,14 @@ def read_inputs(res: StudyResults, out: Path) -> Inputs:
     if "val_loss" in usable:  # the mean probability given to the right answer: a continuous accuracy
         usable["val_p_answer"] = np.exp(-usable["val_loss"].astype(float))
     return Inputs(config, runs, usable, res.curves, out, _n_col(config), names.PARAM_N_TRAIN,
-                  _emergence_metric(config, runs), chance_level(config))
+                  _emergence_metric(config, runs), chance_level(config), is_language_model(config))
+
+
+def is_language_model(config: dict) -> bool:
+    """Whether the study's task models language (charlm, a tokenized corpus, a task of the user's
+    that says so): its D counts tokens and its accuracies are next-token accuracies."""
+    kind = task_kinds().get((config.get("task") or {}).get("name"))
+    return bool(kind is not None and kind.language_model)
 
 
 def chance_level(config: dict) -> float | None:

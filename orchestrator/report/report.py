@@ -16,6 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import pandas as pd
+
 from orchestrator.report import prediction_section, scaling_section, sections
 from orchestrator.report.document import Report, read_inputs
 from orchestrator.report.summary import json_default, markdown, summary_table
@@ -24,6 +26,10 @@ from orchestrator.store.results import StudyResults, load_results
 
 PLOTS = ("emergence_heatmap", "metric_vs_n", "grokking_curves", "phase_wd_x_d", "phase_wd_x_lr", "scaling_fit",
          "mirage", "isoflop_curves", "frontier")
+# Next-token accuracies stay far below the thresholds that define memorizing and generalizing,
+# and a byte has no exact-match answer: every run would be called "confusion", which says nothing.
+LANGUAGE_MODEL_SKIP = ("a language-modelling task: grokking phases, their predictions and the mirage check are "
+                       "about accuracy thresholds and exact-match answers, which next-token prediction does not have")
 
 
 def build_report(res: StudyResults, out_dir: str | Path) -> Report:
@@ -35,10 +41,16 @@ def build_report(res: StudyResults, out_dir: str | Path) -> Report:
                      "n_col": inp.n_col, "d_col": inp.d_col, "runs": len(inp.runs), "usable_runs": len(inp.usable),
                      "statuses": inp.runs["status"].value_counts().to_dict()}
     critical = sections.emergence(inp, report, results)
-    phases = sections.grokking(inp, report, results)
-    prediction_section.predictions(inp, report, results, phases)
+    if inp.language_model:  # no run of a language model memorizes, groks, or has an exact-match answer
+        phases = pd.DataFrame()
+        for section in ("grokking", "predictions", "mirage"):
+            report.skipped[section] = LANGUAGE_MODEL_SKIP
+    else:
+        phases = sections.grokking(inp, report, results)
+        prediction_section.predictions(inp, report, results, phases)
     scaling_section.scaling(inp, report, results)
-    sections.mirage(inp, report, results)
+    if not inp.language_model:
+        sections.mirage(inp, report, results)
     regs = sections.regularization(inp, results)
     refined = sections.refinement(res.refine, inp, report, results)
     report.summary = summary_table(inp.runs, phases, regs, inp.metric, inp.n_col, inp.d_col, critical)

@@ -65,3 +65,18 @@ def test_a_grokking_study_gets_no_frontier(tmp_path):
     res.runs["min_val_loss"] = np.random.default_rng(2).choice([0.01, 4.0], size=len(res.runs))
     report = build_report(res, tmp_path)
     assert "frontier" not in report.plots and "frontier" in report.skipped
+
+
+def test_a_language_model_study_gets_no_grokking_sections(tmp_path):
+    """Next-token accuracies never cross the memorization and generalization thresholds: a
+    language-model study's report says why it has no phases, predictions or mirage check,
+    instead of calling every run "confusion"."""
+    report = build_report(isoflop_study(np.random.default_rng(3)), tmp_path)
+    for section in ("grokking", "predictions", "mirage"):
+        assert "language-modelling task" in report.skipped[section]
+    assert "phases" not in report.results and "predictions" not in report.results
+    assert not {"grokking_curves", "phase_wd_x_d", "mirage"} & set(report.plots)
+    res = isoflop_study(np.random.default_rng(3))
+    res.config["task"] = {"name": "modular"}  # the same runs under a grokking task: the sections are made
+    other = build_report(res, tmp_path / "modular")
+    assert "grokking" not in other.skipped and "phases" in other.results
