@@ -53,6 +53,8 @@ if str(HERE) not in sys.path:
 from claims import STUDIES  # noqa: E402 - docs/results is not a package
 from claims.measures import curve_rise, fmt, number  # noqa: E402
 
+from orchestrator.report.prediction_section import bracket_text  # noqa: E402
+
 ROOT = HERE.parent.parent
 CAPTIONS = {
     "emergence_heatmap": "Best validation accuracy per cell over N x D, with the critical-size lines",
@@ -329,7 +331,7 @@ def _predictions(results: dict, folder: str) -> list[str]:
                    f"D* is not measured by it, so there is no D*(N) law to fit or backtest.")
     else:
         out.append("D* at each model size, bracketed by the grid: " + "; ".join(
-            f"N = {p['n']:,.0f}: {_bracket(p)}" for p in cd["points"]) + ".")
+            f"N = {p['n']:,.0f}: {bracket_text(p, 'D*')}" for p in cd["points"]) + ".")
         if law.get("exponent") is None:
             out.append(f"The power law D* ∝ N^b: refused, {law.get('reason')}.")
         else:
@@ -350,7 +352,7 @@ def _predictions(results: dict, folder: str) -> list[str]:
                  f"{b['predicted']:,.4g} [{fmt(b.get('predicted_low'), ',.4g')}, "
                  f"{fmt(b.get('predicted_high'), ',.4g')}]")
             agrees = {True: "yes", False: "no", None: "n/a"}[b.get("agrees")]
-            out.append(f"| {b['n']:,.0f} | {p} | {_bracket(b['observed'])} | {fmt(b.get('error'), '+.0%')} | "
+            out.append(f"| {b['n']:,.0f} | {p} | {bracket_text(b['observed'], 'D*')} | {fmt(b.get('error'), '+.0%')} | "
                        f"{agrees} |")
         if not cd.get("backtest"):
             out.append(f"| | {_cell(cd.get('backtest_reason', ''))} | | | |")
@@ -383,12 +385,13 @@ def failures(results: dict) -> list[str]:
             out.append(f"- D* at N = {b['n']:,.0f}: no prediction ({b.get('reason')}).")
         elif b.get("agrees") and b.get("error") is not None and abs(b["error"]) > 0.5:
             out.append(f"- D* at N = {b['n']:,.0f}: the predicted interval meets the grid's bracket "
-                       f"({_bracket(b['observed'])}), but the point prediction {b['predicted']:,.4g} is off by "
+                       f"({bracket_text(b['observed'], 'D*')}), but the point prediction {b['predicted']:,.4g} is "
+                       f"off by "
                        f"{b['error']:+.0%} from its midpoint: the law's direction and size are loosely held.")
         elif b.get("agrees") is False:
             out.append(f"- D* at N = {b['n']:,.0f}: predicted {b['predicted']:,.4g}, the grid says "
-                       f"{_bracket(b['observed'])} ({fmt(b.get('error'), '+.0%')}): the smaller sizes' law does not "
-                       f"carry to this size.")
+                       f"{bracket_text(b['observed'], 'D*')} ({fmt(b.get('error'), '+.0%')}): the smaller sizes' "
+                       f"law does not carry to this size.")
     if "points" in cd and not cd.get("backtest") and not one_data_size(cd):
         out.append(f"- D*(N) is not backtested: {cd.get('backtest_reason') or (cd.get('law') or {}).get('reason')}.")
     if "predictions" in gs:
@@ -429,14 +432,6 @@ def failures(results: dict) -> list[str]:
 def one_data_size(cd: dict) -> bool:
     """The study measured a single D at every model size: no D* can be bracketed."""
     return bool(cd.get("points")) and all(p.get("n_values", 0) < 2 for p in cd["points"])
-
-
-def _bracket(p: dict) -> str:
-    if p["censoring"] == "left":
-        return f"D* <= {p['high']:,.4g}"
-    if p["censoring"] == "right":
-        return f"D* > {p['low']:,.4g}"
-    return f"{p['low']:,.4g} < D* <= {p['high']:,.4g}"
 
 
 def main(argv: list[str]) -> int:

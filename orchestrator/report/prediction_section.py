@@ -138,7 +138,7 @@ def markdown(out: dict, inp: Inputs) -> str:
     else:
         lines += ["| N | D* bracket | censoring | note |", "|---|---|---|---|"]
         for p in cd["points"]:
-            lines.append(f"| {p['n']:,.0f} | {_bracket(p)} | {p['censoring']} | {p['note'] or ''} |")
+            lines.append(f"| {p['n']:,.0f} | {bracket_text(p)} | {p['censoring']} | {p['note'] or ''} |")
         law = cd["law"]
         lines.append("")
         if law["exponent"] is None:
@@ -154,7 +154,7 @@ def markdown(out: dict, inp: Inputs) -> str:
             pred = (f"{_g(b['predicted'])} [{_g(b['predicted_low'])}, {_g(b['predicted_high'])}]"
                     if b["predicted"] is not None else f"none: {b['reason']}")
             err = "" if b["error"] is None else f"{b['error']:+.1%}"
-            lines.append(f"| {b['n']:,.0f} | {fitted} | {pred} | {_bracket(b['observed'])} | {err} | "
+            lines.append(f"| {b['n']:,.0f} | {fitted} | {pred} | {bracket_text(b['observed'])} | {err} | "
                          f"{'' if b['agrees'] is None else 'yes' if b['agrees'] else 'no'} |")
         if not cd["backtest"]:
             lines.append(f"| | | {cd.get('backtest_reason', '')} | | | |")
@@ -192,12 +192,15 @@ def markdown(out: dict, inp: Inputs) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _bracket(p: dict) -> str:
+def bracket_text(p: dict, name: str = "") -> str:
+    """A critical data size's bracket: "<= high", "> low" or "(low, high]"; with a name (the
+    results pages), "D* <= high", "D* > low" or "low < D* <= high"."""
+    low, high = _g(p["low"]), _g(p["high"])
     if p["censoring"] == "left":
-        return f"<= {_g(p['high'])}"
+        return f"{name} <= {high}".lstrip()
     if p["censoring"] == "right":
-        return f"> {_g(p['low'])}"
-    return f"({_g(p['low'])}, {_g(p['high'])}]"
+        return f"{name} > {low}".lstrip()
+    return f"{low} < {name} <= {high}" if name else f"({low}, {high}]"
 
 
 def _g(v) -> str:
