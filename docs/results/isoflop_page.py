@@ -19,6 +19,11 @@ from orchestrator.report.report import build_report
 from orchestrator.store.results import load_results
 
 HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+from study_page import timing  # noqa: E402 - docs/results is not a package
+
 # Published exponents of N_opt ∝ C^a: Hoffmann et al. 2022 (Table 2, approaches 1, 2, 3),
 # Kaplan et al. 2020 (0.73), Porian et al. 2024 (about 0.5 once lr, warmup and beta2 are tuned).
 PUBLISHED = [("Hoffmann et al. 2022, approach 1", 0.50), ("Hoffmann et al. 2022, approach 2", 0.49),
@@ -90,8 +95,11 @@ def design(config: dict) -> str:
     lr = ((search.get("space") or {}).get("train.lr") or {})
     rates = (f"the learning rate from the grid {lr['choices']}" if lr.get("choices") else
              f"the learning rate tuned per cell ({search.get('trials_per_cell')} {search.get('sampler')} trials)")
+    window = grid.get("tokens_per_param")
+    kept = (f", each budget keeping the sizes that train {window.get('min') or 0:g} to "
+            f"{window.get('max') or float('inf'):g} tokens per parameter (grid.tokens_per_param)" if window else "")
     return (f"{len(shapes)} model sizes (d_model {', '.join(map(str, shapes))}; {model.get('n_layer')} layers) x "
-            f"{len(budgets)} training budgets ({min(budgets):.2g} to {max(budgets):.2g} FLOPs), {rates}")
+            f"{len(budgets)} training budgets ({min(budgets):.2g} to {max(budgets):.2g} FLOPs){kept}, {rates}")
 
 
 def rate_edges(runs, config: dict) -> str | None:
@@ -119,9 +127,8 @@ def page(results: dict, wall: str, design: str, extra: list[str] = ()) -> str:
              f"on the 2-core dev machine ({wall}). The study: {design}, one pass over the data, a cosine "
              "schedule matched to each run. What was shrunk, and why: budgets ~1e11 FLOPs instead of "
              "Chinchilla's 1e18-1e21, because the corpus (4.7M bytes) and 2 cores bound them; the sizes "
-             "are chosen so that at ~20 tokens per parameter every budget's optimum falls inside the grid. "
-             "Why the learning rate is a grid, not a search: see the comment at the top of the study file "
-             "(the first run, with 3 TPE draws per cell, measured the draws, not the sizes).", "",
+             "and the window are placed from the earlier runs' optima (see the comment at the top of the "
+             "study file, which also says why the learning rate is a grid, not a search).", "",
              "![IsoFLOP curves](isoflop_charlm/isoflop_curves.png)", "",
              "![Frontier](isoflop_charlm/frontier.png)", "",
              "## Optimal model size per budget (approach 2)", "",
@@ -161,9 +168,14 @@ def page(results: dict, wall: str, design: str, extra: list[str] = ()) -> str:
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("store", help="the folder the study ran in (mlflow.db inside)")
-    p.add_argument("--wall", default="see the study's run log", help="how long the study took, for the page")
+    p.add_argument("--wall", help="how long the study took, for the page (default: from its MLflow parent run)")
     args = p.parse_args(argv)
-    res = load_results(f"sqlite:///{Path(args.store).resolve() / 'mlflow.db'}", "isoflop_charlm")
+    uri = f"sqlite:///{Path(args.store).resolve() / 'mlflow.db'}"
+    res = load_results(uri, "isoflop_charlm")
+    if args.wall is None:
+        took = timing(uri, res.parent_run_id)
+        args.wall = (f"{took['wall_s'] / 60:.1f} min wall, {took['runs']} runs" if took["wall_s"] else
+                     f"{took['runs']} runs; the study's wall time is not recorded (its parent run has no end)")
     out = HERE / "isoflop_charlm"
     report = build_report(res, out / "report")
     for name in ("isoflop_curves", "frontier"):
