@@ -170,9 +170,11 @@ def timing(tracking_uri: str, parent_run_id: str) -> dict:
     parent = client.get_run(parent_run_id).info
     children = client.search_runs([parent.experiment_id], tag_equals(names.PARENT_RUN, parent_run_id),
                                   max_results=50_000)
-    spans = [(c.info.end_time - c.info.start_time) / 1000 for c in children if c.info.end_time and c.info.start_time]
+    # A run restarted by a later driver (the study was stopped and resumed) keeps its first start:
+    # the parent's span then includes the time no driver ran.
+    resumed = sum(int(c.data.tags.get(names.TAG_ATTEMPTS, "1")) > 1 for c in children)
     return {"wall_s": (parent.end_time - parent.start_time) / 1000 if parent.end_time else None,
-            "run_s": float(sum(spans)), "runs": len(children)}
+            "runs": len(children), "resumed_runs": resumed}
 
 
 def build(study: str, store: Path, out: Path, experiment: str | None = None) -> dict:
@@ -248,8 +250,9 @@ def _intro(results: dict, module) -> list[str]:
     statuses = ", ".join(f"{v} {k}" for k, v in (results.get("statuses") or {}).items())
     out = [f"Made by `docs/results/study_page.py` from a real `grokscale run sweeps/{meta['study']}.yaml` on the "
            f"2-core dev machine: {results.get('runs')} runs ({statuses}); wall time {wall} (the study's MLflow "
-           f"parent run, start to end), {fmt((t.get('run_s') or 0) / 60, '.1f')} min of training summed over "
-           f"runs. The command:",
+           f"parent run, start to end" + (f"; the study was stopped and resumed, {t['resumed_runs']} runs restarted "
+                                          f"by the later driver, so this includes the time between the two)"
+                                          if t.get("resumed_runs") else ")") + ". The command:",
            "", "```", meta["command"], "```", "", "### What was shrunk, and why", ""]
     changed = meta.get("overrides") or []
     if not changed:
@@ -407,7 +410,11 @@ def failures(results: dict) -> list[str]:
         trivial, late_err, late_base = gs.get("n_immediate") or 0, gs.get("late_median_abs_error"), \
             gs.get("late_baseline_median_abs_error")
         late = gs.get("n_scored", 0) - trivial
-        if trivial:
+        if trivial and not late:
+            out.append(f"- generalization step: all {trivial} scored runs generalized at the evaluation at which "
+                       f"they memorized (comprehension): the clock's \"now\" is trivially right for each, so this "
+                       f"study does not test the clock on a delayed generalization.")
+        elif trivial:
             out.append(f"- generalization step: {trivial} of {gs['n_scored']} scored runs generalized at the "
                        f"evaluation at which they memorized (comprehension): for them the clock predicts \"now\" "
                        f"and is trivially right. Over the {late} that generalized later, the median |error| is "

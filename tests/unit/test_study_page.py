@@ -79,7 +79,7 @@ def grokking_study(reverse: bool = False) -> StudyResults:
 @pytest.fixture(scope="module")
 def grokking_page(tmp_path_factory):
     out = tmp_path_factory.mktemp("page") / "grokking_modular"
-    results = study_page.build_from("grokking_modular", grokking_study(), out, {"wall_s": 60.0, "run_s": 100.0})
+    results = study_page.build_from("grokking_modular", grokking_study(), out, {"wall_s": 600.0, "runs": 8, "resumed_runs": 3})
     return results, out
 
 
@@ -99,6 +99,7 @@ def test_the_page_holds_plots_claims_numbers_and_predictions(grokking_page):
     results, out = grokking_page
     text = study_page.page(results, "grokking_modular")
     assert "| claim in the paper | what grokscale measured | agrees? |" in text
+    assert "wall time 10.0 min" in text and "3 runs restarted by the later driver" in text
     assert text.count("**yes**") == 4
     assert "![" in text and all((out / f"{name}.png").exists() for name in results["plots"])
     assert "### Critical data size D*(N)" in text and "### Where the predictions fail" in text
