@@ -9,6 +9,12 @@ run's live curve at most LIVE_S behind (issue 16: one batch per run per tick was
 bottleneck at 1,000 runs in flight). Against a tracking server, batches and run updates go as
 plain JSON to MLflow's REST API (`RestWrites`): MlflowClient's protobuf-to-JSON conversion and
 per-request header providers cost about 0.2 ms per metric point, more than the rest of the driver.
+A SQLite store is switched to write-ahead logging (`use_wal`): each MLflow call commits, and in
+SQLite's default rollback journal a commit syncs the file several times; in WAL one sync per
+commit, as durable (synchronous stays FULL). Measured (session 8: a run's writes as the driver
+makes them, the modes interleaved over 15-20 rounds on the loaded 2-core machine, medians): wall
+time per run on the writer thread 60 -> 44 ms and 137 -> 67 ms in two sessions of measuring, CPU
+53 -> 38 ms and 42 -> 39 ms.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import os
+import sqlite3
 import subprocess
 import tempfile
 import threading
@@ -124,6 +131,16 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def use_wal(uri: str) -> str | None:
+    """Put a SQLite store in write-ahead-log mode (kept in the file: the UI and every later
+    client read it so); the mode it is in afterwards, None for another store. WAL needs a local
+    file system (its readers share memory): keep a store on NFS behind `mlflow server`."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    with contextlib.closing(sqlite3.connect(uri.removeprefix("sqlite:///"), timeout=30)) as db:
+        return str(db.execute("PRAGMA journal_mode=WAL").fetchone()[0])
+
+
 class Tracker:
     def __init__(self, study: Study, client: MlflowClient | None = None):
         self.study = study
@@ -230,7 +247,8 @@ class Tracker:
 
     def _open(self, config_yaml: str) -> None:
         self.children = {}
-        exp = self.client.get_experiment_by_name(self.study.experiment_name)
+        exp = self.client.get_experiment_by_name(self.study.experiment_name)  # a SQLite store exists from here
+        use_wal(self.study.tracking.uri)
         self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(self.study.experiment_name)
         query = f"{tag_equals(names.TAG_ROLE, names.ROLE_STUDY)} and {tag_equals(names.TAG_STUDY, self.study.name)}"
         parents = self.client.search_runs([self.experiment_id], query)

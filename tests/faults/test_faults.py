@@ -22,6 +22,7 @@ import random
 import re
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -489,6 +490,37 @@ def test_tracker_drops_a_write_the_store_refuses_and_sends_the_rest(tmp_path):
     curve = tracker.client.get_metric_history(run_id, "val_acc")
     assert [(m.step, m.value) for m in curve] == [(50, 0.5), (100, 0.75)]
     assert tracker.client.get_run(run_id).data.params["lr"] == "1"
+
+
+def test_a_sqlite_store_is_in_wal_mode_and_keeps_what_a_killed_driver_wrote(tmp_path):
+    """The tracker puts a SQLite store in write-ahead-log mode (each commit synced once, not
+    several times). What it wrote before a SIGKILL is there for the next reader, whatever mode
+    the file is in: a driver process writes a run, drains, and kills itself at once."""
+    study_path = write_study(tmp_path)
+    uri = sqlite_uri(tmp_path)
+    script = f"""
+import os, signal
+from orchestrator.store.tracker import Tracker, config_yaml
+from orchestrator.study import load_study
+study = load_study({str(study_path)!r}, ["tracking.uri={uri}"])
+tracker = Tracker(study)
+tracker.open(config_yaml(study))
+tracker.start_writer()
+run_id = tracker.start_run("cell/trial=0/seed=0", "t0", {{"lr": 1}}, {{}})
+tracker.log_records(run_id, [{{"step": s, "val_acc": s / 1000}} for s in range(0, 1000, 10)])
+assert tracker.drain(timeout_s=60)
+print(run_id, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    run_id = done.stdout.split()[-1]
+    with contextlib.closing(sqlite3.connect(uri.removeprefix("sqlite:///"))) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    client = MlflowClient(tracking_uri=uri)
+    curve = client.get_metric_history(run_id, "val_acc")
+    assert [m.step for m in curve] == list(range(0, 1000, 10))
+    assert client.get_run(run_id).data.params["lr"] == "1"
 
 
 def test_a_reopened_run_without_val_acc_gets_no_step_twice(tmp_path):
