@@ -79,7 +79,8 @@ def grokking_study(reverse: bool = False) -> StudyResults:
 @pytest.fixture(scope="module")
 def grokking_page(tmp_path_factory):
     out = tmp_path_factory.mktemp("page") / "grokking_modular"
-    results = study_page.build_from("grokking_modular", grokking_study(), out, {"wall_s": 600.0, "runs": 8, "resumed_runs": 3})
+    took = {"wall_s": 600.0, "runs": 8, "resumed_runs": 3}
+    results = study_page.build_from("grokking_modular", grokking_study(), out, took)
     return results, out
 
 
