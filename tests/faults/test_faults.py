@@ -523,6 +523,30 @@ os.kill(os.getpid(), signal.SIGKILL)
     assert client.get_run(run_id).data.params["lr"] == "1"
 
 
+def test_the_spec_artifact_goes_through_a_tracking_server_too(tmp_path):
+    """The tracker writes a run's spec.json through the run's own artifact store (not
+    MlflowClient.log_text, which reads the whole run back first): against a server that is
+    its artifact proxy (mlflow-artifacts:/), read back as `grokscale reproduce` reads it."""
+    from orchestrator.store.tracker import Tracker, config_yaml
+    from orchestrator.study import load_study
+
+    server = MlflowServer(tmp_path)
+    server.start()
+    try:
+        study = load_study(write_study(tmp_path), [f"tracking.uri={server.uri}"])
+        tracker = Tracker(study)
+        tracker.open(config_yaml(study))
+        spec = json.dumps({"task": {"name": "modular"}, "seed": 3})
+        run_id = tracker.start_run("cell/trial=0/seed=0", "t0", {"spec_json": spec}, {})
+        assert tracker.drain(timeout_s=60)
+        client = MlflowClient(tracking_uri=server.uri)
+        assert client.get_run(run_id).info.artifact_uri.startswith("mlflow-artifacts:")
+        got = Path(client.download_artifacts(run_id, "spec.json", str(tmp_path))).read_text()
+        assert json.loads(got) == json.loads(spec)
+    finally:
+        server.stop()
+
+
 def test_a_reopened_run_without_val_acc_gets_no_step_twice(tmp_path):
     """A driver killed and rerun reopens its runs and skips the steps MLflow already has. A user's
     trainer may report no val_acc: the steps come from whatever curve it logged."""
