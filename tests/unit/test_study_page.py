@@ -179,3 +179,21 @@ def test_step_predictions_that_only_say_now_are_worded_apart():
     assert "2 of 3 scored runs generalized at the evaluation at which they memorized" in text
     assert "Over the 1 that generalized later, the median |error| is 40%" in text
     assert "the decay clock (40%) does not beat the baseline (10%)" in text
+
+
+def test_the_time_claim_divides_out_the_searched_weight_decay_beside_the_steps():
+    """When each cell's search found more decay at less data, steps show no trend; the e-folds of
+    decay (lr x weight decay x step) do. The verdict stays on steps, and says the e-folds beside it."""
+    records = []
+    for d, wd in ((0.3, 1.2), (0.4, 0.9), (0.5, 0.6), (0.6, 0.3), (0.7, 0.15)):
+        for k in range(3):  # e-folds needed fall with data, 12 to 1.5; so does the decay found: ~1,000 steps each
+            efolds = {0.3: 12, 0.4: 9, 0.5: 6, 0.6: 3, 0.7: 1.5}[d] * (0.9 + 0.1 * k)
+            step = efolds / (1e-3 * wd)
+            records.append({"status": "completed", "d_value": d, "lr": 1e-3, "weight_decay": wd,
+                            "generalization_step": step})
+    verdict = grokking_modular.time_grows_as_data_shrinks({"page_runs": records})
+    assert verdict.agrees == "cannot tell", verdict
+    assert "no trend in steps significant" in verdict.reason and "does fall as the fraction grows" in verdict.reason
+    same_decay = [{**r, "weight_decay": 1.0, "generalization_step": r["generalization_step"] * r["weight_decay"]}
+                  for r in records]
+    assert grokking_modular.time_grows_as_data_shrinks({"page_runs": same_decay}).agrees == "yes"
