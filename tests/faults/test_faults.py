@@ -165,7 +165,7 @@ def test_retry_races_reruns_a_missed_fault_in_fresh_directories_and_nothing_else
 
 # ------------------------------------------------------------------------------ 1. worker death
 
-@pytest.mark.slow
+@pytest.mark.long  # 1-2 minutes: `make test-all`; make test kills a packed task and a user trainer's worker
 @retry_races()
 def test_worker_killed_ten_times_resumes_from_checkpoints(tmp_path, short_dir):
     if PY_SPY is None:
@@ -325,7 +325,7 @@ def test_node_killed_mid_study_its_trials_finish_on_the_head(tmp_path, short_dir
 
 # ------------------------------------------------------------------------------ 3. driver death
 
-@pytest.mark.slow
+@pytest.mark.long  # 2 minutes: `make test-all`; make test kills a driver once (test_orchestrator.py)
 @retry_races()
 def test_driver_killed_three_times_then_resumed(tmp_path):
     steps, every = 1500, 100
