@@ -6,9 +6,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # The CPU build of torch; a GPU user who installed their own torch into $(VENV) first keeps it.
 TORCH ?= torch==2.13.0
-# `make test` stays near 20 minutes on 2 cores; `make test-all` adds the tests that install and
-# start whole services (a one-node Slurm, headless Chromium on the MLflow UI) and the pruning-exactness
-# study (about 12 minutes more).
+# `make test` takes about 25 minutes on 2 cores; `make test-all` adds the tests that install and
+# start whole services (a one-node Slurm, headless Chromium on the MLflow UI), the pruning-exactness
+# study and the repeated driver and worker kills (about 15 minutes more).
 PYTEST_ARGS ?= -m "not soak and not long" --durations=30
 
 .PHONY: install quickstart test test-all soak bench ui clean
