@@ -117,6 +117,11 @@ def mirage(inp: Inputs, report: Report, results: dict) -> None:
     if not pairs or usable.empty:
         report.skipped["mirage"] = "no continuous counterpart of the accuracy was recorded"
         return
+    n_values = usable[inp.n_col].nunique() if inp.n_col in usable else 0
+    if n_values < 3:  # the check fits a threshold over N under each metric: one row per D would only say so
+        report.skipped["mirage"] = (f"the mirage check compares thresholds over N; this study has {n_values} "
+                                    f"value(s) of N, a threshold needs 3")
+        return
     best_values = {"val_answer_logprob": 0.0, "val_p_answer": 1.0, "val_token_acc": 1.0, "val_acc": 1.0}
     checks = mirage_checks(usable, x_col=inp.n_col, group_col=inp.d_col, pairs=tuple(pairs[:2]),
                            best_values=best_values, chance_discontinuous=inp.chance)
