@@ -35,8 +35,11 @@ def emergence(inp: Inputs, report: Report, results: dict) -> CriticalSizes | Non
                 report.metric(f"{axis}/{other}_{at:g}", fit.threshold)
     report.draw("emergence_heatmap", plot_emergence_heatmap, inp.usable, inp.out / "emergence_heatmap.png",
                 metric=inp.metric, n_col=inp.n_col, d_col=inp.d_col, critical=critical)
-    report.draw("metric_vs_n", plot_metric_vs_scale, inp.usable, inp.out / "metric_vs_n.png",
-                metric=inp.metric, x_col=inp.n_col, group_col=inp.d_col, fits=dict(critical.n_star))
+    if inp.usable[inp.n_col].nunique() < 2:  # one N: every point on one vertical line, nothing to read
+        report.skipped["metric_vs_n"] = "one model size: the metric over N needs 2 or more"
+    else:
+        report.draw("metric_vs_n", plot_metric_vs_scale, inp.usable, inp.out / "metric_vs_n.png",
+                    metric=inp.metric, x_col=inp.n_col, group_col=inp.d_col, fits=dict(critical.n_star))
     return critical
 
 

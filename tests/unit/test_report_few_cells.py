@@ -38,3 +38,4 @@ def test_one_model_size_gets_no_mirage_check_but_its_reason(tmp_path):
     assert report.skipped["mirage"] == ("the mirage check compares thresholds over N; this study has 1 value(s) "
                                         "of N, a threshold needs 3")
     assert "mirage" not in report.results and "mirage" not in report.plots
+    assert "metric_vs_n" not in report.plots and "one model size" in report.skipped["metric_vs_n"]
