@@ -63,7 +63,9 @@ def grokking(inp: Inputs, report: Report, results: dict) -> pd.DataFrame:
     results["phase_regions"] = {}
     for name, y_col, facet_col in (("phase_wd_x_d", inp.d_col, inp.n_col), ("phase_wd_x_lr", lr, inp.d_col)):
         log_x, log_y = searched_log(inp.config, wd), searched_log(inp.config, y_col)
-        regions = regions_by_facet(phases, wd, y_col, facet_col, log_x, log_y)
+        flat = any(col not in phases or phases[col].nunique() < 2 for col in (wd, y_col))
+        # An axis the study never varied has no plane to fill: the figure is skipped, and so are its regions.
+        regions = {} if flat else regions_by_facet(phases, wd, y_col, facet_col, log_x, log_y)
         results["phase_regions"][name] = {str(k): r.to_dict() for k, r in regions.items()}
         report.draw(name, plot_phase_diagram, phases, inp.out / f"{name}.png", x_col=wd, y_col=y_col,
                     facet_col=facet_col, log_x=log_x, log_y=log_y, regions=regions)

@@ -94,6 +94,8 @@ def test_the_grokking_claims_find_the_planted_effects(grokking_page):
     assert "between fraction 0.2 (did not generalize) and 0.3" in verdicts["critical_fraction"].measured
     phases = {r["phase"] for r in results["page_runs"]}
     assert phases == {"comprehension", "grokking", "memorization", "confusion"}
+    # lr was not searched: no weight decay x lr plane, and no "regions not drawn" line per panel.
+    assert results["phase_regions"]["phase_wd_x_lr"] == {} and results["phase_regions"]["phase_wd_x_d"]
 
 
 def test_the_page_holds_plots_claims_numbers_and_predictions(grokking_page):
