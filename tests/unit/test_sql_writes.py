@@ -1,0 +1,141 @@
+"""The plain-SQL writes into a SQLite MLflow store (orchestrator/store/sql_writes.py) make the rows
+MLflow makes: the same run written through MlflowClient and through SqlWrites reads back the
+same through MLflow's own API (run info, tags, params, latest metrics, every metric history,
+search by tag). What MLflow refuses, they refuse the same way; a store of another schema gets
+no plain SQL at all."""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+
+import pytest
+from mlflow.entities import Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from orchestrator.store.queue import refused
+from orchestrator.store.sql_writes import SqlWrites
+
+TAGS = {"mlflow.parentRunId": "p" * 32, "grokscale.run_key": "cell/trial=0/seed=0", "grokscale.attempts": "1"}
+PARAMS = [Param("cell", "N[d_model=16]_D=0.5"), Param("seed", "0"), Param("param.train.lr", "0.001")]
+# Two evaluations, a repeated point, steps out of order, NaN and both infinities, then final totals.
+FIRST = [("val_acc", 0.25, 1_000, 100), ("val_acc", 0.5, 2_000, 200), ("val_acc", 0.5, 2_000, 200),
+         ("val_loss", float("nan"), 2_000, 200), ("train_loss", float("inf"), 1_000, 100),
+         ("train_loss", float("-inf"), 2_000, 200), ("val_acc", 0.75, 900, 50)]
+SECOND = [("val_acc", 1.0, 3_000, 300), ("final.max_val_acc", 1.0, 3_500, 0), ("val_acc", 0.1, 9_000, 10)]
+END_TAGS = [RunTag("grokscale.status", "completed"), RunTag("grokscale.attempts", "2")]
+
+
+@pytest.fixture
+def store(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    return uri, client, client.create_experiment("sql")
+
+
+def write(writer, experiment_id: str, name: str) -> str:
+    """One run as the tracker writes it: create, params with the first batch, a second batch
+    with the end tags, terminated."""
+    run = writer.create_run(experiment_id, TAGS, name)
+    run_id = run.info.run_id
+    writer.log_batch(run_id, FIRST, params=PARAMS)
+    writer.log_batch(run_id, SECOND, tags=END_TAGS)
+    writer.set_terminated(run_id, "FINISHED", 4_000)
+    return run_id
+
+
+class ClientWrites:
+    """The same calls through MlflowClient: what the tracker did before SqlWrites."""
+
+    def __init__(self, client: MlflowClient) -> None:
+        self.client = client
+
+    def create_run(self, experiment_id, tags, name):
+        return self.client.create_run(experiment_id, tags=tags, run_name=name)
+
+    def log_batch(self, run_id, metrics=(), params=(), tags=()):
+        from mlflow.entities import Metric
+
+        self.client.log_batch(run_id, metrics=[Metric(*m) for m in metrics], params=list(params), tags=list(tags))
+
+    def set_terminated(self, run_id, status, end_time):
+        self.client.set_terminated(run_id, status, end_time=end_time)
+
+
+def nan_free(v: float) -> float | str:
+    return "nan" if math.isnan(v) else v  # NaN != NaN: compared as a word
+
+
+def read(client: MlflowClient, run_id: str) -> dict:
+    run = client.get_run(run_id)
+    i = run.info
+    return {"status": i.status, "end_time": i.end_time, "lifecycle": i.lifecycle_stage, "user": i.user_id,
+            "name": i.run_name, "artifacts": i.artifact_uri.replace(run_id, "<id>"), "tags": run.data.tags,
+            "params": run.data.params, "latest": {k: nan_free(v) for k, v in run.data.metrics.items()},
+            "history": {k: [(m.step, m.timestamp, nan_free(m.value)) for m in client.get_metric_history(run_id, k)]
+                        for k in run.data.metrics}}
+
+
+def test_plain_sql_writes_the_rows_mlflow_writes(store):
+    uri, client, exp = store
+    writes = SqlWrites.of(client, uri)
+    assert writes is not None
+    mine, theirs = write(writes, exp, "t0 s0"), write(ClientWrites(client), exp, "t0 s0")
+    got, want = read(client, mine), read(client, theirs)
+    assert got == want
+    assert got["status"] == "FINISHED" and got["end_time"] == 4_000 and got["tags"]["mlflow.runName"] == "t0 s0"
+    assert sorted(got["history"]["val_acc"]) == [(10, 9_000, 0.1), (50, 900, 0.75), (100, 1_000, 0.25),
+                                                 (200, 2_000, 0.5), (300, 3_000, 1.0)]
+    assert got["latest"]["val_acc"] == 1.0  # the largest step, not the latest timestamp
+    # MLflow keeps an infinity as the largest double, and its latest point is the largest step.
+    assert got["latest"]["train_loss"] == -1.7976931348623157e308 and got["latest"]["val_loss"] == "nan"
+    found = client.search_runs([exp], "tags.`grokscale.status` = 'completed' and params.seed = '0'")
+    assert {r.info.run_id for r in found} == {mine, theirs}
+    assert writes.create_run(exp, TAGS, "t1").info.artifact_uri.endswith("/artifacts")
+
+
+def test_what_mlflow_refuses_is_refused_alike(store):
+    uri, client, exp = store
+    writes = SqlWrites.of(client, uri)
+    run_id = write(writes, exp, "t0")
+    with pytest.raises(MlflowException, match="Changing param values") as err:
+        writes.log_batch(run_id, params=[Param("seed", "1")])
+    assert refused(err.value)  # the write queue drops it instead of retrying it for ever
+    writes.log_batch(run_id, params=[Param("seed", "0")])  # the same value again is fine, as in MLflow
+    client.delete_run(run_id)
+    with pytest.raises(MlflowException, match="must be in the 'active' state") as err:
+        writes.log_batch(run_id, [("val_acc", 1.0, 5_000, 400)])
+    assert refused(err.value)
+    with pytest.raises(MlflowException, match="not found"):
+        writes.set_terminated("0" * 32, "FINISHED", 1)
+    assert 400 not in {m.step for m in client.get_metric_history(run_id, "val_acc")}  # nothing of the refused batch
+
+
+def test_no_plain_sql_for_a_store_it_does_not_know(tmp_path, store):
+    uri, client, _ = store
+    assert SqlWrites.of(client, "http://127.0.0.1:5000") is None
+    assert SqlWrites.of(client, f"sqlite:///{tmp_path / 'none.db'}") is None and not (tmp_path / "none.db").exists()
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as db:  # a runs table of another shape: MLflow's client, not this writer
+        db.execute("CREATE TABLE runs (run_uuid TEXT PRIMARY KEY, workspace TEXT)")
+    assert SqlWrites.of(client, f"sqlite:///{other}") is None
+
+
+def test_a_study_tracker_writes_sqlite_as_plain_sql(tmp_path):
+    from orchestrator.store.tracker import Tracker, config_yaml
+    from orchestrator.study import Study
+
+    study = Study.model_validate({
+        "name": "sql", "task": {"name": "modular", "p": 23}, "model": {"n_layer": 1, "n_head": 4},
+        "train": {"steps": 10}, "grid": {"n": [{"d_model": 16}], "d": [0.5]},
+        "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}, "workdir": str(tmp_path / "runs")})
+    tracker = Tracker(study)
+    assert tracker.direct is None  # no store yet: decided once MLflow has made its tables
+    tracker.open(config_yaml(study))
+    assert isinstance(tracker.direct, SqlWrites)
+    run_id = tracker.start_run("cell/trial=0/seed=0", "t0", {"lr": 1}, {})
+    tracker.log_records(run_id, [{"step": 10, "val_acc": 0.5}])
+    assert tracker.drain(timeout_s=30)
+    assert [m.value for m in tracker.client.get_metric_history(run_id, "val_acc")] == [0.5]
+    assert tracker.client.get_run(run_id).data.params["lr"] == "1"
