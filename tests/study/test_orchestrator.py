@@ -181,12 +181,15 @@ def test_two_node_cluster_with_ray_job_submit(tmp_path):
                               env=env, capture_output=True, text=True, check=False, timeout=120)
         assert node.returncode == 0, node.stderr[-2000:]
         write_study(tmp_path, ray={"address": "auto"}, train={**TINY_STUDY["train"], "steps": 400})
-        job = subprocess.run([ray_bin, "job", "submit", "--address", "http://127.0.0.1:8265",
-                              "--working-dir", str(tmp_path), "--",
-                              sys.executable, "-m", "orchestrator.cli", "run", "study.yaml", "--quiet", "--no-report",
-                              "--set", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
-                              "--set", f"workdir={tmp_path / 'runs' / 'tiny'}"],
-                             env=env, capture_output=True, text=True, check=False, timeout=600)
+        submit = [ray_bin, "job", "submit", "--address", "http://127.0.0.1:8265", "--working-dir", str(tmp_path), "--",
+                  sys.executable, "-m", "orchestrator.cli", "run", "study.yaml", "--quiet", "--no-report",
+                  "--set", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+                  "--set", f"workdir={tmp_path / 'runs' / 'tiny'}"]
+        for _ in range(20):  # the head's job agent starts after `ray start` returns: on a loaded machine, later
+            job = subprocess.run(submit, env=env, capture_output=True, text=True, check=False, timeout=600)
+            if "No available agent to submit job" not in job.stderr:
+                break
+            time.sleep(3)
         assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
         _, children = child_runs(tmp_path)
         assert len(children) == 8 and all(r.data.tags["grokscale.status"] == "completed" for r in children)
