@@ -104,6 +104,9 @@ def param_importances(trials: pd.DataFrame, params: list[str], *, value_col: str
     varied = [p for p, col in columns.items() if col.dropna().nunique() >= 2]
     if not varied:
         return None, "no searched parameter took two or more distinct values"
+    scores = pd.to_numeric(trials[value_col])
+    if scores.nunique() < 2:  # fANOVA would raise "zero total variance"; there is nothing to apportion
+        return None, f"every trial scored the same ({scores.iloc[0]:.4g}): no parameter mattered within this cell"
     import optuna  # lazily: the rest of the analysis needs no Optuna
 
     dists = {p: (distributions or {}).get(p) or _distribution(columns[p]) for p in varied}
@@ -124,6 +127,8 @@ def param_importances(trials: pd.DataFrame, params: list[str], *, value_col: str
             study = optuna.create_study(direction=direction)
             study.add_trials(built)
             result = optuna.importance.get_param_importances(study, evaluator=chosen, params=varied)
+    except RuntimeError as err:  # fANOVA's forest found no split (e.g. scores that differ by rounding only)
+        return None, f"the importance evaluator found nothing to apportion: {err}"
     finally:
         optuna.logging.set_verbosity(verbosity)
     return {k: float(v) for k, v in result.items()}, None

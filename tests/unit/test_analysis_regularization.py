@@ -61,6 +61,16 @@ def test_too_few_trials_or_nothing_varied_gives_none():
     assert json.loads(json.dumps(cell.to_dict()))["importances"] is None
 
 
+def test_a_cell_whose_trials_all_scored_the_same_gets_no_importances_but_a_reason():
+    """Every trial at max_val_acc 1.0 (a cell past its threshold, seen in the real emergence_parity
+    run): fANOVA raised "zero total variance in all trees" and the report crashed."""
+    solved = search_runs(n_trials=6).assign(max_val_acc=1.0)
+    for evaluator in ("fanova", "pedanova"):
+        (cell,) = cell_regularization(solved, evaluator=evaluator)
+        assert cell.importances is None and cell.reason.startswith("every trial scored the same (1)")
+        assert cell.best_value == 1.0
+
+
 def test_cells_are_separate_and_failed_runs_are_ignored():
     runs = search_runs(n_trials=6, cells=("a", "b"))
     runs.loc[(runs["cell"] == "b") & (runs["trial_number"] == 0), ["status", "max_val_acc"]] = ["failed", 99.0]
