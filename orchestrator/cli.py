@@ -86,6 +86,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from orchestrator.store.journal import JournalCorrupt
     from orchestrator.store.ui import study_links
     from orchestrator.study import redact_url
+    from orchestrator.sweep.launcher import ClusterLost
     from orchestrator.sweep.refine import run_refined
 
     try:
@@ -93,6 +94,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (StudyHeld, JournalCorrupt) as err:  # nothing was started
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except ClusterLost as err:  # the study stopped part-way; nothing recorded is lost
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     out = {k: v for k, v in stats.to_dict().items() if k != "timeline"}  # per-run timestamps: for benchmarks
     if refined is not None:
         out["refine"] = refined.to_dict()

@@ -29,7 +29,7 @@ from orchestrator.store.tracker import Tracker, config_yaml
 from orchestrator.study import Study
 from orchestrator.study.grid import Cell, spec_for
 from orchestrator.sweep.cell import CellSearch
-from orchestrator.sweep.launcher import RayLauncher
+from orchestrator.sweep.launcher import ClusterLost, RayLauncher
 from orchestrator.sweep.outcome import (  # summarize: also read by report/reproduce.py
     STOP_KIND,
     summarize,
@@ -108,8 +108,13 @@ class Driver:
             self.stats.startup_s = t0 - t_start
             self.stats.first_submit_at = time.time()
             with Progress(self.study, self.searches, show=self.show) as progress:
-                while self.step():
-                    progress.update(list(self.launcher.running()), time.monotonic() - t0)
+                try:
+                    while self.step():
+                        progress.update(list(self.launcher.running()), time.monotonic() - t0)
+                except ClusterLost:  # what finished before is recorded; what ran is left to resume
+                    self.tracker.drain()
+                    self.tell_ready()
+                    raise
             self.stats.scheduled_s = time.monotonic() - t0  # first submission to last result recorded
             self.stats.last_recorded_at = time.time()
             self.close()

@@ -25,6 +25,16 @@ MAX_WARM_WORKERS = 64
 INBOX_TIMEOUT_S = 60
 
 
+class ClusterLost(RuntimeError):
+    """This driver's own Ray is gone (its raylet died: `ray stop`, an out-of-memory kill, the head
+    lost). The runs in flight did not fail, so none is recorded as failed: they are left RUNNING,
+    as a killed driver leaves them, and the same command resumes them from their checkpoints."""
+
+    def __init__(self, err: Exception) -> None:
+        super().__init__(f"this study's Ray died under it ({type(err).__name__}); the runs in flight were not "
+                         f"recorded as failed: run the same command again to resume them from their checkpoints")
+
+
 @ray.remote(num_cpus=0)
 class Inbox:
     """Where workers post metric records while they train; the driver takes them all at once."""
@@ -131,6 +141,9 @@ class RayLauncher:
             units = self.in_flight.pop(ref)
             try:
                 results = ray.get(ref)
+            except ray.exceptions.LocalRayletDiedError as err:  # not the runs' failure: the cluster's
+                self.in_flight[ref] = units
+                raise ClusterLost(err) from err
             except ray.exceptions.RayError as err:
                 results = [{"status": RunStatus.FAILED.value, "reason": f"{type(err).__name__}: {err}"[:4000]}
                            for _ in units]
