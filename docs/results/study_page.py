@@ -2,22 +2,21 @@
 
 The three studies, shrunk to the 2-core dev machine (claims/<study>.py says what is shrunk and
 why; `python docs/results/study_page.py --sets <study>` prints the overrides). The minutes are
-estimates for an otherwise idle machine, scaled from short timing runs (CPU seconds per step) on
-a machine loaded 5-10x; a loaded machine takes longer:
+the real runs' wall times (session 8, on the 2-core machine beside other work):
 
-    # grokking_modular, 56 runs of at most 7,000 steps: about 50 min (70 if no run stops early)
+    # grokking_modular, 56 runs of at most 7,000 steps: 29 min
     mkdir -p docs/results/grokking_modular/store && cd docs/results/grokking_modular/store
     grokscale run ../../../../sweeps/grokking_modular.yaml --quiet --set task.p=59 \
         --set 'grid.n=[{d_model: 64}]' --set model.d_mlp=256 --set train.lr=3e-3 --set train.steps=7000 \
         --set train.eval_every=100 --set train.checkpoint_every=1000
     cd - && python docs/results/study_page.py grokking_modular docs/results/grokking_modular/store
 
-    # emergence_parity, 100 runs of at most 20,000 steps: about 40 min
+    # emergence_parity, 100 runs of at most 20,000 steps: 15 min
     mkdir -p docs/results/emergence_parity/store && cd docs/results/emergence_parity/store
     grokscale run ../../../../sweeps/emergence_parity.yaml --quiet --set 'grid.seeds=[0]'
     cd - && python docs/results/study_page.py emergence_parity docs/results/emergence_parity/store
 
-    # mirage_addition, 42 runs of 3,000 steps: about 45 min
+    # mirage_addition, 42 runs of 3,000 steps: about 40 min (run in two sittings)
     mkdir -p docs/results/mirage_addition/store && cd docs/results/mirage_addition/store
     grokscale run ../../../../sweeps/mirage_addition.yaml --quiet \
     --set 'grid.n=[{d_model: 4},{d_model: 8},{d_model: 12},{d_model: 16},{d_model: 20},{d_model: 28},{d_model: 44}]' \
