@@ -16,7 +16,7 @@ the real runs' wall times (session 8, on the 2-core machine beside other work):
     grokscale run ../../../../sweeps/emergence_parity.yaml --quiet --set 'grid.seeds=[0]'
     cd - && python docs/results/study_page.py emergence_parity docs/results/emergence_parity/store
 
-    # mirage_addition, 42 runs of 3,000 steps: about 40 min (run in two sittings)
+    # mirage_addition, 42 runs of 3,000 steps: about 70 min, in two sittings on a heavily loaded machine
     mkdir -p docs/results/mirage_addition/store && cd docs/results/mirage_addition/store
     grokscale run ../../../../sweeps/mirage_addition.yaml --quiet \
     --set 'grid.n=[{d_model: 4},{d_model: 8},{d_model: 12},{d_model: 16},{d_model: 20},{d_model: 28},{d_model: 44}]' \
