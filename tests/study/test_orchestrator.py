@@ -167,7 +167,10 @@ def test_validate_reports_and_creates_nothing(tmp_path):
 
 @pytest.mark.slow
 def test_two_node_cluster_with_ray_job_submit(tmp_path):
-    """A head and a second node on this machine; the study goes in through `ray job submit`."""
+    """A head and a second node on this machine; the study goes in through `ray job submit`.
+    It ends with `ray stop --force`, which stops every Ray on the machine: a study running beside
+    the tests loses its Ray (and, since session 8, is resumed by the same command, none of its runs
+    recorded as failed)."""
     ray_bin = Path(sys.executable).parent / "ray"
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     port = "6389"
@@ -195,7 +198,7 @@ def test_two_node_cluster_with_ray_job_submit(tmp_path):
         assert len(children) == 8 and all(r.data.tags["grokscale.status"] == "completed" for r in children)
         nodes = {r.data.tags["grokscale.node_id"] for r in children}
         assert len(nodes) == 2, f"trials ran on {len(nodes)} node(s)"
-    finally:
+    finally:  # `ray stop` has no per-cluster form: it kills every Ray on the machine, a study's too
         subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, check=False, timeout=120)
 
 
