@@ -136,18 +136,20 @@ class RayLauncher:
         ready, rest = ray.wait(list(self.in_flight), num_returns=1, timeout=timeout_s)
         if ready and rest:
             ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
-        done = []
+        done, lost = [], None
         for ref in ready:
             units = self.in_flight.pop(ref)
             try:
                 results = ray.get(ref)
             except ray.exceptions.LocalRayletDiedError as err:  # not the runs' failure: the cluster's
-                self.in_flight[ref] = units
-                raise ClusterLost(err) from err
+                self.in_flight[ref], lost = units, err  # the runs that did finish are taken first
+                continue
             except ray.exceptions.RayError as err:
                 results = [{"status": RunStatus.FAILED.value, "reason": f"{type(err).__name__}: {err}"[:4000]}
                            for _ in units]
             done += zip(units, results if isinstance(results, list) else [results])
+        if lost is not None and not done:
+            raise ClusterLost(lost) from lost
         return done
 
     def records(self) -> list[tuple[str, dict]]:
