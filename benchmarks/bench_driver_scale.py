@@ -1,5 +1,7 @@
 """Does the driver keep up with a lab-sized study? 10,000 runs on 1,000 slots, phase pruning on,
 Optuna on PostgreSQL and MLflow behind a real `mlflow server` on PostgreSQL (both started here).
+By default (`--store database`) the driver writes runs' rows straight into the server's database
+(`tracking.database`); `--store server` sends them through the server's REST API instead.
 
 The cluster is simulated (simulated_cluster.py): this machine cannot hold 1,000 Ray workers, and
 Ray's own envelope is Ray's to publish. The driver is the real one (orchestrator/sweep/driver.py:
@@ -24,6 +26,7 @@ Usage:
   python benchmarks/bench_driver_scale.py                         # the full study (minutes)
   python benchmarks/bench_driver_scale.py --runs 400 --slots 100  # quick
   python benchmarks/bench_driver_scale.py --ray --runs 256 --slots 64
+  python benchmarks/bench_driver_scale.py --store server          # runs' rows through the server's REST API
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ SEEDS = (0, 1)
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
-def make_study(root: Path, runs: int, tracking: str, storage: str, ray_slots: int | None = None) -> Study:
+def make_study(root: Path, runs: int, tracking: dict, storage: str, ray_slots: int | None = None) -> Study:
     """One N, five D values, two seeds, weight decay searched with a random sampler (the phase
     rule then runs each cell's fastest decay first); 10,000 steps, an evaluation every 100."""
     trials = max(1, runs // (len(D_VALUES) * len(SEEDS)))
@@ -69,7 +72,7 @@ def make_study(root: Path, runs: int, tracking: str, storage: str, ray_slots: in
                    "space": {"train.weight_decay": {"type": "float", "low": 0.03, "high": 3.0, "log": True}}},
         "objectives": [{"metric": "max_val_acc", "direction": "maximize"}],
         "prune": {"mode": "phase"}, "pack": {"mode": "off"},
-        "tracking": {"uri": tracking}, "workdir": str(root / "runs"), "storage": storage,
+        "tracking": tracking, "workdir": str(root / "runs"), "storage": storage,
     }
     if ray_slots is not None:  # fractional CPUs: ray_slots slots on 2 CPUs
         data["ray"] = {"num_cpus": 2, "max_retries": 0}
@@ -173,6 +176,9 @@ def main() -> None:
                     help="a full-budget run's length (default: slots / 150, so the cluster asks for >= 100 runs/s)")
     ap.add_argument("--mlflow-workers", type=int, default=2)
     ap.add_argument("--ray", action="store_true", help="real Ray instead of the simulated cluster")
+    ap.add_argument("--store", choices=("server", "database"), default="database",
+                    help="how runs' rows reach MLflow: through the tracking server's REST API, or as plain SQL "
+                         "into the server's own PostgreSQL (tracking.database); the server runs either way")
     ap.add_argument("--out", type=Path, default=None, help="JSON file (default: benchmarks/results/driver_scale/)")
     ap.add_argument("--show", action="store_true", help="the live progress lines on stderr")
     args = ap.parse_args()
@@ -188,7 +194,10 @@ def main() -> None:
         server = MlflowServer(root, backend=pg.url("mlflow", "postgresql+psycopg2"), workers=args.mlflow_workers)
         server.start()
         optuna_url = pg.url("optuna", "postgresql+psycopg2")
-        study = make_study(root, args.runs, server.uri, optuna_url, args.slots if args.ray else None)
+        tracking = {"uri": server.uri}
+        if args.store == "database":
+            tracking["database"] = pg.url("mlflow")
+        study = make_study(root, args.runs, tracking, optuna_url, args.slots if args.ray else None)
         if args.ray:
             import ray
             from simulated_cluster import ray_launcher
@@ -206,7 +215,8 @@ def main() -> None:
         points_in_mlflow = pg.query("mlflow", "SELECT count(*) FROM metrics")
         trials_in_optuna = pg.query("optuna", "SELECT count(*) FROM trials t JOIN studies s USING (study_id) "
                                               "WHERE s.study_name NOT LIKE 'grokscale.hold/%' AND t.state <> 'RUNNING'")
-        extra = {"mode": "ray" if args.ray else "simulated", "slots": args.slots, "run_seconds": run_seconds,
+        extra = {"mode": "ray" if args.ray else "simulated", "store": args.store, "slots": args.slots,
+                 "run_seconds": run_seconds,
                  "evaluations_per_run": 100, "metrics_per_evaluation": 10, "mlflow_workers": args.mlflow_workers,
                  "loadavg_before": load0, "loadavg_after": os.getloadavg(), "host_cpus": os.cpu_count(),
                  "cluster_cpu_s": cluster.get("cpu_s"), "mlflow_runs_finished": int(runs_in_mlflow or 0) - 1,
@@ -227,7 +237,7 @@ def main() -> None:
     samples = out.pop("samples")
     print(json.dumps(out, indent=2))
     path = args.out or ROOT / "benchmarks" / "results" / "driver_scale" / \
-        f"{out['mode']}_{args.runs}runs_{args.slots}slots.json"
+        f"{out['mode']}_{args.store}_{args.runs}runs_{args.slots}slots.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({**out, "samples": samples}, indent=1))
     print(f"written: {path}", file=sys.stderr)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import logging
 import os
 import sqlite3
 import subprocess
@@ -38,6 +39,7 @@ import requests
 import yaml
 from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException, RestException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
 
@@ -46,7 +48,9 @@ from orchestrator.store.names import RunStatus, tag_equals
 from orchestrator.store.queue import WriteQueue, answer
 from orchestrator.store.redact import scrub
 from orchestrator.store.sql_writes import SqlWrites
-from orchestrator.study import Study
+from orchestrator.study import Study, redact_url
+
+log = logging.getLogger(__name__)
 
 PACKAGES = ("grokscale", "torch", "ray", "optuna", "mlflow", "numpy", "scipy", "pydantic")
 # MLflow's HTTP client retries a request 7 times with backoff factor 2 and a 120 s timeout, so
@@ -257,8 +261,20 @@ class Tracker:
         self.children = {}
         exp = self.client.get_experiment_by_name(self.study.experiment_name)  # a SQLite store exists from here
         use_wal(self.study.tracking.uri)
-        self.direct = self.direct or SqlWrites.of(self.client, self.study.tracking.uri)
+        database = self.study.tracking.database
+        if database is None:
+            self.direct = self.direct or SqlWrites.of(self.client, self.study.tracking.uri)
+        elif not isinstance(self.direct, SqlWrites):  # the server's own database, checked by preflight
+            self.direct = SqlWrites.of(self.client, database) or self.direct
+            if not isinstance(self.direct, SqlWrites):
+                log.warning("tracking.database: %s is not an MLflow store of a schema grokscale knows; runs are "
+                            "written through the tracking server", redact_url(database))
         self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(self.study.experiment_name)
+        if database is not None and isinstance(self.direct, SqlWrites) and \
+                self.direct.experiment_name(self.experiment_id) != self.study.experiment_name:
+            raise MlflowException(f"tracking.database: {redact_url(database)} does not hold the experiment "
+                                  f"{self.study.experiment_name!r} (id {self.experiment_id}) that the tracking server "
+                                  f"has: it is not the server's backend store", INVALID_PARAMETER_VALUE)
         query = f"{tag_equals(names.TAG_ROLE, names.ROLE_STUDY)} and {tag_equals(names.TAG_STUDY, self.study.name)}"
         parents = self.client.search_runs([self.experiment_id], query)
         tags = {names.TAG_ROLE: names.ROLE_STUDY, names.TAG_STUDY: self.study.name,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import urllib.error
@@ -95,8 +96,13 @@ def _storage(url: str) -> list[str]:
 
 
 def _database(url: str) -> list[str]:
-    """Log in to the database (no table is created): a missing driver, a wrong database name or
-    a refused login fails here, with the reason, instead of as a traceback once Ray is up."""
+    return _query(url, "storage", "select 1")[0]
+
+
+def _query(url: str, field: str, sql: str) -> tuple[list[str], list[tuple]]:
+    """Log in to the database (no table is created) and read `sql`: a missing driver, a wrong
+    database name or a refused login fails here, with the reason, instead of as a traceback once
+    Ray is up. The problems, and the rows read."""
     from sqlalchemy import create_engine, text
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -105,16 +111,50 @@ def _database(url: str) -> list[str]:
     try:
         engine = create_engine(rdb_url(url))
     except (ImportError, SQLAlchemyError) as err:  # the driver of the URL's scheme is not installed
-        return [f"storage: cannot use {redact_url(url)}: {type(err).__name__}: {err}; "
-                f"install its driver (e.g. pip install psycopg2-binary)"]
+        return [f"{field}: cannot use {redact_url(url)}: {type(err).__name__}: {err}; "
+                f"install its driver (e.g. pip install psycopg2-binary)"], []
     try:
         with engine.connect() as conn:
-            conn.execute(text("select 1"))
+            try:
+                rows = [tuple(r) for r in conn.execute(text(sql))]
+            except SQLAlchemyError as err:
+                return [f"{field}: logged in to {redact_url(url)} but cannot read it: {_reason(err)}"], []
     except SQLAlchemyError as err:
-        reason = str(getattr(err, "orig", err)).strip().splitlines()[0][:300]
-        return [f"storage: cannot log in to {redact_url(url)}: {redact_url(reason)}"]
+        return [f"{field}: cannot log in to {redact_url(url)}: {_reason(err)}"], []
     finally:
         engine.dispose()
+    return [], rows
+
+
+def _reason(err: Exception) -> str:
+    return redact_url(str(getattr(err, "orig", err)).strip().splitlines()[0][:300])
+
+
+def _tracking_database(uri: str, database: str | None) -> list[str]:
+    """tracking.database must be the tracking server's own backend store: reachable, with MLflow's
+    tables, and holding the server's experiments (the Default experiment, id 0, created at the
+    same millisecond in both), so that no run is ever written where the server cannot see it."""
+    if database is None:
+        return []
+    field = "tracking.database"
+    if database.startswith("sqlite:///") and not Path(database.removeprefix("sqlite:///")).is_file():
+        return [f"{field}: no MLflow store at {database.removeprefix('sqlite:///')}; give the file the "
+                f"tracking server was started with (--backend-store-uri)"]
+    problems, rows = _query(database, field, "SELECT name, creation_time FROM experiments WHERE experiment_id = 0")
+    if problems:
+        return problems
+    mine = rows[0] if rows else None
+    url = uri.rstrip("/") + "/api/2.0/mlflow/experiments/get?experiment_id=0"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            theirs = json.load(response)["experiment"]
+    except (urllib.error.URLError, OSError, ValueError, KeyError):
+        return []  # _tracking reports a server it cannot reach; one without experiment 0 is not checked
+    if mine is None or (mine[0], int(mine[1] or 0)) != (theirs.get("name"), int(theirs.get("creation_time", 0))):
+        return [f"{field}: {redact_url(database)} is not the backend store of the tracking server at "
+                f"{redact_url(uri)}: their Default experiments differ (server: {theirs.get('name')!r} created "
+                f"{theirs.get('creation_time')}, database: {mine}); give the URL the server was started with "
+                f"(--backend-store-uri), or leave tracking.database out"]
     return []
 
 
@@ -170,6 +210,8 @@ def corpus_problems(study: Study) -> list[str]:
 def check_preflight(study: Study, cells: list[Cell], cluster: dict | None = None) -> list[str]:
     problems = corpus_problems(study)
     problems += _tracking(study.tracking.uri) + _storage(study.storage_url) + _ray(study.ray.address)
+    if not problems:  # the server answers: is the database its own?
+        problems += _tracking_database(study.tracking.uri, study.tracking.database)
     for field, path in (("workdir", study.workdir_path), ("checkpoints", study.checkpoint_path)):
         if path.exists() and not path.is_dir():
             problems.append(f"{field}: {path} is a file, not a directory")

@@ -1,8 +1,9 @@
-"""The plain-SQL writes into a SQLite MLflow store (orchestrator/store/sql_writes.py) make the rows
-MLflow makes: the same run written through MlflowClient and through SqlWrites reads back the
-same through MLflow's own API (run info, tags, params, latest metrics, every metric history,
-search by tag). What MLflow refuses, they refuse the same way; a store of another schema gets
-no plain SQL at all."""
+"""The plain-SQL writes into a SQLite or PostgreSQL MLflow store (orchestrator/store/sql_writes.py)
+make the rows MLflow makes: the same run written through MlflowClient and through SqlWrites reads
+back the same through MLflow's own API (run info, tags, params, latest metrics, every metric
+history, search by tag). What MLflow refuses, they refuse the same way; a store of another schema
+gets no plain SQL at all. PostgreSQL is a real throwaway server (skipped where its binaries or
+psycopg2 are missing)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from mlflow.tracking import MlflowClient
 from orchestrator.store.queue import refused
 from orchestrator.store.sql_writes import SqlWrites
 
+from support.postgres import Postgres, unavailable
+
 TAGS = {"mlflow.parentRunId": "p" * 32, "grokscale.run_key": "cell/trial=0/seed=0", "grokscale.attempts": "1"}
 PARAMS = [Param("cell", "N[d_model=16]_D=0.5"), Param("seed", "0"), Param("param.train.lr", "0.001")]
 # Two evaluations, a repeated point, steps out of order, NaN and both infinities, then final totals.
@@ -27,11 +30,31 @@ SECOND = [("val_acc", 1.0, 3_000, 300), ("final.max_val_acc", 1.0, 3_500, 0), ("
 END_TAGS = [RunTag("grokscale.status", "completed"), RunTag("grokscale.attempts", "2")]
 
 
-@pytest.fixture
-def store(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+@pytest.fixture(scope="module")
+def postgres():
+    why = unavailable()
+    if why:
+        pytest.skip(why)
+    pytest.importorskip("psycopg2", reason="the `test` extra's psycopg2-binary is not installed")
+    server = Postgres()
+    try:
+        server.start(databases=("mlflow", "other"))
+        yield server
+    finally:
+        server.remove()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path, monkeypatch):
+    """(uri, client, a new experiment's id) in a SQLite file, or in one PostgreSQL database shared
+    by the module's tests (MLflow's migrations take seconds), each test with its own experiment."""
+    monkeypatch.chdir(tmp_path)  # a database store's artifacts go to ./mlruns
+    if request.param == "sqlite":
+        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    else:
+        uri = request.getfixturevalue("postgres").url("mlflow", "postgresql+psycopg2")
     client = MlflowClient(tracking_uri=uri)
-    return uri, client, client.create_experiment("sql")
+    return uri, client, client.create_experiment(f"sql-{tmp_path.name}")
 
 
 def write(writer, experiment_id: str, name: str) -> str:
@@ -99,6 +122,10 @@ def test_what_mlflow_refuses_is_refused_alike(store):
     uri, client, exp = store
     writes = SqlWrites.of(client, uri)
     run_id = write(writes, exp, "t0")
+    if uri.startswith("postgresql"):  # a value longer than its column: refused, never retried for ever
+        with pytest.raises(MlflowException, match="refused") as err:
+            writes.log_batch(run_id, tags=[RunTag("long", "x" * 9000)])
+        assert refused(err.value) and "long" not in client.get_run(run_id).data.tags
     with pytest.raises(MlflowException, match="Changing param values") as err:
         writes.log_batch(run_id, params=[Param("seed", "1")])
     assert refused(err.value)  # the write queue drops it instead of retrying it for ever
@@ -112,8 +139,10 @@ def test_what_mlflow_refuses_is_refused_alike(store):
     assert 400 not in {m.step for m in client.get_metric_history(run_id, "val_acc")}  # nothing of the refused batch
 
 
-def test_no_plain_sql_for_a_store_it_does_not_know(tmp_path, store):
-    uri, client, _ = store
+def test_no_plain_sql_for_a_store_it_does_not_know(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    client.create_experiment("sql")
     assert SqlWrites.of(client, "http://127.0.0.1:5000") is None
     assert SqlWrites.of(client, f"sqlite:///{tmp_path / 'none.db'}") is None and not (tmp_path / "none.db").exists()
     other = tmp_path / "other.db"
@@ -139,3 +168,10 @@ def test_a_study_tracker_writes_sqlite_as_plain_sql(tmp_path):
     assert tracker.drain(timeout_s=30)
     assert [m.value for m in tracker.client.get_metric_history(run_id, "val_acc")] == [0.5]
     assert tracker.client.get_run(run_id).data.params["lr"] == "1"
+
+
+def test_no_plain_sql_for_a_postgresql_it_does_not_know(postgres):
+    postgres.query("other", "CREATE TABLE runs (run_uuid TEXT PRIMARY KEY, workspace TEXT)")
+    assert SqlWrites.of(None, postgres.url("other", "postgresql+psycopg2")) is None  # another shape of runs
+    assert SqlWrites.of(None, postgres.url("nowhere")) is None  # no such database: the client's errors, not ours
+    assert SqlWrites.of(None, postgres.url("mlflow").replace(str(postgres.port), "1")) is None  # nothing listens
