@@ -22,7 +22,10 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+import optuna
+
 from orchestrator.store import names
+from orchestrator.store.held_storage import HeldStorage
 from orchestrator.store.hold import StudyHold
 from orchestrator.store.names import RunStatus, StopKind
 from orchestrator.store.tracker import Tracker, config_yaml
@@ -83,6 +86,8 @@ class Driver:
         storage = open_storage(self.study.storage_url)
         # One driver per study: a second one stops here (StudyHeld), before touching anything.
         self.hold = StudyHold(storage, self.study.name).acquire()
+        if isinstance(storage, optuna.storages.RDBStorage):  # held: its cells' trials read from memory
+            storage = HeldStorage(storage, [names.optuna_study_name(self.study.name, c.key) for c in self.cells])
         self.tracker = Tracker(self.study)
         self.launcher = self.make_launcher(self.study, self.cells)
         self.stats.capacity = self.launcher.capacity

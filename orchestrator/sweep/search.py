@@ -11,6 +11,7 @@ import optuna
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
+from orchestrator.store import names
 from orchestrator.store.journal import check_journal
 from orchestrator.study import Study
 from orchestrator.study.grid import Cell
@@ -85,7 +86,7 @@ def make_sampler(study: Study, cell_index: int, n_existing: int = 0) -> optuna.s
 
 def cell_study(study: Study, cell: Cell, cell_index: int, storage) -> optuna.Study:
     ostudy = optuna.create_study(
-        study_name=f"{study.name}/{cell.key}", storage=storage, load_if_exists=True,
+        study_name=names.optuna_study_name(study.name, cell.key), storage=storage, load_if_exists=True,
         sampler=make_sampler(study, cell_index), directions=[o.direction for o in study.objectives])
     existing = len(ostudy.get_trials(deepcopy=False))
     if existing:

@@ -221,8 +221,12 @@ def test_soak_random_kills_lose_and_duplicate_nothing(tmp_path):
               "faults": dict(soak.faults), "crashes": soak.crashes, "overran": soak.overran,
               "loadavg_end": os.getloadavg(), **{k: v for k, v in result.items() if k != "problems"},
               "problems": result["problems"][:50]}
+    # GROKSCALE_SOAK_OUT: a folder for the figures (a 30-minute soak's figures were lost to a
+    # folder taken for a file name once), or a file name ending .json.
     out = Path(os.environ.get("GROKSCALE_SOAK_OUT", Path(__file__).resolve().parents[2] / "benchmarks" / "results"
-                              / "soak" / f"soak_{int(SOAK_S)}s_seed{soak.rng_seed}.json"))
+                              / "soak"))
+    if out.suffix != ".json":
+        out = out / f"soak_{int(SOAK_S)}s_seed{soak.rng_seed}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=1))
     assert not soak.overran, f"the last driver did not finish within {DRAIN_S} s of the last fault"
