@@ -26,6 +26,7 @@ refused); NaN and infinite metrics are stored as MLflow stores them.
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import sqlite3
 import threading
@@ -87,12 +88,50 @@ class Dialect:
 
             execute_values(db.cursor(), f"{head} VALUES %s {tail}", rows, page_size=1000)
 
+    def insert_new(self, db: Any, table: str, columns: Sequence[str], rows: list[tuple]) -> None:
+        """The rows not in `table` yet (a row there already is a retried batch's). PostgreSQL: COPY,
+        several times cheaper a row for the server than an INSERT of a VALUES list, in a
+        savepoint; only when a row is there already does the INSERT ... ON CONFLICT run instead."""
+        head = f"INSERT INTO {table} ({', '.join(columns)})"
+        if self.name == "sqlite" or not rows:
+            return self.many(db, head, rows, "ON CONFLICT DO NOTHING")
+        import psycopg2.errors
+
+        cur = db.cursor()
+        cur.execute("SAVEPOINT bulk")
+        try:
+            cur.copy_expert(f"COPY {table} ({', '.join(columns)}) FROM STDIN", io.StringIO(copy_text(rows)))
+        except psycopg2.errors.UniqueViolation:
+            cur.execute("ROLLBACK TO SAVEPOINT bulk")
+            self.many(db, head, rows, "ON CONFLICT DO NOTHING")
+        else:
+            cur.execute("RELEASE SAVEPOINT bulk")
+
     def columns(self, db: Any, table: str) -> set[str]:
         if self.name == "sqlite":
             return {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
         cur = self.run(db, "SELECT column_name FROM information_schema.columns WHERE table_schema = "
                            "current_schema() AND table_name = ?", (table,))
         return {row[0] for row in cur.fetchall()}
+
+
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def copy_text(rows: list[tuple]) -> str:
+    """Rows in COPY's text format: tab-separated, NULL as \\N, booleans t/f, floats as Python's
+    shortest exact repr (PostgreSQL reads it back to the same double)."""
+
+    def field(v: Any) -> str:
+        if v is None:
+            return "\\N"
+        if isinstance(v, bool):
+            return "t" if v else "f"
+        if isinstance(v, float):
+            return repr(v)
+        return str(v).translate(_COPY_ESCAPES)
+
+    return "".join("\t".join(field(v) for v in row) + "\n" for row in rows)
 
 
 def sqlite_dialect(path: str) -> Dialect:
@@ -227,8 +266,8 @@ class SqlWrites:
                 new = {p.key: p.value for p in params if p.key not in had}
                 d.many(db, "INSERT INTO params (key, value, run_uuid)", [(k, v, run_id) for k, v in new.items()])
             if rows:
-                d.many(db, "INSERT INTO metrics (key, value, timestamp, step, is_nan, run_uuid)",
-                       [(*r, run_id) for r in rows], "ON CONFLICT DO NOTHING")
+                d.insert_new(db, "metrics", ("key", "value", "timestamp", "step", "is_nan", "run_uuid"),
+                             [(*r, run_id) for r in rows])
                 self._latest(db, run_id, list(rows))
             if tags:  # a tag set twice keeps its last value, as in MLflow
                 last = {t.key: t.value for t in tags}

@@ -44,10 +44,16 @@ class CellSearch:
         self.trials: dict[int, list[Unit]] = {}  # in flight, by trial number
         self.handles: dict[int, optuna.Trial] = {}  # to set attributes by number
         self.ahead: list[tuple[optuna.Trial, dict | None]] = []  # asked ahead, run in order
+        self.drawing: list[tuple[optuna.Trial, dict | None]] = []  # being asked ahead (prepare)
 
     @property
     def has_work(self) -> bool:
-        return bool(self.to_resume) or self.new_left > 0 or bool(self.ahead)
+        return bool(self.to_resume) or self.new_left > 0 or bool(self.ahead) or bool(self.drawing)
+
+    @property
+    def prepared(self) -> bool:
+        """Nothing left to ask ahead: its trials are ranked, or it asks one at a time."""
+        return self.rank is None or self.new_left == 0
 
     def ask(self) -> tuple[optuna.Trial, dict[str, Any] | None]:
         """The cell's next trial: one a dead driver left in flight, else a new one; with its
@@ -56,8 +62,8 @@ class CellSearch:
             frozen = self.to_resume.pop(0)
             trial, params = self._reopen(frozen), dict(frozen.params)
         else:
-            if not self.ahead and self.new_left > 0 and self.rank is not None:
-                self._ask_ahead()
+            if not self.ahead and self.rank is not None and (self.new_left > 0 or self.drawing):
+                self.prepare(self.new_left)
             if self.ahead:
                 trial, params = self.ahead.pop(0)
             else:
@@ -90,18 +96,25 @@ class CellSearch:
         self.optuna._thread_local.cached_all_trials = None
         return optuna.Trial(self.optuna, self.optuna._storage.create_new_trial(self.study_id))
 
-    def _ask_ahead(self) -> None:
-        """A sampler that ignores results draws the same values asked now or later: ask the
-        cell's trials at once and run them in `rank` order (stopping/phase.py: the fastest decay
-        first is the first to generalize or settle, and what it teaches prunes the slower ones)."""
-        while self.new_left > 0:
+    def prepare(self, n: int) -> None:
+        """A sampler that ignores results draws the same values asked now or later: the cell's
+        trials are all asked before its first runs, then run in `rank` order (stopping/phase.py:
+        the fastest decay first is the first to generalize or settle, and what it teaches prunes
+        the slower ones). `n` more asks now: the driver asks a coming cell's trials a few a turn
+        (1,000 asks on PostgreSQL take ~15 s, which would leave every slot idle), and `ask`
+        finishes what is left. The draws and their order do not depend on how they were split."""
+        if self.rank is None:
+            return
+        for _ in range(min(n, self.new_left)):
             self.new_left -= 1
             trial = self._new_trial()
             try:
-                self.ahead.append((trial, suggest(trial, self.study)))
+                self.drawing.append((trial, suggest(trial, self.study)))
             except ValueError:  # drawn again by the driver, where it fails like any refused value
-                self.ahead.append((trial, None))
-        self.ahead.sort(key=lambda tp: self.rank(self.cell, tp[1]))
+                self.drawing.append((trial, None))
+        if self.new_left == 0 and self.drawing:
+            self.ahead += sorted(self.drawing, key=lambda tp: self.rank(self.cell, tp[1]))
+            self.drawing = []
 
     def refuse(self, trial: optuna.Trial, err: ValueError) -> None:
         """A value the trainer refuses (pydantic, --set paths): the trial fails before any run."""

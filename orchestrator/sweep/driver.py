@@ -53,6 +53,10 @@ TICK_S = 0.5  # how often the driver wakes to stream metrics when no run has fin
 # MLflow writes waiting for the server, per slot, beyond which no new run starts (each run makes
 # about five): the driver's memory stays O(runs in flight) when the store is slower than the cluster.
 BACKLOG_PER_SLOT = 8
+# Asking a coming cell's trials ahead (prepare_cells): at most this long a turn, a few asks at a
+# time, and turns this often while any is left; a finished run's slot waits at most about as long.
+PREPARE_S = 0.03
+PREPARE_ASKS = 4
 NON_ADAPTIVE_SAMPLERS = ("qmc", "grid", "random")  # their draws do not depend on results
 
 
@@ -135,11 +139,12 @@ class Driver:
         record what finished, post what the stopping rule learned (once a turn, to the runs it may
         concern). False once nothing is in flight and no cell has work left."""
         self.fill_slots()
+        self.prepare_cells()
         if not len(self.launcher) and not any(s.has_work for s in self.searches):
             if not self.to_tell:
                 return False
             time.sleep(0.02)  # the last trials wait for their MLflow writes
-        finished = self.launcher.poll(TICK_S)
+        finished = self.launcher.poll(TICK_S if all(s.prepared for s in self.searches) else PREPARE_S)
         self.take_records()
         for unit, result in finished:
             self.finish_run(unit, result)
@@ -180,6 +185,17 @@ class Driver:
             else:
                 for unit in units:
                     self.launch([unit])
+
+    def prepare_cells(self) -> None:
+        """The next cells' trials asked ahead, PREPARE_S of asks a turn, in the order fill_slots
+        takes the cells: no turn blocks on a whole cell's asks while slots wait (a cell's first
+        ask still finishes what is left)."""
+        deadline = time.monotonic() + PREPARE_S
+        for search in self.by_cost:
+            while not search.prepared:
+                if time.monotonic() > deadline:
+                    return
+                search.prepare(PREPARE_ASKS)
 
     def next_runs(self, search: CellSearch) -> list[Unit]:
         """The runs of the cell's next trial, one per seed (none when its values are refused)."""

@@ -62,3 +62,28 @@ def test_an_ask_costs_the_same_with_many_trials_in_flight(tmp_path):
         search._new_trial()
         counts.append(len(statements) - before)
     assert counts[0] == counts[-1] and max(counts) == min(counts), counts
+
+
+def test_trials_asked_ahead_a_few_a_turn_run_as_if_asked_at_once(tmp_path):
+    """The driver asks a coming cell's trials a few a turn (prepare); the cell's trials, values
+    and the order they run in are those of asking them all at the cell's first ask."""
+    s = study("random", trials=30)
+    cell = build_cells(s)[0]
+
+    def rank(_cell, params):
+        return -params["train.weight_decay"]
+
+    orders = []
+    for name, chunk in (("at_once", None), ("a_few", 4)):
+        search = CellSearch(s, cell, 0, optuna.storages.RDBStorage(f"sqlite:///{tmp_path / name}.db"), rank)
+        while chunk is not None and not search.prepared:
+            assert search.has_work
+            search.prepare(chunk)
+        asked = []
+        while search.has_work:
+            trial, params = search.ask()
+            asked.append((trial.number, params))
+        orders.append(asked)
+    assert len(orders[0]) == 30 and orders[0] == orders[1]
+    decays = [p["train.weight_decay"] for _, p in orders[0]]
+    assert decays == sorted(decays, reverse=True)

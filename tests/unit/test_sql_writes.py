@@ -175,3 +175,17 @@ def test_no_plain_sql_for_a_postgresql_it_does_not_know(postgres):
     assert SqlWrites.of(None, postgres.url("other", "postgresql+psycopg2")) is None  # another shape of runs
     assert SqlWrites.of(None, postgres.url("nowhere")) is None  # no such database: the client's errors, not ours
     assert SqlWrites.of(None, postgres.url("mlflow").replace(str(postgres.port), "1")) is None  # nothing listens
+
+
+def test_a_batch_written_again_is_stored_once(store):
+    """A retried batch whose first try did commit (the answer lost on the way back): the points
+    it holds are there already; the second write keeps one copy of each, adds the new ones, and
+    refuses nothing. On PostgreSQL this is COPY's fall-back to INSERT ... ON CONFLICT."""
+    uri, client, exp = store
+    writes = SqlWrites.of(client, uri)
+    run_id = writes.create_run(exp, TAGS, "retried").info.run_id
+    batch = [("val acc/seed 0", 0.25, 1_000, 100), ("val acc/seed 0", 1e-300, 2_000, 200)]
+    writes.log_batch(run_id, batch)
+    writes.log_batch(run_id, [*batch, ("val acc/seed 0", 0.75, 3_000, 300)])
+    history = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "val acc/seed 0"))
+    assert history == [(100, 0.25), (200, 1e-300), (300, 0.75)]
