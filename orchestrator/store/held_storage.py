@@ -119,29 +119,25 @@ class HeldStorage(BaseStorage):
     def set_trial_intermediate_value(self, trial_id: int, step: int, intermediate_value: float) -> None:
         with self._lock:
             self.backend.set_trial_intermediate_value(trial_id, step, intermediate_value)
-            trial = self._mine(trial_id)
-            if trial is not None:
-                trial = copy.copy(trial)
-                trial.intermediate_values = {**trial.intermediate_values, step: intermediate_value}
-                self._put(trial)
+            self._set_entry(trial_id, "intermediate_values", step, intermediate_value)
 
     def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
         with self._lock:
             self.backend.set_trial_user_attr(trial_id, key, value)
-            trial = self._mine(trial_id)
-            if trial is not None:
-                trial = copy.copy(trial)
-                trial.user_attrs = {**trial.user_attrs, key: value}
-                self._put(trial)
+            self._set_entry(trial_id, "user_attrs", key, value)
 
     def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
         with self._lock:
             self.backend.set_trial_system_attr(trial_id, key, value)
-            trial = self._mine(trial_id)
-            if trial is not None:
-                trial = copy.copy(trial)
-                trial.system_attrs = {**trial.system_attrs, key: value}
-                self._put(trial)
+            self._set_entry(trial_id, "system_attrs", key, value)
+
+    def _set_entry(self, trial_id: int, field: str, key: Any, value: Any) -> None:
+        """One entry of a held trial's dict `field`, on a copy (trials handed out stay as they were)."""
+        trial = self._mine(trial_id)
+        if trial is not None:
+            trial = copy.copy(trial)
+            setattr(trial, field, {**getattr(trial, field), key: value})
+            self._put(trial)
 
     def get_trial(self, trial_id: int) -> FrozenTrial:
         with self._lock:

@@ -7,7 +7,7 @@ it in SQLAlchemy's Python layer: 11 sessions a run, each with 3 PRAGMAs and the 
 The same rows as plain SQL cost about 4 ms. `RestWrites` (tracker.py) is the same idea for a
 tracking server: MLflow's own REST API as plain JSON.
 PostgreSQL (`tracking.uri: postgresql://...`, the database behind a lab's `mlflow server`): the
-same rows through psycopg2, a batch's points as one multi-row INSERT. Issue 16's scale benchmark
+same rows through psycopg2, a batch's points by COPY. Issue 16's scale benchmark
 measured the tracking server in front of such a database at ~1,300 points/s on 2 cores (~0.75 ms
 of server time a point, its SQLAlchemy layer again); a driver that may reach the database writes
 to it directly (bench_driver_scale.py --store database) and the server still serves the UI.

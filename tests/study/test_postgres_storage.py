@@ -19,7 +19,7 @@ from orchestrator.sweep.search import open_storage
 
 from support.cli import grokscale, listing, write_study
 from support.ports import free_port
-from support.postgres import Postgres, unavailable
+from support.postgres import started_or_skip
 from support.studies import tiny_study
 
 # TINY_STUDY of test_orchestrator.py, two cells and 100 steps: four runs of about a second.
@@ -34,16 +34,8 @@ def cell_summaries(storage) -> list:
 
 @pytest.fixture
 def postgres():
-    why = unavailable()
-    if why:
-        pytest.skip(why)
-    pytest.importorskip("psycopg2", reason="the `test` extra's psycopg2-binary is not installed")
-    server = Postgres()
-    try:
-        server.start()
+    with started_or_skip() as server:
         yield server
-    finally:
-        server.remove()
 
 
 @pytest.mark.slow  # three CLI runs, two of them start a local Ray: 45 s to 2 min

@@ -18,28 +18,20 @@ from orchestrator.study import Study
 
 from support.cli import grokscale, listing, write_study
 from support.mlflow_server import MlflowServer
-from support.postgres import Postgres, unavailable
+from support.postgres import started_or_skip
 from support.studies import tiny_study
 
 
 @pytest.fixture
 def server(tmp_path):
     """PostgreSQL with two MLflow stores: `mlflow` behind a tracking server, `other` not."""
-    why = unavailable()
-    if why:
-        pytest.skip(why)
-    pytest.importorskip("psycopg2", reason="the `test` extra's psycopg2-binary is not installed")
-    pg = Postgres()
-    mlflow = None
-    try:
-        pg.start(databases=("mlflow", "other"))
+    with started_or_skip(("mlflow", "other")) as pg:
         mlflow = MlflowServer(tmp_path, backend=pg.url("mlflow", "postgresql+psycopg2"))
-        mlflow.start()
-        yield pg, mlflow
-    finally:
-        if mlflow is not None:
+        try:
+            mlflow.start()
+            yield pg, mlflow
+        finally:
             mlflow.stop()
-        pg.remove()
 
 
 @pytest.mark.slow  # a PostgreSQL, an MLflow server and a study on a local Ray: about a minute

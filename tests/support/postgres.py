@@ -1,16 +1,18 @@
 """A throwaway PostgreSQL cluster for tests and benchmarks: a fresh cluster in a temporary
 directory made with the PostgreSQL binaries (initdb, pg_ctl), run as the `postgres` user, trust
 authentication, TCP on 127.0.0.1 only, fsync off (the tests and benchmarks measure grokscale,
-not the disk). No pytest here: a test's fixture turns `unavailable()` into a skip, and a
-benchmark into an error."""
+not the disk). A test's fixture takes one through `started_or_skip` (a skip where none can run
+here); a benchmark turns `unavailable()` into an error."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from support.ports import free_port
@@ -78,3 +80,21 @@ class Postgres:
     def log(self) -> str:
         path = self.root / "log"
         return path.read_text()[-2000:] if path.exists() else ""
+
+
+@contextlib.contextmanager
+def started_or_skip(databases: tuple[str, ...] = ("optuna",)) -> Iterator[Postgres]:
+    """For a test's fixture: a started cluster with `databases`, removed afterwards; the test is
+    skipped, saying why, where no cluster or no psycopg2 is here."""
+    import pytest
+
+    why = unavailable()
+    if why:
+        pytest.skip(why)
+    pytest.importorskip("psycopg2", reason="the `test` extra's psycopg2-binary is not installed")
+    server = Postgres()
+    try:
+        server.start(databases=databases)
+        yield server
+    finally:
+        server.remove()

@@ -12,23 +12,15 @@ from optuna.trial import TrialState
 
 from orchestrator.store.held_storage import HeldStorage
 
-from support.postgres import Postgres, unavailable
+from support.postgres import started_or_skip
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 @pytest.fixture(scope="module")
 def postgres():
-    why = unavailable()
-    if why:
-        pytest.skip(why)
-    pytest.importorskip("psycopg2", reason="the `test` extra's psycopg2-binary is not installed")
-    server = Postgres()
-    try:
-        server.start(databases=("optuna",))
+    with started_or_skip(("optuna",)) as server:
         yield server
-    finally:
-        server.remove()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

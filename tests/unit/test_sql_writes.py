@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from orchestrator.store.queue import refused
 from orchestrator.store.sql_writes import SqlWrites
 
-from support.postgres import Postgres, unavailable
+from support.postgres import started_or_skip
 
 TAGS = {"mlflow.parentRunId": "p" * 32, "grokscale.run_key": "cell/trial=0/seed=0", "grokscale.attempts": "1"}
 PARAMS = [Param("cell", "N[d_model=16]_D=0.5"), Param("seed", "0"), Param("param.train.lr", "0.001")]
@@ -32,16 +32,8 @@ END_TAGS = [RunTag("grokscale.status", "completed"), RunTag("grokscale.attempts"
 
 @pytest.fixture(scope="module")
 def postgres():
-    why = unavailable()
-    if why:
-        pytest.skip(why)
-    pytest.importorskip("psycopg2", reason="the `test` extra's psycopg2-binary is not installed")
-    server = Postgres()
-    try:
-        server.start(databases=("mlflow", "other"))
+    with started_or_skip(("mlflow", "other")) as server:
         yield server
-    finally:
-        server.remove()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
