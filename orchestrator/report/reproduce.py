@@ -129,7 +129,11 @@ def _client(tracking_uri: str):
 
 
 def recorded_spec(client, run) -> str:
-    """The run's TrainSpec JSON: the spec.json artifact, else the spec_json param."""
+    """The run's TrainSpec JSON: the spec_json param when it is whole (shorter than MLflow's
+    limit), else the spec.json artifact (a longer spec's; older runs have both), else the param."""
+    param = run.data.params.get(names.PARAM_SPEC_JSON)
+    if param is not None and len(param) < names.PARAM_MAX_CHARS:
+        return param
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stderr is for errors
     try:
         with tempfile.TemporaryDirectory() as tmp:

@@ -18,6 +18,8 @@ the database's.
 from __future__ import annotations
 
 import copy
+import functools
+import json
 import threading
 from collections.abc import Collection, Container, Sequence
 from datetime import datetime
@@ -25,6 +27,7 @@ from typing import Any
 
 from optuna import distributions
 from optuna.storages import BaseStorage, RDBStorage
+from optuna.storages._rdb import models
 from optuna.study._frozen import FrozenStudy
 from optuna.study._study_direction import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
@@ -122,9 +125,28 @@ class HeldStorage(BaseStorage):
             self._set_entry(trial_id, "intermediate_values", step, intermediate_value)
 
     def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
+        self.set_trial_user_attrs(trial_id, {key: value})
+
+    def set_trial_user_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
+        """Several user attributes of a trial. A held trial's: one upsert statement, no ORM
+        session (Optuna's own writes one at a time, each reading its trial back first to see it
+        is not finished, which the copy in memory knows: ~2 ms of CPU each on PostgreSQL, 16% of
+        the driver's time at 1,000 runs in flight)."""
         with self._lock:
-            self.backend.set_trial_user_attr(trial_id, key, value)
-            self._set_entry(trial_id, "user_attrs", key, value)
+            trial = self._mine(trial_id)
+            upsert = None if trial is None else _upsert(self.backend.engine.name, models.TrialUserAttributeModel)
+            if upsert is None:
+                for key, value in attrs.items():
+                    self.backend.set_trial_user_attr(trial_id, key, value)
+            elif attrs:
+                self.check_trial_is_updatable(trial_id, trial.state)
+                with self.backend.engine.begin() as conn:
+                    conn.execute(upsert, [{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)}
+                                          for k, v in attrs.items()])
+            if trial is not None:
+                trial = copy.copy(trial)
+                trial.user_attrs = {**trial.user_attrs, **attrs}
+                self._put(trial)
 
     def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
         with self._lock:
@@ -202,3 +224,21 @@ class HeldStorage(BaseStorage):
 
     def remove_session(self) -> None:
         self.backend.remove_session()
+
+
+@functools.cache
+def _upsert(engine: str, model: type) -> Any:
+    """INSERT into an attribute table, a key there already updated (the statement Optuna's
+    RDBStorage makes for one attribute, for any number of rows); None for another database."""
+    if engine in ("sqlite", "postgresql"):
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        stmt = (sqlite if engine == "sqlite" else postgresql).insert(model)
+        return stmt.on_conflict_do_update(index_elements=[model.trial_id, model.key],
+                                          set_={"value_json": stmt.excluded.value_json})
+    if engine == "mysql":
+        from sqlalchemy.dialects import mysql
+
+        stmt = mysql.insert(model)
+        return stmt.on_duplicate_key_update(value_json=stmt.inserted.value_json)
+    return None

@@ -76,7 +76,8 @@ PARAM_N_TRAIN = "n_train"
 PARAM_D_VALUE = "d_value"
 PARAM_SEED = "seed"
 PARAM_TRIAL_NUMBER = "optuna_trial_number"
-PARAM_SPEC_JSON = "spec_json"
+PARAM_SPEC_JSON = "spec_json"  # the run's whole TrainSpec; a longer one is cut, and is the ARTIFACT_SPEC too
+PARAM_MAX_CHARS = 6000  # MLflow's limit on a param value
 PARAM_SEARCHED_PREFIX = "param."  # + the searched field's dotted path
 
 # MLflow metrics: curves by their record key at every evaluation; final values with this prefix.
@@ -126,8 +127,8 @@ def optuna_study_name(study_name: str, cell_key: str) -> str:
     return f"{study_name}/{cell_key}"
 
 
-# MLflow artifacts: the resolved study on the parent run, the spec on each child run, and the
-# report's folder on the parent run.
+# MLflow artifacts: the resolved study on the parent run, the spec on a child run whose spec is
+# too long for its param, and the report's folder on the parent run.
 ARTIFACT_STUDY = "study.yaml"
 ARTIFACT_SPEC = "spec.json"
 ARTIFACT_REPORT = "report"

@@ -4,6 +4,10 @@ The driver must never stop for a tracking server that dropped out: a write that 
 the head of the queue and everything after it waits behind it, so the store sees the writes in
 the order they were made. A write the server refused (HTTP 4xx but 429) would fail for ever,
 so it is dropped with a warning instead of blocking the rest.
+
+Writes queued as data (`Op`) go out together: the ops queued one after another, up to GROUP_MAX,
+are one call of the queue's `send_ops` (one database transaction for many runs' rows). When
+that call is refused, one of them was: they go one at a time, and only that one is dropped.
 """
 
 from __future__ import annotations
@@ -11,7 +15,8 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from mlflow.exceptions import MlflowException
@@ -30,10 +35,42 @@ def refused(err: Exception) -> bool:
     return 400 <= code < 500 and code != 429
 
 
+GROUP_MAX = 200  # ops sent as one call, at most (each holds up to 1,000 metric points)
+
+
+@dataclass(frozen=True)
+class Op:
+    """A write as data, for the queue's `send_ops`."""
+
+    data: Any
+
+
 class WriteQueue:
-    def __init__(self) -> None:
-        self.pending: deque[Callable[[], None]] = deque()  # writes waiting for the server
+    def __init__(self, send_ops: Callable[[Sequence[Any]], None] | None = None) -> None:
+        """`send_ops`: sends the data of several `Op`s at once (needed only if Ops are queued)."""
+        self.pending: deque[Callable[[], None] | Op] = deque()  # writes waiting for the server
         self.retry_at = 0.0  # monotonic time before which waiting writes are not tried again
+        self.send_ops = send_ops
+        self.singly = 0  # writes at the head to send one at a time (a group one of which was refused)
+
+    def _send_head(self) -> int:
+        """The write at the head, or the Ops queued from it on, sent; how many were."""
+        head = self.pending[0]
+        if not isinstance(head, Op):
+            head()
+            return 1
+        n = 1
+        if self.singly == 0:  # indexing, not iterating: the driver's thread may append meanwhile
+            while n < min(len(self.pending), GROUP_MAX) and isinstance(self.pending[n], Op):
+                n += 1
+        try:
+            self.send_ops([self.pending[i].data for i in range(n)])
+        except Exception as err:
+            if n > 1 and refused(err):
+                self.singly = n  # one of them was refused: which one, sent alone, will say
+                return 0
+            raise
+        return n
 
     def put(self, fn: Callable[[], None]) -> None:
         self.pending.append(fn)
@@ -46,14 +83,17 @@ class WriteQueue:
             return False
         while self.pending:
             try:
-                self.pending[0]()
+                sent = self._send_head()
             except Exception as err:  # noqa: BLE001 - any transport error: keep the write, retry later
                 if not refused(err):
                     self.retry_at = time.monotonic() + RETRY_S
                     return False
                 # Retried, it would fail for ever and hold back every write behind it.
                 log.warning("MLflow refused a write, dropped: %s", err)
-            self.pending.popleft()
+                sent = 1
+            for _ in range(sent):
+                self.pending.popleft()
+            self.singly = max(0, self.singly - sent)
         return True
 
     def drain(self, timeout_s: float = 120.0) -> bool:

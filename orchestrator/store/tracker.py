@@ -17,7 +17,10 @@ time per run on the writer thread 60 -> 44 ms and 137 -> 67 ms in two sessions o
 53 -> 38 ms and 42 -> 39 ms. Into such a store the hot writes go as plain SQL (`SqlWrites`,
 sql_writes.py): one run's create, batches and end cost 22 ms of CPU through MlflowClient and
 1.2 ms so (50 points, medians of 20 runs, loaded), and the driver's CPU per tiny run fell from
-65 to 13 ms (bench_tiny_runs.py, 200 runs, loaded).
+65 to 13 ms (bench_tiny_runs.py, 200 runs, loaded). There the writes are queued as data (`Op`)
+and everything queued since the writer's last turn goes as one transaction, a run's create
+included (its id is made here): at 1,000 runs in flight, one transaction a write was the
+largest part of the driver's time (issue 16, session 10).
 """
 
 from __future__ import annotations
@@ -45,9 +48,9 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.store import names
 from orchestrator.store.names import RunStatus, tag_equals
-from orchestrator.store.queue import WriteQueue, answer
+from orchestrator.store.queue import Op, WriteQueue, answer
 from orchestrator.store.redact import scrub
-from orchestrator.store.sql_writes import SqlWrites
+from orchestrator.store.sql_writes import RunBatch, RunEnd, RunWrite, SqlWrites
 from orchestrator.study import Study, redact_url
 
 log = logging.getLogger(__name__)
@@ -59,7 +62,6 @@ PACKAGES = ("grokscale", "torch", "ray", "optuna", "mlflow", "numpy", "scipy", "
 # chose these settings).
 HTTP_FAIL_FAST = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                   "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
-PARAM_MAX_CHARS = 6000  # MLflow's limit on a param value; the whole spec also goes as an artifact
 MLFLOW_BATCH = 1000  # MLflow's limit of metrics in one log_batch
 LIVE_S = 2.0  # a run's buffered evaluations are sent once this old (or a whole batch, or at its end)
 
@@ -161,7 +163,7 @@ class Tracker:
         # a tracking server, plain SQL into a SQLite store of the schema it knows (set in `open`,
         # once MLflow has made the store's tables); else the client.
         self.direct: RestWrites | SqlWrites | None = RestWrites.of(self.client, study.tracking.uri)
-        self.queue = WriteQueue()
+        self.queue = WriteQueue(send_ops=self._send_ops)
         self.buffered: dict[str, list[tuple[str, float, int, int]]] = {}  # run id -> (key, value, ms, step)
         self.buffered_at: dict[str, float] = {}  # run id -> when its oldest buffered point came
         self.writer: threading.Thread | None = None
@@ -226,8 +228,14 @@ class Tracker:
             self.writer = None
         return self.queue.drain(timeout_s)
 
+    def _write_batch(self, run_id: str, metrics=(), params=(), tags=()) -> None:
+        """One log_batch, queued; metrics as (key, value, timestamp ms, step)."""
+        if isinstance(self.direct, SqlWrites):  # as data: sent with the writes queued beside it
+            self._write(Op(RunBatch(run_id, metrics, params, tags)))
+        else:
+            self._write(lambda: self._batch(run_id, metrics, params, tags))
+
     def _batch(self, run_id: str, metrics=(), params=(), tags=()) -> None:
-        """One log_batch; metrics as (key, value, timestamp ms, step)."""
         if self.direct is not None:
             self.direct.log_batch(run_id, metrics, params, tags)
         else:
@@ -235,11 +243,18 @@ class Tracker:
                                   tags=list(tags))
         self.points_sent += sum(m[3] > 0 for m in metrics)  # evaluations; final metrics are logged at step 0
 
-    def _terminate(self, run_id: str, status: str, end_time: int) -> None:
-        if self.direct is not None:
-            self.direct.set_terminated(run_id, status, end_time)
+    def _send_ops(self, writes: list[RunWrite]) -> None:
+        """Queued writes of runs' rows (`Op`s, with SqlWrites), in one transaction."""
+        self.direct.apply(writes)
+        self.points_sent += sum(m[3] > 0 for w in writes if isinstance(w, RunBatch) for m in w.metrics)
+
+    def _write_end(self, run_id: str, status: str, end_time: int) -> None:
+        if isinstance(self.direct, SqlWrites):
+            self._write(Op(RunEnd(run_id, status, end_time)))
+        elif self.direct is not None:
+            self._write(lambda: self.direct.set_terminated(run_id, status, end_time))
         else:
-            self.client.set_terminated(run_id, status, end_time=end_time)
+            self._write(lambda: self.client.set_terminated(run_id, status, end_time=end_time))
 
     def _send_buffered(self, run_id: str, extra: list | None = None, tags: list | None = None) -> None:
         """The run's buffered points (and `extra` metrics, `tags`) as batches of MLFLOW_BATCH."""
@@ -248,7 +263,7 @@ class Tracker:
         for i in range(0, max(1, len(metrics)), MLFLOW_BATCH):
             chunk, last = metrics[i:i + MLFLOW_BATCH], i + MLFLOW_BATCH >= len(metrics)
             if chunk or tags:
-                self._write(lambda chunk=chunk, t=(tags or []) if last else []: self._batch(run_id, chunk, tags=t))
+                self._write_batch(run_id, chunk, tags=(tags or []) if last else [])
 
     # -- set-up: the experiment, the parent run, the runs of earlier attempts ---------------
     def open(self, config_yaml: str) -> None:
@@ -300,7 +315,13 @@ class Tracker:
 
     def _create_child(self, key: str, tags: dict[str, str], name: str):
         """create_run, retried while the server is away. A create whose answer was lost may have
-        made the run all the same, so a retry first looks for it by its key: one run per key."""
+        made the run all the same, so a retry first looks for it by its key: one run per key.
+        Into a database (SqlWrites) the run's id is made here and its row queued like any write,
+        sent again under the same id until it is in."""
+        if isinstance(self.direct, SqlWrites):
+            run, write = answer(lambda: self.direct.new_run(self.experiment_id, tags, name))
+            self._write(Op(write))
+            return run
         tried = False
 
         def create():
@@ -331,9 +352,11 @@ class Tracker:
         self.children[key] = run
         self.logged[run_id] = set()
         safe = scrub({k: v if isinstance(v, str) else str(v) for k, v in params.items()})
-        batch = [Param(k, v[:PARAM_MAX_CHARS]) for k, v in safe.items()]
-        self._write(lambda: self._batch(run_id, params=batch))
-        if names.PARAM_SPEC_JSON in safe:  # the whole spec, whatever its length: `grokscale reproduce` reads it
+        batch = [Param(k, v[:names.PARAM_MAX_CHARS]) for k, v in safe.items()]
+        self._write_batch(run_id, params=batch)
+        # The whole spec, whatever its length, for `grokscale reproduce`: the param when it fits
+        # (an artifact a run was 13% of the driver's time at 1,000 runs in flight), else an artifact.
+        if len(safe.get(names.PARAM_SPEC_JSON, "")) >= names.PARAM_MAX_CHARS:
             self._write(lambda: self._log_text(run, safe[names.PARAM_SPEC_JSON], names.ARTIFACT_SPEC))
         return run_id
 
@@ -384,8 +407,7 @@ class Tracker:
         """Params known only once a run ends (the N a user's trainer reports), queued like any write."""
         from mlflow.entities import Param
 
-        batch = [Param(k, str(v)) for k, v in params.items()]
-        self._write(lambda: self._batch(run_id, params=batch))
+        self._write_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
 
     def log_history(self, run_id: str, history: dict[str, list[float]]) -> None:
         """A trainer's whole history (columns of equal length, one entry per evaluation)."""
@@ -403,7 +425,7 @@ class Tracker:
         # The rest of its curve, its final metrics and its end tags: as few batches as fit.
         self._send_buffered(run_id, metrics, all_tags)
         # end_time is when the run ended, not when the write got through (a server that was down).
-        self._write(lambda: self._terminate(run_id, mlflow_status, now))
+        self._write_end(run_id, mlflow_status, now)
         self.logged.pop(run_id, None)  # O(runs in flight): a finished run's steps are not kept
 
     def close_orphans(self, live_keys: set[str]) -> int:

@@ -11,6 +11,7 @@ import optuna
 from optuna.trial import TrialState
 
 from orchestrator.store import names
+from orchestrator.store.held_storage import HeldStorage
 from orchestrator.store.names import RunStatus
 from orchestrator.study import Study
 from orchestrator.study.grid import Cell
@@ -120,18 +121,26 @@ class CellSearch:
         """A value the trainer refuses (pydantic, --set paths): the trial fails before any run."""
         self.handles.pop(trial.number, None)
         self.trials.pop(trial.number, None)
-        trial.set_user_attr(names.TRIAL_REASON, str(err)[:REASON_CHARS])
+        self._set_attrs(trial, {names.TRIAL_REASON: str(err)[:REASON_CHARS]})
         self.optuna.tell(trial, state=TrialState.FAIL)
 
     def start(self, number: int, units: list[Unit]) -> None:
         self.trials[number] = units
-        for u in units:
-            self.handles[number].set_user_attr(names.trial_run_id(u.seed), u.run_id)
+        self._set_attrs(self.handles[number], {names.trial_run_id(u.seed): u.run_id for u in units})
 
     def keep(self, number: int, attrs: dict[str, Any]) -> None:
         """Attributes of a trial in flight (what its finished runs taught, for a resumed driver)."""
-        for key, value in attrs.items():
-            self.handles[number].set_user_attr(key, value)
+        self._set_attrs(self.handles[number], attrs)
+
+    def _set_attrs(self, trial: optuna.Trial, attrs: dict[str, Any]) -> None:
+        """User attributes of a trial, in one write where the storage can (HeldStorage)."""
+        if not attrs:
+            return
+        if isinstance(self.storage, HeldStorage):
+            self.storage.set_trial_user_attrs(trial._trial_id, attrs)
+        else:
+            for key, value in attrs.items():
+                trial.set_user_attr(key, value)
 
     def finished(self, number: int) -> list[Unit] | None:
         """The trial's runs once every one of them has its result, else None."""
@@ -151,23 +160,24 @@ class CellSearch:
         values = trial_values([o.metric for o in self.study.objectives],
                               [(u.result, u.summary, u.budget) for u in units], stopped is not None)
         if stopped is not None:
-            trial.set_user_attr(names.TRIAL_STATUS, names.TRIAL_PRUNED)
-            trial.set_user_attr(names.TRIAL_REASON, stopped.result.get("reason", "")[:REASON_CHARS])
+            attrs = {names.TRIAL_STATUS: names.TRIAL_PRUNED,
+                     names.TRIAL_REASON: stopped.result.get("reason", "")[:REASON_CHARS]}
             if stopped.result.get(STOP_KIND):
-                trial.set_user_attr(names.TRIAL_STOP_KIND, stopped.result[STOP_KIND])
+                attrs[names.TRIAL_STOP_KIND] = stopped.result[STOP_KIND]
+            self._set_attrs(trial, attrs)
             if len(values) == 1 and not math.isnan(values[0]):
                 trial.report(values[0], max(u.result.get("steps") or 0 for u in units))
             self.optuna.tell(trial, state=TrialState.PRUNED)
             return None
-        trial.set_user_attr(names.TRIAL_STATUS, RunStatus.COMPLETED.value)
         if any(math.isnan(v) for v in values):
-            trial.set_user_attr(names.TRIAL_REASON, "an objective metric was not recorded")
+            self._set_attrs(trial, {names.TRIAL_STATUS: RunStatus.COMPLETED.value,
+                                    names.TRIAL_REASON: "an objective metric was not recorded"})
             self.optuna.tell(trial, state=TrialState.FAIL)
             return None
+        self._set_attrs(trial, {names.TRIAL_STATUS: RunStatus.COMPLETED.value})
         self.optuna.tell(trial, values if len(values) > 1 else values[0])
         return values[0]
 
     def _fail(self, trial: optuna.Trial, status: str, reason: str) -> None:
-        trial.set_user_attr(names.TRIAL_STATUS, str(status))
-        trial.set_user_attr(names.TRIAL_REASON, reason[:REASON_CHARS])
+        self._set_attrs(trial, {names.TRIAL_STATUS: str(status), names.TRIAL_REASON: reason[:REASON_CHARS]})
         self.optuna.tell(trial, state=TrialState.FAIL)

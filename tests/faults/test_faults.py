@@ -565,10 +565,12 @@ os.kill(os.getpid(), signal.SIGKILL)
     assert client.get_run(run_id).data.params["lr"] == "1"
 
 
-def test_the_spec_artifact_goes_through_a_tracking_server_too(tmp_path):
-    """The tracker writes a run's spec.json through the run's own artifact store (not
-    MlflowClient.log_text, which reads the whole run back first): against a server that is
-    its artifact proxy (mlflow-artifacts:/), read back as `grokscale reproduce` reads it."""
+def test_a_long_spec_goes_as_an_artifact_through_a_tracking_server(tmp_path):
+    """A spec too long for MLflow's param limit is written whole as spec.json, through the
+    run's own artifact store (not MlflowClient.log_text, which reads the whole run back first):
+    against a server that is its artifact proxy (mlflow-artifacts:/). A spec that fits is only
+    the param (no artifact a run). `grokscale reproduce` reads each back whole."""
+    from orchestrator.report.reproduce import recorded_spec
     from orchestrator.store.tracker import Tracker, config_yaml
     from orchestrator.study import load_study
 
@@ -578,13 +580,19 @@ def test_the_spec_artifact_goes_through_a_tracking_server_too(tmp_path):
         study = load_study(write_study(tmp_path), [f"tracking.uri={server.uri}"])
         tracker = Tracker(study)
         tracker.open(config_yaml(study))
-        spec = json.dumps({"task": {"name": "modular"}, "seed": 3})
-        run_id = tracker.start_run("cell/trial=0/seed=0", "t0", {"spec_json": spec}, {})
+        long = json.dumps({"task": {"name": "modular"}, "seed": 3, "note": "x" * 7000})
+        short = json.dumps({"task": {"name": "modular"}, "seed": 4})
+        long_id = tracker.start_run("cell/trial=0/seed=0", "t0", {"spec_json": long}, {})
+        short_id = tracker.start_run("cell/trial=1/seed=0", "t1", {"spec_json": short}, {})
         assert tracker.drain(timeout_s=60)
         client = MlflowClient(tracking_uri=server.uri)
-        assert client.get_run(run_id).info.artifact_uri.startswith("mlflow-artifacts:")
-        got = Path(client.download_artifacts(run_id, "spec.json", str(tmp_path))).read_text()
-        assert json.loads(got) == json.loads(spec)
+        assert client.get_run(long_id).info.artifact_uri.startswith("mlflow-artifacts:")
+        assert len(client.get_run(long_id).data.params["spec_json"]) == 6000  # cut at MLflow's limit
+        got = Path(client.download_artifacts(long_id, "spec.json", str(tmp_path))).read_text()
+        assert json.loads(got) == json.loads(long)
+        assert client.list_artifacts(short_id) == []
+        for run_id, spec in ((long_id, long), (short_id, short)):
+            assert recorded_spec(client, client.get_run(run_id)) == spec
     finally:
         server.stop()
 

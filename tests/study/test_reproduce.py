@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import yaml
@@ -44,9 +43,9 @@ def test_same_bits_is_bitwise():
 
 def test_recorded_run_reproduces_bitwise(study):
     root, client, run = study
-    # The whole spec travels as an artifact (params are capped in length) and as the param.
-    spec = Path(client.download_artifacts(run.info.run_id, "spec.json", str(root))).read_text()
-    assert json.loads(spec) == json.loads(run.data.params["spec_json"])
+    # The whole spec is the param (it fits MLflow's limit; a longer one also goes as spec.json:
+    # tests/faults/test_faults.py), so the run has no artifact to download.
+    assert json.loads(run.data.params["spec_json"])["train"] and client.list_artifacts(run.info.run_id) == []
     out = grokscale("reproduce", run.info.run_id, "--json", cwd=root)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     report = json.loads(out.stdout)

@@ -52,11 +52,14 @@ class Postgres:
             raise RuntimeError(f"{Path(cmd[0]).name} failed: {out.stdout[-1500:]}{out.stderr[-1500:]}{self.log()}")
         return out.stdout
 
-    def start(self, databases: tuple[str, ...] = ("optuna",), max_connections: int = 100) -> None:
+    def start(self, databases: tuple[str, ...] = ("optuna",), max_connections: int = 100,
+              settings: dict[str, str] | None = None) -> None:
+        """`settings`: more server settings (-c name=value), e.g. a benchmark's shared_buffers."""
         self._run(str(PG_BIN / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
+        more = "".join(f" -c {k}={v}" for k, v in (settings or {}).items())
         self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "log"), "-o",
-                  f"-h 127.0.0.1 -p {self.port} -k {self.root} -c fsync=off -c max_connections={max_connections}",
-                  "-w", "start")
+                  f"-h 127.0.0.1 -p {self.port} -k {self.root} -c fsync=off -c max_connections={max_connections}"
+                  f"{more}", "-w", "start")
         for db in databases:
             self.query("postgres", f"CREATE DATABASE {db}")
 

@@ -46,6 +46,9 @@ def busy_study(study: optuna.Study) -> None:
         trial.suggest_categorical("k", ["a", "b"])
         trial.suggest_int("n", 1, 8)
         trial.set_user_attr("run_id.0", f"run-{i}")
+        # Several at once, one of them written again (the driver's writes: CellSearch._set_attrs).
+        trial.storage.set_trial_user_attrs(trial._trial_id, {"lesson": {"step": i, "x": [x]}, "run_id.1": f"r{i}"})
+        trial.storage.set_trial_user_attrs(trial._trial_id, {"run_id.1": f"again-{i}"})
         trial.storage.set_trial_system_attr(trial._trial_id, "sys", i)
         for step in (10, 20):
             trial.report(x * step, step)
@@ -118,3 +121,13 @@ def test_a_study_it_does_not_hold_is_read_from_the_database(url, tmp_path):
     rival = optuna.load_study(study_name=f"{tmp_path.name}/hold", storage=optuna.storages.RDBStorage(url))
     rival.tell(rival.ask(), 1.0)
     assert [t.state for t in held.get_all_trials(other._study_id)] == [TrialState.COMPLETE]
+
+
+def test_attributes_of_a_finished_trial_are_refused_as_optuna_refuses_them(url, tmp_path):
+    held = HeldStorage(optuna.storages.RDBStorage(url), [f"{tmp_path.name}/cell"])
+    study = optuna.create_study(storage=held, study_name=f"{tmp_path.name}/cell")
+    trial = study.ask()
+    study.tell(trial, 1.0)
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        held.set_trial_user_attrs(trial._trial_id, {"status": "late"})
+    assert optuna.storages.RDBStorage(url).get_trial(trial._trial_id).user_attrs == {}

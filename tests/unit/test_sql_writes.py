@@ -181,3 +181,60 @@ def test_a_batch_written_again_is_stored_once(store):
     writes.log_batch(run_id, [*batch, ("val acc/seed 0", 0.75, 3_000, 300)])
     history = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "val acc/seed 0"))
     assert history == [(100, 0.25), (200, 1e-300), (300, 0.75)]
+
+
+def test_many_runs_writes_in_one_transaction_are_the_writes_one_by_one(store):
+    """The tracker's writer sends every write queued since its last turn as one transaction
+    (`apply`): three runs' creates, batches, end tags and ends interleaved, as the queue holds
+    them, read back exactly as the same runs written one call at a time through MlflowClient.
+    A batch whose points are all older than the stored latest leaves latest_metrics alone."""
+    from orchestrator.store.sql_writes import RunBatch, RunEnd
+
+    uri, client, exp = store
+    writes = SqlWrites.of(client, uri)
+    made = [writes.new_run(exp, TAGS, f"t{i} s0") for i in range(3)]
+    ids = [run.info.run_id for run, _ in made]
+    queued = [w for _, w in made]
+    queued += [RunBatch(r, FIRST, PARAMS) for r in ids]
+    queued += [RunBatch(r, SECOND, tags=END_TAGS) for r in ids] + [RunEnd(r, "FINISHED", 4_000) for r in ids]
+    writes.apply(queued)
+    writes.apply([RunBatch(ids[0], [("val_acc", 0.0, 9_999, 299)])])  # older than step 300: latest stays
+    theirs = [write(ClientWrites(client), exp, f"t{i} s0") for i in range(3)]
+    ClientWrites(client).log_batch(theirs[0], [("val_acc", 0.0, 9_999, 299)])
+    for mine, their in zip(ids, theirs, strict=True):
+        assert read(client, mine) == read(client, their)
+    assert read(client, ids[0])["latest"]["val_acc"] == 1.0
+
+
+def test_a_refused_write_among_queued_ones_drops_only_itself(store, caplog):
+    """Queued writes go out as one transaction; when the store refuses one of them (a param
+    logged again with another value, a run that is not there), nothing of that transaction
+    stays, and the queue sends them one by one: only the refused write is dropped."""
+    from orchestrator.store.queue import Op, WriteQueue
+    from orchestrator.store.sql_writes import RunBatch, RunEnd
+
+    uri, client, exp = store
+    writes = SqlWrites.of(client, uri)
+    calls = []
+
+    def send(ops):
+        calls.append(len(ops))
+        writes.apply(ops)
+
+    queue = WriteQueue(send_ops=send)
+    run, create = writes.new_run(exp, TAGS, "queued")
+    run_id = run.info.run_id
+    for w in (create, RunBatch(run_id, FIRST[:2], PARAMS), RunBatch(run_id, params=[Param("seed", "9")]),
+              RunBatch("0" * 32, [("val_acc", 1.0, 1, 1)]), RunBatch(run_id, SECOND[:1]),
+              RunEnd(run_id, "FINISHED", 4_000)):
+        queue.pending.append(Op(w))
+    assert queue.flush() and not queue.pending
+    assert calls == [6, 1, 1, 1, 1, 1, 1]  # all at once, refused; then one at a time
+    got = client.get_run(run_id)
+    assert got.info.status == "FINISHED" and got.data.params["seed"] == "0"
+    assert [m.step for m in client.get_metric_history(run_id, "val_acc")] == [100, 200, 300]
+    assert sum("refused a write" in r.message for r in caplog.records) == 2
+    calls.clear()
+    for step in (400, 500):
+        queue.pending.append(Op(RunBatch(run_id, [("val_acc", 1.0, 5_000, step)])))
+    assert queue.flush() and calls == [2]  # one at a time only for the group that had a refusal

@@ -45,6 +45,7 @@ from orchestrator.store import names
 from orchestrator.store.names import StopKind
 from orchestrator.sweep.stopping.base import RunInfo, StoppingRule
 from orchestrator.sweep.stopping.clock import clock_step, decay_clock, decay_rate
+from orchestrator.sweep.stopping.evidence_index import EvidenceIndex
 from orchestrator.sweep.stopping.rule import StopRule, StopRules
 
 # After this many e-folds of decay nothing of the init is left, and a run whose accuracies have
@@ -121,6 +122,7 @@ class PhaseRule(StoppingRule):
         self.generalized: dict[tuple, dict[str, Evidence]] = {}
         # run in flight -> its training losses over the last half of its steps (the fit guard)
         self.losses: dict[str, RecentLosses] = {}
+        self.indexes: dict[tuple, EvidenceIndex] = {}  # per group, until its evidence changes
 
     def _evidence(self, run: RunInfo, clock: float) -> Evidence:
         return Evidence(run.key, run.d_value, decay_rate(run.train), clock)
@@ -137,13 +139,18 @@ class PhaseRule(StoppingRule):
         if record.get("val_acc", -1.0) >= run.train.val_threshold:
             self.generalized.setdefault(run.group, {})[run.key] = self._evidence(run, clock)
             self.losses.pop(run.key, None)
-            return True
+            return self._changed(run.group)
         seen.add(step, float(record.get("train_loss", math.nan)))
         unresolved = self.unresolved.setdefault(run.group, {})
         if seen.fits():
             unresolved[run.key] = self._evidence(run, clock)
-            return True
-        return unresolved.pop(run.key, None) is not None
+            return self._changed(run.group)
+        return unresolved.pop(run.key, None) is not None and self._changed(run.group)
+
+    def _changed(self, group: tuple) -> bool:
+        """The group's evidence changed: its index is stale. True, for `see`'s answer."""
+        self.indexes.pop(group, None)
+        return True
 
     def run_done(self, run: RunInfo, history: dict[str, list], stop_kind: StopKind | None) -> bool:
         changed = False
@@ -156,7 +163,7 @@ class PhaseRule(StoppingRule):
             # Found at equilibrium, not generalizing: it would have gone its whole budget so.
             budget = decay_clock(run.train, run.train.steps)
             self.unresolved[run.group][run.key] = replace(mine, clock=max(mine.clock, budget))
-            changed = True
+            changed = self._changed(run.group)
         return changed
 
     def unresolved_clock(self, run: RunInfo) -> float | None:
@@ -172,21 +179,30 @@ class PhaseRule(StoppingRule):
         if generalization_step is not None:
             clock = decay_clock(run.train, int(generalization_step))
             self.generalized.setdefault(run.group, {})[run.key] = self._evidence(run, clock)
+            self._changed(run.group)
         if unresolved_clock is not None:
             self.unresolved.setdefault(run.group, {})[run.key] = self._evidence(run, unresolved_clock)
+            self._changed(run.group)
 
     def scope(self, run: RunInfo) -> Hashable:
         return run.group  # evidence compares runs of one group only
 
+    def _index(self, group: tuple) -> EvidenceIndex:
+        """The group's evidence indexed (evidence_index.py), built anew once it changed: once a
+        turn, however many runs in flight ask."""
+        index = self.indexes.get(group)
+        if index is None:
+            index = self.indexes[group] = EvidenceIndex(self.unresolved.get(group, {}).values(),
+                                                        self.generalized.get(group, {}).values())
+        return index
+
     def rules(self, run: RunInfo) -> StopRules:
         out = []
         have, rate, stalled = _budget(run.train)
-        easier = [e for e in self.unresolved.get(run.group, {}).values()
-                  if e.run != run.key and e.d_value >= run.d_value and e.rate >= rate]
-        harder = [e for e in self.generalized.get(run.group, {}).values()
-                  if e.run != run.key and e.d_value <= run.d_value and e.rate <= rate and e.clock <= have]
-        top = max(easier, key=lambda e: e.clock, default=None)
-        if top is not None and have * self.safety < top.clock and not harder:
+        index = self._index(run.group)
+        top = index.longest_easier(run.key, run.d_value, rate)
+        if top is not None and have * self.safety < top.clock and \
+                not index.harder_within(run.key, run.d_value, rate, have):
             out.append(StopRule(StopKind.DECAY_CLOCK, memorized_for=self.memorized_for, reason=(
                 f"pruned: memorized and not generalized {self.memorized_for:g}x later; its whole budget of "
                 f"weight decay (sum lr x wd = {have:.3g}) is under 1/{self.safety:g} of the {top.clock:.3g} "
