@@ -8,12 +8,15 @@ Ray's own envelope is Ray's to publish. The driver is the real one (orchestrator
 Optuna ask/tell, the MLflow tracker, the phase rule, progress), fed through the launcher seam
 by a cluster process whose runs stream grokking curves of about 100 evaluations on a real clock.
 
-Measured, from samples every second of the driver process (this one):
+Measured, from samples every second of the driver process (this one) and of /proc:
   runs/s          runs recorded per second over the steady part (10% to 90% of the runs);
   points/s        metric points the tracking server accepted per second, same window;
   CPU             driver process CPU time / wall, and per 1,000 runs in flight; CPU-ms per run;
   memory          driver RSS over the study (flat: O(runs in flight), not O(runs done));
-  delay           a run's end to the next start in its slot, p50 and p99 (cluster clock).
+  delay           a run's end to the next start in its slot, p50 and p99 (cluster clock);
+  cores           the machine's busy cores and PostgreSQL's (every backend), CPU-us a point;
+  backlog         the most MLflow writes waiting at once (fill_slots stops starting runs past
+                  BACKLOG_PER_SLOT a slot: the store, not the driver, then sets the pace).
 Targets (issue 16): >= 100 runs/s and >= 50,000 points/s with the driver under one core; memory
 flat; p99 delay <= 50 ms.
 
@@ -34,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pwd
 import resource
 import shutil
 import statistics
@@ -57,6 +61,7 @@ ROOT = Path(__file__).resolve().parent.parent
 D_VALUES = (0.3, 0.4, 0.5, 0.6, 0.7)
 SEEDS = (0, 1)
 PAGE = os.sysconf("SC_PAGE_SIZE")
+TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def make_study(root: Path, runs: int, tracking: dict, storage: str, ray_slots: int | None = None) -> Study:
@@ -80,13 +85,39 @@ def make_study(root: Path, runs: int, tracking: dict, storage: str, ray_slots: i
     return Study.model_validate(data)
 
 
-class Sampler(threading.Thread):
-    """Every `every_s`: wall, driver CPU, RSS, runs in flight, runs recorded, points sent."""
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine spent busy (all cores), from /proc/stat."""
+    with open("/proc/stat") as f:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in f.readline().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / TICKS
 
-    def __init__(self, driver: Driver, every_s: float = 1.0) -> None:
+
+def user_cpu_s(uid: int, seen: dict[int, float]) -> float:
+    """CPU seconds of `uid`'s processes (PostgreSQL's), each process's largest reading kept in
+    `seen` so that a backend that has exited still counts."""
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            if entry.stat().st_uid != uid:
+                continue
+            with open(f"/proc/{entry.name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            seen[int(entry.name)] = max(seen.get(int(entry.name), 0.0), (int(fields[11]) + int(fields[12])) / TICKS)
+        except (OSError, IndexError, ValueError):  # it exited meanwhile
+            continue
+    return sum(seen.values())
+
+
+class Sampler(threading.Thread):
+    """Every `every_s`: wall, driver CPU, RSS, runs in flight, runs recorded, points sent, MLflow
+    writes waiting, the machine's busy CPU and PostgreSQL's."""
+
+    def __init__(self, driver: Driver, every_s: float = 1.0, db_uid: int | None = None) -> None:
         super().__init__(daemon=True)
-        self.driver, self.every_s = driver, every_s
+        self.driver, self.every_s, self.db_uid = driver, every_s, db_uid
         self.rows: list[dict] = []
+        self.db_seen: dict[int, float] = {}
         self.done = threading.Event()
 
     def sample(self) -> dict:
@@ -97,7 +128,9 @@ class Sampler(threading.Thread):
         tracker = getattr(d, "tracker", None)
         return {"t": time.monotonic(), "cpu_s": time.process_time(), "rss_mb": rss / 2**20,
                 "in_flight": len(d.live), "recorded": s.completed + s.stopped + s.failed + s.diverged,
-                "points": getattr(tracker, "points_sent", 0)}
+                "points": getattr(tracker, "points_sent", 0), "backlog": getattr(tracker, "backlog", 0),
+                "busy_s": machine_busy_s(),
+                "db_cpu_s": user_cpu_s(self.db_uid, self.db_seen) if self.db_uid is not None else 0.0}
 
     def run(self) -> None:
         while not self.done.wait(self.every_s):
@@ -148,16 +181,22 @@ def summarize(rows: list[dict], total: int, t0: float, stats, delays: list[float
         if in_flight else None,
         "delay_ms_p50": 1e3 * pct(delays, 0.5), "delay_ms_p99": 1e3 * pct(delays, 0.99),
         "delay_ms_max": 1e3 * max(delays, default=float("nan")), "delays_measured": len(delays),
+        # Where the cores went in the steady window: the whole machine (out of host_cpus) and
+        # PostgreSQL (every backend: Optuna's, MLflow's, the driver's writers).
+        "machine_busy_cores": (b["busy_s"] - a["busy_s"]) / span,
+        "database_cores": (b["db_cpu_s"] - a["db_cpu_s"]) / span,
+        "database_cpu_us_per_point": 1e6 * (b["db_cpu_s"] - a["db_cpu_s"]) / max(1, b["points"] - a["points"]),
+        "backlog_max": max(r["backlog"] for r in rows),
         "steady_window_s": span, "wall_s": last["t"] - t0,
         "startup_s": stats.startup_s, "scheduled_s": stats.scheduled_s, "driver_wall_s": stats.wall_time_s,
         "samples": [{k: round(v - t0, 2) if k == "t" else round(v, 3) for k, v in r.items()} for r in rows],
     }
 
 
-def run_driver(study: Study, launcher, show: bool) -> tuple[Driver, Sampler, float]:
+def run_driver(study: Study, launcher, show: bool, db_uid: int | None = None) -> tuple[Driver, Sampler, float]:
     cells = build_cells(study)
     driver = Driver(study, cells, show=show, launcher=launcher)
-    sampler = Sampler(driver)
+    sampler = Sampler(driver, db_uid=db_uid)
     t0 = time.monotonic()
     sampler.start()
     try:
@@ -209,7 +248,7 @@ def main() -> None:
         else:
             launcher = lambda s, c: SimulatedCluster(s, c, args.slots, run_seconds)  # noqa: E731
         load0 = os.getloadavg()
-        driver, sampler, t0 = run_driver(study, launcher, args.show)
+        driver, sampler, t0 = run_driver(study, launcher, args.show, pwd.getpwnam("postgres").pw_uid)
         cluster = getattr(driver.launcher, "cluster_stats", {})
         runs_in_mlflow = pg.query("mlflow", "SELECT count(*) FROM runs WHERE status <> 'RUNNING'")
         points_in_mlflow = pg.query("mlflow", "SELECT count(*) FROM metrics")

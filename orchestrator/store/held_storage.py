@@ -13,6 +13,13 @@ study (the holds themselves, which rival drivers write) reads the database as ev
 Timestamps are the one approximation: a trial's start and end times in memory are this process's
 clock when it sent them, the database's are its own at the same moment; any other process reads
 the database's.
+
+The held trials' hot writes (a new trial, a param, user attributes, the end) go as SQLAlchemy Core
+statements on Optuna's own tables (SQLite, PostgreSQL), not through its ORM sessions, each of
+which reads the trial back first to check what the copy in memory knows: ~2 ms of CPU a write on
+PostgreSQL, a third of the driver's time at 1,000 runs in flight (issue 16, session 10). The rows
+are Optuna's (its models' tables, its JSON, its naive-UTC times); tests/unit/test_held_storage.py
+reads them back through Optuna's own storage. Anything else goes through Optuna as before.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import functools
 import json
 import threading
 from collections.abc import Collection, Container, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from optuna import distributions
@@ -36,6 +43,7 @@ from optuna.trial import FrozenTrial, TrialState
 class HeldStorage(BaseStorage):
     def __init__(self, backend: RDBStorage, held: Collection[str]) -> None:
         self.backend, self.held = backend, frozenset(held)
+        self.plain = backend.engine.name in PLAIN_ENGINES  # held trials' writes as Core statements
         self._lock = threading.RLock()
         self._names: dict[int, str] = {}
         self._directions: dict[int, list[StudyDirection]] = {}
@@ -75,8 +83,10 @@ class HeldStorage(BaseStorage):
             trials = self._held(study_id)
             if trials is None:
                 return self.backend.create_new_trial(study_id, template_trial)
-            # The call Optuna's own wrapper makes: the new trial as stored, without reading it back.
-            frozen = self.backend._create_new_trial(study_id, template_trial)
+            if template_trial is None and self.plain:
+                frozen = self._insert_trial(study_id, len(trials))
+            else:  # the call Optuna's own wrapper makes: the new trial as stored, not read back
+                frozen = self.backend._create_new_trial(study_id, template_trial)
             trials[frozen.number] = frozen
             self._where[frozen._trial_id] = (study_id, frozen.number)
             self._dists[study_id].update(frozen.distributions)
@@ -93,8 +103,12 @@ class HeldStorage(BaseStorage):
             known = self._dists[study_id].get(param_name)
             if known is not None:
                 distributions.check_distribution_compatibility(known, distribution)
-            # As Optuna's wrapper: a distribution the study has seen needs no check in the database.
-            self.backend._set_trial_param(trial_id, param_name, param_value_internal, distribution, known)
+            if self.plain:  # every param of the study is in memory: `known` is what the database would say
+                self._execute((models.TrialParamModel.__table__.insert(), [{
+                    "trial_id": trial_id, "param_name": param_name, "param_value": param_value_internal,
+                    "distribution_json": distributions.distribution_to_json(distribution)}]))
+            else:  # as Optuna's wrapper: a distribution the study has seen needs no check in the database
+                self.backend._set_trial_param(trial_id, param_name, param_value_internal, distribution, known)
             self._dists[study_id][param_name] = distribution
             trial = copy.copy(trial)
             trial.params = {**trial.params, param_name: distribution.to_external_repr(param_value_internal)}
@@ -104,18 +118,31 @@ class HeldStorage(BaseStorage):
     def set_trial_state_values(self, trial_id: int, state: TrialState,
                                values: Sequence[float] | None = None) -> bool:
         with self._lock:
-            if not self.backend.set_trial_state_values(trial_id, state=state, values=values):
-                return False
             trial = self._mine(trial_id)
+            now = datetime.now()
+            # A held trial ending: its row and values written here. Anything else through Optuna
+            # (WAITING -> RUNNING must be atomic against other processes popping the same trial).
+            if trial is not None and self.plain and state.is_finished() and trial.values is None:
+                self.check_trial_is_updatable(trial_id, trial.state)
+                trials = models.TrialModel.__table__
+                rows = []
+                for objective, value in enumerate(values or ()):
+                    stored, kind = models.TrialValueModel.value_to_stored_repr(value)
+                    rows.append({"trial_id": trial_id, "objective": objective, "value": stored, "value_type": kind})
+                self._execute((trials.update().where(trials.c.trial_id == trial_id),
+                               [{"state": state, "datetime_complete": _utc(now)}]),
+                              (models.TrialValueModel.__table__.insert(), rows))
+            elif not self.backend.set_trial_state_values(trial_id, state=state, values=values):
+                return False
             if trial is not None:
                 trial = copy.copy(trial)
                 trial.state = state
                 if values is not None:
                     trial.values = values
                 if state == TrialState.RUNNING:
-                    trial.datetime_start = datetime.now()
+                    trial.datetime_start = now
                 if state.is_finished():
-                    trial.datetime_complete = datetime.now()
+                    trial.datetime_complete = now
                 self._put(trial)
             return True
 
@@ -140,9 +167,8 @@ class HeldStorage(BaseStorage):
                     self.backend.set_trial_user_attr(trial_id, key, value)
             elif attrs:
                 self.check_trial_is_updatable(trial_id, trial.state)
-                with self.backend.engine.begin() as conn:
-                    conn.execute(upsert, [{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)}
-                                          for k, v in attrs.items()])
+                self._execute((upsert, [{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)}
+                                        for k, v in attrs.items()]))
             if trial is not None:
                 trial = copy.copy(trial)
                 trial.user_attrs = {**trial.user_attrs, **attrs}
@@ -160,6 +186,26 @@ class HeldStorage(BaseStorage):
             trial = copy.copy(trial)
             setattr(trial, field, {**getattr(trial, field), key: value})
             self._put(trial)
+
+    def _insert_trial(self, study_id: int, number: int) -> FrozenTrial:
+        """A new RUNNING trial, numbered as Optuna numbers it (the study's trials before it: all
+        in memory, the study being held)."""
+        start = datetime.now()
+        trials = models.TrialModel.__table__
+        with self.backend.engine.begin() as conn:
+            trial_id = conn.execute(trials.insert().values(
+                number=number, study_id=study_id, state=TrialState.RUNNING, datetime_start=_utc(start),
+            ).returning(trials.c.trial_id)).scalar_one()
+        return FrozenTrial(number=number, state=TrialState.RUNNING, value=None, values=None, datetime_start=start,
+                           datetime_complete=None, params={}, distributions={}, user_attrs={}, system_attrs={},
+                           intermediate_values={}, trial_id=trial_id)
+
+    def _execute(self, *steps: tuple[Any, list[dict[str, Any]]]) -> None:
+        """(statement, rows) steps in one transaction; a statement without rows is skipped."""
+        with self.backend.engine.begin() as conn:
+            for statement, rows in steps:
+                if rows:
+                    conn.execute(statement, rows)
 
     def get_trial(self, trial_id: int) -> FrozenTrial:
         with self._lock:
@@ -224,6 +270,14 @@ class HeldStorage(BaseStorage):
 
     def remove_session(self) -> None:
         self.backend.remove_session()
+
+
+PLAIN_ENGINES = ("sqlite", "postgresql")  # Core statements for these; Optuna's own writes elsewhere
+
+
+def _utc(local: datetime) -> datetime:
+    """A naive local time as Optuna's RDB models store it: naive UTC."""
+    return local.astimezone(UTC).replace(tzinfo=None)
 
 
 @functools.cache

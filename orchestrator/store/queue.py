@@ -13,6 +13,7 @@ that call is refused, one of them was: they go one at a time, and only that one 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -117,3 +118,54 @@ def answer(call: Callable[[], Any], timeout_s: float = ANSWER_TIMEOUT_S) -> Any:
             if refused(err) or time.monotonic() > deadline:
                 raise
             time.sleep(1.0)
+
+
+class WriteLane:
+    """A WriteQueue with its own writer thread (once `start`ed) and a count of the writes put
+    in it, so a caller can tell when all the writes it made before some moment are out."""
+
+    def __init__(self, send_ops: Callable[[Sequence[Any]], None] | None = None, name: str = "mlflow-writer") -> None:
+        self.queue = WriteQueue(send_ops)
+        self.name = name
+        self.written = 0  # writes put so far
+        self.thread: threading.Thread | None = None
+        self.wake = threading.Event()
+        self.stopping = False
+
+    def put(self, fn: Callable[[], None] | Op) -> None:
+        self.written += 1
+        if self.thread is None:
+            self.queue.put(fn)
+        else:  # the thread sends it, in order (a deque's append is atomic)
+            self.queue.pending.append(fn)
+
+    def sent_through(self, mark: int) -> bool:
+        """Every write put before `mark` (a past `written`) has been sent, or refused and
+        dropped: the queue only ever pops from its head."""
+        return self.written - len(self.queue.pending) >= mark
+
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while not self.stopping:
+            self.wake.wait(0.05)
+            self.wake.clear()
+            self.queue.flush()
+
+    def flush(self, force: bool = False) -> bool:
+        """With the thread: wakes it (True when nothing waits). Without: sends what it can now."""
+        if self.thread is not None:
+            self.wake.set()
+            return not self.queue.pending
+        return self.queue.flush(force)
+
+    def drain(self, timeout_s: float) -> bool:
+        """The thread stopped; what is left sent from here (False if the store stays away)."""
+        if self.thread is not None:
+            self.stopping = True
+            self.wake.set()
+            self.thread.join()
+            self.thread = None
+        return self.queue.drain(timeout_s)

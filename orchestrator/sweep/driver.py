@@ -161,7 +161,7 @@ class Driver:
         self.tracker.finish_study()
         if not self.tracker.drain():
             raise RuntimeError(f"the tracking server at {self.study.tracking.uri} did not come back; "
-                               f"{len(self.tracker.pending)} writes could not be sent")
+                               f"{self.tracker.backlog} writes could not be sent")
         self.launcher.close()
 
     # -- starting runs ----------------------------------------------------------------------------
@@ -171,7 +171,7 @@ class Driver:
         cell that has work left."""
         limit = max(self.launcher.capacity * (1 + PREFETCH_PER_SLOT), self.n_seeds)
         backlog = BACKLOG_PER_SLOT * self.launcher.capacity
-        while len(self.launcher) + self.n_seeds <= limit and len(self.tracker.pending) <= backlog:
+        while len(self.launcher) + self.n_seeds <= limit and self.tracker.backlog <= backlog:
             search = (next((s for s in self.searches if s.to_resume), None)
                       or next((s for s in self.by_cost if s.has_work), None))
             if search is None:

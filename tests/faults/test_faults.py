@@ -511,7 +511,7 @@ def test_tracker_keeps_writes_in_order_while_the_server_is_away(tmp_path, monkey
             break
     else:
         pytest.fail("20 flushes in a row ran past RETRY_S: the machine is too slow to tell")
-    tracker.pending.popleft()  # as if the server were back: the rest goes, in order
+    tracker.queue.pending.popleft()  # as if the server were back: the rest goes, in order
     assert tracker.flush(force=True) and sent == [1]
 
 

@@ -58,8 +58,8 @@ def busy_study(study: optuna.Study) -> None:
             study.tell(trial, state=TrialState.PRUNED)
         elif i % 7 == 6:
             study.tell(trial, state=TrialState.FAIL)
-        else:
-            study.tell(trial, x)
+        else:  # an infinite value too: Optuna stores it as NULL and its kind
+            study.tell(trial, x if i != 11 else float("inf"))
 
 
 def fields(t: optuna.trial.FrozenTrial) -> tuple:

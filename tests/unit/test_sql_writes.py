@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import sqlite3
+import time
 
 import pytest
 from mlflow.entities import Param, RunTag
@@ -238,3 +239,42 @@ def test_a_refused_write_among_queued_ones_drops_only_itself(store, caplog):
     for step in (400, 500):
         queue.pending.append(Op(RunBatch(run_id, [("val_acc", 1.0, 5_000, step)])))
     assert queue.flush() and calls == [2]  # one at a time only for the group that had a refusal
+
+
+def test_a_tracker_writes_postgresql_by_several_lanes_each_run_whole(postgres, tmp_path, monkeypatch):
+    """Into PostgreSQL the tracker writes through SQL_LANES connections at once, each run's writes
+    all by one of them, in order: twelve runs on the writer threads, every run whole (created,
+    params, every point, end tags, finished), both lanes used, and `sent_through` true only once
+    every write made before the mark is in the store."""
+    from orchestrator.store.tracker import SQL_LANES, Tracker, config_yaml
+    from orchestrator.study import Study
+
+    monkeypatch.chdir(tmp_path)  # a database store's artifacts go to ./mlruns
+    study = Study.model_validate({
+        "name": f"lanes-{tmp_path.name}", "task": {"name": "modular", "p": 23}, "model": {"n_layer": 1, "n_head": 4},
+        "train": {"steps": 10}, "grid": {"n": [{"d_model": 16}], "d": [0.5]},
+        "tracking": {"uri": postgres.url("mlflow", "postgresql+psycopg2")}, "workdir": str(tmp_path / "runs")})
+    tracker = Tracker(study)
+    tracker.open(config_yaml(study))
+    assert len(tracker.lanes) == SQL_LANES == 2
+    tracker.start_writer()
+    ids = [tracker.start_run(f"cell/trial={i}/seed=0", f"t{i}", {"lr": i}, {}) for i in range(12)]
+    for step in range(10, 60, 10):
+        for i, run_id in enumerate(ids):
+            tracker.log_records(run_id, [{"step": step, "val_acc": step / 100 + i}])
+    for run_id in ids:
+        tracker.finish_run(run_id, "completed", "", {"max_val_acc": 1.0}, {"k": "v"})
+    mark = tracker.mark()
+    assert all(lane.written > 0 for lane in tracker.lanes)
+    deadline = time.monotonic() + 60
+    while not tracker.sent_through(mark):
+        assert time.monotonic() < deadline, "the writes did not go out"
+        tracker.flush()
+        time.sleep(0.05)
+    client = tracker.client
+    for i, run_id in enumerate(ids):  # read at once: sent_through means in the store
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED" and run.data.params["lr"] == str(i) and run.data.tags["k"] == "v"
+        assert [(m.step, m.value) for m in client.get_metric_history(run_id, "val_acc")] == \
+            [(s, s / 100 + i) for s in range(10, 60, 10)]
+    assert tracker.drain(timeout_s=30) and tracker.backlog == 0
