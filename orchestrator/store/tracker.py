@@ -176,7 +176,10 @@ class Tracker:
         self.experiment_id = ""
         self.parent_id = ""
         self.logged: dict[str, set[int]] = {}  # run id -> steps logged, so none is ever logged twice
-        self.children: dict[str, Any] = {}  # run key -> mlflow Run
+        # run key -> mlflow Run: runs of earlier attempts (found at open) and runs in flight; a
+        # finished run's is dropped (a Run with its tags is kilobytes: O(runs in flight), not done)
+        self.children: dict[str, Any] = {}
+        self.key_of: dict[str, str] = {}  # run id -> run key, runs in flight
         self.points_sent = 0  # evaluation metric points the store accepted (bench_driver_scale.py)
         self.counting = threading.Lock()
 
@@ -345,6 +348,7 @@ class Tracker:
         """The run of `key`: the one an earlier attempt made (reopened), else a new one."""
         existing = self.children.get(key)
         if existing is not None:
+            self.key_of[existing.info.run_id] = key
             return self._reopen(existing)
         # attempts counts driver submissions of this run (a resume adds one); Ray's own retries
         # after a dead worker show as names.TAG_RESUMED_FROM_STEP.
@@ -352,6 +356,7 @@ class Tracker:
         run = self._create_child(key, all_tags, name)
         run_id = run.info.run_id
         self.children[key] = run
+        self.key_of[run_id] = key
         self.logged[run_id] = set()
         safe = scrub({k: v if isinstance(v, str) else str(v) for k, v in params.items()})
         batch = [Param(k, v[:names.PARAM_MAX_CHARS]) for k, v in safe.items()]
@@ -429,6 +434,7 @@ class Tracker:
         # end_time is when the run ended, not when the write got through (a server that was down).
         self._write_end(run_id, mlflow_status, now)
         self.logged.pop(run_id, None)  # O(runs in flight): a finished run's steps are not kept
+        self.children.pop(self.key_of.pop(run_id, ""), None)
 
     def close_orphans(self, live_keys: set[str]) -> int:
         """Runs left RUNNING by a dead driver whose trial will not run again: mark them KILLED."""

@@ -266,6 +266,7 @@ def test_a_tracker_writes_postgresql_by_several_lanes_each_run_whole(postgres, t
         tracker.finish_run(run_id, "completed", "", {"max_val_acc": 1.0}, {"k": "v"})
     mark = tracker.mark()
     assert all(lane.written > 0 for lane in tracker.lanes)
+    assert not tracker.children and not tracker.key_of  # what it keeps of runs is O(runs in flight)
     deadline = time.monotonic() + 60
     while not tracker.sent_through(mark):
         assert time.monotonic() < deadline, "the writes did not go out"
