@@ -204,8 +204,8 @@ class HeldStorage(BaseStorage):
         """(statement, rows) steps in one transaction; a statement without rows is skipped."""
         with self.backend.engine.begin() as conn:
             for statement, rows in steps:
-                if rows:
-                    conn.execute(statement, rows)
+                if rows:  # one row as such: a list is executemany, a slower path for one
+                    conn.execute(statement, rows if len(rows) > 1 else rows[0])
 
     def get_trial(self, trial_id: int) -> FrozenTrial:
         with self._lock:

@@ -30,6 +30,7 @@ import contextlib
 import io
 import math
 import sqlite3
+import struct
 import threading
 import time
 import uuid
@@ -111,19 +112,24 @@ class Dialect:
             out += self.run(db, f"{head} IN ({', '.join('?' * len(chunk))})", chunk).fetchall()
         return out
 
-    def insert_new(self, db: Any, table: str, columns: Sequence[str], rows: list[tuple]) -> None:
+    def insert_new(self, db: Any, table: str, columns: Sequence[str], rows: list[tuple],
+                   encode: Callable[[list[tuple]], str | bytes] | None = None) -> None:
         """The rows not in `table` yet (a row there already is a retried batch's). PostgreSQL: COPY,
         several times cheaper a row for the server than an INSERT of a VALUES list, in a
-        savepoint; only when a row is there already does the INSERT ... ON CONFLICT run instead."""
+        savepoint; only when a row is there already does the INSERT ... ON CONFLICT run instead.
+        `encode`: the rows as COPY's input, text (copy_text, the default) or binary (bytes)."""
         head = f"INSERT INTO {table} ({', '.join(columns)})"
         if self.name == "sqlite" or not rows:
             return self.many(db, head, rows, "ON CONFLICT DO NOTHING")
         import psycopg2.errors
 
+        payload = (encode or copy_text)(rows)
+        binary = isinstance(payload, bytes)
         cur = db.cursor()
         cur.execute("SAVEPOINT bulk")
         try:
-            cur.copy_expert(f"COPY {table} ({', '.join(columns)}) FROM STDIN", io.StringIO(copy_text(rows)))
+            cur.copy_expert(f"COPY {table} ({', '.join(columns)}) FROM STDIN" + (" (FORMAT binary)" if binary else ""),
+                            io.BytesIO(payload) if binary else io.StringIO(payload))
         except psycopg2.errors.UniqueViolation:
             cur.execute("ROLLBACK TO SAVEPOINT bulk")
             self.many(db, head, rows, "ON CONFLICT DO NOTHING")
@@ -131,11 +137,15 @@ class Dialect:
             cur.execute("RELEASE SAVEPOINT bulk")
 
     def columns(self, db: Any, table: str) -> set[str]:
+        return set(self.column_types(db, table))
+
+    def column_types(self, db: Any, table: str) -> dict[str, str]:
+        """Column -> its declared type (SQLite) or data_type (PostgreSQL)."""
         if self.name == "sqlite":
-            return {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
-        cur = self.run(db, "SELECT column_name FROM information_schema.columns WHERE table_schema = "
+            return {row[1]: row[2] for row in db.execute(f"PRAGMA table_info({table})")}
+        cur = self.run(db, "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = "
                            "current_schema() AND table_name = ?", (table,))
-        return {row[0] for row in cur.fetchall()}
+        return dict(cur.fetchall())
 
 
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
@@ -167,6 +177,38 @@ def copy_text(rows: list[tuple]) -> str:
         return s
 
     return "".join("\t".join([field(v) for v in row]) + "\n" for row in rows)
+
+
+METRIC_COLUMNS = ("key", "value", "timestamp", "step", "is_nan", "run_uuid")
+# The PostgreSQL types of MLflow's metrics table that metric_copy_binary writes; another schema's
+# (a store it does not know) gets the text format, which PostgreSQL converts.
+METRIC_TYPES = {"key": "character varying", "value": "double precision", "timestamp": "bigint", "step": "bigint",
+                "is_nan": "boolean", "run_uuid": "character varying"}
+_BINARY_HEAD = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)  # signature, flags, no extension
+_BINARY_FIELDS = struct.pack(">h", len(METRIC_COLUMNS))  # a row's start: how many fields
+_BINARY_NUMBERS = struct.Struct(">idiqiqi?")  # value (float8), timestamp, step (int8), is_nan (bool)
+
+
+def _binary_text(s: str) -> bytes:
+    raw = s.encode()
+    return struct.pack(">i", len(raw)) + raw
+
+
+def metric_copy_binary(rows: list[tuple]) -> bytes:
+    """Metric rows (key, value, timestamp, step, is_nan, run id) in COPY's binary format: each
+    field its length and its bytes, numbers as big-endian IEEE doubles and int8. A sixth of the
+    client's CPU of the text format (floats are not printed); the same for the server, whose
+    time goes to the table's indexes (session 10, 2M points each way)."""
+    keys: dict[str, bytes] = {}  # a key and a run id are each encoded once a call
+    runs: dict[str, bytes] = {}
+    out = [_BINARY_HEAD]
+    pack = _BINARY_NUMBERS.pack
+    for key, value, timestamp, step, nan, run_id in rows:
+        k = keys.get(key) or keys.setdefault(key, _BINARY_FIELDS + _binary_text(key))
+        r = runs.get(run_id) or runs.setdefault(run_id, _binary_text(run_id))
+        out += (k, pack(8, value, 8, timestamp, 8, step, 1, nan), r)
+    out.append(struct.pack(">h", -1))
+    return b"".join(out)
 
 
 def sqlite_dialect(path: str) -> Dialect:
@@ -242,6 +284,7 @@ class SqlWrites:
         self.dialect, self.client = dialect, client
         self.local = threading.local()
         self.artifact_roots: dict[str, str] = {}  # experiment id -> its artifact location
+        self.encode_metrics: Callable[[list[tuple]], str | bytes] = copy_text  # COPY's input (PostgreSQL)
 
     @classmethod
     def of(cls, client: Any, uri: str) -> SqlWrites | None:
@@ -252,12 +295,16 @@ class SqlWrites:
         writes = cls(dialect, client)
         try:
             db = writes._db()
-            found = {table: dialect.columns(db, table) for table in SCHEMA}
+            found = {table: dialect.column_types(db, table) for table in SCHEMA}
             db.rollback()  # PostgreSQL: the reads above opened a transaction
         except dialect.errors:
             writes.close()
             return None
-        return writes if found == SCHEMA else None
+        if {table: set(types) for table, types in found.items()} != SCHEMA:
+            return None
+        if dialect.name == "postgresql" and all(found["metrics"][c] == t for c, t in METRIC_TYPES.items()):
+            writes.encode_metrics = metric_copy_binary
+        return writes
 
     def _db(self) -> Any:
         db = getattr(self.local, "db", None)
@@ -349,7 +396,7 @@ class SqlWrites:
             self._active(db, {w.run_id for w in batches} | set(ends))
             self._params(db, [w for w in batches if w.params])
             if points:
-                d.insert_new(db, "metrics", ("key", "value", "timestamp", "step", "is_nan", "run_uuid"), list(points))
+                d.insert_new(db, "metrics", METRIC_COLUMNS, list(points), self.encode_metrics)
                 self._latest(db, points)
             d.many(db, "INSERT INTO tags (key, value, run_uuid)", [(k, v, r) for (r, k), v in tags.items()],
                    "ON CONFLICT (key, run_uuid) DO UPDATE SET value = excluded.value")

@@ -44,6 +44,7 @@ class CellSearch:
         self.new_left = max(0, study.search.trials_per_cell - started)
         self.trials: dict[int, list[Unit]] = {}  # in flight, by trial number
         self.handles: dict[int, optuna.Trial] = {}  # to set attributes by number
+        self.kept: dict[int, dict[str, Any]] = {}  # attributes to write with a trial's end (keep)
         self.ahead: list[tuple[optuna.Trial, dict | None]] = []  # asked ahead, run in order
         self.drawing: list[tuple[optuna.Trial, dict | None]] = []  # being asked ahead (prepare)
 
@@ -121,7 +122,7 @@ class CellSearch:
         """A value the trainer refuses (pydantic, --set paths): the trial fails before any run."""
         self.handles.pop(trial.number, None)
         self.trials.pop(trial.number, None)
-        self._set_attrs(trial, {names.TRIAL_REASON: str(err)[:REASON_CHARS]})
+        self._end(trial, {names.TRIAL_REASON: str(err)[:REASON_CHARS]})
         self.optuna.tell(trial, state=TrialState.FAIL)
 
     def start(self, number: int, units: list[Unit]) -> None:
@@ -129,8 +130,14 @@ class CellSearch:
         self._set_attrs(self.handles[number], {names.trial_run_id(u.seed): u.run_id for u in units})
 
     def keep(self, number: int, attrs: dict[str, Any]) -> None:
-        """Attributes of a trial in flight (what its finished runs taught, for a resumed driver)."""
-        self._set_attrs(self.handles[number], attrs)
+        """Attributes of a trial in flight (what its finished runs taught, for a resumed driver),
+        written with the trial's end in one write (`_end`): `teach` reads finished trials only,
+        and a trial a dead driver left in flight runs again and teaches again."""
+        self.kept.setdefault(number, {}).update(attrs)
+
+    def _end(self, trial: optuna.Trial, attrs: dict[str, Any]) -> None:
+        """The attributes of a trial that ends, with what its runs taught (`keep`)."""
+        self._set_attrs(trial, {**self.kept.pop(trial.number, {}), **attrs})
 
     def _set_attrs(self, trial: optuna.Trial, attrs: dict[str, Any]) -> None:
         """User attributes of a trial, in one write where the storage can (HeldStorage)."""
@@ -164,20 +171,20 @@ class CellSearch:
                      names.TRIAL_REASON: stopped.result.get("reason", "")[:REASON_CHARS]}
             if stopped.result.get(STOP_KIND):
                 attrs[names.TRIAL_STOP_KIND] = stopped.result[STOP_KIND]
-            self._set_attrs(trial, attrs)
+            self._end(trial, attrs)
             if len(values) == 1 and not math.isnan(values[0]):
                 trial.report(values[0], max(u.result.get("steps") or 0 for u in units))
             self.optuna.tell(trial, state=TrialState.PRUNED)
             return None
         if any(math.isnan(v) for v in values):
-            self._set_attrs(trial, {names.TRIAL_STATUS: RunStatus.COMPLETED.value,
-                                    names.TRIAL_REASON: "an objective metric was not recorded"})
+            self._end(trial, {names.TRIAL_STATUS: RunStatus.COMPLETED.value,
+                              names.TRIAL_REASON: "an objective metric was not recorded"})
             self.optuna.tell(trial, state=TrialState.FAIL)
             return None
-        self._set_attrs(trial, {names.TRIAL_STATUS: RunStatus.COMPLETED.value})
+        self._end(trial, {names.TRIAL_STATUS: RunStatus.COMPLETED.value})
         self.optuna.tell(trial, values if len(values) > 1 else values[0])
         return values[0]
 
     def _fail(self, trial: optuna.Trial, status: str, reason: str) -> None:
-        self._set_attrs(trial, {names.TRIAL_STATUS: str(status), names.TRIAL_REASON: reason[:REASON_CHARS]})
+        self._end(trial, {names.TRIAL_STATUS: str(status), names.TRIAL_REASON: reason[:REASON_CHARS]})
         self.optuna.tell(trial, state=TrialState.FAIL)

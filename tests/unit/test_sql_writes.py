@@ -17,7 +17,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from orchestrator.store.queue import refused
-from orchestrator.store.sql_writes import SqlWrites
+from orchestrator.store.sql_writes import SqlWrites, metric_copy_binary
 
 from support.postgres import started_or_skip
 
@@ -97,6 +97,8 @@ def test_plain_sql_writes_the_rows_mlflow_writes(store):
     uri, client, exp = store
     writes = SqlWrites.of(client, uri)
     assert writes is not None
+    # PostgreSQL's points go by COPY in its binary format (MLflow's column types checked first)
+    assert (writes.encode_metrics is metric_copy_binary) == uri.startswith("postgresql")
     mine, theirs = write(writes, exp, "t0 s0"), write(ClientWrites(client), exp, "t0 s0")
     got, want = read(client, mine), read(client, theirs)
     assert got == want
@@ -119,6 +121,9 @@ def test_what_mlflow_refuses_is_refused_alike(store):
         with pytest.raises(MlflowException, match="refused") as err:
             writes.log_batch(run_id, tags=[RunTag("long", "x" * 9000)])
         assert refused(err.value) and "long" not in client.get_run(run_id).data.tags
+        with pytest.raises(MlflowException, match="refused") as err:  # a key longer than its column, by COPY
+            writes.log_batch(run_id, [("k" * 300, 1.0, 5_000, 400)])
+        assert refused(err.value) and "k" * 300 not in client.get_run(run_id).data.metrics
     with pytest.raises(MlflowException, match="Changing param values") as err:
         writes.log_batch(run_id, params=[Param("seed", "1")])
     assert refused(err.value)  # the write queue drops it instead of retrying it for ever
