@@ -73,7 +73,7 @@ class WriteQueue:
             raise
         return n
 
-    def put(self, fn: Callable[[], None]) -> None:
+    def put(self, fn: Callable[[], None] | Op) -> None:
         self.pending.append(fn)
         self.flush()
 
