@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import sqlite3
 import threading
 from collections.abc import Collection, Container, Sequence
 from datetime import UTC, datetime
@@ -43,7 +44,9 @@ from optuna.trial import FrozenTrial, TrialState
 class HeldStorage(BaseStorage):
     def __init__(self, backend: RDBStorage, held: Collection[str]) -> None:
         self.backend, self.held = backend, frozenset(held)
-        self.plain = backend.engine.name in PLAIN_ENGINES  # held trials' writes as Core statements
+        # Held trials' writes as Core statements: PostgreSQL, and SQLite from 3.35 (RETURNING)
+        self.plain = backend.engine.name == "postgresql" or (backend.engine.name == "sqlite"
+                                                             and sqlite3.sqlite_version_info >= (3, 35))
         self._lock = threading.RLock()
         self._names: dict[int, str] = {}
         self._directions: dict[int, list[StudyDirection]] = {}
@@ -270,9 +273,6 @@ class HeldStorage(BaseStorage):
 
     def remove_session(self) -> None:
         self.backend.remove_session()
-
-
-PLAIN_ENGINES = ("sqlite", "postgresql")  # Core statements for these; Optuna's own writes elsewhere
 
 
 def _utc(local: datetime) -> datetime:

@@ -69,6 +69,7 @@ def fields(t: optuna.trial.FrozenTrial) -> tuple:
 
 def test_what_it_reads_is_what_the_database_holds(url, tmp_path):
     held = HeldStorage(optuna.storages.RDBStorage(url), [f"{tmp_path.name}/cell"])
+    assert held.plain  # its own Core writes, read back below through Optuna's storage
     study = optuna.create_study(storage=held, study_name=f"{tmp_path.name}/cell",
                                 sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=4))
     busy_study(study)
