@@ -284,3 +284,21 @@ def test_a_tracker_writes_postgresql_by_several_lanes_each_run_whole(postgres, t
         assert [(m.step, m.value) for m in client.get_metric_history(run_id, "val_acc")] == \
             [(s, s / 100 + i) for s in range(10, 60, 10)]
     assert tracker.drain(timeout_s=30) and tracker.backlog == 0
+
+
+def test_a_transaction_sent_again_adds_nothing(store):
+    """A writer turn whose commit went through but whose answer was lost is sent again, whole:
+    creates, params, points, tags and ends already there; nothing is refused and nothing doubles."""
+    from orchestrator.store.sql_writes import RunBatch, RunEnd
+
+    uri, client, exp = store
+    writes = SqlWrites.of(client, uri)
+    made = [writes.new_run(exp, TAGS, f"again {i}") for i in range(2)]
+    ids = [run.info.run_id for run, _ in made]
+    turn = [w for _, w in made] + [RunBatch(r, FIRST, PARAMS, END_TAGS) for r in ids]
+    turn += [RunBatch(r, SECOND) for r in ids] + [RunEnd(r, "FINISHED", 4_000) for r in ids]
+    writes.apply(turn)
+    once = [read(client, r) for r in ids]
+    writes.apply(turn)
+    assert [read(client, r) for r in ids] == once
+    assert len(client.get_metric_history(ids[0], "val_acc")) == 5
