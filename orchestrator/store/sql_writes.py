@@ -136,9 +136,6 @@ class Dialect:
         else:
             cur.execute("RELEASE SAVEPOINT bulk")
 
-    def columns(self, db: Any, table: str) -> set[str]:
-        return set(self.column_types(db, table))
-
     def column_types(self, db: Any, table: str) -> dict[str, str]:
         """Column -> its declared type (SQLite) or data_type (PostgreSQL)."""
         if self.name == "sqlite":

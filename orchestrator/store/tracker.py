@@ -241,12 +241,12 @@ class Tracker:
         else:
             self.client.log_batch(run_id, metrics=[Metric(*m) for m in metrics], params=list(params),
                                   tags=list(tags))
-        self.points_sent += sum(m[3] > 0 for m in metrics)  # evaluations; final metrics are logged at step 0
+        self.points_sent += evaluation_points(metrics)
 
     def _send_ops(self, writes: list[RunWrite]) -> None:
         """Queued writes of runs' rows (`Op`s, with SqlWrites), in one transaction."""
         self.direct.apply(writes)
-        points = sum(m[3] > 0 for w in writes if isinstance(w, RunBatch) for m in w.metrics)
+        points = sum(evaluation_points(w.metrics) for w in writes if isinstance(w, RunBatch))
         with self.counting:  # the lanes' threads count into one number
             self.points_sent += points
 
@@ -449,6 +449,11 @@ class Tracker:
 
     def finish_study(self, status: str = "FINISHED") -> None:
         self._write(lambda: self.client.set_terminated(self.parent_id, status))
+
+
+def evaluation_points(metrics) -> int:
+    """The points of a batch that are evaluations: final metrics are logged at step 0."""
+    return sum(m[3] > 0 for m in metrics)
 
 
 def config_yaml(study: Study) -> str:
