@@ -29,21 +29,34 @@ def _study_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracking-uri", help="the MLflow tracking URI (same as --set tracking.uri=...)")
 
 
+def _max_runs_arg(p: argparse.ArgumentParser) -> None:
+    # No default here: orchestrator.study.checks.MAX_RUNS is read in _load (importing it loads torch).
+    p.add_argument("--max-runs", type=int, metavar="N",
+                   help="refuse a study of more training runs (cells x trials per cell x seeds) than N "
+                        "(default 100,000)")
+
+
 def _load(args: argparse.Namespace, with_preflight: bool = True):
     """Load, resolve and check a study; print every problem and exit 2 if there is one."""
     from orchestrator.study import (  # lazily: it loads torch, which `fit` needs not
         StudyError,
         load_study,
     )
+    from orchestrator.study.checks import MAX_RUNS, run_cap_problems
     from orchestrator.study.grid import build_cells
     from orchestrator.study.preflight import check_preflight, corpus_problems
 
     overrides = list(args.set) + ([f"tracking.uri={args.tracking_uri}"] if args.tracking_uri else [])
+    max_runs = None  # `status` reads a study of any size; `run` and `validate` cap it
+    if hasattr(args, "max_runs"):
+        max_runs = MAX_RUNS if args.max_runs is None else args.max_runs
     try:
-        study = load_study(args.study, overrides)
+        study = load_study(args.study, overrides, max_runs=max_runs)
         if problems := corpus_problems(study):  # before the grid, which tokenizes the corpus
             raise StudyError(problems)
         cells = build_cells(study)
+        if max_runs is not None and (problems := run_cap_problems(study, max_runs, len(cells))):
+            raise StudyError(problems)
         problems = check_preflight(study, cells) if with_preflight else []
         if problems:
             raise StudyError(problems)
@@ -56,8 +69,10 @@ def _load(args: argparse.Namespace, with_preflight: bool = True):
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from orchestrator.study.checks import run_count
+
     study, cells = _load(args)
-    runs = len(cells) * study.search.trials_per_cell * len(study.grid.seeds)
+    runs = run_count(study, len(cells))
     print(f"{args.study}: valid. {len(cells)} cells x {study.search.trials_per_cell} trials x "
           f"{len(study.grid.seeds)} seeds = {runs} training runs")
     window = study.grid.tokens_per_param
@@ -201,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="run or resume a study (same command again resumes)")
     _study_args(p)
+    _max_runs_arg(p)
     p.add_argument("--quiet", action="store_true", help="no live progress display")
     p.add_argument("--json", action="store_true", help="print the final counts as JSON")
     p.add_argument("--no-report", action="store_true", help="skip the analysis report at the end")
@@ -211,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print what was made as JSON")
     p = sub.add_parser("validate", help="check a study config without running anything")
     _study_args(p)
+    _max_runs_arg(p)
     p = sub.add_parser("status", help="per-cell trial counts and the best trial, from the Optuna storage")
     _study_args(p)
     p.add_argument("--json", action="store_true")
@@ -227,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     from orchestrator.cluster.slurm import add_slurm_parser, cmd_slurm
     from orchestrator.report.fit import add_fit_parser, run_fit
 
-    add_fit_parser(sub)  # grokscale fit scaling|isoflop|emergence FILE.csv ...
+    add_fit_parser(sub)  # grokscale fit scaling|isoflop|emergence|downstream|transfer FILE.csv ...
     add_slurm_parser(sub)  # grokscale slurm STUDY --nodes N ...
     args = parser.parse_args(argv)
     if args.command == "fit":

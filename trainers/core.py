@@ -8,6 +8,7 @@ so a new event, threshold or stop rule is written once and the two loops stay bi
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Literal
@@ -77,6 +78,12 @@ class TrainResult:
     # Why a checkpoint that was there was not used (truncated, garbage, another spec's); None
     # when there was none or it was resumed.
     checkpoint_note: str | None = None
+    # Measured speed at each evaluation (THROUGHPUT_KEYS, aligned with history["step"]): kept
+    # apart from `history`, which holds what a rerun repeats bit for bit.
+    throughput: dict[str, list[float]] = field(default_factory=dict)
+    # How the run executed: device, precision, compilation, workers, peak FLOP/s and where that
+    # figure came from, the determinism settings (trainers/device.py: Runtime).
+    runtime: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -121,7 +128,7 @@ class Accounting:
     @classmethod
     def of(cls, spec: TrainSpec, data: TaskData) -> Accounting:
         n = data.n_examples  # rows of x_train, or a corpus's windows
-        batch = spec.train.batch_size
+        batch = spec.train.batch_examples(data.seq_len)
         return cls(n if batch is None or batch >= n else batch, n, flops_for_task(spec.model, data))
 
     def at(self, step: int) -> dict[str, float]:
@@ -136,6 +143,32 @@ class Accounting:
                 "tokens_per_example": self.flops.tokens, "n_matmul": self.flops.n_matmul}
 
 
+# What each evaluation measures of the run's speed, since the previous evaluation: tokens trained
+# on per second (all workers), seconds per optimizer step, and model FLOPs utilization (the
+# model's training FLOPs per second over the peak of the devices it ran on).
+THROUGHPUT_KEYS = ("tokens_per_s", "step_time", "mfu")
+
+
+class Throughput:
+    """Times the training steps between evaluations (evaluation time excluded)."""
+
+    def __init__(self, accounting: Accounting, peak_flops: float, step: int) -> None:
+        self.tokens_per_step = accounting.examples_per_step * accounting.flops.tokens
+        self.flops_per_step = accounting.examples_per_step * accounting.flops.total
+        self.peak_flops = peak_flops
+        self.since, self.from_step = time.perf_counter(), step
+
+    def restart(self, now: float) -> None:
+        """After an evaluation: the next lap starts now."""
+        self.since = now
+
+    def lap(self, step: int, now: float) -> dict[str, float]:
+        steps, seconds = step - self.from_step, max(now - self.since, 1e-9)
+        self.from_step = step
+        return {"tokens_per_s": steps * self.tokens_per_step / seconds, "step_time": seconds / max(steps, 1),
+                "mfu": steps * self.flops_per_step / seconds / self.peak_flops}
+
+
 class RunLog:
     """One run's bookkeeping, in both loops: the history, the grokking events, success-stop,
     divergence and the report hook, and how the run ended (`outcome`, None while it trains)."""
@@ -143,6 +176,7 @@ class RunLog:
     def __init__(self, cfg: TrainConfig, accounting: Accounting, report: Report | None = None):
         self.cfg, self.accounting, self.report = cfg, accounting, report
         self.history: dict[str, list[float]] = {}
+        self.throughput: dict[str, list[float]] = {}
         self.events = Events()
         self.above = 0  # consecutive evals with val accuracy >= val_threshold (success-stop)
         self.outcome: tuple[Status, str] | None = None
@@ -156,14 +190,17 @@ class RunLog:
         return True
 
     def on_eval(self, step: int, train: dict[str, float], val: dict[str, float],
-                weight_norm: float, lr: float) -> bool:
-        """Record one evaluation and update the events; True if the run ends here."""
+                weight_norm: float, lr: float, speed: dict[str, float] | None = None) -> bool:
+        """Record one evaluation (and the speed measured since the last one) and update the
+        events; True if the run ends here."""
         cfg, events = self.cfg, self.events
         record = {"step": step, **{f"train_{k}": v for k, v in train.items()},
                   **{f"val_{k}": v for k, v in val.items()},
                   "weight_norm": weight_norm, "lr": lr, **self.accounting.at(step)}
         for k, v in record.items():
             self.history.setdefault(k, []).append(v)
+        for k, v in (speed or {}).items():
+            self.throughput.setdefault(k, []).append(v)
         if events.memorization_step is None and train["acc"] >= cfg.train_threshold:
             events.memorization_step = step
         if events.generalization_step is None and val["acc"] >= cfg.val_threshold:
@@ -174,7 +211,7 @@ class RunLog:
             self.outcome = (DIVERGED, reason_eval_not_finite(step))
         elif cfg.success_stop_evals is not None and self.above >= cfg.success_stop_evals:
             self.outcome = (COMPLETED, reason_success_stop(cfg.val_threshold, self.above))
-        elif self.report is not None and self.report(record):
+        elif self.report is not None and self.report({**record, **(speed or {})}):
             self.outcome = (STOPPED, reason_report(step))
         return self.outcome is not None
 
@@ -186,18 +223,22 @@ class RunLog:
 
     def state(self) -> dict:
         """What a checkpoint keeps of the bookkeeping."""
-        return {"history": self.history, "events": asdict(self.events), "above": self.above}
+        return {"history": self.history, "events": asdict(self.events), "above": self.above,
+                "throughput": self.throughput}
 
     def restore(self, state: dict, finished: tuple[str, str] | None) -> None:
         self.history, self.events, self.above = state["history"], Events(**state["events"]), state["above"]
+        self.throughput = state.get("throughput", {})
         self.outcome = finished  # (status, reason) of a run that had already ended
 
     def result(self, steps: int, n_params: dict[str, int], data: TaskData, wall_time_s: float,
-               eval_time_s: float, resumed_from_step: int, checkpoint_note: str | None) -> TrainResult:
+               eval_time_s: float, resumed_from_step: int, checkpoint_note: str | None,
+               runtime: dict | None = None) -> TrainResult:
         status, reason = self.finish()
         return TrainResult(status=status, reason=reason, steps=steps,
                            final={k: v[-1] for k, v in self.history.items()}, history=self.history,
                            events=self.events, n_params=n_params, n_train=data.n_train,
                            wall_time_s=wall_time_s, eval_time_s=eval_time_s,
                            resumed_from_step=resumed_from_step, task_info=data.info,
-                           flops=self.accounting.per_unit(), checkpoint_note=checkpoint_note)
+                           flops=self.accounting.per_unit(), checkpoint_note=checkpoint_note,
+                           throughput=self.throughput, runtime=runtime or {})

@@ -8,7 +8,8 @@ from pydantic_core import PydanticCustomError
 
 
 class Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and +-inf are refused in every float field: `lr: .inf` passes `gt=0` and trains nothing.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def invalid(field: str, message: str) -> PydanticCustomError:

@@ -22,13 +22,19 @@ n_head does not change the count (d_attn = d_model here).
 
 last_only (target "last"): models.Block runs the last block's qkv on every position (k and v
 are needed there), then one query, and proj, the MLP and the unembedding on one position only.
+
+The gpt (trainers/gpt.py) counts the same way: qkv, proj and the MLP's matrices (two for gelu,
+three for swiglu) per block, d_attn = n_head x head_dim = d_model. Rotary embeddings, RMSNorm and
+the SwiGLU product are elementwise and not counted. With last_only it runs every block on all
+positions, then the final norm and the readout on the last position only, so only the
+unembedding shrinks (to one position). A tied readout is still a matmul of d_model x n_out.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from trainers.spec import MLPModel, TransformerModel
+from trainers.spec import GPTModel, MLPModel, TransformerModel
 
 BACKWARD_FACTOR = 2  # Kaplan et al. (2020): backward = 2 x forward (input and weight gradients)
 
@@ -85,6 +91,15 @@ def _transformer(cfg: TransformerModel, n_out: int, seq_len: int, last_only: boo
     return _count(n_matmul, matmul, attention, unembed, T)
 
 
+def _gpt(cfg: GPTModel, n_out: int, seq_len: int, last_only: bool) -> FlopCount:
+    d, T, L = cfg.width, seq_len, cfg.n_layer
+    mlp = (3 if cfg.mlp == "swiglu" else 2) * d * cfg.mlp_width  # up (+ gate) + down
+    block = 3 * d * d + d * d + mlp  # weights per block: qkv, proj, MLP
+    attention = L * 2 * (2 * T * T * d)  # QK^T and weights @ V over the full T x T matrix
+    unembed = 2 * d * n_out * (1 if last_only else T)  # every block runs on all T (module docstring)
+    return _count(L * block + d * n_out, L * 2 * T * block, attention, unembed, T)
+
+
 def _mlp(cfg: MLPModel, n_out: int, seq_len: int) -> FlopCount:
     # models.MLP: the seq_len embeddings concatenated, n_hidden ReLU layers, one readout.
     hidden = seq_len * cfg.d_embed * cfg.d_hidden + (cfg.n_hidden - 1) * cfg.d_hidden**2
@@ -108,7 +123,7 @@ def _own(model_cfg, vocab_size: int, n_out: int, seq_len: int) -> FlopCount:
     return _count(n, 2 * seq_len * n, 0, 0, seq_len)
 
 
-def flops_per_example(model_cfg: TransformerModel | MLPModel, vocab_size: int, n_out: int,
+def flops_per_example(model_cfg: TransformerModel | GPTModel | MLPModel, vocab_size: int, n_out: int,
                       seq_len: int, last_only: bool) -> FlopCount:
     """FLOPs to train on one example of `seq_len` positions (arguments as models.build_model).
 
@@ -120,6 +135,8 @@ def flops_per_example(model_cfg: TransformerModel | MLPModel, vocab_size: int, n
         raise ValueError(f"vocab_size, n_out and seq_len must be >= 1, got {vocab_size}, {n_out}, {seq_len}")
     if model_cfg.family == "transformer":
         return _transformer(model_cfg, n_out, seq_len, last_only)
+    if model_cfg.family == "gpt":
+        return _gpt(model_cfg, n_out, seq_len, last_only)
     if model_cfg.family == "mlp":
         return _mlp(model_cfg, n_out, seq_len)
     if ":" in model_cfg.family:  # a model of the user's (trainers/spec.py: OwnModel)
@@ -127,7 +144,7 @@ def flops_per_example(model_cfg: TransformerModel | MLPModel, vocab_size: int, n
     raise ValueError(f"no FLOP formula for model family {model_cfg.family!r}")
 
 
-def flops_for_task(model_cfg: TransformerModel | MLPModel, data) -> FlopCount:
+def flops_for_task(model_cfg: TransformerModel | GPTModel | MLPModel, data) -> FlopCount:
     """flops_per_example for a tasks.TaskData, with last_only read from its target."""
     return flops_per_example(model_cfg, data.vocab_size, data.n_out, data.seq_len,
                              last_only=data.target == "last")

@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainers.gpt import GPT
 from trainers.own_code import OwnModel, own_class
-from trainers.spec import MLPModel, TransformerModel
+from trainers.spec import GPTModel, MLPModel, TransformerModel
+
+BuiltinModel = TransformerModel | GPTModel | MLPModel
 
 EMBEDDING_MODULES = ("tok_emb", "pos_emb", "unembed")
 
@@ -127,13 +131,16 @@ class MLP(nn.Module):
 
 
 def init_weights(model: nn.Module, init_scale: float) -> None:
-    """N(0, 1/fan_in) weights, zero biases, then everything times init_scale. A model of the
-    user's keeps its own initialization; init_scale multiplies it.
+    """N(0, 1/fan_in) weights, zero biases, then everything times init_scale. The gpt has its own
+    scheme (gpt.GPT.init_weights) and a model of the user's its own initialization; init_scale
+    multiplies both.
 
     Liu et al. (2022, "Omnigrok") tie grokking to the initial weight norm: a large init_scale
     delays generalization, a small one removes the delay.
     """
     builtin = isinstance(model, (Transformer, MLP))
+    if isinstance(model, GPT):
+        model.init_weights()
     for module in model.modules() if builtin else ():
         if isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, std=1 / math.sqrt(module.in_features))
@@ -147,14 +154,14 @@ def init_weights(model: nn.Module, init_scale: float) -> None:
                 p.mul_(init_scale)
 
 
-def build_model(cfg: TransformerModel | MLPModel | OwnModel, vocab_size: int, n_out: int, seq_len: int) -> nn.Module:
+def build_model(cfg: BuiltinModel | OwnModel, vocab_size: int, n_out: int, seq_len: int) -> nn.Module:
     if isinstance(cfg, OwnModel):
         return own_class(cfg.family, "model")(cfg.config, vocab_size, n_out, seq_len)
-    cls = Transformer if cfg.family == "transformer" else MLP
+    cls = {"transformer": Transformer, "gpt": GPT, "mlp": MLP}[cfg.family]
     return cls(cfg, vocab_size, n_out, seq_len)
 
 
-def shape_counts(cfg: TransformerModel | MLPModel, vocab_size: int, n_out: int, seq_len: int) -> ParamCounts:
+def shape_counts(cfg: BuiltinModel, vocab_size: int, n_out: int, seq_len: int) -> ParamCounts:
     """Counts without allocating: the model is built on the meta device."""
     with torch.device("meta"):
         return count_params(build_model(cfg, vocab_size, n_out, seq_len))
@@ -162,36 +169,46 @@ def shape_counts(cfg: TransformerModel | MLPModel, vocab_size: int, n_out: int, 
 
 @dataclass(frozen=True)
 class ResolvedShape:
-    model: TransformerModel | MLPModel
+    model: BuiltinModel
     n_params: ParamCounts
     target: int
     convention: str
+    shape: dict[str, Any]  # the model fields the resolution set (a grid cell's shape)
 
     @property
     def relative_error(self) -> float:
         return abs(getattr(self.n_params, self.convention) - self.target) / self.target
 
 
-def resolve_shape(base: TransformerModel | MLPModel, target: int, vocab_size: int, n_out: int,
+def resolve_shape(base: BuiltinModel, target: int, vocab_size: int, n_out: int,
                   seq_len: int, convention: str = "total", tolerance: float = 0.10) -> ResolvedShape:
-    """The width (d_model for a transformer of fixed depth and heads, d_hidden for an MLP)
-    whose parameter count under `convention` is closest to `target`; an error if none is
-    within `tolerance`. Counts grow monotonically with width, so a binary search suffices."""
+    """The size (d_model for a transformer of fixed depth and heads, n_layer for a gpt, d_hidden
+    for an MLP) whose parameter count under `convention` is closest to `target`; an error if
+    none is within `tolerance`. Counts grow monotonically with size, so a binary search suffices.
+
+    A gpt's one knob is its depth: d_model follows it (aspect x n_layer), or stays the base's
+    explicit d_model, and then N is a depth at that width. Depths are a coarse ladder (N grows
+    about as n_layer^3 when d_model follows), so a target between two rungs may be refused."""
     if isinstance(base, OwnModel):
         raise ValueError(f"model.family: a target parameter count is resolved for the built-in families only; "
                          f"give {base.family}'s N as a shape of its fields (e.g. {{width: 64}})")
     if base.family == "transformer":
-        step = base.n_head
+        knob, step = "d_model", base.n_head
         ratio = None if base.d_mlp is None else base.d_mlp / base.d_model
 
-        def shape(width: int) -> TransformerModel:
-            d_mlp = None if ratio is None else max(1, round(ratio * width))
-            return base.model_copy(update={"d_model": width, "d_mlp": d_mlp})
+        def fields(size: int) -> dict[str, int]:
+            # d_mlp keeps the base's ratio to d_model when the base gives one, else it follows d_model.
+            if ratio is None:
+                return {"d_model": size}
+            return {"d_model": size, "d_mlp": max(1, round(ratio * size))}
     else:
-        step = 1
+        knob, step = ("n_layer", 1) if base.family == "gpt" else ("d_hidden", 1)
 
-        def shape(width: int) -> MLPModel:
-            return base.model_copy(update={"d_hidden": width})
+        def fields(size: int) -> dict[str, int]:
+            return {knob: size}
+
+    def shape(size: int) -> BuiltinModel:
+        return base.model_copy(update=fields(size))
 
     def count(k: int) -> int:
         return getattr(shape_counts(shape(k * step), vocab_size, n_out, seq_len), convention)
@@ -204,9 +221,10 @@ def resolve_shape(base: TransformerModel | MLPModel, target: int, vocab_size: in
         lo, hi = (mid, hi) if count(mid) < target else (lo, mid)
     best = min((lo, hi), key=lambda k: abs(count(k) - target))
     model = shape(best * step)
-    resolved = ResolvedShape(model, shape_counts(model, vocab_size, n_out, seq_len), target, convention)
+    resolved = ResolvedShape(model, shape_counts(model, vocab_size, n_out, seq_len), target, convention,
+                             fields(best * step))
     if resolved.relative_error > tolerance:
         raise ValueError(
-            f"no {base.family} width lands within {tolerance:.0%} of N={target} ({convention}); "
-            f"closest is {getattr(resolved.n_params, convention)} at width {best * step}")
+            f"no {base.family} {knob} lands within {tolerance:.0%} of N={target} ({convention}); "
+            f"closest is {getattr(resolved.n_params, convention)} at {knob} {best * step}")
     return resolved

@@ -169,7 +169,7 @@ class OwnModel(_Own):
     """`model: {family: package.module:Class, ...}`: a torch module of the user's (module docstring)."""
 
     _tag = "family"
-    _builtin = ("transformer", "mlp")
+    _builtin = ("transformer", "mlp", "gpt")
     family: str
 
     @classmethod

@@ -64,6 +64,11 @@ class RunConfig:
     model: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
     device: str = "cpu"  # "cuda" when the study gives the run GPUs (resources)
+    # This process's place in the run's process group: rank, size, local_rank. A run given
+    # several workers (resources) finds torch.distributed initialized; every rank calls
+    # report() at the same evaluations, and rank 0's reports are the run's (others' are ignored;
+    # each rank gets rank 0's answer).
+    world: dict[str, int] = field(default_factory=lambda: {"rank": 0, "size": 1, "local_rank": 0})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

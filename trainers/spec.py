@@ -166,8 +166,61 @@ class MLPModel(Frozen):
     dropout: float = Field(default=0.0, ge=0, lt=1)
 
 
+class GPTModel(Frozen):
+    """A modern decoder for scaling studies (trainers/gpt.py): pre-norm RMSNorm, rotary positions,
+    no biases. Sized by one knob, n_layer: d_model = aspect x n_layer, rounded up to a whole number
+    of heads of head_dim (nanochat's depth-to-width ladder), so a grid's N is a depth."""
+
+    family: Literal["gpt"] = "gpt"
+    n_layer: PositiveInt = 2
+    aspect: PositiveInt = 64  # d_model per layer (nanochat's default)
+    head_dim: PositiveInt = 64
+    d_model: PositiveInt | None = None  # None: aspect x n_layer up to a multiple of head_dim (see `width`)
+    mlp: Literal["gelu", "swiglu"] = "gelu"
+    mlp_ratio: PositiveFloat | None = None  # None: 4 for gelu, 8/3 up to a multiple of 64 for swiglu
+    tie_embeddings: bool = False  # unembed shares tok_emb's matrix: needs n_out == vocab_size
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> GPTModel:
+        if self.head_dim % 2:
+            # Rotary embeddings rotate pairs of channels (Su et al. 2021).
+            raise invalid("head_dim", f"head_dim must be even (rotary embeddings rotate channel pairs), "
+                                      f"got {self.head_dim}")
+        if self.d_model is not None and self.d_model % self.head_dim:
+            raise invalid("d_model",
+                          f"d_model ({self.d_model}) must be a multiple of head_dim ({self.head_dim})")
+        if self.mlp_ratio is not None and round(self.mlp_ratio * self.width) < 1:
+            raise invalid("mlp_ratio",
+                          f"mlp_ratio {self.mlp_ratio} x d_model {self.width} leaves no hidden unit")
+        return self
+
+    @property
+    def width(self) -> int:
+        """d_model: the explicit one, else aspect x n_layer rounded up to a multiple of head_dim."""
+        if self.d_model is not None:
+            return self.d_model
+        return -(-self.aspect * self.n_layer // self.head_dim) * self.head_dim
+
+    @property
+    def n_head(self) -> int:
+        return self.width // self.head_dim
+
+    @property
+    def mlp_width(self) -> int:
+        """The MLP's hidden width. gelu: 4 d_model (GPT-2). swiglu: 8/3 d_model, which keeps its
+        three matrices at the parameters of gelu's two (Shazeer 2020), rounded up to a multiple of
+        64 for GPU tiles (LLaMA rounds to 256). An explicit mlp_ratio gives round(ratio x d_model)."""
+        if self.mlp_ratio is not None:
+            return round(self.mlp_ratio * self.width)
+        if self.mlp == "gelu":
+            return 4 * self.width
+        return -(-8 * self.width // (3 * 64)) * 64
+
+
 Model = Annotated[
-    Annotated[TransformerModel, Tag("transformer")] | Annotated[MLPModel, Tag("mlp")] | Annotated[OwnModel, Tag("own")],
+    Annotated[TransformerModel, Tag("transformer")] | Annotated[GPTModel, Tag("gpt")]
+    | Annotated[MLPModel, Tag("mlp")] | Annotated[OwnModel, Tag("own")],
     Discriminator(_tagged("family", OwnModel._builtin))]
 
 
@@ -197,6 +250,21 @@ class TrainConfig(Frozen):
     success_stop_evals: PositiveInt | None = None  # stop after m evals at/above val_threshold
     checkpoint_every: PositiveInt | None = None
     threads: PositiveInt = 1  # torch intra-op threads; fixed so results do not depend on the host
+    # The GPU-grade loop (trainers/train.py, README "GPUs and several nodes"). "auto": bf16 on a
+    # GPU that supports it, fp32 otherwise (CPU runs stay bitwise what they were).
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    # torch.compile the model. "auto": GPU runs whose step is large enough (trainers/device.py).
+    compile: Literal["auto", "on", "off"] = "auto"
+    # The global batch in tokens instead of examples (batch_size): batch_tokens / seq_len
+    # sequences a step, whatever the number of workers.
+    batch_tokens: PositiveInt | None = None
+    # Examples per forward/backward on one worker; the batch is reached by gradient accumulation.
+    # None: the worker's whole share of the batch at once.
+    micro_batch: PositiveInt | None = None
+    grad_clip: PositiveFloat | None = None  # clip the global gradient norm to this
+    # Shard parameters, gradients and optimizer state over a run's workers (FSDP2 fully_shard)
+    # instead of replicating them (DDP). Only a run with more than one worker.
+    shard: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
@@ -205,6 +273,8 @@ class TrainConfig(Frozen):
                 raise invalid(f"betas[{i}]", f"betas[{i}] must be in [0, 1), got {b}")
         if self.warmup_steps > self.steps:
             raise invalid("warmup_steps", f"warmup_steps ({self.warmup_steps}) must be <= steps ({self.steps})")
+        if self.batch_tokens is not None and self.batch_size is not None:
+            raise invalid("batch_tokens", "give the batch as batch_size (examples) or batch_tokens, not both")
         if self.schedule == "wsd":
             n_decay = self.decay_steps
             if self.warmup_steps + n_decay > self.steps:
@@ -212,6 +282,15 @@ class TrainConfig(Frozen):
                     "warmup_steps", f"schedule 'wsd': warmup_steps ({self.warmup_steps}) + decay steps ({n_decay} = "
                     f"decay_fraction {self.decay_fraction} x steps {self.steps}) must be <= steps ({self.steps})")
         return self
+
+    def batch_examples(self, seq_len: int) -> int | None:
+        """The global batch in examples: batch_size, or batch_tokens / seq_len; None: full batch."""
+        if self.batch_tokens is None:
+            return self.batch_size
+        if self.batch_tokens % seq_len:
+            raise ValueError(f"train.batch_tokens ({self.batch_tokens}) must be a multiple of the task's "
+                             f"sequence length ({seq_len})")
+        return self.batch_tokens // seq_len
 
     @property
     def decay_steps(self) -> int:
@@ -240,9 +319,9 @@ class TrainSpec(Frozen):
     @model_validator(mode="after")
     def _check(self) -> TrainSpec:
         if self.model.family == "mlp" and self.task.name in ("addition", "charlm", "corpus"):
-            raise invalid("model.family", f"task '{self.task.name}' needs model.family 'transformer'; 'mlp' reads "
-                          "fixed-length inputs only")
-        if self.task.name == "corpus" and self.train.batch_size is None:
+            raise invalid("model.family", f"task '{self.task.name}' needs model.family 'transformer' or "
+                          "'gpt'; 'mlp' reads fixed-length inputs only")
+        if self.task.name == "corpus" and self.train.batch_size is None and self.train.batch_tokens is None:
             # A corpus is read from disk a batch at a time; "full batch" would read all of it every step.
             raise invalid("train.batch_size", "task 'corpus' trains on minibatches of windows read from disk; "
                                               "give train.batch_size (e.g. 32)")

@@ -8,6 +8,7 @@ in core.py (set-up, bookkeeping, result), schedules.py (the learning rate) and c
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -16,7 +17,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 
+from trainers import machine
 from trainers.checkpoint import CHECKPOINT_NAME, Checkpoint
 from trainers.checkpoint import load as load_checkpoint
 from trainers.core import (
@@ -25,15 +28,29 @@ from trainers.core import (
     Report,
     RunLog,
     Status,
+    Throughput,
     TrainResult,
     batch_generator,
     build_run,
     reduce_metrics,
 )
+from trainers.device import (
+    Runtime,
+    autocast,
+    configure,
+    determinism,
+    device_name,
+    grad_scaler,
+    peak_flops,
+    resolve_precision,
+    should_compile,
+)
+from trainers.device import optimizer as build_optimizer
 from trainers.models import count_params
 from trainers.schedules import lr_at, lr_factor
 from trainers.spec import TrainSpec
 from trainers.tasks import IGNORE, TaskData
+from trainers.world import World
 
 # Names other modules import from here, kept so that `from trainers.train import ...` still works.
 __all__ = ["CHECKPOINT_NAME", "Events", "Report", "Status", "TrainResult", "evaluate", "evaluate_batches",
@@ -99,30 +116,63 @@ def weight_norm(model: torch.nn.Module) -> float:
 
 def train(spec: TrainSpec, report: Report | None = None,
           checkpoint_dir: str | os.PathLike | None = None) -> TrainResult:
+    """One run, in this process or, when torch.distributed is initialized, as one rank of a
+    data-parallel group (trainers/world.py). The result is rank 0's; other ranks' results are
+    partial (no history) and meant to be dropped."""
     t0 = time.perf_counter()
     cfg = spec.train
     torch.set_num_threads(cfg.threads)
+    world = World.current()
     device = torch.device(spec.device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())  # a group's worker set its own
+    configure(device)
+    precision = resolve_precision(cfg, device)
     data, model = build_run(spec, device)  # the data and the init, from the seed
     counts = count_params(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
-                                  weight_decay=cfg.weight_decay)
+    optimizer = build_optimizer(model.parameters(), cfg, device)
+    scaler = grad_scaler(device, precision)
     batch_gen = batch_generator(spec.seed)
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
     x_val, y_val = data.x_val.to(device), data.y_val.to(device)
     stream = data.stream  # a corpus: windows are read from disk a batch at a time
     n = data.n_examples
-    full_batch = stream is None and (cfg.batch_size is None or cfg.batch_size >= n)
+    batch = cfg.batch_examples(data.seq_len)
+    full_batch = stream is None and (batch is None or batch >= n)
     last_only = data.target == "last"
     ema = [torch.zeros_like(p) for p in model.parameters()] if cfg.grokfast else None
-    log = RunLog(cfg, Accounting.of(spec, data), report)  # history, events, stop rules
+    accounting = Accounting.of(spec, data)
+    log = RunLog(cfg, accounting, report if world.is_main else None)  # history, events, stop rules
+    if world.size > accounting.examples_per_step:
+        raise ValueError(f"a batch of {accounting.examples_per_step} examples cannot be shared by {world.size} "
+                         f"workers; give a larger train.batch_size or batch_tokens, or fewer workers")
+    # One process, one pass over the batch: the loss exactly as it has always been computed, so
+    # CPU runs keep their bits. Otherwise shares and micro-batches (trainers/world.py).
+    plain = world.size == 1 and (cfg.micro_batch is None or cfg.micro_batch >= accounting.examples_per_step)
+    flops_per_step = accounting.examples_per_step * accounting.flops.total
+    peak, peak_source = peak_flops(device, precision, cfg.threads)
+    compiled = should_compile(cfg, device, flops_per_step, peak)
+    forward = torch.compile(model) if compiled else model
+    trained = forward  # what the training step calls: DDP's wrapper in a group of several
+    if world.size > 1:
+        trained = DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None)
+    runtime = Runtime(str(device), device_name(device), precision, compiled, world.size, peak, peak_source,
+                      determinism(device, cfg.threads), machine.facts(cfg.threads))
+    amp = autocast(device, precision)
+
+    def to_device(t: torch.Tensor) -> torch.Tensor:
+        # Windows read from a token file: pinned, so the copy to a GPU overlaps the compute.
+        if device.type == "cuda":
+            return t.pin_memory().to(device, non_blocking=True)
+        return t.to(device)
 
     step = 0
     perm, cursor = torch.arange(n), n  # an exhausted epoch: the first batch draws a new one
     ckpt, note = None, None
     if checkpoint_dir is not None:
         ckpt = Path(checkpoint_dir) / CHECKPOINT_NAME
-        ckpt.parent.mkdir(parents=True, exist_ok=True)
+        if world.is_main:
+            ckpt.parent.mkdir(parents=True, exist_ok=True)
         saved, note = load_checkpoint(ckpt, spec.digest())  # None, and why, if unusable
         if saved is not None:
             model.load_state_dict(saved.model)
@@ -135,49 +185,97 @@ def train(spec: TrainSpec, report: Report | None = None,
     resumed_from, ended_before = step, log.outcome is not None
 
     def save(finished: tuple[Status, str] | None = None) -> None:
-        Checkpoint(spec.digest(), step, model.state_dict(), optimizer.state_dict(), torch.get_rng_state(),
-                   batch_gen.get_state(), ema, perm, cursor, log.state(), finished).save(ckpt)
+        if world.is_main:
+            Checkpoint(spec.digest(), step, model.state_dict(), optimizer.state_dict(), torch.get_rng_state(),
+                       batch_gen.get_state(), ema, perm, cursor, log.state(), finished).save(ckpt)
 
-    eval_time = 0.0
+    def examples(index: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The examples at these indices (all of them for None)."""
+        if index is None:
+            return x_train, y_train
+        if stream is None:
+            return x_train[index], y_train[index]
+        # One epoch reads each window once: D tokens (trainers/corpus/data.py).
+        return tuple(to_device(t) for t in stream.windows("train", index))
+
+    def backward(loss: torch.Tensor) -> None:
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+
+    eval_time, timer = 0.0, Throughput(accounting, peak * world.size, step)
     model.train()
     while step < cfg.steps and log.outcome is None:
         lr = lr_at(cfg, step)  # trainers/schedules.py: warmup, then the schedule
         for group in optimizer.param_groups:
             group["lr"] = lr
-        if full_batch:
-            xb, yb = x_train, y_train
-        else:
-            if cursor + cfg.batch_size > n:
+        index = None
+        if not full_batch:
+            if cursor + batch > n:
                 perm, cursor = torch.randperm(n, generator=batch_gen), 0
-            idx = perm[cursor:cursor + cfg.batch_size]
-            cursor += cfg.batch_size
-            if stream is None:
-                xb, yb = x_train[idx], y_train[idx]
-            else:  # one epoch reads each window once: D tokens (trainers/corpus/data.py)
-                xb, yb = (t.to(device) for t in stream.windows("train", idx))
-        logits = model(xb, last_only=last_only)
-        loss = F.cross_entropy(logits.flatten(0, -2), yb.flatten(), ignore_index=IGNORE)
-        step += 1
-        if log.on_loss(step, loss.item()):  # diverged
-            break
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+            index = perm[cursor:cursor + batch]
+            cursor += batch
+        if plain:
+            xb, yb = examples(index)
+            with amp:
+                logits = forward(xb, last_only=last_only)
+                loss = F.cross_entropy(logits.flatten(0, -2), yb.flatten(), ignore_index=IGNORE)
+            step += 1
+            if log.on_loss(step, loss.item()):  # diverged
+                break
+            optimizer.zero_grad(set_to_none=True)
+            backward(loss)
+        else:
+            # The loss over the global batch: each share's summed token losses over the batch's
+            # labelled tokens, times the world size because DDP averages the ranks' gradients.
+            rows = torch.arange(n) if index is None else index
+            labelled = rows.numel() * data.seq_len if stream is not None else int((examples(index)[1] != IGNORE).sum())
+            share = world.share(rows)
+            chunks = share.split(cfg.micro_batch) if cfg.micro_batch else (share,)
+            optimizer.zero_grad(set_to_none=True)
+            total = 0.0
+            for i, chunk in enumerate(chunks):
+                xb, yb = examples(chunk)
+                last = i == len(chunks) - 1
+                sync = trained.no_sync() if world.size > 1 and not last else contextlib.nullcontext()
+                with sync:
+                    with amp:
+                        logits = trained(xb, last_only=last_only)
+                        loss = F.cross_entropy(logits.flatten(0, -2).float(), yb.flatten(), ignore_index=IGNORE,
+                                               reduction="sum") * (world.size / labelled)
+                    backward(loss)
+                total += loss.item() / world.size
+            step += 1
+            if log.on_loss(step, world.sum(total)):  # diverged, on every rank alike
+                break
+        if scaler is not None:
+            scaler.unscale_(optimizer)  # clipping and Grokfast see the true gradient
         if ema is not None:
             # Grokfast-EMA (Lee et al. 2024): amplify the slow component of the gradient.
             for p, m in zip(model.parameters(), ema):
                 if p.grad is not None:
                     m.mul_(cfg.grokfast_alpha).add_(p.grad, alpha=1 - cfg.grokfast_alpha)
                     p.grad.add_(m, alpha=cfg.grokfast_lamb)
-        optimizer.step()
+        if cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
 
         if step % cfg.eval_every == 0 or step == cfg.steps:
             t_eval = time.perf_counter()
-            bs = cfg.eval_batch_size
-            tr = evaluate_batches(model, eval_batches(data, "train", bs, device, x_train, y_train), data)
-            va = evaluate_batches(model, eval_batches(data, "val", bs, device, x_val, y_val), data)
-            norm = weight_norm(model)
+            speed = timer.lap(step, t_eval)
+            stop = False
+            if world.is_main:  # the raw module: DDP's wrapper would wait for the other ranks
+                bs = cfg.eval_batch_size
+                with amp:
+                    tr = evaluate_batches(forward, eval_batches(data, "train", bs, device, x_train, y_train), data)
+                    va = evaluate_batches(forward, eval_batches(data, "val", bs, device, x_val, y_val), data)
+                stop = log.on_eval(step, tr, va, weight_norm(model), lr, speed)  # events, stops, report hook
+            stop = world.agree(stop)
             eval_time += time.perf_counter() - t_eval
-            if log.on_eval(step, tr, va, norm, lr):  # events, success-stop, divergence, report hook
+            timer.restart(time.perf_counter())
+            if stop:
                 break
         if ckpt is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
             save()
@@ -186,4 +284,5 @@ def train(spec: TrainSpec, report: Report | None = None,
         # The final state, marked finished: a run asked again after it ended (its driver died
         # before recording it) returns this result instead of training again.
         save(finished=log.finish())
-    return log.result(step, counts.as_dict(), data, time.perf_counter() - t0, eval_time, resumed_from, note)
+    return log.result(step, counts.as_dict(), data, time.perf_counter() - t0, eval_time, resumed_from, note,
+                      runtime.as_dict())

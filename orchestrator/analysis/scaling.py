@@ -64,6 +64,9 @@ class ScalingLawFit:
     ci: float
     delta: float = HUBER_DELTA
     boot: np.ndarray | None = field(default=None, repr=False, compare=False)  # (n_boot, 5)
+    # Which resamples the rows of `boot` came from (a resample whose fit failed has no row), so
+    # a caller that drew the resamples itself (`counts`) can pair each row with its own fits.
+    boot_rows: np.ndarray | None = field(default=None, repr=False, compare=False)  # (n_boot,)
 
     def predict(self, n: np.ndarray | float | None = None, d: np.ndarray | float | None = None) -> np.ndarray:
         """The fitted loss at N = n and D = d (each needed only if the law has that term)."""
@@ -97,12 +100,19 @@ class ScalingLawFit:
 
 
 def fit_scaling_law(n: np.ndarray, d: np.ndarray, loss: np.ndarray, *, convention: str = "total",
-                    n_boot: int = 200, ci: float = 0.95, seed: int = 0, delta: float = HUBER_DELTA) -> ScalingLawFit:
+                    n_boot: int = 200, ci: float = 0.95, seed: int = 0, delta: float = HUBER_DELTA,
+                    starts: np.ndarray | None = None, counts: np.ndarray | None = None) -> ScalingLawFit:
     """Fit L(N, D) = E + A/N^alpha + B/D^beta to runs with N parameters (counted by
-    `convention`), D training examples/tokens and final loss `loss` (all > 0)."""
+    `convention`), D training examples/tokens and final loss `loss` (all > 0).
+
+    `starts`: the initializations, rows (a, b, alpha, beta, e); default the grid of Hoffmann et
+    al. (`init_grid(2)`). A caller that knows the neighbourhood (a test that repeats a fit on
+    hundreds of planted draws) may pass a few. `counts`: the bootstrap's resampling weights,
+    one row of per-run multiplicities per resample, in place of drawing `n_boot` of them: a
+    caller that resamples runs jointly with another fit (`downstream.py`) passes its own."""
     _check_convention(convention)
     logs, log_loss = _validate({"N": n, "D": d}, loss)
-    return _fit(("N", "D"), logs, log_loss, convention, n_boot, ci, seed, delta)
+    return _fit(("N", "D"), logs, log_loss, convention, n_boot, ci, seed, delta, starts, counts)
 
 
 def fit_power_law(x: np.ndarray, loss: np.ndarray, *, variable: str = "N", convention: str | None = None,
@@ -191,9 +201,17 @@ def _objective(logs: np.ndarray, log_loss: np.ndarray, weights: np.ndarray, weig
 
 
 def _fit(variables: tuple[str, ...], logs: np.ndarray, log_loss: np.ndarray, convention: str | None,
-         n_boot: int, ci: float, seed: int, delta: float) -> ScalingLawFit:
+         n_boot: int, ci: float, seed: int, delta: float, starts: np.ndarray | None = None,
+         counts: np.ndarray | None = None) -> ScalingLawFit:
     n_points, n_terms = logs.shape
-    starts = init_grid(n_terms)
+    starts = init_grid(n_terms) if starts is None else np.atleast_2d(np.asarray(starts, dtype=float))
+    if starts.shape[1] != 2 * n_terms + 1:
+        raise ValueError(f"starts must have {2 * n_terms + 1} columns, got {starts.shape[1]}")
+    if counts is not None:
+        counts = np.atleast_2d(np.asarray(counts, dtype=float))
+        if counts.shape[1] != n_points:
+            raise ValueError(f"counts must have one column per run ({n_points}), got {counts.shape[1]}")
+        n_boot = counts.shape[0]
     fun = _objective(logs, log_loss, np.ones((1, n_points)), np.zeros(len(starts), dtype=int), delta)
     res = minimize_batched(fun, starts)
     order = np.argsort(np.where(np.isfinite(res.f), res.f, np.inf))
@@ -206,10 +224,12 @@ def _fit(variables: tuple[str, ...], logs: np.ndarray, log_loss: np.ndarray, con
         if all(np.max(np.abs(res.x[i] - w)) > 1e-2 for w in warm):
             warm.append(res.x[i])
     samples = np.empty((0, starts.shape[1]))
+    rows_fitted = np.empty(0, dtype=int)
     if n_boot > 0:
-        rng = np.random.default_rng(seed)
-        counts = np.stack([np.bincount(rng.integers(0, n_points, n_points), minlength=n_points)
-                           for _ in range(n_boot)]).astype(float)  # (n_boot, n) resampling weights
+        if counts is None:
+            rng = np.random.default_rng(seed)
+            counts = np.stack([np.bincount(rng.integers(0, n_points, n_points), minlength=n_points)
+                               for _ in range(n_boot)]).astype(float)  # (n_boot, n) resampling weights
         x0 = np.tile(np.array(warm), (n_boot, 1))
         rows = np.repeat(np.arange(n_boot), len(warm))
         boot = minimize_batched(_objective(logs, log_loss, counts, rows, delta), x0)
@@ -217,6 +237,7 @@ def _fit(variables: tuple[str, ...], logs: np.ndarray, log_loss: np.ndarray, con
         pick = np.argmin(f, axis=1)
         fitted = np.isfinite(f[np.arange(n_boot), pick])
         samples = boot.x.reshape(n_boot, len(warm), -1)[np.arange(n_boot), pick][fitted]
+        rows_fitted = np.flatnonzero(fitted)
 
     def estimate(column: int, transform) -> Estimate:
         low, high = interval(transform(samples[:, column]), ci) if len(samples) else (None, None)
@@ -233,10 +254,11 @@ def _fit(variables: tuple[str, ...], logs: np.ndarray, log_loss: np.ndarray, con
         coef, expo = (1, 2) if var == "N" else (3, 4)
         boot[:, coef], boot[:, expo] = _exp(samples[:, t]), samples[:, n_terms + t]
     boot.setflags(write=False)  # the result is frozen; so are its resamples
+    rows_fitted.setflags(write=False)
     return ScalingLawFit(variables=variables, convention=convention if "N" in variables else None,
                          E=estimate(2 * n_terms, _exp), A=coef_n, alpha=exp_n, B=coef_d, beta=exp_d,
                          objective=float(res.f[order[0]]), n_points=n_points, n_inits=len(starts),
-                         n_boot=len(samples), ci=ci, delta=delta, boot=boot)
+                         n_boot=len(samples), ci=ci, delta=delta, boot=boot, boot_rows=rows_fitted)
 
 
 def _exp(log_value: np.ndarray) -> np.ndarray:

@@ -3,6 +3,9 @@
   grokscale fit scaling FILE.csv --n-col N --d-col D --loss-col L [--flops C ...] [--flops-per-token K] [--json]
   grokscale fit isoflop FILE.csv --n-col N --flops-col C --loss-col L [--flops-per-token K] [--json]
   grokscale fit emergence FILE.csv --x-col X --y-col Y [--group-col G] [--chance C] [--json]
+  grokscale fit downstream FILE.csv --n-col N --d-col D --loss-col L --metric-col M --at N:D [--at ...]
+                                    [--group-col G] [--chance C] [--curves EVALS.csv] [--step-col S] [--json]
+  grokscale fit transfer FILE.csv --n-col N --param-col P --loss-col L [--group-col G] [--tolerance T] [--json]
 
 `fit scaling` fits L(N, D) = E + A/N^alpha + B/D^beta (Hoffmann et al. 2022, approach 3) and
 its compute-optimal frontier at the budgets --flops (default: 5 spanning the runs' K*N*D), with
@@ -10,7 +13,14 @@ C = K*N*D (K = --flops-per-token, FLOPs per token per parameter, default 6); wit
 --n-col / --d-col, the one-variable law L(N) or L(D), which has no frontier. `fit isoflop` runs
 approach 2 on IsoFLOP runs: a parabola in ln N per budget, N_opt = G (C/K)^a across budgets,
 and a backtest that predicts the largest budget from the others. `fit emergence` fits the
-emergence sigmoid of Y over X, once per value of G when given.
+emergence sigmoid of Y over X, once per value of G when given. `fit downstream` forecasts a task's
+metric at each target N:D in two steps (Bhagia et al. 2024; `analysis/downstream.py`): L(N, D) on
+the runs' final losses, then metric = a / (1 + exp(k (L - L0))) + b over every evaluation (the
+--curves file, one row per checkpoint, same column names and the run's N and D; without it the
+main file's rows), with a 90% prediction interval and whether the small runs say it may be
+trusted. `fit transfer` asks whether a tuned hyperparameter's optimum holds across N (muTransfer,
+Yang et al. 2022; `analysis/transfer.py`): per N a quadratic in log P near the best trial, then
+optimum ∝ N^e across N.
 
 Output: a table, or with --json one object with stable keys. scaling: E, A, alpha, B, beta,
 each with <name>_low and <name>_high (the bootstrap interval; null for a term not in the law),
@@ -21,11 +31,17 @@ trusted, reason. isoflop: the same a, b, G and frontier (one object per budget i
 residual_rms, reason (why there is no power law), "budgets" (the parabolas) and "backtest".
 emergence:
 threshold, low, high, reason, sharp, evidence, bracket, ... (see EmergenceFit); with
---group-col, "groups": a list of those objects, each with its "group" value.
+--group-col, "groups": a list of those objects, each with its "group" value. downstream: "groups"
+(per group: loss_law, the step-1 fit with accepted/reasons; sigmoid, a, k, L0, b with _low/_high,
+accepted, reasons; noise; largest_run) and "predictions" (per group and target: group, n, d, loss,
+loss_low, loss_high, metric, metric_low, metric_high, extrapolation {n_ratio, d_ratio,
+loss_beyond_range, loss_beyond_width}, predictable, reason). transfer: "groups" (per group:
+optima [{n, optimum, low, high, at_edge, reason}], exponent, exponent_low, exponent_high,
+transfers true/false/null, reason).
 
-Exit codes: 0 fitted (a group without a threshold, a frontier without enough budgets: results,
-not errors), 2 bad input
-(missing file or column, non-numeric values, too few points).
+Exit codes: 0 fitted (a group without a threshold, a frontier without enough budgets, a forecast
+refused, an undecided transfer: results, not errors), 2 bad input (missing file or column,
+non-numeric values, too few points, a malformed --at).
 """
 
 from __future__ import annotations
@@ -43,7 +59,7 @@ class InputError(Exception):
 
 
 def add_fit_parser(sub: argparse._SubParsersAction) -> None:
-    """Register `fit scaling` and `fit emergence` on the grokscale subcommands."""
+    """Register `fit scaling|isoflop|emergence|downstream|transfer` on the grokscale subcommands."""
     p = sub.add_parser("fit", help="fit a scaling law or an emergence threshold to any CSV (one row per run)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     kinds = p.add_subparsers(dest="fit_kind", required=True)
@@ -80,6 +96,36 @@ def add_fit_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
     e.add_argument("--json", action="store_true", help="print JSON instead of a table")
     e.set_defaults(fit_func=cmd_emergence)
+    ds = kinds.add_parser("downstream", help="two-step forecast: loss from (N, D), then the metric from the loss")
+    ds.add_argument("file", help="CSV file, one row per finished run (N, D, the task's loss)")
+    ds.add_argument("--n-col", required=True, help="column with N, the parameter count")
+    ds.add_argument("--d-col", required=True, help="column with D, the run's training set size")
+    ds.add_argument("--loss-col", required=True, help="column with the task's loss (> 0)")
+    ds.add_argument("--metric-col", required=True, help="column with the task's metric, e.g. an accuracy")
+    ds.add_argument("--group-col", help="fit once per value of this column, e.g. a task name")
+    ds.add_argument("--chance", type=float, help="the metric at chance: fixes the sigmoid's floor b (else fitted)")
+    ds.add_argument("--curves", metavar="CSV",
+                    help="every evaluation of the runs (same column names, one row per checkpoint) for step 2; "
+                         "default: the main file's rows")
+    ds.add_argument("--step-col", help="column of --curves that orders a run's evaluations (default: file order)")
+    ds.add_argument("--at", action="append", required=True, metavar="N:D",
+                    help="a target to forecast, e.g. 1e9:2e10 (repeatable)")
+    ds.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples for the intervals (default 200)")
+    ds.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+    ds.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ds.set_defaults(fit_func=cmd_downstream)
+    t = kinds.add_parser("transfer", help="does a tuned hyperparameter's optimum hold across N (muTransfer)?")
+    t.add_argument("file", help="CSV file, one row per trial")
+    t.add_argument("--n-col", required=True, help="column with N, the parameter count")
+    t.add_argument("--param-col", required=True, help="column with the hyperparameter (> 0), e.g. lr")
+    t.add_argument("--loss-col", required=True, help="column with the trial's loss (lower is better)")
+    t.add_argument("--group-col", help="check once per value of this column")
+    t.add_argument("--tolerance", type=float, default=None,
+                   help="|e| within which the optimum counts as transferring (default 0.1)")
+    t.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples for the intervals (default 200)")
+    t.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+    t.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    t.set_defaults(fit_func=cmd_transfer)
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -266,6 +312,139 @@ def cmd_emergence(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_downstream(args: argparse.Namespace) -> int:
+    from orchestrator.analysis.downstream import Evaluations, forecast_downstream
+
+    targets = [parse_target(t) for t in args.at]
+    group = [args.group_col] if args.group_col else []
+    numeric = [args.n_col, args.d_col, args.loss_col]
+    main_cols = numeric + ([] if args.curves else [args.metric_col])
+    runs = read_columns(args.file, main_cols + group, numeric=main_cols)
+    if args.curves:
+        ev_num = numeric + [args.metric_col] + ([args.step_col] if args.step_col else [])
+        curves = read_columns(args.curves, ev_num + group, numeric=ev_num)
+    elif args.step_col:
+        raise InputError("--step-col orders the evaluations of --curves: give --curves too")
+    else:
+        curves = runs
+    values = sorted(set(runs[args.group_col]), key=_sort_key) if args.group_col else [None]
+    groups, predictions = [], []
+    for value in values:
+        mask = runs[args.group_col] == value if args.group_col else np.ones(len(runs[args.n_col]), dtype=bool)
+        cmask = (curves[args.group_col] == value if args.group_col
+                 else np.ones(len(curves[args.n_col]), dtype=bool))
+        ev = Evaluations(n=curves[args.n_col][cmask], d=curves[args.d_col][cmask], loss=curves[args.loss_col][cmask],
+                         metric=curves[args.metric_col][cmask],
+                         step=curves[args.step_col][cmask] if args.step_col else None)
+        where = f" ({args.group_col} = {value})" if args.group_col else ""
+        try:
+            fc = forecast_downstream(runs[args.n_col][mask], runs[args.d_col][mask], runs[args.loss_col][mask], ev,
+                                     targets, chance=args.chance, n_boot=args.n_boot, seed=args.seed,
+                                     group=_plain(value))
+        except ValueError as err:
+            raise InputError(f"{args.file}{where}: {err}") from err
+        groups.append(fc.to_dict())
+        predictions.extend(p.to_dict() for p in fc.predictions)
+    out = {"file": str(args.file), "curves": args.curves, "group_col": args.group_col, "groups": groups,
+           "predictions": predictions}
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    print_downstream(out)
+    return 0
+
+
+def print_downstream(out: dict) -> None:
+    """Each group's two fits, one line each, then the forecasts as a table and why any is refused."""
+    from rich.console import Console
+    from rich.table import Table
+
+    grouped = out["group_col"] is not None
+    for g in out["groups"]:
+        law, sig = g["loss_law"], g["sigmoid"]
+        head = f"{out['group_col']} = {g['group']}: " if grouped else ""
+        pct = f"{int(round(law['ci'] * 100))}%"
+        print(f"{head}step 1, {law['law']} on {law['n_points']} runs ({pct} intervals): "
+              + ", ".join(f"{k} = {_num(law[k])} [{_num(law[k + '_low'])}, {_num(law[k + '_high'])}]"
+                          for k in ("E", "A", "alpha", "B", "beta"))
+              + ("" if law["accepted"] else f"; REJECTED: {'; '.join(law['reasons'])}"))
+        print(f"{head}step 2, {sig['form']} on {sig['n_points']} evaluations: "
+              + ", ".join(f"{k} = {_num(sig[k])} [{_num(sig[k + '_low'])}, {_num(sig[k + '_high'])}]"
+                          for k in ("a", "k", "L0"))
+              + f", b = {_num(sig['b'])}{' (fixed: chance)' if sig['b_fixed'] else ''}"
+              + f", R^2 {_num(sig['r2'])}, checkpoint noise {_num(g['noise']['std'])} ({g['noise']['source']})"
+              + ("" if sig["accepted"] else f"; REJECTED: {'; '.join(sig['reasons'])}"))
+    table = Table(title=f"forecast ({out['file']}; 90% prediction intervals)", title_justify="left")
+    for col in ([out["group_col"]] if grouped else []) + ["N", "D", "loss", "loss 90%", "metric", "metric 90%",
+                                                          "N x", "D x", "predictable"]:
+        table.add_column(col, no_wrap=True)
+    for p in out["predictions"]:
+        ex = p["extrapolation"]
+        table.add_row(*([str(p["group"])] if grouped else []), _num(p["n"]), _num(p["d"]), _num(p["loss"]),
+                      _range(p["loss_low"], p["loss_high"]), _num(p["metric"]), _range(p["metric_low"], p["metric_high"]),
+                      _num(ex["n_ratio"]), _num(ex["d_ratio"]), "yes" if p["predictable"] else "no")
+    Console().print(table)
+    for p in out["predictions"]:
+        if p["reason"]:
+            where = f"{out['group_col']} = {p['group']}, " if grouped else ""
+            print(f"{where}N:D = {_num(p['n'])}:{_num(p['d'])} not predictable: {p['reason']}")
+
+
+def parse_target(text: str) -> tuple[float, float]:
+    """`N:D` (e.g. 1e9:2e10) as two numbers > 0."""
+    parts = text.split(":")
+    try:
+        n, d = (float(p) for p in parts) if len(parts) == 2 else (None, None)
+    except ValueError:
+        n = d = None
+    if n is None or not (np.isfinite(n) and np.isfinite(d) and n > 0 and d > 0):
+        raise InputError(f"--at {text!r}: expected N:D, two finite numbers > 0 (e.g. 1e9:2e10)")
+    return n, d
+
+
+def cmd_transfer(args: argparse.Namespace) -> int:
+    from orchestrator.analysis.transfer import TOLERANCE, transfer_check
+
+    tolerance = TOLERANCE if args.tolerance is None else args.tolerance
+    group = [args.group_col] if args.group_col else []
+    numeric = [args.n_col, args.param_col, args.loss_col]
+    data = read_columns(args.file, numeric + group, numeric=numeric)
+    values = sorted(set(data[args.group_col]), key=_sort_key) if args.group_col else [None]
+    groups = []
+    for value in values:
+        mask = data[args.group_col] == value if args.group_col else np.ones(len(data[args.n_col]), dtype=bool)
+        where = f" ({args.group_col} = {value})" if args.group_col else ""
+        try:
+            res = transfer_check(data[args.n_col][mask], data[args.param_col][mask], data[args.loss_col][mask],
+                                 param_name=args.param_col, tolerance=tolerance, n_boot=args.n_boot, seed=args.seed)
+        except ValueError as err:
+            raise InputError(f"{args.file}{where}: {err}") from err
+        groups.append({"group": _plain(value), **res.to_dict()})
+    out = {"file": str(args.file), "param_col": args.param_col, "group_col": args.group_col, "tolerance": tolerance,
+           "groups": groups}
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    for g in groups:
+        head = f" ({args.group_col} = {g['group']})" if args.group_col else ""
+        table = Table(title=f"optimum {args.param_col} per N{head} ({args.file}; "
+                            f"{int(round(g['ci'] * 100))}% intervals)", title_justify="left")
+        for col in ("N", f"optimum {args.param_col}", "interval", "at edge"):
+            table.add_column(col, no_wrap=True)
+        for o in g["optima"]:
+            table.add_row(_num(o["n"]), _num(o["optimum"]) or "none", _range(o["low"], o["high"]),
+                          "yes" if o["at_edge"] else "")
+        Console().print(table)
+        for o in g["optima"]:
+            if o["reason"]:
+                print(f"N = {_num(o['n'])} excluded: {o['reason']}")
+        print(g["reason"])
+    return 0
+
+
 def read_columns(path: str, cols: list[str], numeric: list[str] | None = None):
     """The named columns of a CSV as a DataFrame; `numeric` (default all) must parse as numbers.
     Rows with an empty cell in any of them are dropped."""
@@ -298,6 +477,10 @@ def read_columns(path: str, cols: list[str], numeric: list[str] | None = None):
 
 def _num(value) -> str:
     return "" if value is None else f"{value:.4g}"
+
+
+def _range(low, high) -> str:
+    return "" if low is None or high is None else f"{_num(low)} - {_num(high)}"
 
 
 def _plain(value):

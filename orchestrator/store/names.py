@@ -64,6 +64,9 @@ TAG_ATTEMPTS = "grokscale.attempts"
 TAG_RESUMED_FROM_STEP = "grokscale.resumed_from_step"
 TAG_NODE_ID = "grokscale.node_id"
 TAG_CHECKPOINT_NOTE = "grokscale.checkpoint_note"  # why a run's checkpoint was not used (it started over)
+# + device, precision, compiled, world_size, peak_flops, peak_source, determinism, machine: how the
+# run executed (trainers/device.py: Runtime); what `grokscale reproduce` compares before promising bits.
+TAG_RUNTIME_PREFIX = "grokscale.runtime."
 TAG_FLOPS_PREFIX = "grokscale.flops."  # + per_example, per_token, n_matmul, ...: the run's FLOP accounting
 TAG_REFINED = "grokscale.refined"  # "round k": a run of a cell grid.refine added (orchestrator/sweep/refine.py)
 
@@ -137,6 +140,18 @@ ARTIFACT_REFINE = "refine.json"  # on the parent run: the cells grid.refine adde
 REPORT_METRIC_PREFIX = "report/"
 
 
+def search_literal(value: str) -> str:
+    """`value` as a string in an MLflow search filter. MLflow keeps the text between the quotes as
+    it is, with no escapes (mlflow/utils/search_utils.py, `_strip_quotes`): doubling a `'` would
+    search for two. So a value holding a `'` goes in double quotes; one holding both kinds of quote
+    cannot be written at all and is refused, rather than searched for as something else."""
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    raise ValueError(f"{value!r} holds both ' and \", which an MLflow search filter cannot express")
+
+
 def tag_equals(tag: str, value: str) -> str:
     """An MLflow search filter: runs whose `tag` is `value`."""
-    return f"tags.`{tag}` = '{value}'"
+    return f"tags.`{tag}` = {search_literal(value)}"

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
+from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from orchestrator.analysis.grokking import TRAIN_THRESHOLD, VAL_THRESHOLD
@@ -23,6 +24,26 @@ CURVE_METRICS = ("train_acc", "val_acc", "train_loss", "val_loss", "val_token_ac
 NUMERIC_PARAMS = (names.PARAM_N_PARAMS, names.PARAM_N_PARAMS_NON_EMBEDDING, names.PARAM_N_PARAMS_EMBEDDING,
                   names.PARAM_N_TRAIN, names.PARAM_D_VALUE, names.PARAM_SEED, names.PARAM_TRIAL_NUMBER)
 THRESHOLDS = {"train_threshold": TRAIN_THRESHOLD, "val_threshold": VAL_THRESHOLD}  # the trainer's defaults
+
+
+# Runs asked of MLflow a page at a time; 50,000 is the most its SQL store returns in one page
+# (SEARCH_MAX_RESULTS_THRESHOLD), and a study has more runs than any one page holds.
+PAGE_SIZE = 50_000
+
+
+def all_runs(client: MlflowClient, experiment_ids: list[str], filter_string: str = "",
+             page_size: int | None = None) -> list[Run]:
+    """Every run the filter matches, page after page until MLflow returns no next page token
+    (`max_results` alone silently drops the runs beyond one page)."""
+    runs: list[Run] = []
+    token = None
+    while True:
+        page = client.search_runs(experiment_ids, filter_string, max_results=page_size or PAGE_SIZE,
+                                  page_token=token)
+        runs += page
+        token = page.token
+        if not token:
+            return runs
 
 
 class ResultsError(Exception):
@@ -119,7 +140,7 @@ def load_results(tracking_uri: str, experiment: str, with_curves: bool = True) -
         config = yaml.safe_load(Path(client.download_artifacts(parent_id, names.ARTIFACT_STUDY)).read_text()) or {}
     except Exception:  # noqa: BLE001 - an older or foreign study without the artifact
         config = {}
-    children = client.search_runs([experiment_id], tag_equals(names.PARENT_RUN, parent_id), max_results=50_000)
+    children = all_runs(client, [experiment_id], tag_equals(names.PARENT_RUN, parent_id))
     if not children:
         raise ResultsError(f"study {experiment!r} has no training runs yet")
     study_train = config.get("train") or {}

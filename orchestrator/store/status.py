@@ -10,7 +10,7 @@ import optuna
 from optuna.trial import TrialState
 
 from orchestrator.store import names
-from orchestrator.study import Study
+from orchestrator.study import Study, redact_url
 from orchestrator.study.grid import Cell
 from orchestrator.sweep.search import open_storage
 
@@ -60,7 +60,7 @@ def status_table(study: Study, rows: list[dict]):
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title=f"{study.name} ({study.storage_url})", title_justify="left")
+    table = Table(title=f"{study.name} ({redact_url(study.storage_url)})", title_justify="left")
     for col in COLUMNS:
         table.add_column(col, overflow="fold")
     for r in rows:

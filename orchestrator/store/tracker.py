@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import json
 import logging
 import os
 import sqlite3
@@ -50,9 +51,11 @@ from mlflow.tracking import MlflowClient
 from orchestrator.store import names
 from orchestrator.store.names import RunStatus, tag_equals
 from orchestrator.store.queue import Op, WriteLane, WriteQueue, answer
-from orchestrator.store.redact import scrub
+from orchestrator.store.redact import scrub, scrub_text, secrets_in
+from orchestrator.store.results import all_runs
 from orchestrator.store.sql_writes import RunBatch, RunEnd, RunWrite, SqlWrites
 from orchestrator.study import Study, redact_url
+from orchestrator.study.preflight import network_filesystem, sqlite_path
 
 log = logging.getLogger(__name__)
 
@@ -148,18 +151,21 @@ def package_versions() -> dict[str, str]:
 
 
 def use_wal(uri: str) -> str | None:
-    """Put a SQLite store in write-ahead-log mode (kept in the file: the UI and every later
-    client read it so); the mode it is in afterwards, None for another store. WAL needs a local
-    file system (its readers share memory): keep a store on NFS behind `mlflow server`."""
-    if not uri.startswith("sqlite:///"):
+    """Put a SQLite store on a local disk in write-ahead-log mode (kept in the file: the UI and
+    every later client read it so); the mode it is in afterwards, None for another store. WAL
+    needs a local file system (its readers share memory): on a network one the store keeps its
+    rollback journal (preflight refuses a study's store there: keep it behind `mlflow server`)."""
+    path = sqlite_path(uri) if uri.startswith("sqlite:///") else None
+    if path is None or network_filesystem(Path(path)):
         return None
-    with contextlib.closing(sqlite3.connect(uri.removeprefix("sqlite:///"), timeout=30)) as db:
+    with contextlib.closing(sqlite3.connect(path, timeout=30)) as db:
         return str(db.execute("PRAGMA journal_mode=WAL").fetchone()[0])
 
 
 class Tracker:
     def __init__(self, study: Study, client: MlflowClient | None = None):
         self.study = study
+        self.secrets = secrets_in(study.model_dump(mode="json"))  # redacted wherever they turn up
         if study.tracking.uri.startswith(("http://", "https://")):
             for name, value in HTTP_FAIL_FAST.items():
                 os.environ.setdefault(name, value)
@@ -309,8 +315,7 @@ class Tracker:
             path = Path(tmp) / names.ARTIFACT_STUDY
             path.write_text(config_yaml)
             self.client.log_artifact(self.parent_id, str(path))
-        for run in self.client.search_runs([self.experiment_id], tag_equals(names.PARENT_RUN, self.parent_id),
-                                           max_results=50_000):
+        for run in all_runs(self.client, [self.experiment_id], tag_equals(names.PARENT_RUN, self.parent_id)):
             key = run.data.tags.get(names.TAG_RUN_KEY)
             if key:
                 self.children[key] = run
@@ -358,7 +363,7 @@ class Tracker:
         self.children[key] = run
         self.key_of[run_id] = key
         self.logged[run_id] = set()
-        safe = scrub({k: v if isinstance(v, str) else str(v) for k, v in params.items()})
+        safe = {k: param_text(v) for k, v in scrub(params, self.secrets).items()}  # a dict (the spec) as JSON
         batch = [Param(k, v[:names.PARAM_MAX_CHARS]) for k, v in safe.items()]
         self._write_batch(run_id, params=batch)
         # The whole spec, whatever its length, for `grokscale reproduce`: the param when it fits
@@ -426,8 +431,11 @@ class Tracker:
         status = RunStatus(status)
         now = int(time.time() * 1000)
         metrics = [(f"{names.FINAL_PREFIX}{k}", float(v), now, 0) for k, v in final.items() if v is not None]
-        all_tags = [RunTag(names.TAG_STATUS, status.value), RunTag(names.TAG_REASON, reason[:5000])]
-        all_tags += [RunTag(k, str(v)) for k, v in tags.items()]
+        # A failure's reason is its traceback, which may quote a credential; tags are scrubbed by
+        # value only (a tag named grokscale.flops.per_token is not a token).
+        all_tags = [RunTag(names.TAG_STATUS, status.value),
+                    RunTag(names.TAG_REASON, scrub_text(reason, self.secrets)[:5000])]
+        all_tags += [RunTag(k, scrub_text(str(v), self.secrets)) for k, v in tags.items()]
         mlflow_status = "FINISHED" if status == RunStatus.COMPLETED else "FAILED"
         # The rest of its curve, its final metrics and its end tags: as few batches as fit.
         self._send_buffered(run_id, metrics, all_tags)
@@ -449,6 +457,13 @@ class Tracker:
 
     def finish_study(self, status: str = "FINISHED") -> None:
         self._write(lambda: self.client.set_terminated(self.parent_id, status))
+
+
+def param_text(value: Any) -> str:
+    """A param's value as MLflow keeps it: text, a dict or list as compact JSON."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":")) if isinstance(value, (dict, list)) else str(value)
 
 
 def evaluation_points(metrics) -> int:

@@ -153,6 +153,31 @@ def _refine_own_trainer(study: Study) -> list[str]:
             f"to grid.{study.grid.refine.axis} by hand"]
 
 
+MAX_RUNS = 100_000  # the most training runs a study may ask for unless `--max-runs` says more
+
+
+def run_count(study: Study, n_cells: int) -> int:
+    """Training runs of `n_cells` cells: each runs trials_per_cell trials, each trial once per seed."""
+    return n_cells * study.search.trials_per_cell * len(study.grid.seeds)
+
+
+def run_cap_problems(study: Study, max_runs: int, n_cells: int | None = None) -> list[str]:
+    """A study of more runs than `max_runs` is refused: `trials_per_cell: 10000000` is a typo, not a
+    plan, and would write ten million trials. Without `n_cells`, counted on the grid as written
+    (every N x D or N x C pair is a cell), before any cell is built; an IsoFLOP window keeps only
+    some pairs, so such a grid is counted once its cells are (n_cells)."""
+    if n_cells is None:
+        if study.grid.tokens_per_param is not None:
+            return []
+        n_cells = len(study.grid.n) * len(study.grid.d or study.grid.flops or ())
+    runs = run_count(study, n_cells)
+    if runs <= max_runs:
+        return []
+    return [f"(study): {runs:,} training runs ({n_cells:,} cells x {study.search.trials_per_cell:,} trials per cell "
+            f"(search.trials_per_cell) x {len(study.grid.seeds)} seeds (grid.seeds)) is more than the limit of "
+            f"{max_runs:,}; make the grid or trials_per_cell smaller, or pass --max-runs {runs} to allow it"]
+
+
 def check_study(study: Study) -> list[str]:
     """Every problem the schema could not see, each once; the trainer is asked only once the
     study's own parts fit."""

@@ -21,13 +21,41 @@ WRAPPERS = {"function-before", "function-after", "function-wrap", "function-plai
             "model-field", "lax-or-strict", "json-or-python"}
 README_HINT = "check the spelling against the README's study config"
 
-# user:password@ in a URL (a database or tracking server); the password is never printed or logged.
+# Names that hold credentials (DB_PASSWORD, AWS_SECRET_ACCESS_KEY, MLFLOW_TRACKING_TOKEN, a URL's
+# ?password=, ...); their values are never printed or logged. n_train_tokens is not such a name.
+SECRET = re.compile(r"secret|passw(or)?d|credential|api[_-]?key|access[_-]?key|private[_-]?key|token$|(^|_)auth$",
+                    re.IGNORECASE)
+REDACTED = "<redacted>"
+# In text that is not one URL: user:password@ of a URL, and a query's key=value whose key is a SECRET.
 URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*):(?P<password>[^@/\s]*)@")
+URL_QUERY_ITEM = re.compile(r"(?P<head>[?&](?P<key>[^=&#\s]+)=)(?P<value>[^&#\s]*)")
+_MARK = "GROKSCALEREDACTED"  # a password SQLAlchemy renders as it is, then shown as <redacted>
 
 
 def redact_url(text: str) -> str:
-    """`postgresql://user:s3cret@host/db` -> `postgresql://user:<redacted>@host/db`, anywhere in text."""
-    return URL_PASSWORD.sub(r"\g<head>:<redacted>@", text)
+    """`postgresql://user:s3cret@host/db?sslpassword=x` -> `postgresql://user:<redacted>@host/db?sslpassword=<redacted>`.
+
+    A text that is one URL is parsed (SQLAlchemy's make_url, which reads every database and http URL
+    this project takes), so a password or a query value named like a credential is masked wherever
+    it sits; it is rendered again only when something was masked. Other text (a message, a
+    description) is searched for both with the regular expressions above."""
+    if "://" in text and not any(c.isspace() for c in text):
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            url = make_url(text)
+        except (ArgumentError, ValueError):  # not a URL SQLAlchemy reads (a port that is not a number)
+            url = None
+        if url is not None:
+            hidden = {k for k in url.query if SECRET.search(k)}
+            if url.password is None and not hidden:
+                return text
+            url = url.set(password=_MARK if url.password is not None else None,
+                          query={k: _MARK if k in hidden else v for k, v in url.query.items()})
+            return url.render_as_string(hide_password=False).replace(_MARK, REDACTED)
+    text = URL_PASSWORD.sub(rf"\g<head>:{REDACTED}@", text)
+    return URL_QUERY_ITEM.sub(lambda m: m["head"] + REDACTED if SECRET.search(m["key"]) else m[0], text)
 
 
 class StudyError(Exception):
@@ -116,6 +144,8 @@ def _problem(e: dict, model: type[BaseModel] | None) -> Problem:
         message, show_got = f"unknown key ({README_HINT})", False
     elif kind == "missing":
         message = "required, but missing"
+    elif kind == "finite_number":  # allow_inf_nan=False (schema.Strict, trainers.fields.Frozen)
+        message = "must be a finite number (NaN and infinity are not allowed)"
     elif kind == "too_short":
         message = f"must not be empty: give at least {ctx.get('min_length', 1)} value(s)"
     elif kind in ("union_tag_invalid", "union_tag_not_found"):

@@ -82,10 +82,10 @@ def spec_for(study: Study, cell: Cell, params: dict[str, Any], seed: int) -> Tra
     CUDA, and its spec says so. A study of the user's own trainer gets a UserSpec."""
     if study.trainer is not None:
         entry = cell.target_n if cell.target_n is not None else cell.shape
-        on_gpu = study.resources.for_n(cell.n(study.grid.n_convention))[1] > 0
+        on_gpu = study.resources.for_n(cell.n(study.grid.n_convention)).gpus > 0
         return user_spec(study, entry, cell.d_value, params, seed, "cuda" if on_gpu else "cpu")
     data = _resolve_steps(study, cell, study.trial_data(cell.shape, cell.d_value, params, seed))
-    if study.resources.for_n(cell.n(study.grid.n_convention))[1] > 0:
+    if study.resources.for_n(cell.n(study.grid.n_convention)).gpus > 0:
         data["device"] = "cuda"
     return TrainSpec.model_validate(data)
 
@@ -99,12 +99,10 @@ def _shape(study: Study, entry: Any, d_value: float | None) -> tuple[TrainSpec, 
     args = (data.vocab_size, data.n_out, data.seq_len)
     if isinstance(entry, dict):
         return base, data, dict(entry), None, shape_counts(base.model, *args)
+    # The fields the resolver set: d_model (and d_mlp when the base gives one), a gpt's n_layer,
+    # an MLP's d_hidden (trainers/models.py: resolve_shape).
     r = resolve_shape(base.model, entry, *args, convention=study.grid.n_convention)
-    width = "d_model" if r.model.family == "transformer" else "d_hidden"
-    shape = {width: getattr(r.model, width)}
-    if r.model.family == "transformer" and base.model.d_mlp is not None:
-        shape["d_mlp"] = r.model.d_mlp
-    return base, data, shape, entry, r.n_params
+    return base, data, dict(r.shape), entry, r.n_params
 
 
 def _cell(study: Study, i: int, j: int, entry: Any, d_value: float | None, budget: float | None) -> Cell | None:

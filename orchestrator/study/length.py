@@ -35,7 +35,7 @@ PROBE_STEPS = 2**40
 class _Keys(BaseModel):
     """The types of the study-only length keys, so their errors read like the trainer's."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)  # epochs: .inf would never end
     tokens: Annotated[int, Field(gt=0)] | None = None
     epochs: Annotated[float, Field(gt=0)] | None = None
 

@@ -13,6 +13,7 @@ tokenized into `task.cache_dir`, by default `<workdir>/corpus`, shared by the st
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from orchestrator.study.checks import check_study
+from orchestrator.study.checks import check_study, run_cap_problems
 from orchestrator.study.errors import StudyError, format_errors
 from orchestrator.study.schema import Study
 from orchestrator.study.tasks import import_problems
@@ -48,6 +49,33 @@ def duplicate_keys(node: yaml.Node, path: str = "") -> list[str]:
     return problems
 
 
+def anchor_problems(text: str, where: str) -> list[str]:
+    """YAML anchors and aliases (`&a`, `*a`, `<<: *a`) are refused, not expanded: a few hundred
+    bytes of nested aliases ("billion laughs") stand for billions of values, which every later step
+    (duplicate keys, validation, the logged config) would walk. A study writes each value out.
+    Read as events, so the check is linear in the text; a YAMLError is the caller's to report."""
+    found = [e for e in yaml.parse(text, Loader=yaml.SafeLoader)
+             if isinstance(e, yaml.AliasEvent) or getattr(e, "anchor", None)]
+    if not found:
+        return []
+    first = found[0]
+    sign = "*" if isinstance(first, yaml.AliasEvent) else "&"
+    more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+    return [f"{where}: YAML {'alias' if sign == '*' else 'anchor'} '{sign}{first.anchor}' at line "
+            f"{first.start_mark.line + 1}, column {first.start_mark.column + 1}{more}: anchors and aliases are "
+            f"not allowed in a study (a few nested aliases can expand into billions of values); write each "
+            f"value out"]
+
+
+def override_anchor_problems(overrides: list[str]) -> list[str]:
+    """A `--set` value is read as YAML too (trainers/overrides.py): no aliases there either."""
+    problems = []
+    for item in overrides:
+        with contextlib.suppress(yaml.YAMLError):  # not YAML: parse_value keeps it as a string
+            problems += anchor_problems(item.partition("=")[2], f"--set {item}")
+    return problems
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     """The study file as plain data; StudyError if it cannot be read, is not YAML, repeats a key
     or is not a mapping."""
@@ -56,6 +84,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except OSError as err:
         raise StudyError([f"{path}: cannot read the study file ({err.strerror})"]) from None
     try:
+        if aliases := anchor_problems(text, str(path)):
+            raise StudyError(aliases)
         # safe_load builds plain data only: a `!!python/...` tag is an error, never a call.
         duplicates = duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader))
         data = yaml.safe_load(text)
@@ -120,11 +150,14 @@ def with_corpus_cache(study: Study) -> Study:
     return study.model_copy(update={"task": {**study.task, "cache_dir": cache}})
 
 
-def load_study(path: str | Path, overrides: list[str] = ()) -> Study:
+def load_study(path: str | Path, overrides: list[str] = (), max_runs: int | None = None) -> Study:
     """Read, override (`--set a.b=value`) and validate a study; raise StudyError listing every
-    problem."""
+    problem. With `max_runs`, a grid of more runs is refused before anything else is checked
+    (checking builds a spec per cell)."""
     path = Path(path)
     data = absolute_paths(read_yaml(path), path.expanduser().absolute().parent)
+    if aliases := override_anchor_problems(overrides):
+        raise StudyError(aliases)
     try:
         data = absolute_paths(apply_overrides(data, overrides), Path.cwd())
     except OverrideError as err:
@@ -133,6 +166,8 @@ def load_study(path: str | Path, overrides: list[str] = ()) -> Study:
         study = Study.model_validate(data)
     except ValidationError as err:
         raise StudyError(format_errors(err, model=Study)) from None
+    if max_runs is not None and (problems := run_cap_problems(study, max_runs)):
+        raise StudyError(problems)
     if study.trainer is None:
         problems = own_code_problems(study)
         if problems:  # nothing else can be checked against a class that is not there

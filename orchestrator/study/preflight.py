@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import urllib.error
 import urllib.request
@@ -48,17 +49,83 @@ def creatable(path: Path) -> str | None:
     return "no existing parent directory"
 
 
+# File systems where SQLite's write-ahead log corrupts a database: its readers and writer share an
+# index in memory (the -shm file, mmap'ed), which holds on one machine only ("WAL does not work
+# over a network filesystem", https://sqlite.org/wal.html). fuse.* is sshfs, s3fs, gcsfuse, ...
+NETWORK_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "ncpfs", "afs", "9p", "lustre", "gpfs", "beegfs",
+                       "ceph", "glusterfs", "ocfs2", "gfs2", "fuse")
+MOUNTS = Path("/proc/mounts")
+
+
+def mount_table(text: str) -> list[tuple[str, str]]:
+    """(mount point, file system type) of each line of /proc/mounts; octal escapes (a space is
+    \\040) decoded."""
+    table = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 3:
+            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields[1])
+            table.append((point, fields[2]))
+    return table
+
+
+def filesystem_type(path: str, mounts: list[tuple[str, str]]) -> str | None:
+    """The type of the file system `path` (absolute, symlinks resolved) lies on: the longest mount
+    point that holds it, the last mounted where two are the same; None if none does."""
+    best, fstype = -1, None
+    for point, kind in mounts:
+        inside = path == point or path.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= best:
+            best, fstype = len(point), kind
+    return fstype
+
+
+def is_network_filesystem(fstype: str | None) -> bool:
+    return fstype is not None and (fstype in NETWORK_FILESYSTEMS or fstype.startswith("fuse."))
+
+
+def network_filesystem(path: Path) -> str | None:
+    """The type of the network file system `path` (a file that may not exist yet) is on; None on a
+    local one, or where /proc/mounts cannot be read (not Linux)."""
+    try:
+        mounts = mount_table(MOUNTS.read_text())
+    except OSError:
+        return None
+    fstype = filesystem_type(os.path.realpath(path.expanduser()), mounts)
+    return fstype if is_network_filesystem(fstype) else None
+
+
+def sqlite_path(uri: str) -> str | None:
+    """The database file of a sqlite:/// URL, its query (`?timeout=`) left out; None in memory."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(uri).database or None
+    except ArgumentError:  # not a URL SQLAlchemy reads: the text after the scheme, as MLflow would
+        return uri.removeprefix("sqlite:///") or None
+
+
 def _tracking(uri: str) -> list[str]:
     scheme = urlparse(uri).scheme or "file"
     if scheme not in TRACKING_SCHEMES:
-        return [f"tracking.uri: unknown scheme {scheme!r} in {uri!r}; allowed: {', '.join(TRACKING_SCHEMES)}"]
+        return [f"tracking.uri: unknown scheme {scheme!r} in {redact_url(uri)!r}; "
+                f"allowed: {', '.join(TRACKING_SCHEMES)}"]
     if scheme == "sqlite":
-        path = uri.removeprefix("sqlite:///")
-        why = creatable(Path(path))
-        return [f"tracking.uri: cannot write the MLflow store {path}: {why}"] if why else []
+        path = sqlite_path(uri)
+        if path is None:
+            return []
+        if why := creatable(Path(path)):
+            return [f"tracking.uri: cannot write the MLflow store {path}: {why}"]
+        if fstype := network_filesystem(Path(path)):
+            return [f"tracking.uri: the MLflow store {path} is on a network file system ({fstype}), where SQLite's "
+                    f"write-ahead log corrupts the database; run `mlflow server --backend-store-uri sqlite:///{path}` "
+                    f"on one machine and set tracking.uri: http://<that machine>:5000, or keep the store on a local "
+                    f"disk"]
+        return []
     if scheme == "file":
         why = creatable(Path(urlparse(uri).path or uri))
-        return [f"tracking.uri: cannot write {uri}: {why}"] if why else []
+        return [f"tracking.uri: cannot write {redact_url(uri)}: {why}"] if why else []
     if scheme in ("http", "https"):
         url = uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1"
         try:
@@ -66,7 +133,7 @@ def _tracking(uri: str) -> list[str]:
                 response.read(1)
         except urllib.error.HTTPError as err:
             if err.code >= 500 or err.code == 404:
-                return [f"tracking.uri: {uri} answered HTTP {err.code}; is it an MLflow server?"]
+                return [f"tracking.uri: {redact_url(uri)} answered HTTP {err.code}; is it an MLflow server?"]
         except (urllib.error.URLError, OSError, ValueError) as err:
             reason = getattr(err, "reason", err)
             return [f"tracking.uri: cannot reach the MLflow server at {redact_url(uri)} ({reason}); "
@@ -83,8 +150,9 @@ def _storage(url: str) -> list[str]:
         return [f"storage: unknown scheme {scheme!r}; allowed: a journal file path, or "
                 f"{', '.join(STORAGE_SCHEMES)} URLs"]
     if scheme == "sqlite":
-        why = creatable(Path(url.removeprefix("sqlite:///")))
-        return [f"storage: cannot write the Optuna SQLite file {url}: {why}"] if why else []
+        path = sqlite_path(url)
+        why = creatable(Path(path)) if path else None
+        return [f"storage: cannot write the Optuna SQLite file {path}: {why}"] if why else []
     parsed = urlparse(url)
     try:
         host, port = parsed.hostname, parsed.port or DEFAULT_PORTS[scheme.split("+")[0]]
@@ -227,11 +295,12 @@ def check_preflight(study: Study, cells: list[Cell], cluster: dict | None = None
         except Exception:  # noqa: BLE001 - no torch CUDA: no GPU
             pass
     if cluster is not None:
-        rules = [("resources", study.resources.cpus, study.resources.gpus)]
-        rules += [(f"resources.by_n[{i}]", r.cpus, r.gpus) for i, r in enumerate(study.resources.by_n)]
-        for where, cpus, gpus in rules:
+        rules = [("resources", study.resources.placement())]
+        rules += [(f"resources.by_n[{i}]", r.placement()) for i, r in enumerate(study.resources.by_n)]
+        for where, placement in rules:
+            cpus, gpus = placement.cpus * placement.workers, placement.gpus
             if cpus > cluster.get("CPU", 0):
-                problems.append(f"{where}.cpus: {cpus:g} CPUs per trial, but the cluster has "
+                problems.append(f"{where}.cpus: {cpus:g} CPUs per trial (all its workers), but the cluster has "
                                 f"{cluster.get('CPU', 0):g}; ask for at most that")
             if gpus > cluster.get("GPU", 0):
                 problems.append(f"{where}.gpus: {gpus:g} GPUs per trial, but the cluster has "

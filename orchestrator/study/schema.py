@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -43,7 +44,9 @@ NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and +-inf are refused in every float field (a bound, a budget, a range): each would pass a
+    # `gt=0` check and fail later as an OverflowError or a run that never ends.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _check_range(low: float, high: float, log: bool) -> None:
@@ -217,23 +220,65 @@ class Grid(Strict):
                                                                    "given": given})
 
 
-class ResourceRule(Strict):
+@dataclass(frozen=True)
+class Placement:
+    """What one run of a cell is given. A run of one worker is one Ray task; a run of several is
+    a Ray Train process group (orchestrator/sweep/group.py), one worker per GPU."""
+
+    cpus: float  # per worker
+    gpus: float  # per run, all its workers together
+    workers: int = 1
+    nodes: int = 1
+
+    @property
+    def group(self) -> bool:
+        return self.workers > 1
+
+    @property
+    def gpus_per_worker(self) -> float:
+        return self.gpus / self.workers
+
+
+class _Request(Strict):
+    cpus: PositiveFloat = 1  # per worker
+    gpus: Gpus = 0  # a fraction packs several trials on one GPU; more than one spans a group
+    # Processes of one run (data-parallel). None: one per GPU when gpus > 1, else one. On CPU,
+    # workers > 1 trains one run data-parallel over gloo (the same code as on GPUs).
+    workers: PositiveInt | None = None
+    nodes: PositiveInt = 1  # the nodes a group's workers are spread over
+
+    @model_validator(mode="after")
+    def _check_group(self):
+        workers = self.placement().workers
+        if self.gpus > 1 and workers != self.gpus:
+            raise PydanticCustomError("workers_gpus", "a run of {gpus:g} GPUs has one worker per GPU: leave workers "
+                                      "out or set it to {gpus:g}", {"field": "workers", "gpus": self.gpus})
+        if workers > 1 and 0 < self.gpus < 1:
+            raise PydanticCustomError("workers_fraction", "a run of several workers takes whole GPUs, one each; "
+                                      "a fraction of a GPU packs small runs instead", {"field": "gpus"})
+        if workers % self.nodes:
+            raise PydanticCustomError("workers_nodes", "{workers} workers cannot be spread evenly over {nodes} nodes",
+                                      {"field": "nodes", "workers": workers, "nodes": self.nodes})
+        return self
+
+    def placement(self) -> Placement:
+        workers = self.workers or (int(self.gpus) if self.gpus > 1 else 1)
+        return Placement(self.cpus, self.gpus, workers, self.nodes)
+
+
+class ResourceRule(_Request):
     min_n: PositiveInt  # applies to cells whose actual N (grid.n_convention) is >= min_n
-    cpus: PositiveFloat = 1
-    gpus: Gpus = 0
 
 
-class Resources(Strict):
-    cpus: PositiveFloat = 1
-    gpus: Gpus = 0  # a fraction packs several trials on one GPU
+class Resources(_Request):
     by_n: list[ResourceRule] = Field(default_factory=list)
 
-    def for_n(self, n_params: int) -> tuple[float, float]:
-        cpus, gpus = self.cpus, self.gpus
+    def for_n(self, n_params: int) -> Placement:
+        placement = self.placement()
         for rule in sorted(self.by_n, key=lambda r: r.min_n):
             if n_params >= rule.min_n:
-                cpus, gpus = rule.cpus, rule.gpus
-        return cpus, gpus
+                placement = rule.placement()
+        return placement
 
 
 class Tracking(Strict):
@@ -296,6 +341,9 @@ def _name(v: str) -> str:
     if not NAME.fullmatch(v):
         raise PydanticCustomError("study_name", "use letters, digits, '_', '.' and '-' only (it names the MLflow "
                                                 "experiment and run folder)")
+    if set(v) == {"."}:  # runs/.. is the parent of runs/, not a folder of the study's own
+        raise PydanticCustomError("study_name", "'.' and '..' name a folder itself or its parent; give the study "
+                                                "a name with a letter or digit (it names the run folder runs/<name>)")
     return v
 
 

@@ -13,6 +13,7 @@ from optuna.trial import TrialState
 from orchestrator.store import names
 from orchestrator.store.held_storage import HeldStorage
 from orchestrator.store.names import RunStatus
+from orchestrator.store.redact import scrub, secrets_in
 from orchestrator.study import Study
 from orchestrator.study.grid import Cell
 from orchestrator.sweep.outcome import STOP_KIND, trial_values
@@ -47,6 +48,7 @@ class CellSearch:
         self.kept: dict[int, dict[str, Any]] = {}  # attributes to write with a trial's end (keep)
         self.ahead: list[tuple[optuna.Trial, dict | None]] = []  # asked ahead, run in order
         self.drawing: list[tuple[optuna.Trial, dict | None]] = []  # being asked ahead (prepare)
+        self.secrets = secrets_in(study.model_dump(mode="json"))  # a failed run's reason may quote one
 
     @property
     def has_work(self) -> bool:
@@ -143,6 +145,7 @@ class CellSearch:
         """User attributes of a trial, in one write where the storage can (HeldStorage)."""
         if not attrs:
             return
+        attrs = scrub(attrs, self.secrets)  # a reason is a traceback, which may quote a credential
         if isinstance(self.storage, HeldStorage):
             self.storage.set_trial_user_attrs(trial._trial_id, attrs)
         else:

@@ -16,6 +16,7 @@ concerns, once a turn (`post_rules`). MLflow writes go out on the tracker's writ
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 from collections import deque
@@ -29,7 +30,7 @@ from orchestrator.store.held_storage import HeldStorage
 from orchestrator.store.hold import StudyHold
 from orchestrator.store.names import RunStatus, StopKind
 from orchestrator.store.tracker import Tracker, config_yaml
-from orchestrator.study import Study
+from orchestrator.study import Study, redact_url
 from orchestrator.study.grid import Cell, spec_for
 from orchestrator.sweep.cell import CellSearch
 from orchestrator.sweep.launcher import ClusterLost, RayLauncher
@@ -42,7 +43,7 @@ from orchestrator.sweep.progress import Progress
 from orchestrator.sweep.search import open_storage, suggest
 from orchestrator.sweep.stats import SweepStats
 from orchestrator.sweep.stopping import StoppingRule, StopRules, decay_rate, make_stopping
-from orchestrator.sweep.unit import Unit, run_info
+from orchestrator.sweep.unit import Unit, checkpoint_dir, run_info
 from orchestrator.sweep.user_trainer import N_PARAMS, reported_n_params
 from trainers.packed import can_pack
 
@@ -160,7 +161,7 @@ class Driver:
         self.tracker.close_orphans(self.live_keys)
         self.tracker.finish_study()
         if not self.tracker.drain():
-            raise RuntimeError(f"the tracking server at {self.study.tracking.uri} did not come back; "
+            raise RuntimeError(f"the tracking server at {redact_url(self.study.tracking.uri)} did not come back; "
                                f"{self.tracker.backlog} writes could not be sent")
         self.launcher.close()
 
@@ -213,7 +214,7 @@ class Driver:
     def start_run(self, cell: Cell, number: int, params: dict[str, Any], seed: int) -> Unit:
         """One run: its spec, its MLflow run (reopened on resume), its stop rules."""
         spec = spec_for(self.study, cell, params, seed)
-        ckpt = self.study.checkpoint_path / cell.key / f"trial={number}" / f"seed={seed}"
+        ckpt = checkpoint_dir(self.study, cell, number, seed)
         info = run_info(self.study, cell, number, params, seed, spec)
         unit = Unit(cell, number, seed, params, spec, str(ckpt.resolve()), info)
         self.live_keys.add(unit.key)
@@ -224,7 +225,7 @@ class Driver:
                   names.PARAM_N_PARAMS_EMBEDDING: cell.n_params.embedding, names.PARAM_N_TRAIN: cell.n_train,
                   names.PARAM_D_VALUE: cell.d_value, names.PARAM_SEED: seed, names.PARAM_TRIAL_NUMBER: number,
                   **{f"{names.PARAM_SEARCHED_PREFIX}{k}": v for k, v in params.items()},
-                  names.PARAM_SPEC_JSON: spec.model_dump_json()}
+                  names.PARAM_SPEC_JSON: spec.model_dump(mode="json")}  # scrubbed as data, then JSON (tracker)
         if self.study.trainer is not None:  # the user's trainer reports its N: logged when it ends
             for key in N_PARAMS:
                 logged.pop(key)
@@ -310,7 +311,11 @@ class Driver:
         """The run's whole history (steps whose live report was lost or late are logged now),
         its final metrics and its end tags."""
         result = unit.result
-        self.tracker.log_history(unit.run_id, result.get("history") or {})
+        history = result.get("history") or {}
+        throughput = result.get("throughput") or {}  # measured speed, aligned with history's steps
+        if all(len(v) == len(history.get("step", ())) for v in throughput.values()):
+            history = {**history, **throughput}
+        self.tracker.log_history(unit.run_id, history)
         tags = {names.TAG_RESUMED_FROM_STEP: str(result.get("resumed_from_step", 0)),
                 names.TAG_NODE_ID: str(result.get("node_id", ""))}
         if result.get(STOP_KIND):
@@ -320,6 +325,9 @@ class Driver:
         for k, v in (result.get("flops") or {}).items():  # the run's FLOP accounting, per example
             if isinstance(v, (int, float)):
                 tags[f"{names.TAG_FLOPS_PREFIX}{k}"] = f"{v:.6g}"
+        for k, v in (result.get("runtime") or {}).items():  # device, precision, workers, determinism
+            tags[f"{names.TAG_RUNTIME_PREFIX}{k}"] = (json.dumps(v, sort_keys=True) if isinstance(v, dict)
+                                                      else str(v))[:5000]
         final = {k: v for k, v in unit.summary.items() if isinstance(v, (int, float))}
         for k, v in (result.get("n_params") or {}).items():
             final[f"{names.N_PARAMS_METRIC_PREFIX}{k}"] = v

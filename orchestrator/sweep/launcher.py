@@ -17,6 +17,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from orchestrator.store.names import RunStatus
 from orchestrator.study import Study
 from orchestrator.study.grid import Cell
+from orchestrator.sweep.group import group_task
 from orchestrator.sweep.stopping import StopRules
 from orchestrator.sweep.unit import Unit
 from orchestrator.sweep.worker import UNSET, packed_task, train_task
@@ -80,7 +81,8 @@ def capacity(study: Study, cells: list[Cell]) -> int:
     total = ray.cluster_resources()
     best = 0
     for cell in cells:
-        cpus, gpus = study.resources.for_n(cell.n(study.grid.n_convention))
+        placement = study.resources.for_n(cell.n(study.grid.n_convention))
+        cpus, gpus = placement.cpus * placement.workers, placement.gpus
         fit = total.get("CPU", 0) // cpus if cpus else math.inf
         if gpus:
             fit = min(fit, total.get("GPU", 0) // gpus)
@@ -115,10 +117,19 @@ class RayLauncher:
             yield from units
 
     def submit(self, units: list[Unit]) -> None:
-        """One task for these runs of one cell: a packed one when there are several."""
-        cpus, gpus = self.study.resources.for_n(units[0].cell.n(self.study.grid.n_convention))
+        """One task for these runs of one cell: a packed one when there are several, a process
+        group (Ray Train) for a run given several workers."""
+        placement = self.study.resources.for_n(units[0].cell.n(self.study.grid.n_convention))
+        if placement.group:
+            u = units[0]
+            # Ray Train restarts a group whose worker died; the task itself holds no resources.
+            ref = group_task.options(max_retries=self.study.ray.max_retries, retry_exceptions=False).remote(
+                u.spec.model_dump_json(), u.checkpoint_dir, self.inbox, u.run_id, u.rules, placement,
+                self.study.ray.max_retries)
+            self.in_flight[ref] = units
+            return
         task = packed_task if len(units) > 1 else train_task
-        task = task.options(num_cpus=cpus, num_gpus=gpus, max_retries=self.study.ray.max_retries,
+        task = task.options(num_cpus=placement.cpus, num_gpus=placement.gpus, max_retries=self.study.ray.max_retries,
                             retry_exceptions=False)
         if len(units) > 1:
             ref = task.remote([u.spec.model_dump_json() for u in units], [u.checkpoint_dir for u in units],

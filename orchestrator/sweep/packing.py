@@ -18,9 +18,12 @@ def pack_size(study: Study, cell: Cell) -> int:
     mode, k = study.pack.mode, study.pack.max_runs
     if mode == "off" or k < 2 or study.trainer is not None:  # packing is for the built-in trainers only
         return 1
+    placement = study.resources.for_n(cell.n(study.grid.n_convention))
+    if placement.group:  # a run of several workers is never packed
+        return 1
     if mode == "on":
         return k
-    on_gpu = study.resources.for_n(cell.n(study.grid.n_convention))[1] > 0
+    on_gpu = placement.gpus > 0
     return k if on_gpu or step_cost(study, cell) <= CPU_PACK_MAX_WORK else 1
 
 

@@ -251,13 +251,13 @@ def mark_added(study, added: Sequence[Added]) -> None:
     from mlflow.tracking import MlflowClient
 
     from orchestrator.store import names
-    from orchestrator.store.results import find_parent
+    from orchestrator.store.results import all_runs, find_parent
 
     client = MlflowClient(tracking_uri=study.tracking.uri)
     experiment_id, parent_id = find_parent(client, study.experiment_name)
     for a in added:
         query = f"{names.tag_equals(names.PARENT_RUN, parent_id)} and {names.tag_equals(names.TAG_CELL, a.key)}"
-        for run in client.search_runs([experiment_id], query, max_results=50_000):
+        for run in all_runs(client, [experiment_id], query):
             if run.data.tags.get(names.TAG_REFINED) != names.refined_round(a.round):
                 client.set_tag(run.info.run_id, names.TAG_REFINED, names.refined_round(a.round))
 

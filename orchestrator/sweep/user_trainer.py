@@ -22,7 +22,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ from trainers.core import (
 )
 from trainers.protocol import UserSpec, call_trainer, load_trainer
 from trainers.spec import TrainConfig
+from trainers.world import World
 
 HISTORY_FILE = "grokscale_history.json"  # the evaluations reported so far (a retry keeps them)
 RESULT_FILE = "grokscale_result.json"  # the finished run's result (a rerun returns it)
@@ -165,13 +166,20 @@ def run_user_trainer(spec: UserSpec, report: Callable[[dict], bool] | None, chec
             sys.path.insert(0, root)
     fn = load_trainer(spec.trainer)
     started = time.time()
-    log = ReportLog(spec.train, report, folder)
-    returned = call_trainer(fn, spec.run_config(), log, str(folder) if folder else "")
+    world = World.current()
+    # Rank 0 keeps the history and asks the stopping rule; every rank gets its answer.
+    log = ReportLog(spec.train, report if world.is_main else None, folder if world.is_main else None)
+    config = replace(spec.run_config(), world=world.as_dict())
+
+    def agreed(metrics: dict) -> bool:
+        return world.agree(log(metrics))
+
+    returned = call_trainer(fn, config, log if world.size == 1 else agreed, str(folder) if folder else "")
     result = result_of(log, returned, time.time() - started)
     result["checkpoint_note"] = note
     if finish is not None:
         result = finish(result)
-    if folder is not None:
+    if folder is not None and world.is_main:
         _write_json(folder / RESULT_FILE, {"spec_digest": spec_digest(spec), "result": result})
     return result
 

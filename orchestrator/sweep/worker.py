@@ -91,11 +91,11 @@ class Reporter:
         return out
 
 
-def _where(**more) -> dict:
+def where(**more) -> dict:
     return {"node_id": ray.get_runtime_context().get_node_id(), "worker_pid": os.getpid(), **more}
 
 
-def _failed() -> dict:
+def failed_result() -> dict:
     return {"status": RunStatus.FAILED.value, "reason": traceback.format_exc(limit=5)[-4000:]}
 
 
@@ -108,7 +108,7 @@ def train_task(spec_json: str, checkpoint_dir: str, inbox, run_id: str, rules: S
     from trainers.protocol import UserSpec, is_user_spec
 
     started = time.time()
-    where = _where()
+    place = where()
     try:
         if is_user_spec(spec_json):  # the study's own trainer (trainers/protocol.py), never packed
             from orchestrator.sweep.user_trainer import run_user_trainer
@@ -121,8 +121,8 @@ def train_task(spec_json: str, checkpoint_dir: str, inbox, run_id: str, rules: S
             report = Reporter(inbox, run_id, spec, rules, checkpoint_dir)
             out = report.finish(train(spec, report=report, checkpoint_dir=checkpoint_dir).to_dict())
     except Exception:  # noqa: BLE001 - a trial's failure is data, never a crashed sweep
-        out = _failed()
-    return {**out, **where, "started_at": started, "ended_at": time.time()}
+        out = failed_result()
+    return {**out, **place, "started_at": started, "ended_at": time.time()}
 
 
 @ray.remote
@@ -135,12 +135,12 @@ def packed_task(spec_jsons: list[str], checkpoint_dirs: list[str], inbox, run_id
     from trainers.packed import train_packed
 
     started = time.time()
-    where = _where(packed=len(run_ids))
+    place = where(packed=len(run_ids))
     try:
         specs = [TrainSpec.model_validate_json(s) for s in spec_jsons]
         reports = [Reporter(inbox, r, spec, rs, d) for r, spec, rs, d in zip(run_ids, specs, rules, checkpoint_dirs)]
         outs = [rep.finish(r.to_dict()) for rep, r in zip(reports, train_packed(specs, reports, checkpoint_dirs))]
     except Exception:  # noqa: BLE001 - the pack's failure is data: every run in it failed
-        outs = [_failed()] * len(run_ids)
+        outs = [failed_result()] * len(run_ids)
     ended = time.time()
-    return [{**out, **where, "started_at": started, "ended_at": ended} for out in outs]
+    return [{**out, **place, "started_at": started, "ended_at": ended} for out in outs]

@@ -84,8 +84,9 @@ def test_union_tag_errors_name_the_tag_field_and_what_is_allowed():
     assert missing == ["search.space.train.weight_decay.type: required, but missing; allowed: 'float', 'int', "
                        "'categorical'"]
     family = errors_of(TrainSpec, {"model": {"family": "cnn"}})
-    assert format_errors(family, model=TrainSpec) == ["model.family: unknown 'cnn'; allowed: 'transformer', 'mlp', "
-                                                      "or your own class as 'package.module:Class'"]
+    assert format_errors(family, model=TrainSpec) == [
+        "model.family: unknown 'cnn'; allowed: 'transformer', 'mlp', 'gpt', or your own class as "
+        "'package.module:Class'"]
 
 
 def test_an_n_is_a_count_or_a_shape_and_nothing_else():
