@@ -57,7 +57,10 @@ def _load(args: argparse.Namespace, with_preflight: bool = True):
         cells = build_cells(study)
         if max_runs is not None and (problems := run_cap_problems(study, max_runs, len(cells))):
             raise StudyError(problems)
-        problems = check_preflight(study, cells) if with_preflight else []
+        # `validate --gpu NAME` plans for a GPU cluster elsewhere: this machine's own CPUs and
+        # GPUs are not the measure.
+        planned = {"CPU": math.inf, "GPU": math.inf} if getattr(args, "gpu", None) else None
+        problems = check_preflight(study, cells, planned) if with_preflight else []
         if problems:
             raise StudyError(problems)
     except StudyError as err:
@@ -70,6 +73,7 @@ def _load(args: argparse.Namespace, with_preflight: bool = True):
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from orchestrator.study.checks import run_count
+    from orchestrator.study.cost import DEFAULT_GPU, ESTIMATED_MFU, cell_cost
 
     study, cells = _load(args)
     runs = run_count(study, len(cells))
@@ -80,13 +84,20 @@ def cmd_validate(args: argparse.Namespace) -> int:
         product = len(study.grid.n) * len(study.grid.flops or ())
         print(f"  grid.tokens_per_param [{window.min or 0:g}, {window.max or math.inf:g}] keeps {len(cells)} of the "
               f"{product} N x C cells")
+    gpu_hours = 0.0
     for c in cells:
         if study.trainer is not None:  # the user's trainer reports its own N and decides its data
             print(f"  {c.key}: N and D as the trainer {study.trainer} reports them")
             continue
         budget = f", C = {c.flops_budget:.3g}" if c.flops_budget else ""
+        cost = cell_cost(study, c, args.gpu or DEFAULT_GPU)
         print(f"  {c.key}: N = {c.n(study.grid.n_convention):,} ({study.grid.n_convention}), D = {c.n_train:,}, "
-              f"{c.steps:,} steps ({c.epochs:.3g} epochs, {c.train_flops:.3g} training FLOPs){budget}")
+              f"{c.steps:,} steps ({c.epochs:.3g} epochs, {c.train_flops:.3g} training FLOPs){budget}; "
+              f"{cost.describe()}")
+        gpu_hours += cost.gpu_hours
+    if gpu_hours:
+        print(f"  in all: {gpu_hours:,.1f} GPU-hours on {args.gpu or DEFAULT_GPU} at an assumed MFU of {ESTIMATED_MFU:.0%} "
+              f"(orchestrator/study/cost.py); each run logs the MFU it reached")
     return 0
 
 
@@ -228,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("validate", help="check a study config without running anything")
     _study_args(p)
     _max_runs_arg(p)
+    p.add_argument("--gpu", help="plan for this GPU (a name in trainers/device.py's table: H100, A100, L4, ...): "
+                                 "GPU cells' tokens/s and GPU-hours on it, not checked against this machine")
     p = sub.add_parser("status", help="per-cell trial counts and the best trial, from the Optuna storage")
     _study_args(p)
     p.add_argument("--json", action="store_true")

@@ -106,7 +106,7 @@ def evaluate(forward, params: list[torch.Tensor], x: torch.Tensor, y: torch.Tens
 
 
 def weight_norms(params: list[torch.Tensor]) -> list[float]:
-    """train.weight_norm per run: float64 sums of squares, parameter by parameter."""
+    """parallel.Layout.weight_norm per run: float64 sums of squares, parameter by parameter."""
     K = params[0].shape[0]
     totals = [0.0] * K
     for p in params:

@@ -8,8 +8,6 @@ in core.py (set-up, bookkeeping, result), schedules.py (the learning rate) and c
 
 from __future__ import annotations
 
-import contextlib
-import math
 import os
 import time
 from collections.abc import Iterable, Iterator
@@ -17,9 +15,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel
 
-from trainers import machine
+from trainers import machine, parallel
 from trainers.checkpoint import CHECKPOINT_NAME, Checkpoint
 from trainers.checkpoint import load as load_checkpoint
 from trainers.core import (
@@ -54,7 +51,7 @@ from trainers.world import World
 
 # Names other modules import from here, kept so that `from trainers.train import ...` still works.
 __all__ = ["CHECKPOINT_NAME", "Events", "Report", "Status", "TrainResult", "evaluate", "evaluate_batches",
-           "lr_factor", "train", "weight_norm"]
+           "lr_factor", "train"]
 
 
 def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, data: TaskData,
@@ -110,10 +107,6 @@ def evaluate_batches(model: torch.nn.Module, batches: Iterable[tuple[torch.Tenso
     return reduce_metrics(data, n, loss_sum, correct_tokens, exact, n_tokens, logprob_sum)
 
 
-def weight_norm(model: torch.nn.Module) -> float:
-    return math.sqrt(sum(p.detach().double().pow(2).sum().item() for p in model.parameters()))
-
-
 def train(spec: TrainSpec, report: Report | None = None,
           checkpoint_dir: str | os.PathLike | None = None) -> TrainResult:
     """One run, in this process or, when torch.distributed is initialized, as one rank of a
@@ -130,7 +123,6 @@ def train(spec: TrainSpec, report: Report | None = None,
     precision = resolve_precision(cfg, device)
     data, model = build_run(spec, device)  # the data and the init, from the seed
     counts = count_params(model)
-    optimizer = build_optimizer(model.parameters(), cfg, device)
     scaler = grad_scaler(device, precision)
     batch_gen = batch_generator(spec.seed)
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
@@ -140,7 +132,6 @@ def train(spec: TrainSpec, report: Report | None = None,
     batch = cfg.batch_examples(data.seq_len)
     full_batch = stream is None and (batch is None or batch >= n)
     last_only = data.target == "last"
-    ema = [torch.zeros_like(p) for p in model.parameters()] if cfg.grokfast else None
     accounting = Accounting.of(spec, data)
     log = RunLog(cfg, accounting, report if world.is_main else None)  # history, events, stop rules
     if world.size > accounting.examples_per_step:
@@ -153,9 +144,10 @@ def train(spec: TrainSpec, report: Report | None = None,
     peak, peak_source = peak_flops(device, precision, cfg.threads)
     compiled = should_compile(cfg, device, flops_per_step, peak)
     forward = torch.compile(model) if compiled else model
-    trained = forward  # what the training step calls: DDP's wrapper in a group of several
-    if world.size > 1:
-        trained = DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None)
+    layout = parallel.layout(model, forward, world, device, cfg.shard)  # alone, DDP or FSDP2
+    # After the layout: sharding replaces the parameters the optimizer and Grokfast's filter hold.
+    optimizer = build_optimizer(model.parameters(), cfg, device)
+    ema = [torch.zeros_like(p) for p in model.parameters()] if cfg.grokfast else None
     runtime = Runtime(str(device), device_name(device), precision, compiled, world.size, peak, peak_source,
                       determinism(device, cfg.threads), machine.facts(cfg.threads))
     amp = autocast(device, precision)
@@ -175,8 +167,7 @@ def train(spec: TrainSpec, report: Report | None = None,
             ckpt.parent.mkdir(parents=True, exist_ok=True)
         saved, note = load_checkpoint(ckpt, spec.digest())  # None, and why, if unusable
         if saved is not None:
-            model.load_state_dict(saved.model)
-            optimizer.load_state_dict(saved.optimizer)
+            layout.load(optimizer, saved.model, saved.optimizer)
             torch.set_rng_state(saved.torch_rng)
             batch_gen.set_state(saved.batch_rng)
             ema = saved.ema if ema is not None else None
@@ -185,8 +176,9 @@ def train(spec: TrainSpec, report: Report | None = None,
     resumed_from, ended_before = step, log.outcome is not None
 
     def save(finished: tuple[Status, str] | None = None) -> None:
+        model_state, optimizer_state = layout.state(optimizer)  # sharded: gathered by every rank
         if world.is_main:
-            Checkpoint(spec.digest(), step, model.state_dict(), optimizer.state_dict(), torch.get_rng_state(),
+            Checkpoint(spec.digest(), step, model_state, optimizer_state, torch.get_rng_state(),
                        batch_gen.get_state(), ema, perm, cursor, log.state(), finished).save(ckpt)
 
     def examples(index: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -234,11 +226,9 @@ def train(spec: TrainSpec, report: Report | None = None,
             total = 0.0
             for i, chunk in enumerate(chunks):
                 xb, yb = examples(chunk)
-                last = i == len(chunks) - 1
-                sync = trained.no_sync() if world.size > 1 and not last else contextlib.nullcontext()
-                with sync:
+                with layout.accumulating(last=i == len(chunks) - 1):
                     with amp:
-                        logits = trained(xb, last_only=last_only)
+                        logits = layout.trained(xb, last_only=last_only)
                         loss = F.cross_entropy(logits.flatten(0, -2).float(), yb.flatten(), ignore_index=IGNORE,
                                                reduction="sum") * (world.size / labelled)
                     backward(loss)
@@ -266,12 +256,16 @@ def train(spec: TrainSpec, report: Report | None = None,
             t_eval = time.perf_counter()
             speed = timer.lap(step, t_eval)
             stop = False
-            if world.is_main:  # the raw module: DDP's wrapper would wait for the other ranks
+            # Rank 0 alone, on the plain module (DDP's wrapper would wait for the other ranks),
+            # unless the model is sharded: then every rank takes part in every forward.
+            if world.is_main or layout.eval_on_every_rank:
                 bs = cfg.eval_batch_size
                 with amp:
                     tr = evaluate_batches(forward, eval_batches(data, "train", bs, device, x_train, y_train), data)
                     va = evaluate_batches(forward, eval_batches(data, "val", bs, device, x_val, y_val), data)
-                stop = log.on_eval(step, tr, va, weight_norm(model), lr, speed)  # events, stops, report hook
+                norm = layout.weight_norm()
+                if world.is_main:
+                    stop = log.on_eval(step, tr, va, norm, lr, speed)  # events, stops, report hook
             stop = world.agree(stop)
             eval_time += time.perf_counter() - t_eval
             timer.restart(time.perf_counter())

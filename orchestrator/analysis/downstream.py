@@ -41,6 +41,7 @@ Predictable or not is decided from the small models alone, each reason on its ow
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -179,7 +180,7 @@ class DownstreamForecast:
                          "sigmoid": self.sigmoid.to_dict(),
                          "noise": {"std": self.noise, "source": self.noise_source,
                                    "checkpoints": NOISE_CHECKPOINTS},
-                         "largest_run": {"n": self.largest[0], "d": self.largest[1], "metric": self.largest[2]}})
+                         "largest_run": dict(zip(("n", "d", "metric"), self.largest))})
 
 
 def sigmoid(loss: np.ndarray, a, k, L0, b) -> np.ndarray:
@@ -234,8 +235,8 @@ def fit_sigmoid(loss: np.ndarray, metric: np.ndarray, *, chance: float | None = 
     b_fixed = chance is not None
     lo, hi = float(loss.min()), float(loss.max())
     starts = _sigmoid_starts(loss, metric, chance)
-    fun = _sigmoid_objective(loss, metric, np.ones((1, n_points)) / n_points, np.zeros(len(starts), dtype=int),
-                             chance)
+    uniform = np.ones((1, n_points)) / n_points
+    fun = _sigmoid_objective(loss, metric, uniform, np.zeros(len(starts), dtype=int), chance)
     # Two passes: 40 iterations from every start of the grid, then the best few to convergence.
     # The grid's near-linear starts (small k, large a) slide along a valley for 1,000 iterations
     # without approaching the optimum, which the others reach in well under 100.
@@ -279,13 +280,13 @@ def fit_sigmoid(loss: np.ndarray, metric: np.ndarray, *, chance: float | None = 
     r2 = 1.0 - float(np.sum(residuals ** 2)) / spread if spread > 0 else None
     for arr in (boot, rows, residuals):
         arr.setflags(write=False)
-    draft = SigmoidFit(a=a, k=k, L0=L0, b=b, b_fixed=b_fixed, r2=r2,
-                       residual_std=float(np.sqrt(np.sum(residuals ** 2) / max(n_points - (3 + (not b_fixed)), 1))),
-                       loss_min=lo, loss_max=hi, n_points=n_points, n_boot=len(boot), ci=ci, accepted=True,
-                       reasons=(), residuals=residuals, boot=boot, boot_rows=rows)
-    reasons = check_sigmoid(draft, loss)
-    return SigmoidFit(**{**{f: getattr(draft, f) for f in draft.__dataclass_fields__},
-                         "accepted": not reasons, "reasons": reasons})
+    dof = max(n_points - (3 if b_fixed else 4), 1)
+    fit = SigmoidFit(a=a, k=k, L0=L0, b=b, b_fixed=b_fixed, r2=r2,
+                     residual_std=float(np.sqrt(np.sum(residuals ** 2) / dof)), loss_min=lo, loss_max=hi,
+                     n_points=n_points, n_boot=len(boot), ci=ci, accepted=True, reasons=(),
+                     residuals=residuals, boot=boot, boot_rows=rows)
+    reasons = check_sigmoid(fit, loss)
+    return dataclasses.replace(fit, accepted=not reasons, reasons=reasons)
 
 
 def check_sigmoid(fit: SigmoidFit, loss: np.ndarray) -> tuple[str, ...]:
@@ -309,14 +310,15 @@ def check_sigmoid(fit: SigmoidFit, loss: np.ndarray) -> tuple[str, ...]:
         seen = np.unique(loss)
         below, above = seen[seen <= fit.L0.value].max(), seen[seen >= fit.L0.value].min()
         if width < above - below:
-            reasons.append(f"k = {fit.k.value:.3g} is at its upper bound: the rise (width {width:.3g}) lies between "
-                           f"two observed losses {below:.4g} and {above:.4g} (a step, its shape unseen)")
+            reasons.append(f"k = {fit.k.value:.3g} is at its upper bound: the rise (width {width:.3g}) "
+                           f"lies between two observed losses {below:.4g} and {above:.4g} "
+                           "(a step, its shape unseen)")
     k, L0 = fit.k, fit.L0
     if k.low is None or k.high is None or k.low <= 0 or not np.isfinite(k.high):
         reasons.append("k's interval is open: the data do not bound it")
     elif np.log10(k.high / k.low) > MAX_K_DECADES:
-        reasons.append(f"k's interval [{k.low:.3g}, {k.high:.3g}] spans {np.log10(k.high / k.low):.1f} decades "
-                       f"(> {MAX_K_DECADES:g})")
+        reasons.append(f"k's interval [{k.low:.3g}, {k.high:.3g}] spans {np.log10(k.high / k.low):.1f} "
+                       f"decades (> {MAX_K_DECADES:g})")
     if L0.low is None or L0.high is None:
         reasons.append("L0's interval is open: the data do not bound it")
     elif L0.high - L0.low > span:
@@ -330,7 +332,8 @@ def _predict(tn, td, law, law_check, sig, law_boot, sig_boot, log_resid, metric_
     loss = float(law.predict(tn, td))
     metric = float(sig.predict(loss))
     with np.errstate(over="ignore", invalid="ignore"):
-        boot_loss = law_boot[:, 0] + law_boot[:, 1] / tn ** law_boot[:, 2] + law_boot[:, 3] / td ** law_boot[:, 4]
+        e, a, alpha, b, beta = law_boot.T  # scaling.BOOT_COLUMNS
+        boot_loss = e + a / tn ** alpha + b / td ** beta
         boot_loss = boot_loss * np.exp(rng.choice(log_resid, boot_loss.size))
         boot_metric = sigmoid(boot_loss, *sig_boot.T) + rng.choice(metric_resid, boot_loss.size)
     loss_est = Estimate(loss, *interval(boot_loss, ci))
@@ -344,13 +347,16 @@ def _predict(tn, td, law, law_check, sig, law_boot, sig_boot, log_resid, metric_
         reasons.append(f"step 2 (the sigmoid) rejected: {'; '.join(sig.reasons)}")
     width = sig.width
     if loss < sig.loss_min - width or loss > sig.loss_max + width:
-        side, edge = ("below the lowest", sig.loss_min) if loss < sig.loss_min else ("above the highest", sig.loss_max)
+        below = loss < sig.loss_min
+        side, edge = ("below the lowest", sig.loss_min) if below else ("above the highest", sig.loss_max)
         reasons.append(f"the target's loss {loss:.4g} lies {abs(loss - edge):.3g} {side} observed loss "
-                       f"{edge:.4g}, more than the sigmoid's 10-90% width {width:.3g}: past where step 2 saw it bend")
+                       f"{edge:.4g}, more than the sigmoid's 10-90% width {width:.3g}: "
+                       "past where step 2 saw it bend")
     change = abs(metric - largest[2])
     if change < NOISE_RATIO * noise:
-        reasons.append(f"noise: the predicted change {change:.3g} from the largest small run (N={largest[0]:.3g}, "
-                       f"D={largest[1]:.3g}) is below {NOISE_RATIO:g}x the metric's checkpoint noise {noise:.3g}")
+        reasons.append(f"noise: the predicted change {change:.3g} from the largest small run "
+                       f"(N={largest[0]:.3g}, D={largest[1]:.3g}) is below {NOISE_RATIO:g}x the metric's "
+                       f"checkpoint noise {noise:.3g}")
     return Prediction(n=tn, d=td, loss=loss_est, metric=metric_est, n_ratio=tn / n_max, d_ratio=td / d_max,
                       loss_beyond_range=beyond / span if span > 0 else float("inf"),
                       loss_beyond_width=beyond / width, reasons=tuple(reasons), group=group)
@@ -388,7 +394,8 @@ def _units(n, d, ev_n, ev_d) -> tuple[np.ndarray, np.ndarray, int]:
 
 
 def _validate_evaluations(ev: Evaluations) -> Evaluations:
-    arrays = {name: np.asarray(getattr(ev, name), dtype=float).ravel() for name in ("n", "d", "loss", "metric")}
+    arrays = {name: np.asarray(getattr(ev, name), dtype=float).ravel()
+              for name in ("n", "d", "loss", "metric")}
     step = None if ev.step is None else np.asarray(ev.step, dtype=float).ravel()
     sizes = {a.size for a in arrays.values()} | ({step.size} if step is not None else set())
     if len(sizes) != 1:
@@ -396,8 +403,9 @@ def _validate_evaluations(ev: Evaluations) -> Evaluations:
     for name, a in arrays.items():
         if not np.all(np.isfinite(a)):
             raise ValueError(f"evaluations: every {name} must be finite")
-    if np.unique(arrays["loss"]).size < 5:
-        raise ValueError(f"step 2 needs at least 5 distinct evaluation losses, got {np.unique(arrays['loss']).size}")
+    distinct = np.unique(arrays["loss"]).size
+    if distinct < 5:
+        raise ValueError(f"step 2 needs at least 5 distinct evaluation losses, got {distinct}")
     return Evaluations(**arrays, step=step)
 
 

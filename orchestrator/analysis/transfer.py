@@ -79,10 +79,12 @@ class TransferCheck:
     def to_dict(self) -> dict:
         e = self.exponent
         return jsonable({"param": self.param, "optima": [o.to_dict() for o in self.optima],
-                         "exponent": None if e is None else e.value, "exponent_low": None if e is None else e.low,
+                         "exponent": None if e is None else e.value,
+                         "exponent_low": None if e is None else e.low,
                          "exponent_high": None if e is None else e.high, "transfers": self.transfers,
                          "reason": self.reason, "tolerance": self.tolerance,
-                         "n_usable": sum(o.usable for o in self.optima), "n_boot": self.n_boot, "ci": self.ci})
+                         "n_usable": sum(o.usable for o in self.optima), "n_boot": self.n_boot,
+                         "ci": self.ci})
 
 
 def transfer_check(n: np.ndarray, param: np.ndarray, loss: np.ndarray, *, param_name: str = "param",
@@ -92,7 +94,8 @@ def transfer_check(n: np.ndarray, param: np.ndarray, loss: np.ndarray, *, param_
     whether it holds across N."""
     n, param, loss = (np.asarray(v, dtype=float).ravel() for v in (n, param, loss))
     if not n.size == param.size == loss.size:
-        raise ValueError(f"N, {param_name} and loss must have the same length, got {n.size}, {param.size}, {loss.size}")
+        raise ValueError(f"N, {param_name} and loss must have the same length, "
+                         f"got {n.size}, {param.size}, {loss.size}")
     if n.size == 0:
         raise ValueError("no trials")
     for name, a in (("N", n), (param_name, param)):
@@ -133,10 +136,12 @@ def _cell(value: float, x: np.ndarray, loss: np.ndarray, weights: np.ndarray, wi
     (1 + n_boot, trials)."""
     values, inverse = np.unique(x, return_inverse=True)
     m = values.size
-    base = dict(n=value, n_trials=int(x.size), param_min=float(np.exp(values[0])), param_max=float(np.exp(values[-1])))
+    base = dict(n=value, n_trials=int(x.size), param_min=float(np.exp(values[0])),
+                param_max=float(np.exp(values[-1])))
     if m < 3:
-        return CellOptimum(optimum=None, at_edge=False, reason=f"{m} distinct value(s) of {name}; a quadratic "
-                           f"needs 3", **base), np.full(weights.shape[0], np.nan)
+        reason = f"{m} distinct value(s) of {name}; a quadratic needs 3"
+        return (CellOptimum(optimum=None, at_edge=False, reason=reason, **base),
+                np.full(weights.shape[0], np.nan))
     onehot = np.zeros((x.size, m))
     onehot[np.arange(x.size), inverse] = 1.0
     count = weights @ onehot  # (R, m) trials of each value in each resample
@@ -174,7 +179,8 @@ def _cell(value: float, x: np.ndarray, loss: np.ndarray, weights: np.ndarray, wi
         reason = f"no minimum: the losses near the best {name} do not curve upwards"
     elif not inside[0]:
         at_edge = True
-        side, edge = ("below the smallest", values[0]) if vertex[0] <= values[0] else ("above the largest", values[-1])
+        low_side = vertex[0] <= values[0]
+        side, edge = ("below the smallest", values[0]) if low_side else ("above the largest", values[-1])
         reason = (f"at the edge: the vertex {np.exp(vertex[0]):.3g} lies at or {side} {name} tried "
                   f"({np.exp(edge):.3g})")
     if reason is not None:

@@ -5,7 +5,8 @@
   grokscale fit emergence FILE.csv --x-col X --y-col Y [--group-col G] [--chance C] [--json]
   grokscale fit downstream FILE.csv --n-col N --d-col D --loss-col L --metric-col M --at N:D [--at ...]
                                     [--group-col G] [--chance C] [--curves EVALS.csv] [--step-col S] [--json]
-  grokscale fit transfer FILE.csv --n-col N --param-col P --loss-col L [--group-col G] [--tolerance T] [--json]
+  grokscale fit transfer FILE.csv --n-col N --param-col P --loss-col L [--group-col G] [--tolerance T]
+                                  [--json]
 
 `fit scaling` fits L(N, D) = E + A/N^alpha + B/D^beta (Hoffmann et al. 2022, approach 3) and
 its compute-optimal frontier at the budgets --flops (default: 5 spanning the runs' K*N*D), with
@@ -96,23 +97,24 @@ def add_fit_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
     e.add_argument("--json", action="store_true", help="print JSON instead of a table")
     e.set_defaults(fit_func=cmd_emergence)
-    ds = kinds.add_parser("downstream", help="two-step forecast: loss from (N, D), then the metric from the loss")
+    ds = kinds.add_parser("downstream",
+                          help="two-step forecast: loss from (N, D), then the metric from the loss")
     ds.add_argument("file", help="CSV file, one row per finished run (N, D, the task's loss)")
     ds.add_argument("--n-col", required=True, help="column with N, the parameter count")
     ds.add_argument("--d-col", required=True, help="column with D, the run's training set size")
     ds.add_argument("--loss-col", required=True, help="column with the task's loss (> 0)")
     ds.add_argument("--metric-col", required=True, help="column with the task's metric, e.g. an accuracy")
     ds.add_argument("--group-col", help="fit once per value of this column, e.g. a task name")
-    ds.add_argument("--chance", type=float, help="the metric at chance: fixes the sigmoid's floor b (else fitted)")
+    ds.add_argument("--chance", type=float,
+                    help="the metric at chance: fixes the sigmoid's floor b (else b is fitted)")
     ds.add_argument("--curves", metavar="CSV",
-                    help="every evaluation of the runs (same column names, one row per checkpoint) for step 2; "
-                         "default: the main file's rows")
-    ds.add_argument("--step-col", help="column of --curves that orders a run's evaluations (default: file order)")
+                    help="every evaluation of the runs for step 2 (same column names, one row per "
+                         "checkpoint, N and D those of its run); default: the main file's rows")
+    ds.add_argument("--step-col",
+                    help="column of --curves that orders a run's evaluations (default: file order)")
     ds.add_argument("--at", action="append", required=True, metavar="N:D",
                     help="a target to forecast, e.g. 1e9:2e10 (repeatable)")
-    ds.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples for the intervals (default 200)")
-    ds.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
-    ds.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_boot(ds)
     ds.set_defaults(fit_func=cmd_downstream)
     t = kinds.add_parser("transfer", help="does a tuned hyperparameter's optimum hold across N (muTransfer)?")
     t.add_argument("file", help="CSV file, one row per trial")
@@ -122,10 +124,15 @@ def add_fit_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--group-col", help="check once per value of this column")
     t.add_argument("--tolerance", type=float, default=None,
                    help="|e| within which the optimum counts as transferring (default 0.1)")
-    t.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples for the intervals (default 200)")
-    t.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
-    t.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_boot(t)
     t.set_defaults(fit_func=cmd_transfer)
+
+
+def _add_boot(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--n-boot", type=int, default=200,
+                   help="bootstrap resamples for the intervals (default 200)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -321,26 +328,22 @@ def cmd_downstream(args: argparse.Namespace) -> int:
     main_cols = numeric + ([] if args.curves else [args.metric_col])
     runs = read_columns(args.file, main_cols + group, numeric=main_cols)
     if args.curves:
-        ev_num = numeric + [args.metric_col] + ([args.step_col] if args.step_col else [])
-        curves = read_columns(args.curves, ev_num + group, numeric=ev_num)
+        ev_cols = numeric + [args.metric_col] + ([args.step_col] if args.step_col else [])
+        curves = read_columns(args.curves, ev_cols + group, numeric=ev_cols)
     elif args.step_col:
         raise InputError("--step-col orders the evaluations of --curves: give --curves too")
     else:
         curves = runs
-    values = sorted(set(runs[args.group_col]), key=_sort_key) if args.group_col else [None]
     groups, predictions = [], []
-    for value in values:
-        mask = runs[args.group_col] == value if args.group_col else np.ones(len(runs[args.n_col]), dtype=bool)
-        cmask = (curves[args.group_col] == value if args.group_col
-                 else np.ones(len(curves[args.n_col]), dtype=bool))
-        ev = Evaluations(n=curves[args.n_col][cmask], d=curves[args.d_col][cmask], loss=curves[args.loss_col][cmask],
-                         metric=curves[args.metric_col][cmask],
-                         step=curves[args.step_col][cmask] if args.step_col else None)
-        where = f" ({args.group_col} = {value})" if args.group_col else ""
+    for value, rows, where in _groups(runs, args.group_col):
+        ev_rows = _rows_of(curves, args.group_col, value)
+        ev = Evaluations(n=curves[args.n_col][ev_rows], d=curves[args.d_col][ev_rows],
+                         loss=curves[args.loss_col][ev_rows], metric=curves[args.metric_col][ev_rows],
+                         step=curves[args.step_col][ev_rows] if args.step_col else None)
         try:
-            fc = forecast_downstream(runs[args.n_col][mask], runs[args.d_col][mask], runs[args.loss_col][mask], ev,
-                                     targets, chance=args.chance, n_boot=args.n_boot, seed=args.seed,
-                                     group=_plain(value))
+            fc = forecast_downstream(runs[args.n_col][rows], runs[args.d_col][rows],
+                                     runs[args.loss_col][rows], ev, targets, chance=args.chance,
+                                     n_boot=args.n_boot, seed=args.seed, group=_plain(value))
         except ValueError as err:
             raise InputError(f"{args.file}{where}: {err}") from err
         groups.append(fc.to_dict())
@@ -361,28 +364,26 @@ def print_downstream(out: dict) -> None:
 
     grouped = out["group_col"] is not None
     for g in out["groups"]:
-        law, sig = g["loss_law"], g["sigmoid"]
+        law, sig, noise = g["loss_law"], g["sigmoid"], g["noise"]
         head = f"{out['group_col']} = {g['group']}: " if grouped else ""
-        pct = f"{int(round(law['ci'] * 100))}%"
-        print(f"{head}step 1, {law['law']} on {law['n_points']} runs ({pct} intervals): "
-              + ", ".join(f"{k} = {_num(law[k])} [{_num(law[k + '_low'])}, {_num(law[k + '_high'])}]"
-                          for k in ("E", "A", "alpha", "B", "beta"))
+        print(f"{head}step 1, {law['law']} on {law['n_points']} runs ({int(round(law['ci'] * 100))}% "
+              "intervals): " + _estimates(law, ("E", "A", "alpha", "B", "beta"))
               + ("" if law["accepted"] else f"; REJECTED: {'; '.join(law['reasons'])}"))
+        b = f"b = {_num(sig['b'])}" + (" (fixed: chance)" if sig["b_fixed"] else "")
         print(f"{head}step 2, {sig['form']} on {sig['n_points']} evaluations: "
-              + ", ".join(f"{k} = {_num(sig[k])} [{_num(sig[k + '_low'])}, {_num(sig[k + '_high'])}]"
-                          for k in ("a", "k", "L0"))
-              + f", b = {_num(sig['b'])}{' (fixed: chance)' if sig['b_fixed'] else ''}"
-              + f", R^2 {_num(sig['r2'])}, checkpoint noise {_num(g['noise']['std'])} ({g['noise']['source']})"
+              + _estimates(sig, ("a", "k", "L0")) + f", {b}, R^2 {_num(sig['r2'])}, "
+              f"checkpoint noise {_num(noise['std'])} ({noise['source']})"
               + ("" if sig["accepted"] else f"; REJECTED: {'; '.join(sig['reasons'])}"))
     table = Table(title=f"forecast ({out['file']}; 90% prediction intervals)", title_justify="left")
-    for col in ([out["group_col"]] if grouped else []) + ["N", "D", "loss", "loss 90%", "metric", "metric 90%",
-                                                          "N x", "D x", "predictable"]:
+    for col in ([out["group_col"]] if grouped else []) + ["N", "D", "loss", "loss 90%", "metric",
+                                                          "metric 90%", "N x", "D x", "predictable"]:
         table.add_column(col, no_wrap=True)
     for p in out["predictions"]:
         ex = p["extrapolation"]
         table.add_row(*([str(p["group"])] if grouped else []), _num(p["n"]), _num(p["d"]), _num(p["loss"]),
-                      _range(p["loss_low"], p["loss_high"]), _num(p["metric"]), _range(p["metric_low"], p["metric_high"]),
-                      _num(ex["n_ratio"]), _num(ex["d_ratio"]), "yes" if p["predictable"] else "no")
+                      _range(p["loss_low"], p["loss_high"]), _num(p["metric"]),
+                      _range(p["metric_low"], p["metric_high"]), _num(ex["n_ratio"]), _num(ex["d_ratio"]),
+                      "yes" if p["predictable"] else "no")
     Console().print(table)
     for p in out["predictions"]:
         if p["reason"]:
@@ -406,22 +407,19 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     from orchestrator.analysis.transfer import TOLERANCE, transfer_check
 
     tolerance = TOLERANCE if args.tolerance is None else args.tolerance
-    group = [args.group_col] if args.group_col else []
     numeric = [args.n_col, args.param_col, args.loss_col]
-    data = read_columns(args.file, numeric + group, numeric=numeric)
-    values = sorted(set(data[args.group_col]), key=_sort_key) if args.group_col else [None]
+    data = read_columns(args.file, numeric + ([args.group_col] if args.group_col else []), numeric=numeric)
     groups = []
-    for value in values:
-        mask = data[args.group_col] == value if args.group_col else np.ones(len(data[args.n_col]), dtype=bool)
-        where = f" ({args.group_col} = {value})" if args.group_col else ""
+    for value, rows, where in _groups(data, args.group_col):
         try:
-            res = transfer_check(data[args.n_col][mask], data[args.param_col][mask], data[args.loss_col][mask],
-                                 param_name=args.param_col, tolerance=tolerance, n_boot=args.n_boot, seed=args.seed)
+            res = transfer_check(data[args.n_col][rows], data[args.param_col][rows],
+                                 data[args.loss_col][rows], param_name=args.param_col, tolerance=tolerance,
+                                 n_boot=args.n_boot, seed=args.seed)
         except ValueError as err:
             raise InputError(f"{args.file}{where}: {err}") from err
         groups.append({"group": _plain(value), **res.to_dict()})
-    out = {"file": str(args.file), "param_col": args.param_col, "group_col": args.group_col, "tolerance": tolerance,
-           "groups": groups}
+    out = {"file": str(args.file), "param_col": args.param_col, "group_col": args.group_col,
+           "tolerance": tolerance, "groups": groups}
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
@@ -438,11 +436,29 @@ def cmd_transfer(args: argparse.Namespace) -> int:
             table.add_row(_num(o["n"]), _num(o["optimum"]) or "none", _range(o["low"], o["high"]),
                           "yes" if o["at_edge"] else "")
         Console().print(table)
-        for o in g["optima"]:
-            if o["reason"]:
-                print(f"N = {_num(o['n'])} excluded: {o['reason']}")
         print(g["reason"])
     return 0
+
+
+def _groups(data: dict, group_col: str | None):
+    """(value, row mask, " (G = value)") per value of group_col; one (None, all rows, "") without it."""
+    if group_col is None:
+        yield None, _rows_of(data, None, None), ""
+        return
+    for value in sorted(set(data[group_col]), key=_sort_key):
+        yield value, data[group_col] == value, f" ({group_col} = {value})"
+
+
+def _rows_of(data: dict, group_col: str | None, value) -> np.ndarray:
+    if group_col is None:
+        return np.ones(len(next(iter(data.values()))), dtype=bool)
+    return data[group_col] == value
+
+
+def _estimates(out: dict, names: tuple[str, ...]) -> str:
+    """`name = value [low, high]` for each of names."""
+    return ", ".join(f"{k} = {_num(out[k])} [{_num(out[f'{k}_low'])}, {_num(out[f'{k}_high'])}]"
+                     for k in names)
 
 
 def read_columns(path: str, cols: list[str], numeric: list[str] | None = None):

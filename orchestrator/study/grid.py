@@ -70,7 +70,7 @@ def _resolve_steps(study: Study, cell: Cell, data: dict[str, Any]) -> dict[str, 
     if length.kind == "steps":
         return data
     probe = TrainSpec.model_validate({**data, "train": {**data["train"], "steps": PROBE_STEPS}})
-    per_step = examples_per_step(probe.train.batch_size, cell.n_examples)
+    per_step = examples_per_step(probe.train.batch_examples(cell.tokens_per_example), cell.n_examples)
     flops = flops_per_example(probe.model, *cell.io[:3], last_only=cell.io[3])
     steps = steps_for(length, n_examples=cell.n_examples, per_step=per_step, tokens_per_example=flops.tokens,
                       flops_per_example=flops.total, flops_budget=cell.flops_budget)
@@ -122,7 +122,7 @@ def _cell(study: Study, i: int, j: int, entry: Any, d_value: float | None, budge
     flops = flops_per_example(model, *io[:3], last_only=io[3])
     n_examples = data.n_examples  # rows of x_train, or a corpus's windows
     cell = Cell(i, j, shape, d_value, counts, data.n_train, target, n_examples=n_examples,
-                examples_per_step=examples_per_step(base.train.batch_size, n_examples),
+                examples_per_step=examples_per_step(base.train.batch_examples(data.seq_len), n_examples),
                 tokens_per_example=data.seq_len, flops_per_example=flops.total, flops_budget=budget, io=io)
     spec = spec_for(study, cell, {}, study.grid.seeds[0])  # the resolved length must fit (warmup <= steps)
     return replace(cell, steps=spec.train.steps)

@@ -30,7 +30,7 @@ def pack_size(study: Study, cell: Cell) -> int:
 def step_cost(study: Study, cell: Cell) -> float:
     """The work of one training step of a run in a cell: parameters x examples per step
     (training FLOPs scale as 6 N x tokens, Kaplan et al. 2020). What packing pays against."""
-    batch = study.train.get("batch_size") or cell.n_train
+    batch = cell.examples_per_step or cell.n_train
     return float(cell.n_params.total) * min(batch, cell.n_train)
 
 

@@ -105,6 +105,54 @@ def test_no_secret_from_the_environment_reaches_mlflow(tmp_path):
         assert value not in blob
 
 
+LEAKY_TRAINER = """
+def run(config, report, checkpoint_dir):
+    report({"step": 1, "train_acc": 0.5, "val_acc": 0.5})
+    if config.seed == 1:  # a failure whose message quotes a credential, as a login error may
+        raise RuntimeError("the results server refused key " + config.task["api_key"])
+    return {"val_acc": 0.5, "val_loss": 1.0}
+"""
+
+
+def test_no_planted_credential_reaches_any_store_or_output(tmp_path):
+    """A real study of a user trainer whose config holds planted credentials (task.api_key, a
+    password in the Optuna storage URL's query, a URL's password and ?token= in the description),
+    one of whose runs fails quoting its key: not one of them is in any byte or file name of the
+    MLflow store (database, write-ahead log, artifacts, the report), the Optuna storage, or what
+    `grokscale run` and `status` print. The checkpoints folder is the trainer's own, and left out."""
+    planted = {name: secrets.token_hex(12) for name in ("api_key", "storage_pw", "url_pw", "url_token")}
+    (tmp_path / "leaky_trainer.py").write_text(LEAKY_TRAINER)
+    study = {"name": "leaky", "trainer": "leaky_trainer:run",
+             "description": f"https://bob:{planted['url_pw']}@results.lab/x?token={planted['url_token']}",
+             "task": {"api_key": planted["api_key"]}, "train": {"steps": 2, "eval_every": 1},
+             "grid": {"n": [{"width": 8}], "d": [0.5], "seeds": [0, 1]},
+             "search": {"sampler": "random", "trials_per_cell": 1},
+             "storage": f"sqlite:///{tmp_path / 'optuna.db'}?password={planted['storage_pw']}",
+             "ray": {"num_cpus": 1}}
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    run = grokscale("run", "study.yaml", "--quiet", cwd=tmp_path, env=env)
+    assert run.returncode == 1, run.stderr[-3000:]  # the run of seed 1 failed, as planted
+    status = grokscale("status", "study.yaml", cwd=tmp_path, env=env)
+    assert status.returncode == 0, status.stderr[-3000:]
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("leaky").experiment_id])
+    reasons = [r.data.tags.get("grokscale.reason", "") for r in runs]
+    assert any("refused key <redacted>" in reason for reason in reasons), reasons  # the traceback, scrubbed
+    assert "optuna.db?password=<redacted>" in status.stdout + run.stdout  # the storage URL, as printed
+    seen = [run.stdout, run.stderr, status.stdout, status.stderr]
+    for path in tmp_path.rglob("*"):
+        where = path.relative_to(tmp_path)
+        seen.append(str(where))
+        if path.is_file() and "checkpoints" not in where.parts and path.name != "study.yaml":
+            seen.append(path.read_bytes().decode("utf-8", errors="replace"))
+    assert "optuna.db" in seen and "mlflow.db" in seen  # both stores were read
+    blob = "\n".join(seen)
+    for name, value in planted.items():
+        assert value not in blob, f"the planted {name} leaked"
+
+
 # -- servers listen on 127.0.0.1 -----------------------------------------------------------------
 def test_mlflow_ui_commands_bind_loopback():
     from click import Context

@@ -92,22 +92,30 @@ def test_peak_table_matches_known_cards():
     assert keys.index("H100 PCIe") < keys.index("H100")
 
 
-def _rank(rank: int, size: int, init: str, train_json: str, out: str) -> None:
+def _die_at_step_30(record: dict) -> None:
+    if record["step"] == 30:
+        os._exit(17)  # as a killed worker: the step-20 checkpoint is the last one
+
+
+def _rank(rank: int, size: int, init: str, train_json: str, out: str, checkpoint_dir: str | None = None,
+          die: bool = False) -> None:
     os.environ["LOCAL_RANK"] = str(rank)
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=size)
     try:
-        result = train(TrainSpec.model_validate_json(train_json))
+        report = _die_at_step_30 if die else None
+        result = train(TrainSpec.model_validate_json(train_json), report=report, checkpoint_dir=checkpoint_dir)
         if rank == 0:
             torch.save(result.to_dict(), out)
     finally:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("micro_batch", [None, 6])
-def test_two_gloo_workers_follow_the_one_worker_curve(tmp_path, micro_batch):
+@pytest.mark.parametrize(("micro_batch", "shard"), [(None, False), (6, False), (6, True)])
+def test_two_gloo_workers_follow_the_one_worker_curve(tmp_path, micro_batch, shard):
     """The same spec and global batch on one process and on a process group of two (shares of 16
-    examples, optionally in micro-batches): the same curve to float tolerance."""
-    s = spec(micro_batch=micro_batch)
+    examples, optionally in micro-batches, replicated by DDP or sharded by FSDP2): the same curve
+    to float tolerance."""
+    s = spec(micro_batch=micro_batch, shard=shard)
     alone = train(spec())
     out = tmp_path / "rank0.pt"
     mp.spawn(_rank, args=(2, f"file://{tmp_path / 'store'}", s.model_dump_json(), str(out)), nprocs=2, join=True)
@@ -116,3 +124,31 @@ def test_two_gloo_workers_follow_the_one_worker_curve(tmp_path, micro_batch):
     assert group["history"]["step"] == alone.history["step"]
     for key in ("train_loss", "val_loss", "val_acc", "weight_norm"):
         assert close(group["history"][key], alone.history[key]), key
+
+
+@pytest.mark.parametrize("shard", [False, True])
+def test_a_group_killed_mid_run_resumes_from_its_checkpoint(tmp_path, shard):
+    """Rank 0 dies after the step-20 checkpoint; the group started again resumes there (a sharded
+    run's checkpoint is gathered whole, then sharded again) and ends where an uninterrupted
+    group ends."""
+    s = spec(micro_batch=8, shard=shard, checkpoint_every=10, steps=40).model_dump_json()
+    whole = tmp_path / "whole.pt"
+    mp.spawn(_rank, args=(2, f"file://{tmp_path / 's1'}", s, str(whole)), nprocs=2, join=True)
+    ckpt, out = tmp_path / "ckpt", tmp_path / "resumed.pt"
+    with pytest.raises(mp.ProcessExitedException):
+        mp.spawn(_rank, args=(2, f"file://{tmp_path / 's2'}", s, str(out), str(ckpt), True), nprocs=2, join=True)
+    assert not out.exists()
+    mp.spawn(_rank, args=(2, f"file://{tmp_path / 's3'}", s, str(out), str(ckpt)), nprocs=2, join=True)
+    resumed, whole = torch.load(out, weights_only=False), torch.load(whole, weights_only=False)
+    assert resumed["resumed_from_step"] == 20
+    assert resumed["history"]["step"] == whole["history"]["step"] == [10, 20, 30, 40]
+    for key in ("train_loss", "val_loss", "weight_norm"):
+        assert close(resumed["history"][key], whole["history"][key]), key
+
+
+@pytest.mark.slow
+def test_compile_on_gives_the_eager_curve():
+    """torch.compile (inductor, a C++ compiler on CPU: ~45 s here) changes kernels, not the math."""
+    eager, compiled = train(spec()), train(spec(compile="on"))
+    assert compiled.runtime["compiled"] is True and eager.runtime["compiled"] is False
+    assert close(compiled.history["val_loss"], eager.history["val_loss"], rel=1e-5)
