@@ -96,8 +96,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
               f"{cost.describe()}")
         gpu_hours += cost.gpu_hours
     if gpu_hours:
-        print(f"  in all: {gpu_hours:,.1f} GPU-hours on {args.gpu or DEFAULT_GPU} at an assumed MFU of {ESTIMATED_MFU:.0%} "
-              f"(orchestrator/study/cost.py); each run logs the MFU it reached")
+        print(f"  in all: {gpu_hours:,.1f} GPU-hours on {args.gpu or DEFAULT_GPU} at an assumed MFU of "
+              f"{ESTIMATED_MFU:.0%} (orchestrator/study/cost.py); each run logs the MFU it reached")
     return 0
 
 

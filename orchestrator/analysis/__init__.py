@@ -21,6 +21,9 @@ nothing was found, and has a JSON-safe `to_dict()`.
   D*(N) bracketed by the grid, as a power law in N, predicted at each size from the smaller ones.
 - `generalization_backtest`: each run's generalization step predicted at its memorization step
   by its decay clock (sum of lr x weight decay), leave-one-out.
+- `forecast_downstream`: a task's metric at a target (N, D) in two steps, L(N, D) then a sigmoid
+  of the loss (Bhagia et al. 2024), with a prediction interval and whether it may be trusted.
+- `transfer_check`: a hyperparameter's optimum per N and its drift optimum ∝ N^e (muTransfer).
 
 The runs tables these take have one row per training run, with columns named as in the
 report (`cell`, `n_params`, `n_train`, `d_value`, `seed`, `trial_number`, `status`,
@@ -36,6 +39,7 @@ from orchestrator.analysis.critical_data import (
     critical_data_sizes,
     fit_critical_data,
 )
+from orchestrator.analysis.downstream import DownstreamForecast, Evaluations, forecast_downstream
 from orchestrator.analysis.emergence import CriticalSizes, EmergenceFit, critical_sizes, emergence_threshold
 from orchestrator.analysis.envelope import EnvelopeFit, fit_envelope
 from orchestrator.analysis.estimate import Estimate
@@ -54,6 +58,7 @@ from orchestrator.analysis.mirage import MirageCheck, mirage_check, mirage_check
 from orchestrator.analysis.phase_regions import PhaseRegions, phase_regions
 from orchestrator.analysis.regularization import CellRegularization, cell_regularization, param_importances, trial_table
 from orchestrator.analysis.scaling import N_COLUMNS, ScalingLawFit, fit_power_law, fit_scaling_law
+from orchestrator.analysis.transfer import TransferCheck, transfer_check
 
 __all__ = [
     "FLOPS_PER_TOKEN", "Backtest", "ComputeOptimalFrontier", "EnvelopeFit", "FrontierPoint", "IsoFlopBudget",
@@ -64,4 +69,5 @@ __all__ = [
     "mirage_checks", "param_importances", "trial_table",
     "CriticalData", "CriticalDataBacktest", "CriticalDataLaw", "PhaseRegions", "StepBacktest", "StepPrediction",
     "critical_data_backtest", "critical_data_sizes", "fit_critical_data", "generalization_backtest", "phase_regions",
+    "DownstreamForecast", "Evaluations", "TransferCheck", "forecast_downstream", "transfer_check",
 ]

@@ -374,10 +374,11 @@ def print_downstream(out: dict) -> None:
               + _estimates(sig, ("a", "k", "L0")) + f", {b}, R^2 {_num(sig['r2'])}, "
               f"checkpoint noise {_num(noise['std'])} ({noise['source']})"
               + ("" if sig["accepted"] else f"; REJECTED: {'; '.join(sig['reasons'])}"))
-    table = Table(title=f"forecast ({out['file']}; 90% prediction intervals)", title_justify="left")
+    table = Table(title=f"forecast ({out['file']}; 90% prediction intervals; "
+                        "N x, D x: beyond the largest run)", title_justify="left")
     for col in ([out["group_col"]] if grouped else []) + ["N", "D", "loss", "loss 90%", "metric",
-                                                          "metric 90%", "N x", "D x", "predictable"]:
-        table.add_column(col, no_wrap=True)
+                                                          "metric 90%", "N x", "D x", "trusted"]:
+        table.add_column(col, no_wrap=col in ("N", "D", "loss", "metric", "trusted"))
     for p in out["predictions"]:
         ex = p["extrapolation"]
         table.add_row(*([str(p["group"])] if grouped else []), _num(p["n"]), _num(p["d"]), _num(p["loss"]),

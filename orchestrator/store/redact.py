@@ -75,7 +75,8 @@ def scrub(values: Any, known: Iterable[str] = ()) -> Any:
 
     def clean(v: Any) -> Any:
         if isinstance(v, dict):
-            return {k: REDACTED if isinstance(k, str) and SECRET.search(k) else clean(x) for k, x in v.items()}
+            return {k: REDACTED if isinstance(k, str) and SECRET.search(k) else clean(x)
+                    for k, x in v.items()}
         if isinstance(v, (list, tuple)):
             return [clean(x) for x in v]
         if isinstance(v, str):

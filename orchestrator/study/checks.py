@@ -173,9 +173,10 @@ def run_cap_problems(study: Study, max_runs: int, n_cells: int | None = None) ->
     runs = run_count(study, n_cells)
     if runs <= max_runs:
         return []
-    return [f"(study): {runs:,} training runs ({n_cells:,} cells x {study.search.trials_per_cell:,} trials per cell "
-            f"(search.trials_per_cell) x {len(study.grid.seeds)} seeds (grid.seeds)) is more than the limit of "
-            f"{max_runs:,}; make the grid or trials_per_cell smaller, or pass --max-runs {runs} to allow it"]
+    trials, seeds = study.search.trials_per_cell, len(study.grid.seeds)
+    return [f"(study): {runs:,} training runs ({n_cells:,} cells x {trials:,} trials per cell "
+            f"(search.trials_per_cell) x {seeds} seeds (grid.seeds)) is more than the limit of {max_runs:,}; "
+            f"make the grid or trials_per_cell smaller, or pass --max-runs {runs} to allow it"]
 
 
 def check_study(study: Study) -> list[str]:

@@ -23,8 +23,8 @@ README_HINT = "check the spelling against the README's study config"
 
 # Names that hold credentials (DB_PASSWORD, AWS_SECRET_ACCESS_KEY, MLFLOW_TRACKING_TOKEN, a URL's
 # ?password=, ...); their values are never printed or logged. n_train_tokens is not such a name.
-SECRET = re.compile(r"secret|passw(or)?d|credential|api[_-]?key|access[_-]?key|private[_-]?key|token$|(^|_)auth$",
-                    re.IGNORECASE)
+SECRET = re.compile(r"secret|passw(or)?d|credential|api[_-]?key|access[_-]?key|private[_-]?key|token$"
+                    r"|(^|_)auth$", re.IGNORECASE)
 REDACTED = "<redacted>"
 # In text that is not one URL: user:password@ of a URL, and a query's key=value whose key is a SECRET.
 URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*):(?P<password>[^@/\s]*)@")
@@ -33,7 +33,7 @@ _MARK = "GROKSCALEREDACTED"  # a password SQLAlchemy renders as it is, then show
 
 
 def redact_url(text: str) -> str:
-    """`postgresql://user:s3cret@host/db?sslpassword=x` -> `postgresql://user:<redacted>@host/db?sslpassword=<redacted>`.
+    """`postgresql://u:s3cret@host/db?sslpassword=x` -> `postgresql://u:<redacted>@host/db?sslpassword=<redacted>`.
 
     A text that is one URL is parsed (SQLAlchemy's make_url, which reads every database and http URL
     this project takes), so a password or a query value named like a credential is masked wherever

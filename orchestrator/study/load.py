@@ -61,10 +61,10 @@ def anchor_problems(text: str, where: str) -> list[str]:
     first = found[0]
     sign = "*" if isinstance(first, yaml.AliasEvent) else "&"
     more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+    mark = first.start_mark
     return [f"{where}: YAML {'alias' if sign == '*' else 'anchor'} '{sign}{first.anchor}' at line "
-            f"{first.start_mark.line + 1}, column {first.start_mark.column + 1}{more}: anchors and aliases are "
-            f"not allowed in a study (a few nested aliases can expand into billions of values); write each "
-            f"value out"]
+            f"{mark.line + 1}, column {mark.column + 1}{more}: anchors and aliases are not allowed in a study "
+            f"(a few nested aliases can expand into billions of values); write each value out"]
 
 
 def override_anchor_problems(overrides: list[str]) -> list[str]:

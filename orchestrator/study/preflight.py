@@ -52,8 +52,8 @@ def creatable(path: Path) -> str | None:
 # File systems where SQLite's write-ahead log corrupts a database: its readers and writer share an
 # index in memory (the -shm file, mmap'ed), which holds on one machine only ("WAL does not work
 # over a network filesystem", https://sqlite.org/wal.html). fuse.* is sshfs, s3fs, gcsfuse, ...
-NETWORK_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "ncpfs", "afs", "9p", "lustre", "gpfs", "beegfs",
-                       "ceph", "glusterfs", "ocfs2", "gfs2", "fuse")
+NETWORK_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "ncpfs", "afs", "9p", "lustre", "gpfs",
+                       "beegfs", "ceph", "glusterfs", "ocfs2", "gfs2", "fuse")
 MOUNTS = Path("/proc/mounts")
 
 
@@ -118,10 +118,10 @@ def _tracking(uri: str) -> list[str]:
         if why := creatable(Path(path)):
             return [f"tracking.uri: cannot write the MLflow store {path}: {why}"]
         if fstype := network_filesystem(Path(path)):
-            return [f"tracking.uri: the MLflow store {path} is on a network file system ({fstype}), where SQLite's "
-                    f"write-ahead log corrupts the database; run `mlflow server --backend-store-uri sqlite:///{path}` "
-                    f"on one machine and set tracking.uri: http://<that machine>:5000, or keep the store on a local "
-                    f"disk"]
+            return [f"tracking.uri: the MLflow store {path} is on a network file system ({fstype}), where "
+                    f"SQLite's write-ahead log corrupts the database; run `mlflow server --backend-store-uri "
+                    f"sqlite:///{path}` on one machine and set tracking.uri: http://<that machine>:5000, or keep "
+                    f"the store on a local disk"]
         return []
     if scheme == "file":
         why = creatable(Path(urlparse(uri).path or uri))

@@ -342,8 +342,9 @@ def _name(v: str) -> str:
         raise PydanticCustomError("study_name", "use letters, digits, '_', '.' and '-' only (it names the MLflow "
                                                 "experiment and run folder)")
     if set(v) == {"."}:  # runs/.. is the parent of runs/, not a folder of the study's own
-        raise PydanticCustomError("study_name", "'.' and '..' name a folder itself or its parent; give the study "
-                                                "a name with a letter or digit (it names the run folder runs/<name>)")
+        raise PydanticCustomError("study_name", "'.' and '..' name a folder itself or its parent; give the "
+                                                "study a name with a letter or digit (it names the run folder "
+                                                "runs/<name>)")
     return v
 
 

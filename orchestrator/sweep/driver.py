@@ -161,7 +161,8 @@ class Driver:
         self.tracker.close_orphans(self.live_keys)
         self.tracker.finish_study()
         if not self.tracker.drain():
-            raise RuntimeError(f"the tracking server at {redact_url(self.study.tracking.uri)} did not come back; "
+            uri = redact_url(self.study.tracking.uri)
+            raise RuntimeError(f"the tracking server at {uri} did not come back; "
                                f"{self.tracker.backlog} writes could not be sent")
         self.launcher.close()
 
@@ -225,7 +226,7 @@ class Driver:
                   names.PARAM_N_PARAMS_EMBEDDING: cell.n_params.embedding, names.PARAM_N_TRAIN: cell.n_train,
                   names.PARAM_D_VALUE: cell.d_value, names.PARAM_SEED: seed, names.PARAM_TRIAL_NUMBER: number,
                   **{f"{names.PARAM_SEARCHED_PREFIX}{k}": v for k, v in params.items()},
-                  names.PARAM_SPEC_JSON: spec.model_dump(mode="json")}  # scrubbed as data, then JSON (tracker)
+                  names.PARAM_SPEC_JSON: spec.model_dump(mode="json")}  # scrubbed, then JSON (tracker)
         if self.study.trainer is not None:  # the user's trainer reports its N: logged when it ends
             for key in N_PARAMS:
                 logged.pop(key)

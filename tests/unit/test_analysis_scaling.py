@@ -108,3 +108,19 @@ def test_bad_input_is_refused_with_the_reason():
         fit_scaling_law(n, d, np.where(np.arange(n.size) == 3, -1.0, loss))
     with pytest.raises(ValueError, match="at least 6 points"):
         fit_scaling_law(n[:5], d[:5], loss[:5])
+
+
+def test_given_starts_and_resampling_counts_replace_the_grid_and_the_drawn_resamples():
+    """`starts` and `counts` (downstream.py resamples runs jointly with its second fit): the same
+    counts the seed would draw give the same resamples, each row of `boot` named by `boot_rows`."""
+    n, d, loss = chinchilla_runs(noise=0.01)
+    truth = np.array([[np.log(TRUE["A"]), np.log(TRUE["B"]), TRUE["alpha"], TRUE["beta"], np.log(TRUE["E"])]])
+    drawn = fit_scaling_law(n, d, loss, n_boot=8, seed=3, starts=truth)
+    rng = np.random.default_rng(3)
+    counts = np.stack([np.bincount(rng.integers(0, n.size, n.size), minlength=n.size) for _ in range(8)])
+    given = fit_scaling_law(n, d, loss, n_boot=999, starts=truth, counts=counts)
+    assert drawn.n_inits == given.n_inits == 1 and given.n_boot == 8
+    assert list(given.boot_rows) == list(range(8)) and np.array_equal(drawn.boot, given.boot)
+    assert given.alpha.value == pytest.approx(TRUE["alpha"], abs=0.02)
+    with pytest.raises(ValueError, match="counts must have one column per run"):
+        fit_scaling_law(n, d, loss, starts=truth, counts=counts[:, 1:])

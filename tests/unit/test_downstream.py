@@ -52,11 +52,14 @@ def test_noise_free_two_step_data_gives_back_both_steps_and_the_forecast():
     assert not free.sigmoid.b_fixed and free.sigmoid.b.value == pytest.approx(0.25, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_the_90_percent_interval_covers_a_new_run_at_the_target_in_200_planted_draws():
     """Each draw: noisy small runs, a forecast at NEAR (4x N and D beyond them), and a new run
     there drawn from the same truth, noise included (what a prediction interval is for). Step 1
     starts from the truth (one start, not the 4,500 of the grid, whose global search the test
-    above checks) to keep 200 draws x 100 resamples of both steps fast."""
+    above checks), 100 resamples of both steps per draw: 35-55 s on the shared 2-core machine,
+    hence `slow`. Measured: 89% of 200 new runs' metric and 91.5% of their losses covered
+    (97.5% of the noise-free metric)."""
     covered_metric, covered_loss, predictable = [], [], []
     for i in range(200):
         rng = np.random.default_rng(1000 + i)
@@ -161,8 +164,9 @@ def test_fit_downstream_table_from_the_main_file_alone(csvs, capsys):
                  "--at", "1e11:1e13", "--n-boot", "10"]) == 0
     out = capsys.readouterr().out
     assert "step 2, metric = a / (1 + exp(k (L - L0))) + b on 25 evaluations" in out and "(residuals)" in out
-    row = next(line for line in out.splitlines() if line.startswith("│ 4e+08"))
-    assert "│ 4e+10 │ 2.625 │" in row and row.rstrip("│ ").endswith("yes")
+    near = next(line for line in out.splitlines() if line.startswith("│ 4e+08 │ 4e+10 │ 2.625 │"))
+    far = next(line for line in out.splitlines() if line.startswith("│ 1e+11 │ 1e+13 │ 1.868 │"))
+    assert near.rstrip("│ ").endswith("yes") and far.rstrip("│ ").endswith("no")
     assert "N:D = 1e+11:1e+13 not predictable: the target's loss 1.868 lies" in out
 
 

@@ -135,9 +135,11 @@ def test_every_float_field_of_the_study_and_the_spec_refuses_nan_and_infinity():
                     pytest.fail(f"{model.__name__}.{name} took {x!r}")
             checked.append(f"{model.__name__}.{name}")
     # The ones the issue names, and the nested sections and search bounds it asks about.
-    assert {"TrainConfig.lr", "TrainConfig.betas", "TrainConfig.weight_decay", "_Keys.epochs", "FloatParam.low",
-            "FloatParam.high", "CategoricalParam.choices", "Grid.d", "Grid.flops", "Refine.width_decades",
-            "TokensPerParam.max", "Pruning.safety", "Resources.cpus", "ModularTask.train_fraction"} <= set(checked)
+    named = {"TrainConfig.lr", "TrainConfig.betas", "TrainConfig.weight_decay", "_Keys.epochs",
+             "FloatParam.low", "FloatParam.high", "CategoricalParam.choices", "Grid.d", "Grid.flops",
+             "Refine.width_decades", "TokensPerParam.max", "Pruning.safety", "Resources.cpus",
+             "ModularTask.train_fraction"}
+    assert named <= set(checked)
 
 
 @pytest.mark.parametrize("override, path", [
@@ -168,8 +170,8 @@ def test_path_part_keeps_the_grids_keys_and_makes_anything_else_one_safe_folder(
 
 
 def test_a_shape_value_cannot_lead_a_checkpoint_out_of_the_checkpoints_folder(tmp_path):
-    study = Study.model_validate({"name": "s", "trainer": "pkg:run", "task": {}, "grid": {"n": [{}], "d": [0.5]},
-                                  "workdir": str(tmp_path / "work")})
+    study = Study.model_validate({"name": "s", "trainer": "pkg:run", "task": {},
+                                  "grid": {"n": [{}], "d": [0.5]}, "workdir": str(tmp_path / "work")})
     for hostile in ("../../../../x", "/etc", ".."):
         cell = Cell(0, 0, {"width": hostile}, 0.5, ParamCounts(0, 0), 0, None)
         folder = checkpoint_dir(study, cell, 3, 1).resolve()

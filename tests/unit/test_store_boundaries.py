@@ -20,7 +20,12 @@ from orchestrator.store.redact import scrub, scrub_text, secrets_in
 from orchestrator.store.results import all_runs, load_results
 from orchestrator.store.tracker import Tracker, config_yaml, use_wal
 from orchestrator.study import Study, preflight, redact_url
-from orchestrator.study.preflight import filesystem_type, is_network_filesystem, mount_table, network_filesystem
+from orchestrator.study.preflight import (
+    filesystem_type,
+    is_network_filesystem,
+    mount_table,
+    network_filesystem,
+)
 
 VALID = Path(__file__).parent / "broken_configs" / "_valid.yaml"
 
@@ -37,7 +42,7 @@ def test_tag_equals_finds_exactly_the_run_of_any_value(client):
     ids = {v: client.create_run(exp, tags={"k": v}).info.run_id for v in values}
     for v in values:
         assert [r.info.run_id for r in client.search_runs([exp], tag_equals("k", v))] == [ids[v]], v
-    with pytest.raises(ValueError, match="both ' and \""):  # MLflow's syntax cannot say it: refused, not guessed
+    with pytest.raises(ValueError, match="both ' and \""):  # MLflow cannot say it: refused, not guessed
         tag_equals("k", "it's \"both\"")
 
 
@@ -47,7 +52,8 @@ def study_runs(client: MlflowClient, n_children: int) -> tuple[str, str]:
     exp = client.create_experiment("paged")
     parent = client.create_run(exp, tags={names.TAG_ROLE: names.ROLE_STUDY}).info.run_id
     for i in range(n_children):
-        run = client.create_run(exp, tags={names.PARENT_RUN: parent, names.TAG_STATUS: "completed"}).info.run_id
+        tags = {names.PARENT_RUN: parent, names.TAG_STATUS: "completed"}
+        run = client.create_run(exp, tags=tags).info.run_id
         for key, value in ((names.PARAM_CELL, "N[d_model=16]_D=0.5"), (names.PARAM_SEED, 0),
                            (names.PARAM_TRIAL_NUMBER, i)):
             client.log_param(run, key, value)
@@ -74,9 +80,10 @@ def test_the_report_reads_every_run_past_one_page(client, tmp_path, monkeypatch)
 @pytest.mark.parametrize("text, shown", [
     ("postgresql://optuna:s3cret@db.lab:5432/optuna", "postgresql://optuna:<redacted>@db.lab:5432/optuna"),
     ("sqlite:///optuna.db?password=hunter22&timeout=3", "sqlite:///optuna.db?password=<redacted>&timeout=3"),
-    ("postgresql+psycopg2://u@h/db?sslmode=require&sslpassword=zz", "postgresql+psycopg2://u@h/db?sslmode=require"
-                                                                    "&sslpassword=<redacted>"),
-    ("https://bob:pw@mlflow.lab/x?access_token=abc", "https://bob:<redacted>@mlflow.lab/x?access_token=<redacted>"),
+    ("postgresql+psycopg2://u@h/db?sslmode=require&sslpassword=zz",
+     "postgresql+psycopg2://u@h/db?sslmode=require&sslpassword=<redacted>"),
+    ("https://bob:pw@mlflow.lab/x?access_token=abc",
+     "https://bob:<redacted>@mlflow.lab/x?access_token=<redacted>"),
     ("http://127.0.0.1:5000/", "http://127.0.0.1:5000/"),  # nothing to hide: the text as given
     ("sqlite:///mlflow.db", "sqlite:///mlflow.db"),
     ("mirror at https://bob:pw@h/x?password=p2 and ?n_train_tokens=9",  # not one URL: the regex fallback
@@ -86,7 +93,8 @@ def test_redact_url_masks_passwords_of_the_user_and_of_the_query(text, shown):
 
 
 def test_secrets_the_study_holds_are_found_and_scrubbed_wherever_they_turn_up():
-    config = {"task": {"api_key": "k3y-0f-the-lab", "p": 23}, "storage": "sqlite:///o.db?password=pw-in-query",
+    config = {"task": {"api_key": "k3y-0f-the-lab", "p": 23},
+              "storage": "sqlite:///o.db?password=pw-in-query",
               "tracking": {"uri": "https://bob:pw-of-the-url@mlflow.lab"}, "description": "short: pw"}
     known = secrets_in(config)
     assert set(known) == {"k3y-0f-the-lab", "pw-in-query", "pw-of-the-url"}
@@ -104,7 +112,8 @@ def test_the_tracker_logs_no_credential_of_the_spec_or_of_a_traceback(tmp_path, 
     monkeypatch.chdir(tmp_path)
     key, url_password = "k3y-0f-the-lab-1234", "pw-of-the-url-5678"
     study = Study.model_validate({"name": "leaky", "trainer": "pkg:run", "task": {"api_key": key},
-                                  "grid": {"n": [{}], "d": [0.5]}, "storage": f"sqlite:///o.db?password={url_password}",
+                                  "grid": {"n": [{}], "d": [0.5]},
+                                  "storage": f"sqlite:///o.db?password={url_password}",
                                   "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}})
     tracker = Tracker(study)
     tracker.open(config_yaml(study))
@@ -116,7 +125,8 @@ def test_the_tracker_logs_no_credential_of_the_spec_or_of_a_traceback(tmp_path, 
     assert tracker.drain()
     run = MlflowClient(study.tracking.uri).get_run(run_id)
     assert json.loads(run.data.params[names.PARAM_SPEC_JSON])["config"]["task"]["api_key"] == "<redacted>"
-    assert run.data.tags[names.TAG_REASON].endswith("key <redacted> refused by sqlite:///o.db?password=<redacted>")
+    reason = run.data.tags[names.TAG_REASON]
+    assert reason.endswith("key <redacted> refused by sqlite:///o.db?password=<redacted>"), reason
     assert run.data.tags["grokscale.flops.per_token"] == "12"  # a tag is scrubbed by value, not by its name
     for path in tmp_path.rglob("*"):
         if path.is_file():
@@ -143,8 +153,9 @@ def test_the_file_system_of_a_path_is_its_longest_mount_point():
              "/lustre/proj/x.db": "lustre", "/tmp/x.db": "tmpfs", "/var/x.db": "ext4"}
     for path, fstype in cases.items():
         assert filesystem_type(path, table) == fstype, path
-    assert [t for t in ("nfs4", "xfs", "cifs", "fuse.sshfs", "lustre", "tmpfs", "ext4", "gpfs", "beegfs", "ceph")
-            if is_network_filesystem(t)] == ["nfs4", "cifs", "fuse.sshfs", "lustre", "gpfs", "beegfs", "ceph"]
+    kinds = ("nfs4", "xfs", "cifs", "fuse.sshfs", "lustre", "tmpfs", "ext4", "gpfs", "beegfs", "ceph")
+    network = ["nfs4", "cifs", "fuse.sshfs", "lustre", "gpfs", "beegfs", "ceph"]
+    assert [t for t in kinds if is_network_filesystem(t)] == network
     assert filesystem_type("/x", []) is None and not is_network_filesystem(None)
 
 
