@@ -17,6 +17,7 @@ EXAMPLES = """examples:
   grokscale run sweeps/quickstart.yaml --set search.trials_per_cell=4
   grokscale status sweeps/quickstart.yaml
   grokscale report sweeps/quickstart.yaml --out report/   # plots and fits, also logged to MLflow
+  grokscale plan sweeps/isoflop_charlm.yaml --flops 2.4e11 --out rung.yaml   # the next rung, forecast
   grokscale reproduce RUN_ID          # train one recorded run again, compare bit for bit
   grokscale train --task.p 59 --train.weight_decay 1.0
 """
@@ -159,10 +160,12 @@ def _report(shown_uri: str, uri: str, experiment: str, quiet: bool = False, out_
         print(f"report: {err}", file=sys.stderr)
         return {"error": str(err)}
     if not quiet:
-        print(f"report: {len(report.plots)} plots ({', '.join(sorted(report.plots))}) logged to the study's "
+        from orchestrator.report.report import outline
+
+        for line in outline(report):
+            print(f"report: {line}")
+        print(f"report: {len(report.plots)} plots, every fit and every reason in results.json, on the study's "
               f"parent run in {shown_uri}; files in {report.directory}")
-        for name, why in sorted(report.skipped.items()):
-            print(f"report: no {name}: {why}")
     return {"plots": sorted(report.plots), "skipped": report.skipped, "directory": str(report.directory)}
 
 
@@ -222,6 +225,8 @@ def cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    # grokscale prints its own progress; MLflow's artifact bars would interleave with it.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     parser = argparse.ArgumentParser(prog="grokscale", description=__doc__, epilog=EXAMPLES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -256,14 +261,16 @@ def main(argv: list[str] | None = None) -> int:
         return reproduce_main(argv[1:])
     from orchestrator.cluster.slurm import add_slurm_parser, cmd_slurm
     from orchestrator.report.fit import add_fit_parser, run_fit
+    from orchestrator.report.plan import add_plan_parser, cmd_plan
 
     add_fit_parser(sub)  # grokscale fit scaling|isoflop|emergence|downstream|transfer FILE.csv ...
+    add_plan_parser(sub)  # grokscale plan STUDY --flops C --out rung.yaml
     add_slurm_parser(sub)  # grokscale slurm STUDY --nodes N ...
     args = parser.parse_args(argv)
     if args.command == "fit":
         return run_fit(args)
     return {"run": cmd_run, "validate": cmd_validate, "status": cmd_status, "report": cmd_report,
-            "slurm": cmd_slurm}[args.command](args)
+            "slurm": cmd_slurm, "plan": cmd_plan}[args.command](args)
 
 
 if __name__ == "__main__":

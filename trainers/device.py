@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from trainers import mup
 from trainers.spec import TrainConfig
 
 PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -106,12 +107,15 @@ def should_compile(cfg: TrainConfig, device: torch.device, flops_per_step: float
     return eager_s > AUTO_COMPILE_RUN_S
 
 
-def optimizer(params, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW; fused on a GPU (one kernel for all parameters). CPU keeps torch's default
-    implementation so CPU runs stay what they were, bit for bit."""
+def optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over the model's parameters; fused on a GPU (one kernel for all parameters). CPU keeps
+    torch's default implementation so CPU runs stay what they were, bit for bit. A mup model's
+    parameters come in groups with their own learning rate and weight decay, each group holding
+    its `lr_scale` for the loop's schedule (trainers/mup.py); sp's are one group, as always."""
     kwargs = {"fused": True} if device.type == "cuda" else {}
-    return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay,
-                             **kwargs)
+    groups = mup.param_groups(model, cfg.lr, cfg.weight_decay)
+    return torch.optim.AdamW(model.parameters() if groups is None else groups, lr=cfg.lr, betas=cfg.betas,
+                             eps=cfg.eps, weight_decay=cfg.weight_decay, **kwargs)
 
 
 def device_name(device: torch.device) -> str:

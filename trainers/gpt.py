@@ -7,7 +7,11 @@ The block of nanoGPT / nanochat / OLMo-style models, written small:
 - attention through F.scaled_dot_product_attention(is_causal=True), which takes the flash
   kernels on a GPU;
 - an MLP of GELU (GPT-2) or SwiGLU (Shazeer 2020), its width from spec.GPTModel.mlp_width;
-- a final RMSNorm, then the readout `unembed`, optionally tied to `tok_emb`.
+- a final RMSNorm, then the readout `unembed`, optionally tied to `tok_emb`;
+- `parametrization: mup` (trainers/mup.py): the readout's output times base_width / d_model and,
+  when tied, the shared matrix drawn at its sp std of d_model == base_width. Heads grow with
+  the width at a fixed head_dim, so mup's 1/d_head attention scale is sp's 1/sqrt(head_dim) up
+  to a constant, which base_width sets to 1: the attention is sp's.
 
 It keeps the built-in models' protocol (trainers/models.py): `GPT(cfg, vocab_size, n_out,
 seq_len)`, `model(x, last_only=False)`. With last_only every block runs on all positions (the
@@ -100,6 +104,11 @@ class GPT(nn.Module):
 
     def __init__(self, cfg: GPTModel, vocab_size: int, n_out: int, seq_len: int):
         super().__init__()
+        # mup (trainers/mup.py): width / base_width, which sets the per-layer learning rates, and
+        # the readout multiplier base_width / width. None under sp.
+        self.width_mult = cfg.width_mult
+        self.base_width = cfg.base_width
+        self.readout_mult = None if cfg.width_mult is None else cfg.base_width / cfg.width
         if cfg.tie_embeddings and n_out != vocab_size:
             raise ValueError(f"model.tie_embeddings: the readout can share the token embedding only when the "
                              f"task predicts its own tokens (n_out == vocab_size); this task has vocab_size "
@@ -126,7 +135,8 @@ class GPT(nn.Module):
             h = block(h, cos, sin)
         if last_only:
             h = h[:, -1]  # (B, C)
-        return self.unembed(self.norm_f(h))  # (B, n_out) or (B, T, n_out)
+        logits = self.unembed(self.norm_f(h))  # (B, n_out) or (B, T, n_out)
+        return logits if self.readout_mult is None else logits * self.readout_mult
 
     @torch.no_grad()
     def init_weights(self) -> None:
@@ -136,11 +146,15 @@ class GPT(nn.Module):
           Radford et al. 2019; nanoGPT);
         - untied: tok_emb N(0, 1), a residual stream of unit RMS like the normalized inputs the
           blocks add to it, and unembed zero, so the first loss is exactly ln n_out (nanochat);
-        - tied: the shared matrix keeps the readout's N(0, 1/d_model) (a zero one would never move).
+        - tied: the shared matrix keeps the readout's N(0, 1/d_model) (a zero one would never move);
+          under mup N(0, 1/base_width), its sp std at base_width, constant in width as an
+          embedding's is.
         RMSNorm gains start at 1. models.init_weights then multiplies everything by init_scale."""
+        mup = self.width_mult is not None
         for module in self.modules():
             if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, std=1 / math.sqrt(module.in_features))
+                fan_in = self.base_width if mup and module is self.unembed else module.in_features
+                nn.init.normal_(module.weight, std=1 / math.sqrt(fan_in))
             elif isinstance(module, nn.RMSNorm):
                 nn.init.ones_(module.weight)
         for block in self.blocks:

@@ -58,6 +58,10 @@ class Block(nn.Module):
         d = cfg.d_model
         self.n_head = cfg.n_head
         self.dropout = cfg.dropout
+        # mup: logits q.k scaled as 1/d_head, not 1/sqrt(d_head) (trainers/mup.py), with the constant
+        # that makes it sp's at base_width: d_head^-1/2 (d_head at base / d_head)^1/2. None: sp's.
+        m = cfg.width_mult
+        self.attn_scale = None if m is None else (d // cfg.n_head) ** -0.5 * (1 / m) ** 0.5
         norm = (lambda: nn.LayerNorm(d)) if cfg.layer_norm else nn.Identity
         self.ln1, self.ln2 = norm(), norm()
         self.qkv = nn.Linear(d, 3 * d, bias=False)
@@ -77,12 +81,13 @@ class Block(nn.Module):
             # elementwise products beat the fused kernel on CPU (2-3x at T = 3).
             h = h[:, -1:]  # (B, 1, C)
             q = q[:, -1].view(B, H, 1, C // H)  # (B, H, 1, hs)
-            w = ((q * k).sum(-1) * (C // H) ** -0.5).softmax(-1)  # (B, H, T)
+            scale = (C // H) ** -0.5 if self.attn_scale is None else self.attn_scale
+            w = ((q * k).sum(-1) * scale).softmax(-1)  # (B, H, T)
             w = F.dropout(w, self.dropout, self.training)
             att = (w[..., None] * v).sum(2).view(B, 1, C)  # (B, 1, C)
         else:
             q = q.view(B, T, H, C // H).transpose(1, 2)  # (B, H, T, hs)
-            att = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+            att = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.attn_scale,
                                                  dropout_p=self.dropout if self.training else 0.0)
             att = att.transpose(1, 2).reshape(B, T, C)
         h = h + self.drop(self.proj(att))
@@ -94,6 +99,11 @@ class Transformer(nn.Module):
 
     def __init__(self, cfg: TransformerModel, vocab_size: int, n_out: int, seq_len: int):
         super().__init__()
+        # mup (trainers/mup.py): d_model / base_width, which sets the per-layer learning rates, and
+        # the readout multiplier base_width / d_model. None under sp.
+        self.width_mult = cfg.width_mult
+        self.base_width = cfg.base_width
+        self.readout_mult = None if cfg.width_mult is None else cfg.base_width / cfg.d_model
         self.tok_emb = nn.Embedding(vocab_size, cfg.d_model)
         self.pos_emb = nn.Embedding(seq_len, cfg.d_model)
         self.drop = nn.Dropout(cfg.dropout)
@@ -108,7 +118,8 @@ class Transformer(nn.Module):
             h = block(h, last_only=last_only and i == len(self.blocks) - 1)
         if last_only:
             h = h[:, -1]  # (B, C)
-        return self.unembed(self.ln_f(h))  # (B, n_out) or (B, T, n_out)
+        logits = self.unembed(self.ln_f(h))  # (B, n_out) or (B, T, n_out)
+        return logits if self.readout_mult is None else logits * self.readout_mult
 
 
 class MLP(nn.Module):
@@ -137,17 +148,23 @@ def init_weights(model: nn.Module, init_scale: float) -> None:
 
     Liu et al. (2022, "Omnigrok") tie grokking to the initial weight norm: a large init_scale
     delays generalization, a small one removes the delay.
+
+    A mup transformer (trainers/mup.py) draws its embeddings and its readout at the std they
+    have in sp at d_model == base_width, 1/sqrt(base_width), constant in width; the rest as sp.
     """
     builtin = isinstance(model, (Transformer, MLP))
     if isinstance(model, GPT):
         model.init_weights()
+    mup = isinstance(model, Transformer) and model.width_mult is not None
     for module in model.modules() if builtin else ():
         if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, std=1 / math.sqrt(module.in_features))
+            fan_in = model.base_width if mup and module is model.unembed else module.in_features
+            nn.init.normal_(module.weight, std=1 / math.sqrt(fan_in))
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, std=1 / math.sqrt(module.embedding_dim))
+            width = model.base_width if mup else module.embedding_dim
+            nn.init.normal_(module.weight, std=1 / math.sqrt(width))
     if init_scale != 1.0:
         with torch.no_grad():
             for p in model.parameters():

@@ -144,6 +144,10 @@ class TransformerModel(Frozen):
     dropout: float = Field(default=0.0, ge=0, lt=1)
     # Nanda et al. (2023)'s grokking transformer has no LayerNorm; LMs want it.
     layer_norm: bool = True
+    # How init, multipliers and per-layer learning rates scale with d_model (trainers/mup.py):
+    # "sp", torch's usual parametrization, or "mup" (Yang et al. 2022), equal to sp at base_width.
+    parametrization: Literal["sp", "mup"] = "sp"
+    base_width: PositiveInt = 128  # mup only: the d_model at which mup is sp (the default d_model)
 
     @model_validator(mode="after")
     def _check(self) -> TransformerModel:
@@ -154,6 +158,11 @@ class TransformerModel(Frozen):
     @property
     def mlp_width(self) -> int:
         return self.d_mlp if self.d_mlp is not None else 4 * self.d_model
+
+    @property
+    def width_mult(self) -> float | None:
+        """mup: d_model / base_width, the factor trainers/mup.py scales by; None under sp."""
+        return self.d_model / self.base_width if self.parametrization == "mup" else None
 
 
 class MLPModel(Frozen):
@@ -180,6 +189,10 @@ class GPTModel(Frozen):
     mlp_ratio: PositiveFloat | None = None  # None: 4 for gelu, 8/3 up to a multiple of 64 for swiglu
     tie_embeddings: bool = False  # unembed shares tok_emb's matrix: needs n_out == vocab_size
     dropout: float = Field(default=0.0, ge=0, lt=1)
+    # As TransformerModel's (trainers/mup.py); the width is `width` (d_model), the base the
+    # d_model of the default n_layer 2 x aspect 64.
+    parametrization: Literal["sp", "mup"] = "sp"
+    base_width: PositiveInt = 128
 
     @model_validator(mode="after")
     def _check(self) -> GPTModel:
@@ -201,6 +214,11 @@ class GPTModel(Frozen):
         if self.d_model is not None:
             return self.d_model
         return -(-self.aspect * self.n_layer // self.head_dim) * self.head_dim
+
+    @property
+    def width_mult(self) -> float | None:
+        """mup: width / base_width, the factor trainers/mup.py scales by; None under sp."""
+        return self.width / self.base_width if self.parametrization == "mup" else None
 
     @property
     def n_head(self) -> int:

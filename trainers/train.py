@@ -146,7 +146,7 @@ def train(spec: TrainSpec, report: Report | None = None,
     forward = torch.compile(model) if compiled else model
     layout = parallel.layout(model, forward, world, device, cfg.shard)  # alone, DDP or FSDP2
     # After the layout: sharding replaces the parameters the optimizer and Grokfast's filter hold.
-    optimizer = build_optimizer(model.parameters(), cfg, device)
+    optimizer = build_optimizer(model, cfg, device)
     ema = [torch.zeros_like(p) for p in model.parameters()] if cfg.grokfast else None
     runtime = Runtime(str(device), device_name(device), precision, compiled, world.size, peak, peak_source,
                       determinism(device, cfg.threads), machine.facts(cfg.threads))
@@ -198,7 +198,7 @@ def train(spec: TrainSpec, report: Report | None = None,
     while step < cfg.steps and log.outcome is None:
         lr = lr_at(cfg, step)  # trainers/schedules.py: warmup, then the schedule
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)  # mup's per-layer rates (trainers/mup.py)
         index = None
         if not full_batch:
             if cursor + batch > n:

@@ -83,7 +83,7 @@ def extrapolation_backtest(n: np.ndarray, flops: np.ndarray, loss: np.ndarray, *
         if name == "isoflop":
             part = (fit_isoflop(n[train], flops[train], loss[train], min_budgets=min_budgets, **kw)
                     if train.size else None)
-            n_pred, l_pred, reason = _isoflop_prediction(part, held.flops, flops_per_token, ci, min_budgets)
+            n_pred, l_pred, reason = isoflop_prediction(part, held.flops, flops_per_token, ci, min_budgets)
         else:
             n_pred, l_pred, reason = _loss_law_prediction(n[train], flops[train], loss[train], held.flops,
                                                           flops_per_token, n_boot, ci, seed)
@@ -93,7 +93,10 @@ def extrapolation_backtest(n: np.ndarray, flops: np.ndarray, loss: np.ndarray, *
     return tuple(out)
 
 
-def _isoflop_prediction(part: IsoFlopFit | None, c: float, k: float, ci: float, min_budgets: int):
+def isoflop_prediction(part: IsoFlopFit | None, c: float, k: float, ci: float,
+                       min_budgets: int) -> tuple[Estimate | None, Estimate | None, str | None]:
+    """(N_opt, L_opt, None) at budget `c` from an IsoFLOP fit (the "isoflop" predictor of the module
+    docstring), or (None, None, why) without a power law; `grokscale plan` forecasts with it too."""
     if part is None or part.law is None:
         reason = part.frontier.reason if part is not None else f"no smaller budget; the power law needs {min_budgets}"
         return None, None, f"no fit on the smaller budgets: {reason}"

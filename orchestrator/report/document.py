@@ -24,6 +24,7 @@ class Report:
     summary: pd.DataFrame | None = None  # one row per cell
     metrics: dict[str, float] = field(default_factory=dict)  # fitted numbers, logged as MLflow metrics
     results: dict = field(default_factory=dict)  # everything, JSON-safe
+    errors: dict[str, str] = field(default_factory=dict)  # section -> the traceback of its failure
 
     def draw(self, name: str, fn, *args, **kwargs) -> None:
         """Draw one plot; a table it cannot be drawn from is noted as skipped, not raised."""

@@ -14,7 +14,10 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+import traceback
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TypeVar
 
 import pandas as pd
 
@@ -24,12 +27,31 @@ from orchestrator.report.summary import json_default, markdown, summary_table
 from orchestrator.store import names
 from orchestrator.store.results import StudyResults, load_results
 
+T = TypeVar("T")
+
 PLOTS = ("emergence_heatmap", "metric_vs_n", "grokking_curves", "phase_wd_x_d", "phase_wd_x_lr", "scaling_fit",
          "mirage", "isoflop_curves", "frontier")
 # Next-token accuracies stay far below the thresholds that define memorizing and generalizing,
 # and a byte has no exact-match answer: every run would be called "confusion", which says nothing.
 LANGUAGE_MODEL_SKIP = ("a language-modelling task: grokking phases, their predictions and the mirage check are "
                        "about accuracy thresholds and exact-match answers, which next-token prediction does not have")
+
+
+def section(report: Report, name: str, fn: Callable[[], T], default: T, needs: Iterable[str] = (),
+            have: Iterable[str] = ()) -> T:
+    """Run one report section. Inputs the runs did not report (`needs` missing from `have`) skip
+    it with that reason; a section that fails is skipped with its error, its traceback kept in
+    results.json: a section's trouble is the section's, never the study's."""
+    missing = [c for c in needs if c not in set(have)]
+    if missing:
+        report.skipped[name] = f"the runs did not report {', '.join(missing)}"
+        return default
+    try:
+        return fn()
+    except Exception as err:  # noqa: BLE001 - the report never crashes a study (module docstring)
+        report.skipped[name] = f"failed: {type(err).__name__}: {err}"
+        report.errors[name] = traceback.format_exc(limit=8)
+        return default
 
 
 def build_report(res: StudyResults, out_dir: str | Path) -> Report:
@@ -40,27 +62,83 @@ def build_report(res: StudyResults, out_dir: str | Path) -> Report:
     results: dict = {"study": inp.config.get("name"), "metric": inp.metric, "chance": inp.chance,
                      "n_col": inp.n_col, "d_col": inp.d_col, "runs": len(inp.runs), "usable_runs": len(inp.usable),
                      "statuses": inp.runs["status"].value_counts().to_dict()}
-    critical = sections.emergence(inp, report, results)
+    runs_have, curves_have = list(inp.usable.columns), list(inp.curves.columns)
+    critical = section(report, "emergence", lambda: sections.emergence(inp, report, results), None,
+                       needs=(inp.metric, inp.n_col, inp.d_col), have=runs_have)
+    phases = pd.DataFrame()
     if inp.language_model:  # no run of a language model memorizes, groks, or has an exact-match answer
-        phases = pd.DataFrame()
-        for section in ("grokking", "predictions", "mirage"):
-            report.skipped[section] = LANGUAGE_MODEL_SKIP
+        for name in ("grokking", "predictions", "mirage"):
+            report.skipped[name] = LANGUAGE_MODEL_SKIP
     else:
-        phases = sections.grokking(inp, report, results)
-        prediction_section.predictions(inp, report, results, phases)
-    scaling_section.scaling(inp, report, results)
+        phases = section(report, "grokking", lambda: sections.grokking(inp, report, results), pd.DataFrame(),
+                         needs=("train_acc", "val_acc"), have=curves_have)
+        section(report, "predictions", lambda: prediction_section.predictions(inp, report, results, phases), None,
+                needs=("train_acc", "val_acc"), have=curves_have)
+    section(report, "scaling", lambda: scaling_section.scaling(inp, report, results), None,
+            needs=(inp.n_col, inp.d_col), have=runs_have)
     if not inp.language_model:
-        sections.mirage(inp, report, results)
-    regs = sections.regularization(inp, results)
-    refined = sections.refinement(res.refine, inp, report, results)
-    report.summary = summary_table(inp.runs, phases, regs, inp.metric, inp.n_col, inp.d_col, critical)
+        section(report, "mirage", lambda: sections.mirage(inp, report, results), None)
+    regs = section(report, "regularization", lambda: sections.regularization(inp, results), [])
+    refined = section(report, "refinement", lambda: sections.refinement(res.refine, inp, report, results), "")
+    report.summary = section(report, "summary", lambda: summary_table(inp.runs, phases, regs, inp.metric, inp.n_col,
+                                                                      inp.d_col, critical), pd.DataFrame())
     results["skipped"] = report.skipped
+    results["section_errors"] = report.errors
     results["plots"] = sorted(report.plots)
     report.results = results
     report.summary.to_csv(out / "summary.csv", index=False)
     (out / "summary.md").write_text(markdown(report.summary) + (f"\n{refined}" if refined else ""))
     (out / "results.json").write_text(json.dumps(results, indent=2, default=json_default))
     return report
+
+
+# The report's sections, in the order a study's end prints them, each with what it may draw or fit.
+SECTIONS = {
+    "emergence": ("emergence_heatmap", "metric_vs_n"),
+    "grokking": ("grokking_curves", "phase_wd_x_d", "phase_wd_x_lr"),
+    "predictions": (),
+    "scaling": ("scaling_fit", "isoflop_curves", "frontier", "power_law_n", "power_law_d"),
+    "mirage": ("mirage",),
+    "regularization": (),
+    "refinement": (),
+    "summary": (),
+}
+
+
+def brief(text: str, width: int = 90) -> str:
+    """The first clause of a reason, for one line; the whole reason is in results.json."""
+    first = text.split("; ")[0].split(". ")[0]
+    return first if len(first) <= width else first[:width - 1].rstrip() + "…"
+
+
+def _said(name: str, results: dict) -> str | None:
+    """What a section without plots found, in a few words (None: say what it drew)."""
+    if name == "refinement" and results.get("refine") is None:
+        return "not asked for (grid.refine)"
+    if name == "regularization":
+        cells = results.get("regularization") or []
+        return f"best values and their importances in {len(cells)} cells" if cells else "no objective to rank by"
+    if name == "summary":
+        return "summary.md, one row per cell"
+    return None
+
+
+def outline(report: Report) -> list[str]:
+    """One line per section: what it drew, or why it has nothing, in a few words."""
+    lines = []
+    for name, parts in SECTIONS.items():
+        if name in report.skipped:
+            lines.append(f"{name}: skipped, {brief(report.skipped[name])}")
+            continue
+        said = _said(name, report.results)
+        if said is not None:
+            lines.append(f"{name}: {said}")
+            continue
+        drawn = [p for p in parts if p in report.plots]
+        missing = [f"no {p} ({brief(report.skipped[p], 60)})" for p in parts if p in report.skipped]
+        parts_said = ([", ".join(drawn)] if drawn else []) + missing
+        lines.append(f"{name}: {'; '.join(parts_said) or 'done'}")
+    return lines
 
 
 def log_report(tracking_uri: str, parent_run_id: str, report: Report) -> None:

@@ -9,12 +9,21 @@ trained again up to the step it was stopped at.
 
 A run of a study's own trainer (`trainer: mypkg.train:run`, trainers/protocol.py) records a
 UserSpec instead: the function's import reference, the folder its package was imported from, and
-the whole RunConfig. Its function is imported again (that folder first on sys.path) and called
-with the same RunConfig, a fresh checkpoint folder and the same report callback a worker gives
-it. The comparison is the same; it matches bit for bit when the function is deterministic (its
-seed taken from RunConfig.seed, on CPU) and its code has not changed since the run.
+the whole RunConfig. Its function is imported again and called with the same RunConfig, a fresh
+checkpoint folder and the same report callback a worker gives it. The comparison is the same; it
+matches bit for bit when the function is deterministic (its seed taken from RunConfig.seed, on
+CPU) and its code has not changed since the run.
 
-Exit codes: 0 match, 1 mismatch, 2 no such run or no recorded spec.
+A record is data written by whoever can write to the tracking store, so it never chooses the
+code that runs here. A spec naming code by import path (a user trainer, an own task or model
+class) is read as plain JSON first, before anything validates it (validating a TrainSpec imports
+its classes), and it runs only when the user named that same code: `--trainer pkg.mod:fn`, or the
+study file they pass (`--study sweeps/x.yaml`); it is then imported from the user's own sys.path,
+never from the folder the record names. Otherwise it is refused (exit 2), naming the recorded
+code. `--trust-recorded-code` imports what the record names, its folders first on sys.path, after
+printing them. A built-in run names no code and runs as it is.
+
+Exit codes: 0 match, 1 mismatch, 2 no such run, no recorded spec, or code nobody named.
 """
 
 from __future__ import annotations
@@ -43,7 +52,11 @@ NOT_COMPARED = ("time",)  # metric names holding wall-clock durations differ run
 
 
 class ReproduceError(Exception):
-    """The run cannot be reproduced: no such run, no store, no recorded spec."""
+    """The run cannot be reproduced: no such run, no store, no recorded spec, code nobody named."""
+
+
+# The fields of a recorded spec that name code by import path, as the user names them.
+TRAINER, TASK, MODEL = "trainer", "task.name", "model.family"
 
 
 @dataclass
@@ -188,10 +201,12 @@ def train_spec(run_id: str, text: str, report: Callable[[dict], bool] | None) ->
         raise ReproduceError(f"run {run_id}: its spec does not train here ({type(err).__name__}: {err})") from None
 
 
-def train_user_spec(run_id: str, text: str, report: Callable[[dict], bool] | None) -> dict:
+def train_user_spec(run_id: str, text: str, report: Callable[[dict], bool] | None,
+                    recorded_sys_path: bool = False) -> dict:
     """The study's own trainer called again with the recorded RunConfig, through the same
     wrapper a worker uses (orchestrator/sweep/user_trainer.py), in a fresh checkpoint folder: a
-    checkpoint the run left behind would turn the replay into a resume."""
+    checkpoint the run left behind would turn the replay into a resume. The recorded sys_path
+    is used only when `recorded_sys_path` (--trust-recorded-code)."""
     from orchestrator.sweep.user_trainer import run_user_trainer
     from trainers.protocol import TrainerError, UserSpec
 
@@ -199,6 +214,8 @@ def train_user_spec(run_id: str, text: str, report: Callable[[dict], bool] | Non
         spec = UserSpec.model_validate_json(text)
     except ValidationError as err:
         raise _invalid(run_id, "UserSpec", err) from None
+    if not recorded_sys_path:
+        spec = spec.model_copy(update={"sys_path": []})
     with tempfile.TemporaryDirectory(prefix="grokscale-reproduce-") as folder:
         try:
             return run_user_trainer(spec, report, folder)
@@ -209,7 +226,95 @@ def train_user_spec(run_id: str, text: str, report: Callable[[dict], bool] | Non
                                  f"({type(err).__name__}: {err})") from None
 
 
-def reproduce(run_id: str, tracking_uri: str) -> Report:
+def recorded_code(text: str) -> tuple[dict[str, str], list[str]]:
+    """The code a recorded spec names by import path, by field (TRAINER, TASK, MODEL), and the
+    sys.path entries it records; ({}, []) for a built-in run. Read from the JSON as plain data."""
+    from trainers.own_code import is_import_path
+
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return {}, []
+    if not isinstance(data, dict):
+        return {}, []
+    if TRAINER in data:  # a UserSpec: a trainer by import path or entry-point name
+        sys_path = data.get("sys_path")
+        return {TRAINER: str(data[TRAINER])}, [str(p) for p in sys_path] if isinstance(sys_path, list) else []
+    code = {}
+    for field in (TASK, MODEL):
+        section, key = field.split(".")
+        ref = data[section].get(key) if isinstance(data.get(section), dict) else None
+        if is_import_path(ref):
+            code[field] = ref
+    return code, []
+
+
+def named_in_study(path: str) -> dict[str, str]:
+    """The code a study file names by import path, by field (as `recorded_code`)."""
+    from orchestrator.study import StudyError, load_study
+    from trainers.own_code import is_import_path
+
+    try:
+        study = load_study(path)
+    except StudyError as err:
+        raise ReproduceError(f"--study {path}: {'; '.join(err.problems)}") from None
+    named = {TRAINER: study.trainer} if study.trainer else {}
+    for field, ref in ((TASK, study.task.get("name")), (MODEL, study.model.get("family"))):
+        if is_import_path(ref):
+            named[field] = ref
+    return named
+
+
+def unnamed_code(run_id: str, code: dict[str, str], sys_path: list[str], named: dict[str, str],
+                 tracking_uri: str) -> ReproduceError | None:
+    """Why the recorded code may not run (None when the user named every piece of it)."""
+    from orchestrator.study import redact_url
+
+    missing = {field: ref for field, ref in code.items() if named.get(field) != ref}
+    if not missing:
+        return None
+    what = ", ".join(f"{field} {ref!r}" + (f" (you named {named[field]!r})" if field in named else "")
+                     for field, ref in missing.items())
+    where = f" with sys.path entries {sys_path}" if sys_path else ""
+    how = [f"--trainer {missing[TRAINER]}"] if TRAINER in missing else []
+    how.append("--study STUDY.yaml (the study file that names " + " and ".join(missing) + ")")
+    return ReproduceError(
+        f"run {run_id} names code by import path: {what}{where}. reproduce imports only code you name, "
+        f"from your own PYTHONPATH: pass {' or '.join(how)}; or, if you trust everyone who can write runs to "
+        f"{redact_url(tracking_uri)}, pass --trust-recorded-code to import what the record names (it prints "
+        f"what first). Nothing was imported or run.")
+
+
+def describe_imports(code: dict[str, str], sys_path: list[str]) -> list[str]:
+    """What --trust-recorded-code imports: each reference, its module and where that module's
+    package is found with the recorded sys.path entries first (found, not imported)."""
+    import importlib.util
+
+    lines = [f"  sys.path entry first: {p}" for p in sys_path]
+    added = [p for p in reversed(sys_path) if p not in sys.path]
+    sys.path[:0] = list(reversed(added))
+    try:
+        for field, ref in code.items():
+            module = ref.partition(":")[0] if ":" in ref else None
+            if module is None:
+                lines.append(f"  {field}: {ref!r}, an entry point of the group grokscale.trainers")
+                continue
+            try:
+                found = importlib.util.find_spec(module.split(".")[0])
+            except (ImportError, ValueError):
+                found = None
+            origin = (found.origin or ", ".join(found.submodule_search_locations or [])) if found else "not found"
+            lines.append(f"  {field}: {ref!r}: module {module}, package at {origin}")
+    finally:
+        for p in added:
+            sys.path.remove(p)
+    return lines
+
+
+def reproduce(run_id: str, tracking_uri: str, named: dict[str, str] | None = None,
+              trust_recorded_code: bool = False) -> Report:
+    """Train the run again and compare. `named`: the code the user names, by field (TRAINER,
+    TASK, MODEL); a recorded spec naming other code is refused unless `trust_recorded_code`."""
     from mlflow.exceptions import MlflowException
 
     client = _client(tracking_uri)
@@ -220,6 +325,12 @@ def reproduce(run_id: str, tracking_uri: str) -> Report:
     from trainers.protocol import is_user_spec
 
     text = recorded_spec(client, run)
+    code, sys_path = recorded_code(text)
+    if code and trust_recorded_code:
+        print(f"reproduce: --trust-recorded-code: importing the code run {run_id} names:", file=sys.stderr)
+        print("\n".join(describe_imports(code, sys_path)), file=sys.stderr)
+    elif code and (refused := unnamed_code(run_id, code, sys_path, named or {}, tracking_uri)):
+        raise refused
     # A run stopped from outside (pruned) is replayed to the step it stopped at: where it stopped
     # depended on other runs, what it computed up to there did not.
     final_steps = f"{names.FINAL_PREFIX}steps"
@@ -227,7 +338,10 @@ def reproduce(run_id: str, tracking_uri: str) -> Report:
     stop_at = int(run.data.metrics[final_steps]) if stopped and final_steps in run.data.metrics else None
     report = (lambda record: record["step"] >= stop_at) if stop_at is not None else None
     t0 = time.perf_counter()
-    result = (train_user_spec if is_user_spec(text) else train_spec)(run_id, text, report)
+    if is_user_spec(text):
+        result = train_user_spec(run_id, text, report, recorded_sys_path=trust_recorded_code)
+    else:
+        result = train_spec(run_id, text, report)
     wall = time.perf_counter() - t0
     recorded, new = recorded_curves(client, run), new_curves(result)
     rows = [compare(k, recorded.get(k, []), new.get(k, [])) for k in sorted(set(recorded) | set(new))]
@@ -241,9 +355,19 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"),
                         help="the study's MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     parser.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    parser.add_argument("--trainer", metavar="PKG.MOD:FN",
+                        help="the run's own trainer, named by you: imported from your PYTHONPATH")
+    parser.add_argument("--study", metavar="STUDY.yaml",
+                        help="your study file: the trainer, task and model classes it names may run")
+    parser.add_argument("--trust-recorded-code", action="store_true",
+                        help="import the code the run's record names, from the folders it records "
+                             "(printed first): only for a store whose writers you trust")
     args = parser.parse_args(argv)
     try:
-        report = reproduce(args.run_id, args.tracking_uri)
+        named = named_in_study(args.study) if args.study else {}
+        if args.trainer:
+            named[TRAINER] = args.trainer
+        report = reproduce(args.run_id, args.tracking_uri, named, args.trust_recorded_code)
     except ReproduceError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -32,7 +32,7 @@ def scaling(inp: Inputs, report: Report, results: dict) -> None:
     if "min_val_loss" not in usable or not usable["min_val_loss"].notna().any():
         report.skipped["scaling_fit"] = "no validation loss recorded"
         return
-    best = _per_cell_best(usable, "min_val_loss", minimize=True)
+    best = per_cell_best(usable, "min_val_loss", minimize=True)
     n, d, loss = (best[c].to_numpy(float) for c in (inp.n_col, inp.d_col, "min_val_loss"))
     convention = "non_embedding" if inp.n_col == names.PARAM_N_PARAMS_NON_EMBEDDING else "total"
     accepted: dict[str, bool] = {}
@@ -83,7 +83,7 @@ def compute_optimal(inp: Inputs, report: Report, results: dict, fit: ScalingLawF
     if not budgets:
         report.skipped["frontier"] = "no FLOPs recorded by the runs and no grid.flops"
         return
-    per_token = _flops_per_token(usable, inp.n_col)
+    per_token = flops_per_token(usable, inp.n_col)
     frontiers = []
     if fit is not None:  # only an accepted L(N, D) gives a frontier
         law = loss_law_frontier(fit, budgets, flops_per_token=per_token)
@@ -91,7 +91,7 @@ def compute_optimal(inp: Inputs, report: Report, results: dict, fit: ScalingLawF
         frontiers.append(law)
     if (inp.config.get("grid") or {}).get("flops") and "min_val_loss" in usable and "flops" in usable:
         # Each cell at its tuned learning rate: the best trial of the cell (Porian et al. 2024 tune per size).
-        best = _per_cell_best(usable, "min_val_loss", minimize=True)
+        best = per_cell_best(usable, "min_val_loss", minimize=True)
         grid = np.array(budgets)
         run_flops = best["flops"].astype(float).to_numpy()
         budget = grid[np.argmin(np.abs(np.log(run_flops[:, None]) - np.log(grid[None, :])), axis=1)]
@@ -119,7 +119,7 @@ def compute_optimal(inp: Inputs, report: Report, results: dict, fit: ScalingLawF
                 report.metric(f"{key}/{k}", v)
 
 
-def _flops_per_token(usable: pd.DataFrame, n_col: str) -> float:
+def flops_per_token(usable: pd.DataFrame, n_col: str) -> float:
     """C = K N D with N as the report counts it (n_col): the K the runs' own accounting gives
     (FLOPs / (tokens x N): 6 plus attention and, for non-embedding N, the unembedding), else 6."""
     if {"flops", "tokens"} <= set(usable.columns):
@@ -130,7 +130,8 @@ def _flops_per_token(usable: pd.DataFrame, n_col: str) -> float:
     return 6.0
 
 
-def _per_cell_best(runs: pd.DataFrame, metric: str, minimize: bool) -> pd.DataFrame:
+def per_cell_best(runs: pd.DataFrame, metric: str, minimize: bool) -> pd.DataFrame:
+    """The run with the best `metric` in each cell: what the fits read (and `grokscale plan`)."""
     ok = runs.dropna(subset=[metric])
     idx = ok.groupby("cell")[metric].idxmin() if minimize else ok.groupby("cell")[metric].idxmax()
     return ok.loc[idx.to_numpy()]

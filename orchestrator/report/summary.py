@@ -13,6 +13,13 @@ from orchestrator.analysis import CriticalSizes
 from orchestrator.store.names import USABLE_STATUSES, RunStatus
 
 
+def _count(part: pd.DataFrame, col: str) -> int | None:
+    """A cell's N or D, None where its runs did not report it (a user trainer may not)."""
+    if col not in part or part[col].isna().all():
+        return None
+    return int(part[col].dropna().iloc[0])
+
+
 def summary_table(runs: pd.DataFrame, phases: pd.DataFrame, regs: list, metric: str, n_col: str, d_col: str,
              critical: CriticalSizes | None) -> pd.DataFrame:
     rows = []
@@ -20,7 +27,7 @@ def summary_table(runs: pd.DataFrame, phases: pd.DataFrame, regs: list, metric: 
     refined = "refined" in runs and bool(runs["refined"].notna().any())  # the column only in a refined study
     for cell, part in runs.groupby("cell", sort=False):
         usable = part[part["status"].isin(USABLE_STATUSES)]
-        row = {"cell": cell, "N": int(part[n_col].iloc[0]), "D": int(part[d_col].iloc[0]),
+        row = {"cell": cell, "N": _count(part, n_col), "D": _count(part, d_col),
                **({"origin": origin(part)} if refined else {}), "runs": len(part),
                **{s.value: int((part["status"] == s.value).sum())
                   for s in (RunStatus.COMPLETED, RunStatus.DIVERGED, RunStatus.FAILED)},

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from orchestrator.study.errors import Problem, problems_of
 from orchestrator.study.length import PROBE_STEPS, length_problems
 from orchestrator.study.own_trainer import own_trainer_problems
+from orchestrator.study.rules import STUDY_LENGTH_KEYS, Rule, RuleError, anchored, rule_problems
 from orchestrator.study.schema import Study
 from orchestrator.study.tasks import task_kinds
 from trainers.overrides import OverrideError
@@ -67,7 +68,9 @@ def _length(study: Study) -> list[str]:
                         f"trained on ({', '.join(lms)}); task {kind.name!r} is not one: give grid.d")
     elif study.isoflop and study.d_field not in kind.counts:
         problems.append(f"grid.d_field: an IsoFLOP grid sets D as a count of tokens; {study.d_field!r} is not one")
-    return problems + length_problems(study.train, study.isoflop, kind.language_model, list(study.search.space))
+    # A rule for tokens or epochs is refused in rules.py, once; one for steps is a length like any.
+    train = {k: v for k, v in study.train.items() if not (isinstance(v, Rule) and k in STUDY_LENGTH_KEYS)}
+    return problems + length_problems(train, study.isoflop, kind.language_model, list(study.search.space))
 
 
 def _search(study: Study) -> list[str]:
@@ -85,6 +88,7 @@ def _search(study: Study) -> list[str]:
     if len(study.objectives) > 1 and study.search.sampler in SINGLE_OBJECTIVE_SAMPLERS:
         problems.append(f"search.sampler: {study.search.sampler!r} optimizes one objective; use tpe, nsgaii, "
                         f"random or qmc with {len(study.objectives)} objectives")
+    problems += _scope(study)
     if study.prune.mode == "objective":
         objectives = [(o.metric, o.direction) for o in study.objectives]
         if len(objectives) != 1 or objectives[0][0] not in STEP_METRICS or objectives[0][1] != "minimize":
@@ -94,13 +98,29 @@ def _search(study: Study) -> list[str]:
     return problems
 
 
+def _scope(study: Study) -> list[str]:
+    """search.scope study: one trial runs in every cell and is judged on all of them together
+    (orchestrator/sweep/cell.py: SharedSearch), so nothing may judge a run against its cell alone
+    or add a cell after trials ran."""
+    if study.search.scope != "study":
+        return []
+    problems = []
+    if study.prune.mode != "off":
+        problems.append(f"prune.mode: {study.prune.mode!r} stops runs against their own cell's trials; with "
+                        f"search.scope: study a trial is judged over every cell at once: set prune.mode: off")
+    if study.grid.refine is not None:
+        problems.append("grid.refine: refining adds cells after trials have run, and a trial of search.scope: study "
+                        "covers every cell: remove grid.refine, or use search.scope: cell")
+    return problems
+
+
 def _spec_problems(study: Study, n_entry: Any, d: float | None, params: dict) -> list[str]:
     """Why the trainer refuses one run of the study ([] if it accepts it). The D field the grid
     sets is reported as grid.d, where the person wrote it. A length other than steps is checked
     per cell once it is resolved (grid.build_cells); here the steps are a probe's."""
     entry = n_entry if isinstance(n_entry, dict) else {}
     try:
-        data = study.trial_data(entry, d, params, study.grid.seeds[0])
+        data = anchored(study.trial_data(entry, d, params, study.grid.seeds[0]))  # rules: per cell, in grid.py
         if study.length.kind != "steps":
             data["train"]["steps"] = PROBE_STEPS
         TrainSpec.model_validate(data)
@@ -108,7 +128,7 @@ def _spec_problems(study: Study, n_entry: Any, d: float | None, params: dict) ->
         d_path = f"task.{study.d_field}"
         return [str(Problem("grid.d", p.message) if p.path == d_path and d is not None else p)
                 for p in problems_of(err, TrainSpec)]
-    except OverrideError as err:
+    except (OverrideError, RuleError) as err:
         return [str(err)]
     return []
 
@@ -183,9 +203,10 @@ def check_study(study: Study) -> list[str]:
     """Every problem the schema could not see, each once; the trainer is asked only once the
     study's own parts fit."""
     if study.trainer is not None:
-        return list(dict.fromkeys(own_trainer_problems(study) + _search(study) + _refine_own_trainer(study)))
+        return list(dict.fromkeys(own_trainer_problems(study) + _search(study) + _refine_own_trainer(study)
+                                  + rule_problems(study)))
     problems = _task(study)
     if problems:
         return problems
-    problems = _grid_d(study) + _length(study) + _search(study)
+    problems = _grid_d(study) + _length(study) + _search(study) + rule_problems(study)
     return list(dict.fromkeys(problems or _specs(study)))

@@ -13,12 +13,13 @@ from pydantic import ValidationError
 from orchestrator.study.errors import StudyError, format_errors
 from orchestrator.study.length import PROBE_STEPS, examples_per_step, isoflop_d, steps_for
 from orchestrator.study.own_trainer import user_spec
+from orchestrator.study.rules import BATCH_KEYS, LENGTH_RULE_KEYS, anchored, at_anchor, is_rule, resolve
 from orchestrator.study.schema import Study
 from orchestrator.study.tasks import task_kinds
 from trainers.flops import flops_for_task, flops_per_example
 from trainers.models import ParamCounts, resolve_shape, shape_counts
 from trainers.protocol import UserSpec, grokscale_train
-from trainers.spec import TrainSpec
+from trainers.spec import TrainConfig, TrainSpec
 from trainers.tasks import TaskData, make_task
 
 
@@ -63,18 +64,33 @@ class Cell:
         return getattr(self.n_params, convention)
 
 
-def _resolve_steps(study: Study, cell: Cell, data: dict[str, Any]) -> dict[str, Any]:
-    """data with train.steps set from the study's length, counted with the run's own batch size
-    and model (a searched value may change either): a probe spec reads them."""
+def _resolve_run(study: Study, cell: Cell, data: dict[str, Any]) -> dict[str, Any]:
+    """data with the run's rules of scale resolved (orchestrator/study/rules.py) and train.steps set
+    from the study's length, counted with the run's own batch size and model (a searched value may
+    change either): a probe spec reads them. In the order each rule's variables become known: the
+    batch (n, d, an IsoFLOP budget), then steps (and the run's tokens per step), then the rest (and
+    the run's training FLOPs)."""
     length = study.length
-    if length.kind == "steps":
+    train = data["train"]
+    if length.kind == "steps" and not any(map(is_rule, train.values())):
         return data
-    probe = TrainSpec.model_validate({**data, "train": {**data["train"], "steps": PROBE_STEPS}})
+    scale: dict[str, float] = {"n": cell.n(study.grid.n_convention), "d": cell.n_train}
+    if cell.flops_budget is not None:
+        scale["flops"] = cell.flops_budget
+    train = resolve(train, scale, BATCH_KEYS, multiple={"batch_tokens": cell.tokens_per_example})
+    probe = TrainSpec.model_validate({**data, "train": {**at_anchor(train), "steps": PROBE_STEPS}})
     per_step = examples_per_step(probe.train.batch_examples(cell.tokens_per_example), cell.n_examples)
+    scale["batch_tokens"] = per_step * cell.tokens_per_example
     flops = flops_per_example(probe.model, *cell.io[:3], last_only=cell.io[3])
+    train = resolve(train, scale, LENGTH_RULE_KEYS)
     steps = steps_for(length, n_examples=cell.n_examples, per_step=per_step, tokens_per_example=flops.tokens,
                       flops_per_example=flops.total, flops_budget=cell.flops_budget)
-    return {**data, "train": {**data["train"], "steps": steps}}
+    if steps is not None:
+        train = {**train, "steps": steps}
+    if cell.flops_budget is None:
+        run_steps = train.get("steps", TrainConfig.model_fields["steps"].default)
+        scale["flops"] = float(run_steps) * per_step * flops.total
+    return {**data, "train": resolve(train, scale)}
 
 
 def spec_for(study: Study, cell: Cell, params: dict[str, Any], seed: int) -> TrainSpec | UserSpec:
@@ -84,7 +100,7 @@ def spec_for(study: Study, cell: Cell, params: dict[str, Any], seed: int) -> Tra
         entry = cell.target_n if cell.target_n is not None else cell.shape
         on_gpu = study.resources.for_n(cell.n(study.grid.n_convention)).gpus > 0
         return user_spec(study, entry, cell.d_value, params, seed, "cuda" if on_gpu else "cpu")
-    data = _resolve_steps(study, cell, study.trial_data(cell.shape, cell.d_value, params, seed))
+    data = _resolve_run(study, cell, study.trial_data(cell.shape, cell.d_value, params, seed))
     if study.resources.for_n(cell.n(study.grid.n_convention)).gpus > 0:
         data["device"] = "cuda"
     return TrainSpec.model_validate(data)
@@ -93,8 +109,8 @@ def spec_for(study: Study, cell: Cell, params: dict[str, Any], seed: int) -> Tra
 def _shape(study: Study, entry: Any, d_value: float | None) -> tuple[TrainSpec, TaskData, dict, int | None,
                                                                     ParamCounts]:
     """The base spec and data of one grid entry at one D, its shape, target N and counts."""
-    base = TrainSpec.model_validate(study.trial_data(entry if isinstance(entry, dict) else {}, d_value,
-                                                     {"train.steps": PROBE_STEPS}, 0))
+    base = TrainSpec.model_validate(anchored(study.trial_data(entry if isinstance(entry, dict) else {}, d_value,
+                                                              {"train.steps": PROBE_STEPS}, 0)))
     data = make_task(base.task, 0)
     args = (data.vocab_size, data.n_out, data.seq_len)
     if isinstance(entry, dict):
@@ -125,7 +141,9 @@ def _cell(study: Study, i: int, j: int, entry: Any, d_value: float | None, budge
                 examples_per_step=examples_per_step(base.train.batch_examples(data.seq_len), n_examples),
                 tokens_per_example=data.seq_len, flops_per_example=flops.total, flops_budget=budget, io=io)
     spec = spec_for(study, cell, {}, study.grid.seeds[0])  # the resolved length must fit (warmup <= steps)
-    return replace(cell, steps=spec.train.steps)
+    # The run's own batch: a rule of scale may set it per cell (the base spec's is its anchor).
+    per_step = examples_per_step(spec.train.batch_examples(data.seq_len), n_examples)
+    return replace(cell, steps=spec.train.steps, examples_per_step=per_step)
 
 
 def own_trainer_cells(study: Study) -> list[Cell]:
@@ -273,4 +291,4 @@ def _shapes_between(study: Study, low: Cell, high: Cell, goal: float) -> list[di
 def _model(study: Study, cell: Cell):
     """The cell's whole model section, validated (defaults filled in)."""
     data = study.trial_data(cell.shape, cell.d_value, {"train.steps": PROBE_STEPS}, study.grid.seeds[0])
-    return TrainSpec.model_validate(data).model
+    return TrainSpec.model_validate(anchored(data)).model

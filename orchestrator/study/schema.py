@@ -31,6 +31,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from orchestrator.study.length import STUDY_ONLY_KEYS, Length, study_length
+from orchestrator.study.rules import Rule, is_rule, plain
 from orchestrator.study.tasks import task_kinds
 from trainers.overrides import apply_overrides
 
@@ -95,8 +96,22 @@ class Search(Strict):
     sampler: Literal[SAMPLERS] = "tpe"  # type: ignore[valid-type]
     trials_per_cell: PositiveInt = 4
     seed: int = Field(default=0, ge=0)  # the sampler's seed; cell i uses seed + i
+    # cell: one Optuna study per cell (the nuisance parameters tuned per scale). study: one Optuna
+    # study for the whole grid, each trial one set of values run in every cell and judged by the
+    # mean of the cells' objectives: a rule's constant (train.lr.value) searched once for every
+    # scale (orchestrator/sweep/cell.py: SharedSearch). trials_per_cell then counts its trials.
+    scope: Literal["cell", "study"] = "cell"
     # Dotted TrainSpec paths (train.weight_decay, model.dropout, ...) to their ranges.
     space: dict[str, Param] = Field(default_factory=dict)
+
+
+def _train_entry(v: Any) -> str:
+    return "rule" if is_rule(v) else "value"
+
+
+# A `train:` entry: a number or other trainer value as given, or a rule of scale resolved per run
+# (orchestrator/study/rules.py), validated here so that its errors carry their path.
+TrainEntry = Annotated[Annotated[Rule, Tag("rule")] | Annotated[Any, Tag("value")], Discriminator(_train_entry)]
 
 
 class Objective(Strict):
@@ -363,7 +378,7 @@ class Study(Strict):
     trainer: Annotated[str | None, AfterValidator(_trainer_ref)] = None
     task: dict[str, Any]
     model: dict[str, Any] = Field(default_factory=lambda: {"family": "transformer"})
-    train: dict[str, Any] = Field(default_factory=dict)
+    train: dict[str, TrainEntry] = Field(default_factory=dict)
     grid: Grid
     search: Search = Field(default_factory=Search)
     objectives: list[Objective] = Field(default_factory=lambda: [Objective()], min_length=1)
@@ -384,6 +399,15 @@ class Study(Strict):
         other than off is refused in checks.py)."""
         if isinstance(data, dict) and data.get("trainer") is not None and data.get("pack") is None:
             return {**data, "pack": {"mode": "off"}}
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _own_trainer_sections(cls, data: Any) -> Any:
+        """With the user's own trainer, `task:` and `model:` are the function's own and optional:
+        a missing one is empty, not the built-in defaults."""
+        if isinstance(data, dict) and data.get("trainer") is not None:
+            return {"task": {}, "model": {}, **data}
         return data
 
     @property
@@ -431,7 +455,8 @@ class Study(Strict):
         """The TrainSpec data of one run, before validation: fixed sections, the cell, the
         searched values and the seed, in that order of precedence. d_value None keeps the task's
         own data size (an IsoFLOP cell's D is known only once its model is). Train steps are the
-        study's when it gives them; spec_for resolves any other length into steps."""
+        study's when it gives them; spec_for resolves any other length into steps, and the rules
+        of scale (left as mappings here: rules.anchored gives a probe's numbers)."""
         kind = task_kinds()[self.task["name"]]
         task = dict(self.task)
         if d_value is not None:
@@ -439,6 +464,7 @@ class Study(Strict):
             # A task's D fields are alternatives (modular: train_fraction or n_train): the grid sets
             # one and clears the others (checks.py refuses a task section that sets another).
             task.update({f: None for f in kind.d_fields if f != self.d_field})
-        train = {k: v for k, v in self.train.items() if k not in STUDY_ONLY_KEYS}
+        # Rules stay plain mappings (a searched train.lr.value edits one); grid.py resolves them per run.
+        train = plain({k: v for k, v in self.train.items() if k not in STUDY_ONLY_KEYS})
         data = {"task": task, "model": {**self.model, **n_entry}, "train": train, "seed": seed}
         return apply_overrides(data, [f"{k}={json.dumps(v)}" for k, v in params.items()])

@@ -1,4 +1,5 @@
-"""Optuna: one study per (N, D) cell in one storage, the searched space, the samplers."""
+"""Optuna: one study per (N, D) cell in one storage (or, with search.scope: study, one study for
+every cell), the searched space, the samplers."""
 
 from __future__ import annotations
 
@@ -84,13 +85,31 @@ def make_sampler(study: Study, cell_index: int, n_existing: int = 0) -> optuna.s
     return AskTellGridSampler(space, seed=seed)
 
 
+SCOPE_STUDY_KEY = "all-cells"  # search.scope study: its one Optuna study, named as a cell's would be
+
+
+def optuna_names(study: Study, cells: list[Cell]) -> list[str]:
+    """The Optuna studies the study's search keeps: one per cell, or one for all of them."""
+    if study.search.scope == "study":
+        return [names.optuna_study_name(study.name, SCOPE_STUDY_KEY)]
+    return [names.optuna_study_name(study.name, c.key) for c in cells]
+
+
 def cell_study(study: Study, cell: Cell, cell_index: int, storage) -> optuna.Study:
-    ostudy = optuna.create_study(
-        study_name=names.optuna_study_name(study.name, cell.key), storage=storage, load_if_exists=True,
-        sampler=make_sampler(study, cell_index), directions=[o.direction for o in study.objectives])
+    return _open_study(study, names.optuna_study_name(study.name, cell.key), cell_index, storage)
+
+
+def shared_study(study: Study, storage) -> optuna.Study:
+    """search.scope study: the one Optuna study whose trials run in every cell (sampler seed + 0)."""
+    return _open_study(study, names.optuna_study_name(study.name, SCOPE_STUDY_KEY), 0, storage)
+
+
+def _open_study(study: Study, name: str, index: int, storage) -> optuna.Study:
+    ostudy = optuna.create_study(study_name=name, storage=storage, load_if_exists=True,
+                                 sampler=make_sampler(study, index), directions=[o.direction for o in study.objectives])
     existing = len(ostudy.get_trials(deepcopy=False))
     if existing:
-        ostudy.sampler = make_sampler(study, cell_index, existing)
+        ostudy.sampler = make_sampler(study, index, existing)
     return ostudy
 
 

@@ -116,7 +116,7 @@ def test_worker_killed_twice_the_user_trainer_resumes_from_its_own_checkpoint(tm
 
     # Resumed twice, it equals one uninterrupted run bit for bit: its checkpoint held all of its
     # state (`grokscale reproduce`'s own function, here: the command is tested in test_reproduce.py).
-    report = reproduce(run.info.run_id, uri)
+    report = reproduce(run.info.run_id, uri, trust_recorded_code=True)
     assert report.match, report.table()
     assert {r.metric for r in report.rows} >= {"val_acc", "train_loss", "final.val_acc", "final.n_params_total"}
     print(f"\ncheckpoint steps the retries resumed from: {kills}")

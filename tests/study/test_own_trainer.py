@@ -175,11 +175,14 @@ def test_example_study_records_curves_and_n_and_its_report(tmp_path, ray_tmp):
     assert report.returncode == 0, report.stderr[-3000:]
     assert list((tmp_path / "report").glob("*.png")), report.stdout
 
-    # `grokscale reproduce` calls the function again from the run's record alone (its package's
-    # folder is in the record: not on this PYTHONPATH) and gets every number bit for bit.
+    # `grokscale reproduce` imports a record's code only when told to: refused unnamed; trusted,
+    # it calls the function again from the run's record alone (its package's folder is in the
+    # record: not on this PYTHONPATH) and gets every number bit for bit.
     run = children[0]
-    out = grokscale("reproduce", run.info.run_id, "--json", "--tracking-uri", sqlite_uri(tmp_path), cwd=tmp_path,
-                    env={**os.environ, "PYTHONPATH": str(REPO)})
+    args = ("reproduce", run.info.run_id, "--json", "--tracking-uri", sqlite_uri(tmp_path))
+    out = grokscale(*args, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 2 and "trainer 'mytrainer.train:run'" in out.stderr, out.stderr[-3000:]
+    out = grokscale(*args, "--trust-recorded-code", cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     rows = {r["metric"]: r for r in json.loads(out.stdout)["metrics"]}
     assert set(rows) == set(run.data.metrics) and all(r["match"] for r in rows.values())
@@ -213,3 +216,57 @@ def test_driver_killed_and_rerun_retrains_no_completed_run(tmp_path, ray_tmp):
     for run in children:
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
         assert sorted(steps) == [20, 40, 60], steps  # whole, no step logged twice (in logging order)
+
+
+# -- a trainer written from the README alone: losses only, no task: or model: sections -------------
+REGRESSION = '''
+import torch
+
+
+def run(config, report, checkpoint_dir):
+    """A teacher-student regression in plain PyTorch: it reports losses, nothing else."""
+    torch.manual_seed(config.seed)
+    teacher = torch.nn.Linear(8, 1)
+    x, xv = torch.randn(int(config.d), 8), torch.randn(128, 8)
+    y, yv = teacher(x).detach(), teacher(xv).detach()
+    width = config.n["width"]
+    model = torch.nn.Sequential(torch.nn.Linear(8, width), torch.nn.ReLU(), torch.nn.Linear(width, 1))
+    opt = torch.optim.Adam(model.parameters(), lr=config.train["lr"])
+    for step in range(1, config.steps + 1):
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % config.eval_every == 0:
+            with torch.no_grad():
+                val = torch.nn.functional.mse_loss(model(xv), yv).item()
+            if report({"step": step, "train_loss": loss.item(), "val_loss": val}):
+                break
+    return {"val_loss": val}
+'''
+
+
+def test_a_trainer_that_reports_only_losses_runs_and_reports(tmp_path):
+    """No `task:` or `model:` section, no accuracy, no N: every run trains, the study exits 0, and
+    the report says per section what it could not do instead of a traceback."""
+    (tmp_path / "regress.py").write_text(REGRESSION)
+    study = {"name": "regress", "trainer": "regress:run", "train": {"steps": 60, "eval_every": 20, "lr": 0.01},
+             "grid": {"n": [{"width": 8}, {"width": 32}], "d": [64, 256], "seeds": [0]},
+             "search": {"trials_per_cell": 1,
+                        "space": {"train.lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True}}},
+             "objectives": [{"metric": "min_val_loss", "direction": "minimize"}], "ray": {"num_cpus": 2}}
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    out = grokscale("run", "study.yaml", cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Traceback" not in out.stdout + out.stderr
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("report: ")]
+    assert "report: grokking: skipped, the runs did not report train_acc, val_acc" in lines
+    assert any(ln.startswith("report: scaling: skipped") for ln in lines)
+    assert "4 completed" in out.stdout
+    client = MlflowClient(sqlite_uri(tmp_path))
+    parent = [r for r in client.search_runs([client.get_experiment_by_name("regress").experiment_id])
+              if "mlflow.parentRunId" not in r.data.tags][0]
+    local = client.download_artifacts(parent.info.run_id, "report/results.json", str(tmp_path))
+    results = json.loads(Path(local).read_text())
+    assert {"emergence", "grokking", "scaling"} <= set(results["skipped"]) and results["section_errors"] == {}

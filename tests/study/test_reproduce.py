@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from pathlib import Path
 
 import pytest
 import yaml
@@ -108,6 +110,96 @@ def test_a_user_trainer_that_cannot_be_imported_here_is_bad_input(tmp_path, caps
                     config=RunConfig(n=64, d=0.5, seed=0, steps=10, eval_every=5).to_dict(),
                     train=grokscale_train({"steps": 10, "eval_every": 5}))
     client.log_param(run, names.PARAM_SPEC_JSON, spec.model_dump_json())
-    assert main(["reproduce", run, "--tracking-uri", uri]) == 2
+    assert main(["reproduce", run, "--tracking-uri", uri, "--trainer", "no_such_pkg.train:run"]) == 2
     err = capsys.readouterr().err
     assert "its trainer 'no_such_pkg.train:run' cannot be loaded here" in err and "PYTHONPATH" in err
+
+
+# ------------------------------------------------------------------ code a record names, never run unasked
+# A package that, once imported, leaves a file behind: the proof that a record's code ran.
+PLANTED = """
+import pathlib
+pathlib.Path({marker!r}).write_text("imported")
+
+def run(config, report, checkpoint_dir):
+    report({{"step": 1, "val_acc": 0.5}})
+    return {{}}
+"""
+
+
+def _planted(tmp_path, kind: str) -> tuple[str, str]:
+    """A run (tracking URI, run id) whose record names code in tmp_path/planted/evil_pkg: its
+    trainer (kind "trainer", with that folder as the recorded sys.path), or its task class."""
+    from orchestrator.store import names
+    from trainers import TrainSpec
+    from trainers.protocol import RunConfig, UserSpec, grokscale_train
+
+    folder = tmp_path / "planted" / "evil_pkg"
+    folder.mkdir(parents=True)
+    (folder / "__init__.py").write_text(PLANTED.format(marker=str(tmp_path / "ran")))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run = client.create_run(client.create_experiment("planted")).info.run_id
+    if kind == "trainer":
+        text = UserSpec(trainer="evil_pkg:run", sys_path=[str(tmp_path / "planted")],
+                        config=RunConfig(n=64, d=0.5, seed=0, steps=1, eval_every=1).to_dict(),
+                        train=grokscale_train({"steps": 1, "eval_every": 1})).model_dump_json()
+    else:
+        data = TrainSpec().model_dump(mode="json")
+        data["task"] = {"name": "evil_pkg:Task"}
+        text = json.dumps(data)
+    client.log_param(run, names.PARAM_SPEC_JSON, text)
+    return uri, run
+
+
+def test_a_recorded_trainer_runs_only_when_named_or_trusted(tmp_path):
+    uri, run = _planted(tmp_path, "trainer")
+    out = grokscale("reproduce", run, "--tracking-uri", uri, cwd=tmp_path)
+    assert out.returncode == 2, out.stderr[-2000:]
+    err = " ".join(out.stderr.split())
+    assert "trainer 'evil_pkg:run'" in err and str(tmp_path / "planted") in err, err
+    assert "--trainer evil_pkg:run" in err and "--trust-recorded-code" in err and "Traceback" not in err
+    assert not (tmp_path / "ran").exists()
+    # Another trainer named: still refused, saying which was named.
+    out = grokscale("reproduce", run, "--tracking-uri", uri, "--trainer", "mine:run", cwd=tmp_path)
+    assert out.returncode == 2 and "you named 'mine:run'" in out.stderr, out.stderr[-2000:]
+    # Named: imported from the user's own path, not from the folder the record names.
+    out = grokscale("reproduce", run, "--tracking-uri", uri, "--trainer", "evil_pkg:run", cwd=tmp_path)
+    assert out.returncode == 2 and "cannot be loaded here" in out.stderr, out.stderr[-2000:]
+    assert not (tmp_path / "ran").exists()
+    # Trusted: what it imports is printed, then it runs (nothing was recorded: a mismatch).
+    out = grokscale("reproduce", run, "--tracking-uri", uri, "--trust-recorded-code", cwd=tmp_path)
+    assert out.returncode == 1 and "verdict: MISMATCH" in out.stdout, out.stderr[-2000:]
+    assert f"sys.path entry first: {tmp_path / 'planted'}" in out.stderr
+    assert f"package at {tmp_path / 'planted' / 'evil_pkg' / '__init__.py'}" in out.stderr
+    assert (tmp_path / "ran").read_text() == "imported"
+
+
+def test_a_recorded_task_class_is_refused_before_it_is_imported(tmp_path, monkeypatch, capsys):
+    """Validating a TrainSpec imports its own task class: the record is read as data first."""
+    uri, run = _planted(tmp_path, "task")
+    monkeypatch.syspath_prepend(str(tmp_path / "planted"))  # importable here, as a colleague's package
+    assert main(["reproduce", run, "--tracking-uri", uri]) == 2
+    err = capsys.readouterr().err
+    assert "task.name 'evil_pkg:Task'" in err and "--study STUDY.yaml" in err and "--trainer" not in err
+    assert not (tmp_path / "ran").exists()
+
+
+def test_the_study_file_names_the_trainer(tmp_path):
+    """`--study` with the example's study file: its trainer runs, from the user's PYTHONPATH."""
+    from orchestrator.store import names
+    from trainers.protocol import RunConfig, UserSpec, grokscale_train
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "own_trainer"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run = client.create_run(client.create_experiment("own")).info.run_id
+    spec = UserSpec(trainer="mytrainer.train:run", sys_path=[str(tmp_path / "elsewhere")],
+                    config=RunConfig(n={"width": 8}, d=0.5, seed=0, steps=10, eval_every=5, task={"p": 23},
+                                     model={"d_embed": 4}).to_dict(),
+                    train=grokscale_train({"steps": 10, "eval_every": 5}))
+    client.log_param(run, names.PARAM_SPEC_JSON, spec.model_dump_json())
+    env = {**os.environ, "PYTHONPATH": f"{example}{os.pathsep}{example.parents[1]}"}
+    out = grokscale("reproduce", run, "--tracking-uri", uri, "--study", example / "study.yaml", cwd=tmp_path, env=env)
+    assert out.returncode == 1 and "verdict: MISMATCH" in out.stdout, out.stderr[-2000:]  # trained; none recorded
+    assert "val_acc" in out.stdout
