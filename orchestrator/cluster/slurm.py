@@ -119,11 +119,15 @@ def render(study, study_path: Path, job: SlurmJob, sets: list[str], cwd: Path) -
 def check(study_path: str, sets: list[str], job: SlurmJob, cwd: Path):
     """The study as `grokscale run` will load it, checked as it checks it, against one node of
     the allocation (a trial runs on one node). Raises StudyError listing every problem."""
+    from orchestrator.cluster.auth_check import MIN_RAY, ray_version
     from orchestrator.study import StudyError, load_study
     from orchestrator.study.grid import build_cells
     from orchestrator.study.preflight import check_preflight
 
     problems = job.problems()
+    if ray_version() < MIN_RAY:  # the job's Ray would listen on the network with no authentication
+        problems.append(f"ray {'.'.join(map(str, ray_version()))} has no token authentication; the job's Ray would "
+                        f"accept anyone on the cluster's network: install ray >= {'.'.join(map(str, MIN_RAY))}")
     problems += [f"--set {s}: the script sets ray.address to the allocation's head; leave it out"
                  for s in sets if s.partition("=")[0].strip() == "ray.address"]
     problems += [f"{p} has white space, which #SBATCH lines cannot hold" for p in (cwd, Path(study_path))

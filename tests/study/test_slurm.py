@@ -105,8 +105,15 @@ def test_script_starts_the_head_the_workers_and_the_driver(tmp_path, capsys, mon
     assert "export RAY_AUTH_MODE=token" in text and "RAY_AUTH_TOKEN=" in text
     assert not re.search(r"RAY_AUTH_TOKEN=[0-9a-f]{16}", text)  # made in the job, never written to disk
     assert not find(argvs, "ray", "stop")  # it would stop every Ray of this user on the node
-    # The order: head, wait for it, workers, wait for all of them, driver.
-    order = [argvs.index(a) for a in (head, joins[0], worker, joins[1], driver)]
+    # Ray's files in a folder each node's step makes itself, private, under a name not known before.
+    assert re.search(r'^ray_tmp=/tmp/gs-\$SLURM_JOB_ID-\$\(python -c "import secrets', text, flags=re.MULTILINE)
+    assert "umask 077 && mkdir \"$ray_tmp\"" in text
+    assert all(a[a.index("bash"):a.index("bash") + 3] == ["bash", "-c", 'private_tmp && exec "$@"']
+               for a in (head, worker))
+    [auth] = find(argvs, "-m", "orchestrator.cluster.auth_check")
+    assert auth[-1] == "$head_ip:6379"
+    # The order: head, wait for it, check nobody without the token gets in, workers, wait for all, driver.
+    order = [argvs.index(a) for a in (head, joins[0], auth, worker, joins[1], driver)]
     assert order == sorted(order)
     check = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
@@ -351,3 +358,37 @@ def test_study_runs_and_resumes_through_sbatch_on_a_one_node_slurm(tmp_path, slu
             for pid in job_processes(job):
                 os.kill(pid, signal.SIGKILL)
             shutil.rmtree(f"/tmp/ray-gs-{job}", ignore_errors=True)
+
+
+def _ray_head(tmp: Path, port: int, env: dict) -> subprocess.Popen:
+    ray = Path(sys.executable).with_name("ray")
+    return subprocess.Popen([str(ray), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+                             "--include-dashboard=false", "--disable-usage-stats", "--num-cpus=1",
+                             f"--temp-dir={tmp}", "--block"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+@pytest.mark.slow  # two real Ray heads, one with token authentication and one without: about a minute
+@pytest.mark.parametrize("auth", [True, False])
+def test_the_job_checks_that_its_ray_refuses_a_connection_without_its_token(auth):
+    from support.processes import kill_tree
+
+    port = free_port()
+    tmp = Path(tempfile.mkdtemp(prefix="gsa", dir="/tmp"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "a" * 64} if auth else {"RAY_AUTH_MODE": "disabled"})
+    head = _ray_head(tmp, port, env)
+    try:
+        joined = subprocess.run([sys.executable, "-m", "orchestrator.cluster.join", f"127.0.0.1:{port}", "1",
+                                 "--timeout=120"], env=env, capture_output=True, text=True, timeout=180)
+        assert joined.returncode == 0, joined.stderr[-2000:]
+        check = subprocess.run([sys.executable, "-m", "orchestrator.cluster.auth_check", f"127.0.0.1:{port}"],
+                               env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        kill_tree(head.pid)
+        shutil.rmtree(tmp, ignore_errors=True)
+    if auth:
+        assert check.returncode == 0, check.stderr[-2000:]
+        assert "refuses connections without this job's token" in check.stdout
+    else:
+        assert check.returncode == 1 and "accepted a connection with no authentication" in check.stderr
