@@ -111,6 +111,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     from orchestrator.store.hold import StudyHeld
     from orchestrator.store.journal import JournalCorrupt
+    from orchestrator.store.queue import StoreUnreachable
     from orchestrator.store.ui import study_links
     from orchestrator.study import redact_url
     from orchestrator.sweep.launcher import ClusterLost
@@ -121,7 +122,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (StudyHeld, JournalCorrupt) as err:  # nothing was started
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except ClusterLost as err:  # the study stopped part-way; nothing recorded is lost
+    except (ClusterLost, StoreUnreachable) as err:  # the study stopped part-way; nothing recorded is lost
         print(f"error: {err}", file=sys.stderr)
         return 1
     out = {k: v for k, v in stats.to_dict().items() if k != "timeline"}  # per-run timestamps: for benchmarks
@@ -137,6 +138,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         print(f"{study.name}: {stats.completed} completed, {stats.stopped} pruned, {stats.diverged} diverged, "
               f"{stats.failed} failed in {stats.wall_time_s:.0f} s.")
+        if stats.dropped_keys or stats.write_failures:
+            print(f"MLflow: {stats.dropped_keys} metric, param or tag names or values it refuses were dropped "
+                  f"(each run's grokscale.dropped_keys tag lists its own); {stats.write_failures} runs failed "
+                  f"because a write of theirs failed (their grokscale.reason says why).")
         if refined is not None:
             print(refined.summary())
         _print_links(links)

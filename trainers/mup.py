@@ -105,10 +105,12 @@ def at_width(model: TransformerModel | GPTModel, width: int) -> TransformerModel
 
 def coordinates(model: TransformerModel | GPTModel, widths: Sequence[int], steps: int = 4, lr: float = 1e-2,
                 seeds: Sequence[int] = (0, 1), vocab_size: int = 32, seq_len: int = 16,
-                batch_size: int = 8) -> list[Coordinate]:
+                batch_size: int = 8, threads: int = 1) -> list[Coordinate]:
     """The coordinate check: each width trained `steps` AdamW steps (betas and eps as
     TrainConfig's, no weight decay, a constant lr) on one fixed batch of random next-token data,
-    recording every site's mean |x| on that batch before each step and after the last."""
+    recording every site's mean |x| on that batch before each step and after the last. Like
+    train(), it sets torch's intra-op threads (`threads`), so the numbers do not depend on the host."""
+    torch.set_num_threads(threads)
     sums: dict[tuple[int, int, str], float] = {}
     betas, eps = TrainConfig().betas, TrainConfig().eps
     for seed in seeds:

@@ -102,6 +102,9 @@ def can_pack(specs: Sequence[TrainSpec]) -> str | None:
     if first.model.dropout > 0:
         problems.append(f"model.dropout is {first.model.dropout}: train() draws dropout masks from "
                         "the global generator, which vmap cannot reproduce per run")
+    if getattr(first.model, "parametrization", "sp") == "mup":
+        problems.append("model.parametrization is 'mup': its per-layer learning rates are train()'s AdamW "
+                        "param groups (trainers/mup.py), which the pack's own AdamW does not apply")
     return "; ".join(problems) or None
 
 

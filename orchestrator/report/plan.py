@@ -116,12 +116,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def plan_study(args: argparse.Namespace) -> dict:
     """Load, plan, write and check the rung; the --json object (module docstring)."""
     from orchestrator.study import StudyError, load_study
-    from orchestrator.study.grid import build_cells
 
     overrides = list(args.set) + ([f"tracking.uri={args.tracking_uri}"] if args.tracking_uri else [])
     try:
         study = load_study(args.study, overrides)
-        grid = build_cells(study)
     except StudyError as err:
         raise PlanError("; ".join(err.problems)) from None
     if study.trainer is not None:
@@ -130,7 +128,7 @@ def plan_study(args: argparse.Namespace) -> dict:
     approach = args.approach or ("isoflop" if study.isoflop else "loss_law")
     if approach == "isoflop" and not study.isoflop:
         raise PlanError("--approach isoflop needs an IsoFLOP study (grid.flops)")
-    source = source_from_report(args.results, study, grid, approach) if args.results else source_from_mlflow(study)
+    source = source_from_report(args.results, study, approach) if args.results else source_from_mlflow(study)
     plan = compute_plan(source, args.flops, approach, study.grid.n_convention)
     shape = closest_shape(study, plan.N_opt.value)
     best = source.cells[nearest_cell([c.n for c in source.cells], [_budget(c, source) for c in source.cells],
@@ -145,9 +143,12 @@ def plan_study(args: argparse.Namespace) -> dict:
 
 
 # -- where the cells come from ----------------------------------------------------------------------
-def source_from_report(path: str, study, grid, approach: str) -> Source:
+def source_from_report(path: str, study, approach: str) -> Source:
     """The cells of a saved report: each cell's best trial (results.json "regularization"), N and D
     from the study's grid. The fit the plan needs must be in the report, and accepted there."""
+    from orchestrator.study import StudyError
+    from orchestrator.study.grid import build_cells
+
     try:
         saved = json.loads(Path(path).read_text())
     except (OSError, ValueError) as err:
@@ -172,6 +173,10 @@ def source_from_report(path: str, study, grid, approach: str) -> Source:
     if (objective.metric, objective.direction) != ("min_val_loss", "minimize"):
         raise PlanError(f"{path} holds each cell's best {objective.metric}; a plan reads min_val_loss: plan from "
                         f"MLflow instead (leave out --results)")
+    try:
+        grid = build_cells(study)  # after the checks above: it reads the corpus
+    except StudyError as err:
+        raise PlanError("; ".join(err.problems)) from None
     by_key = {c.key: c for c in grid}
     entries = saved.get("regularization") or []
     unknown = [e["cell"] for e in entries if e["cell"] not in by_key]

@@ -16,10 +16,15 @@ the database's.
 
 The held trials' hot writes (a new trial, a param, user attributes, the end) go as SQLAlchemy Core
 statements on Optuna's own tables (SQLite, PostgreSQL), not through its ORM sessions, each of
-which reads the trial back first to check what the copy in memory knows: ~2 ms of CPU a write on
-PostgreSQL, a third of the driver's time at 1,000 runs in flight (issue 16, session 10). The rows
-are Optuna's (its models' tables, its JSON, its naive-UTC times); tests/unit/test_held_storage.py
-reads them back through Optuna's own storage. Anything else goes through Optuna as before.
+which reads the trial back first to check what the copy in memory knows (bench_held_storage.py
+measures both). The rows are Optuna's (its models' tables, its JSON, its naive-UTC times);
+tests/unit/test_held_storage.py reads them back through Optuna's own storage. Anything else goes
+through Optuna's RDBStorage.
+
+Optuna's private modules (`optuna.storages._rdb.models`) are imported by this module alone, and
+this module only for a study on an RDB storage under an Optuna release it was tested with
+(versions.py; the driver imports it there and nowhere else): a journal study, or a new Optuna,
+never touches them (tests/unit/test_versions.py).
 """
 
 from __future__ import annotations
@@ -36,8 +41,8 @@ from typing import Any
 from optuna import distributions
 from optuna.storages import BaseStorage, RDBStorage
 from optuna.storages._rdb import models
+from optuna.study import StudyDirection
 from optuna.study._frozen import FrozenStudy
-from optuna.study._study_direction import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 

@@ -51,6 +51,9 @@ TAG_GIT_COMMIT = "grokscale.git_commit"
 TAG_VERSION_PREFIX = "grokscale.version."  # + package name
 TAG_REPORT = "grokscale.report"  # the plots the report logged
 TAG_REFINE_SUMMARY = "grokscale.refine"  # what grid.refine added, in one line (the whole: ARTIFACT_REFINE)
+# Runs whose record is incomplete because the store refused one of their writes or it failed for good
+# (their own grokscale.reason says which): how many, on the parent run.
+TAG_WRITE_FAILURES = "grokscale.write_failures"
 
 # MLflow tags on each child run (one training: a trial under one seed).
 TAG_RUN_KEY = "grokscale.run_key"  # cell/trial=N/seed=S: how a resumed driver finds the run again
@@ -69,6 +72,10 @@ TAG_CHECKPOINT_NOTE = "grokscale.checkpoint_note"  # why a run's checkpoint was 
 TAG_RUNTIME_PREFIX = "grokscale.runtime."
 TAG_FLOPS_PREFIX = "grokscale.flops."  # + per_example, per_token, n_matmul, ...: the run's FLOP accounting
 TAG_REFINED = "grokscale.refined"  # "round k": a run of a cell grid.refine added (orchestrator/sweep/refine.py)
+# Metrics, params and tags MLflow would refuse (a name it does not take, a value that is no number),
+# dropped alone before they were sent (store/keys.py): on a run, JSON {"metric <key>": why, ...}; on
+# the parent run, JSON {"metric <key>": how many runs dropped it, ...}.
+TAG_DROPPED_KEYS = "grokscale.dropped_keys"
 
 # MLflow params on each child run.
 PARAM_CELL = "cell"

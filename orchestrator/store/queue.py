@@ -167,7 +167,9 @@ class WriteQueue:
         self.retry_at = 0.0  # monotonic time before which waiting writes are not tried again
         self.send_ops = send_ops
         self.on_failure = on_failure
-        self.retry_cap_s = float(os.environ.get(RETRY_CAP_ENV, RETRY_CAP_S)) if retry_cap_s is None else retry_cap_s
+        if retry_cap_s is None:
+            retry_cap_s = float(os.environ.get(RETRY_CAP_ENV, RETRY_CAP_S))
+        self.retry_cap_s = retry_cap_s
         self.singly = 0  # writes at the head to send one at a time (a group one of which failed)
         self.attempts = 0  # failed tries of the write at the head, in a row
         self.failing_since: float | None = None  # when the first of them failed
@@ -228,10 +230,10 @@ class WriteQueue:
         waited = now - self.failing_since
         what = describe(self.pending[0])
         if waited >= self.retry_cap_s:
-            raise StoreUnreachable(f"the MLflow store took no write for {waited:.0f} s ({self.attempts} tries of "
-                                   f"{what}; last: {one_line(err)}); {len(self.pending)} writes wait. The study "
-                                   f"stops: run the same command again to resume once the store is back "
-                                   f"(${RETRY_CAP_ENV} sets how long to wait)") from err
+            raise StoreUnreachable(
+                f"the MLflow store took no write for {waited:.0f} s ({self.attempts} tries of {what}; last: "
+                f"{one_line(err)}); {len(self.pending)} writes wait. The study stops: run the same command "
+                f"again to resume once the store is back (${RETRY_CAP_ENV} sets how long to wait)") from err
         self.retry_at = now + RETRY_S
         log.warning("MLflow write failed, kept: %s, attempt %d, next try in %.0f s (gives up in %.0f s): %s",
                     what, self.attempts, RETRY_S, self.retry_cap_s - waited, one_line(err))

@@ -2,26 +2,27 @@
 plain SQL: the rows MLflow's own SqlAlchemyStore writes, without its ORM, and the writes of many
 runs in one transaction (`SqlWrites.apply`).
 
-Why: for a run of 0.1 s the MLflow calls were the driver's largest cost (issue 16). Profiled on
-the 2-core machine (session 8), one run's calls through MlflowClient cost 30-40 ms of CPU, 75% of
-it in SQLAlchemy's Python layer: 11 sessions a run, each with 3 PRAGMAs and the run read back.
-The same rows as plain SQL cost about 4 ms. `RestWrites` (tracker.py) is the same idea for a
-tracking server: MLflow's own REST API as plain JSON.
+Why: for a short run MLflow's calls through MlflowClient cost more CPU than the rest of the
+driver, most of it in SQLAlchemy's Python layer (sessions, PRAGMAs, each run read back); the same
+rows as plain SQL cost a small fraction (bench_tiny_runs.py measures both). `RestWrites`
+(tracker.py) is the same idea for a tracking server: MLflow's own REST API as plain JSON.
 PostgreSQL (`tracking.uri: postgresql://...`, the database behind a lab's `mlflow server`): the
-same rows through psycopg2, a batch's points by COPY. Issue 16's scale benchmark
-measured the tracking server in front of such a database at ~1,300 points/s on 2 cores (~0.75 ms
-of server time a point, its SQLAlchemy layer again); a driver that may reach the database writes
+same rows through psycopg2, a batch's points by COPY; a driver that may reach the database writes
 to it directly (bench_driver_scale.py --store database) and the server still serves the UI.
 
-Safety: the rows are MLflow's, so MLflow (its UI, search, the report) reads them as its own;
-`tests/unit/test_sql_writes.py` writes the same runs both ways and compares everything MLflow
-gives back. The path is used only when the store's five run tables have exactly the columns this
-writer knows (`SqlWrites.of`); a store of another MLflow schema gets MlflowClient, as before.
-The two dialects differ only in placeholders, bulk inserts and how a
-table's columns are listed (`Dialect`); the SQL is the upsert both speak.
-What MLflow checks and this writer keeps: a run must exist and be active; a param logged again
-must keep its value (MlflowException, INVALID_PARAMETER_VALUE, which the write queue drops as
-refused); NaN and infinite metrics are stored as MLflow stores them.
+Safety, each checked by tests/unit/test_sql_writes.py (which writes the same runs both ways and
+compares everything MLflow gives back, on every MLflow release `make test-compat` installs):
+- The rows are MLflow's, so MLflow (its UI, search, the report) reads them as its own.
+- The path is used only on MLflow releases it was tested with (versions.py) and only when the
+  store's five run tables have exactly the columns this writer knows (`SqlWrites.of`); else
+  MlflowClient writes.
+- What MLflow checks, this writer checks the same way, raising MlflowException as MLflow does
+  (INVALID_PARAMETER_VALUE, a refusal the write queue does not retry): a metric, param or tag
+  name or a metric value MLflow refuses (keys.check_batch, MLflow's own validation); a run that is not
+  there or not active; a param logged again with another value; a row the database refuses.
+- NaN and infinite metrics are stored as MLflow stores them.
+The two dialects differ only in placeholders, bulk inserts and how a table's columns are listed
+(`Dialect`); the SQL is the upsert both speak.
 """
 
 from __future__ import annotations
@@ -45,7 +46,9 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME, MLFLOW_USER
 from mlflow.utils.uri import append_to_uri_path
 
-# The columns of the tables written, as MLflow 2.x and 3.x (through 3.17) create them.
+from orchestrator.store.keys import check_batch, metric_value
+
+# The columns of the tables written, as MLflow 2.16 to 3.18 create them.
 SCHEMA = {
     "runs": {"run_uuid", "name", "source_type", "source_name", "entry_point_name", "user_id", "status",
              "start_time", "end_time", "source_version", "lifecycle_stage", "artifact_uri", "experiment_id",
@@ -68,8 +71,8 @@ class Dialect:
     connect: Callable[[], Any]
     errors: tuple[type[Exception], ...]  # the driver's errors: a store it cannot read is not one it knows
     # Errors about the row itself (a value longer than its column, a broken constraint): the same
-    # write would fail again, so it is refused as MLflow refuses it, and the write queue drops it
-    # instead of retrying it for ever. Anything else (the server away) is retried.
+    # write would fail again, so it is refused as MLflow refuses it. The write queue retries only
+    # a lost connection (queue.transient: the database away, a locked SQLite file).
     refusals: tuple[type[Exception], ...]
 
     def sql(self, text: str) -> str:
@@ -195,7 +198,7 @@ def metric_copy_binary(rows: list[tuple]) -> bytes:
     """Metric rows (key, value, timestamp, step, is_nan, run id) in COPY's binary format: each
     field its length and its bytes, numbers as big-endian IEEE doubles and int8. A sixth of the
     client's CPU of the text format (floats are not printed); the same for the server, whose
-    time goes to the table's indexes (session 10, 2M points each way)."""
+    time goes to the table's indexes (bench_driver_scale.py --store database)."""
     keys: dict[str, bytes] = {}  # a key and a run id are each encoded once a call
     runs: dict[str, bytes] = {}
     out = [_BINARY_HEAD]
@@ -274,7 +277,7 @@ class SqlWrites:
     """Runs' writes (`NewRun`, `RunBatch`, `RunEnd`) on a SQLite or PostgreSQL MLflow store, any
     number of them in one transaction (`apply`): the tracker's writer thread sends every write
     queued since its last turn at once, so a turn costs a few statements whatever the number of
-    runs (one transaction a run was the driver's largest cost at 1,000 runs in flight: issue 16).
+    runs (one transaction a run was the driver's largest cost at 1,000 runs in flight).
     One connection per thread (the driver's and the tracker's writer thread)."""
 
     def __init__(self, dialect: Dialect, client: Any) -> None:
@@ -363,22 +366,28 @@ class SqlWrites:
     def apply(self, writes: Sequence[RunWrite]) -> None:
         """The writes, in one transaction, with what they would make one after another: a tag set
         twice keeps its last value, a point logged twice is one row, latest_metrics keeps each
-        key's largest (step, timestamp, value). What MLflow would refuse of any of them (a run
-        not found or not active, a param logged again with another value, a row the database
-        refuses) refuses them all, as MlflowException; the write queue then sends them one by one,
-        so only the refused one is dropped. A write sent again (its commit's answer lost) adds
-        nothing twice: runs and points already there are left as they are."""
+        key's largest (step, timestamp, value). What MLflow would refuse of any of them (a name
+        or a metric value MLflow refuses, a run not found or not active, a param logged again
+        with another value, a row the database refuses) refuses them all, as MlflowException; the
+        write queue then sends them one by one, so only the refused one is dropped. A write sent
+        again (its commit's answer lost) adds nothing twice: runs and points already there are
+        left as they are."""
         d = self.dialect
         made = [w for w in writes if isinstance(w, NewRun)]
         batches = [w for w in writes if isinstance(w, RunBatch)]
         ends = {w.run_id: w for w in writes if isinstance(w, RunEnd)}  # the last end of a run counts
         tags: dict[tuple[str, str], str] = {}  # (run, key) -> its last value
         for w in made:
+            check_batch(tags=[RunTag(k, v) for k, v in w.tags.items()])
             tags.update(((w.run_id, k), v) for k, v in w.tags.items())
         points: dict[tuple, None] = {}  # (key, value, timestamp, step, is_nan, run): a repeat is one row
         for w in batches:
+            check_batch(w.metrics, w.params, w.tags)
             for key, value, timestamp, step in w.metrics:
-                value = float(value)
+                if type(value) is not float:
+                    value = metric_value(value)
+                    if isinstance(value, str):
+                        raise MlflowException(f"metric {key}: {value}", INVALID_PARAMETER_VALUE)
                 nan = math.isnan(value)
                 value = 0.0 if nan else math.copysign(MAX_FLOAT, value) if math.isinf(value) else value
                 points[(key, value, int(timestamp), int(step), nan, w.run_id)] = None

@@ -2,25 +2,29 @@
 
 Layout: experiment = study; one parent run for the study; one child run per training run
 (an Optuna trial under one seed), found again on resume by its run key tag (`names.TAG_RUN_KEY`).
-Writes go through a `WriteQueue`: kept in order and retried while the server is away. In a
-study the driver hands them to a writer thread (`start_writer`), so its loop never waits on the
-server; evaluations are buffered per run and sent in batches of up to MLFLOW_BATCH metrics, a
-run's live curve at most LIVE_S behind (issue 16: one batch per run per tick was the driver's
-bottleneck at 1,000 runs in flight). Against a tracking server, batches and run updates go as
-plain JSON to MLflow's REST API (`RestWrites`): MlflowClient's protobuf-to-JSON conversion and
-per-request header providers cost about 0.2 ms per metric point, more than the rest of the driver.
-A SQLite store is switched to write-ahead logging (`use_wal`): each MLflow call commits, and in
-SQLite's default rollback journal a commit syncs the file several times; in WAL one sync per
-commit, as durable (synchronous stays FULL). Measured (session 8: a run's writes as the driver
-makes them, the modes interleaved over 15-20 rounds on the loaded 2-core machine, medians): wall
-time per run on the writer thread 60 -> 44 ms and 137 -> 67 ms in two sessions of measuring, CPU
-53 -> 38 ms and 42 -> 39 ms. Into such a store the hot writes go as plain SQL (`SqlWrites`,
-sql_writes.py): one run's create, batches and end cost 22 ms of CPU through MlflowClient and
-1.2 ms so (50 points, medians of 20 runs, loaded), and the driver's CPU per tiny run fell from
-65 to 13 ms (bench_tiny_runs.py, 200 runs, loaded). There the writes are queued as data (`Op`)
-and everything queued since the writer's last turn goes as one transaction, a run's create
-included (its id is made here): at 1,000 runs in flight, one transaction a write was the
-largest part of the driver's time (issue 16, session 10).
+
+What it guarantees:
+- Writes go through `WriteQueue`s (queue.py): kept in order, retried only while the store is
+  away, for at most the retry cap. In a study the driver hands them to writer threads
+  (`start_writer`), so its loop never waits on the store; a run's writes all go by one lane.
+- Only what MLflow takes is queued (keys.py): a metric, param or tag MLflow would refuse is
+  dropped alone, listed in the run's `grokscale.dropped_keys` tag and counted for the study
+  (the parent run's tag, `dropped_keys`); the rest of its batch goes out. Batches keep within
+  MLflow's limits per request.
+- A write the store refuses or that fails for good (not a lost connection) fails its run as
+  data: the run is marked failed with the error's traceback as its reason (`_write_failed`),
+  `write_failure` tells the driver so before it tells Optuna, and the writes behind it go on.
+- Evaluations are buffered per run and sent in batches of up to MLFLOW_BATCH points, a run's
+  live curve at most LIVE_S behind: one batch per run per tick was the driver's bottleneck at
+  1,000 runs in flight.
+- The hot writes (create, log_batch, terminate) skip MlflowClient where its overhead dominates,
+  and only on the MLflow releases they were tested with (versions.py): against a tracking
+  server as plain JSON to MLflow's REST API (`RestWrites`), into a SQLite or PostgreSQL store
+  as plain SQL (`SqlWrites`, sql_writes.py), queued as data (`Op`) so that everything queued
+  since the writer's last turn is one transaction. bench_tiny_runs.py and bench_driver_scale.py
+  measure them against MlflowClient.
+- A SQLite store on a local disk is in write-ahead-log mode (`use_wal`): one sync per commit
+  instead of several, as durable (synchronous stays FULL).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import traceback
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -42,18 +47,20 @@ from typing import Any
 
 import requests
 import yaml
-from mlflow.entities import Metric, Param, Run, RunTag
-from mlflow.exceptions import MlflowException, RestException
-from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.entities import Metric, Run, RunTag
+from mlflow.exceptions import MlflowException, RestException, get_error_code
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, ErrorCode
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
 
 from orchestrator.store import names
+from orchestrator.store.keys import MAX_TAG_CHARS, Checked, batches, key_problem
 from orchestrator.store.names import RunStatus, tag_equals
-from orchestrator.store.queue import Op, WriteLane, WriteQueue, answer
+from orchestrator.store.queue import Call, Op, WriteLane, WriteQueue, answer, describe
 from orchestrator.store.redact import scrub, scrub_text, secrets_in
 from orchestrator.store.results import all_runs
 from orchestrator.store.sql_writes import RunBatch, RunEnd, RunWrite, SqlWrites
+from orchestrator.store.versions import fast_path
 from orchestrator.study import Study, redact_url
 from orchestrator.study.preflight import network_filesystem, sqlite_path
 
@@ -66,11 +73,12 @@ PACKAGES = ("grokscale", "torch", "ray", "optuna", "mlflow", "numpy", "scipy", "
 # chose these settings).
 HTTP_FAIL_FAST = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                   "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
-MLFLOW_BATCH = 1000  # MLflow's limit of metrics in one log_batch
+MLFLOW_BATCH = 1000  # MLflow's limit of metrics in one log_batch (keys.batches splits by its limits)
+REASON_CHARS = 5000  # of a failure's reason (a traceback): its last lines, which name the error
 LIVE_S = 2.0  # a run's buffered evaluations are sent once this old (or a whole batch, or at its end)
-# Connections writing runs' rows into a PostgreSQL store at once, each with its own runs: one
-# PostgreSQL backend ingests ~67,000 points/s on this machine's cores, two ~110,000 (session 10,
-# 4M points as the driver sends them). A SQLite file takes one writer at a time: one lane.
+# Connections writing runs' rows into a PostgreSQL store at once, each with its own runs: a second
+# backend nearly doubles the points a second it ingests (bench_driver_scale.py --store database).
+# A SQLite file takes one writer at a time: one lane.
 SQL_LANES = 2
 
 
@@ -107,8 +115,11 @@ class RestWrites:
         r = self.session.post(self.base + endpoint, json=body, timeout=self.timeout)
         try:
             answer = r.json()
-        except ValueError:
-            raise MlflowException(f"{endpoint}: HTTP {r.status_code}: {r.text[:500]}") from None
+        except ValueError:  # a proxy's page, not MLflow's answer: its HTTP status says what it was
+            answer = {"error_code": ErrorCode.Name(get_error_code(r.status_code)),
+                      "message": f"{endpoint}: HTTP {r.status_code}: {r.text[:500]}"}
+            if r.status_code == 200:
+                raise MlflowException(answer["message"]) from None
         if r.status_code != 200:
             raise RestException(answer)  # its error code gives the HTTP status `refused` reads
         return answer
@@ -172,11 +183,14 @@ class Tracker:
         self.client = client or MlflowClient(tracking_uri=study.tracking.uri)
         # The hot writes (create, log_batch, terminate) without MlflowClient's overhead: plain JSON to
         # a tracking server, plain SQL into a SQLite store of the schema it knows (set in `open`,
-        # once MLflow has made the store's tables); else the client.
-        self.direct: RestWrites | SqlWrites | None = RestWrites.of(self.client, study.tracking.uri)
+        # once MLflow has made the store's tables); else the client. Only on tested MLflow releases.
+        self.fast = fast_path("mlflow")
+        self.direct: RestWrites | SqlWrites | None = None
+        if self.fast:
+            self.direct = RestWrites.of(self.client, study.tracking.uri)
         # One lane (queue and writer thread) per database connection; a run's writes all go by
         # one lane, in order. Several only into PostgreSQL (`_open`).
-        self.lanes = [WriteLane(self._send_ops)]
+        self.lanes = [WriteLane(self._send_ops, on_failure=self._write_failed)]
         self.buffered: dict[str, list[tuple[str, float, int, int]]] = {}  # run id -> (key, value, ms, step)
         self.buffered_at: dict[str, float] = {}  # run id -> when its oldest buffered point came
         self.experiment_id = ""
@@ -188,6 +202,13 @@ class Tracker:
         self.key_of: dict[str, str] = {}  # run id -> run key, runs in flight
         self.points_sent = 0  # evaluation metric points the store accepted (bench_driver_scale.py)
         self.counting = threading.Lock()
+        self.metric_keys: set[str] = set()  # metric names MLflow takes (keys.key_problem), seen so far
+        self.dropped: dict[str, dict[str, str]] = {}  # run id -> "metric <key>" -> why, runs in flight
+        self.dropped_keys: dict[str, int] = {}  # "metric <key>" -> runs that dropped it, the whole study
+        # Runs one of whose writes failed for good -> the failure, as their reason. The writer threads
+        # add to it, the driver's reads it; `failing` orders a run's end against its failure.
+        self.failed_writes: dict[str, str] = {}
+        self.failing = threading.RLock()
 
     @property
     def queue(self) -> WriteQueue:
@@ -204,18 +225,33 @@ class Tracker:
         """How many writes wait for the store (`len(pending)`, without the copy)."""
         return sum(len(lane.queue.pending) for lane in self.lanes)
 
+    def idle_s(self) -> float:
+        """How long writes have waited with none going out, the longest of the lanes (0: none waits)."""
+        return max(lane.queue.idle_s() for lane in self.lanes)
+
     def mark(self) -> tuple[int, ...]:
         """The writes made so far: `sent_through(mark)` says when they are all out."""
         return tuple(lane.written for lane in self.lanes)
 
     def sent_through(self, mark: tuple[int, ...]) -> bool:
-        """Every write made before `mark` has been sent (or refused and dropped)."""
+        """Every write made before `mark` has been sent (or dropped for good: then `write_failure`
+        of its run says so)."""
         return all(lane.sent_through(m) for lane, m in zip(self.lanes, mark, strict=True))
 
-    def _write(self, fn: Callable[[], None] | Op, run_id: str | None = None) -> None:
-        """A write, into the lane of its run (the first lane for writes of no one run)."""
+    def write_failure(self, run_id: str) -> str | None:
+        """Why the run's record is incomplete (a write of it failed for good), or None."""
+        return self.failed_writes.get(run_id)
+
+    def _lane(self, run_id: str | None) -> WriteLane:
+        """The lane of a run's writes (the first lane for writes of no one run)."""
         lanes = self.lanes
-        lanes[zlib.crc32(run_id.encode()) % len(lanes) if run_id and len(lanes) > 1 else 0].put(fn)
+        return lanes[zlib.crc32(run_id.encode()) % len(lanes) if run_id and len(lanes) > 1 else 0]
+
+    def _write(self, fn: Callable[[], None] | Op | Call, run_id: str | None = None, what: str = "") -> None:
+        """A write, into the lane of its run; a bare callable is named for the log (`what`)."""
+        if not isinstance(fn, (Op, Call)):
+            fn = Call(fn, what or getattr(fn, "__qualname__", "a write"), run_id)
+        self._lane(run_id).put(fn)
 
     def start_writer(self) -> None:
         """From now on the writes go out on threads of their own (one a lane), in order, retried as before."""
@@ -223,7 +259,8 @@ class Tracker:
             lane.start()
 
     def flush(self, force: bool = False) -> bool:
-        """Buffered evaluations that are due become writes; with the writer threads, they send them."""
+        """Buffered evaluations that are due become writes; with the writer threads, they send them.
+        StoreUnreachable once the store has taken no write for the retry cap (queue.py)."""
         now = time.monotonic()
         for run_id in [r for r, t in self.buffered_at.items() if force or now - t >= LIVE_S]:
             self._send_buffered(run_id)
@@ -234,12 +271,26 @@ class Tracker:
             self._send_buffered(run_id)
         return all([lane.drain(timeout_s) for lane in self.lanes])
 
-    def _write_batch(self, run_id: str, metrics=(), params=(), tags=()) -> None:
-        """One log_batch, queued; metrics as (key, value, timestamp ms, step)."""
+    # -- writes as the store takes them -------------------------------------------------------
+    def _batch_write(self, run_id: str, metrics=(), params=(), tags=()) -> Op | Call:
+        """One log_batch (within MLflow's limits); metrics as (key, value, timestamp ms, step)."""
         if isinstance(self.direct, SqlWrites):  # as data: sent with the writes queued beside it
-            self._write(Op(RunBatch(run_id, metrics, params, tags)), run_id)
-        else:
-            self._write(lambda: self._batch(run_id, metrics, params, tags), run_id)
+            return Op(RunBatch(run_id, metrics, params, tags))
+        return Call(lambda: self._batch(run_id, metrics, params, tags), "log_batch", run_id)
+
+    def _end_write(self, run_id: str, status: str, end_time: int) -> Op | Call:
+        if isinstance(self.direct, SqlWrites):
+            return Op(RunEnd(run_id, status, end_time))
+        if self.direct is not None:
+            return Call(lambda: self.direct.set_terminated(run_id, status, end_time), "set_terminated",
+                        run_id)
+        return Call(lambda: self.client.set_terminated(run_id, status, end_time=end_time), "set_terminated",
+                    run_id)
+
+    def _write_batch(self, run_id: str, metrics=(), params=(), tags=()) -> None:
+        """Checked entries, queued as as few log_batch requests as MLflow's limits allow."""
+        for m, p, t in batches(metrics, params, tags):
+            self._write(self._batch_write(run_id, m, p, t), run_id)
 
     def _batch(self, run_id: str, metrics=(), params=(), tags=()) -> None:
         if self.direct is not None:
@@ -247,7 +298,8 @@ class Tracker:
         else:
             self.client.log_batch(run_id, metrics=[Metric(*m) for m in metrics], params=list(params),
                                   tags=list(tags))
-        self.points_sent += evaluation_points(metrics)
+        with self.counting:
+            self.points_sent += evaluation_points(metrics)
 
     def _send_ops(self, writes: list[RunWrite]) -> None:
         """Queued writes of runs' rows (`Op`s, with SqlWrites), in one transaction."""
@@ -256,36 +308,65 @@ class Tracker:
         with self.counting:  # the lanes' threads count into one number
             self.points_sent += points
 
-    def _write_end(self, run_id: str, status: str, end_time: int) -> None:
-        if isinstance(self.direct, SqlWrites):
-            self._write(Op(RunEnd(run_id, status, end_time)), run_id)
-        elif self.direct is not None:
-            self._write(lambda: self.direct.set_terminated(run_id, status, end_time), run_id)
-        else:
-            self._write(lambda: self.client.set_terminated(run_id, status, end_time=end_time), run_id)
-
     def _send_buffered(self, run_id: str, extra: list | None = None, tags: list | None = None) -> None:
-        """The run's buffered points (and `extra` metrics, `tags`) as batches of MLFLOW_BATCH."""
+        """The run's buffered points (and `extra` metrics, `tags`), in batches."""
         metrics = self.buffered.pop(run_id, []) + (extra or [])
         self.buffered_at.pop(run_id, None)
-        for i in range(0, max(1, len(metrics)), MLFLOW_BATCH):
-            chunk, last = metrics[i:i + MLFLOW_BATCH], i + MLFLOW_BATCH >= len(metrics)
-            if chunk or tags:
-                self._write_batch(run_id, chunk, tags=(tags or []) if last else [])
+        if metrics or tags:
+            self._write_batch(run_id, metrics, tags=tags or [])
+
+    def _checked(self, run_id: str | None, checked: Checked) -> Checked:
+        """What `checked` dropped, kept for the run's `grokscale.dropped_keys` tag and the study's count;
+        each key logged the first time the study drops it."""
+        if checked.dropped and run_id is not None:
+            mine = self.dropped.setdefault(run_id, {})
+            for key, why in checked.dropped.items():
+                if key in mine:
+                    continue
+                mine[key] = why
+                if key not in self.dropped_keys:
+                    log.warning("MLflow would refuse %s (%s): dropped, the rest of the run is logged; "
+                                "each run that drops it lists it in its %s tag", key, why,
+                                names.TAG_DROPPED_KEYS)
+                self.dropped_keys[key] = self.dropped_keys.get(key, 0) + 1
+        return checked
+
+    def _write_failed(self, write: Any, err: BaseException) -> None:
+        """A write of a run failed for good (queue.py calls this on the writer's thread): the run is
+        marked failed, its reason the error and its traceback, after every write of it already
+        queued, so nothing written before overrides it; `finish_run` keeps it so."""
+        run_id = getattr(write, "run_id", None)
+        if run_id is None or run_id == self.parent_id:
+            return
+        trace = "".join(traceback.format_exception(err)).rstrip()
+        head = (f"an MLflow write of this run failed for good ({describe(write)}), so its record is "
+                f"incomplete:\n")
+        reason = scrub_text(head + trace[-(REASON_CHARS - len(head)):], self.secrets)
+        with self.failing:
+            if run_id in self.failed_writes:  # its failure is being marked already (or could not be)
+                return
+            self.failed_writes[run_id] = reason
+            queue = self._lane(run_id).queue
+            tags = [RunTag(names.TAG_STATUS, RunStatus.FAILED.value), RunTag(names.TAG_REASON, reason)]
+            # Straight into the queue (not `put`): this runs inside its flush, and it counts in no mark.
+            queue.pending.append(self._batch_write(run_id, tags=tags))
+            queue.pending.append(self._end_write(run_id, "FAILED", int(time.time() * 1000)))
 
     # -- set-up: the experiment, the parent run, the runs of earlier attempts ---------------
     def open(self, config_yaml: str) -> None:
         """The study's experiment and parent run, found or made; retried while the tracking server
         is away (it may drop between the preflight check and here). Every step looks before it
         creates, so a retry after a lost answer never makes a second experiment or parent."""
-        answer(lambda: self._open(config_yaml))
+        answer(lambda: self._open(config_yaml), what="opening the study's experiment and parent run")
 
     def _open(self, config_yaml: str) -> None:
         self.children = {}
         exp = self.client.get_experiment_by_name(self.study.experiment_name)  # a SQLite store exists from here
         use_wal(self.study.tracking.uri)
         database = self.study.tracking.database
-        if database is None:
+        if not self.fast:
+            pass  # MlflowClient's writes (versions.py)
+        elif database is None:
             self.direct = self.direct or SqlWrites.of(self.client, self.study.tracking.uri)
         elif not isinstance(self.direct, SqlWrites):  # the server's own database, checked by preflight
             self.direct = SqlWrites.of(self.client, database) or self.direct
@@ -321,7 +402,8 @@ class Tracker:
                 self.children[key] = run
         lanes = SQL_LANES if isinstance(self.direct, SqlWrites) and self.direct.dialect.name == "postgresql" else 1
         if len(self.lanes) != lanes and not self.backlog and all(lane.thread is None for lane in self.lanes):
-            self.lanes = [WriteLane(self._send_ops, f"mlflow-writer-{i}") for i in range(lanes)]
+            self.lanes = [WriteLane(self._send_ops, f"mlflow-writer-{i}", self._write_failed)
+                          for i in range(lanes)]
 
     def _create_child(self, key: str, tags: dict[str, str], name: str):
         """create_run, retried while the server is away. A create whose answer was lost may have
@@ -329,7 +411,7 @@ class Tracker:
         Into a database (SqlWrites) the run's id is made here and its row queued like any write,
         sent again under the same id until it is in."""
         if isinstance(self.direct, SqlWrites):
-            run, write = answer(lambda: self.direct.new_run(self.experiment_id, tags, name))
+            run, write = answer(lambda: self.direct.new_run(self.experiment_id, tags, name), what="new_run")
             self._write(Op(write), run.info.run_id)
             return run
         tried = False
@@ -346,7 +428,7 @@ class Tracker:
                 return self.direct.create_run(self.experiment_id, tags, name)
             return self.client.create_run(self.experiment_id, tags=tags, run_name=name)
 
-        return answer(create)
+        return answer(create, what=f"create_run of {key}")
 
     # -- child runs ---------------------------------------------------------------------------
     def start_run(self, key: str, name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
@@ -357,19 +439,26 @@ class Tracker:
             return self._reopen(existing)
         # attempts counts driver submissions of this run (a resume adds one); Ray's own retries
         # after a dead worker show as names.TAG_RESUMED_FROM_STEP.
-        all_tags = {names.PARENT_RUN: self.parent_id, names.TAG_RUN_KEY: key, names.TAG_ATTEMPTS: "1", **tags}
-        run = self._create_child(key, all_tags, name)
+        start_tags = Checked()
+        for k, v in {names.PARENT_RUN: self.parent_id, names.TAG_RUN_KEY: key, names.TAG_ATTEMPTS: "1",
+                     **tags}.items():
+            start_tags.add_tag(k, str(v))
+        run = self._create_child(key, {t.key: t.value for t in start_tags.tags}, name)
         run_id = run.info.run_id
+        self._checked(run_id, start_tags)
         self.children[key] = run
         self.key_of[run_id] = key
         self.logged[run_id] = set()
         safe = {k: param_text(v) for k, v in scrub(params, self.secrets).items()}  # a dict (the spec) as JSON
-        batch = [Param(k, v[:names.PARAM_MAX_CHARS]) for k, v in safe.items()]
-        self._write_batch(run_id, params=batch)
+        checked = Checked()
+        for k, v in safe.items():
+            checked.add_param(k, v)
+        self._write_batch(run_id, params=self._checked(run_id, checked).params)
         # The whole spec, whatever its length, for `grokscale reproduce`: the param when it fits
         # (an artifact a run was 13% of the driver's time at 1,000 runs in flight), else an artifact.
         if len(safe.get(names.PARAM_SPEC_JSON, "")) >= names.PARAM_MAX_CHARS:
-            self._write(lambda: self._log_text(run, safe[names.PARAM_SPEC_JSON], names.ARTIFACT_SPEC), run_id)
+            self._write(lambda: self._log_text(run, safe[names.PARAM_SPEC_JSON], names.ARTIFACT_SPEC), run_id,
+                        "the spec as an artifact")
         return run_id
 
     def _log_text(self, run, text: str, name: str) -> None:
@@ -384,30 +473,45 @@ class Tracker:
     def _reopen(self, run) -> str:
         run_id = run.info.run_id
         attempts = int(run.data.tags.get(names.TAG_ATTEMPTS, "1")) + 1
-        self._write(lambda: self.client.update_run(run_id, status="RUNNING"), run_id)
-        self._write(lambda: self.client.set_tag(run_id, names.TAG_ATTEMPTS, str(attempts)), run_id)
+        self._write(lambda: self.client.update_run(run_id, status="RUNNING"), run_id, "update_run (reopened)")
+        self._write(lambda: self.client.set_tag(run_id, names.TAG_ATTEMPTS, str(attempts)), run_id,
+                    "set_tag attempts")
         # Even a FINISHED run: its trial may not have reached Optuna, and its result comes back.
         # Every evaluation logs every metric it has; the built-in trainers always log val_acc, a
         # user's trainer may not, so any curve metric (not a `final.*` total) gives the steps.
         curves = sorted(k for k in run.data.metrics if not k.startswith("final."))
         key = "val_acc" if "val_acc" in curves or not curves else curves[0]
-        history = answer(lambda: self.client.get_metric_history(run_id, key))
+        history = answer(lambda: self.client.get_metric_history(run_id, key), what="get_metric_history")
         self.logged[run_id] = {m.step for m in history}
         return run_id
 
     def log_records(self, run_id: str, records: list[dict[str, float]]) -> None:
         """Evaluation records (each with its `step`), buffered and sent in batches (`flush`);
         steps already logged are skipped, so a retried trial that re-reports steps, or a history
-        logged after its live reports, never repeats a point."""
+        logged after its live reports, never repeats a point. An entry MLflow would refuse (a
+        name it does not take, a value that is no number) is dropped alone (`_checked`)."""
         now = int(time.time() * 1000)
         logged = self.logged.setdefault(run_id, set())
         metrics = self.buffered.setdefault(run_id, [])
+        good = self.metric_keys
+        bad: Checked | None = None
         for record in records:
             step = int(record["step"])
             if step in logged:
                 continue
             logged.add(step)
-            metrics += [(k, float(v), now, step) for k, v in record.items() if k != "step"]
+            for k, v in record.items():
+                if k == "step":
+                    continue
+                if type(v) in (float, int) and k in good:  # the common case: each key checked once
+                    metrics.append((k, float(v), now, step))
+                    continue
+                bad = bad or Checked(metrics=metrics)  # appends to `metrics` what passes
+                bad.add_metric(k, v, now, step)
+                if isinstance(k, str) and key_problem("metric", k) is None:
+                    good.add(k)
+        if bad is not None:
+            self._checked(run_id, bad)
         if not metrics:
             del self.buffered[run_id]
             return
@@ -417,9 +521,10 @@ class Tracker:
 
     def log_params(self, run_id: str, params: dict[str, object]) -> None:
         """Params known only once a run ends (the N a user's trainer reports), queued like any write."""
-        from mlflow.entities import Param
-
-        self._write_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        checked = Checked()
+        for k, v in params.items():
+            checked.add_param(k, str(v))
+        self._write_batch(run_id, params=self._checked(run_id, checked).params)
 
     def log_history(self, run_id: str, history: dict[str, list[float]]) -> None:
         """A trainer's whole history (columns of equal length, one entry per evaluation)."""
@@ -428,19 +533,34 @@ class Tracker:
 
     def finish_run(self, run_id: str, status: RunStatus | str, reason: str, final: dict[str, float],
                    tags: dict[str, str]) -> None:
+        """The run's rest of its curve, final metrics, end tags (its dropped keys among them) and
+        end. A run one of whose writes failed for good ends failed, with that failure as its reason."""
         status = RunStatus(status)
         now = int(time.time() * 1000)
-        metrics = [(f"{names.FINAL_PREFIX}{k}", float(v), now, 0) for k, v in final.items() if v is not None]
+        checked = Checked()
+        for k, v in final.items():
+            if v is not None:
+                checked.add_metric(f"{names.FINAL_PREFIX}{k}", v, now, 0)
         # A failure's reason is its traceback, which may quote a credential; tags are scrubbed by
         # value only (a tag named grokscale.flops.per_token is not a token).
-        all_tags = [RunTag(names.TAG_STATUS, status.value),
-                    RunTag(names.TAG_REASON, scrub_text(reason, self.secrets)[:5000])]
-        all_tags += [RunTag(k, scrub_text(str(v), self.secrets)) for k, v in tags.items()]
-        mlflow_status = "FINISHED" if status == RunStatus.COMPLETED else "FAILED"
-        # The rest of its curve, its final metrics and its end tags: as few batches as fit.
-        self._send_buffered(run_id, metrics, all_tags)
-        # end_time is when the run ended, not when the write got through (a server that was down).
-        self._write_end(run_id, mlflow_status, now)
+        for k, v in tags.items():
+            checked.add_tag(k, scrub_text(str(v), self.secrets))
+        self._checked(run_id, checked)
+        dropped = self.dropped.pop(run_id, {})
+        if dropped:
+            checked.add_tag(names.TAG_DROPPED_KEYS, json.dumps(dropped, sort_keys=True)[:MAX_TAG_CHARS])
+        with self.failing:  # a write failing meanwhile on a writer thread marks the run after these
+            failure = self.failed_writes.get(run_id)
+            if failure is not None:
+                status, reason = RunStatus.FAILED, failure
+            end_tags = [RunTag(names.TAG_STATUS, status.value),
+                        RunTag(names.TAG_REASON, scrub_text(reason, self.secrets)[:REASON_CHARS]),
+                        *checked.tags]
+            # The rest of its curve, its final metrics and its end tags: as few batches as fit.
+            self._send_buffered(run_id, checked.metrics, end_tags)
+            # end_time is when the run ended, not when the write got through (a server that was down).
+            ended = "FINISHED" if status == RunStatus.COMPLETED else "FAILED"
+            self._write(self._end_write(run_id, ended, now), run_id)
         self.logged.pop(run_id, None)  # O(runs in flight): a finished run's steps are not kept
         self.children.pop(self.key_of.pop(run_id, ""), None)
 
@@ -449,14 +569,28 @@ class Tracker:
         closed = 0
         for key, run in self.children.items():
             if key not in live_keys and run.info.status == "RUNNING":
-                self._write(lambda rid=run.info.run_id: self.client.set_terminated(rid, "KILLED"), run.info.run_id)
-                self._write(lambda rid=run.info.run_id: self.client.set_tag(
-                    rid, names.TAG_REASON, "closed on resume: its trial was recorded without it"), run.info.run_id)
+                rid = run.info.run_id
+                self._write(lambda rid=rid: self.client.set_terminated(rid, "KILLED"), rid,
+                            "set_terminated (orphan)")
+                self._write(lambda rid=rid: self.client.set_tag(
+                    rid, names.TAG_REASON, "closed on resume: its trial was recorded without it"), rid,
+                    "set_tag reason (orphan)")
                 closed += 1
         return closed
 
     def finish_study(self, status: str = "FINISHED") -> None:
-        self._write(lambda: self.client.set_terminated(self.parent_id, status))
+        """The parent run ended, with what the study dropped and lost (`names.TAG_DROPPED_KEYS`,
+        `names.TAG_WRITE_FAILURES`) when it did."""
+        summary = []
+        if self.dropped_keys:
+            counts = json.dumps(self.dropped_keys, sort_keys=True)[:MAX_TAG_CHARS]
+            summary.append(RunTag(names.TAG_DROPPED_KEYS, counts))
+        if self.failed_writes:
+            summary.append(RunTag(names.TAG_WRITE_FAILURES, str(len(self.failed_writes))))
+        parent = self.parent_id
+        if summary:
+            self._write(lambda: self.client.log_batch(parent, tags=summary), what="the study's summary tags")
+        self._write(lambda: self.client.set_terminated(parent, status), what="set_terminated (the study)")
 
 
 def param_text(value: Any) -> str:

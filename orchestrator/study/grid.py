@@ -138,10 +138,9 @@ def _cell(study: Study, i: int, j: int, entry: Any, d_value: float | None, budge
     flops = flops_per_example(model, *io[:3], last_only=io[3])
     n_examples = data.n_examples  # rows of x_train, or a corpus's windows
     cell = Cell(i, j, shape, d_value, counts, data.n_train, target, n_examples=n_examples,
-                examples_per_step=examples_per_step(base.train.batch_examples(data.seq_len), n_examples),
                 tokens_per_example=data.seq_len, flops_per_example=flops.total, flops_budget=budget, io=io)
     spec = spec_for(study, cell, {}, study.grid.seeds[0])  # the resolved length must fit (warmup <= steps)
-    # The run's own batch: a rule of scale may set it per cell (the base spec's is its anchor).
+    # The batch of the cell's runs, as resolved (a rule of scale may set it per cell).
     per_step = examples_per_step(spec.train.batch_examples(data.seq_len), n_examples)
     return replace(cell, steps=spec.train.steps, examples_per_step=per_step)
 

@@ -44,7 +44,6 @@ VARIABLES = ("n", "d", "flops", "batch_tokens")
 BATCH_KEYS = ("batch_size", "batch_tokens")  # resolved first: the run's tokens per step and FLOPs follow
 LENGTH_RULE_KEYS = ("steps",)  # resolved once the batch is known: the run's FLOPs follow
 STUDY_LENGTH_KEYS = ("tokens", "epochs")  # the study's own length words (length.py): numbers only
-SEARCHABLE = ("value", "exponent")  # what search.space may name inside a rule: train.lr.value, train.lr.exponent.n
 
 
 class RuleError(ValueError):
@@ -65,19 +64,20 @@ class Rule(BaseModel):
         for part in ("at", "exponent"):
             for var in getattr(self, part):
                 if var not in VARIABLES:
-                    raise PydanticCustomError("rule_variable", "unknown variable '{var}'; a rule depends on {allowed}",
-                                              {"field": f"{part}.{var}", "var": var, "allowed": ", ".join(VARIABLES)})
+                    raise PydanticCustomError(
+                        "rule_variable", "unknown variable '{var}'; a rule depends on {allowed}",
+                        {"field": f"{part}.{var}", "var": var, "allowed": ", ".join(VARIABLES)})
         for var, x in self.at.items():
             if x <= 0:
-                raise PydanticCustomError("rule_anchor", "an anchor must be > 0 (the rule divides by it), got {x}",
-                                          {"field": f"at.{var}", "x": x})
+                raise PydanticCustomError("rule_anchor", "an anchor must be > 0 (the rule divides by it), "
+                                          "got {x}", {"field": f"at.{var}", "x": x})
             if var not in self.exponent:
-                raise PydanticCustomError("rule_unused", "{var} has an anchor but no exponent: give exponent.{var}, "
-                                          "or remove at.{var}", {"field": f"at.{var}", "var": var})
+                raise PydanticCustomError("rule_unused", "{var} has an anchor but no exponent: give "
+                                          "exponent.{var}, or remove at.{var}", {"field": f"at.{var}", "var": var})
         for var in self.exponent:
             if var not in self.at:
-                raise PydanticCustomError("rule_anchor_missing", "required, but missing: the value of {var} at which "
-                                          "the rule equals `value` (e.g. at: {{var}: 1.0e+6})",
+                raise PydanticCustomError("rule_anchor_missing", "required, but missing: the value of {var} at "
+                                          "which the rule equals `value` (e.g. at: {{var}: 1.0e+6})",
                                           {"field": f"at.{var}", "var": var})
         return self
 

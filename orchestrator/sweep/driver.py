@@ -26,13 +26,13 @@ from typing import Any
 import optuna
 
 from orchestrator.store import names
-from orchestrator.store.held_storage import HeldStorage
 from orchestrator.store.hold import StudyHold
 from orchestrator.store.names import RunStatus, StopKind
 from orchestrator.store.tracker import Tracker, config_yaml
+from orchestrator.store.versions import fast_path
 from orchestrator.study import Study, redact_url
 from orchestrator.study.grid import Cell, spec_for
-from orchestrator.sweep.cell import CellSearch
+from orchestrator.sweep.cell import CellSearch, cell_searches
 from orchestrator.sweep.launcher import ClusterLost, RayLauncher
 from orchestrator.sweep.outcome import (  # summarize: also read by report/reproduce.py
     STOP_KIND,
@@ -40,7 +40,7 @@ from orchestrator.sweep.outcome import (  # summarize: also read by report/repro
 )
 from orchestrator.sweep.packing import pack_size, run_cost
 from orchestrator.sweep.progress import Progress
-from orchestrator.sweep.search import open_storage, suggest
+from orchestrator.sweep.search import open_storage, optuna_names, suggest
 from orchestrator.sweep.stats import SweepStats
 from orchestrator.sweep.stopping import StoppingRule, StopRules, decay_rate, make_stopping
 from orchestrator.sweep.unit import Unit, checkpoint_dir, run_info
@@ -91,8 +91,11 @@ class Driver:
         storage = open_storage(self.study.storage_url)
         # One driver per study: a second one stops here (StudyHeld), before touching anything.
         self.hold = StudyHold(storage, self.study.name).acquire()
-        if isinstance(storage, optuna.storages.RDBStorage):  # held: its cells' trials read from memory
-            storage = HeldStorage(storage, [names.optuna_study_name(self.study.name, c.key) for c in self.cells])
+        # Held: its cells' trials read from memory, on the Optuna releases it was tested with (versions.py).
+        if isinstance(storage, optuna.storages.RDBStorage) and fast_path("optuna"):
+            from orchestrator.store.held_storage import HeldStorage  # Optuna's private models: here only
+
+            storage = HeldStorage(storage, optuna_names(self.study, self.cells))
         self.tracker = Tracker(self.study)
         self.launcher = self.make_launcher(self.study, self.cells)
         self.stats.capacity = self.launcher.capacity
@@ -101,7 +104,7 @@ class Driver:
         # A sampler that ignores results: a cell's trials are asked at once, fastest decay first.
         fastest_first = self.study.prune.mode == "phase" and self.study.search.sampler in NON_ADAPTIVE_SAMPLERS
         rank = self._slowest_decay_last if fastest_first else None
-        self.searches = [CellSearch(self.study, cell, i, storage, rank) for i, cell in enumerate(self.cells)]
+        self.searches = cell_searches(self.study, self.cells, storage, rank)  # one per cell (cell.py)
         self.by_cell = {s.cell.key: s for s in self.searches}
         # Longest runs first, so the study does not end with one long run holding the wall clock.
         self.by_cost = sorted(self.searches, key=lambda s: -run_cost(self.study, s.cell))
@@ -117,7 +120,7 @@ class Driver:
             t0 = time.monotonic()
             self.stats.startup_s = t0 - t_start
             self.stats.first_submit_at = time.time()
-            with Progress(self.study, self.searches, show=self.show) as progress:
+            with Progress(self.study, self.searches, show=self.show, writes=self.tracker) as progress:
                 try:
                     while self.step():
                         progress.update(list(self.launcher.running()), time.monotonic() - t0)
@@ -132,6 +135,8 @@ class Driver:
             if self.hold is not None:
                 self.hold.release()
         self.stats.wall_time_s = time.monotonic() - t0
+        self.stats.dropped_keys = sum(self.tracker.dropped_keys.values())
+        self.stats.write_failures = len(self.tracker.failed_writes)
         self.stats.parent_run_id = self.tracker.parent_id
         return self.stats
 
@@ -304,6 +309,11 @@ class Driver:
         """The finished trials whose runs MLflow has, to Optuna, in the order they finished."""
         while self.to_tell and self.tracker.sent_through(self.to_tell[0][2]):
             search, number, _ = self.to_tell.popleft()
+            for unit in search.trials[number]:  # a run whose record MLflow lacks part of: failed, as data
+                failure = self.tracker.write_failure(unit.run_id)
+                if failure is not None and unit.result.get("status") != RunStatus.FAILED.value:
+                    self.stats.recount(RunStatus(unit.result.get("status")), RunStatus.FAILED)
+                    unit.result = {**unit.result, "status": RunStatus.FAILED.value, "reason": failure}
             info = search.trials[number][0].info
             if self.tell_optuna(search, number):
                 self.dirty.add(self.stopping.scope(info))

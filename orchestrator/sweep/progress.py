@@ -1,5 +1,7 @@
 """The live view of a running study: trials done, running (or queued on Ray behind a busy slot)
-and failed per cell, the elapsed time and an ETA."""
+and failed per cell, the elapsed time and an ETA; the MLflow writes waiting, and a warning once
+none has gone out for STALL_S (the tracking store down: the driver retries for a while, then
+stops, queue.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from rich.table import Table
 
 from orchestrator.study import Study
 
+STALL_S = 60.0  # writes waiting this long with none going out: the view warns
 
 def _fmt(seconds: float | None) -> str:
     if seconds is None:
@@ -23,12 +26,24 @@ def _fmt(seconds: float | None) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
+def writes_note(backlog: int, idle_s: float) -> str:
+    """The write queue in one line: how many writes wait; a warning once none has gone out for
+    STALL_S (`idle_s`: how long they have waited so)."""
+    if backlog and idle_s >= STALL_S:
+        return (f"WARNING: no MLflow write has gone out for {_fmt(idle_s)}; {backlog:,} waiting "
+                f"(the tracking store is away; see the log)")
+    return f"MLflow writes waiting: {backlog:,}" if backlog else ""
+
+
 class Progress:
     """A rich table redrawn in place on a terminal; one line per change elsewhere (job logs)."""
 
-    def __init__(self, study: Study, states: list[Any], show: bool = True):
+    def __init__(self, study: Study, states: list[Any], show: bool = True, writes: Any = None):
+        """`writes`: the tracker (its `backlog` and `idle_s()`), for the write queue's line."""
         self.study = study
         self.states = states
+        self.writes = writes
+        self.warned = False  # the stall warning printed (line output), until writes move again
         self.console = Console(stderr=True)
         self.show = show
         self.live: Live | None = None
@@ -77,8 +92,9 @@ class Progress:
         total = sum(max(c["total"], c["done"] + c["failed"]) for _, c in rows)
         eta = elapsed / finished * (total - finished) if finished else None
         title = f"{self.study.name}: {finished}/{total} trials  elapsed {_fmt(elapsed)}  ETA {_fmt(eta)}"
+        note = "" if self.writes is None else writes_note(self.writes.backlog, self.writes.idle_s())
         if self.live is not None:
-            table = Table(title=title, title_justify="left")
+            table = Table(title=title, title_justify="left", caption=note or None, caption_justify="left")
             for col in ("cell", "N", "D", "done", "running/queued", "failed", "best"):
                 table.add_column(col, justify="right" if col != "cell" else "left")
             for s, c in rows:
@@ -92,3 +108,7 @@ class Progress:
             if line.split("  elapsed")[0] != self.last_line.split("  elapsed")[0]:
                 self.console.print(line, highlight=False)
             self.last_line = line
+            stalled = note.startswith("WARNING")
+            if stalled and not self.warned:
+                self.console.print(note, highlight=False)
+            self.warned = stalled

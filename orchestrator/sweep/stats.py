@@ -27,6 +27,8 @@ class SweepStats:
     last_recorded_at: float = 0.0  # epoch seconds
     timeline: list[tuple[int, float, float]] = field(default_factory=list)  # (worker pid, started, ended)
     parent_run_id: str = ""  # the study's MLflow parent run
+    dropped_keys: int = 0  # metrics, params and tags MLflow would refuse, dropped alone (a key once a run)
+    write_failures: int = 0  # runs failed because MLflow refused one of their writes, or it failed for good
 
     def count(self, status: RunStatus) -> None:
         """One more run ended so (RUNNING is no end)."""
@@ -34,6 +36,11 @@ class SweepStats:
             raise ValueError("a run that ended cannot be running")
         name = RunStatus(status).value
         setattr(self, name, getattr(self, name) + 1)
+
+    def recount(self, was: RunStatus, now: RunStatus) -> None:
+        """A run counted as `was` ended as `now` after all (its record could not be written whole)."""
+        setattr(self, was.value, getattr(self, was.value) - 1)
+        self.count(now)
 
     def add_span(self, result: dict) -> None:
         """On which worker a run trained, from when to when, and its busy time. The runs of a
