@@ -11,7 +11,16 @@ TORCH ?= torch==2.13.0
 # study and the repeated driver and worker kills (about 15 minutes more).
 PYTEST_ARGS ?= -m "not soak and not long" --durations=30
 
-.PHONY: install quickstart test test-all soak bench ui clean
+# The fast paths that write MLflow's and Optuna's tables themselves (sql_writes.py, held_storage.py),
+# tested against the lowest MLflow and Optuna pyproject.toml allows and the newest the registry
+# serves, each pair in a venv of its own; README.md ("Tested releases") records the last result.
+COMPAT_LOW ?= mlflow==2.16.0 optuna==4.0.0
+COMPAT_NEW ?= mlflow==3.18.0 optuna==5.1.0
+COMPAT_TESTS ?= tests/unit/test_sql_writes.py tests/unit/test_held_storage.py
+# What those tests import, without Ray, the corpora or the UI (grokscale itself goes in with --no-deps).
+COMPAT_DEPS ?= numpy scipy pandas pydantic pyyaml rich matplotlib packaging pytest pytest-timeout psycopg2-binary
+
+.PHONY: install quickstart test test-all test-compat soak bench ui clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +42,17 @@ test-all: install
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -m "not soak"
 
+test-compat:
+	@set -e; for pins in "low $(COMPAT_LOW)" "new $(COMPAT_NEW)"; do \
+	  name=$${pins%% *}; venv=.venv-compat-$$name; \
+	  test -x $$venv/bin/python || $(PYTHON) -m venv $$venv; \
+	  $$venv/bin/python -c "import torch" 2>/dev/null || $$venv/bin/python -m pip install -q "$(TORCH)"; \
+	  $$venv/bin/python -m pip install -q $(COMPAT_DEPS) $${pins#* }; \
+	  $$venv/bin/python -m pip install -q --no-deps -e .; \
+	  echo "== $$venv: $$($$venv/bin/python -c 'import mlflow, optuna; print("mlflow", mlflow.__version__, "optuna", optuna.__version__)')"; \
+	  $$venv/bin/python -m pytest -q -p no:cacheprovider $(COMPAT_TESTS); \
+	done
+
 # A real soak (tests/faults/test_soak.py): random SIGKILLs of workers, the driver and the tracking
 # server for GROKSCALE_SOAK_S seconds (default 1800), then nothing lost or duplicated.
 soak: install
@@ -45,4 +65,4 @@ ui: install
 	$(VENV)/bin/mlflow ui --host 127.0.0.1 --backend-store-uri sqlite:///mlflow.db
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .venv-compat-* .pytest_cache

@@ -149,8 +149,9 @@ def init_weights(model: nn.Module, init_scale: float) -> None:
     Liu et al. (2022, "Omnigrok") tie grokking to the initial weight norm: a large init_scale
     delays generalization, a small one removes the delay.
 
-    A mup transformer (trainers/mup.py) draws its embeddings and its readout at the std they
-    have in sp at d_model == base_width, 1/sqrt(base_width), constant in width; the rest as sp.
+    A mup transformer (trainers/mup.py) draws its embeddings at the std sp gives them at d_model ==
+    base_width, 1/sqrt(base_width), constant in width, and zeroes its readout after drawing it (so
+    every other parameter is drawn as in sp); the rest as sp.
     """
     builtin = isinstance(model, (Transformer, MLP))
     if isinstance(model, GPT):
@@ -158,13 +159,14 @@ def init_weights(model: nn.Module, init_scale: float) -> None:
     mup = isinstance(model, Transformer) and model.width_mult is not None
     for module in model.modules() if builtin else ():
         if isinstance(module, nn.Linear):
-            fan_in = model.base_width if mup and module is model.unembed else module.in_features
-            nn.init.normal_(module.weight, std=1 / math.sqrt(fan_in))
+            nn.init.normal_(module.weight, std=1 / math.sqrt(module.in_features))
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             width = model.base_width if mup else module.embedding_dim
             nn.init.normal_(module.weight, std=1 / math.sqrt(width))
+    if mup:
+        nn.init.zeros_(model.unembed.weight)
     if init_scale != 1.0:
         with torch.no_grad():
             for p in model.parameters():

@@ -346,6 +346,22 @@ class TrainSpec(Frozen):
         return self
 
     def digest(self) -> str:
-        """A short hash of the spec: names a checkpoint so a resumed run never loads another's."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        """A short hash of the spec: names a checkpoint so a resumed run never loads another's.
+        A field added to the spec after checkpoints were written, while it holds its default,
+        is left out: those checkpoints are the same runs and still resume."""
+        data = self.model_dump(mode="json")
+        for section, fields in ADDED_FIELDS.items():
+            for name, default in fields.items():
+                if data.get(section, {}).get(name, default) == default:
+                    data.get(section, {}).pop(name, None)
+        blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# Fields added to a section after the first checkpoints were written, with their defaults
+# (TrainSpec.digest leaves them out while they hold these). A new field goes here.
+ADDED_FIELDS: dict[str, dict[str, Any]] = {
+    "train": {"precision": "auto", "compile": "auto", "batch_tokens": None, "micro_batch": None,
+              "grad_clip": None, "shard": False},
+    "model": {"parametrization": "sp", "base_width": 128},
+}

@@ -41,6 +41,7 @@ import copy
 import json
 import math
 import sys
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -336,7 +337,7 @@ def rung_header(args: argparse.Namespace, plan: ComputePlan, shape, best: CellBe
              f"({_signed_error(shape, plan.N_opt.value):+.1%} from N_opt); the tuned values {best.params or 'none'} "
              f"are those of the finished cell {best.key}.",
              f"Train it with `grokscale run {args.out}` and set its min_val_loss against the forecast."]
-    return "".join(f"# {line}\n" for line in lines)
+    return "".join(f"# {part}\n" for line in lines for part in textwrap.wrap(line, 100))
 
 
 def check_rung(path: Path):

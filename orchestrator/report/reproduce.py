@@ -48,7 +48,9 @@ from orchestrator.store.names import RunStatus
 
 log = logging.getLogger(__name__)
 Curve = list[tuple[int, float]]  # (step, value), by step
-NOT_COMPARED = ("time",)  # metric names holding wall-clock durations differ run to run by nature
+# Metric names holding wall-clock durations and measured speed (trainers.core.THROUGHPUT_KEYS):
+# they differ run to run by nature.
+NOT_COMPARED = ("time", "tokens_per_s", "mfu")
 
 
 class ReproduceError(Exception):
@@ -108,7 +110,7 @@ def same_bits(a: float, b: float) -> bool:
 
 def compare(metric: str, recorded: Curve, new: Curve) -> MetricRow:
     if any(word in metric for word in NOT_COMPARED):
-        return MetricRow(metric, len(recorded), None, True, "not compared (a duration)")
+        return MetricRow(metric, len(recorded), None, True, "not compared (a duration or speed)")
     if not new:
         return MetricRow(metric, len(recorded), None, False, "not produced by the new run")
     if not recorded:

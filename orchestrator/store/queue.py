@@ -154,7 +154,12 @@ class Call:
 
 
 def describe(write: Any) -> str:
-    return getattr(write, "what", None) or getattr(write, "__qualname__", None) or repr(write)
+    """A write in a few words, for the log: what it is, and of which run."""
+    if isinstance(write, Call):
+        return f"{write.what} of run {write.run_id}" if write.run_id else write.what
+    if isinstance(write, Op):
+        return write.what
+    return getattr(write, "__qualname__", None) or repr(write)
 
 
 class WriteQueue:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import TextIO
 
 import optuna
@@ -12,7 +11,7 @@ from optuna.trial import TrialState
 from orchestrator.store import names
 from orchestrator.study import Study, redact_url
 from orchestrator.study.grid import Cell
-from orchestrator.sweep.search import open_storage
+from orchestrator.sweep.search import read_storage
 
 MAX_PLAIN_WIDTH = 100_000  # the widest a table printed to a non-terminal may be (no terminal to fit)
 COLUMNS = ("cell", "N", "D", "complete", "pruned", "running", "queued", "failed", "best value", "best params")
@@ -42,8 +41,7 @@ def cell_row(study: Study, cell: Cell, ostudy: optuna.Study | None) -> dict:
 
 
 def study_status(study: Study, cells: list[Cell]) -> list[dict]:
-    url = study.storage_url
-    storage = open_storage(url) if "://" in url or Path(url).exists() else None  # never create one
+    storage = read_storage(study.storage_url)  # read only: never created, repaired or unlocked
     existing = {s.study_name for s in optuna.get_all_study_summaries(storage)} if storage else set()
     rows = []
     for cell in cells:

@@ -73,11 +73,12 @@ class Rule(BaseModel):
                                           "got {x}", {"field": f"at.{var}", "x": x})
             if var not in self.exponent:
                 raise PydanticCustomError("rule_unused", "{var} has an anchor but no exponent: give "
-                                          "exponent.{var}, or remove at.{var}", {"field": f"at.{var}", "var": var})
+                                          "exponent.{var}, or remove at.{var}",
+                                          {"field": f"at.{var}", "var": var})
         for var in self.exponent:
             if var not in self.at:
-                raise PydanticCustomError("rule_anchor_missing", "required, but missing: the value of {var} at "
-                                          "which the rule equals `value` (e.g. at: {{var}: 1.0e+6})",
+                raise PydanticCustomError("rule_anchor_missing", "required, but missing: the value of {var} "
+                                          "at which the rule equals `value` (e.g. at: {{var}: 1.0e+6})",
                                           {"field": f"at.{var}", "var": var})
         return self
 
@@ -198,14 +199,14 @@ def rule_problems(study: Study) -> list[str]:
     rules = {k: v for k, v in study.train.items() if isinstance(v, Rule)}
     problems = []
     if study.trainer is not None:
-        problems += [f"train.{key}: a rule of scale is resolved from the built-in models' N and FLOPs before a run "
-                     f"starts; your own trainer reports its N only once it has run: give a number"
+        problems += [f"train.{key}: a rule of scale is resolved from the built-in models' N and FLOPs before "
+                     f"a run starts; your own trainer reports its N only once it has run: give a number"
                      for key in rules]
         rules = {}
     for key, rule in rules.items():
         if key in STUDY_LENGTH_KEYS:
-            problems.append(f"train.{key}: the study's length in {key} is a number; a length that grows with scale "
-                            f"may be given as a rule for train.steps")
+            problems.append(f"train.{key}: the study's length in {key} is a number; a length that grows with "
+                            f"scale may be given as a rule for train.steps")
         elif not numeric_field(key):
             problems.append(f"train.{key}: a rule gives a number; {key} is not a numeric training field")
         else:
@@ -234,8 +235,8 @@ def _searched_problems(study: Study, rules: Mapping[str, Rule]) -> list[str]:
             continue
         rule = rules.get(field)
         if rule is None:
-            problems.append(f"search.space.{key}: train.{field} is not a rule of scale, so it has no {inner!r} to "
-                            f"search; search train.{field} itself, or give it as a rule "
+            problems.append(f"search.space.{key}: train.{field} is not a rule of scale, so it has no "
+                            f"{inner!r} to search; search train.{field} itself, or give it as a rule "
                             f"({{rule: power, value: ..., at: ..., exponent: ...}})")
         elif inner != "value" and not (inner.startswith("exponent.") and inner[9:] in rule.exponent):
             problems.append(f"search.space.{key}: a search may set a rule's value or one of its exponents "

@@ -273,8 +273,8 @@ class SharedSearch:
         if frozen.number not in self.open:
             trial = optuna.Trial(self.optuna, self.storage.get_trial_id_from_study_id_trial_number(
                 self.study_id, frozen.number))
-            self.open[frozen.number] = (trial, dict(frozen.params) if frozen.params or not self.study.search.space
-                                        else None)
+            drawn = bool(frozen.params) or not self.study.search.space  # else asked, never drawn
+            self.open[frozen.number] = (trial, dict(frozen.params) if drawn else None)
         return self.open[frozen.number]
 
     def finished(self, number: int) -> list[Unit] | None:
@@ -308,7 +308,8 @@ class SharedSearch:
         runs = self._close(number)
         attrs = self.kept.pop(number, {})
         units = [u for cell_units in runs.values() for u in cell_units]
-        bad = next((u for u in units if u.result["status"] not in (RunStatus.COMPLETED, RunStatus.STOPPED)), None)
+        ended = (RunStatus.COMPLETED, RunStatus.STOPPED)
+        bad = next((u for u in units if u.result["status"] not in ended), None)
         if bad is not None:
             reason = f"{bad.cell.key}: {bad.result.get('reason', '')}"
             self._end(trial, {**attrs, names.TRIAL_STATUS: str(bad.result["status"]),
@@ -381,7 +382,8 @@ class CellView:
 
     def keep(self, number: int, attrs: dict[str, Any]) -> None:
         if number not in self.shared.failed:
-            self.shared.kept.setdefault(number, {}).update({f"{self.cell.key}/{k}": v for k, v in attrs.items()})
+            kept = self.shared.kept.setdefault(number, {})
+            kept.update({f"{self.cell.key}/{k}": v for k, v in attrs.items()})
 
     def finished(self, number: int) -> list[Unit] | None:
         return self.shared.finished(number)

@@ -13,7 +13,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
 from orchestrator.store import names
-from orchestrator.store.journal import check_journal
+from orchestrator.store.journal import RepairingJournalBackend, journal_tail
 from orchestrator.study import Study
 from orchestrator.study.grid import Cell
 
@@ -33,14 +33,14 @@ def rdb_url(url: str) -> str:
 
 
 def open_storage(url: str) -> optuna.storages.BaseStorage:
-    """A journal file (the default, safe for one writer: the driver) or an RDB URL for teams."""
+    """A journal file (the default, safe for one writer: the driver) or an RDB URL for teams.
+    A journal is written through RepairingJournalBackend: an incomplete last record is set aside
+    under Optuna's lock, by the first append (store/journal.py)."""
     if "://" in url:
         return optuna.storages.RDBStorage(rdb_url(url))
     path = Path(url).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
-    note = check_journal(str(path))  # a cut-short last record is set aside; a damaged one raises JournalCorrupt
-    if note is not None:
-        print(f"note: {note}", file=sys.stderr)
+    journal_tail(path)  # a damaged record before the last raises JournalCorrupt, changing nothing
     lock = path.with_name(path.name + JOURNAL_LOCK_SUFFIX)
     if lock.is_symlink() and not lock.exists():
         # Optuna's default lock is a symlink to the journal's path as given; from a relative path it
@@ -51,7 +51,24 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         print(f"note: removed a stale journal lock {lock} (left by a killed driver)", file=sys.stderr)
     # A plain lock file: a killed driver's lock is broken after JOURNAL_LOCK_GRACE_S without change.
     lock_obj = JournalFileOpenLock(str(path), grace_period=JOURNAL_LOCK_GRACE_S)
-    return JournalStorage(JournalFileBackend(str(path), lock_obj=lock_obj))
+    return JournalStorage(RepairingJournalBackend(str(path), lock_obj))
+
+
+def read_storage(url: str) -> optuna.storages.BaseStorage | None:
+    """The storage, to read only (`grokscale status`); None when there is none (none is created).
+    A journal is read as it is, never repaired or unlocked: an incomplete last record (a live
+    driver's append in progress, or a killed one's) is left alone, said on stderr, and not read."""
+    if "://" in url:
+        return optuna.storages.RDBStorage(rdb_url(url))
+    path = Path(url).resolve()
+    if not path.is_file():
+        return None
+    tail = journal_tail(path)  # a damaged record before the last raises JournalCorrupt
+    if tail:
+        print(f"note: {path}: its last record is incomplete ({len(tail)} bytes): a driver is writing it now, "
+              "or one was killed mid-write. Shown: the records before it; nothing was changed (the next "
+              "`grokscale run` sets a killed driver's record aside).", file=sys.stderr)
+    return JournalStorage(JournalFileBackend(str(path)))  # Optuna reads without its lock
 
 
 class AskTellGridSampler(optuna.samplers.GridSampler):

@@ -735,34 +735,42 @@ def test_tracking_server_dropout_mid_study_loses_nothing(tmp_path, gated_trainer
           f"{buffered} val_acc points and {len(completed)} completions buffered, all delivered")
 
 
+CHECKPOINT_GATE = Path(TESTS) / "support" / "checkpoint_gate"  # its sitecustomize gates Checkpoint.save
+
+
 @pytest.mark.slow
-@retry_races()
-def test_packed_task_killed_resumes_every_run_from_its_checkpoint(tmp_path):
+def test_packed_task_killed_resumes_every_run_from_its_checkpoint(tmp_path, monkeypatch):
     """A packed task (4 runs, one Ray task) SIGKILLed once every run has a checkpoint: Ray runs
-    the pack again and each run resumes from its own checkpoint, with one whole curve."""
-    path = write_study(tmp_path, train={"steps": 1500}, grid={"d": [0.3]}, pack={"mode": "on", "max_runs": 4})
+    the pack again and each run resumes from its own checkpoint, with one whole curve. The pack
+    is the built-in trainers' own, so the gate is in their checkpoint (support/checkpoint_gate):
+    the task waits before it saves step 200, each run's checkpoint of step 100 saved, and dies there."""
+    steps, every, gate = 400, 100, tmp_path / "gate"
+    gate.mkdir()
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(CHECKPOINT_GATE),
+                                                      *filter(None, [os.environ.get("PYTHONPATH")])]))
+    monkeypatch.setenv("GROKSCALE_TEST_CHECKPOINT_GATE", f"{gate}:{2 * every}")
+    path = write_study(tmp_path, train={"steps": steps, "checkpoint_every": every}, grid={"d": [0.3]},
+                       pack={"mode": "on", "max_runs": 4})
     uri = sqlite_uri(tmp_path)
     driver = start_driver(path, uri)
-    ckpts = tmp_path / "runs" / "faults" / "checkpoints"
-    deadline = time.monotonic() + 180
-    packed: list[int] = []
-    while time.monotonic() < deadline and driver.poll() is None:
-        if len(list(ckpts.rglob("checkpoint.pt"))) == 4:  # every run has saved at least once
-            packed = [pid for pid, cmd in tree(driver.pid).items() if cmd and cmd[0].startswith("ray::packed_task")]
-            if packed:
-                break
-        time.sleep(0.1)
-    if not packed:
-        kill_tree(driver.pid)
-        driver.wait()
-        raise Race("never saw the packed task running with its 4 checkpoints")
     try:
-        os.kill(packed[0], signal.SIGKILL)
-    except ProcessLookupError:
-        kill_tree(driver.pid)
-        driver.wait()
-        raise Race("the packed task ended before the kill") from None
-    counts = wait_driver(driver, path, timeout=300)
+        deadline = time.monotonic() + 600
+        while not (gate / "reached").exists():
+            assert driver.poll() is None and time.monotonic() < deadline, \
+                (tmp_path / "driver.log").read_text()[-3000:]
+            time.sleep(0.1)
+        waiting = json.loads((gate / "reached").read_text())
+        ckpts = tmp_path / "runs" / "faults" / "checkpoints"
+        assert [checkpoint(ckpts, "/".join(f.parent.relative_to(ckpts).parts))[0]
+                for f in ckpts.rglob("checkpoint.pt")] == [every] * 4  # every run's, none past it
+        assert tree(driver.pid)[waiting["pid"]][0].startswith("ray::packed_task"), tree(driver.pid)
+        os.kill(waiting["pid"], signal.SIGKILL)
+        wait_gone(waiting["pid"])
+        (gate / "open").touch()
+        counts = wait_driver(driver, path, timeout=300)
+    finally:
+        if driver.poll() is None:
+            kill_tree(driver.pid)
     assert counts["completed"] == 4 and counts["packed_tasks"] == 1 and counts["resumed"] == 4
 
     client = MlflowClient(uri)
@@ -770,6 +778,6 @@ def test_packed_task_killed_resumes_every_run_from_its_checkpoint(tmp_path):
     runs = client.search_runs([exp.experiment_id], "tags.`mlflow.parentRunId` != ''")
     assert len(runs) == 4
     for run in runs:
-        assert run.info.status == "FINISHED" and int(run.data.tags["grokscale.resumed_from_step"]) >= 100
-        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
-        assert sorted(steps) == list(range(50, 1501, 50))  # the whole curve, no step twice
+        assert run.info.status == "FINISHED" and int(run.data.tags["grokscale.resumed_from_step"]) == every
+        logged = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
+        assert sorted(logged) == list(range(50, steps + 1, 50))  # the whole curve, no step twice

@@ -97,3 +97,13 @@ def test_save_is_atomic_and_leaves_no_temporary_file(tmp_path):
     back, note = load(path, "d")
     assert note is None and back.step == 3 and back.finished == ("completed", "done")
     assert torch.equal(back.model["w"], torch.ones(2)) and back.log["history"] == {"step": [1.0]}
+
+
+def test_fields_added_at_their_defaults_keep_the_digest_of_earlier_checkpoints():
+    """Digests that grokscale wrote before the GPU settings and μP existed (computed by the code
+    of b138f51): their checkpoints still resume; a setting that differs from its default does not."""
+    assert TrainSpec().digest() == "622d7c49205c3988"
+    charlm = TrainSpec.model_validate({"task": {"name": "charlm"}, "train": {"batch_size": 8}})
+    assert charlm.digest() == "62ccb6d118e3b87d"
+    assert TrainSpec.model_validate({"train": {"precision": "bf16"}}).digest() != TrainSpec().digest()
+    assert TrainSpec.model_validate({"model": {"parametrization": "mup"}}).digest() != TrainSpec().digest()
