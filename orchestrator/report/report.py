@@ -21,7 +21,7 @@ from typing import TypeVar
 
 import pandas as pd
 
-from orchestrator.report import prediction_section, scaling_section, sections
+from orchestrator.report import prediction_section, scaling_section, sections, transfer_section
 from orchestrator.report.document import Report, read_inputs
 from orchestrator.report.summary import json_default, markdown, summary_table
 from orchestrator.store import names
@@ -30,7 +30,7 @@ from orchestrator.store.results import StudyResults, load_results
 T = TypeVar("T")
 
 PLOTS = ("emergence_heatmap", "metric_vs_n", "grokking_curves", "phase_wd_x_d", "phase_wd_x_lr", "scaling_fit",
-         "mirage", "isoflop_curves", "frontier")
+         "mirage", "isoflop_curves", "frontier", "transfer")
 # Next-token accuracies stay far below the thresholds that define memorizing and generalizing,
 # and a byte has no exact-match answer: every run would be called "confusion", which says nothing.
 LANGUAGE_MODEL_SKIP = ("a language-modelling task: grokking phases, their predictions and the mirage check are "
@@ -78,6 +78,7 @@ def build_report(res: StudyResults, out_dir: str | Path) -> Report:
             needs=(inp.n_col, inp.d_col), have=runs_have)
     if not inp.language_model:
         section(report, "mirage", lambda: sections.mirage(inp, report, results), None)
+    section(report, "transfer", lambda: transfer_section.transfer(inp, report, results), None)
     regs = section(report, "regularization", lambda: sections.regularization(inp, results), [])
     refined = section(report, "refinement", lambda: sections.refinement(res.refine, inp, report, results), "")
     report.summary = section(report, "summary", lambda: summary_table(inp.runs, phases, regs, inp.metric, inp.n_col,
@@ -99,6 +100,7 @@ SECTIONS = {
     "predictions": (),
     "scaling": ("scaling_fit", "isoflop_curves", "frontier", "power_law_n", "power_law_d"),
     "mirage": ("mirage",),
+    "transfer": ("transfer",),
     "regularization": (),
     "refinement": (),
     "summary": (),
