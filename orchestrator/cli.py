@@ -109,7 +109,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         # single-machine mode, which must be chosen before ray is imported. Never when joining
         # a cluster: other nodes must reach this driver.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    from orchestrator.store.hold import StudyHeld
+    from orchestrator.store.hold import HoldLost, StudyHeld
     from orchestrator.store.journal import JournalCorrupt
     from orchestrator.store.queue import StoreUnreachable
     from orchestrator.store.ui import study_links
@@ -122,7 +122,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (StudyHeld, JournalCorrupt) as err:  # nothing was started
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except (ClusterLost, StoreUnreachable) as err:  # the study stopped part-way; nothing recorded is lost
+    except (ClusterLost, StoreUnreachable, HoldLost) as err:  # stopped part-way; nothing recorded is lost
         print(f"error: {err}", file=sys.stderr)
         return 1
     out = {k: v for k, v in stats.to_dict().items() if k != "timeline"}  # per-run timestamps: for benchmarks
