@@ -356,7 +356,8 @@ def errorbar(ax, x, y, *, xerr=None, yerr=None, **kwargs) -> None:
         hi = [b - v if b is not None else 0 for v, b in zip(values, bounds[1])]
         return [np.maximum(lo, 0), np.maximum(hi, 0)]
 
-    ax.errorbar(x, y, xerr=err(x, xerr), yerr=err(y, yerr), ls="none", ms=8, capsize=3, mec="black", **kwargs)
+    ax.errorbar(x, y, xerr=err(x, xerr), yerr=err(y, yerr), **{"ls": "none", "ms": 8, "capsize": 3, "mec": "black",
+                                                                **kwargs})
 
 
 def _colors(k: int) -> list:

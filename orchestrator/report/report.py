@@ -21,7 +21,13 @@ from typing import TypeVar
 
 import pandas as pd
 
-from orchestrator.report import prediction_section, scaling_section, sections, transfer_section
+from orchestrator.report import (
+    forecast_section,
+    prediction_section,
+    scaling_section,
+    sections,
+    transfer_section,
+)
 from orchestrator.report.document import Report, read_inputs
 from orchestrator.report.summary import json_default, markdown, summary_table
 from orchestrator.store import names
@@ -30,7 +36,7 @@ from orchestrator.store.results import StudyResults, load_results
 T = TypeVar("T")
 
 PLOTS = ("emergence_heatmap", "metric_vs_n", "grokking_curves", "phase_wd_x_d", "phase_wd_x_lr", "scaling_fit",
-         "mirage", "isoflop_curves", "frontier", "transfer")
+         "mirage", "isoflop_curves", "frontier", "transfer", "forecast")
 # Next-token accuracies stay far below the thresholds that define memorizing and generalizing,
 # and a byte has no exact-match answer: every run would be called "confusion", which says nothing.
 LANGUAGE_MODEL_SKIP = ("a language-modelling task: grokking phases, their predictions and the mirage check are "
@@ -74,6 +80,11 @@ def build_report(res: StudyResults, out_dir: str | Path) -> Report:
                          needs=("train_acc", "val_acc"), have=curves_have)
         section(report, "predictions", lambda: prediction_section.predictions(inp, report, results, phases), None,
                 needs=("train_acc", "val_acc"), have=curves_have)
+    if inp.language_model:
+        report.skipped["forecast"] = LANGUAGE_MODEL_SKIP
+    else:
+        section(report, "forecast", lambda: forecast_section.forecast(inp, report, results), None,
+                needs=("val_loss", "val_acc"), have=curves_have)
     section(report, "scaling", lambda: scaling_section.scaling(inp, report, results), None,
             needs=(inp.n_col, inp.d_col), have=runs_have)
     if not inp.language_model:
@@ -98,6 +109,7 @@ SECTIONS = {
     "emergence": ("emergence_heatmap", "metric_vs_n"),
     "grokking": ("grokking_curves", "phase_wd_x_d", "phase_wd_x_lr"),
     "predictions": (),
+    "forecast": ("forecast",),
     "scaling": ("scaling_fit", "isoflop_curves", "frontier", "power_law_n", "power_law_d"),
     "mirage": ("mirage",),
     "transfer": ("transfer",),

@@ -296,6 +296,17 @@ class Resources(_Request):
         return placement
 
 
+class ForecastTarget(Strict):
+    n: PositiveFloat  # parameters, counted as grid.n_convention
+    d: PositiveFloat  # the task's D: examples or tokens
+
+
+class ReportSettings(Strict):
+    # Where the report forecasts the task's accuracy through the loss (report/forecast_section.py),
+    # besides the next size up the grid.
+    forecast: list[ForecastTarget] = Field(default_factory=list)
+
+
 class Tracking(Strict):
     uri: str = "sqlite:///mlflow.db"  # MLflow's own default, so a plain `mlflow ui` finds it
     experiment: str | None = None  # None: the study name
@@ -390,6 +401,7 @@ class Study(Strict):
     ray: RayConfig = Field(default_factory=RayConfig)
     pack: Packing = Field(default_factory=Packing)
     prune: Pruning = Field(default_factory=Pruning)
+    report: ReportSettings = Field(default_factory=lambda: ReportSettings())
 
     @model_validator(mode="before")
     @classmethod
