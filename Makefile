@@ -14,7 +14,8 @@ PYTEST_ARGS ?= -m "not soak and not long" --durations=30
 # The fast paths that write MLflow's and Optuna's tables themselves (sql_writes.py, held_storage.py),
 # tested against the lowest MLflow and Optuna pyproject.toml allows and the newest the registry
 # serves, each pair in a venv of its own; README.md ("Tested releases") records the last result.
-COMPAT_LOW ?= mlflow==2.16.0 optuna==4.0.0
+# MLflow 2.x imports a pool SQLAlchemy 2.1 dropped, and allows SQLAlchemy <3: the lowest needs <2.1.
+COMPAT_LOW ?= mlflow==2.16.0 optuna==4.0.0 sqlalchemy<2.1
 COMPAT_NEW ?= mlflow==3.18.0 optuna==5.1.0
 COMPAT_TESTS ?= tests/unit/test_sql_writes.py tests/unit/test_held_storage.py
 # What those tests import, without Ray, the corpora or the UI (grokscale itself goes in with --no-deps).

@@ -11,7 +11,8 @@ A task class must be
     seed (x: (N, T) int64 tokens; y: (N,) for target "last", (N, T) with -100 where nothing is
     scored for "sequence"), `vocab_size`, `n_out`, `accuracy` ("exact" or "token") and `n_train`;
   - optionally `sequence_metrics: ClassVar[bool]` (it reports per-token accuracy and answer
-    log-likelihood) and `language_model: ClassVar[bool]` (D counts tokens: one pass by default).
+    log-likelihood), `language_model: ClassVar[bool]` (D counts tokens: one pass by default) and
+    a property `chance_level: float | None`, the accuracy of guessing (the report's baseline).
 A model class must be
   - a `torch.nn.Module` whose nested `Config` is a pydantic model of its settings (no `family`);
   - built as `MyNet(config, vocab_size, n_out, seq_len)`, as the built-in models are;
@@ -23,6 +24,10 @@ A model class must be
     al.'s 2N per position forward, N its nn.Linear weights (trainers/flops.py).
 Each is imported and checked when the spec is validated: a failed import, a missing attribute or
 a wrong signature is an error naming `task.name` or `model.family`.
+
+The built-in tasks (trainers/tasks/) and models (trainers/models.py: MODELS) keep the same
+protocol, checked by the same functions (`task_problem`, `model_problem`); they differ only in
+declaring their short name, a `name` (`family`) literal field, where yours is its import path.
 """
 
 from __future__ import annotations
@@ -33,6 +38,9 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, model_serializer, model_validator
 
 from trainers.fields import invalid
+from trainers.import_path import ImportPathError, import_object, is_import_path
+
+__all__ = ["OwnCodeError", "OwnModel", "OwnTask", "is_import_path", "model_problem", "own_class", "task_problem"]
 
 
 class OwnCodeError(ValueError):
@@ -51,11 +59,14 @@ def _signature_problem(fn: Any, args: tuple, kwargs: dict, wanted: str) -> str |
     return None
 
 
-def _task_problem(cls: Any) -> str | None:
-    """Why `cls` is not a task class (module docstring), None if it is."""
+def task_problem(cls: Any, builtin: bool = False) -> str | None:
+    """Why `cls` is not a task class (module docstring), None if it is. A built-in one declares
+    its `name`; yours must not (its name is the import path)."""
     if not (isinstance(cls, type) and issubclass(cls, BaseModel)):
         return f"a task must be a pydantic model class (BaseModel: its fields are the task's settings), got {cls!r}"
-    if "name" in cls.model_fields:
+    if builtin and "name" not in cls.model_fields:
+        return "a built-in task class needs a field name: Literal['<its name>'] = '<its name>'"
+    if not builtin and "name" in cls.model_fields:
         return "a task class must not declare a field 'name': task.name is its import path"
     if not callable(getattr(cls, "make", None)):
         return "a task class needs a method make(self, seed) -> trainers.tasks.TaskData"
@@ -75,8 +86,9 @@ def _task_problem(cls: Any) -> str | None:
     return None
 
 
-def _model_problem(cls: Any) -> str | None:
-    """Why `cls` is not a model class (module docstring), None if it is."""
+def model_problem(cls: Any, builtin: bool = False) -> str | None:
+    """Why `cls` is not a model class (module docstring), None if it is. A built-in one's Config
+    declares its `family`; yours must not (its family is the import path)."""
     from torch import nn  # lazily: the rest of this module is plain pydantic
 
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
@@ -84,7 +96,9 @@ def _model_problem(cls: Any) -> str | None:
     config = getattr(cls, "Config", None)
     if not (isinstance(config, type) and issubclass(config, BaseModel)):
         return "a model class needs a nested Config, a pydantic model (BaseModel) of its settings"
-    if "family" in config.model_fields:
+    if builtin and "family" not in config.model_fields:
+        return "a built-in model's Config needs a field family: Literal['<its family>']"
+    if not builtin and "family" in config.model_fields:
         return "its Config must not declare a field 'family': model.family is its import path"
     problem = _signature_problem(cls, (None, 1, 1, 1), {}, "(config, vocab_size, n_out, seq_len)")
     if problem:
@@ -96,23 +110,14 @@ def _model_problem(cls: Any) -> str | None:
 def own_class(ref: str, kind: Literal["task", "model"]) -> type:
     """The class a study names by import path, checked against its protocol (module docstring);
     OwnCodeError says why it cannot be used."""
-    from trainers.protocol import (  # lazily: protocol.py imports trainers.spec, which imports this module
-        TrainerError,
-        import_object,
-    )
-
     try:
         cls = import_object(ref, what="Class")
-    except TrainerError as err:
+    except ImportPathError as err:
         raise OwnCodeError(str(err)) from None
-    problem = (_task_problem if kind == "task" else _model_problem)(cls)
+    problem = (task_problem if kind == "task" else model_problem)(cls)
     if problem:
         raise OwnCodeError(f"{ref}: {problem}")
     return cls
-
-
-def is_import_path(name: Any) -> bool:
-    return isinstance(name, str) and ":" in name
 
 
 class _Own(BaseModel):
@@ -121,7 +126,6 @@ class _Own(BaseModel):
 
     model_config = ConfigDict(extra="allow", frozen=True)
     _tag: ClassVar[str]
-    _builtin: ClassVar[tuple[str, ...]]
 
     @classmethod
     def settings_class(cls, ref: str) -> type[BaseModel]:
@@ -129,11 +133,9 @@ class _Own(BaseModel):
 
     @model_validator(mode="after")
     def _load(self):
+        # A name that is neither built in nor an import path is refused before this, by the spec's
+        # union (trainers/spec.py), which knows the built-ins.
         ref = getattr(self, self._tag)
-        if not is_import_path(ref):
-            allowed = ", ".join(repr(b) for b in self._builtin)
-            raise invalid(self._tag, f"unknown {ref!r}; allowed: {allowed}, or your own class as "
-                                     f"'package.module:Class'")
         try:
             settings = self.settings_class(ref)
         except OwnCodeError as err:
@@ -157,19 +159,21 @@ class OwnTask(_Own):
     """`task: {name: package.module:Class, ...}`: a task class of the user's (module docstring)."""
 
     _tag = "name"
-    _builtin = ("modular", "sparse_parity", "addition", "charlm", "corpus")
     name: str
 
     @classmethod
     def settings_class(cls, ref: str) -> type[BaseModel]:
         return own_class(ref, "task")
 
+    def make(self, seed: int) -> Any:
+        """The class's make(seed): its TaskData (trainers.tasks.make_task checks the type)."""
+        return self.config.make(seed)
+
 
 class OwnModel(_Own):
     """`model: {family: package.module:Class, ...}`: a torch module of the user's (module docstring)."""
 
     _tag = "family"
-    _builtin = ("transformer", "mlp", "gpt")
     family: str
 
     @classmethod

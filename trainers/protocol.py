@@ -19,7 +19,6 @@ Imports no Ray, Optuna or MLflow: a trainer can be written and tested without th
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import json
 import sys
@@ -33,6 +32,7 @@ from pydantic import Field
 from torch import nn
 
 from trainers.fields import Frozen
+from trainers.import_path import ImportPathError, import_object
 from trainers.models import EMBEDDING_MODULES, ParamCounts
 from trainers.spec import TrainConfig
 
@@ -46,7 +46,8 @@ Trainer = Callable[..., dict]
 
 
 class TrainerError(ValueError):
-    """The study's `trainer:` cannot be used; the message says why."""
+    """The study's `trainer:` cannot be used; the message says why (an ImportPathError's, when it
+    cannot be imported)."""
 
 
 @dataclass(frozen=True)
@@ -103,25 +104,6 @@ def grokscale_train(train: dict[str, Any]) -> TrainConfig:
     return TrainConfig.model_validate({"warmup_steps": 0, **{k: train[k] for k in BUDGET_KEYS if k in train}})
 
 
-def import_object(ref: str, what: str = "function") -> Any:
-    """The object `package.module:attribute` names (a trainer; a task or model class, trainers/spec.py);
-    TrainerError says why not. `what` names it in the message."""
-    module_name, _, attr = ref.partition(":")
-    if not module_name or not attr or ":" in attr:
-        raise TrainerError(f"write it as 'package.module:{what}', got {ref!r}")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as err:  # noqa: BLE001 - any failure at import is the study's problem to report
-        hint = " (is its folder on PYTHONPATH?)" if isinstance(err, ModuleNotFoundError) else ""
-        raise TrainerError(f"cannot import {module_name!r}{hint}: {type(err).__name__}: {err}") from None
-    obj = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise TrainerError(f"module {module_name!r} has no attribute {attr!r}")
-        obj = getattr(obj, part)
-    return obj
-
-
 def _entry_point(name: str) -> Any:
     found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
     if not found:
@@ -155,7 +137,10 @@ def load_trainer(ref: str) -> Trainer:
     ref = ref.strip()
     if not ref:
         raise TrainerError("empty; write it as 'package.module:function'")
-    fn = import_object(ref) if ":" in ref else _entry_point(ref)
+    try:
+        fn = import_object(ref) if ":" in ref else _entry_point(ref)
+    except ImportPathError as err:
+        raise TrainerError(str(err)) from None
     problem = signature_problem(fn)
     if problem:
         raise TrainerError(problem)

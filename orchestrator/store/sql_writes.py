@@ -28,6 +28,7 @@ The two dialects differ only in placeholders, bulk inserts and how a table's col
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import math
 import sqlite3
@@ -240,6 +241,14 @@ def dialect_of(uri: str) -> Dialect | None:
     return None
 
 
+def run_info(run_id: str, **fields: Any) -> RunInfo:
+    """A RunInfo on any MLflow this writer knows: 2.x requires the id as `run_uuid` too, 3.x has
+    no such argument."""
+    if "run_uuid" in inspect.signature(RunInfo.__init__).parameters:
+        fields["run_uuid"] = run_id
+    return RunInfo(run_id=run_id, **fields)
+
+
 @dataclass(frozen=True)
 class NewRun:
     """A run's row and its first tags (its id is made here, so the write can wait in a queue)."""
@@ -346,9 +355,9 @@ class SqlWrites:
         tags = {**tags, MLFLOW_RUN_NAME: tags.get(MLFLOW_RUN_NAME, name)}
         write = NewRun(run_id, str(experiment_id), name, tags.get(MLFLOW_USER, "unknown"), int(time.time() * 1000),
                        artifact_uri, tags)
-        info = RunInfo(run_id=run_id, experiment_id=str(experiment_id), user_id=write.user, status="RUNNING",
-                       start_time=write.start_time, end_time=None, lifecycle_stage="active",
-                       artifact_uri=artifact_uri, run_name=name)
+        info = run_info(run_id, experiment_id=str(experiment_id), user_id=write.user, status="RUNNING",
+                        start_time=write.start_time, end_time=None, lifecycle_stage="active",
+                        artifact_uri=artifact_uri, run_name=name)
         return Run(info, RunData(tags=[RunTag(k, v) for k, v in tags.items()])), write
 
     def create_run(self, experiment_id: str, tags: dict[str, str], name: str) -> Run:

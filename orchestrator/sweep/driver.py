@@ -26,7 +26,7 @@ from typing import Any
 import optuna
 
 from orchestrator.store import names
-from orchestrator.store.hold import StudyHold
+from orchestrator.store.hold import HoldLost, StudyHold
 from orchestrator.store.names import RunStatus, StopKind
 from orchestrator.store.tracker import Tracker, config_yaml
 from orchestrator.store.versions import fast_path
@@ -128,6 +128,10 @@ class Driver:
                     self.tracker.drain()
                     self.tell_ready()
                     raise
+                except HoldLost:  # the study is another driver's now: MLflow writes not yet sent are dropped
+                    for lane in self.tracker.lanes:
+                        lane.stopping = True
+                    raise
             self.stats.scheduled_s = time.monotonic() - t0  # first submission to last result recorded
             self.stats.last_recorded_at = time.time()
             self.close()
@@ -151,6 +155,7 @@ class Driver:
                 return False
             time.sleep(0.02)  # the last trials wait for their MLflow writes
         finished = self.launcher.poll(TICK_S if all(s.prepared for s in self.searches) else PREPARE_S)
+        self.hold.check()  # HoldLost (nothing more written) once another driver took the study over
         self.take_records()
         for unit, result in finished:
             self.finish_run(unit, result)

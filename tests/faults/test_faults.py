@@ -703,7 +703,7 @@ def test_tracking_server_dropout_mid_study_loses_nothing(tmp_path, gated_trainer
         driver = start_driver(path, server.uri)
         settle(IN_FLIGHT)
         outage(IN_FLIGHT + 1)
-        for n_runs in range(IN_FLIGHT + 1, n_trials):  # the study goes on until one trial is left to ask
+        for n_runs in range(IN_FLIGHT + 1, n_trials - 1):  # on, until one trial is left to ask
             let_one_finish(settle(n_runs))
         settle(n_trials - 1)
         outage(n_trials)

@@ -3,7 +3,9 @@ on real components: a local Ray, an Optuna journal, an MLflow SQLite store.
 
 - its worker SIGKILLed twice mid-run: Ray retries the task and the function resumes from the
   checkpoint it wrote itself; the curve in MLflow is whole, no step twice, and equals an
-  uninterrupted run bit for bit (what `grokscale reproduce` compares);
+  uninterrupted run bit for bit (what `grokscale reproduce` compares). Each kill lands while the
+  run waits at a gate the test opens afterwards (tests/support/gates.py: the example's function
+  run with its report gated), never at a moment guessed from its speed;
 - a run that already ended (success-stopped, or pruned by a stopping rule) asked again, as a
   rerun of a study whose driver died before recording it asks it: its result comes back whole,
   status, reason and stop kind, without calling the function again (a built-in run too).
@@ -27,15 +29,14 @@ from orchestrator.report.reproduce import reproduce
 from orchestrator.store import names
 from orchestrator.store.names import StopKind
 from orchestrator.sweep.stopping import StopRule
-from orchestrator.sweep.user_trainer import RESULT_FILE
 from trainers.checkpoint import CHECKPOINT_NAME
 from trainers.protocol import RunConfig, UserSpec, grokscale_train
 from trainers.spec import TrainSpec
 
 from support.cli import REPO, sqlite_uri
 from support.driver import runs, start_driver, wait_driver
-from support.processes import kill_tree, train_workers, wait_gone
-from support.races import Race, retry_races
+from support.gates import TESTS, Gates
+from support.processes import kill_tree, wait_gone
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
@@ -53,52 +54,41 @@ def _checkpoint_step(path: Path) -> int:
 
 
 @pytest.mark.slow
-@retry_races()
 def test_worker_killed_twice_the_user_trainer_resumes_from_its_own_checkpoint(tmp_path, monkeypatch):
-    steps, every = 100, 10
+    steps, every, at = 100, 10, (30, 70)
+    gates = Gates(tmp_path / "runs" / "faults" / "checkpoints", tmp_path / "gates")
     study = yaml.safe_load((EXAMPLE / "study.yaml").read_text())
     study.update(name="faults", workdir=str(tmp_path / "runs"), tracking={"uri": sqlite_uri(tmp_path)},
-                 ray={"num_cpus": 1, "max_retries": 5})
-    # One run of ~5 s of training: 100 full-batch steps, paced so the kills land mid-run.
-    study["train"] = {**study["train"], "steps": steps, "eval_every": every, "sleep_per_step": 0.05,
-                      "success_stop_evals": None}
+                 ray={"num_cpus": 1, "max_retries": 5}, trainer="support.gates:wrapped")
+    # One run of the example's function, its report gated: it waits before it reports step 30
+    # (its checkpoint that of step 20), then step 70 (60); each kill lands there.
+    study["train"] = {**study["train"], "steps": steps, "eval_every": every, "success_stop_evals": None,
+                      "gated_trainer": "mytrainer.train:run", **gates.train(*at)}
     study["grid"] = {"n": [{"width": 32}], "d": [0.5], "seeds": [0]}
     study["search"]["trials_per_cell"] = 1
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(study))
-    monkeypatch.setenv("PYTHONPATH", f"{EXAMPLE}{os.pathsep}{REPO}")  # as the README runs it
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(EXAMPLE), TESTS, str(REPO)]))  # as the README runs it
+    monkeypatch.syspath_prepend(str(EXAMPLE))  # reproduce() below runs the recorded function here
     uri = sqlite_uri(tmp_path)
     driver = start_driver(path, uri)
     kills: list[int] = []  # the checkpoint step each retry resumes from
     try:
-        deadline = time.monotonic() + 240
-        while len(kills) < 2 and driver.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-            found = list((tmp_path / "runs").rglob(CHECKPOINT))
-            if not found or list(found[0].parent.glob(RESULT_FILE)):
-                continue
-            # Past its first checkpoint, and past the one the last kill left: each kill loses work.
-            if _checkpoint_step(found[0]) < (kills[-1] if kills else 0) + 2 * every:
-                continue
-            workers = train_workers(driver.pid)
-            if len(workers) != 1:
-                continue
-            try:
-                os.kill(workers[0], signal.SIGKILL)
-            except ProcessLookupError:
-                continue
-            wait_gone(workers[0])
-            if list(found[0].parent.glob(RESULT_FILE)):
-                raise Race("the kill came after the run had finished")
-            kills.append(_checkpoint_step(found[0]))  # what Ray's retry resumes from
-        if len(kills) < 2:
-            raise Race(f"the run ended after {len(kills)} kills (driver rc {driver.poll()})")
+        for gate in at:  # the first attempt waits at 30; its retry passes 30 (opened) and waits at 70
+            (key, waiting), = gates.wait_for(
+                f"the run at its gate of step {gate}",
+                lambda gate=gate: [(k, g) for k, g in gates.waiting().items() if g["step"] == gate],
+                alive=lambda: driver.poll() is None, log=tmp_path / "driver.log")
+            os.kill(waiting["pid"], signal.SIGKILL)
+            wait_gone(waiting["pid"])
+            kills.append(_checkpoint_step(gates.runs / key / CHECKPOINT))  # what Ray's retry resumes from
+            gates.open(key, gate)
         counts = wait_driver(driver, path, timeout=240)
     finally:
         if driver.poll() is None:
             kill_tree(driver.pid)
     assert counts["completed"] == 1 and counts["failed"] == 0, counts
-    assert 0 < kills[0] < kills[1] < steps, kills
+    assert kills == [gate - every for gate in at], kills  # each past a checkpoint, short of the end
 
     _, children = runs(uri)
     assert len(children) == 1
@@ -116,6 +106,7 @@ def test_worker_killed_twice_the_user_trainer_resumes_from_its_own_checkpoint(tm
 
     # Resumed twice, it equals one uninterrupted run bit for bit: its checkpoint held all of its
     # state (`grokscale reproduce`'s own function, here: the command is tested in test_reproduce.py).
+    gates.open_all()  # the replay runs the recorded spec, gates and all
     report = reproduce(run.info.run_id, uri, trust_recorded_code=True)
     assert report.match, report.table()
     assert {r.metric for r in report.rows} >= {"val_acc", "train_loss", "final.val_acc", "final.n_params_total"}
