@@ -17,7 +17,7 @@ Measured, from samples every second of the driver process (this one) and of /pro
   cores           the machine's busy cores and PostgreSQL's (every backend), CPU-us a point;
   backlog         the most MLflow writes waiting at once (fill_slots stops starting runs past
                   BACKLOG_PER_SLOT a slot: the store, not the driver, then sets the pace).
-Targets (issue 16): >= 100 runs/s and >= 50,000 points/s with the driver under one core; memory
+Targets: >= 100 runs/s and >= 50,000 points/s with the driver under one core; memory
 flat; p99 delay <= 50 ms.
 
 `--ray`: the companion on real Ray: the same study and curves through the real RayLauncher, its

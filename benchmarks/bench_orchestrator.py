@@ -7,22 +7,22 @@ study), its scheduled time W (first submission to last result recorded) and the 
 T of the trials as they ran (each trial's own `wall_time_s`).
 Baseline: the same 64 TrainSpecs trained one after another in this process (no Ray, Optuna or
 MLflow): their summed time B is the pure training work.
-  overhead per trial = (2 W - T) / 64         slot time not spent in a trial (issue 3: <= 20 ms)
+  overhead per trial = (2 W - T) / 64         slot time not spent in a trial (target <= 20 ms)
   utilization        = T / (2 W)              trial busy time / available CPU time (>= 90%)
 The slot time not spent in a trial splits, from the trials' own start and end times per worker,
 into three parts:
   slot start         from the first submission to each slot's first trial: a Ray worker's cold
                      start (a process importing torch and the trainer), once per slot per study;
   dispatch           between one trial's end and the next one's start on the same worker: the
-                     per-trial cost of the driver, Optuna, MLflow and Ray (issue 3: <= 20 ms);
+                     per-trial cost of the driver, Optuna, MLflow and Ray (target <= 20 ms);
   tail               a slot idle at the end while the other finishes its last trial (bin
                      packing, once per study).
   vs sequential      = T / B (how much slower a trial runs beside the driver and Ray's daemons on
                        2 cores) and B / (S + W), the end-to-end speed-up over the sequential loop.
-Until session 8 the slot start counted as dispatch. It is paid once per slot, not per trial, and
+The slot start is not counted as dispatch: it is paid once per slot, not per trial, and
 a cold start depends on the file cache (a fresh clone imports torch from disk), which is the
-suspected source of the figure moving between 7.5 and 31.6 ms per trial from one run to the next
-(issue 16). --repeat K runs the whole measurement K times and reports each figure's median.
+suspected source of the figure moving between 7.5 and 31.6 ms per trial from one run to the next.
+--repeat K runs the whole measurement K times and reports each figure's median.
 
 Usage: python benchmarks/bench_orchestrator.py [--trial-seconds 5] [--trials 64] [--repeat 3] [--out FILE]
 """

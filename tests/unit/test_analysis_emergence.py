@@ -108,7 +108,7 @@ def test_critical_size_lines_follow_a_known_boundary():
     assert len(out["d_star"]) == 5 and len(out["n_star"]) == 7 and out["n_star"][0]["threshold"] is None
 
 
-# Refusals (issue 15): what the data cannot decide is reported as such.
+# Refusals: what the data cannot decide is reported as such.
 
 def test_three_scales_and_a_clean_step_give_insufficient_data_and_the_whole_bracket():
     # The quickstart's shape: 2 runs at each of 1k, 3k and 10k parameters, a clean step 3k -> 10k.

@@ -1,4 +1,4 @@
-"""The scaling fits print no numpy RuntimeWarning on data that once overflowed (issue 12, bug 4).
+"""The scaling fits print no numpy RuntimeWarning on data that once overflowed.
 
 Nine cells shaped like the quickstart's (3 N x 3 D) with validation losses from 1e-5 to 4: a
 grokked cell's loss is tiny, a memorizing one's near log(p). On these, the batched L-BFGS once

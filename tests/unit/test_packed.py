@@ -47,7 +47,7 @@ def test_each_packed_run_equals_the_run_alone():
 
 
 def test_schedules_and_thresholds_added_once_pack_bitwise():
-    # The payoff of one core (issue 12): schedules and thresholds live in schedules.py and
+    # The payoff of one core: schedules and thresholds live in schedules.py and
     # core.RunLog, written once, so a pack mixing them equals each run alone bit for bit.
     specs = [spec(0, schedule="cosine"),
              spec(1, schedule="wsd", decay_fraction=0.3, min_lr_fraction=0.0),

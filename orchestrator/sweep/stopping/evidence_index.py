@@ -5,7 +5,7 @@ generalized within a given clock.
 
 Asked by scanning the evidence, every run in flight cost O(evidence) each time its group learned
 something, which is every turn in a study with runs in flight: O(runs in flight x runs done) a
-turn (issue 16). Indexed, per data fraction the evidence sorted by decay rate with the best two
+turn. Indexed, per data fraction the evidence sorted by decay rate with the best two
 of every suffix (longest clock) and prefix (shortest clock): built once a turn in O(E log E),
 each run's question O(data fractions x log E). Two, not one: a run is never evidence for
 itself, and its own entry may be the best.
