@@ -45,12 +45,13 @@ from pydantic import ValidationError
 
 from orchestrator.store import names
 from orchestrator.store.names import RunStatus
+from trainers.core import THROUGHPUT_KEYS
 
 log = logging.getLogger(__name__)
 Curve = list[tuple[int, float]]  # (step, value), by step
 # Metric names holding wall-clock durations and measured speed (trainers.core.THROUGHPUT_KEYS):
 # they differ run to run by nature.
-NOT_COMPARED = ("time", "tokens_per_s", "mfu")
+NOT_COMPARED = ("time", *THROUGHPUT_KEYS)
 
 
 class ReproduceError(Exception):
@@ -77,6 +78,8 @@ class Report:
     tracking_uri: str
     wall_time_s: float
     rows: list[MetricRow]
+    tolerance: float | None = None  # None: bitwise
+    expected: str = ""  # what was expected before training, and why
 
     @property
     def match(self) -> bool:
@@ -84,17 +87,19 @@ class Report:
 
     @property
     def verdict(self) -> str:
-        return "match (bitwise)" if self.match else "MISMATCH"
+        if not self.match:
+            return "MISMATCH"
+        return "match (bitwise)" if self.tolerance is None else f"match (within {self.tolerance:g})"
 
     def as_dict(self) -> dict:
         return {"run_id": self.run_id, "run_name": self.run_name, "tracking_uri": self.tracking_uri,
-                "verdict": self.verdict, "match": self.match, "wall_time_s": self.wall_time_s,
-                "metrics": [asdict(r) for r in self.rows]}
+                "verdict": self.verdict, "match": self.match, "tolerance": self.tolerance,
+                "expected": self.expected, "wall_time_s": self.wall_time_s, "metrics": [asdict(r) for r in self.rows]}
 
     def table(self) -> str:
         width = max([len(r.metric) for r in self.rows] + [6])
         lines = [f"run {self.run_id} ({self.run_name}): trained again in {self.wall_time_s:.1f} s",
-                 f"{'metric':<{width}}  points  max |diff|  status"]
+                 f"expected: {self.expected}", f"{'metric':<{width}}  points  max |diff|  status"]
         for r in self.rows:
             diff = "-" if r.max_abs_diff is None else f"{r.max_abs_diff:.3g}"
             lines.append(f"{r.metric:<{width}}  {r.points:>6}  {diff:>10}  {'ok' if r.match else 'DIFF'}"
@@ -108,7 +113,31 @@ def same_bits(a: float, b: float) -> bool:
     return a.hex() == b.hex() or (math.isnan(a) and math.isnan(b))
 
 
-def compare(metric: str, recorded: Curve, new: Curve) -> MetricRow:
+# Across machines (another CPU model, instruction set, BLAS or torch) or on a GPU, kernels sum in
+# another order: the same spec gives the same numbers only to float tolerance at first, and
+# training, being chaotic, can carry a difference further with every step. Points within this
+# relative difference count as a match there; the report says which comparison applied.
+TOLERANCE = 1e-3
+
+
+def expectation(recorded: dict[str, str], here: dict, device: str | None) -> tuple[float | None, str]:
+    """Before training: whether bitwise equality can be expected from the machine facts the run
+    recorded (`grokscale.runtime.machine`, trainers/machine.py) against this machine's, and the
+    tolerance that applies instead (None: bitwise)."""
+    from trainers.machine import bitwise_comparable
+
+    if device and device.startswith("cuda"):
+        return TOLERANCE, f"a GPU run: repeatable to float tolerance, not bitwise; compared within {TOLERANCE:g}"
+    if not recorded:
+        return None, "the run recorded no machine facts (an older record): bitwise equality assumed"
+    differ = bitwise_comparable(recorded, here)
+    if not differ:
+        return None, "the same CPU, instruction set, BLAS, torch and threads: bitwise equality expected"
+    return TOLERANCE, ("another machine (" + "; ".join(differ) + "): bitwise equality is not expected; "
+                       f"compared within a relative {TOLERANCE:g}, which a long run may exceed")
+
+
+def compare(metric: str, recorded: Curve, new: Curve, tolerance: float | None = None) -> MetricRow:
     if any(word in metric for word in NOT_COMPARED):
         return MetricRow(metric, len(recorded), None, True, "not compared (a duration or speed)")
     if not new:
@@ -121,7 +150,11 @@ def compare(metric: str, recorded: Curve, new: Curve) -> MetricRow:
     diffs = [abs(a - b) for (_, a), (_, b) in zip(recorded, new)]
     finite = all(math.isfinite(d) or (math.isnan(a) and math.isnan(b))
                  for d, (_, a), (_, b) in zip(diffs, recorded, new))
-    match = all(same_bits(a, b) for (_, a), (_, b) in zip(recorded, new))
+    if tolerance is None:
+        match = all(same_bits(a, b) for (_, a), (_, b) in zip(recorded, new))
+    else:
+        match = all(same_bits(a, b) or math.isclose(a, b, rel_tol=tolerance, abs_tol=tolerance * 1e-3)
+                    for (_, a), (_, b) in zip(recorded, new))
     worst = max((d for d in diffs if not math.isnan(d)), default=0.0)
     return MetricRow(metric, len(recorded), worst if finite else None, match,
                      "" if finite else "NaN or inf on one side only")
@@ -305,7 +338,8 @@ def describe_imports(code: dict[str, str], sys_path: list[str]) -> list[str]:
                 found = importlib.util.find_spec(module.split(".")[0])
             except (ImportError, ValueError):
                 found = None
-            origin = (found.origin or ", ".join(found.submodule_search_locations or [])) if found else "not found"
+            origin = "not found" if found is None else (
+                found.origin or ", ".join(found.submodule_search_locations or []))
             lines.append(f"  {field}: {ref!r}: module {module}, package at {origin}")
     finally:
         for p in added:
@@ -339,6 +373,8 @@ def reproduce(run_id: str, tracking_uri: str, named: dict[str, str] | None = Non
     stopped = run.data.tags.get(names.TAG_STATUS) == RunStatus.STOPPED.value
     stop_at = int(run.data.metrics[final_steps]) if stopped and final_steps in run.data.metrics else None
     report = (lambda record: record["step"] >= stop_at) if stop_at is not None else None
+    tolerance, expected = _expected(run)
+    print(f"reproduce: {expected}", file=sys.stderr)
     t0 = time.perf_counter()
     if is_user_spec(text):
         result = train_user_spec(run_id, text, report, recorded_sys_path=trust_recorded_code)
@@ -346,8 +382,22 @@ def reproduce(run_id: str, tracking_uri: str, named: dict[str, str] | None = Non
         result = train_spec(run_id, text, report)
     wall = time.perf_counter() - t0
     recorded, new = recorded_curves(client, run), new_curves(result)
-    rows = [compare(k, recorded.get(k, []), new.get(k, [])) for k in sorted(set(recorded) | set(new))]
-    return Report(run_id, run.info.run_name or "", tracking_uri, wall, rows)
+    rows = [compare(k, recorded.get(k, []), new.get(k, []), tolerance) for k in sorted(set(recorded) | set(new))]
+    return Report(run_id, run.info.run_name or "", tracking_uri, wall, rows, tolerance, expected)
+
+
+def _expected(run) -> tuple[float | None, str]:
+    """The machine facts the run recorded against this machine's, at the run's own thread count
+    (the run sets it: train.threads, or a user trainer's own)."""
+    from trainers.machine import facts
+
+    tags = run.data.tags
+    try:
+        recorded = json.loads(tags.get(f"{names.TAG_RUNTIME_PREFIX}machine", "{}"))
+        threads = int(recorded.get("threads") or 1)
+    except (ValueError, TypeError, AttributeError):
+        recorded, threads = {}, 1
+    return expectation(recorded, facts(threads), tags.get(f"{names.TAG_RUNTIME_PREFIX}device"))
 
 
 def main(argv: list[str]) -> int:

@@ -26,7 +26,10 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from orchestrator.store import names
+from trainers import machine
 from trainers.core import (
     COMPLETED,
     DIVERGED,
@@ -146,7 +149,8 @@ def result_of(log: ReportLog, returned: Any, wall_time_s: float) -> dict:
     return {"status": status, "reason": reason, "steps": steps, "final": final, "history": history,
             "events": asdict(log.events()), "n_params": n_params, "n_train": int(returned.get("n_train", 0)),
             "wall_time_s": wall_time_s, "eval_time_s": 0.0, "resumed_from_step": log.resumed_from_step,
-            "task_info": {}, "flops": {}, "checkpoint_note": None}
+            "task_info": {}, "flops": {}, "checkpoint_note": None,
+            "runtime": {"machine": machine.facts(torch.get_num_threads())}}
 
 
 def run_user_trainer(spec: UserSpec, report: Callable[[dict], bool] | None, checkpoint_dir: str | None,
