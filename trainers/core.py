@@ -99,7 +99,7 @@ def build_run(spec: TrainSpec, device: torch.device) -> tuple[TaskData, torch.nn
 
 
 def batch_generator(seed: int) -> torch.Generator:
-    """The generator of the run's minibatch order (tasks.py derives every seed)."""
+    """The generator of the run's minibatch order (trainers/tasks: generator derives every seed)."""
     return generator(seed, STREAM_BATCHES)
 
 

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from trainers import mup
+from trainers.machine import cpu_model
 from trainers.spec import TrainConfig
 
 PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -121,8 +122,6 @@ def optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) ->
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    from trainers.machine import cpu_model
-
     return cpu_model()
 
 

@@ -34,7 +34,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from trainers.spec import GPTModel, MLPModel, TransformerModel
+import torch
+from torch import nn
+
+from trainers.models import GPTModel, MLPModel, TransformerModel, build_model
 
 BACKWARD_FACTOR = 2  # Kaplan et al. (2020): backward = 2 x forward (input and weight gradients)
 
@@ -111,11 +114,6 @@ def _own(model_cfg, vocab_size: int, n_out: int, seq_len: int) -> FlopCount:
     """A model of the user's, by Kaplan et al.'s rule alone: 2N FLOPs per position forward, N its
     parameters outside nn.Embedding lookups (its readout included, as n_matmul here), at every
     position; attention scores (no parameters) are not counted."""
-    import torch
-    from torch import nn
-
-    from trainers.models import build_model  # lazily: models.py needs torch, this module does not
-
     with torch.device("meta"):
         model = build_model(model_cfg, vocab_size, n_out, seq_len)
     lookups = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
@@ -139,7 +137,7 @@ def flops_per_example(model_cfg: TransformerModel | GPTModel | MLPModel, vocab_s
         return _gpt(model_cfg, n_out, seq_len, last_only)
     if model_cfg.family == "mlp":
         return _mlp(model_cfg, n_out, seq_len)
-    if ":" in model_cfg.family:  # a model of the user's (trainers/spec.py: OwnModel)
+    if ":" in model_cfg.family:  # a model of the user's (trainers/own_code.py: OwnModel)
         return _own(model_cfg, vocab_size, n_out, seq_len)
     raise ValueError(f"no FLOP formula for model family {model_cfg.family!r}")
 

@@ -6,17 +6,17 @@ The block of nanoGPT / nanochat / OLMo-style models, written small:
   position table, so no `pos_emb` parameter;
 - attention through F.scaled_dot_product_attention(is_causal=True), which takes the flash
   kernels on a GPU;
-- an MLP of GELU (GPT-2) or SwiGLU (Shazeer 2020), its width from spec.GPTModel.mlp_width;
+- an MLP of GELU (GPT-2) or SwiGLU (Shazeer 2020), its width from GPTModel.mlp_width;
 - a final RMSNorm, then the readout `unembed`, optionally tied to `tok_emb`;
 - `parametrization: mup` (trainers/mup.py): the readout's output times base_width / d_model and,
   when tied, the shared matrix drawn at its sp std of d_model == base_width. Heads grow with
   the width at a fixed head_dim, so mup's 1/d_head attention scale is sp's 1/sqrt(head_dim) up
   to a constant, which base_width sets to 1: the attention is sp's.
 
-It keeps the built-in models' protocol (trainers/models.py): `GPT(cfg, vocab_size, n_out,
-seq_len)`, `model(x, last_only=False)`. With last_only every block runs on all positions (the
-last query needs every key) and only the final norm and the readout run on the last position;
-trainers/flops.py counts exactly that.
+It keeps the models' protocol (trainers/own_code.py): its settings are `GPT.Config` (GPTModel);
+it is built as `GPT(cfg, vocab_size, n_out, seq_len)` and called as `model(x, last_only=False)`.
+With last_only every block runs on all positions (the last query needs every key) and only the
+final norm and the readout run on the last position; trainers/flops.py counts exactly that.
 
 Parameters by the repo's groups (models.count_params): `tok_emb` and `unembed` are "embedding",
 one matrix when tied; the rest is "non_embedding". `param_counts` gives the same by formula.
@@ -25,14 +25,77 @@ one matrix when tied; the rest is "non_embedding". `param_counts` gives the same
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 from torch import nn
 
-from trainers.spec import GPTModel
+from trainers.fields import Frozen, invalid
 
 ROPE_BASE = 10_000.0  # Su et al. (2021), as in Vaswani et al.'s sinusoids
+
+
+class GPTModel(Frozen):
+    """A modern decoder for scaling studies (trainers/gpt.py): pre-norm RMSNorm, rotary positions,
+    no biases. Sized by one knob, n_layer: d_model = aspect x n_layer, rounded up to a whole number
+    of heads of head_dim (nanochat's depth-to-width ladder), so a grid's N is a depth."""
+
+    family: Literal["gpt"] = "gpt"
+    n_layer: PositiveInt = 2
+    aspect: PositiveInt = 64  # d_model per layer (nanochat's default)
+    head_dim: PositiveInt = 64
+    d_model: PositiveInt | None = None  # None: aspect x n_layer up to a multiple of head_dim (see `width`)
+    mlp: Literal["gelu", "swiglu"] = "gelu"
+    mlp_ratio: PositiveFloat | None = None  # None: 4 for gelu, 8/3 up to a multiple of 64 for swiglu
+    tie_embeddings: bool = False  # unembed shares tok_emb's matrix: needs n_out == vocab_size
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    # As TransformerModel's (trainers/mup.py); the width is `width` (d_model), the base the
+    # d_model of the default n_layer 2 x aspect 64.
+    parametrization: Literal["sp", "mup"] = "sp"
+    base_width: PositiveInt = 128
+
+    @model_validator(mode="after")
+    def _check(self) -> GPTModel:
+        if self.head_dim % 2:
+            # Rotary embeddings rotate pairs of channels (Su et al. 2021).
+            raise invalid("head_dim", f"head_dim must be even (rotary embeddings rotate channel pairs), "
+                                      f"got {self.head_dim}")
+        if self.d_model is not None and self.d_model % self.head_dim:
+            raise invalid("d_model",
+                          f"d_model ({self.d_model}) must be a multiple of head_dim ({self.head_dim})")
+        if self.mlp_ratio is not None and round(self.mlp_ratio * self.width) < 1:
+            raise invalid("mlp_ratio",
+                          f"mlp_ratio {self.mlp_ratio} x d_model {self.width} leaves no hidden unit")
+        return self
+
+    @property
+    def width(self) -> int:
+        """d_model: the explicit one, else aspect x n_layer rounded up to a multiple of head_dim."""
+        if self.d_model is not None:
+            return self.d_model
+        return -(-self.aspect * self.n_layer // self.head_dim) * self.head_dim
+
+    @property
+    def width_mult(self) -> float | None:
+        """mup: width / base_width, the factor trainers/mup.py scales by; None under sp."""
+        return self.width / self.base_width if self.parametrization == "mup" else None
+
+    @property
+    def n_head(self) -> int:
+        return self.width // self.head_dim
+
+    @property
+    def mlp_width(self) -> int:
+        """The MLP's hidden width. gelu: 4 d_model (GPT-2). swiglu: 8/3 d_model, which keeps its
+        three matrices at the parameters of gelu's two (Shazeer 2020), rounded up to a multiple of
+        64 for GPU tiles (LLaMA rounds to 256). An explicit mlp_ratio gives round(ratio x d_model)."""
+        if self.mlp_ratio is not None:
+            return round(self.mlp_ratio * self.width)
+        if self.mlp == "gelu":
+            return 4 * self.width
+        return -(-8 * self.width // (3 * 64)) * 64
 
 
 def rotary_tables(seq_len: int, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,6 +164,8 @@ class Block(nn.Module):
 
 class GPT(nn.Module):
     """Decoder-only transformer (module docstring); `last_only` reads logits at the final position."""
+
+    Config = GPTModel  # `model: {family: gpt, ...}`, as a model of the user's names its settings
 
     def __init__(self, cfg: GPTModel, vocab_size: int, n_out: int, seq_len: int):
         super().__init__()

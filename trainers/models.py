@@ -3,7 +3,7 @@
 Convention: the "embedding" group holds the vocabulary-sized matrices (token and position
 embeddings and the unembedding / readout layer); "non_embedding" is everything else, as in
 Kaplan et al. (2020). Hoffmann et al. (2022) count the total. Both are always reported.
-A model of the user's (`model.family: package.module:Class`, trainers/spec.py) is counted the
+A model of the user's (`model.family: package.module:Class`, trainers/own_code.py) is counted the
 same way: its nn.Embedding modules and those named tok_emb, pos_emb, unembed are "embedding".
 """
 
@@ -11,19 +11,61 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, PositiveInt, model_validator
 from torch import nn
 
-from trainers.gpt import GPT
+from trainers.fields import Frozen, invalid
+from trainers.gpt import GPT, GPTModel
 from trainers.own_code import OwnModel, own_class
-from trainers.spec import GPTModel, MLPModel, TransformerModel
-
-BuiltinModel = TransformerModel | GPTModel | MLPModel
 
 EMBEDDING_MODULES = ("tok_emb", "pos_emb", "unembed")
+
+
+class TransformerModel(Frozen):
+    family: Literal["transformer"] = "transformer"
+    n_layer: PositiveInt = 1
+    d_model: PositiveInt = 128
+    n_head: PositiveInt = 4
+    d_mlp: PositiveInt | None = None  # None: 4 * d_model
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    # Nanda et al. (2023)'s grokking transformer has no LayerNorm; LMs want it.
+    layer_norm: bool = True
+    # How init, multipliers and per-layer learning rates scale with d_model (trainers/mup.py):
+    # "sp", torch's usual parametrization, or "mup" (Yang et al. 2022), equal to sp at base_width.
+    parametrization: Literal["sp", "mup"] = "sp"
+    base_width: PositiveInt = 128  # mup only: the d_model at which mup is sp (the default d_model)
+
+    @model_validator(mode="after")
+    def _check(self) -> TransformerModel:
+        if self.d_model % self.n_head:
+            raise invalid("d_model", f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})")
+        return self
+
+    @property
+    def mlp_width(self) -> int:
+        return self.d_mlp if self.d_mlp is not None else 4 * self.d_model
+
+    @property
+    def width_mult(self) -> float | None:
+        """mup: d_model / base_width, the factor trainers/mup.py scales by; None under sp."""
+        return self.d_model / self.base_width if self.parametrization == "mup" else None
+
+
+class MLPModel(Frozen):
+    """Embed each input token, concatenate, then an MLP (Liu et al. 2022 use this for grokking)."""
+
+    family: Literal["mlp"] = "mlp"
+    d_embed: PositiveInt = 32
+    d_hidden: PositiveInt = 256
+    n_hidden: PositiveInt = 2
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+
+
+BuiltinModel = TransformerModel | GPTModel | MLPModel
 
 
 @dataclass(frozen=True)
@@ -97,6 +139,8 @@ class Block(nn.Module):
 class Transformer(nn.Module):
     """Decoder-only transformer; `last_only` reads logits at the final position only."""
 
+    Config = TransformerModel
+
     def __init__(self, cfg: TransformerModel, vocab_size: int, n_out: int, seq_len: int):
         super().__init__()
         # mup (trainers/mup.py): d_model / base_width, which sets the per-layer learning rates, and
@@ -124,6 +168,8 @@ class Transformer(nn.Module):
 
 class MLP(nn.Module):
     """Embed each input token, concatenate, then ReLU layers; reads fixed-length inputs."""
+
+    Config = MLPModel
 
     def __init__(self, cfg: MLPModel, vocab_size: int, n_out: int, seq_len: int):
         super().__init__()
@@ -173,11 +219,19 @@ def init_weights(model: nn.Module, init_scale: float) -> None:
                 p.mul_(init_scale)
 
 
+# The built-in models by family, in the order errors list them: the one place a built-in model is
+# registered. Each keeps the protocol of a model of the user's (trainers/own_code.py): its nested
+# Config is its `model:` section, here with its `family` literal; the spec's model union is read
+# from here (trainers/spec.py).
+MODELS: dict[str, type[nn.Module]] = {cls.Config.model_fields["family"].default: cls
+                                      for cls in (Transformer, MLP, GPT)}
+DEFAULT_MODEL = "transformer"  # a spec's model when its section names no family
+
+
 def build_model(cfg: BuiltinModel | OwnModel, vocab_size: int, n_out: int, seq_len: int) -> nn.Module:
     if isinstance(cfg, OwnModel):
         return own_class(cfg.family, "model")(cfg.config, vocab_size, n_out, seq_len)
-    cls = {"transformer": Transformer, "gpt": GPT, "mlp": MLP}[cfg.family]
-    return cls(cfg, vocab_size, n_out, seq_len)
+    return MODELS[cfg.family](cfg, vocab_size, n_out, seq_len)
 
 
 def shape_counts(cfg: BuiltinModel, vocab_size: int, n_out: int, seq_len: int) -> ParamCounts:

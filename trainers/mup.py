@@ -66,8 +66,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainers.models import EMBEDDING_MODULES, build_model, init_weights
-from trainers.spec import GPTModel, TrainConfig, TransformerModel
+from trainers.models import EMBEDDING_MODULES, GPTModel, TransformerModel, build_model, init_weights
+from trainers.spec import TrainConfig
 
 
 def is_hidden(name: str, p: torch.Tensor) -> bool:

@@ -13,7 +13,7 @@ import pandas as pd
 from orchestrator.store import names
 from orchestrator.store.names import USABLE_STATUSES
 from orchestrator.store.results import THRESHOLDS, StudyResults
-from orchestrator.study.tasks import task_kinds
+from orchestrator.study.tasks import task_kinds, task_settings
 
 
 @dataclass
@@ -80,16 +80,12 @@ def is_language_model(config: dict) -> bool:
 
 
 def chance_level(config: dict) -> float | None:
-    """The accuracy of guessing, from the task: what "never left chance" is measured against."""
-    task = config.get("task") or {}
-    name = task.get("name")
-    if name == "modular":
-        return 1.0 / int(task.get("p", 97))
-    if name == "sparse_parity":
-        return 0.5
-    if name == "addition":
-        return 10.0 ** -(int(task.get("n_digits", 3)) + 1)  # every answer digit right by luck
-    return None  # an LM's token accuracy: the analysis takes the smallest scale's level
+    """The accuracy of guessing, from the task: what "never left chance" is measured against. A
+    task class declares it as a property `chance_level` (trainers/own_code.py); an LM's token
+    accuracy has none: the analysis takes the smallest scale's level."""
+    settings = task_settings(config.get("task") or {})
+    level = getattr(settings, "chance_level", None)
+    return None if level is None else float(level)
 
 
 def with_thresholds(runs: pd.DataFrame, config: dict) -> pd.DataFrame:

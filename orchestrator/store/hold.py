@@ -126,7 +126,8 @@ class StudyHold:
     """The hold of one driver on one study. `acquire` or raise StudyHeld; `check` each tick;
     `release` at the end."""
 
-    def __init__(self, storage: optuna.storages.BaseStorage, study_name: str, stale_s: float | None = None) -> None:
+    def __init__(self, storage: optuna.storages.BaseStorage, study_name: str,
+                 stale_s: float | None = None) -> None:
         self.storage, self.study_name = storage, study_name
         self.stale_s = hold_timeout() if stale_s is None else stale_s
         self.heartbeat_s = self.stale_s / BEATS_PER_TIMEOUT
@@ -156,10 +157,10 @@ class StudyHold:
             a = t.user_attrs
             if not {"host", "pid", "since"} <= a.keys():  # not a claim this module wrote
                 continue
+            trial_id = self.storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
             out.append(Holder(a["host"], int(a["pid"]), float(a.get("started", 0.0)), str(a.get("boot", "")),
                               str(a.get("pid_namespace", "")), float(a["since"]), int(a.get("beat", 0)),
-                              float(a.get("timeout_s", STALE_S)),
-                              self.storage.get_trial_id_from_study_id_trial_number(study_id, t.number), t.number))
+                              float(a.get("timeout_s", STALE_S)), trial_id, t.number))
         return sorted(out, key=lambda h: h.number)
 
     def acquire(self) -> StudyHold:
@@ -201,10 +202,10 @@ class StudyHold:
                 if h.beat != beat:
                     raise StudyHeld(
                         f"study {self.study_name!r} is already being run by another grokscale driver: "
-                        f"{h.describe()}, its heartbeat moving. Wait for it to finish (`grokscale status` shows "
-                        f"its progress), or stop it and run again to resume; a driver that was killed releases its "
-                        f"hold at once on its own machine, and once its heartbeat has stood still for "
-                        f"{self.stale_s:.0f} s anywhere else.")
+                        f"{h.describe()}, its heartbeat moving. Wait for it to finish (`grokscale status` "
+                        f"shows its progress), or stop it and run again to resume; a driver that was killed "
+                        f"releases its hold at once on its own machine, and once its heartbeat has stood "
+                        f"still for {self.stale_s:.0f} s anywhere else.")
                 if now - since >= max(self.stale_s, h.timeout_s):  # never before its own beats could miss
                     self._end(h.trial_id, f"expired: no heartbeat for {now - since:.0f} s", TrialState.FAIL)
             time.sleep(min(1.0, self.heartbeat_s / 2))
@@ -212,7 +213,8 @@ class StudyHold:
     def _end(self, trial_id: int, why: str, state: TrialState) -> None:
         try:
             self.storage.set_trial_user_attr(trial_id, "ended", why)
-            self.storage.set_trial_state_values(trial_id, state, [0.0] if state == TrialState.COMPLETE else None)
+            values = [0.0] if state == TrialState.COMPLETE else None
+            self.storage.set_trial_state_values(trial_id, state, values)
         except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
             pass  # another driver ended it first
 
@@ -247,10 +249,10 @@ class StudyHold:
                 self._beat_once()
         if self.lost:
             raise HoldLost(
-                f"this driver lost its hold on study {self.study_name!r}: another driver saw its heartbeat stand "
-                f"still for {self.stale_s:.0f} s (this process was paused, or its machine slept) and took the study "
-                "over. It stopped without writing anything more to Optuna or MLflow. `grokscale status` shows the "
-                "study; once no driver runs it, the same command resumes it.")
+                f"this driver lost its hold on study {self.study_name!r}: another driver saw its heartbeat "
+                f"stand still for {self.stale_s:.0f} s (this process was paused, or its machine slept) and "
+                "took the study over. It stopped without writing anything more to Optuna or MLflow. "
+                "`grokscale status` shows the study; once no driver runs it, the same command resumes it.")
 
     def _stop_beating(self) -> None:
         self._stop.set()

@@ -10,7 +10,7 @@ for the study). A value longer than MLflow keeps is cut to its limit, as MLflow 
 `batches` splits a run's entries into requests within MLflow's limits per log_batch.
 
 MLflow's checks are private functions whose calls (key, value) have not changed from MLflow 2.16
-through 3.18; the installed MLflow's own are used, so what passes here passes its client.
+through 3.17; the installed MLflow's own are used, so what passes here passes its client.
 """
 
 from __future__ import annotations

@@ -49,7 +49,7 @@ from mlflow.utils.uri import append_to_uri_path
 
 from orchestrator.store.keys import check_batch, metric_value
 
-# The columns of the tables written, as MLflow 2.16 to 3.18 create them.
+# The columns of the tables written, as MLflow 2.16 to 3.17 create them.
 SCHEMA = {
     "runs": {"run_uuid", "name", "source_type", "source_name", "entry_point_name", "user_id", "status",
              "start_time", "end_time", "source_version", "lifecycle_stage", "artifact_uri", "experiment_id",

@@ -19,7 +19,7 @@ from packaging.version import InvalidVersion, Version
 log = logging.getLogger(__name__)
 
 # package -> (lowest tested, first untested): the bounds of its requirement in pyproject.toml
-TESTED = {"mlflow": ("2.16", "3.19"), "optuna": ("4.0", "5.2")}
+TESTED = {"mlflow": ("2.16", "3.18"), "optuna": ("4.0", "5.2")}
 WHAT = {"mlflow": "runs go through MlflowClient instead of plain SQL into its tables",
         "optuna": "trials go through Optuna's RDBStorage instead of held in memory"}
 _told: set[str] = set()

@@ -1,8 +1,9 @@
 """What the study layer needs to know about each trainer task: read from the task schemas.
 
-The tasks are the members of `TrainSpec.task`'s union (trainers/spec.py), so a task added there
-is known here without an edit: its name, which of its fields the grid's D axis may set, and
-whether it reports the sequence metrics (per-token accuracy, answer log-likelihood). A task of
+The built-in tasks are trainers.tasks.builtin_tasks() (one module each in trainers/tasks/), so a
+task added there is known here without an edit: its name, which of its fields the grid's D axis
+may set, and whether it reports the sequence metrics (per-token accuracy, answer log-likelihood),
+and its `chance_level` for the report (task_settings). A task of
 the user's, named by import path (`task.name: mypkg.tasks:Copying`), is known once imported: its
 class declares the same.
 
@@ -20,8 +21,10 @@ from functools import cache
 from types import UnionType
 from typing import Annotated, Any, Union, get_args, get_origin
 
-from trainers.own_code import OwnCodeError, OwnTask, is_import_path, own_class
-from trainers.spec import TrainSpec
+from pydantic import BaseModel, ValidationError
+
+from trainers.own_code import OwnCodeError, is_import_path, own_class
+from trainers.tasks import builtin_tasks
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,7 @@ def kinds_of(classes) -> dict[str, TaskKind]:
 
 class TaskKinds(dict):
     """The built-in tasks by name; an import path (`package.module:Class`) is imported and checked
-    on lookup (trainers/spec.py: own_class), and is then known like a built-in. Listing the kinds
+    on lookup (trainers/own_code.py: own_class), and is then known like a built-in. Listing the kinds
     (keys, values) gives the built-ins only."""
 
     def __missing__(self, name: str) -> TaskKind:
@@ -86,26 +89,29 @@ def _own_kind(name: str) -> TaskKind:
     return kind_of(own_class(name, "task"), name)
 
 
-def _members(annotation) -> list:
-    """The classes of a (tagged) union: Annotated[Union[Annotated[A, Tag], ...], Discriminator]."""
-    if get_origin(annotation) is Annotated:
-        return _members(get_args(annotation)[0])
-    if get_origin(annotation) in (Union, UnionType):
-        return [m for a in get_args(annotation) for m in _members(a)]
-    return [annotation]
-
-
 @cache
 def task_kinds() -> TaskKinds:
-    """Every built-in trainer task by name, in the order of TrainSpec's task union; import paths
-    resolve on lookup."""
-    builtin = [c for c in _members(TrainSpec.model_fields["task"].annotation) if c is not OwnTask]
-    return TaskKinds(kinds_of(builtin))
+    """Every built-in trainer task by name, in the order of trainers.tasks.builtin_tasks(); import
+    paths resolve on lookup."""
+    return TaskKinds(kinds_of(builtin_tasks().values()))
+
+
+def task_settings(task: dict[str, Any]) -> BaseModel | None:
+    """A study's task section validated by its class, built-in or the user's; None when it names
+    no task that can be used or does not validate."""
+    name = task.get("name")
+    try:
+        if is_import_path(name):
+            return own_class(name, "task").model_validate({k: v for k, v in task.items() if k != "name"})
+        cls = builtin_tasks().get(name)
+        return None if cls is None else cls.model_validate(task)
+    except (OwnCodeError, ValidationError):
+        return None
 
 
 def import_problems(task: dict[str, Any], model: dict[str, Any]) -> list[str]:
     """Why a task or model named by import path cannot be used ([] if each imports and keeps its
-    protocol, trainers/spec.py), each naming its field: checked before anything else of the study."""
+    protocol, trainers/own_code.py), each naming its field: checked before anything else of the study."""
     problems = []
     for section, key, kind in ((task, "name", "task"), (model, "family", "model")):
         ref = section.get(key)

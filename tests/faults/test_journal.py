@@ -230,8 +230,8 @@ def test_status_while_a_driver_appends_loses_no_trial(tmp_path, capsys):
     journal = tmp_path / "runs" / "optuna.journal"
     journal.parent.mkdir()
     name, n = names.optuna_study_name(study.name, cells[0].key), 80
-    writer = subprocess.Popen([sys.executable, "-c", APPENDER, str(journal), name, str(n)], stdout=subprocess.PIPE,
-                              text=True)
+    writer = subprocess.Popen([sys.executable, "-c", APPENDER, str(journal), name, str(n)],
+                              stdout=subprocess.PIPE, text=True)
     try:
         assert writer.stdout.readline().strip() == "started"
         reads = 0
@@ -243,8 +243,10 @@ def test_status_while_a_driver_appends_loses_no_trial(tmp_path, capsys):
     finally:
         writer.kill()
     torn_seen = capsys.readouterr().err.count("its last record is incomplete")
-    trials = optuna.load_study(study_name=name, storage=JournalStorage(JournalFileBackend(str(journal)))).trials
-    assert [t.state for t in trials] == [TrialState.COMPLETE] * n and [t.value for t in trials] == list(range(n))
+    cell = optuna.load_study(study_name=name, storage=JournalStorage(JournalFileBackend(str(journal))))
+    trials = cell.trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * n
+    assert [t.value for t in trials] == list(range(n))
     assert not list(journal.parent.glob("*.partial-*")) and journal_tail(journal) == b""
     assert torn_seen > 0, f"status never read during a write in {reads} reads: the test proves nothing"
     print(f"\n{reads} status reads, {torn_seen} during a write")

@@ -56,7 +56,7 @@ def _checkpoint_step(path: Path) -> int:
 @pytest.mark.slow
 def test_worker_killed_twice_the_user_trainer_resumes_from_its_own_checkpoint(tmp_path, monkeypatch):
     steps, every, at = 100, 10, (30, 70)
-    gates = Gates(tmp_path / "runs" / "faults" / "checkpoints", tmp_path / "gates")
+    gates = Gates(tmp_path / "runs" / "checkpoints", tmp_path / "gates")  # the study's workdir: runs/
     study = yaml.safe_load((EXAMPLE / "study.yaml").read_text())
     study.update(name="faults", workdir=str(tmp_path / "runs"), tracking={"uri": sqlite_uri(tmp_path)},
                  ray={"num_cpus": 1, "max_retries": 5}, trainer="support.gates:wrapped")

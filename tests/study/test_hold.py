@@ -20,9 +20,17 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from orchestrator.store.hold import BOOT_ID, HOLD_STUDY_PREFIX, PID_NAMESPACE, TIMEOUT_ENV, StudyHeld, StudyHold
+from orchestrator.store.hold import (
+    BOOT_ID,
+    HOLD_STUDY_PREFIX,
+    PID_NAMESPACE,
+    TIMEOUT_ENV,
+    StudyHeld,
+    StudyHold,
+)
 
 from support.cli import GROKSCALE
+from support.processes import kill_tree
 
 FAST = {TIMEOUT_ENV: "1.2"}  # a holder in a subprocess beats every 0.1 s
 
@@ -117,7 +125,8 @@ def dead_pid() -> int:
 def test_a_claim_holds_while_its_heartbeat_moves_whatever_its_clock_or_pid(tmp_path, who):
     """A day-old wall clock, and a dead pid under this hostname but another boot id (a container
     sharing the hostname): neither makes a beating claim stale."""
-    host, boot = ("another-host.example", BOOT_ID) if who == "another host" else (socket.gethostname(), "other-boot")
+    host, boot = ("another-host.example", BOOT_ID) if who == "another host" else \
+        (socket.gethostname(), "other-boot")
     journal = tmp_path / "optuna.journal"
     stop = claim(journal, host, dead_pid(), boot, beating=True)
     try:
@@ -209,9 +218,11 @@ def test_second_grokscale_run_of_a_live_study_exits_2_and_the_first_finishes(tmp
     assert third.returncode == 0 and "0 completed" in third.stdout, third.stderr[-2000:]
 
 
-# Runs of a few seconds each, one at a time: the driver is mid-study when it is paused.
-PAUSED = STUDY.replace("name: twice", "name: paused").replace("trials_per_cell: 2", "trials_per_cell: 4").replace(
-    "d: [0.3, 0.5]", "d: [0.5]").replace("steps: 1500", "steps: 4000").replace("num_cpus: 2", "num_cpus: 1")
+# Runs of a few seconds each, one at a time (not packed into one task): the driver is mid-study
+# when it is paused.
+PAUSED = (STUDY.replace("name: twice", "name: paused").replace("trials_per_cell: 2", "trials_per_cell: 3")
+          .replace("d: [0.3, 0.5]", "d: [0.5]").replace("num_cpus: 2", "num_cpus: 1")
+          + "pack: {mode: 'off'}\n")
 
 
 def recorded(tmp_path, uri: str) -> tuple[list, list]:
@@ -276,8 +287,8 @@ def test_a_driver_paused_past_the_timeout_stops_once_the_study_was_taken_over(tm
         assert [h.pid for h in hold.holders()] == [os.getpid()]
         hold.check()  # still ours
     finally:
-        os.kill(driver.pid, signal.SIGCONT)
         if driver.poll() is None:
-            driver.kill()
+            kill_tree(driver.pid)
+            driver.wait()
         if hold is not None:
             hold.release()

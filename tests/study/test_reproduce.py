@@ -200,6 +200,7 @@ def test_the_study_file_names_the_trainer(tmp_path):
                     train=grokscale_train({"steps": 10, "eval_every": 5}))
     client.log_param(run, names.PARAM_SPEC_JSON, spec.model_dump_json())
     env = {**os.environ, "PYTHONPATH": f"{example}{os.pathsep}{example.parents[1]}"}
-    out = grokscale("reproduce", run, "--tracking-uri", uri, "--study", example / "study.yaml", cwd=tmp_path, env=env)
-    assert out.returncode == 1 and "verdict: MISMATCH" in out.stdout, out.stderr[-2000:]  # trained; none recorded
+    out = grokscale("reproduce", run, "--tracking-uri", uri, "--study", example / "study.yaml", cwd=tmp_path,
+                    env=env)
+    assert out.returncode == 1 and "verdict: MISMATCH" in out.stdout, out.stderr[-2000:]  # none recorded
     assert "val_acc" in out.stdout

@@ -294,7 +294,7 @@ def test_a_3_gib_token_file_streams_in_far_less_memory(tmp_path):
         path.unlink(missing_ok=True)
 
 
-# ---- the corpus as a training task (trainers/tasks.py: make_corpus, trainers/train.py) ----
+# ---- the corpus as a training task (trainers/tasks/corpus.py, trainers/train.py) ----
 
 def test_windows_are_the_stream_cut_every_seq_len_and_the_train_sample_is_fixed(tmp_path):
     root = write_folder(tmp_path / "docs", DOCS)

@@ -23,16 +23,12 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from trainers.flops import flops_for_task, flops_per_example
-from trainers.models import build_model
-from trainers.spec import (
-    AdditionTask,
-    CharLMTask,
-    MLPModel,
-    ModularTask,
-    SparseParityTask,
-    TransformerModel,
-)
+from trainers.models import MLPModel, TransformerModel, build_model
 from trainers.tasks import make_task
+from trainers.tasks.addition import AdditionTask
+from trainers.tasks.charlm import CharLMTask
+from trainers.tasks.modular import ModularTask
+from trainers.tasks.sparse_parity import SparseParityTask
 
 TOLERANCE = 0.01  # formula / counter; see the module docstring for why 1% and not "a few"
 BATCH = 2

@@ -31,8 +31,11 @@ from trainers.flops import flops_for_task, flops_per_example
 from trainers.gpt import param_counts, rotary_tables, rotate
 from trainers.models import build_model, count_params, init_weights, resolve_shape, shape_counts
 from trainers.packed import train_packed
-from trainers.spec import AdditionTask, CharLMTask, GPTModel, ModularTask
+from trainers.spec import GPTModel
 from trainers.tasks import make_task
+from trainers.tasks.addition import AdditionTask
+from trainers.tasks.charlm import CharLMTask
+from trainers.tasks.modular import ModularTask
 
 HAND = GPTModel(n_layer=1, aspect=8, head_dim=4)
 SMALL = {"aspect": 16, "head_dim": 16}  # d_model 16 x n_layer

@@ -89,8 +89,9 @@ def read(client: MlflowClient, run_id: str) -> dict:
     return {"status": i.status, "end_time": i.end_time, "lifecycle": i.lifecycle_stage, "user": i.user_id,
             "name": i.run_name, "artifacts": i.artifact_uri.replace(run_id, "<id>"), "tags": run.data.tags,
             "params": run.data.params, "latest": {k: nan_free(v) for k, v in run.data.metrics.items()},
-            "history": {k: [(m.step, m.timestamp, nan_free(m.value)) for m in client.get_metric_history(run_id, k)]
-                        for k in run.data.metrics}}
+            # as a set: MLflow 2.x returns a history in the database's order, which differs by writer
+            "history": {k: sorted((m.step, m.timestamp, nan_free(m.value))
+                                  for m in client.get_metric_history(run_id, k)) for k in run.data.metrics}}
 
 
 def test_plain_sql_writes_the_rows_mlflow_writes(store):

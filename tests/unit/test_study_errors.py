@@ -107,10 +107,10 @@ def test_every_problem_of_the_schema_is_reported_at_once():
         "resources.gpus: more than one GPU must be a whole number (a fraction <= 1 packs trials on one GPU), got 1.5"]
 
 
-class CopyTask(BaseModel):
+class EchoTask(BaseModel):
     """A task from outside the built-in list: it brings its own D fields and metrics."""
 
-    name: Literal["copy"] = "copy"
+    name: Literal["echo"] = "echo"
     n_examples: PositiveInt | None = None
     example_fraction: float | None = None
     d_fields: ClassVar[tuple[str, ...]] = ("n_examples", "example_fraction")
@@ -118,12 +118,12 @@ class CopyTask(BaseModel):
 
 
 def test_task_kinds_come_from_the_task_schemas():
-    # The built-in tasks of TrainSpec's union; a task named by import path resolves on lookup.
-    assert list(task_kinds()) == ["modular", "sparse_parity", "addition", "charlm", "corpus"]
+    # The built-in tasks (trainers/tasks/, the default first); an import path resolves on lookup.
+    assert list(task_kinds()) == ["modular", "addition", "charlm", "copy", "corpus", "sparse_parity"]
     modular = task_kinds()["modular"]
     assert modular.d_field == "train_fraction" and modular.counts == {"n_train"}  # n_train: int, the other a float
-    copy = kinds_of([CopyTask])["copy"]
-    assert (copy.d_field, copy.counts, copy.sequence_metrics) == ("n_examples", {"n_examples"}, True)
+    echo = kinds_of([EchoTask])["echo"]
+    assert (echo.d_field, echo.counts, echo.sequence_metrics) == ("n_examples", {"n_examples"}, True)
 
 
 def test_the_metrics_and_d_field_follow_the_task():

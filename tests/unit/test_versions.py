@@ -42,7 +42,7 @@ def test_pyproject_allows_exactly_the_tested_releases():
                                  __import__(package).__version__)
     assert versions.in_range("optuna", "4.0.0") and versions.in_range("optuna", "5.1.0")
     assert not versions.in_range("optuna", "5.2.0") and not versions.in_range("optuna", "3.6.1")
-    assert not versions.in_range("mlflow", "3.19.0rc0") and versions.in_range("mlflow", "2.16.2")
+    assert not versions.in_range("mlflow", "3.18.0rc0") and versions.in_range("mlflow", "2.16.2")
 
 
 JOURNAL_STUDY = f"""

@@ -7,7 +7,7 @@
     for x, y in data.val_batches(batch_size): ...                # the same held-out windows always
 
 D is `data.n_train` tokens. Nothing is fetched from a hub: every source is a local path.
-In a study it is the task `{name: corpus, source: ..., ...}` (trainers/tasks.py: make_corpus):
+In a study it is the task `{name: corpus, source: ..., ...}` (trainers/tasks/corpus.py):
 the grid sets n_train_tokens, and the study tokenizes into <workdir>/corpus (task.cache_dir).
 """
 
