@@ -63,6 +63,7 @@ from trainers import stacked
 from trainers.checkpoint import CHECKPOINT_NAME, Checkpoint
 from trainers.checkpoint import load as load_checkpoint
 from trainers.core import Accounting, Report, RunLog, TrainResult, batch_generator, build_run
+from trainers.device import autocast, resolve_precision
 from trainers.models import count_params
 from trainers.schedules import lr_at
 from trainers.spec import TrainSpec
@@ -102,6 +103,12 @@ def can_pack(specs: Sequence[TrainSpec]) -> str | None:
     if first.model.dropout > 0:
         problems.append(f"model.dropout is {first.model.dropout}: train() draws dropout masks from "
                         "the global generator, which vmap cannot reproduce per run")
+    cfg = first.train
+    if cfg.micro_batch is not None or cfg.grad_clip is not None:
+        problems.append("train.micro_batch and train.grad_clip are train()'s alone: the pack steps every run "
+                        "on its whole batch and clips nothing")
+    if cfg.precision == "fp16":
+        problems.append("train.precision 'fp16' needs a gradient scaler per run; the pack trains in fp32 or bf16")
     if getattr(first.model, "parametrization", "sp") == "mup":
         problems.append("model.parametrization is 'mup': its per-layer learning rates are train()'s AdamW "
                         "param groups (trainers/mup.py), which the pack's own AdamW does not apply")
@@ -256,11 +263,13 @@ def _train_pack(runs: list[_Run], t0: float) -> None:
     data = runs[0].data
     base = runs[0].model  # its structure is shared; its parameters are never read
     n = len(data.x_train)
-    full_batch = cfg.batch_size is None or cfg.batch_size >= n
+    batch = cfg.batch_examples(data.seq_len)
+    full_batch = batch is None or batch >= n
     device = torch.device(runs[0].spec.device)
+    amp = autocast(device, resolve_precision(cfg, device))  # fp32: no context at all, as in train()
     pack = _Pack.stack(runs, device)
     step, cursor = runs[0].step, runs[0].cursor
-    batched_loss, batched_logits = _batched(base, data, n if full_batch else cfg.batch_size, device)
+    batched_loss, batched_logits = _batched(base, data, n if full_batch else batch, device)
 
     def finish(k: int) -> None:
         """Run k has ended (its log says how): freeze its step and time, write its last state."""
@@ -286,13 +295,14 @@ def _train_pack(runs: list[_Run], t0: float) -> None:
         if full_batch:
             xb, yb = pack.x_train, pack.y_train
         else:
-            if cursor + cfg.batch_size > n:
+            if cursor + batch > n:
                 pack.perm, cursor = torch.stack([torch.randperm(n, generator=r.batch_gen) for r in runs]), 0
-            idx = pack.perm[:, cursor:cursor + cfg.batch_size].to(device)  # (K, B)
-            cursor += cfg.batch_size
+            idx = pack.perm[:, cursor:cursor + batch].to(device)  # (K, B)
+            cursor += batch
             rows = torch.arange(len(runs), device=device)[:, None]
             xb, yb = pack.x_train[rows, idx], pack.y_train[rows, idx]
-        losses = batched_loss(pack.params, xb, yb)  # (K,)
+        with amp:
+            losses = batched_loss(pack.params, xb, yb)  # (K,)
         step += 1
         for k, loss in enumerate(losses.tolist()):
             if runs[k].log.on_loss(step, loss):  # diverged
@@ -312,8 +322,10 @@ def _train_pack(runs: list[_Run], t0: float) -> None:
         if step % cfg.eval_every == 0 or step == cfg.steps:
             t_eval = time.perf_counter()
             base.eval()
-            tr = stacked.evaluate(batched_logits, pack.params, pack.x_train, pack.y_train, data, cfg.eval_batch_size)
-            va = stacked.evaluate(batched_logits, pack.params, pack.x_val, pack.y_val, data, cfg.eval_batch_size)
+            with amp:
+                tr = stacked.evaluate(batched_logits, pack.params, pack.x_train, pack.y_train, data,
+                                      cfg.eval_batch_size)
+                va = stacked.evaluate(batched_logits, pack.params, pack.x_val, pack.y_val, data, cfg.eval_batch_size)
             base.train()
             norms = stacked.weight_norms(pack.params)
             spent = time.perf_counter() - t_eval

@@ -152,3 +152,17 @@ def test_compile_on_gives_the_eager_curve():
     eager, compiled = train(spec()), train(spec(compile="on"))
     assert compiled.runtime["compiled"] is True and eager.runtime["compiled"] is False
     assert close(compiled.history["val_loss"], eager.history["val_loss"], rel=1e-5)
+
+
+def test_the_packed_loop_takes_batch_tokens_and_bf16_and_refuses_what_it_cannot_do():
+    from trainers.packed import can_pack, train_packed
+
+    seq_len = make_task(spec().task, 1).seq_len
+    specs = [spec(weight_decay=w) for w in (0.1, 0.3)]
+    by_tokens = [spec(weight_decay=w, batch_size=None, batch_tokens=32 * seq_len) for w in (0.1, 0.3)]
+    assert [r.history for r in train_packed(by_tokens)] == [r.history for r in train_packed(specs)]
+    bf16 = train_packed([spec(weight_decay=w, precision="bf16") for w in (0.1, 0.3)])
+    alone = train(spec(weight_decay=0.1, precision="bf16"))
+    assert close(bf16[0].history["val_loss"], alone.history["val_loss"], rel=0.02)
+    for bad in ({"micro_batch": 8}, {"grad_clip": 1.0}, {"precision": "fp16"}):
+        assert can_pack([spec(**bad), spec(**bad)]) is not None
