@@ -40,7 +40,8 @@ def summary(backtest: dict) -> dict:
     chain = [abs(p["error"]) for p in preds]
     direct = [abs(p["direct_error"]) for p in preds if p["direct_error"] is not None]
     return {"n": len(preds), "chain_mae": float(np.mean(chain)),
-            "direct_mae": float(np.mean(direct)) if direct else None, "covered": sum(p["covered"] for p in preds), "trusted": sum(p["predictable"] for p in preds),
+            "direct_mae": float(np.mean(direct)) if direct else None, "covered": sum(p["covered"] for p in preds),
+            "trusted": sum(p["predictable"] for p in preds),
             "trusted_covered": sum(p["covered"] for p in preds if p["predictable"]),
             "chain_max": float(np.max(chain))}
 
