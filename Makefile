@@ -16,10 +16,12 @@ PYTEST_ARGS ?= -m "not soak and not long" --durations=30
 # serves, each pair in a venv of its own; README.md ("Tested releases") records the last result.
 # MLflow 2.x imports a pool SQLAlchemy 2.1 dropped, and allows SQLAlchemy <3: the lowest needs <2.1.
 COMPAT_LOW ?= mlflow==2.16.0 optuna==4.0.0 sqlalchemy<2.1
-COMPAT_NEW ?= mlflow==3.18.0 optuna==5.1.0
+# The newest the registry can install: it lists mlflow 3.18.0, but not the mlflow-tracing 3.18.0 it needs.
+COMPAT_NEW ?= mlflow==3.17.2 optuna==5.1.0
 COMPAT_TESTS ?= tests/unit/test_sql_writes.py tests/unit/test_held_storage.py
 # What those tests import, without Ray, the corpora or the UI (grokscale itself goes in with --no-deps).
-COMPAT_DEPS ?= numpy scipy pandas pydantic pyyaml rich matplotlib packaging pytest pytest-timeout psycopg2-binary
+COMPAT_DEPS ?= numpy scipy pandas pydantic pyyaml rich matplotlib packaging \
+	pytest pytest-timeout psycopg2-binary
 
 .PHONY: install quickstart test test-all test-compat soak bench ui clean
 
@@ -50,7 +52,7 @@ test-compat:
 	  $$venv/bin/python -c "import torch" 2>/dev/null || $$venv/bin/python -m pip install -q "$(TORCH)"; \
 	  $$venv/bin/python -m pip install -q $(COMPAT_DEPS) $${pins#* }; \
 	  $$venv/bin/python -m pip install -q --no-deps -e .; \
-	  echo "== $$venv: $$($$venv/bin/python -c 'import mlflow, optuna; print("mlflow", mlflow.__version__, "optuna", optuna.__version__)')"; \
+	  $$venv/bin/python -c 'import mlflow, optuna; print("==", "mlflow", mlflow.__version__, "optuna", optuna.__version__)'; \
 	  $$venv/bin/python -m pytest -q -p no:cacheprovider $(COMPAT_TESTS); \
 	done
 

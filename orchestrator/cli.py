@@ -139,9 +139,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"{study.name}: {stats.completed} completed, {stats.stopped} pruned, {stats.diverged} diverged, "
               f"{stats.failed} failed in {stats.wall_time_s:.0f} s.")
         if stats.dropped_keys or stats.write_failures:
-            print(f"MLflow: {stats.dropped_keys} metric, param or tag names or values it refuses were dropped "
-                  f"(each run's grokscale.dropped_keys tag lists its own); {stats.write_failures} runs failed "
-                  f"because a write of theirs failed (their grokscale.reason says why).")
+            print(f"MLflow: {stats.dropped_keys} metric, param or tag names or values it refuses were "
+                  f"dropped (each run's grokscale.dropped_keys tag lists its own); {stats.write_failures} "
+                  f"runs failed because a write of theirs failed (their grokscale.reason says why).")
         if refined is not None:
             print(refined.summary())
         _print_links(links)

@@ -68,7 +68,8 @@ def test_a_bad_entry_is_dropped_alone_and_shown_on_its_run(tmp_path):
     assert tracker.drain(timeout_s=60)
     client = MlflowClient(study.tracking.uri)
     run = client.get_run(run_id)
-    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "val_acc")] == [(100, 0.25), (200, 0.75)]
+    curve = client.get_metric_history(run_id, "val_acc")
+    assert [(m.step, m.value) for m in curve] == [(100, 0.25), (200, 0.75)]
     assert [(m.step, m.value) for m in client.get_metric_history(run_id, "loss")] == [(200, 1.5)]
     assert run.data.metrics["final.max_val_acc"] == 0.75 and run.data.params["lr"] == "0.1"
     assert run.data.tags[names.TAG_STATUS] == "completed" and run.data.tags[names.TAG_NODE_ID] == "n1"
@@ -106,13 +107,15 @@ def test_a_study_with_bad_keys_completes_every_trial_and_counts_them(tmp_path):
     assert len(runs) == 3
     for r in runs:
         assert r.data.tags[names.TAG_STATUS] == "completed" and r.info.status == "FINISHED"
-        assert [m.step for m in client.get_metric_history(r.info.run_id, "val_acc")] == list(range(100, 1001, 100))
+        curve = client.get_metric_history(r.info.run_id, "val_acc")
+        assert [m.step for m in curve] == list(range(100, 1001, 100))
         assert set(json.loads(r.data.tags[names.TAG_DROPPED_KEYS])) == {
             "metric val acc?", "metric note", "tag grokscale.flops.per token!"}
     parent = client.get_run(stats.parent_run_id)
     assert json.loads(parent.data.tags[names.TAG_DROPPED_KEYS]) == {
         "metric val acc?": 3, "metric note": 3, "tag grokscale.flops.per token!": 3}
     storage = open_storage(study.storage_url)
-    trials = [t for s in optuna.get_all_study_summaries(storage) if not s.study_name.startswith(HOLD_STUDY_PREFIX)
-              for t in optuna.load_study(study_name=s.study_name, storage=storage).get_trials()]
+    cells = [s.study_name for s in optuna.get_all_study_summaries(storage)
+             if not s.study_name.startswith(HOLD_STUDY_PREFIX)]
+    trials = [t for name in cells for t in optuna.load_study(study_name=name, storage=storage).get_trials()]
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3

@@ -57,7 +57,8 @@ study = small_study(Path(sys.argv[1]), "journal", trials=1)
 assert not study.storage  # the default: an Optuna journal file
 stats = Driver(study, build_cells(study), show=False, launcher=cluster(1, 0.2)).run()
 assert stats.completed == 1, stats
-print("LOADED", [m for m in ("optuna.storages._rdb.models", "orchestrator.store.held_storage") if m in sys.modules])
+print("LOADED", [m for m in ("optuna.storages._rdb.models", "orchestrator.store.held_storage")
+                 if m in sys.modules])
 """
 
 
@@ -80,7 +81,8 @@ def test_on_untested_releases_a_study_takes_the_public_apis_and_says_so_once(tmp
     assert stats.completed == 3 and stats.failed == 0
     assert driver.tracker.direct is None  # MlflowClient's writes, not plain SQL
     assert isinstance(driver.searches[0].storage, optuna.storages.RDBStorage)  # not held in memory
-    notices = [r.message for r in caplog.records if "outside the releases grokscale was tested with" in r.message]
+    notices = [r.message for r in caplog.records
+               if "outside the releases grokscale was tested with" in r.message]
     assert len(notices) == 2 and all("\n" not in n for n in notices), notices
     assert any(n.startswith(f"optuna {optuna.__version__} ") for n in notices)
     client = MlflowClient(study.tracking.uri)

@@ -113,7 +113,7 @@ def test_a_write_that_fails_for_good_fails_its_run_as_data_and_the_rest_goes_on(
         reason = run.data.tags[names.TAG_REASON]
         assert "failed for good" in reason and "Traceback" in reason and error in reason, reason
         assert tracker.write_failure(run_id) == reason
-        assert [m.step for m in client.get_metric_history(run_id, "val_acc")] == [100, 200]  # the rest arrived
+        assert [m.step for m in client.get_metric_history(run_id, "val_acc")] == [100, 200]  # the rest came
         assert run.data.metrics["final.max_val_acc"] == 1.0
     run = client.get_run(c)
     assert run.info.status == "FINISHED" and run.data.tags[names.TAG_STATUS] == "completed"
@@ -179,7 +179,8 @@ def test_a_run_whose_writes_the_store_refuses_fails_as_data_and_the_study_finish
     instead of COMPLETE; the other trials complete and the driver returns."""
     study = small_study(tmp_path, "deleted")
     DeletingCluster.deleted = None
-    stats = Driver(study, build_cells(study), show=False, launcher=lambda s, c: DeletingCluster(s, c, 1, 0.3)).run()
+    driver = Driver(study, build_cells(study), show=False, launcher=lambda s, c: DeletingCluster(s, c, 1, 0.3))
+    stats = driver.run()
     assert stats.completed == 2 and stats.failed == 1 and stats.write_failures == 1
     storage = open_storage(study.storage_url)
     (cell,) = [s.study_name for s in optuna.get_all_study_summaries(storage)
