@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from orchestrator.study.errors import Problem, problems_of
 from orchestrator.study.length import PROBE_STEPS, length_problems
 from orchestrator.study.own_trainer import own_trainer_problems
+from orchestrator.study.plugins import plugin_problems
 from orchestrator.study.rules import STUDY_LENGTH_KEYS, Rule, RuleError, anchored, rule_problems
 from orchestrator.study.schema import Study
 from orchestrator.study.tasks import task_kinds
@@ -204,9 +205,9 @@ def check_study(study: Study) -> list[str]:
     study's own parts fit."""
     if study.trainer is not None:
         return list(dict.fromkeys(own_trainer_problems(study) + _search(study) + _refine_own_trainer(study)
-                                  + rule_problems(study)))
+                                  + rule_problems(study) + plugin_problems(study)))
     problems = _task(study)
     if problems:
         return problems
-    problems = _grid_d(study) + _length(study) + _search(study) + rule_problems(study)
+    problems = _grid_d(study) + _length(study) + _search(study) + rule_problems(study) + plugin_problems(study)
     return list(dict.fromkeys(problems or _specs(study)))

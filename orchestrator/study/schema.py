@@ -41,6 +41,7 @@ DERIVED_METRICS = ("max_val_acc", "min_val_loss", "generalization_step", "memori
 FINAL_METRICS = ("val_acc", "val_loss", "train_acc", "train_loss", "weight_norm")
 SEQUENCE_METRICS = ("val_token_acc", "val_answer_logprob", "train_token_acc", "train_answer_logprob")
 SAMPLERS = ("tpe", "random", "grid", "cmaes", "nsgaii", "qmc")
+PRUNE_MODES = ("off", "objective", "phase")
 NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
@@ -84,6 +85,22 @@ class IntParam(Strict):
         return self
 
 
+def _sampler_name(v: str) -> str:
+    if v in SAMPLERS or ":" in v:
+        return v
+    raise PydanticCustomError("sampler_name", "one of {known}, or your own sampler as 'package.module:factory' "
+                              "(any callable returning an optuna.samplers.BaseSampler), got {v!r}",
+                              {"known": ", ".join(SAMPLERS), "v": v})
+
+
+def _prune_mode(v: str) -> str:
+    if v in PRUNE_MODES or ":" in v:
+        return v
+    raise PydanticCustomError("prune_mode", "one of {known}, or your own stopping rule as 'package.module:Rule' "
+                              "(orchestrator/sweep/stopping/base.py: StoppingRule), got {v!r}",
+                              {"known": ", ".join(PRUNE_MODES), "v": v})
+
+
 class CategoricalParam(Strict):
     type: Literal["categorical"]
     choices: list[bool | int | float | str | None] = Field(min_length=1)
@@ -93,7 +110,8 @@ Param = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator=
 
 
 class Search(Strict):
-    sampler: Literal[SAMPLERS] = "tpe"  # type: ignore[valid-type]
+    # A built-in sampler, or your own by import path (orchestrator/study/plugins.py).
+    sampler: Annotated[str, AfterValidator(_sampler_name)] = "tpe"
     trials_per_cell: PositiveInt = 4
     seed: int = Field(default=0, ge=0)  # the sampler's seed; cell i uses seed + i
     # cell: one Optuna study per cell (the nuisance parameters tuned per scale). study: one Optuna
@@ -358,7 +376,8 @@ class Pruning(Strict):
 
     # off; objective: stop a run once it cannot beat its cell's best step objective (exact);
     # phase: stop a memorizing run whose budget of weight decay cannot make it grok in time.
-    mode: Annotated[Literal["off", "objective", "phase"], BeforeValidator(_yaml_switch)] = "off"
+    # Or your own rule by import path (orchestrator/study/plugins.py).
+    mode: Annotated[str, BeforeValidator(_yaml_switch), AfterValidator(_prune_mode)] = "off"
     safety: float = Field(default=2.0, ge=1.0)  # phase: how far short of the needed decay a run must fall
     memorized_for: float = Field(default=10.0, ge=1.0)  # phase: steps since memorization, as a multiple
 

@@ -16,6 +16,8 @@ from orchestrator.store import names
 from orchestrator.store.journal import RepairingJournalBackend, journal_tail
 from orchestrator.study import Study
 from orchestrator.study.grid import Cell
+from orchestrator.study.plugins import make_own_sampler
+from trainers.import_path import is_import_path
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -87,6 +89,8 @@ def make_sampler(study: Study, cell_index: int, n_existing: int = 0) -> optuna.s
     seed = study.search.seed + cell_index
     if name not in ("qmc", "grid") and n_existing:
         seed += 1_000_003 * n_existing
+    if is_import_path(name):  # the study's own (orchestrator/study/plugins.py), checked at load
+        return make_own_sampler(name, seed)
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True)
     if name == "random":
