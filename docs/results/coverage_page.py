@@ -60,6 +60,16 @@ def forecast_checks(page: str, res: dict) -> list[Check]:
     return out
 
 
+def below_the_jump_checks() -> list[Check]:
+    """forecast_addition's page backtest, fitted below the jump only (docs/results/forecast_page.py)."""
+    path = HERE / "forecast_addition" / "below_the_jump.json"
+    if not path.exists():
+        return []
+    b = json.loads(path.read_text())
+    return [Check(p["actual"], p["metric"], p.get("metric_low"), p.get("metric_high"),
+                  source=f"forecast_addition (below the jump, holdout {b['holdout']})") for p in b["predictions"]]
+
+
 def plan_checks() -> list[Check]:
     plan, outcome = HERE / "plan_isoflop_charlm" / "plan.json", HERE / "plan_isoflop_charlm" / "outcome.json"
     if not (plan.exists() and outcome.exists()):
@@ -70,8 +80,8 @@ def plan_checks() -> list[Check]:
 
 def main() -> None:
     kinds: dict[str, list[Check]] = {"frontier N_opt": [], "frontier L_opt": [], "D*(N)": [],
-                                     "generalization step (decay clock)": [], "downstream forecast": [],
-                                     "plan: rung loss": plan_checks()}
+                                     "generalization step (decay clock)": [],
+                                     "downstream forecast": below_the_jump_checks(), "plan: rung loss": plan_checks()}
     for page in PAGES:
         res = load(page)
         if res is None:

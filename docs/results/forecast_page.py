@@ -17,11 +17,16 @@ from pathlib import Path
 
 import numpy as np
 
+from orchestrator.analysis.downstream import Evaluations
+from orchestrator.analysis.forecast_backtest import MIN_FIT_SIZES, backtest_forecasts
+from orchestrator.report.document import chance_level
 from orchestrator.report.report import build_report
 from orchestrator.store.results import load_results
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "forecast_addition"
+TRUST_VERDICT = {True: "**yes**: every forecast that missed was flagged before the truth was known",
+                 False: "**no**: a forecast called trustworthy missed"}
 KEEP = ("forecast.png", "metric_vs_n.png", "emergence_heatmap.png", "results.json")
 
 
@@ -43,12 +48,29 @@ def summary(backtest: dict) -> dict:
             "direct_mae": float(np.mean(direct)) if direct else None, "covered": sum(p["covered"] for p in preds),
             "trusted": sum(p["predictable"] for p in preds),
             "trusted_covered": sum(p["covered"] for p in preds if p["predictable"]),
-            "chain_max": float(np.max(chain))}
+            "chain_max": float(np.max(chain)),
+            "flagged_missed": sum(not p["covered"] for p in preds if not p["predictable"]),
+            "unflagged_missed": sum(not p["covered"] for p in preds if p["predictable"])}
 
 
-def page(results: dict, minutes: float | None) -> str:
+def below_the_jump(res) -> dict:
+    """The backtest the page is about: fitted on the three smallest widths only (every one below
+    the jump in exact match), the four larger predicted; the report itself holds out at most half."""
+    runs = res.runs[res.runs["status"] == "completed"]
+    curves = res.curves.merge(runs[["run_id", "n_params", "n_train"]], on="run_id").dropna(
+        subset=["val_loss", "val_acc"])
+    ev = Evaluations(curves["n_params"].to_numpy(float), curves["n_train"].to_numpy(float),
+                     curves["val_loss"].to_numpy(float), curves["val_acc"].to_numpy(float),
+                     curves["step"].to_numpy(float))
+    sizes = runs["n_params"].nunique()
+    backtests = backtest_forecasts(runs["n_params"].to_numpy(float), runs["n_train"].to_numpy(float),
+                                   runs["val_loss"].to_numpy(float), runs["val_acc"].to_numpy(float), ev,
+                                   chance=chance_level(res.config), max_holdout=sizes - MIN_FIT_SIZES)
+    return backtests[-1].to_dict()
+
+
+def page(results: dict, widest: dict, minutes: float | None) -> str:
     fc = results["forecast"]
-    widest = max(fc["backtests"], key=lambda b: b["holdout"])
     s = summary(widest)
     sig = fc["fit"]["sigmoid"]
     law = fc["fit"]["loss_law"]
@@ -65,6 +87,10 @@ def page(results: dict, minutes: float | None) -> str:
         "the same runs; chained, they forecast exact match at a size not trained. The baseline is a sigmoid "
         "of exact match fitted directly over log N to the same small runs' final values.", "",
         f"## Forecast of the {widest['holdout']} largest widths from the {len(widest['fit_sizes'])} smallest", "",
+        "Exact match jumps between 4,092 parameters (0.10) and 6,992 (1.00): the three smallest widths are all "
+        "below the jump. The report's own backtests hold out at most half the sizes (its `forecast` section and "
+        "plot); this page holds out every size but the three smallest "
+        "([forecast_addition/below_the_jump.json](forecast_addition/below_the_jump.json)).", "",
         f"Fitted on N = {', '.join(f'{n:,.0f}' for n in widest['fit_sizes'])}; every forecast made before "
         "looking at the larger runs.", "", *rows(widest), "",
         "## Claims", "", "| claim | what grokscale measured | agrees? |", "|---|---|---|",
@@ -78,9 +104,19 @@ def page(results: dict, minutes: float | None) -> str:
         f"error) | {'**yes**' if better else '**no**'}: "
         f"{'the chain is closer' if better else 'the direct fit is as close or closer here'} |",
         f"| Whether a forecast may be trusted is decided from the small runs alone | {s['trusted']} of {s['n']} "
-        f"called trustworthy, {s['trusted_covered']} of those inside their intervals; the others with their "
-        "reasons above | see the table |", "",
-        "## The fits", "",
+        f"called trustworthy, {s['trusted_covered']} of those inside their intervals; of the {s['n'] - s['trusted']} "
+        f"flagged beforehand, {s['flagged_missed']} missed their interval | "
+        f"{TRUST_VERDICT[s['unflagged_missed'] == 0]} |",
+        "", "## What this shows", "",
+        "Above the jump the task is solved: the held-out loss falls from about 0.6 nats at 4,092 parameters to "
+        "0.001 at 6,992. A law L(N, D) = E + A/N^alpha + B/D^beta fitted below the jump has no way to see that "
+        "collapse coming, so the chain carries the small models' slow decline forward and forecasts exact match "
+        "near 0.1 where the runs reached 1.0. The small runs say so in advance: step 1 is rejected (see its reasons "
+        "below), so no forecast is called trustworthy. The direct sigmoid over N does better here only because the "
+        "third width, at 0.10, already sits on the rise. Bhagia et al.'s tasks improve smoothly in loss; an "
+        "algorithmic task that is either solved or not, at this scale, is the case their method does not cover, "
+        "and grokscale's checks flag it rather than forecast it.", "",
+        "## The fits (the report's, over every run)", "",
         f"- Step 2 (every evaluation of the fitted runs): {sig['form']}, a = {sig['a']:.3g}, k = {sig['k']:.3g}, "
         f"L0 = {sig['L0']:.3g}, b = {sig['b']:.3g}{' (fixed at chance)' if sig['b_fixed'] else ''}; R^2 "
         f"{sig['r2']:.3f}; {'accepted' if sig['accepted'] else 'rejected: ' + '; '.join(sig['reasons'])}.",
@@ -108,7 +144,9 @@ def main() -> None:
             shutil.copy(work / name, OUT / name)
     shutil.rmtree(work)
     results = json.loads((OUT / "results.json").read_text())
-    (HERE / "forecast_addition.md").write_text(page(results, args.minutes))
+    widest = below_the_jump(res)
+    (OUT / "below_the_jump.json").write_text(json.dumps(widest, indent=2))
+    (HERE / "forecast_addition.md").write_text(page(results, widest, args.minutes))
     print(f"wrote {HERE / 'forecast_addition.md'}; plots: {sorted(report.plots)}")
 
 

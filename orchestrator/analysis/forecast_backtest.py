@@ -75,12 +75,13 @@ def direct_sigmoid(n: np.ndarray, metric: np.ndarray, chance: float | None):
 
 def backtest_forecasts(n: np.ndarray, d: np.ndarray, loss: np.ndarray, metric: np.ndarray,
                        evaluations: Evaluations, *, chance: float | None = None, n_boot: int = 200,
-                       seed: int = 0) -> list[Backtest]:
-    """Runs (final loss and metric, one row each) and their evaluations: a Backtest per holdout."""
+                       seed: int = 0, max_holdout: int | None = None) -> list[Backtest]:
+    """Runs (final loss and metric, one row each) and their evaluations: a Backtest per holdout,
+    from 1 to `max_holdout` (default half the sizes) largest sizes held out."""
     n, d, loss, metric = (np.asarray(v, float) for v in (n, d, loss, metric))
     sizes = np.unique(n)
     out = []
-    for h in range(1, len(sizes) // 2 + 1):
+    for h in range(1, (len(sizes) // 2 if max_holdout is None else max_holdout) + 1):
         if len(sizes) - h < MIN_FIT_SIZES:
             break
         cut = sizes[-h - 1]
