@@ -89,7 +89,8 @@ def build_report(res: StudyResults, out_dir: str | Path) -> Report:
             needs=(inp.n_col, inp.d_col), have=runs_have)
     if not inp.language_model:
         section(report, "mirage", lambda: sections.mirage(inp, report, results), None)
-    section(report, "transfer", lambda: transfer_section.transfer(inp, report, results), None)
+    section(report, "transfer", lambda: transfer_section.transfer(inp, report, results), None,
+            needs=(inp.n_col,), have=runs_have)
     regs = section(report, "regularization", lambda: sections.regularization(inp, results), [])
     refined = section(report, "refinement", lambda: sections.refinement(res.refine, inp, report, results), "")
     report.summary = section(report, "summary", lambda: summary_table(inp.runs, phases, regs, inp.metric, inp.n_col,
