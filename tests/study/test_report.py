@@ -16,7 +16,7 @@ from support import cli
 from support.cli import REPO
 
 PLOTS = {"emergence_heatmap.png", "metric_vs_n.png", "grokking_curves.png", "phase_wd_x_d.png",
-         "phase_wd_x_lr.png", "mirage.png"}
+         "phase_wd_x_lr.png", "mirage.png", "forecast.png"}
 # The quickstart's L(N, D) fit does not describe its data (its losses are set by which runs
 # grokked, not by N and D): it is rejected, so it is neither drawn nor logged as metrics.
 # The quickstart as shipped, shrunk to one trial per cell and a short budget so it runs in about
@@ -34,7 +34,8 @@ def quickstart(tmp_path_factory) -> Path:
     shutil.copy(REPO / "sweeps" / "quickstart.yaml", tmp / "quickstart.yaml")
     out = grokscale("run", "quickstart.yaml", "--quiet", *SHRINK, cwd=tmp)
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
-    assert "report: 6 plots" in out.stdout and "no scaling_fit: fit rejected: " in out.stdout, out.stdout[-2000:]
+    # One line per report section; the rejected fit's reasons in a few words (all of them in results.json).
+    assert "report: 7 plots" in out.stdout and "no scaling_fit (fit rejected: " in out.stdout, out.stdout[-2000:]
     return tmp
 
 
