@@ -16,7 +16,7 @@ from support import cli
 from support.cli import REPO
 
 PLOTS = {"emergence_heatmap.png", "metric_vs_n.png", "grokking_curves.png", "phase_wd_x_d.png",
-         "phase_wd_x_lr.png", "mirage.png", "forecast.png"}
+         "phase_wd_x_lr.png", "mirage.png", "transfer.png"}
 # The quickstart's L(N, D) fit does not describe its data (its losses are set by which runs
 # grokked, not by N and D): it is rejected, so it is neither drawn nor logged as metrics.
 # The quickstart as shipped, shrunk to one trial per cell and a short budget so it runs in about
