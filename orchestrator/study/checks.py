@@ -31,6 +31,9 @@ def _task(study: Study) -> list[str]:
     name = study.task.get("name")
     if name is None:
         return [f"task.name: required, but missing; name the task: {', '.join(kinds)}"]
+    if not isinstance(name, str):
+        return [f"task.name: a task's name (a string), got {name!r}; allowed: {', '.join(kinds)}, or your own "
+                f"task as 'package.module:Class'"]
     if name not in kinds:
         return [f"task.name: unknown task {name!r}; allowed: {', '.join(kinds)}"]
     kind = kinds[name]

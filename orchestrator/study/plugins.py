@@ -42,8 +42,6 @@ def make_own_stopping(ref: str, study):
 def plugin_problems(study) -> list[str]:
     """Why the study's own sampler or stopping rule cannot be used ([] when both can, or when it
     names none)."""
-    import optuna
-
     problems = []
     if is_import_path(study.search.sampler):
         try:
@@ -53,6 +51,8 @@ def plugin_problems(study) -> list[str]:
         except Exception as err:  # noqa: BLE001 - the user's factory failing is the study's problem
             problems.append(f"search.sampler: {study.search.sampler} raised {type(err).__name__}: {err}")
         else:
+            import optuna  # only here: loading a study that names no sampler of its own imports no Optuna
+
             if not isinstance(sampler, optuna.samplers.BaseSampler):
                 problems.append(f"search.sampler: {study.search.sampler} must return an optuna.samplers.BaseSampler, "
                                 f"got a {type(sampler).__name__}")

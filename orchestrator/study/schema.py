@@ -89,16 +89,16 @@ def _sampler_name(v: str) -> str:
     if v in SAMPLERS or ":" in v:
         return v
     raise PydanticCustomError("sampler_name", "one of {known}, or your own sampler as 'package.module:factory' "
-                              "(any callable returning an optuna.samplers.BaseSampler), got {v!r}",
-                              {"known": ", ".join(SAMPLERS), "v": v})
+                              "(any callable returning an optuna.samplers.BaseSampler), got {v}",
+                              {"known": ", ".join(map(repr, SAMPLERS)), "v": repr(v)})
 
 
 def _prune_mode(v: str) -> str:
     if v in PRUNE_MODES or ":" in v:
         return v
     raise PydanticCustomError("prune_mode", "one of {known}, or your own stopping rule as 'package.module:Rule' "
-                              "(orchestrator/sweep/stopping/base.py: StoppingRule), got {v!r}",
-                              {"known": ", ".join(PRUNE_MODES), "v": v})
+                              "(orchestrator/sweep/stopping/base.py: StoppingRule), got {v}",
+                              {"known": ", ".join(map(repr, PRUNE_MODES)), "v": repr(v)})
 
 
 class CategoricalParam(Strict):

@@ -70,14 +70,14 @@ class TaskKinds(dict):
     (keys, values) gives the built-ins only."""
 
     def __missing__(self, name: str) -> TaskKind:
-        if not is_import_path(name):
+        if not isinstance(name, str) or not is_import_path(name):
             raise KeyError(name)
         return _own_kind(name)  # OwnCodeError (a ValueError) when it cannot be used
 
     def get(self, name: Any, default: Any = None) -> Any:
         try:
             return self[name]
-        except (KeyError, ValueError):
+        except (KeyError, TypeError, ValueError):  # TypeError: a name that is no string (a list)
             return default
 
     def __contains__(self, name: object) -> bool:

@@ -80,8 +80,8 @@ def test_a_sampler_and_a_stopping_rule_by_import_path_run_a_study(tmp_path, hub)
     ("hubpkg:not_a_sampler", "off", "search.sampler: hubpkg:not_a_sampler must return an optuna.samplers.BaseSampler"),
     ("nopkg:Sampler", "off", "search.sampler: cannot import 'nopkg'"),
     ("tpe", "hubpkg:LowestSampler", "prune.mode: hubpkg:LowestSampler raised"),
-    ("bogus", "off", "search.sampler: one of tpe, random"),
-    ("tpe", "bogus", "prune.mode: one of off, objective, phase"),
+    ("bogus", "off", "search.sampler: one of 'tpe', 'random'"),
+    ("tpe", "bogus", "prune.mode: one of 'off', 'objective', 'phase'"),
 ])
 def test_a_sampler_or_rule_that_cannot_be_used_exits_2_naming_the_field(tmp_path, hub, sampler, mode, message):
     path = cli.write_study(tmp_path, {**STUDY, "search": {**STUDY["search"], "sampler": sampler},
