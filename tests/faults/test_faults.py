@@ -696,23 +696,45 @@ def test_tracking_server_dropout_mid_study_loses_nothing(tmp_path, gated_trainer
     def asked() -> list:
         return [t for ts in trials(tmp_path).values() for t in ts]
 
+    opened: set[str] = set()  # the runs let finish
+
+    def settled(n_runs: int) -> dict[str, dict]:
+        """The runs waiting at their gates, once every slot's run waits at its gate, the driver
+        has made n_runs MLflow runs and the server has every write it made: each run's params,
+        each finished run's end and its trial told to Optuna (which waits for its writes), each
+        waiting run's evaluations before its gate. Its submitted runs are IN_FLIGHT and none can
+        end: it asks and writes nothing more. (With writes still waiting when the server goes, the
+        driver could reach its cap on waiting writes, BACKLOG_PER_SLOT, and ask nothing.)"""
+        waiting = gates.waiting()
+        if len(waiting) != GATED["ray"]["num_cpus"]:  # (its runs' experiment exists then)
+            return {}
+        children = {r.data.tags["grokscale.run_key"]: r for r in runs(server.uri)[1]}
+        if len(children) != n_runs:
+            return {}
+        told = {f"{cell}/trial={t.number}/seed=0" for cell, ts in trials(tmp_path).items() for t in ts
+                if t.state == TrialState.COMPLETE}
+        client = MlflowClient(server.uri)
+        recorded = (all("spec_json" in r.data.params for r in children.values())
+                    and all(k in told and children[k].info.status == "FINISHED" for k in opened)
+                    and all(max((m.step for m in client.get_metric_history(children[k].info.run_id, "val_acc")),
+                                default=0) == gate["step"] - EVERY for k, gate in waiting.items()))
+        return waiting if recorded else {}
+
     def settle(n_runs: int) -> dict[str, dict]:
-        """Until the driver has made n_runs MLflow runs and every slot's run waits at its gate:
-        its submitted runs are IN_FLIGHT, none can end, so it asks and writes nothing more."""
-        slots = GATED["ray"]["num_cpus"]
-        return wait_for(f"{n_runs} runs, {slots} of them at their gates",
-                        lambda: len(gates.waiting()) == slots and len(runs(server.uri)[1]) == n_runs
-                        and gates.waiting())
+        return wait_for(f"{n_runs} runs, every slot's at its gate, every write in the store",
+                        lambda: settled(n_runs))
 
     def let_one_finish(waiting: dict[str, dict]) -> None:
         key, gate = sorted(waiting.items())[0]
         gates.open(key, gate["step"])
+        opened.add(key)
 
     def outage(n_asked: int) -> None:
-        """The server killed; OUTAGE_MIN_S later one waiting run let finish; the server started
-        again once the driver has asked trial n_asked (so recorded that run's end). The new
-        trial's run waits only for the restart (a create is retried for queue.ANSWER_TIMEOUT_S)."""
-        waiting = gates.waiting()
+        """Once settled, the server killed; OUTAGE_MIN_S later one waiting run let finish; the
+        server started again once the driver has asked trial n_asked (so recorded that run's
+        end). That trial's run waits only for the restart (a create is retried for
+        queue.ANSWER_TIMEOUT_S)."""
+        waiting = settle(n_asked - 1)
         server.kill()
         down = time.time()
         time.sleep(OUTAGE_MIN_S)  # the length of an outage, not its moment: nothing moves meanwhile
@@ -724,11 +746,9 @@ def test_tracking_server_dropout_mid_study_loses_nothing(tmp_path, gated_trainer
 
     try:
         driver = start_driver(path, server.uri)
-        settle(IN_FLIGHT)
         outage(IN_FLIGHT + 1)
         for n_runs in range(IN_FLIGHT + 1, n_trials - 1):  # on, until one trial is left to ask
             let_one_finish(settle(n_runs))
-        settle(n_trials - 1)
         outage(n_trials)
         gates.open_all()
         counts = wait_driver(driver, path, timeout=400)

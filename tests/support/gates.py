@@ -149,4 +149,4 @@ class Gates:
                 tail = log.read_text()[-3000:] if log is not None and log.exists() else ""
                 why = "the driver exited" if not alive() else f"{timeout:.0f} s passed"
                 raise AssertionError(f"never saw {what} ({why}); waiting at gates: {self.waiting()}\n{tail}")
-            time.sleep(0.1)
+            time.sleep(0.2)
