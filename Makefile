@@ -38,10 +38,12 @@ quickstart: install
 
 # The linter first (configured in pyproject.toml): it takes seconds, the suite takes many minutes.
 test: install
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-all: install
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -m "not soak"
 

@@ -69,15 +69,22 @@ def make_study(root: Path, runs: int, tracking: dict, storage: str, ray_slots: i
     rule then runs each cell's fastest decay first); 10,000 steps, an evaluation every 100."""
     trials = max(1, runs // (len(D_VALUES) * len(SEEDS)))
     data = {
-        "name": "scale", "task": {"name": "modular", "p": 97},
+        "name": "scale",
+        "task": {"name": "modular", "p": 97},
         "model": {"family": "transformer", "n_layer": 1, "n_head": 4, "d_model": 32, "layer_norm": False},
         "train": {"steps": 10_000, "eval_every": 100, "lr": 1e-3, "warmup_steps": 0},
         "grid": {"n": [{"d_model": 32}], "d": list(D_VALUES), "seeds": list(SEEDS)},
-        "search": {"sampler": "random", "trials_per_cell": trials,
-                   "space": {"train.weight_decay": {"type": "float", "low": 0.03, "high": 3.0, "log": True}}},
+        "search": {
+            "sampler": "random",
+            "trials_per_cell": trials,
+            "space": {"train.weight_decay": {"type": "float", "low": 0.03, "high": 3.0, "log": True}},
+        },
         "objectives": [{"metric": "max_val_acc", "direction": "maximize"}],
-        "prune": {"mode": "phase"}, "pack": {"mode": "off"},
-        "tracking": tracking, "workdir": str(root / "runs"), "storage": storage,
+        "prune": {"mode": "phase"},
+        "pack": {"mode": "off"},
+        "tracking": tracking,
+        "workdir": str(root / "runs"),
+        "storage": storage,
     }
     if ray_slots is not None:  # fractional CPUs: ray_slots slots on 2 CPUs
         data["ray"] = {"num_cpus": 2, "max_retries": 0}
@@ -103,7 +110,9 @@ def user_cpu_s(uid: int, seen: dict[int, float]) -> float:
                 continue
             with open(f"/proc/{entry.name}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            seen[int(entry.name)] = max(seen.get(int(entry.name), 0.0), (int(fields[11]) + int(fields[12])) / TICKS)
+            seen[int(entry.name)] = max(
+                seen.get(int(entry.name), 0.0), (int(fields[11]) + int(fields[12])) / TICKS
+            )
         except (OSError, IndexError, ValueError):  # it exited meanwhile
             continue
     return sum(seen.values())
@@ -126,11 +135,17 @@ class Sampler(threading.Thread):
             rss = int(f.read().split()[1]) * PAGE
         s = d.stats
         tracker = getattr(d, "tracker", None)
-        return {"t": time.monotonic(), "cpu_s": time.process_time(), "rss_mb": rss / 2**20,
-                "in_flight": len(d.live), "recorded": s.completed + s.stopped + s.failed + s.diverged,
-                "points": getattr(tracker, "points_sent", 0), "backlog": getattr(tracker, "backlog", 0),
-                "busy_s": machine_busy_s(),
-                "db_cpu_s": user_cpu_s(self.db_uid, self.db_seen) if self.db_uid is not None else 0.0}
+        return {
+            "t": time.monotonic(),
+            "cpu_s": time.process_time(),
+            "rss_mb": rss / 2**20,
+            "in_flight": len(d.live),
+            "recorded": s.completed + s.stopped + s.failed + s.diverged,
+            "points": getattr(tracker, "points_sent", 0),
+            "backlog": getattr(tracker, "backlog", 0),
+            "busy_s": machine_busy_s(),
+            "db_cpu_s": user_cpu_s(self.db_uid, self.db_seen) if self.db_uid is not None else 0.0,
+        }
 
     def run(self) -> None:
         while not self.done.wait(self.every_s):
@@ -164,7 +179,10 @@ def summarize(rows: list[dict], total: int, t0: float, stats, delays: list[float
     quart = [next((r for r in rows if r["recorded"] >= q * total), last) for q in (0.25, 0.5, 0.75, 1.0)]
     return {
         **extra,
-        "runs": recorded, "completed": stats.completed, "stopped": stats.stopped, "failed": stats.failed,
+        "runs": recorded,
+        "completed": stats.completed,
+        "stopped": stats.stopped,
+        "failed": stats.failed,
         "runs_per_s": (b["recorded"] - a["recorded"]) / span,
         "points_per_s": (b["points"] - a["points"]) / span,
         "points_total": last["points"],
@@ -178,22 +196,32 @@ def summarize(rows: list[dict], total: int, t0: float, stats, delays: list[float
         "mean_in_flight": in_flight,
         "rss_mb_at_25_50_75_100pct": [round(r["rss_mb"], 1) for r in quart],
         "rss_mb_per_1000_in_flight": statistics.mean(r["rss_mb"] for r in steady) / (in_flight / 1000)
-        if in_flight else None,
-        "delay_ms_p50": 1e3 * pct(delays, 0.5), "delay_ms_p99": 1e3 * pct(delays, 0.99),
-        "delay_ms_max": 1e3 * max(delays, default=float("nan")), "delays_measured": len(delays),
+        if in_flight
+        else None,
+        "delay_ms_p50": 1e3 * pct(delays, 0.5),
+        "delay_ms_p99": 1e3 * pct(delays, 0.99),
+        "delay_ms_max": 1e3 * max(delays, default=float("nan")),
+        "delays_measured": len(delays),
         # Where the cores went in the steady window: the whole machine (out of host_cpus) and
         # PostgreSQL (every backend: Optuna's, MLflow's, the driver's writers).
         "machine_busy_cores": (b["busy_s"] - a["busy_s"]) / span,
         "database_cores": (b["db_cpu_s"] - a["db_cpu_s"]) / span,
-        "database_cpu_us_per_point": 1e6 * (b["db_cpu_s"] - a["db_cpu_s"]) / max(1, b["points"] - a["points"]),
+        "database_cpu_us_per_point": 1e6
+        * (b["db_cpu_s"] - a["db_cpu_s"])
+        / max(1, b["points"] - a["points"]),
         "backlog_max": max(r["backlog"] for r in rows),
-        "steady_window_s": span, "wall_s": last["t"] - t0,
-        "startup_s": stats.startup_s, "scheduled_s": stats.scheduled_s, "driver_wall_s": stats.wall_time_s,
+        "steady_window_s": span,
+        "wall_s": last["t"] - t0,
+        "startup_s": stats.startup_s,
+        "scheduled_s": stats.scheduled_s,
+        "driver_wall_s": stats.wall_time_s,
         "samples": [{k: round(v - t0, 2) if k == "t" else round(v, 3) for k, v in r.items()} for r in rows],
     }
 
 
-def run_driver(study: Study, launcher, show: bool, db_uid: int | None = None) -> tuple[Driver, Sampler, float]:
+def run_driver(
+    study: Study, launcher, show: bool, db_uid: int | None = None
+) -> tuple[Driver, Sampler, float]:
     cells = build_cells(study)
     driver = Driver(study, cells, show=show, launcher=launcher)
     sampler = Sampler(driver, db_uid=db_uid)
@@ -211,14 +239,24 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=10_000)
     ap.add_argument("--slots", type=int, default=1_000)
-    ap.add_argument("--run-seconds", type=float, default=None,
-                    help="a full-budget run's length (default: slots / 150, so the cluster asks for >= 100 runs/s)")
+    ap.add_argument(
+        "--run-seconds",
+        type=float,
+        default=None,
+        help="a full-budget run's length (default: slots / 150, so the cluster asks for >= 100 runs/s)",
+    )
     ap.add_argument("--mlflow-workers", type=int, default=2)
     ap.add_argument("--ray", action="store_true", help="real Ray instead of the simulated cluster")
-    ap.add_argument("--store", choices=("server", "database"), default="database",
-                    help="how runs' rows reach MLflow: through the tracking server's REST API, or as plain SQL "
-                         "into the server's own PostgreSQL (tracking.database); the server runs either way")
-    ap.add_argument("--out", type=Path, default=None, help="JSON file (default: benchmarks/results/driver_scale/)")
+    ap.add_argument(
+        "--store",
+        choices=("server", "database"),
+        default="database",
+        help="how runs' rows reach MLflow: through the tracking server's REST API, or as plain SQL "
+        "into the server's own PostgreSQL (tracking.database); the server runs either way",
+    )
+    ap.add_argument(
+        "--out", type=Path, default=None, help="JSON file (default: benchmarks/results/driver_scale/)"
+    )
     ap.add_argument("--show", action="store_true", help="the live progress lines on stderr")
     args = ap.parse_args()
     run_seconds = args.run_seconds or max(1.0, args.slots / 150)
@@ -230,7 +268,9 @@ def main() -> None:
     server = None
     try:
         pg.start(databases=("optuna", "mlflow"), max_connections=200)  # MLflow's workers hold pools
-        server = MlflowServer(root, backend=pg.url("mlflow", "postgresql+psycopg2"), workers=args.mlflow_workers)
+        server = MlflowServer(
+            root, backend=pg.url("mlflow", "postgresql+psycopg2"), workers=args.mlflow_workers
+        )
         server.start()
         optuna_url = pg.url("optuna", "postgresql+psycopg2")
         tracking = {"uri": server.uri}
@@ -242,8 +282,12 @@ def main() -> None:
             from simulated_cluster import ray_launcher
 
             # The workers import simulated_cluster too; num_cpus=2 with `--slots` fractional slots.
-            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                     runtime_env={"env_vars": {"PYTHONPATH": f"{ROOT}:{ROOT / 'benchmarks'}"}})
+            ray.init(
+                num_cpus=2,
+                include_dashboard=False,
+                log_to_driver=False,
+                runtime_env={"env_vars": {"PYTHONPATH": f"{ROOT}:{ROOT / 'benchmarks'}"}},
+            )
             launcher = lambda s, c: ray_launcher(s, c, run_seconds)  # noqa: E731
         else:
             launcher = lambda s, c: SimulatedCluster(s, c, args.slots, run_seconds)  # noqa: E731
@@ -252,15 +296,28 @@ def main() -> None:
         cluster = getattr(driver.launcher, "cluster_stats", {})
         runs_in_mlflow = pg.query("mlflow", "SELECT count(*) FROM runs WHERE status <> 'RUNNING'")
         points_in_mlflow = pg.query("mlflow", "SELECT count(*) FROM metrics")
-        trials_in_optuna = pg.query("optuna", "SELECT count(*) FROM trials t JOIN studies s USING (study_id) "
-                                              "WHERE s.study_name NOT LIKE 'grokscale.hold/%' AND t.state <> 'RUNNING'")
-        extra = {"mode": "ray" if args.ray else "simulated", "store": args.store, "slots": args.slots,
-                 "run_seconds": run_seconds,
-                 "evaluations_per_run": 100, "metrics_per_evaluation": 10, "mlflow_workers": args.mlflow_workers,
-                 "loadavg_before": load0, "loadavg_after": os.getloadavg(), "host_cpus": os.cpu_count(),
-                 "cluster_cpu_s": cluster.get("cpu_s"), "mlflow_runs_finished": int(runs_in_mlflow or 0) - 1,
-                 "mlflow_points": int(points_in_mlflow or 0), "optuna_trials_finished": int(trials_in_optuna or 0),
-                 "children_cpu_s": sum(resource.getrusage(resource.RUSAGE_CHILDREN)[:2])}
+        trials_in_optuna = pg.query(
+            "optuna",
+            "SELECT count(*) FROM trials t JOIN studies s USING (study_id) "
+            "WHERE s.study_name NOT LIKE 'grokscale.hold/%' AND t.state <> 'RUNNING'",
+        )
+        extra = {
+            "mode": "ray" if args.ray else "simulated",
+            "store": args.store,
+            "slots": args.slots,
+            "run_seconds": run_seconds,
+            "evaluations_per_run": 100,
+            "metrics_per_evaluation": 10,
+            "mlflow_workers": args.mlflow_workers,
+            "loadavg_before": load0,
+            "loadavg_after": os.getloadavg(),
+            "host_cpus": os.cpu_count(),
+            "cluster_cpu_s": cluster.get("cpu_s"),
+            "mlflow_runs_finished": int(runs_in_mlflow or 0) - 1,
+            "mlflow_points": int(points_in_mlflow or 0),
+            "optuna_trials_finished": int(trials_in_optuna or 0),
+            "children_cpu_s": sum(resource.getrusage(resource.RUSAGE_CHILDREN)[:2]),
+        }
         delays = cluster.get("delays_s")
         if delays is None:  # on Ray: from the runs' own start and end times, per worker process
             spans: dict[int, list] = {}
@@ -275,8 +332,14 @@ def main() -> None:
         shutil.rmtree(root, ignore_errors=True)
     samples = out.pop("samples")
     print(json.dumps(out, indent=2))
-    path = args.out or ROOT / "benchmarks" / "results" / "driver_scale" / \
-        f"{out['mode']}_{args.store}_{args.runs}runs_{args.slots}slots.json"
+    path = (
+        args.out
+        or ROOT
+        / "benchmarks"
+        / "results"
+        / "driver_scale"
+        / f"{out['mode']}_{args.store}_{args.runs}runs_{args.slots}slots.json"
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({**out, "samples": samples}, indent=1))
     print(f"written: {path}", file=sys.stderr)

@@ -28,7 +28,9 @@ from support.postgres import Postgres, unavailable  # noqa: E402
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def cpu_ms_per_trial(storage, name: str, sampler: optuna.samplers.BaseSampler, trials: int, in_flight: int) -> float:
+def cpu_ms_per_trial(
+    storage, name: str, sampler: optuna.samplers.BaseSampler, trials: int, in_flight: int
+) -> float:
     study = optuna.create_study(storage=storage, study_name=name, sampler=sampler)
     study_id = study._study_id
     running: list[optuna.Trial] = []
@@ -72,12 +74,17 @@ def main() -> None:
                     row[kind] = cpu_ms_per_trial(storage, name, make(seed=rep), args.trials, args.in_flight)
                 row["ratio"] = row["held"] / row["optuna"]
                 rows.append(row)
-                print(f"{sampler:6s} Optuna's storage {row['optuna']:6.1f} CPU-ms a trial, HeldStorage "
-                      f"{row['held']:6.1f} ({row['ratio']:.2f}x)", flush=True)
+                print(
+                    f"{sampler:6s} Optuna's storage {row['optuna']:6.1f} CPU-ms a trial, HeldStorage "
+                    f"{row['held']:6.1f} ({row['ratio']:.2f}x)",
+                    flush=True,
+                )
     finally:
         pg.remove()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"trials": args.trials, "in_flight": args.in_flight, "rows": rows}, indent=1))
+    args.out.write_text(
+        json.dumps({"trials": args.trials, "in_flight": args.in_flight, "rows": rows}, indent=1)
+    )
     print(f"written: {args.out}")
 
 

@@ -48,22 +48,33 @@ from trainers import train
 
 def make_study(workdir: str, trials: int, steps: int) -> Study:
     # 4 cells x trials/4, weight decay searched: real cells, real Optuna asks.
-    return Study.model_validate({
-        "name": "bench", "task": {"name": "modular", "p": 31},
-        "model": {"family": "transformer", "n_layer": 1, "n_head": 4, "layer_norm": False},
-        "train": {"steps": steps, "eval_every": max(1, steps // 10), "lr": 1e-3},
-        "grid": {"n": [{"d_model": 32}, {"d_model": 48}], "d": [0.3, 0.5], "seeds": [0]},
-        "search": {"sampler": "random", "trials_per_cell": trials // 4,
-                   "space": {"train.weight_decay": {"type": "float", "low": 0.1, "high": 1.0, "log": True}}},
-        "tracking": {"uri": f"sqlite:///{workdir}/mlflow.db"}, "workdir": f"{workdir}/runs",
-        "ray": {"num_cpus": 2}})
+    return Study.model_validate(
+        {
+            "name": "bench",
+            "task": {"name": "modular", "p": 31},
+            "model": {"family": "transformer", "n_layer": 1, "n_head": 4, "layer_norm": False},
+            "train": {"steps": steps, "eval_every": max(1, steps // 10), "lr": 1e-3},
+            "grid": {"n": [{"d_model": 32}, {"d_model": 48}], "d": [0.3, 0.5], "seeds": [0]},
+            "search": {
+                "sampler": "random",
+                "trials_per_cell": trials // 4,
+                "space": {"train.weight_decay": {"type": "float", "low": 0.1, "high": 1.0, "log": True}},
+            },
+            "tracking": {"uri": f"sqlite:///{workdir}/mlflow.db"},
+            "workdir": f"{workdir}/runs",
+            "ray": {"num_cpus": 2},
+        }
+    )
 
 
 def calibrate_steps(seconds: float) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         study = make_study(tmp, 4, 200)
         cells = build_cells(study)
-        per_step = sum(train(spec_for(study, c, {"train.weight_decay": 0.3}, 0)).wall_time_s / 200 for c in cells) / 4
+        per_step = (
+            sum(train(spec_for(study, c, {"train.weight_decay": 0.3}, 0)).wall_time_s / 200 for c in cells)
+            / 4
+        )
     return max(10, int(seconds / per_step))
 
 
@@ -77,7 +88,9 @@ def recorded_specs(study: Study, cells: list) -> list:
     specs = []
     for cell in cells:
         ostudy = optuna.load_study(study_name=f"{study.name}/{cell.key}", storage=storage)
-        specs += [spec_for(study, cell, t.params, seed) for t in ostudy.get_trials() for seed in study.grid.seeds]
+        specs += [
+            spec_for(study, cell, t.params, seed) for t in ostudy.get_trials() for seed in study.grid.seeds
+        ]
     return specs
 
 
@@ -119,34 +132,58 @@ def measure(trial_seconds: float, trials: int) -> dict:
     n = len(specs)
     busy, sched, startup = stats.busy_s, stats.scheduled_s, stats.startup_s
     first, gaps, tail = slot_gaps(stats)
-    return {"trials": n, "worker_processes": len({pid for pid, _, _ in stats.timeline}),
-            "dispatch_ms_per_trial": gaps / n * 1e3, "slot_start_s": first, "tail_s": tail,
-            "steps_per_trial": steps, "trial_seconds_sequential": baseline / n,
-            "startup_s": startup, "scheduled_s": sched, "trial_busy_s": busy, "sequential_s": baseline,
-            "overhead_ms_per_trial": (cpus * sched - busy) / n * 1e3,
-            "utilization": busy / (cpus * sched),
-            "driver_cpu_ms_per_trial": driver_cpu / n * 1e3,
-            "trial_slowdown_vs_sequential": busy / baseline,
-            "utilization_vs_sequential_work": baseline / (cpus * sched),
-            "speedup_vs_sequential_end_to_end": baseline / (startup + sched),
-            "completed": stats.completed, "cpus": cpus, "host_cpus": os.cpu_count(),
-            "load_average_1m": os.getloadavg()[0]}
+    return {
+        "trials": n,
+        "worker_processes": len({pid for pid, _, _ in stats.timeline}),
+        "dispatch_ms_per_trial": gaps / n * 1e3,
+        "slot_start_s": first,
+        "tail_s": tail,
+        "steps_per_trial": steps,
+        "trial_seconds_sequential": baseline / n,
+        "startup_s": startup,
+        "scheduled_s": sched,
+        "trial_busy_s": busy,
+        "sequential_s": baseline,
+        "overhead_ms_per_trial": (cpus * sched - busy) / n * 1e3,
+        "utilization": busy / (cpus * sched),
+        "driver_cpu_ms_per_trial": driver_cpu / n * 1e3,
+        "trial_slowdown_vs_sequential": busy / baseline,
+        "utilization_vs_sequential_work": baseline / (cpus * sched),
+        "speedup_vs_sequential_end_to_end": baseline / (startup + sched),
+        "completed": stats.completed,
+        "cpus": cpus,
+        "host_cpus": os.cpu_count(),
+        "load_average_1m": os.getloadavg()[0],
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trial-seconds", type=float, default=5.0)
     ap.add_argument("--trials", type=int, default=64)
-    ap.add_argument("--repeat", type=int, default=1,
-                    help="measure this many times, each in a fresh process (its own Ray), and report the medians")
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="measure this many times, each in a fresh process (its own Ray), and report the medians",
+    )
     ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args()
     if args.repeat == 1:
         out = measure(args.trial_seconds, args.trials)
     else:  # each repeat as a user's run is: a new process starting its own Ray and workers
-        cmd = [sys.executable, __file__, "--trial-seconds", str(args.trial_seconds), "--trials", str(args.trials)]
-        runs = [json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
-                for _ in range(args.repeat)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--trial-seconds",
+            str(args.trial_seconds),
+            "--trials",
+            str(args.trials),
+        ]
+        runs = [
+            json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+            for _ in range(args.repeat)
+        ]
         out = {key: statistics.median(r[key] for r in runs) for key in runs[0]} | {"repeats": runs}
     text = json.dumps(out, indent=2)
     print(text)

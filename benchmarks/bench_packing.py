@@ -39,12 +39,24 @@ from trainers.packed import train_packed
 
 
 def make_specs(k: int, args, device: str, threads: int = 1) -> list[TrainSpec]:
-    return [TrainSpec.model_validate({
-        "task": {"name": "modular", "p": args.p, "train_fraction": 0.3},
-        "model": {"n_layer": 1, "d_model": args.d_model, "n_head": 4, "layer_norm": False},
-        "train": {"steps": args.steps, "eval_every": args.steps, "warmup_steps": min(10, args.steps),
-                  "threads": threads, "weight_decay": 0.1 + 0.9 * i / max(1, k - 1)},
-        "seed": i, "device": device}) for i in range(k)]
+    return [
+        TrainSpec.model_validate(
+            {
+                "task": {"name": "modular", "p": args.p, "train_fraction": 0.3},
+                "model": {"n_layer": 1, "d_model": args.d_model, "n_head": 4, "layer_norm": False},
+                "train": {
+                    "steps": args.steps,
+                    "eval_every": args.steps,
+                    "warmup_steps": min(10, args.steps),
+                    "threads": threads,
+                    "weight_decay": 0.1 + 0.9 * i / max(1, k - 1),
+                },
+                "seed": i,
+                "device": device,
+            }
+        )
+        for i in range(k)
+    ]
 
 
 def _train_one(spec_json: str) -> tuple[list[float], float]:
@@ -96,9 +108,15 @@ def main() -> None:
     cuda = torch.cuda.is_available()
     workers = os.cpu_count() or 1
     load = os.getloadavg()[0]
-    out: dict = {"device": torch.cuda.get_device_name() if cuda else f"cpu x{workers}",
-                 "task": f"modular p={args.p}, 30% of pairs, full batch", "d_model": args.d_model,
-                 "steps": args.steps, "repeats": args.repeats, "load_average_at_start": load, "k": {}}
+    out: dict = {
+        "device": torch.cuda.get_device_name() if cuda else f"cpu x{workers}",
+        "task": f"modular p={args.p}, 30% of pairs, full batch",
+        "d_model": args.d_model,
+        "steps": args.steps,
+        "repeats": args.repeats,
+        "load_average_at_start": load,
+        "k": {},
+    }
     pool = None if cuda else mp.get_context("spawn").Pool(workers)
     warm = make_specs(1, argparse.Namespace(**{**vars(args), "steps": 2}), "cuda" if cuda else "cpu")[0]
     if pool is not None:
@@ -110,16 +128,20 @@ def main() -> None:
         # Each lambda binds this k's lists as defaults: they are all called within this iteration,
         # but binding says so (and keeps them right if they were ever called later).
         if cuda:
-            ways = {"packed": lambda jsons=jsons: _train_pack(jsons),
-                    "sequential": lambda jsons=jsons: _one_by_one(_train_one, jsons)}
+            ways = {
+                "packed": lambda jsons=jsons: _train_pack(jsons),
+                "sequential": lambda jsons=jsons: _one_by_one(_train_one, jsons),
+            }
         else:
             wide = [s.model_dump_json() for s in make_specs(k, args, "cpu", threads=workers)]
             packs = [jsons[i::workers] for i in range(workers) if jsons[i::workers]]
-            ways = {"packed": lambda jsons=jsons: _train_pack(jsons),
-                    f"packed, {workers} threads": lambda wide=wide: _train_pack(wide),
-                    f"packed in {workers} processes": lambda packs=packs: _in_pool(pool, _train_pack, packs),
-                    f"{k} processes": lambda jsons=jsons: _in_pool(pool, _train_one, jsons),
-                    "sequential": lambda jsons=jsons: _one_by_one(_train_one, jsons)}
+            ways = {
+                "packed": lambda jsons=jsons: _train_pack(jsons),
+                f"packed, {workers} threads": lambda wide=wide: _train_pack(wide),
+                f"packed in {workers} processes": lambda packs=packs: _in_pool(pool, _train_pack, packs),
+                f"{k} processes": lambda jsons=jsons: _in_pool(pool, _train_one, jsons),
+                "sequential": lambda jsons=jsons: _one_by_one(_train_one, jsons),
+            }
         best = {name: float("inf") for name in ways}
         best_cpu = {name: float("inf") for name in ways}
         losses: dict[str, list[float]] = {}
@@ -132,20 +154,30 @@ def main() -> None:
             flat, order = losses[name], [i for w in range(workers) for i in range(w, k, workers)]
             losses[name] = [flat[order.index(i)] for i in range(k)]
         ref = losses["sequential"]
-        row = {name: {"trial_steps_per_s": k * args.steps / secs, "seconds": secs,
-                      "trial_steps_per_cpu_s": k * args.steps / best_cpu[name], "cpu_seconds": best_cpu[name]}
-               for name, secs in best.items()}
+        row = {
+            name: {
+                "trial_steps_per_s": k * args.steps / secs,
+                "seconds": secs,
+                "trial_steps_per_cpu_s": k * args.steps / best_cpu[name],
+                "cpu_seconds": best_cpu[name],
+            }
+            for name, secs in best.items()
+        }
         row["speedup_packed_vs_sequential"] = best["sequential"] / best["packed"]
         row["cpu_efficiency_packed_vs_sequential"] = best_cpu["sequential"] / best_cpu["packed"]
         if not cuda:
             row["speedup_packed_vs_k_processes"] = best[f"{k} processes"] / best["packed"]
             row[f"speedup_packed_in_{workers}_processes_vs_k_processes"] = (
-                best[f"{k} processes"] / best[f"packed in {workers} processes"])
+                best[f"{k} processes"] / best[f"packed in {workers} processes"]
+            )
             row["cpu_efficiency_packed_vs_k_processes"] = best_cpu[f"{k} processes"] / best_cpu["packed"]
         row["max_rel_diff_final_val_loss"] = max(
-            abs(a - b) / abs(b) for name in losses for a, b in zip(losses[name], ref))
+            abs(a - b) / abs(b) for name in losses for a, b in zip(losses[name], ref)
+        )
         out["k"][k] = row
-        print(f"K={k}: " + ", ".join(f"{n} {best[n]:.2f}s ({best_cpu[n]:.2f} CPU s)" for n in best), flush=True)
+        print(
+            f"K={k}: " + ", ".join(f"{n} {best[n]:.2f}s ({best_cpu[n]:.2f} CPU s)" for n in best), flush=True
+        )
     out["load_average_at_end"] = os.getloadavg()[0]
     if pool is not None:
         pool.close()

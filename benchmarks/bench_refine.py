@@ -68,29 +68,61 @@ def planted() -> dict:
     conv, seeds = study.grid.n_convention, len(study.grid.seeds)
 
     def measure(cells: list):
-        rows = [{"n": c.n(conv), "d": c.n_train, "m": 1.0 if c.n(conv) >= n_star(c.n_train) else 0.5}
-                for c in cells for _ in range(seeds)]
-        return critical_sizes(pd.DataFrame(rows), metric="m", n_col="n", d_col="d", chance=0.5,
-                              status_col=None).n_star
+        rows = [
+            {"n": c.n(conv), "d": c.n_train, "m": 1.0 if c.n(conv) >= n_star(c.n_train) else 0.5}
+            for c in cells
+            for _ in range(seeds)
+        ]
+        return critical_sizes(
+            pd.DataFrame(rows), metric="m", n_col="n", d_col="d", chance=0.5, status_col=None
+        ).n_star
 
     t0 = time.monotonic()
     grid = build_cells(study)
-    cells, result = refine(grid, study.grid.refine, run=lambda cells, added: None, measure=measure,
-                           realize=lambda split, now: cell_for(study, split, now), key=lambda c: c.key)
+    cells, result = refine(
+        grid,
+        study.grid.refine,
+        run=lambda cells, added: None,
+        measure=measure,
+        realize=lambda split, now: cell_for(study, split, now),
+        key=lambda c: c.key,
+    )
     widest = max(line.interval_decades for line in result.lines)
     assert all(line.low <= n_star(line.line) <= line.high for line in result.lines), result.lines
     ns = [c.n(conv) for c in grid]
-    out = {"study": str(PARITY.relative_to(ROOT)), "refine": REFINE, "grid_cells": len(grid),
-           "added_cells": len(result.added), "rounds": result.rounds, "widest_interval_decades": widest,
-           "lines": [{"d": line.line, "n_star": n_star(line.line), "low": line.low, "high": line.high,
-                      "stop": line.stop} for line in result.lines],
-           "refined_flops": cost(study, cells), "seconds": time.monotonic() - t0}
-    for name, spacing in (("uniform_same_interval", widest), ("uniform_width_decades", REFINE["width_decades"])):
+    out = {
+        "study": str(PARITY.relative_to(ROOT)),
+        "refine": REFINE,
+        "grid_cells": len(grid),
+        "added_cells": len(result.added),
+        "rounds": result.rounds,
+        "widest_interval_decades": widest,
+        "lines": [
+            {
+                "d": line.line,
+                "n_star": n_star(line.line),
+                "low": line.low,
+                "high": line.high,
+                "stop": line.stop,
+            }
+            for line in result.lines
+        ],
+        "refined_flops": cost(study, cells),
+        "seconds": time.monotonic() - t0,
+    }
+    for name, spacing in (
+        ("uniform_same_interval", widest),
+        ("uniform_width_decades", REFINE["width_decades"]),
+    ):
         targets = uniform_targets(min(ns), max(ns), spacing)
         uniform = build_cells(load_study(PARITY, [f"grid.n={json.dumps(targets)}"]))
-        out[name] = {"spacing_decades": spacing, "cells": len(uniform), "flops": cost(study, uniform),
-                     "refined_over_uniform_flops": out["refined_flops"] / cost(study, uniform),
-                     "refined_over_uniform_cells": len(cells) / len(uniform)}
+        out[name] = {
+            "spacing_decades": spacing,
+            "cells": len(uniform),
+            "flops": cost(study, uniform),
+            "refined_over_uniform_flops": out["refined_flops"] / cost(study, uniform),
+            "refined_over_uniform_cells": len(cells) / len(uniform),
+        }
     return out
 
 
@@ -98,8 +130,13 @@ def real(work: Path) -> dict:
     path = work / "study.yaml"
     path.write_text(yaml.safe_dump(TINY))
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "run", str(path), "--quiet", "--json",
-                           "--no-report"], cwd=work, capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "run", str(path), "--quiet", "--json", "--no-report"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     wall = time.monotonic() - t0
     if proc.returncode != 0:
         raise SystemExit(proc.stderr[-3000:])
@@ -113,17 +150,29 @@ def real(work: Path) -> dict:
     # Every width whose N lies on a log grid of that spacing over the grid's range (N = 6 + 19 w).
     ns = [c.n(study.grid.n_convention) for c in cells[:3]]
     widths = sorted({max(1, round((n - 6) / 19)) for n in uniform_targets(min(ns), max(ns), widest)})
-    uniform = build_cells(load_study(path, [f"grid.n={json.dumps([{'d_hidden': w} for w in widths])}",
-                                            "grid.refine=null"]))
-    return {"runs_trained": counts["completed"], "wall_s": wall, "refine": counts["refine"],
-            "refined_cells": len(cells), "refined_flops": cost(study, cells),
-            "uniform_same_interval": {"spacing_decades": widest, "cells": len(uniform), "widths": widths,
-                                      "flops": cost(study, uniform),
-                                      "refined_over_uniform_flops": cost(study, cells) / cost(study, uniform)}}
+    uniform = build_cells(
+        load_study(path, [f"grid.n={json.dumps([{'d_hidden': w} for w in widths])}", "grid.refine=null"])
+    )
+    return {
+        "runs_trained": counts["completed"],
+        "wall_s": wall,
+        "refine": counts["refine"],
+        "refined_cells": len(cells),
+        "refined_flops": cost(study, cells),
+        "uniform_same_interval": {
+            "spacing_decades": widest,
+            "cells": len(uniform),
+            "widths": widths,
+            "flops": cost(study, uniform),
+            "refined_over_uniform_flops": cost(study, cells) / cost(study, uniform),
+        },
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "refine")
     parser.add_argument("--skip-real", action="store_true", help="only the planted comparison (no training)")
     args = parser.parse_args()

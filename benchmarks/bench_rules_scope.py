@@ -36,8 +36,20 @@ SCOPES = ("study", "cell")
 def run_scope(scope: str, where: Path) -> dict:
     """One `grokscale run` of the demo under `scope`; its runs as rows, and its counts."""
     name = f"rules_scope_{scope}"
-    args = [sys.executable, "-m", "orchestrator.cli", "run", str(STUDY), "--quiet", "--json", "--no-report",
-            "--set", f"search.scope={scope}", "--set", f"name={name}"]
+    args = [
+        sys.executable,
+        "-m",
+        "orchestrator.cli",
+        "run",
+        str(STUDY),
+        "--quiet",
+        "--json",
+        "--no-report",
+        "--set",
+        f"search.scope={scope}",
+        "--set",
+        f"name={name}",
+    ]
     t0 = time.monotonic()
     out = subprocess.run(args, cwd=where, capture_output=True, text=True, check=False)
     wall = time.monotonic() - t0
@@ -49,11 +61,17 @@ def run_scope(scope: str, where: Path) -> dict:
     rows = []
     for r in client.search_runs([exp.experiment_id], f"tags.`{names.TAG_CELL}` != ''", max_results=1000):
         spec = json.loads(r.data.params[names.PARAM_SPEC_JSON])
-        rows.append({"cell": r.data.tags[names.TAG_CELL], "n": int(r.data.params[names.PARAM_N_PARAMS]),
-                     "trial": int(r.data.params[names.PARAM_TRIAL_NUMBER]),
-                     "value": float(r.data.params["param.train.lr.value"]), "lr": spec["train"]["lr"],
-                     "loss": r.data.metrics[f"{names.FINAL_PREFIX}min_val_loss"],
-                     "flops": r.data.metrics[f"{names.FINAL_PREFIX}flops"]})
+        rows.append(
+            {
+                "cell": r.data.tags[names.TAG_CELL],
+                "n": int(r.data.params[names.PARAM_N_PARAMS]),
+                "trial": int(r.data.params[names.PARAM_TRIAL_NUMBER]),
+                "value": float(r.data.params["param.train.lr.value"]),
+                "lr": spec["train"]["lr"],
+                "loss": r.data.metrics[f"{names.FINAL_PREFIX}min_val_loss"],
+                "flops": r.data.metrics[f"{names.FINAL_PREFIX}flops"],
+            }
+        )
     return {"scope": scope, "wall_s": wall, "completed": counts["completed"], "rows": rows}
 
 
@@ -79,31 +97,50 @@ def best(rows: list[dict], trials: int) -> dict[str, dict]:
 def shared_best(rows: list[dict], trials: int) -> float:
     """scope study: the constant whose mean loss over the cells is lowest (Optuna's best trial)."""
     first = sorted({r["trial"] for r in rows})[:trials]
-    means = {t: sum(r["loss"] for r in rows if r["trial"] == t) / sum(r["trial"] == t for r in rows)
-             for t in first}
+    means = {
+        t: sum(r["loss"] for r in rows if r["trial"] == t) / sum(r["trial"] == t for r in rows) for t in first
+    }
     t = min(means, key=means.get)
     return next(r["value"] for r in rows if r["trial"] == t)
 
 
 def report(results: list[dict], trials: int) -> str:
     cells = sorted({r["cell"]: r["n"] for res in results for r in res["rows"]}.items(), key=lambda kv: kv[1])
-    lines = ["# A rule's constant searched once for the grid vs once per cell", "",
-             f"`python benchmarks/bench_rules_scope.py` on `sweeps/rules_scope_demo.yaml`: {len(cells)} "
-             f"byte-level LMs (N = {', '.join(f'{n:,}' for _, n in cells)} with embeddings), one pass over "
-             "100k tokens each; "
-             "lr = value x (N / 1e4)^-0.5, `value` searched by TPE in [1e-3, 1e-1] (log). "
-             f"{trials} trials per search: with `search.scope: study` {trials} values each run in every cell "
-             "(one Optuna study, a trial's objective the mean of the cells' best validation losses); with "
-             f"`search.scope: cell` {trials} values per cell, each cell its own Optuna study. "
-             "Loss: best held-out loss of a run, nats per byte. One run each, 2 shared CPU cores.", "",
-             "## Compute spent", "", "| scope | runs | training FLOPs | wall time |", "|---|---:|---:|---:|"]
+    lines = [
+        "# A rule's constant searched once for the grid vs once per cell",
+        "",
+        f"`python benchmarks/bench_rules_scope.py` on `sweeps/rules_scope_demo.yaml`: {len(cells)} "
+        f"byte-level LMs (N = {', '.join(f'{n:,}' for _, n in cells)} with embeddings), one pass over "
+        "100k tokens each; "
+        "lr = value x (N / 1e4)^-0.5, `value` searched by TPE in [1e-3, 1e-1] (log). "
+        f"{trials} trials per search: with `search.scope: study` {trials} values each run in every cell "
+        "(one Optuna study, a trial's objective the mean of the cells' best validation losses); with "
+        f"`search.scope: cell` {trials} values per cell, each cell its own Optuna study. "
+        "Loss: best held-out loss of a run, nats per byte. One run each, 2 shared CPU cores.",
+        "",
+        "## Compute spent",
+        "",
+        "| scope | runs | training FLOPs | wall time |",
+        "|---|---:|---:|---:|",
+    ]
     for res in results:
-        lines.append(f"| {res['scope']} | {len(res['rows'])} | {sum(r['flops'] for r in res['rows']):.3g} | "
-                     f"{res['wall_s']:.0f} s |")
-    lines += ["", "## Best loss per cell (the learning rate that gave it)", "",
-              "| N | " + " | ".join(f"{res['scope']}, {k} trials ({len(within(res['rows'], k))} runs)"
-                                    for res in results for k in (2, trials)) + " |",
-              "|---:|" + "---:|" * (2 * len(results))]
+        lines.append(
+            f"| {res['scope']} | {len(res['rows'])} | {sum(r['flops'] for r in res['rows']):.3g} | "
+            f"{res['wall_s']:.0f} s |"
+        )
+    lines += [
+        "",
+        "## Best loss per cell (the learning rate that gave it)",
+        "",
+        "| N | "
+        + " | ".join(
+            f"{res['scope']}, {k} trials ({len(within(res['rows'], k))} runs)"
+            for res in results
+            for k in (2, trials)
+        )
+        + " |",
+        "|---:|" + "---:|" * (2 * len(results)),
+    ]
     for cell, n in cells:
         row = [f"{n:,}"]
         for res in results:
@@ -111,12 +148,18 @@ def report(results: list[dict], trials: int) -> str:
                 b = best(res["rows"], k)[cell]
                 row.append(f"{b['loss']:.4f} ({b['lr']:.2g})")
         lines.append("| " + " | ".join(row) + " |")
-    means = {res["scope"]: sum(best(res["rows"], trials)[c]["loss"] for c, _ in cells) / len(cells)
-             for res in results}
+    means = {
+        res["scope"]: sum(best(res["rows"], trials)[c]["loss"] for c, _ in cells) / len(cells)
+        for res in results
+    }
     shared = next(res for res in results if res["scope"] == "study")
-    lines += ["", "Mean over cells of the best loss: " + ", ".join(f"{s} {m:.4f}" for s, m in means.items())
-              + f". The study's one constant: value = {shared_best(shared['rows'], trials):.3g} "
-              "(the lr at N = 1e4)."]
+    lines += [
+        "",
+        "Mean over cells of the best loss: "
+        + ", ".join(f"{s} {m:.4f}" for s, m in means.items())
+        + f". The study's one constant: value = {shared_best(shared['rows'], trials):.3g} "
+        "(the lr at N = 1e4).",
+    ]
     return "\n".join(lines) + "\n"
 
 

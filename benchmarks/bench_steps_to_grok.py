@@ -42,8 +42,14 @@ from trainers import TrainSpec, train  # noqa: E402
 
 STUDY = ROOT / "sweeps" / "grok_fast.yaml"
 # Nanda et al. (2023): AdamW, lr 1e-3, weight decay 1, betas (0.9, 0.98), 10 warmup steps.
-BASELINE = {"train.lr": 1e-3, "train.weight_decay": 1.0, "train.betas": [0.9, 0.98], "train.warmup_steps": 10,
-            "train.grokfast": False, "train.init_scale": 1.0}
+BASELINE = {
+    "train.lr": 1e-3,
+    "train.weight_decay": 1.0,
+    "train.betas": [0.9, 0.98],
+    "train.warmup_steps": 10,
+    "train.grokfast": False,
+    "train.init_scale": 1.0,
+}
 BASELINE_BUDGET = 40_000  # steps; Nanda et al. train 40k full-batch epochs
 EVAL_EVERY = 50
 
@@ -63,17 +69,33 @@ def fingerprint(*texts: str, code: tuple[str, ...] = ("trainers",)) -> str:
 def run_spec(study, params: dict, seed: int, budget: int) -> TrainSpec:
     """One run of the study's only cell: its fixed sections, then `params`, at `budget` steps."""
     entry, d = study.grid.n[0], study.grid.d[0]
-    data = study.trial_data(entry, d, {**params, "train.steps": budget, "train.eval_every": EVAL_EVERY,
-                                       "train.success_stop_evals": 3, "train.checkpoint_every": None}, seed)
+    data = study.trial_data(
+        entry,
+        d,
+        {
+            **params,
+            "train.steps": budget,
+            "train.eval_every": EVAL_EVERY,
+            "train.success_stop_evals": 3,
+            "train.checkpoint_every": None,
+        },
+        seed,
+    )
     return TrainSpec.model_validate(data)
 
 
 def _train(spec_json: str) -> dict:
     spec = TrainSpec.model_validate_json(spec_json)
     r = train(spec)
-    return {"seed": spec.seed, "generalization_step": r.events.generalization_step,
-            "memorization_step": r.events.memorization_step, "steps": r.steps, "status": r.status,
-            "final_val_acc": r.final.get("val_acc"), "wall_time_s": r.wall_time_s}
+    return {
+        "seed": spec.seed,
+        "generalization_step": r.events.generalization_step,
+        "memorization_step": r.events.memorization_step,
+        "steps": r.steps,
+        "status": r.status,
+        "final_val_acc": r.final.get("val_acc"),
+        "wall_time_s": r.wall_time_s,
+    }
 
 
 def train_seeds(study, params: dict, seeds: list[int], budget: int, workers: int) -> list[dict]:
@@ -81,8 +103,11 @@ def train_seeds(study, params: dict, seeds: list[int], budget: int, workers: int
     with mp.get_context("spawn").Pool(min(workers, len(jsons))) as pool:
         out = []
         for row in pool.imap(_train, jsons):
-            print(f"  seed {row['seed']}: generalized at step {row['generalization_step']} "
-                  f"({row['wall_time_s']:.0f} s)", flush=True)
+            print(
+                f"  seed {row['seed']}: generalized at step {row['generalization_step']} "
+                f"({row['wall_time_s']:.0f} s)",
+                flush=True,
+            )
             out.append(row)
     return out
 
@@ -96,8 +121,12 @@ def best_params(study) -> dict:
     cell = build_cells(study)[0]
     ostudy = cell_study(study, cell, 0, open_storage(study.storage_url))
     best = ostudy.best_trial
-    return {"params": dict(best.params), "search_generalization_step": best.value, "trial": best.number,
-            "trials": len(ostudy.get_trials(states=[optuna.trial.TrialState.COMPLETE]))}
+    return {
+        "params": dict(best.params),
+        "search_generalization_step": best.value,
+        "trial": best.number,
+        "trials": len(ostudy.get_trials(states=[optuna.trial.TrialState.COMPLETE])),
+    }
 
 
 def main() -> None:
@@ -114,8 +143,7 @@ def main() -> None:
         shutil.rmtree(args.out)
     args.out.mkdir(parents=True, exist_ok=True)
     specs = lambda params: [run_spec(study, params, s, BASELINE_BUDGET).model_dump_json() for s in args.seeds]  # noqa: E731
-    tags = {"baseline": fingerprint(*specs(BASELINE)),
-            "search": fingerprint(args.study.read_text())}
+    tags = {"baseline": fingerprint(*specs(BASELINE)), "search": fingerprint(args.study.read_text())}
 
     def saved(phase: str) -> dict | None:
         f = args.out / f"{phase}.json"
@@ -166,10 +194,14 @@ def main() -> None:
     ratios = {s: (c[s] / b[s] if c[s] is not None and b[s] else None) for s in args.seeds}
     mean = lambda xs: sum(xs) / len(xs) if xs and None not in xs else None  # noqa: E731
     mb, mc = mean([b[s] for s in args.seeds]), mean([c[s] for s in args.seeds])
-    summary = {"baseline_steps": b, "best_steps": c, "ratio_per_seed": ratios,
-               "ratio_of_means": mc / mb if mb and mc is not None else None,
-               "target_met": all(r is not None and r <= 0.1 for r in ratios.values()),
-               "best_params": conf["params"]}
+    summary = {
+        "baseline_steps": b,
+        "best_steps": c,
+        "ratio_per_seed": ratios,
+        "ratio_of_means": mc / mb if mb and mc is not None else None,
+        "target_met": all(r is not None and r <= 0.1 for r in ratios.values()),
+        "best_params": conf["params"],
+    }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
 

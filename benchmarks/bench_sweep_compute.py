@@ -40,9 +40,16 @@ from orchestrator.study import load_study  # noqa: E402
 STUDY = ROOT / "sweeps" / "grokking_modular.yaml"
 # p = 113, d_model 128 and 20k steps (about 12 CPU-days for the naive grid) down to what a
 # laptop runs in minutes; the ratios of budget to grokking time stay those of the study.
-SHRINK = ["task.p=47", 'grid.n=[{"d_model": 32}]', "model.d_mlp=128", "train.steps=10000",
-          "train.eval_every=100", "train.success_stop_evals=3", "train.checkpoint_every=null",
-          "train.lr=3e-3"]
+SHRINK = [
+    "task.p=47",
+    'grid.n=[{"d_model": 32}]',
+    "model.d_mlp=128",
+    "train.steps=10000",
+    "train.eval_every=100",
+    "train.success_stop_evals=3",
+    "train.checkpoint_every=null",
+    "train.lr=3e-3",
+]
 NAIVE = ["train.success_stop_evals=null", "prune.mode=off"]
 
 
@@ -50,8 +57,11 @@ def run_study(name: str, overrides: list[str], out: Path, reuse: bool = False) -
     """Run the study afresh (or, with `reuse`, read a finished one run with the same overrides:
     on CPU every run is bitwise repeatable, so its steps and phases would come out the same)."""
     workdir = out / name
-    overrides = overrides + [f"name=grokking_modular_{name}", f"workdir={workdir}",
-                             f"tracking.uri=sqlite:///{workdir}/mlflow.db"]
+    overrides = overrides + [
+        f"name=grokking_modular_{name}",
+        f"workdir={workdir}",
+        f"tracking.uri=sqlite:///{workdir}/mlflow.db",
+    ]
     done = workdir / "finished.json"
     digest = load_study(STUDY, overrides).digest()  # the whole resolved study
     if reuse and done.exists() and json.loads(done.read_text()).get("digest") == digest:
@@ -76,8 +86,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "sweep_compute")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
-    ap.add_argument("--reuse-naive", action="store_true",
-                    help="read the naive study from an earlier run with the same overrides instead of running it")
+    ap.add_argument(
+        "--reuse-naive",
+        action="store_true",
+        help="read the naive study from an earlier run with the same overrides instead of running it",
+    )
     ap.add_argument("--naive-only", action="store_true")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -85,8 +98,18 @@ def main() -> None:
     print("naive: fixed budget, no stopping", flush=True)
     naive = run_study("naive", shrink + NAIVE, args.out, reuse=args.reuse_naive)
     if args.naive_only:
-        print(grokking_phases(naive["runs"])[["cell", "trial_number", "param.train.weight_decay", "memorization_step",
-                                               "generalization_step", "phase"]].to_string())
+        print(
+            grokking_phases(naive["runs"])[
+                [
+                    "cell",
+                    "trial_number",
+                    "param.train.weight_decay",
+                    "memorization_step",
+                    "generalization_step",
+                    "phase",
+                ]
+            ].to_string()
+        )
         return
     print("stopped: success-stop and per-cell pruning", flush=True)
     stopped = run_study("stopped", shrink, args.out)
@@ -103,24 +126,38 @@ def main() -> None:
     steps_naive, steps_stopped = float(a["steps"].sum()), float(b["steps"].sum())
     generalized = a["generalization_step"].notna()
     lost = a.index[generalized & b["generalization_step"].isna()]
-    moved = a.index[generalized & b["generalization_step"].notna()
-                    & (a["generalization_step"] != b["generalization_step"])]
+    moved = a.index[
+        generalized
+        & b["generalization_step"].notna()
+        & (a["generalization_step"] != b["generalization_step"])
+    ]
     phase_same = a["phase"] == b["phase"]
     cells = {}
     for cell in a.index.get_level_values("cell").unique():
         pa, pb = a.loc[cell, "phase"].tolist(), b.loc[cell, "phase"].tolist()
-        cells[cell] = {"d": float(a.loc[cell, "d_value"].iloc[0]), "naive": pa, "stopped": pb, "same": pa == pb,
-                       "steps_naive": float(a.loc[cell, "steps"].sum()),
-                       "steps_stopped": float(b.loc[cell, "steps"].sum()),
-                       "pruned": int(b.loc[cell, "reason"].str.startswith("pruned").sum()),
-                       "success_stopped": int(b.loc[cell, "reason"].str.startswith("success-stop").sum())}
+        cells[cell] = {
+            "d": float(a.loc[cell, "d_value"].iloc[0]),
+            "naive": pa,
+            "stopped": pb,
+            "same": pa == pb,
+            "steps_naive": float(a.loc[cell, "steps"].sum()),
+            "steps_stopped": float(b.loc[cell, "steps"].sum()),
+            "pruned": int(b.loc[cell, "reason"].str.startswith("pruned").sum()),
+            "success_stopped": int(b.loc[cell, "reason"].str.startswith("success-stop").sum()),
+        }
     summary = {
-        "overrides": shrink, "runs": len(a), "naive_reused": args.reuse_naive,
+        "overrides": shrink,
+        "runs": len(a),
+        "naive_reused": args.reuse_naive,
         "total_steps": {"naive": steps_naive, "stopped": steps_stopped, "ratio": steps_stopped / steps_naive},
-        "wall_s": {"naive": naive["wall_s"], "stopped": stopped["wall_s"],
-                   "ratio": stopped["wall_s"] / naive["wall_s"]},
+        "wall_s": {
+            "naive": naive["wall_s"],
+            "stopped": stopped["wall_s"],
+            "ratio": stopped["wall_s"] / naive["wall_s"],
+        },
         "runs_same_phase": int(phase_same.sum()),
-        "cells_same_phases": sum(c["same"] for c in cells.values()), "cells": len(cells),
+        "cells_same_phases": sum(c["same"] for c in cells.values()),
+        "cells": len(cells),
         "generalized_in_naive": int(generalized.sum()),
         "generalized_in_naive_but_not_stopped": [list(map(str, i)) for i in lost],
         "generalization_step_differs": [list(map(str, i)) for i in moved],
@@ -128,13 +165,16 @@ def main() -> None:
         "pruned": int(b["reason"].str.startswith("pruned").sum()),
         "success_stopped": int(b["reason"].str.startswith("success-stop").sum()),
         "target_met": bool(steps_stopped <= 0.25 * steps_naive and phase_same.all() and not len(lost)),
-        "per_cell": cells, "load_average": os.getloadavg()[0],
+        "per_cell": cells,
+        "load_average": os.getloadavg()[0],
     }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     print(json.dumps({k: v for k, v in summary.items() if k != "per_cell"}, indent=2, default=str))
     for cell, c in cells.items():
-        print(f"{cell}: steps {c['steps_stopped']:.0f}/{c['steps_naive']:.0f}, pruned {c['pruned']}, "
-              f"phases {'same' if c['same'] else 'DIFFER'}: {c['naive']}")
+        print(
+            f"{cell}: steps {c['steps_stopped']:.0f}/{c['steps_naive']:.0f}, pruned {c['pruned']}, "
+            f"phases {'same' if c['same'] else 'DIFFER'}: {c['naive']}"
+        )
 
 
 if __name__ == "__main__":

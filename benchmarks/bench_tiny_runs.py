@@ -49,18 +49,25 @@ def study_dict(workdir: Path, name: str, runs: int, pack: str) -> dict:
     """runs / 10 cells (up to 10 data fractions x as many widths as needed) x 10 trials, weight
     decay searched: real cells, real Optuna asks, as a user's sweep of many small models."""
     cells = max(1, runs // TRIALS_PER_CELL)
-    d = D_FRACTIONS[:min(cells, len(D_FRACTIONS))]
+    d = D_FRACTIONS[: min(cells, len(D_FRACTIONS))]
     widths = [{"d_model": 8 * (i + 1)} for i in range(max(1, cells // len(d)))]
     return {
-        "name": name, "task": {"name": "modular", "p": 23},
+        "name": name,
+        "task": {"name": "modular", "p": 23},
         "model": {"family": "transformer", "n_layer": 1, "n_head": 2, "layer_norm": False},
         "train": {"steps": 100, "eval_every": 20, "lr": 1e-3},
         "grid": {"n": widths, "d": d, "seeds": [0]},
-        "search": {"sampler": "random", "trials_per_cell": TRIALS_PER_CELL,
-                   "space": {"train.weight_decay": {"type": "float", "low": 0.1, "high": 1.0, "log": True}}},
+        "search": {
+            "sampler": "random",
+            "trials_per_cell": TRIALS_PER_CELL,
+            "space": {"train.weight_decay": {"type": "float", "low": 0.1, "high": 1.0, "log": True}},
+        },
         "pack": {"mode": pack},
-        "tracking": {"uri": f"sqlite:///{workdir}/mlflow.db"}, "workdir": str(workdir / "runs"),
-        "ray": {"num_cpus": CPUS}, "resources": {"cpus": 1}}
+        "tracking": {"uri": f"sqlite:///{workdir}/mlflow.db"},
+        "workdir": str(workdir / "runs"),
+        "ray": {"num_cpus": CPUS},
+        "resources": {"cpus": 1},
+    }
 
 
 class CpuClock(threading.Thread):
@@ -69,7 +76,11 @@ class CpuClock(threading.Thread):
 
     def __init__(self, every_s: float = 0.05) -> None:
         super().__init__(daemon=True)
-        self.every_s, self.samples, self.done = every_s, [(time.time(), time.process_time())], threading.Event()
+        self.every_s, self.samples, self.done = (
+            every_s,
+            [(time.time(), time.process_time())],
+            threading.Event(),
+        )
 
     def run(self) -> None:
         while not self.done.wait(self.every_s):
@@ -105,11 +116,21 @@ def measure(root: Path, runs: int, pack: str) -> tuple[dict, Path]:
     path.write_text(yaml.safe_dump(study_dict(workdir, f"tiny_{pack}", runs, pack), sort_keys=False))
     stats, wall, cpu, scheduled_cpu = run_cli(path)
     n = stats["completed"] + stats["stopped"] + stats["diverged"] + stats["failed"]
-    return {"pack": pack, "runs": n, "completed": stats["completed"], "failed": stats["failed"],
-            "packed_tasks": stats["packed_tasks"], "command_wall_s": wall, "startup_s": stats["startup_s"],
-            "scheduled_s": stats["scheduled_s"], "busy_s": stats["busy_s"], "driver_cpu_s": cpu,
-            "driver_cpu_ms_per_run": scheduled_cpu / n * 1e3, "driver_cpu_ms_per_run_all_told": cpu / n * 1e3,
-            "runs_per_s": n / stats["scheduled_s"]}, path
+    return {
+        "pack": pack,
+        "runs": n,
+        "completed": stats["completed"],
+        "failed": stats["failed"],
+        "packed_tasks": stats["packed_tasks"],
+        "command_wall_s": wall,
+        "startup_s": stats["startup_s"],
+        "scheduled_s": stats["scheduled_s"],
+        "busy_s": stats["busy_s"],
+        "driver_cpu_s": cpu,
+        "driver_cpu_ms_per_run": scheduled_cpu / n * 1e3,
+        "driver_cpu_ms_per_run_all_told": cpu / n * 1e3,
+        "runs_per_s": n / stats["scheduled_s"],
+    }, path
 
 
 def main() -> None:
@@ -145,15 +166,22 @@ def main() -> None:
         row["overhead_ms_per_run_vs_own_busy"] = (CPUS * w - row["busy_s"]) / n * 1e3
         row["overhead_ms_per_run_all_told"] = (CPUS * (row["command_wall_s"]) - per_run * n) / n * 1e3
         row["wall_vs_ideal"] = w / (per_run * n / CPUS)  # 1.0: the 2 slots never idle, nothing added
-    out = {"runs_per_mode": args.runs, "code": str(Path(cli.__file__).parent.parent),
-           "sequential_s": baseline, "sequential_ms_per_run": per_run * 1e3,
-           "modes": modes, "cpus": CPUS, "host_cpus": os.cpu_count(),
-           "load_average_1m": {"start": load0, "end": os.getloadavg()[0]},
-           "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    out = {
+        "runs_per_mode": args.runs,
+        "code": str(Path(cli.__file__).parent.parent),
+        "sequential_s": baseline,
+        "sequential_ms_per_run": per_run * 1e3,
+        "modes": modes,
+        "cpus": CPUS,
+        "host_cpus": os.cpu_count(),
+        "load_average_1m": {"start": load0, "end": os.getloadavg()[0]},
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     print(json.dumps(out, indent=2))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"tiny_{args.runs}runs_{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}.json").write_text(
-        json.dumps(out, indent=2))
+        json.dumps(out, indent=2)
+    )
 
 
 if __name__ == "__main__":

@@ -27,9 +27,11 @@ from trainers import TrainSpec, train
 from trainers.models import build_model, init_weights
 from trainers.tasks import make_task
 
-CANONICAL = {"task": {"name": "modular", "p": 113, "train_fraction": 0.3},
-             "model": {"n_layer": 1, "d_model": 128, "n_head": 4, "d_mlp": 512, "layer_norm": False},
-             "train": {"lr": 1e-3, "weight_decay": 1.0, "betas": [0.9, 0.98], "warmup_steps": 10}}
+CANONICAL = {
+    "task": {"name": "modular", "p": 113, "train_fraction": 0.3},
+    "model": {"n_layer": 1, "d_model": 128, "n_head": 4, "d_mlp": 512, "layer_norm": False},
+    "train": {"lr": 1e-3, "weight_decay": 1.0, "betas": [0.9, 0.98], "warmup_steps": 10},
+}
 
 
 def matmul_peak(threads: int, n: int = 2048, repeats: int = 5) -> float:
@@ -51,8 +53,9 @@ def plain_loop(spec: TrainSpec, steps: int, last_only: bool) -> float:
     torch.manual_seed(spec.seed)
     model = build_model(spec.model, data.vocab_size, data.n_out, data.seq_len)
     init_weights(model, 1.0)
-    opt = torch.optim.AdamW(model.parameters(), lr=spec.train.lr, betas=spec.train.betas,
-                            weight_decay=spec.train.weight_decay)
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=spec.train.lr, betas=spec.train.betas, weight_decay=spec.train.weight_decay
+    )
     x, y = data.x_train, data.y_train
     t = time.perf_counter()
     for _ in range(steps):
@@ -87,8 +90,17 @@ def main() -> None:
     args = ap.parse_args()
     # One evaluation, at the end: the plain loop evaluates nothing, so the trainer's eval cadence
     # is kept out of the comparison (it is cost a study chooses, not loop overhead).
-    spec = TrainSpec.model_validate({**CANONICAL, "train": {**CANONICAL["train"], "steps": args.steps,
-                                                            "eval_every": args.steps, "threads": args.threads}})
+    spec = TrainSpec.model_validate(
+        {
+            **CANONICAL,
+            "train": {
+                **CANONICAL["train"],
+                "steps": args.steps,
+                "eval_every": args.steps,
+                "threads": args.threads,
+            },
+        }
+    )
     n_train = make_task(spec.task, spec.seed).n_train
     flops = flops_per_step(spec)
     plain_full = plain_last = ours = float("inf")
@@ -98,26 +110,41 @@ def main() -> None:
         ours = min(ours, trainer_time(spec))
     peak = matmul_peak(args.threads)
     rows = {
-        "trainer": ours, "plain loop (same arithmetic)": plain_last, "plain loop (all positions)": plain_full}
-    out = {"threads": args.threads, "steps": args.steps, "n_train": n_train, "flops_per_step": flops,
-           "matmul_peak_gflops": peak / 1e9}
+        "trainer": ours,
+        "plain loop (same arithmetic)": plain_last,
+        "plain loop (all positions)": plain_full,
+    }
+    out = {
+        "threads": args.threads,
+        "steps": args.steps,
+        "n_train": n_train,
+        "flops_per_step": flops,
+        "matmul_peak_gflops": peak / 1e9,
+    }
     for name, secs in rows.items():
-        out[name] = {"examples_per_s": n_train * args.steps / secs, "gflops": flops * args.steps / secs / 1e9,
-                     "ms_per_step": secs / args.steps * 1e3}
+        out[name] = {
+            "examples_per_s": n_train * args.steps / secs,
+            "gflops": flops * args.steps / secs / 1e9,
+            "ms_per_step": secs / args.steps * 1e3,
+        }
     out["speedup_vs_plain_same_arithmetic"] = plain_last / ours
     out["speedup_vs_plain_all_positions"] = plain_full / ours
     out["fraction_of_peak"] = flops * args.steps / ours / peak
     if args.json:
         print(json.dumps(out, indent=2))
         return
-    print(f"canonical grokking model, p=113, {n_train} examples full batch, {args.threads} thread(s), "
-          f"{args.steps} steps, best of {args.repeats}")
+    print(
+        f"canonical grokking model, p=113, {n_train} examples full batch, {args.threads} thread(s), "
+        f"{args.steps} steps, best of {args.repeats}"
+    )
     print(f"{'loop':32} {'ms/step':>9} {'examples/s':>12} {'GFLOP/s':>9}")
     for name in rows:
         r = out[name]
         print(f"{name:32} {r['ms_per_step']:9.2f} {r['examples_per_s']:12,.0f} {r['gflops']:9.2f}")
     print(f"matmul peak (float32, 2048^3): {out['matmul_peak_gflops']:.1f} GFLOP/s")
-    print(f"trainer / plain loop, same arithmetic: {out['speedup_vs_plain_same_arithmetic']:.2f}x (target >= 1.0x)")
+    print(
+        f"trainer / plain loop, same arithmetic: {out['speedup_vs_plain_same_arithmetic']:.2f}x (target >= 1.0x)"
+    )
     print(f"trainer / plain loop, all positions:   {out['speedup_vs_plain_all_positions']:.2f}x")
     print(f"trainer fraction of matmul peak:       {out['fraction_of_peak']:.1%}")
 

@@ -38,10 +38,10 @@ from trainers.tasks import make_task
 VOCAB = 50257
 SEQ_LEN = 1024
 SIZES = {  # name: (n_layer, d_model, micro-batch of windows)
-    "20M": (6, 384, 32),     # ~10.6M non-embedding + 38.6M embedding
-    "125M": (12, 768, 16),   # GPT-2 small's shape
-    "350M": (24, 1024, 8),   # GPT-2 medium's shape
-    "tiny": (2, 64, 2),      # a smoke test of this script on CPU (--device cpu --sizes tiny)
+    "20M": (6, 384, 32),  # ~10.6M non-embedding + 38.6M embedding
+    "125M": (12, 768, 16),  # GPT-2 small's shape
+    "350M": (24, 1024, 8),  # GPT-2 medium's shape
+    "tiny": (2, 64, 2),  # a smoke test of this script on CPU (--device cpu --sizes tiny)
 }
 
 
@@ -54,14 +54,33 @@ def token_file(folder: Path, n_tokens: int) -> Path:
 
 def spec_for(folder: Path, size: str, steps: int, device: str) -> TrainSpec:
     n_layer, d_model, micro = SIZES[size]
-    return TrainSpec.model_validate({
-        "task": {"name": "corpus", "source": str(folder), "format": "tokens", "vocab_size": VOCAB,
-                 "seq_len": SEQ_LEN, "n_val_tokens": 8 * SEQ_LEN + 1},
-        "model": {"family": "gpt", "n_layer": n_layer, "d_model": d_model, "head_dim": 64},
-        "train": {"steps": steps, "eval_every": steps, "batch_size": micro, "lr": 6e-4, "weight_decay": 0.1,
-                  "betas": [0.9, 0.95], "warmup_steps": 0, "precision": "bf16", "compile": "on",
-                  "grad_clip": 1.0, "eval_batch_size": micro},
-        "device": device})
+    return TrainSpec.model_validate(
+        {
+            "task": {
+                "name": "corpus",
+                "source": str(folder),
+                "format": "tokens",
+                "vocab_size": VOCAB,
+                "seq_len": SEQ_LEN,
+                "n_val_tokens": 8 * SEQ_LEN + 1,
+            },
+            "model": {"family": "gpt", "n_layer": n_layer, "d_model": d_model, "head_dim": 64},
+            "train": {
+                "steps": steps,
+                "eval_every": steps,
+                "batch_size": micro,
+                "lr": 6e-4,
+                "weight_decay": 0.1,
+                "betas": [0.9, 0.95],
+                "warmup_steps": 0,
+                "precision": "bf16",
+                "compile": "on",
+                "grad_clip": 1.0,
+                "eval_batch_size": micro,
+            },
+            "device": device,
+        }
+    )
 
 
 def reference_loop(spec: TrainSpec, folder: Path, steps: int, warmup: int) -> float:
@@ -80,10 +99,12 @@ def reference_loop(spec: TrainSpec, folder: Path, steps: int, warmup: int) -> fl
 
     def batch():
         ix = torch.randint(len(tokens) - SEQ_LEN - 1, (micro,))
-        w = torch.stack([torch.from_numpy(tokens[i:i + SEQ_LEN + 1].astype(np.int64)) for i in ix])
+        w = torch.stack([torch.from_numpy(tokens[i : i + SEQ_LEN + 1].astype(np.int64)) for i in ix])
         if not cuda:
             return w[:, :-1], w[:, 1:]
-        return w[:, :-1].pin_memory().to(device, non_blocking=True), w[:, 1:].pin_memory().to(device, non_blocking=True)
+        return w[:, :-1].pin_memory().to(device, non_blocking=True), w[:, 1:].pin_memory().to(
+            device, non_blocking=True
+        )
 
     def step() -> None:
         x, y = batch()
@@ -128,10 +149,20 @@ def measure(folder: Path, size: str, steps: int, warmup: int, device: str) -> di
     ours_tps, ours_mfu = trainer_rate(spec)
     peak, source = peak_flops(torch.device(device), "bf16", 1)
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
-    return {"size": size, "n_params": n, "flops_per_token": per_token, "micro_batch": spec.train.batch_size,
-            "reference_tokens_per_s": ref_tps, "trainer_tokens_per_s": ours_tps,
-            "ratio": ours_tps / ref_tps, "trainer_mfu": ours_mfu, "reference_mfu": ref_tps * per_token / peak,
-            "peak_flops": peak, "peak_source": source, "device": name}
+    return {
+        "size": size,
+        "n_params": n,
+        "flops_per_token": per_token,
+        "micro_batch": spec.train.batch_size,
+        "reference_tokens_per_s": ref_tps,
+        "trainer_tokens_per_s": ours_tps,
+        "ratio": ours_tps / ref_tps,
+        "trainer_mfu": ours_mfu,
+        "reference_mfu": ref_tps * per_token / peak,
+        "peak_flops": peak,
+        "peak_source": source,
+        "device": name,
+    }
 
 
 def main() -> None:
@@ -151,9 +182,12 @@ def main() -> None:
             rows.append(measure(folder, size, args.steps, args.warmup, args.device))
             if not args.json:
                 r = rows[-1]
-                print(f"{size:>5}: N {r['n_params']['total']:,}  trainer {r['trainer_tokens_per_s']:,.0f} tok/s "
-                      f"(MFU {r['trainer_mfu']:.1%})  reference {r['reference_tokens_per_s']:,.0f} tok/s  "
-                      f"ratio {r['ratio']:.3f} (target >= 0.95)", flush=True)
+                print(
+                    f"{size:>5}: N {r['n_params']['total']:,}  trainer {r['trainer_tokens_per_s']:,.0f} tok/s "
+                    f"(MFU {r['trainer_mfu']:.1%})  reference {r['reference_tokens_per_s']:,.0f} tok/s  "
+                    f"ratio {r['ratio']:.3f} (target >= 0.95)",
+                    flush=True,
+                )
     if args.json:
         print(json.dumps(rows, indent=2))
 

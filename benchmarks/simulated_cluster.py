@@ -80,7 +80,9 @@ class GrokCurve:
         return max(need / (self.lr * self.weight_decay), 1.5 * self.memorization_step)
 
     def _jitter(self, salt: int, sigma: float) -> float:
-        return math.exp(random.Random(hash((self.seed, self.weight_decay, self.d_value, salt))).gauss(0.0, sigma))
+        return math.exp(
+            random.Random(hash((self.seed, self.weight_decay, self.d_value, salt))).gauss(0.0, sigma)
+        )
 
     def records(self) -> list[dict[str, float]]:
         """Every evaluation of the full budget (a stop rule may end the run before the last)."""
@@ -92,8 +94,11 @@ class GrokCurve:
             train_top = 1.0 if self.fits else 0.7
             train_acc = chance + (train_top - chance) / (1.0 + math.exp(-(step - m) / (0.15 * m)))
             if self.fits:  # log10 loss: from ln p down to 1e-2 at memorization, then to 1e-6 by 3 m
-                x = -2.0 + (math.log10(math.log(self.p)) + 2.0) * max(0.0, 1.0 - step / m) \
-                    if step < m else -2.0 - 4.0 * min(1.0, (step - m) / (2.0 * m))
+                x = (
+                    -2.0 + (math.log10(math.log(self.p)) + 2.0) * max(0.0, 1.0 - step / m)
+                    if step < m
+                    else -2.0 - 4.0 * min(1.0, (step - m) / (2.0 * m))
+                )
                 train_loss = 10.0 ** (x + rng.gauss(0.0, 0.05))
             else:
                 train_loss = 0.3 + 0.01 * rng.random()
@@ -103,36 +108,81 @@ class GrokCurve:
             val_loss = math.log(self.p) * (1.0 + 0.5 * min(1.0, step / m)) * (1.0 - grok) + 1e-3
             clock = self.lr * self.weight_decay * step
             examples = float(step * self.n_train)
-            out.append({"step": step, "train_loss": train_loss, "train_acc": min(1.0, train_acc),
-                        "val_loss": val_loss, "val_acc": val_acc,
-                        "weight_norm": 12.0 + 30.0 * math.exp(-clock / 3.0), "lr": self.lr,
-                        "examples": examples, "tokens": examples * CELL_TOKENS, "epochs": float(step),
-                        "flops": examples * 6.0 * self.n_params})
+            out.append(
+                {
+                    "step": step,
+                    "train_loss": train_loss,
+                    "train_acc": min(1.0, train_acc),
+                    "val_loss": val_loss,
+                    "val_acc": val_acc,
+                    "weight_norm": 12.0 + 30.0 * math.exp(-clock / 3.0),
+                    "lr": self.lr,
+                    "examples": examples,
+                    "tokens": examples * CELL_TOKENS,
+                    "epochs": float(step),
+                    "flops": examples * 6.0 * self.n_params,
+                }
+            )
         return out
 
 
 def curve_of(unit) -> GrokCurve:
     """A driver's run (orchestrator/sweep/unit.py) as its curve."""
     t, task = unit.spec.train, unit.spec.task
-    return GrokCurve(t.lr, t.weight_decay, t.steps, t.eval_every, t.train_threshold, t.val_threshold,
-                     unit.cell.d_value, int(getattr(task, "p", 97)), unit.seed, unit.cell.n_params.total,
-                     unit.cell.n_train)
+    return GrokCurve(
+        t.lr,
+        t.weight_decay,
+        t.steps,
+        t.eval_every,
+        t.train_threshold,
+        t.val_threshold,
+        unit.cell.d_value,
+        int(getattr(task, "p", 97)),
+        unit.seed,
+        unit.cell.n_params.total,
+        unit.cell.n_train,
+    )
 
 
-def result_of(curve: GrokCurve, seen: list[dict], status: RunStatus, reason: str, stop_kind: str | None,
-              started: float, ended: float, slot: int) -> dict:
+def result_of(
+    curve: GrokCurve,
+    seen: list[dict],
+    status: RunStatus,
+    reason: str,
+    stop_kind: str | None,
+    started: float,
+    ended: float,
+    slot: int,
+) -> dict:
     """The result dict a Ray worker returns (trainers/core.py TrainResult.to_dict() + worker fields)."""
     history: dict[str, list[float]] = {k: [r[k] for r in seen] for k in seen[0]} if seen else {}
     state = RunState(curve.train_threshold, curve.val_threshold)
     for r in seen:
         state.see(r)
-    out = {"status": status.value, "reason": reason, "steps": int(seen[-1]["step"]) if seen else 0,
-           "final": {k: v[-1] for k, v in history.items()}, "history": history,
-           "events": {"memorization_step": state.memorized_at, "generalization_step": state.generalized_at,
-                      "diverged_step": None},
-           "n_params": {"total": curve.n_params}, "n_train": curve.n_train, "wall_time_s": ended - started,
-           "eval_time_s": 0.0, "resumed_from_step": 0, "task_info": {}, "flops": {}, "checkpoint_note": None,
-           "node_id": "simulated", "worker_pid": slot, "started_at": started, "ended_at": ended}
+    out = {
+        "status": status.value,
+        "reason": reason,
+        "steps": int(seen[-1]["step"]) if seen else 0,
+        "final": {k: v[-1] for k, v in history.items()},
+        "history": history,
+        "events": {
+            "memorization_step": state.memorized_at,
+            "generalization_step": state.generalized_at,
+            "diverged_step": None,
+        },
+        "n_params": {"total": curve.n_params},
+        "n_train": curve.n_train,
+        "wall_time_s": ended - started,
+        "eval_time_s": 0.0,
+        "resumed_from_step": 0,
+        "task_info": {},
+        "flops": {},
+        "checkpoint_note": None,
+        "node_id": "simulated",
+        "worker_pid": slot,
+        "started_at": started,
+        "ended_at": ended,
+    }
     if stop_kind is not None:
         out[STOP_KIND] = stop_kind
     return out
@@ -196,8 +246,14 @@ def cluster_main(conn, slots: int, run_seconds: float) -> None:
         del live[run.run_id]
         free.append(run.slot)
         last_end[run.slot] = at
-        results.append((run.run_id, result_of(run.curve, run.records[:run.next], status, reason, kind,
-                                              run.started, at, run.slot)))
+        results.append(
+            (
+                run.run_id,
+                result_of(
+                    run.curve, run.records[: run.next], status, reason, kind, run.started, at, run.slot
+                ),
+            )
+        )
         while free and waiting:  # the slot takes the next queued run at once (prefetched on Ray)
             nxt, arrived = waiting.popleft()
             start(nxt, max(at, arrived))
@@ -344,8 +400,9 @@ def curve_task_body(curve: GrokCurve, inbox, run_id: str, rules: StopRules, run_
 
     from orchestrator.sweep.worker import Reporter
 
-    spec = SimpleNamespace(train=SimpleNamespace(train_threshold=curve.train_threshold,
-                                                 val_threshold=curve.val_threshold))
+    spec = SimpleNamespace(
+        train=SimpleNamespace(train_threshold=curve.train_threshold, val_threshold=curve.val_threshold)
+    )
     report = Reporter(inbox, run_id, spec, rules)
     started = time.time()
     dt = run_seconds * curve.eval_every / curve.steps
@@ -374,7 +431,8 @@ def ray_launcher(study, cells, run_seconds: float):
             (u,) = units
             cpus, _ = self.study.resources.for_n(u.cell.n(self.study.grid.n_convention))
             ref = curve_task.options(num_cpus=cpus, max_retries=0).remote(
-                curve_of(u), self.inbox, u.run_id, u.rules, run_seconds)
+                curve_of(u), self.inbox, u.run_id, u.rules, run_seconds
+            )
             self.in_flight[ref] = units
 
     return CurveRayLauncher(study, cells)

@@ -25,16 +25,25 @@ EXAMPLES = """examples:
 
 def _study_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("study", help="the study's YAML file (under sweeps/)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any field by its dotted path, e.g. --set train.lr=3e-4 (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any field by its dotted path, e.g. --set train.lr=3e-4 (repeatable)",
+    )
     p.add_argument("--tracking-uri", help="the MLflow tracking URI (same as --set tracking.uri=...)")
 
 
 def _max_runs_arg(p: argparse.ArgumentParser) -> None:
     # No default here: orchestrator.study.checks.MAX_RUNS is read in _load (importing it loads torch).
-    p.add_argument("--max-runs", type=int, metavar="N",
-                   help="refuse a study of more training runs (cells x trials per cell x seeds) than N "
-                        "(default 100,000)")
+    p.add_argument(
+        "--max-runs",
+        type=int,
+        metavar="N",
+        help="refuse a study of more training runs (cells x trials per cell x seeds) than N "
+        "(default 100,000)",
+    )
 
 
 def _load(args: argparse.Namespace, with_preflight: bool = True):
@@ -78,13 +87,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     study, cells = _load(args)
     runs = run_count(study, len(cells))
-    print(f"{args.study}: valid. {len(cells)} cells x {study.search.trials_per_cell} trials x "
-          f"{len(study.grid.seeds)} seeds = {runs} training runs")
+    print(
+        f"{args.study}: valid. {len(cells)} cells x {study.search.trials_per_cell} trials x "
+        f"{len(study.grid.seeds)} seeds = {runs} training runs"
+    )
     window = study.grid.tokens_per_param
     if window is not None:
         product = len(study.grid.n) * len(study.grid.flops or ())
-        print(f"  grid.tokens_per_param [{window.min or 0:g}, {window.max or math.inf:g}] keeps {len(cells)} of the "
-              f"{product} N x C cells")
+        print(
+            f"  grid.tokens_per_param [{window.min or 0:g}, {window.max or math.inf:g}] keeps {len(cells)} of the "
+            f"{product} N x C cells"
+        )
     gpu_hours = 0.0
     for c in cells:
         if study.trainer is not None:  # the user's trainer reports its own N and decides its data
@@ -92,13 +105,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
             continue
         budget = f", C = {c.flops_budget:.3g}" if c.flops_budget else ""
         cost = cell_cost(study, c, args.gpu or DEFAULT_GPU)
-        print(f"  {c.key}: N = {c.n(study.grid.n_convention):,} ({study.grid.n_convention}), D = {c.n_train:,}, "
-              f"{c.steps:,} steps ({c.epochs:.3g} epochs, {c.train_flops:.3g} training FLOPs){budget}; "
-              f"{cost.describe()}")
+        print(
+            f"  {c.key}: N = {c.n(study.grid.n_convention):,} ({study.grid.n_convention}), D = {c.n_train:,}, "
+            f"{c.steps:,} steps ({c.epochs:.3g} epochs, {c.train_flops:.3g} training FLOPs){budget}; "
+            f"{cost.describe()}"
+        )
         gpu_hours += cost.gpu_hours
     if gpu_hours:
-        print(f"  in all: {gpu_hours:,.1f} GPU-hours on {args.gpu or DEFAULT_GPU} at an assumed MFU of "
-              f"{ESTIMATED_MFU:.0%} (orchestrator/study/cost.py); each run logs the MFU it reached")
+        print(
+            f"  in all: {gpu_hours:,.1f} GPU-hours on {args.gpu or DEFAULT_GPU} at an assumed MFU of "
+            f"{ESTIMATED_MFU:.0%} (orchestrator/study/cost.py); each run logs the MFU it reached"
+        )
     return 0
 
 
@@ -129,19 +146,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     if refined is not None:
         out["refine"] = refined.to_dict()
     if not args.no_report:
-        out["report"] = _report(redact_url(study.tracking.uri), study.tracking.uri, study.experiment_name,
-                                quiet=args.json)
+        out["report"] = _report(
+            redact_url(study.tracking.uri), study.tracking.uri, study.experiment_name, quiet=args.json
+        )
     links = study_links(study)  # after the report, so its link opens the report's heatmap
     out["links"] = links.to_dict() if links else None
     if args.json:
         print(json.dumps(out))
     else:
-        print(f"{study.name}: {stats.completed} completed, {stats.stopped} pruned, {stats.diverged} diverged, "
-              f"{stats.failed} failed in {stats.wall_time_s:.0f} s.")
+        print(
+            f"{study.name}: {stats.completed} completed, {stats.stopped} pruned, {stats.diverged} diverged, "
+            f"{stats.failed} failed in {stats.wall_time_s:.0f} s."
+        )
         if stats.dropped_keys or stats.write_failures:
-            print(f"MLflow: {stats.dropped_keys} metric, param or tag names or values it refuses were "
-                  f"dropped (each run's grokscale.dropped_keys tag lists its own); {stats.write_failures} "
-                  f"runs failed because a write of theirs failed (their grokscale.reason says why).")
+            print(
+                f"MLflow: {stats.dropped_keys} metric, param or tag names or values it refuses were "
+                f"dropped (each run's grokscale.dropped_keys tag lists its own); {stats.write_failures} "
+                f"runs failed because a write of theirs failed (their grokscale.reason says why)."
+            )
         if refined is not None:
             print(refined.summary())
         _print_links(links)
@@ -154,7 +176,9 @@ def _print_links(links) -> None:
         print(line)
 
 
-def _report(shown_uri: str, uri: str, experiment: str, quiet: bool = False, out_dir: str | None = None) -> dict:
+def _report(
+    shown_uri: str, uri: str, experiment: str, quiet: bool = False, out_dir: str | None = None
+) -> dict:
     """Make the study's report from MLflow and log it to the parent run; failure is reported, not raised."""
     from orchestrator.report.report import make_report
     from orchestrator.store.results import ResultsError
@@ -169,8 +193,10 @@ def _report(shown_uri: str, uri: str, experiment: str, quiet: bool = False, out_
 
         for line in outline(report):
             print(f"report: {line}")
-        print(f"report: {len(report.plots)} plots, every fit and every reason in results.json, on the study's "
-              f"parent run in {shown_uri}; files in {report.directory}")
+        print(
+            f"report: {len(report.plots)} plots, every fit and every reason in results.json, on the study's "
+            f"parent run in {shown_uri}; files in {report.directory}"
+        )
     return {"plots": sorted(report.plots), "skipped": report.skipped, "directory": str(report.directory)}
 
 
@@ -232,8 +258,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     # grokscale prints its own progress; MLflow's artifact bars would interleave with it.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    parser = argparse.ArgumentParser(prog="grokscale", description=__doc__, epilog=EXAMPLES,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="grokscale",
+        description=__doc__,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="run or resume a study (same command again resumes)")
     _study_args(p)
@@ -241,25 +271,36 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quiet", action="store_true", help="no live progress display")
     p.add_argument("--json", action="store_true", help="print the final counts as JSON")
     p.add_argument("--no-report", action="store_true", help="skip the analysis report at the end")
-    p = sub.add_parser("report", help="analyse a study from MLflow alone; log plots, tables and fits to its parent run")
+    p = sub.add_parser(
+        "report", help="analyse a study from MLflow alone; log plots, tables and fits to its parent run"
+    )
     p.add_argument("study", help="the study's YAML file, or its MLflow experiment name")
-    p.add_argument("--tracking-uri", help="the MLflow tracking URI (default: the study's, or sqlite:///mlflow.db)")
+    p.add_argument(
+        "--tracking-uri", help="the MLflow tracking URI (default: the study's, or sqlite:///mlflow.db)"
+    )
     p.add_argument("--out", help="also keep the report's files in this folder (default: a temporary folder)")
     p.add_argument("--json", action="store_true", help="print what was made as JSON")
     p = sub.add_parser("validate", help="check a study config without running anything")
     _study_args(p)
     _max_runs_arg(p)
-    p.add_argument("--gpu", help="plan for this GPU (a name in trainers/device.py's table: H100, A100, L4, ...): "
-                                 "GPU cells' tokens/s and GPU-hours on it, not checked against this machine")
+    p.add_argument(
+        "--gpu",
+        help="plan for this GPU (a name in trainers/device.py's table: H100, A100, L4, ...): "
+        "GPU cells' tokens/s and GPU-hours on it, not checked against this machine",
+    )
     p = sub.add_parser("status", help="per-cell trial counts and the best trial, from the Optuna storage")
     _study_args(p)
     p.add_argument("--json", action="store_true")
-    sub.add_parser("train", help="train one model: python -m trainers with the same flags (see --help)",
-                   add_help=False)
+    sub.add_parser(
+        "train", help="train one model: python -m trainers with the same flags (see --help)", add_help=False
+    )
     if argv[:1] == ["train"]:
         return cmd_train(argparse.Namespace(), argv[1:])
-    sub.add_parser("reproduce", help="train one recorded run again; compare its metrics bit for bit (see --help)",
-                   add_help=False)
+    sub.add_parser(
+        "reproduce",
+        help="train one recorded run again; compare its metrics bit for bit (see --help)",
+        add_help=False,
+    )
     if argv[:1] == ["reproduce"]:
         from orchestrator.report.reproduce import main as reproduce_main
 
@@ -274,8 +315,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "fit":
         return run_fit(args)
-    return {"run": cmd_run, "validate": cmd_validate, "status": cmd_status, "report": cmd_report,
-            "slurm": cmd_slurm, "plan": cmd_plan}[args.command](args)
+    return {
+        "run": cmd_run,
+        "validate": cmd_validate,
+        "status": cmd_status,
+        "report": cmd_report,
+        "slurm": cmd_slurm,
+        "plan": cmd_plan,
+    }[args.command](args)
 
 
 if __name__ == "__main__":

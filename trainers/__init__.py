@@ -6,5 +6,17 @@ from trainers.spec import TrainSpec
 from trainers.tasks import TaskData, make_task
 from trainers.train import Events, TrainResult, train
 
-__all__ = ["Events", "ParamCounts", "TaskData", "TrainResult", "TrainSpec", "build_model",
-           "count_params", "lr_at", "make_task", "resolve_shape", "shape_counts", "train"]
+__all__ = [
+    "Events",
+    "ParamCounts",
+    "TaskData",
+    "TrainResult",
+    "TrainSpec",
+    "build_model",
+    "count_params",
+    "lr_at",
+    "make_task",
+    "resolve_shape",
+    "shape_counts",
+    "train",
+]

@@ -47,8 +47,9 @@ def split_field_flags(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trainers", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m trainers", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("spec", nargs="?", help="YAML file holding a TrainSpec (task, model, train, seed)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field")
     parser.add_argument("--checkpoint-dir", help="save checkpoints here and resume from one if present")
@@ -69,8 +70,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     def progress(r: dict) -> None:
-        print(f"step {r['step']:>7}  train loss {r['train_loss']:.4f} acc {r['train_acc']:.3f}  "
-              f"val loss {r['val_loss']:.4f} acc {r['val_acc']:.3f}  |w| {r['weight_norm']:.1f}", flush=True)
+        print(
+            f"step {r['step']:>7}  train loss {r['train_loss']:.4f} acc {r['train_acc']:.3f}  "
+            f"val loss {r['val_loss']:.4f} acc {r['val_acc']:.3f}  |w| {r['weight_norm']:.1f}",
+            flush=True,
+        )
 
     result = train(spec, report=None if args.quiet else progress, checkpoint_dir=args.checkpoint_dir)
     if args.json:

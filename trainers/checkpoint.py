@@ -42,8 +42,10 @@ class Checkpoint:
                 os.fsync(f.fileno())
         except (OSError, RuntimeError) as err:  # torch wraps a failed write in a RuntimeError
             tmp.unlink(missing_ok=True)  # the old checkpoint stays whole; the partial one goes
-            raise CheckpointWriteError(f"could not write the checkpoint {path}: {_why(err)}; "
-                                       f"{_free_bytes(path.parent):,} bytes free there") from err
+            raise CheckpointWriteError(
+                f"could not write the checkpoint {path}: {_why(err)}; "
+                f"{_free_bytes(path.parent):,} bytes free there"
+            ) from err
         os.replace(tmp, path)
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
@@ -88,14 +90,22 @@ def load(path: Path, digest: str) -> tuple[Checkpoint | None, str | None]:
     try:
         state = torch.load(path, weights_only=True)
     except Exception as e:  # noqa: BLE001 - truncated, garbage, not a torch file: all "unusable"
-        return None, f"checkpoint {path} could not be read ({type(e).__name__}: {_first_line(e)}); started over"
+        return (
+            None,
+            f"checkpoint {path} could not be read ({type(e).__name__}: {_first_line(e)}); started over",
+        )
     names = {f.name for f in fields(Checkpoint)}
     if not isinstance(state, dict) or not names <= state.keys() | {"finished"}:
         missing = sorted(names - set(state)) if isinstance(state, dict) else ["(not a dict)"]
-        return None, f"checkpoint {path} is not a grokscale checkpoint (missing {', '.join(missing)}); started over"
+        return (
+            None,
+            f"checkpoint {path} is not a grokscale checkpoint (missing {', '.join(missing)}); started over",
+        )
     if state["digest"] != digest:
-        return None, (f"checkpoint {path} belongs to another spec (digest {state['digest']}, "
-                      f"this run {digest}); started over")
+        return None, (
+            f"checkpoint {path} belongs to another spec (digest {state['digest']}, "
+            f"this run {digest}); started over"
+        )
     ckpt = Checkpoint(**{k: state[k] for k in names if k in state})
     if ckpt.finished is not None:
         ckpt.finished = tuple(ckpt.finished)
@@ -105,4 +115,3 @@ def load(path: Path, digest: str) -> tuple[Checkpoint | None, str | None]:
 def _first_line(e: Exception) -> str:
     text = str(e).strip().splitlines()
     return text[0][:200] if text else "no message"
-

@@ -103,13 +103,22 @@ def batch_generator(seed: int) -> torch.Generator:
     return generator(seed, STREAM_BATCHES)
 
 
-def reduce_metrics(data: TaskData, n: int, loss_sum: float, correct_tokens: float, exact: float,
-                   n_tokens: float, logprob_sum: float) -> dict[str, float]:
+def reduce_metrics(
+    data: TaskData,
+    n: int,
+    loss_sum: float,
+    correct_tokens: float,
+    exact: float,
+    n_tokens: float,
+    logprob_sum: float,
+) -> dict[str, float]:
     """Loss in nats per labelled token and accuracy from an evaluation's float64 sums over `n`
     examples; for sequence tasks also the continuous metrics of Schaeffer et al. (2023):
     per-token accuracy and the mean log-likelihood of a whole answer (nats)."""
-    out = {"loss": loss_sum / n_tokens,
-           "acc": (exact / n) if data.accuracy == "exact" else correct_tokens / n_tokens}
+    out = {
+        "loss": loss_sum / n_tokens,
+        "acc": (exact / n) if data.accuracy == "exact" else correct_tokens / n_tokens,
+    }
     if data.target == "sequence":
         out["token_acc"] = correct_tokens / n_tokens
         out["answer_logprob"] = logprob_sum / n
@@ -133,14 +142,23 @@ class Accounting:
 
     def at(self, step: int) -> dict[str, float]:
         examples = step * self.examples_per_step
-        return {"examples": examples, "tokens": examples * self.flops.tokens,
-                "epochs": examples / self.n_examples, "flops": examples * self.flops.total}
+        return {
+            "examples": examples,
+            "tokens": examples * self.flops.tokens,
+            "epochs": examples / self.n_examples,
+            "flops": examples * self.flops.total,
+        }
 
     def per_unit(self) -> dict[str, float]:
         """FLOPs of one training example and one token, for TrainResult.flops."""
-        return {"per_example": self.flops.total, "per_example_forward": self.flops.forward,
-                "per_example_backward": self.flops.backward, "per_token": self.flops.per_token,
-                "tokens_per_example": self.flops.tokens, "n_matmul": self.flops.n_matmul}
+        return {
+            "per_example": self.flops.total,
+            "per_example_forward": self.flops.forward,
+            "per_example_backward": self.flops.backward,
+            "per_token": self.flops.per_token,
+            "tokens_per_example": self.flops.tokens,
+            "n_matmul": self.flops.n_matmul,
+        }
 
 
 # What each evaluation measures of the run's speed, since the previous evaluation: tokens trained
@@ -165,8 +183,11 @@ class Throughput:
     def lap(self, step: int, now: float) -> dict[str, float]:
         steps, seconds = step - self.from_step, max(now - self.since, 1e-9)
         self.from_step = step
-        return {"tokens_per_s": steps * self.tokens_per_step / seconds, "step_time": seconds / max(steps, 1),
-                "mfu": steps * self.flops_per_step / seconds / self.peak_flops}
+        return {
+            "tokens_per_s": steps * self.tokens_per_step / seconds,
+            "step_time": seconds / max(steps, 1),
+            "mfu": steps * self.flops_per_step / seconds / self.peak_flops,
+        }
 
 
 class RunLog:
@@ -189,14 +210,26 @@ class RunLog:
         self.outcome = (DIVERGED, reason_loss_not_finite(loss, step))
         return True
 
-    def on_eval(self, step: int, train: dict[str, float], val: dict[str, float],
-                weight_norm: float, lr: float, speed: dict[str, float] | None = None) -> bool:
+    def on_eval(
+        self,
+        step: int,
+        train: dict[str, float],
+        val: dict[str, float],
+        weight_norm: float,
+        lr: float,
+        speed: dict[str, float] | None = None,
+    ) -> bool:
         """Record one evaluation (and the speed measured since the last one) and update the
         events; True if the run ends here."""
         cfg, events = self.cfg, self.events
-        record = {"step": step, **{f"train_{k}": v for k, v in train.items()},
-                  **{f"val_{k}": v for k, v in val.items()},
-                  "weight_norm": weight_norm, "lr": lr, **self.accounting.at(step)}
+        record = {
+            "step": step,
+            **{f"train_{k}": v for k, v in train.items()},
+            **{f"val_{k}": v for k, v in val.items()},
+            "weight_norm": weight_norm,
+            "lr": lr,
+            **self.accounting.at(step),
+        }
         for k, v in record.items():
             self.history.setdefault(k, []).append(v)
         for k, v in (speed or {}).items():
@@ -223,22 +256,45 @@ class RunLog:
 
     def state(self) -> dict:
         """What a checkpoint keeps of the bookkeeping."""
-        return {"history": self.history, "events": asdict(self.events), "above": self.above,
-                "throughput": self.throughput}
+        return {
+            "history": self.history,
+            "events": asdict(self.events),
+            "above": self.above,
+            "throughput": self.throughput,
+        }
 
     def restore(self, state: dict, finished: tuple[str, str] | None) -> None:
         self.history, self.events, self.above = state["history"], Events(**state["events"]), state["above"]
         self.throughput = state.get("throughput", {})
         self.outcome = finished  # (status, reason) of a run that had already ended
 
-    def result(self, steps: int, n_params: dict[str, int], data: TaskData, wall_time_s: float,
-               eval_time_s: float, resumed_from_step: int, checkpoint_note: str | None,
-               runtime: dict | None = None) -> TrainResult:
+    def result(
+        self,
+        steps: int,
+        n_params: dict[str, int],
+        data: TaskData,
+        wall_time_s: float,
+        eval_time_s: float,
+        resumed_from_step: int,
+        checkpoint_note: str | None,
+        runtime: dict | None = None,
+    ) -> TrainResult:
         status, reason = self.finish()
-        return TrainResult(status=status, reason=reason, steps=steps,
-                           final={k: v[-1] for k, v in self.history.items()}, history=self.history,
-                           events=self.events, n_params=n_params, n_train=data.n_train,
-                           wall_time_s=wall_time_s, eval_time_s=eval_time_s,
-                           resumed_from_step=resumed_from_step, task_info=data.info,
-                           flops=self.accounting.per_unit(), checkpoint_note=checkpoint_note,
-                           throughput=self.throughput, runtime=runtime or {})
+        return TrainResult(
+            status=status,
+            reason=reason,
+            steps=steps,
+            final={k: v[-1] for k, v in self.history.items()},
+            history=self.history,
+            events=self.events,
+            n_params=n_params,
+            n_train=data.n_train,
+            wall_time_s=wall_time_s,
+            eval_time_s=eval_time_s,
+            resumed_from_step=resumed_from_step,
+            task_info=data.info,
+            flops=self.accounting.per_unit(),
+            checkpoint_note=checkpoint_note,
+            throughput=self.throughput,
+            runtime=runtime or {},
+        )

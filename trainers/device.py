@@ -115,8 +115,14 @@ def optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) ->
     its `lr_scale` for the loop's schedule (trainers/mup.py); sp's are one group, as always."""
     kwargs = {"fused": True} if device.type == "cuda" else {}
     groups = mup.param_groups(model, cfg.lr, cfg.weight_decay)
-    return torch.optim.AdamW(model.parameters() if groups is None else groups, lr=cfg.lr, betas=cfg.betas,
-                             eps=cfg.eps, weight_decay=cfg.weight_decay, **kwargs)
+    return torch.optim.AdamW(
+        model.parameters() if groups is None else groups,
+        lr=cfg.lr,
+        betas=cfg.betas,
+        eps=cfg.eps,
+        weight_decay=cfg.weight_decay,
+        **kwargs,
+    )
 
 
 def device_name(device: torch.device) -> str:
@@ -165,11 +171,13 @@ def determinism(device: torch.device, threads: int) -> dict:
         "CUBLAS_WORKSPACE_CONFIG": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
     }
     if device.type == "cuda":
-        facts.update({
-            "cuda": torch.version.cuda,
-            "cudnn": torch.backends.cudnn.version(),
-            "cudnn_deterministic": torch.backends.cudnn.deterministic,
-            "cudnn_benchmark": torch.backends.cudnn.benchmark,
-            "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
-        })
+        facts.update(
+            {
+                "cuda": torch.version.cuda,
+                "cudnn": torch.backends.cudnn.version(),
+                "cudnn_deterministic": torch.backends.cudnn.deterministic,
+                "cudnn_benchmark": torch.backends.cudnn.benchmark,
+                "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+            }
+        )
     return facts

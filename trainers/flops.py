@@ -64,15 +64,30 @@ class FlopCount:
         return self.total / self.tokens
 
     def as_dict(self) -> dict[str, float]:
-        return {"forward": self.forward, "backward": self.backward, "total": self.total,
-                "per_token": self.per_token, "tokens": self.tokens, "n_matmul": self.n_matmul,
-                "matmul": self.matmul, "attention": self.attention, "unembed": self.unembed}
+        return {
+            "forward": self.forward,
+            "backward": self.backward,
+            "total": self.total,
+            "per_token": self.per_token,
+            "tokens": self.tokens,
+            "n_matmul": self.n_matmul,
+            "matmul": self.matmul,
+            "attention": self.attention,
+            "unembed": self.unembed,
+        }
 
 
 def _count(n_matmul: int, matmul: float, attention: float, unembed: float, tokens: int) -> FlopCount:
     forward = matmul + attention + unembed
-    return FlopCount(forward=forward, backward=BACKWARD_FACTOR * forward, tokens=tokens,
-                     n_matmul=n_matmul, matmul=matmul, attention=attention, unembed=unembed)
+    return FlopCount(
+        forward=forward,
+        backward=BACKWARD_FACTOR * forward,
+        tokens=tokens,
+        n_matmul=n_matmul,
+        matmul=matmul,
+        attention=attention,
+        unembed=unembed,
+    )
 
 
 def _transformer(cfg: TransformerModel, n_out: int, seq_len: int, last_only: bool) -> FlopCount:
@@ -121,8 +136,13 @@ def _own(model_cfg, vocab_size: int, n_out: int, seq_len: int) -> FlopCount:
     return _count(n, 2 * seq_len * n, 0, 0, seq_len)
 
 
-def flops_per_example(model_cfg: TransformerModel | GPTModel | MLPModel, vocab_size: int, n_out: int,
-                      seq_len: int, last_only: bool) -> FlopCount:
+def flops_per_example(
+    model_cfg: TransformerModel | GPTModel | MLPModel,
+    vocab_size: int,
+    n_out: int,
+    seq_len: int,
+    last_only: bool,
+) -> FlopCount:
     """FLOPs to train on one example of `seq_len` positions (arguments as models.build_model).
 
     `vocab_size` changes nothing (lookups cost no FLOPs); it is taken so that the call reads as
@@ -144,5 +164,6 @@ def flops_per_example(model_cfg: TransformerModel | GPTModel | MLPModel, vocab_s
 
 def flops_for_task(model_cfg: TransformerModel | GPTModel | MLPModel, data) -> FlopCount:
     """flops_per_example for a tasks.TaskData, with last_only read from its target."""
-    return flops_per_example(model_cfg, data.vocab_size, data.n_out, data.seq_len,
-                             last_only=data.target == "last")
+    return flops_per_example(
+        model_cfg, data.vocab_size, data.n_out, data.seq_len, last_only=data.target == "last"
+    )

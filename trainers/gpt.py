@@ -60,14 +60,18 @@ class GPTModel(Frozen):
     def _check(self) -> GPTModel:
         if self.head_dim % 2:
             # Rotary embeddings rotate pairs of channels (Su et al. 2021).
-            raise invalid("head_dim", f"head_dim must be even (rotary embeddings rotate channel pairs), "
-                                      f"got {self.head_dim}")
+            raise invalid(
+                "head_dim",
+                f"head_dim must be even (rotary embeddings rotate channel pairs), got {self.head_dim}",
+            )
         if self.d_model is not None and self.d_model % self.head_dim:
-            raise invalid("d_model",
-                          f"d_model ({self.d_model}) must be a multiple of head_dim ({self.head_dim})")
+            raise invalid(
+                "d_model", f"d_model ({self.d_model}) must be a multiple of head_dim ({self.head_dim})"
+            )
         if self.mlp_ratio is not None and round(self.mlp_ratio * self.width) < 1:
-            raise invalid("mlp_ratio",
-                          f"mlp_ratio {self.mlp_ratio} x d_model {self.width} leaves no hidden unit")
+            raise invalid(
+                "mlp_ratio", f"mlp_ratio {self.mlp_ratio} x d_model {self.width} leaves no hidden unit"
+            )
         return self
 
     @property
@@ -125,8 +129,9 @@ class Attention(nn.Module):
 
     def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         B, T, C = h.shape
-        q, k, v = (t.view(B, T, self.n_head, -1).transpose(1, 2)
-                   for t in self.qkv(h).split(C, dim=2))  # (B, H, T, hd)
+        q, k, v = (
+            t.view(B, T, self.n_head, -1).transpose(1, 2) for t in self.qkv(h).split(C, dim=2)
+        )  # (B, H, T, hd)
         q, k = rotate(q, cos, sin), rotate(k, cos, sin)
         p_drop = self.dropout if self.training else 0.0
         att = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p_drop)  # (B, H, T, hd)
@@ -175,9 +180,11 @@ class GPT(nn.Module):
         self.base_width = cfg.base_width
         self.readout_mult = None if cfg.width_mult is None else cfg.base_width / cfg.width
         if cfg.tie_embeddings and n_out != vocab_size:
-            raise ValueError(f"model.tie_embeddings: the readout can share the token embedding only when the "
-                             f"task predicts its own tokens (n_out == vocab_size); this task has vocab_size "
-                             f"{vocab_size} and n_out {n_out}: set tie_embeddings: false")
+            raise ValueError(
+                f"model.tie_embeddings: the readout can share the token embedding only when the "
+                f"task predicts its own tokens (n_out == vocab_size); this task has vocab_size "
+                f"{vocab_size} and n_out {n_out}: set tie_embeddings: false"
+            )
         d = cfg.width
         self.n_layer = cfg.n_layer
         self.tok_emb = nn.Embedding(vocab_size, d)

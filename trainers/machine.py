@@ -17,10 +17,20 @@ import torch
 
 # Environment variables that change which kernels run.
 # Thread counts are not among them: the run sets its own (torch.set_num_threads, train.threads).
-KERNEL_ENV = ("ATEN_CPU_CAPABILITY",
-              "MKL_CBWR", "DNNL_MAX_CPU_ISA", "CUBLAS_WORKSPACE_CONFIG")
+KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "DNNL_MAX_CPU_ISA", "CUBLAS_WORKSPACE_CONFIG")
 # Instruction-set flags that select BLAS and ATen kernels.
-ISA_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "neon", "asimd")
+ISA_FLAGS = (
+    "avx",
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512_bf16",
+    "avx512_vnni",
+    "amx_tile",
+    "amx_bf16",
+    "neon",
+    "asimd",
+)
 
 
 @functools.cache
@@ -70,5 +80,8 @@ def bitwise_comparable(recorded: dict, here: dict) -> list[str]:
     """Why a run recorded on one machine may not repeat bit for bit here: the facts that differ
     (empty: bitwise equality can be expected)."""
     keys = ("cpu", "isa", "arch", "cpu_capability", "torch", "blas", "threads", "env")
-    return [f"{k}: recorded {recorded.get(k)!r}, here {here.get(k)!r}" for k in keys
-            if k in recorded and recorded.get(k) != here.get(k)]
+    return [
+        f"{k}: recorded {recorded.get(k)!r}, here {here.get(k)!r}"
+        for k in keys
+        if k in recorded and recorded.get(k) != here.get(k)
+    ]

@@ -129,8 +129,14 @@ class Block(nn.Module):
             att = (w[..., None] * v).sum(2).view(B, 1, C)  # (B, 1, C)
         else:
             q = q.view(B, T, H, C // H).transpose(1, 2)  # (B, H, T, hs)
-            att = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.attn_scale,
-                                                 dropout_p=self.dropout if self.training else 0.0)
+            att = F.scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                is_causal=True,
+                scale=self.attn_scale,
+                dropout_p=self.dropout if self.training else 0.0,
+            )
             att = att.transpose(1, 2).reshape(B, T, C)
         h = h + self.drop(self.proj(att))
         return h + self.drop(self.fc_out(F.relu(self.fc_in(self.ln2(h)))))
@@ -223,8 +229,9 @@ def init_weights(model: nn.Module, init_scale: float) -> None:
 # registered. Each keeps the protocol of a model of the user's (trainers/own_code.py): its nested
 # Config is its `model:` section, here with its `family` literal; the spec's model union is read
 # from here (trainers/spec.py).
-MODELS: dict[str, type[nn.Module]] = {cls.Config.model_fields["family"].default: cls
-                                      for cls in (Transformer, MLP, GPT)}
+MODELS: dict[str, type[nn.Module]] = {
+    cls.Config.model_fields["family"].default: cls for cls in (Transformer, MLP, GPT)
+}
 DEFAULT_MODEL = "transformer"  # a spec's model when its section names no family
 
 
@@ -253,8 +260,15 @@ class ResolvedShape:
         return abs(getattr(self.n_params, self.convention) - self.target) / self.target
 
 
-def resolve_shape(base: BuiltinModel, target: int, vocab_size: int, n_out: int,
-                  seq_len: int, convention: str = "total", tolerance: float = 0.10) -> ResolvedShape:
+def resolve_shape(
+    base: BuiltinModel,
+    target: int,
+    vocab_size: int,
+    n_out: int,
+    seq_len: int,
+    convention: str = "total",
+    tolerance: float = 0.10,
+) -> ResolvedShape:
     """The size (d_model for a transformer of fixed depth and heads, n_layer for a gpt, d_hidden
     for an MLP) whose parameter count under `convention` is closest to `target`; an error if
     none is within `tolerance`. Counts grow monotonically with size, so a binary search suffices.
@@ -263,8 +277,10 @@ def resolve_shape(base: BuiltinModel, target: int, vocab_size: int, n_out: int,
     explicit d_model, and then N is a depth at that width. Depths are a coarse ladder (N grows
     about as n_layer^3 when d_model follows), so a target between two rungs may be refused."""
     if isinstance(base, OwnModel):
-        raise ValueError(f"model.family: a target parameter count is resolved for the built-in families only; "
-                         f"give {base.family}'s N as a shape of its fields (e.g. {{width: 64}})")
+        raise ValueError(
+            f"model.family: a target parameter count is resolved for the built-in families only; "
+            f"give {base.family}'s N as a shape of its fields (e.g. {{width: 64}})"
+        )
     if base.family == "transformer":
         knob, step = "d_model", base.n_head
         ratio = None if base.d_mlp is None else base.d_mlp / base.d_model
@@ -294,10 +310,12 @@ def resolve_shape(base: BuiltinModel, target: int, vocab_size: int, n_out: int,
         lo, hi = (mid, hi) if count(mid) < target else (lo, mid)
     best = min((lo, hi), key=lambda k: abs(count(k) - target))
     model = shape(best * step)
-    resolved = ResolvedShape(model, shape_counts(model, vocab_size, n_out, seq_len), target, convention,
-                             fields(best * step))
+    resolved = ResolvedShape(
+        model, shape_counts(model, vocab_size, n_out, seq_len), target, convention, fields(best * step)
+    )
     if resolved.relative_error > tolerance:
         raise ValueError(
             f"no {base.family} {knob} lands within {tolerance:.0%} of N={target} ({convention}); "
-            f"closest is {getattr(resolved.n_params, convention)} at {knob} {best * step}")
+            f"closest is {getattr(resolved.n_params, convention)} at {knob} {best * step}"
+        )
     return resolved

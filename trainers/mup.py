@@ -86,8 +86,10 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict]
     hidden, rest = [], []
     for name, p in model.named_parameters():  # a tied matrix is named once, as tok_emb
         (hidden if is_hidden(name, p) else rest).append(p)
-    return [{"params": hidden, "lr": lr / m, "lr_scale": 1 / m, "weight_decay": weight_decay * m},
-            {"params": rest, "lr": lr, "lr_scale": 1.0, "weight_decay": weight_decay}]
+    return [
+        {"params": hidden, "lr": lr / m, "lr_scale": 1 / m, "weight_decay": weight_decay * m},
+        {"params": rest, "lr": lr, "lr_scale": 1.0, "weight_decay": weight_decay},
+    ]
 
 
 @dataclass(frozen=True)
@@ -110,9 +112,17 @@ def at_width(model: TransformerModel | GPTModel, width: int) -> TransformerModel
     return model.model_copy(update=update)
 
 
-def coordinates(model: TransformerModel | GPTModel, widths: Sequence[int], steps: int = 4, lr: float = 1e-2,
-                seeds: Sequence[int] = (0, 1), vocab_size: int = 32, seq_len: int = 16,
-                batch_size: int = 8, threads: int = 1) -> list[Coordinate]:
+def coordinates(
+    model: TransformerModel | GPTModel,
+    widths: Sequence[int],
+    steps: int = 4,
+    lr: float = 1e-2,
+    seeds: Sequence[int] = (0, 1),
+    vocab_size: int = 32,
+    seq_len: int = 16,
+    batch_size: int = 8,
+    threads: int = 1,
+) -> list[Coordinate]:
     """The coordinate check: each width trained `steps` AdamW steps (betas and eps as
     TrainConfig's, no weight decay, a constant lr) on one fixed batch of random next-token data,
     recording every site's mean |x| on that batch before each step and after the last. Like
@@ -129,15 +139,24 @@ def coordinates(model: TransformerModel | GPTModel, widths: Sequence[int], steps
             init_weights(net, 1.0)
             for (step, site), size in _train_and_record(net, x, y, steps, lr).items():
                 sums[width, step, site] = sums.get((width, step, site), 0.0) + size
-    return [Coordinate(model.parametrization, w, t, site, total / len(seeds)) for (w, t, site), total in sums.items()]
+    return [
+        Coordinate(model.parametrization, w, t, site, total / len(seeds))
+        for (w, t, site), total in sums.items()
+    ]
 
 
-def _train_and_record(net: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int,
-                      lr: float) -> dict[tuple[int, str], float]:
+def _train_and_record(
+    net: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float
+) -> dict[tuple[int, str], float]:
     """Mean |x| of each site, by (step, site), over `steps` AdamW steps on (x, y)."""
     groups = param_groups(net, lr, 0.0)
-    opt = torch.optim.AdamW(net.parameters() if groups is None else groups, lr=lr, betas=TrainConfig().betas,
-                            eps=TrainConfig().eps, weight_decay=0.0)
+    opt = torch.optim.AdamW(
+        net.parameters() if groups is None else groups,
+        lr=lr,
+        betas=TrainConfig().betas,
+        eps=TrainConfig().eps,
+        weight_decay=0.0,
+    )
     seen: dict[str, torch.Tensor] = {}
 
     def record(site: str):

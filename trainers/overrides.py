@@ -27,7 +27,9 @@ def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise OverrideError(f"override {item!r}: expected KEY=VALUE with a dotted KEY, e.g. train.lr=3e-4")
+            raise OverrideError(
+                f"override {item!r}: expected KEY=VALUE with a dotted KEY, e.g. train.lr=3e-4"
+            )
         node: Any = out
         parts = key.strip().split(".")
         i = 0
@@ -42,8 +44,10 @@ def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
                         break
             elif isinstance(node, list):
                 if not part.isdigit() or int(part) >= len(node):
-                    raise OverrideError(f"override {item!r}: {'.'.join(parts[:i])} is a list of "
-                                        f"{len(node)}; {part!r} is not an index in it")
+                    raise OverrideError(
+                        f"override {item!r}: {'.'.join(parts[:i])} is a list of "
+                        f"{len(node)}; {part!r} is not an index in it"
+                    )
                 part = int(part)
             else:
                 raise OverrideError(f"override {item!r}: {'.'.join(parts[:i])} is a value, not a section")

@@ -40,7 +40,15 @@ from pydantic import BaseModel, ConfigDict, model_serializer, model_validator
 from trainers.fields import invalid
 from trainers.import_path import ImportPathError, import_object, is_import_path
 
-__all__ = ["OwnCodeError", "OwnModel", "OwnTask", "is_import_path", "model_problem", "own_class", "task_problem"]
+__all__ = [
+    "OwnCodeError",
+    "OwnModel",
+    "OwnTask",
+    "is_import_path",
+    "model_problem",
+    "own_class",
+    "task_problem",
+]
 
 
 class OwnCodeError(ValueError):
@@ -75,8 +83,10 @@ def task_problem(cls: Any, builtin: bool = False) -> str | None:
         return f"make {problem}"
     d_fields = getattr(cls, "d_fields", None)
     if not (isinstance(d_fields, (tuple, list)) and d_fields and all(isinstance(f, str) for f in d_fields)):
-        return ("a task class needs d_fields: ClassVar[tuple[str, ...]], the fields the grid's D may set "
-                f"(e.g. ('n_train',)), got {d_fields!r}")
+        return (
+            "a task class needs d_fields: ClassVar[tuple[str, ...]], the fields the grid's D may set "
+            f"(e.g. ('n_train',)), got {d_fields!r}"
+        )
     unknown = [f for f in d_fields if f not in cls.model_fields]
     if unknown:
         return f"d_fields names {unknown}, not fields of the class; its fields: {sorted(cls.model_fields)}"

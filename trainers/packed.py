@@ -70,9 +70,25 @@ from trainers.spec import TrainSpec
 from trainers.tasks import IGNORE, TaskData
 
 # Fields of TrainConfig each run may set for itself; every other field must be equal.
-PER_RUN = frozenset({"lr", "betas", "eps", "weight_decay", "warmup_steps", "schedule", "min_lr_fraction",
-                     "decay_fraction", "init_scale", "grokfast", "grokfast_alpha", "grokfast_lamb",
-                     "train_threshold", "val_threshold", "success_stop_evals"})
+PER_RUN = frozenset(
+    {
+        "lr",
+        "betas",
+        "eps",
+        "weight_decay",
+        "warmup_steps",
+        "schedule",
+        "min_lr_fraction",
+        "decay_fraction",
+        "init_scale",
+        "grokfast",
+        "grokfast_alpha",
+        "grokfast_lamb",
+        "train_threshold",
+        "val_threshold",
+        "success_stop_evals",
+    }
+)
 # On CPU, vmap runs the pack a chunk of runs at a time, so that a chunk's activations stay in
 # cache: with one thread, at most ~8 MiB of the widest layer's outputs per chunk and at least
 # 4 runs was the best or near it from p=23 to p=113 and d_model 32 to 128 (measured, 2-core EPYC;
@@ -91,7 +107,9 @@ def can_pack(specs: Sequence[TrainSpec]) -> str | None:
         return "task 'corpus' reads its batches from disk, run by run; packing stacks in-memory tasks only"
     if ":" in first.model.family:
         # vmap over a module of the user's may not batch (data-dependent control flow, in-place ops).
-        return f"model.family {first.model.family!r} is the user's own; packing batches the built-in models only"
+        return (
+            f"model.family {first.model.family!r} is the user's own; packing batches the built-in models only"
+        )
     shared = lambda s: s.train.model_dump(exclude=PER_RUN)  # noqa: E731
     for i, s in enumerate(specs[1:], start=1):
         for name in ("task", "model", "device"):
@@ -101,17 +119,25 @@ def can_pack(specs: Sequence[TrainSpec]) -> str | None:
         for key in sorted(k for k in ours if theirs[k] != ours[k]):
             problems.append(f"specs[{i}].train.{key} is {theirs[key]!r}, specs[0] has {ours[key]!r}")
     if first.model.dropout > 0:
-        problems.append(f"model.dropout is {first.model.dropout}: train() draws dropout masks from "
-                        "the global generator, which vmap cannot reproduce per run")
+        problems.append(
+            f"model.dropout is {first.model.dropout}: train() draws dropout masks from "
+            "the global generator, which vmap cannot reproduce per run"
+        )
     cfg = first.train
     if cfg.micro_batch is not None or cfg.grad_clip is not None:
-        problems.append("train.micro_batch and train.grad_clip are train()'s alone: the pack steps every run "
-                        "on its whole batch and clips nothing")
+        problems.append(
+            "train.micro_batch and train.grad_clip are train()'s alone: the pack steps every run "
+            "on its whole batch and clips nothing"
+        )
     if cfg.precision == "fp16":
-        problems.append("train.precision 'fp16' needs a gradient scaler per run; the pack trains in fp32 or bf16")
+        problems.append(
+            "train.precision 'fp16' needs a gradient scaler per run; the pack trains in fp32 or bf16"
+        )
     if getattr(first.model, "parametrization", "sp") == "mup":
-        problems.append("model.parametrization is 'mup': its per-layer learning rates are train()'s AdamW "
-                        "param groups (trainers/mup.py), which the pack's own AdamW does not apply")
+        problems.append(
+            "model.parametrization is 'mup': its per-layer learning rates are train()'s AdamW "
+            "param groups (trainers/mup.py), which the pack's own AdamW does not apply"
+        )
     return "; ".join(problems) or None
 
 
@@ -142,9 +168,17 @@ class _Run:
 def _start(spec: TrainSpec, report: Report | None, checkpoint_dir, device: torch.device) -> _Run:
     """Data, model and generators exactly as train() makes them; the checkpoint, if any."""
     data, model = build_run(spec, device)
-    run = _Run(spec, RunLog(spec.train, Accounting.of(spec, data), report), None, data, model,
-               torch.get_rng_state(), batch_generator(spec.seed),
-               perm=torch.arange(len(data.x_train)), cursor=len(data.x_train))
+    run = _Run(
+        spec,
+        RunLog(spec.train, Accounting.of(spec, data), report),
+        None,
+        data,
+        model,
+        torch.get_rng_state(),
+        batch_generator(spec.seed),
+        perm=torch.arange(len(data.x_train)),
+        cursor=len(data.x_train),
+    )
     if checkpoint_dir is None:
         return run
     run.ckpt = Path(checkpoint_dir) / CHECKPOINT_NAME
@@ -164,22 +198,49 @@ def _start(spec: TrainSpec, report: Report | None, checkpoint_dir, device: torch
     return run
 
 
-def _checkpoint(run: _Run, step: int, params: list[torch.Tensor], exp_avg: list[torch.Tensor],
-                exp_avg_sq: list[torch.Tensor], ema: list[torch.Tensor] | None, perm: torch.Tensor,
-                cursor: int, finished: bool = False) -> None:
+def _checkpoint(
+    run: _Run,
+    step: int,
+    params: list[torch.Tensor],
+    exp_avg: list[torch.Tensor],
+    exp_avg_sq: list[torch.Tensor],
+    ema: list[torch.Tensor] | None,
+    perm: torch.Tensor,
+    cursor: int,
+    finished: bool = False,
+) -> None:
     """Write this run's state in train()'s checkpoint format, so either loop can resume it."""
     cfg = run.spec.train
     with torch.no_grad():
         for p, value in zip(run.model.parameters(), params):
             p.copy_(value)
     # A real AdamW writes the optimizer's state dict, so its layout is torch's own.
-    optimizer = torch.optim.AdamW(run.model.parameters(), lr=lr_at(cfg, step - 1),
-                                  betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(
+        run.model.parameters(),
+        lr=lr_at(cfg, step - 1),
+        betas=cfg.betas,
+        eps=cfg.eps,
+        weight_decay=cfg.weight_decay,
+    )
     for p, m, v in zip(run.model.parameters(), exp_avg, exp_avg_sq):
-        optimizer.state[p] = {"step": torch.tensor(float(step)), "exp_avg": m.clone(), "exp_avg_sq": v.clone()}
-    Checkpoint(run.spec.digest(), step, run.model.state_dict(), optimizer.state_dict(), run.torch_rng,
-               run.batch_gen.get_state(), [e.clone() for e in ema] if cfg.grokfast else None, perm.cpu(),
-               cursor, run.log.state(), run.log.outcome if finished else None).save(run.ckpt)
+        optimizer.state[p] = {
+            "step": torch.tensor(float(step)),
+            "exp_avg": m.clone(),
+            "exp_avg_sq": v.clone(),
+        }
+    Checkpoint(
+        run.spec.digest(),
+        step,
+        run.model.state_dict(),
+        optimizer.state_dict(),
+        run.torch_rng,
+        run.batch_gen.get_state(),
+        [e.clone() for e in ema] if cfg.grokfast else None,
+        perm.cpu(),
+        cursor,
+        run.log.state(),
+        run.log.outcome if finished else None,
+    ).save(run.ckpt)
 
 
 @dataclass
@@ -199,37 +260,64 @@ class _Pack:
     @classmethod
     def stack(cls, runs: list[_Run], device: torch.device) -> _Pack:
         """Every run's parameters, optimizer state and data along a new leading axis."""
+
         def stack(tensors: list[torch.Tensor]) -> torch.Tensor:
             return torch.stack([t.to(device) for t in tensors])
 
-        params = [stack(ps).requires_grad_() for ps in zip(*([p.detach() for p in r.model.parameters()] for r in runs))]
+        params = [
+            stack(ps).requires_grad_()
+            for ps in zip(*([p.detach() for p in r.model.parameters()] for r in runs))
+        ]
 
         def resumed(attr: str) -> list[torch.Tensor]:
             """Each run's saved state for every parameter, zeros where it has none."""
             saved = lambda r, i: getattr(r, attr)[i] if getattr(r, attr) is not None else None  # noqa: E731
-            return [stack([saved(r, i) if saved(r, i) is not None else torch.zeros_like(p[0]) for r in runs])
-                    for i, p in enumerate(params)]
+            return [
+                stack([saved(r, i) if saved(r, i) is not None else torch.zeros_like(p[0]) for r in runs])
+                for i, p in enumerate(params)
+            ]
 
-        return cls(params, resumed("exp_avg"), resumed("exp_avg_sq"), resumed("ema"),
-                   stack([r.data.x_train for r in runs]), stack([r.data.y_train for r in runs]),
-                   stack([r.data.x_val for r in runs]), stack([r.data.y_val for r in runs]),
-                   torch.stack([r.perm for r in runs]))
+        return cls(
+            params,
+            resumed("exp_avg"),
+            resumed("exp_avg_sq"),
+            resumed("ema"),
+            stack([r.data.x_train for r in runs]),
+            stack([r.data.y_train for r in runs]),
+            stack([r.data.x_val for r in runs]),
+            stack([r.data.y_val for r in runs]),
+            torch.stack([r.perm for r in runs]),
+        )
 
     def run_state(self, k: int) -> tuple:
         """Run k's slice of the state a checkpoint keeps: params, moments, filter, order."""
-        return ([p[k] for p in self.params], [m[k] for m in self.exp_avg], [v[k] for v in self.exp_avg_sq],
-                [e[k] for e in self.ema], self.perm[k])
+        return (
+            [p[k] for p in self.params],
+            [m[k] for m in self.exp_avg],
+            [v[k] for v in self.exp_avg_sq],
+            [e[k] for e in self.ema],
+            self.perm[k],
+        )
 
     def select(self, keep: list[int]) -> _Pack:
         idx = torch.tensor(keep, device=self.x_train.device)
         pick = lambda ts: [t[idx] for t in ts]  # noqa: E731
         leaves = [t.detach()[idx].requires_grad_() for t in self.params]
-        return _Pack(leaves, pick(self.exp_avg), pick(self.exp_avg_sq), pick(self.ema),
-                     *pick([self.x_train, self.y_train, self.x_val, self.y_val]), self.perm[keep])
+        return _Pack(
+            leaves,
+            pick(self.exp_avg),
+            pick(self.exp_avg_sq),
+            pick(self.ema),
+            *pick([self.x_train, self.y_train, self.x_val, self.y_val]),
+            self.perm[keep],
+        )
 
 
-def train_packed(specs: Sequence[TrainSpec], reports: Sequence[Report | None] | None = None,
-                 checkpoint_dirs: Sequence[str | os.PathLike | None] | None = None) -> list[TrainResult]:
+def train_packed(
+    specs: Sequence[TrainSpec],
+    reports: Sequence[Report | None] | None = None,
+    checkpoint_dirs: Sequence[str | os.PathLike | None] | None = None,
+) -> list[TrainResult]:
     """Train `specs` together as one batched model; one TrainResult per spec, in order, each as
     `train(spec, report, checkpoint_dir)` returns it. A ValueError says why specs cannot pack."""
     t0 = time.perf_counter()
@@ -240,7 +328,9 @@ def train_packed(specs: Sequence[TrainSpec], reports: Sequence[Report | None] | 
     reports = list(reports) if reports is not None else [None] * K
     dirs = list(checkpoint_dirs) if checkpoint_dirs is not None else [None] * K
     if len(reports) != K or len(dirs) != K:
-        raise ValueError(f"{K} specs need {K} reports and checkpoint_dirs, got {len(reports)} and {len(dirs)}")
+        raise ValueError(
+            f"{K} specs need {K} reports and checkpoint_dirs, got {len(reports)} and {len(dirs)}"
+        )
     torch.set_num_threads(specs[0].train.threads)
     device = torch.device(specs[0].device)
     runs = [_start(s, r, d, device) for s, r, d in zip(specs, reports, dirs)]
@@ -253,8 +343,18 @@ def train_packed(specs: Sequence[TrainSpec], reports: Sequence[Report | None] | 
         _train_pack(group, t0)
 
     counts = count_params(runs[0].model).as_dict()
-    return [run.log.result(run.step, counts, run.data, run.wall_time or time.perf_counter() - t0,
-                           run.eval_time, run.resumed_from, run.checkpoint_note) for run in runs]
+    return [
+        run.log.result(
+            run.step,
+            counts,
+            run.data,
+            run.wall_time or time.perf_counter() - t0,
+            run.eval_time,
+            run.resumed_from,
+            run.checkpoint_note,
+        )
+        for run in runs
+    ]
 
 
 def _train_pack(runs: list[_Run], t0: float) -> None:
@@ -297,7 +397,7 @@ def _train_pack(runs: list[_Run], t0: float) -> None:
         else:
             if cursor + batch > n:
                 pack.perm, cursor = torch.stack([torch.randperm(n, generator=r.batch_gen) for r in runs]), 0
-            idx = pack.perm[:, cursor:cursor + batch].to(device)  # (K, B)
+            idx = pack.perm[:, cursor : cursor + batch].to(device)  # (K, B)
             cursor += batch
             rows = torch.arange(len(runs), device=device)[:, None]
             xb, yb = pack.x_train[rows, idx], pack.y_train[rows, idx]
@@ -317,15 +417,20 @@ def _train_pack(runs: list[_Run], t0: float) -> None:
             lrs = [lr_at(r.spec.train, step - 1) for r in runs]  # trainers/schedules.py, per run
             if any(r.spec.train.grokfast for r in runs):
                 stacked.grokfast_(grads, pack.ema, [r.spec.train for r in runs])
-            stacked.adamw_(pack.params, grads, pack.exp_avg, pack.exp_avg_sq, [r.spec.train for r in runs], lrs, step)
+            stacked.adamw_(
+                pack.params, grads, pack.exp_avg, pack.exp_avg_sq, [r.spec.train for r in runs], lrs, step
+            )
 
         if step % cfg.eval_every == 0 or step == cfg.steps:
             t_eval = time.perf_counter()
             base.eval()
             with amp:
-                tr = stacked.evaluate(batched_logits, pack.params, pack.x_train, pack.y_train, data,
-                                      cfg.eval_batch_size)
-                va = stacked.evaluate(batched_logits, pack.params, pack.x_val, pack.y_val, data, cfg.eval_batch_size)
+                tr = stacked.evaluate(
+                    batched_logits, pack.params, pack.x_train, pack.y_train, data, cfg.eval_batch_size
+                )
+                va = stacked.evaluate(
+                    batched_logits, pack.params, pack.x_val, pack.y_val, data, cfg.eval_batch_size
+                )
             base.train()
             norms = stacked.weight_norms(pack.params)
             spent = time.perf_counter() - t_eval

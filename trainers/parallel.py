@@ -79,8 +79,10 @@ class Sharded(Layout):
         from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
         options = self._options()
-        return (get_model_state_dict(self.model, options=options),
-                get_optimizer_state_dict(self.model, optimizer, options=options))
+        return (
+            get_model_state_dict(self.model, options=options),
+            get_optimizer_state_dict(self.model, optimizer, options=options),
+        )
 
     def load(self, optimizer: torch.optim.Optimizer, model_state: dict, optimizer_state: dict) -> None:
         from torch.distributed.checkpoint.state_dict import (

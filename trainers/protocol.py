@@ -108,8 +108,10 @@ def _entry_point(name: str) -> Any:
     found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
     if not found:
         known = sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
-        raise TrainerError(f"{name!r} is neither 'package.module:function' nor a trainer registered in the "
-                           f"entry-point group {ENTRY_POINT_GROUP!r} (registered: {', '.join(known) or 'none'})")
+        raise TrainerError(
+            f"{name!r} is neither 'package.module:function' nor a trainer registered in the "
+            f"entry-point group {ENTRY_POINT_GROUP!r} (registered: {', '.join(known) or 'none'})"
+        )
     return import_object(found[0].value)
 
 
@@ -128,8 +130,10 @@ def signature_problem(fn: Any) -> str | None:
             return None
         except TypeError:
             continue
-    return (f"must accept (config, report, checkpoint_dir), positionally or by those names; "
-            f"{getattr(fn, '__name__', fn)!s} has the signature {sig}")
+    return (
+        f"must accept (config, report, checkpoint_dir), positionally or by those names; "
+        f"{getattr(fn, '__name__', fn)!s} has the signature {sig}"
+    )
 
 
 def load_trainer(ref: str) -> Trainer:
@@ -179,7 +183,9 @@ def count_params_by_group(module: nn.Module, embedding: Iterable[str] = EMBEDDIN
     by default tok_emb, pos_emb and unembed: name your readout `unembed`), "non_embedding" the
     rest (Kaplan et al. 2020); "total" is both (Hoffmann et al. 2022). A shared parameter counts
     once."""
-    groups = set(embedding) | {name for name, m in module.named_modules() if name and isinstance(m, nn.Embedding)}
+    groups = set(embedding) | {
+        name for name, m in module.named_modules() if name and isinstance(m, nn.Embedding)
+    }
     emb = non = 0
     for name, p in module.named_parameters():
         if any(name == g or name.startswith(f"{g}.") for g in groups):

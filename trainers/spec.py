@@ -41,21 +41,26 @@ MODEL_CONFIGS = {family: cls.Config for family, cls in MODELS.items()}  # family
 def _tagged(key: str, builtin: tuple[str, ...]):
     """The union's tag: the built-in name, else "own" (an import path, or an unknown name, which
     _known refuses naming the built-ins)."""
+
     def tag(v: Any) -> str:
         name = v.get(key) if isinstance(v, dict) else getattr(v, key, None)
         return name if name in builtin else "own"
+
     return tag
 
 
 def _known(key: str, builtin: tuple[str, ...]):
     """Refuses a name that is neither built in nor an import path, listing what is allowed."""
+
     def check(v: Any) -> Any:
         name = v.get(key) if isinstance(v, dict) else None
         if isinstance(name, str) and not is_import_path(name):
             allowed = ", ".join(repr(b) for b in builtin)
-            raise invalid(key, f"unknown {name!r}; allowed: {allowed}, or your own class as "
-                               f"'package.module:Class'")
+            raise invalid(
+                key, f"unknown {name!r}; allowed: {allowed}, or your own class as 'package.module:Class'"
+            )
         return v
+
     return check
 
 
@@ -120,15 +125,19 @@ class TrainConfig(Frozen):
             if not 0 <= b < 1:
                 raise invalid(f"betas[{i}]", f"betas[{i}] must be in [0, 1), got {b}")
         if self.warmup_steps > self.steps:
-            raise invalid("warmup_steps", f"warmup_steps ({self.warmup_steps}) must be <= steps ({self.steps})")
+            raise invalid(
+                "warmup_steps", f"warmup_steps ({self.warmup_steps}) must be <= steps ({self.steps})"
+            )
         if self.batch_tokens is not None and self.batch_size is not None:
             raise invalid("batch_tokens", "give the batch as batch_size (examples) or batch_tokens, not both")
         if self.schedule == "wsd":
             n_decay = self.decay_steps
             if self.warmup_steps + n_decay > self.steps:
                 raise invalid(
-                    "warmup_steps", f"schedule 'wsd': warmup_steps ({self.warmup_steps}) + decay steps ({n_decay} = "
-                    f"decay_fraction {self.decay_fraction} x steps {self.steps}) must be <= steps ({self.steps})")
+                    "warmup_steps",
+                    f"schedule 'wsd': warmup_steps ({self.warmup_steps}) + decay steps ({n_decay} = "
+                    f"decay_fraction {self.decay_fraction} x steps {self.steps}) must be <= steps ({self.steps})",
+                )
         return self
 
     def batch_examples(self, seq_len: int) -> int | None:
@@ -136,8 +145,10 @@ class TrainConfig(Frozen):
         if self.batch_tokens is None:
             return self.batch_size
         if self.batch_tokens % seq_len:
-            raise ValueError(f"train.batch_tokens ({self.batch_tokens}) must be a multiple of the task's "
-                             f"sequence length ({seq_len})")
+            raise ValueError(
+                f"train.batch_tokens ({self.batch_tokens}) must be a multiple of the task's "
+                f"sequence length ({seq_len})"
+            )
         return self.batch_tokens // seq_len
 
     @property
@@ -168,12 +179,18 @@ class TrainSpec(Frozen):
     def _check(self) -> TrainSpec:
         # A task scored at every position (its sequence metrics) needs a model that reads sequences.
         if self.model.family == "mlp" and getattr(type(self.task), "sequence_metrics", False):
-            raise invalid("model.family", f"task '{self.task.name}' needs model.family 'transformer' or "
-                          "'gpt'; 'mlp' reads fixed-length inputs only")
+            raise invalid(
+                "model.family",
+                f"task '{self.task.name}' needs model.family 'transformer' or "
+                "'gpt'; 'mlp' reads fixed-length inputs only",
+            )
         if self.task.name == "corpus" and self.train.batch_size is None and self.train.batch_tokens is None:
             # A corpus is read from disk a batch at a time; "full batch" would read all of it every step.
-            raise invalid("train.batch_size", "task 'corpus' trains on minibatches of windows read from disk; "
-                                              "give train.batch_size (e.g. 32)")
+            raise invalid(
+                "train.batch_size",
+                "task 'corpus' trains on minibatches of windows read from disk; "
+                "give train.batch_size (e.g. 32)",
+            )
         return self
 
     def digest(self) -> str:
@@ -192,7 +209,13 @@ class TrainSpec(Frozen):
 # Fields added to a section after the first checkpoints were written, with their defaults
 # (TrainSpec.digest leaves them out while they hold these). A new field goes here.
 ADDED_FIELDS: dict[str, dict[str, Any]] = {
-    "train": {"precision": "auto", "compile": "auto", "batch_tokens": None, "micro_batch": None,
-              "grad_clip": None, "shard": False},
+    "train": {
+        "precision": "auto",
+        "compile": "auto",
+        "batch_tokens": None,
+        "micro_batch": None,
+        "grad_clip": None,
+        "shard": False,
+    },
     "model": {"parametrization": "sp", "base_width": 128},
 }

@@ -45,19 +45,31 @@ def grokfast_(grads: list[torch.Tensor | None], ema: list[torch.Tensor], cfgs: l
             g.addcmul_(m, col(h[2], m))
 
 
-def adamw_(params: list[torch.Tensor], grads: list[torch.Tensor | None], exp_avg: list[torch.Tensor],
-           exp_avg_sq: list[torch.Tensor], cfgs: list[TrainConfig], lrs: list[float], step: int) -> None:
+def adamw_(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor | None],
+    exp_avg: list[torch.Tensor],
+    exp_avg_sq: list[torch.Tensor],
+    cfgs: list[TrainConfig],
+    lrs: list[float],
+    step: int,
+) -> None:
     """torch.optim.AdamW's single-tensor step (its CPU default), per run. Each op rounds as the
     reference's does (checked bitwise on CPU): a Python scalar becomes a float32 column,
     `add(x, alpha=a)` becomes `addcmul(x, a)` (both fuse the multiply-add), `addcmul(g, g,
     value=c)` becomes `addcmul(g * c, g)` and `addcdiv(m, d, value=-s)` becomes `addcdiv(m * -s, d)`."""
-    h = columns([[1 - lr * c.weight_decay for lr, c in zip(lrs, cfgs)],  # decoupled weight decay
-                  [1 - c.betas[0] for c in cfgs],
-                  [c.betas[1] for c in cfgs],
-                  [1 - c.betas[1] for c in cfgs],
-                  [(1 - c.betas[1] ** step) ** 0.5 for c in cfgs],  # sqrt of bias correction 2
-                  [c.eps for c in cfgs],
-                  [-lr / (1 - c.betas[0] ** step) for lr, c in zip(lrs, cfgs)]], params[0])  # -step size
+    h = columns(
+        [
+            [1 - lr * c.weight_decay for lr, c in zip(lrs, cfgs)],  # decoupled weight decay
+            [1 - c.betas[0] for c in cfgs],
+            [c.betas[1] for c in cfgs],
+            [1 - c.betas[1] for c in cfgs],
+            [(1 - c.betas[1] ** step) ** 0.5 for c in cfgs],  # sqrt of bias correction 2
+            [c.eps for c in cfgs],
+            [-lr / (1 - c.betas[0] ** step) for lr, c in zip(lrs, cfgs)],
+        ],
+        params[0],
+    )  # -step size
     for p, g, m, v in zip(params, grads, exp_avg, exp_avg_sq):
         if g is None:  # no gradient: AdamW leaves the parameter, weight decay included, alone
             continue
@@ -70,8 +82,9 @@ def adamw_(params: list[torch.Tensor], grads: list[torch.Tensor | None], exp_avg
 
 
 @torch.no_grad()
-def evaluate(forward, params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, data: TaskData,
-              batch_size: int) -> list[dict[str, float]]:
+def evaluate(
+    forward, params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, data: TaskData, batch_size: int
+) -> list[dict[str, float]]:
     """train.evaluate for each run of the pack: the same batches, the same float64 sums."""
     K, n = x.shape[0], x.shape[1]
     per_run = min(batch_size, n) * (y.shape[2] if y.dim() == 3 else 1) * data.n_out * 8 * 3
@@ -79,9 +92,9 @@ def evaluate(forward, params: list[torch.Tensor], x: torch.Tensor, y: torch.Tens
     sums = [dict(loss=0.0, correct=0, exact=0, tokens=0, logprob=0.0) for _ in range(K)]
     for j in range(0, K, group):
         runs = range(j, min(j + group, K))
-        p = [t[j:j + group] for t in params]
+        p = [t[j : j + group] for t in params]
         for i in range(0, n, batch_size):
-            xb, yb = x[j:j + group, i:i + batch_size], y[j:j + group, i:i + batch_size]
+            xb, yb = x[j : j + group, i : i + batch_size], y[j : j + group, i : i + batch_size]
             logits = forward(p, xb).double()  # (G, B, V) or (G, B, T, V)
             if data.target == "last":
                 logp = F.log_softmax(logits, dim=-1).gather(2, yb[..., None])[..., 0]  # (G, B)
@@ -102,7 +115,9 @@ def evaluate(forward, params: list[torch.Tensor], x: torch.Tensor, y: torch.Tens
                 s["correct"] += c
                 s["exact"] += e
                 s["tokens"] += t
-    return [reduce_metrics(data, n, s["loss"], s["correct"], s["exact"], s["tokens"], s["logprob"]) for s in sums]
+    return [
+        reduce_metrics(data, n, s["loss"], s["correct"], s["exact"], s["tokens"], s["logprob"]) for s in sums
+    ]
 
 
 def weight_norms(params: list[torch.Tensor]) -> list[float]:

@@ -50,33 +50,49 @@ from trainers.tasks import IGNORE, TaskData
 from trainers.world import World
 
 # Names other modules import from here, kept so that `from trainers.train import ...` still works.
-__all__ = ["CHECKPOINT_NAME", "Events", "Report", "Status", "TrainResult", "evaluate", "evaluate_batches",
-           "lr_factor", "train"]
+__all__ = [
+    "CHECKPOINT_NAME",
+    "Events",
+    "Report",
+    "Status",
+    "TrainResult",
+    "evaluate",
+    "evaluate_batches",
+    "lr_factor",
+    "train",
+]
 
 
-def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, data: TaskData,
-             batch_size: int) -> dict[str, float]:
+def evaluate(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, data: TaskData, batch_size: int
+) -> dict[str, float]:
     """Loss in nats per labelled token, accuracy, and for sequence tasks the continuous
     metrics of Schaeffer et al. (2023): per-token accuracy and the answer's log-likelihood."""
-    return evaluate_batches(model, ((x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size)),
-                            data)
+    return evaluate_batches(
+        model, ((x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(x), batch_size)), data
+    )
 
 
-def eval_batches(data: TaskData, split: str, batch_size: int, device: torch.device,
-                 x: torch.Tensor, y: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def eval_batches(
+    data: TaskData, split: str, batch_size: int, device: torch.device, x: torch.Tensor, y: torch.Tensor
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """One split's evaluation batches: slices of the tensors, or for a corpus its held-out windows
     and a fixed, evenly spread sample of as many training windows (the same at every evaluation)."""
     stream = data.stream
     if stream is None:
-        return ((x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size))
-    batches = (stream.val_batches(batch_size) if split == "val"
-               else stream.train_eval_batches(stream.n_val_windows(), batch_size))
+        return ((x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(x), batch_size))
+    batches = (
+        stream.val_batches(batch_size)
+        if split == "val"
+        else stream.train_eval_batches(stream.n_val_windows(), batch_size)
+    )
     return ((xb.to(device), yb.to(device)) for xb, yb in batches)
 
 
 @torch.no_grad()
-def evaluate_batches(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-                     data: TaskData) -> dict[str, float]:
+def evaluate_batches(
+    model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], data: TaskData
+) -> dict[str, float]:
     """evaluate() over any batches: sums in float64 over all of them, then one reduction."""
     was_training = model.training
     model.eval()
@@ -96,7 +112,9 @@ def evaluate_batches(model: torch.nn.Module, batches: Iterable[tuple[torch.Tenso
         else:
             logits = model(xb).double()  # (B, T, V)
             mask = yb != IGNORE
-            logp = F.log_softmax(logits, dim=-1).gather(2, yb.clamp(min=0)[..., None])[..., 0] * mask  # (B, T)
+            logp = (
+                F.log_softmax(logits, dim=-1).gather(2, yb.clamp(min=0)[..., None])[..., 0] * mask
+            )  # (B, T)
             right = (logits.argmax(-1) == yb) & mask
             loss_sum -= logp.sum().item()
             correct_tokens += right.sum().item()
@@ -107,8 +125,9 @@ def evaluate_batches(model: torch.nn.Module, batches: Iterable[tuple[torch.Tenso
     return reduce_metrics(data, n, loss_sum, correct_tokens, exact, n_tokens, logprob_sum)
 
 
-def train(spec: TrainSpec, report: Report | None = None,
-          checkpoint_dir: str | os.PathLike | None = None) -> TrainResult:
+def train(
+    spec: TrainSpec, report: Report | None = None, checkpoint_dir: str | os.PathLike | None = None
+) -> TrainResult:
     """One run, in this process or, when torch.distributed is initialized, as one rank of a
     data-parallel group (trainers/world.py). The result is rank 0's; other ranks' results are
     partial (no history) and meant to be dropped."""
@@ -135,8 +154,10 @@ def train(spec: TrainSpec, report: Report | None = None,
     accounting = Accounting.of(spec, data)
     log = RunLog(cfg, accounting, report if world.is_main else None)  # history, events, stop rules
     if world.size > accounting.examples_per_step:
-        raise ValueError(f"a batch of {accounting.examples_per_step} examples cannot be shared by {world.size} "
-                         f"workers; give a larger train.batch_size or batch_tokens, or fewer workers")
+        raise ValueError(
+            f"a batch of {accounting.examples_per_step} examples cannot be shared by {world.size} "
+            f"workers; give a larger train.batch_size or batch_tokens, or fewer workers"
+        )
     # One process, one pass over the batch: the loss exactly as it has always been computed, so
     # CPU runs keep their bits. Otherwise shares and micro-batches (trainers/world.py).
     plain = world.size == 1 and (cfg.micro_batch is None or cfg.micro_batch >= accounting.examples_per_step)
@@ -148,8 +169,17 @@ def train(spec: TrainSpec, report: Report | None = None,
     # After the layout: sharding replaces the parameters the optimizer and Grokfast's filter hold.
     optimizer = build_optimizer(model, cfg, device)
     ema = [torch.zeros_like(p) for p in model.parameters()] if cfg.grokfast else None
-    runtime = Runtime(str(device), device_name(device), precision, compiled, world.size, peak, peak_source,
-                      determinism(device, cfg.threads), machine.facts(cfg.threads))
+    runtime = Runtime(
+        str(device),
+        device_name(device),
+        precision,
+        compiled,
+        world.size,
+        peak,
+        peak_source,
+        determinism(device, cfg.threads),
+        machine.facts(cfg.threads),
+    )
     amp = autocast(device, precision)
 
     def to_device(t: torch.Tensor) -> torch.Tensor:
@@ -178,8 +208,19 @@ def train(spec: TrainSpec, report: Report | None = None,
     def save(finished: tuple[Status, str] | None = None) -> None:
         model_state, optimizer_state = layout.state(optimizer)  # sharded: gathered by every rank
         if world.is_main:
-            Checkpoint(spec.digest(), step, model_state, optimizer_state, torch.get_rng_state(),
-                       batch_gen.get_state(), ema, perm, cursor, log.state(), finished).save(ckpt)
+            Checkpoint(
+                spec.digest(),
+                step,
+                model_state,
+                optimizer_state,
+                torch.get_rng_state(),
+                batch_gen.get_state(),
+                ema,
+                perm,
+                cursor,
+                log.state(),
+                finished,
+            ).save(ckpt)
 
     def examples(index: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """The examples at these indices (all of them for None)."""
@@ -203,7 +244,7 @@ def train(spec: TrainSpec, report: Report | None = None,
         if not full_batch:
             if cursor + batch > n:
                 perm, cursor = torch.randperm(n, generator=batch_gen), 0
-            index = perm[cursor:cursor + batch]
+            index = perm[cursor : cursor + batch]
             cursor += batch
         if plain:
             xb, yb = examples(index)
@@ -219,7 +260,11 @@ def train(spec: TrainSpec, report: Report | None = None,
             # The loss over the global batch: each share's summed token losses over the batch's
             # labelled tokens, times the world size because DDP averages the ranks' gradients.
             rows = torch.arange(n) if index is None else index
-            labelled = rows.numel() * data.seq_len if stream is not None else int((examples(index)[1] != IGNORE).sum())
+            labelled = (
+                rows.numel() * data.seq_len
+                if stream is not None
+                else int((examples(index)[1] != IGNORE).sum())
+            )
             share = world.share(rows)
             chunks = share.split(cfg.micro_batch) if cfg.micro_batch else (share,)
             optimizer.zero_grad(set_to_none=True)
@@ -229,8 +274,9 @@ def train(spec: TrainSpec, report: Report | None = None,
                 with layout.accumulating(last=i == len(chunks) - 1):
                     with amp:
                         logits = layout.trained(xb, last_only=last_only)
-                        loss = F.cross_entropy(logits.flatten(0, -2).float(), yb.flatten(), ignore_index=IGNORE,
-                                               reduction="sum") * (world.size / labelled)
+                        loss = F.cross_entropy(
+                            logits.flatten(0, -2).float(), yb.flatten(), ignore_index=IGNORE, reduction="sum"
+                        ) * (world.size / labelled)
                     backward(loss)
                 total += loss.item() / world.size
             step += 1
@@ -261,7 +307,9 @@ def train(spec: TrainSpec, report: Report | None = None,
             if world.is_main or layout.eval_on_every_rank:
                 bs = cfg.eval_batch_size
                 with amp:
-                    tr = evaluate_batches(forward, eval_batches(data, "train", bs, device, x_train, y_train), data)
+                    tr = evaluate_batches(
+                        forward, eval_batches(data, "train", bs, device, x_train, y_train), data
+                    )
                     va = evaluate_batches(forward, eval_batches(data, "val", bs, device, x_val, y_val), data)
                 norm = layout.weight_norm()
                 if world.is_main:
@@ -278,5 +326,13 @@ def train(spec: TrainSpec, report: Report | None = None,
         # The final state, marked finished: a run asked again after it ended (its driver died
         # before recording it) returns this result instead of training again.
         save(finished=log.finish())
-    return log.result(step, counts.as_dict(), data, time.perf_counter() - t0, eval_time, resumed_from, note,
-                      runtime.as_dict())
+    return log.result(
+        step,
+        counts.as_dict(),
+        data,
+        time.perf_counter() - t0,
+        eval_time,
+        resumed_from,
+        note,
+        runtime.as_dict(),
+    )

@@ -29,9 +29,13 @@ from study_page import timing  # noqa: E402 - docs/results is not a package
 
 # Published exponents of N_opt ∝ C^a: Hoffmann et al. 2022 (Table 2, approaches 1, 2, 3),
 # Kaplan et al. 2020 (0.73), Porian et al. 2024 (about 0.5 once lr, warmup and beta2 are tuned).
-PUBLISHED = [("Hoffmann et al. 2022, approach 1", 0.50), ("Hoffmann et al. 2022, approach 2", 0.49),
-             ("Hoffmann et al. 2022, approach 3", 0.46), ("Kaplan et al. 2020", 0.73),
-             ("Porian et al. 2024, tuned", 0.50)]
+PUBLISHED = [
+    ("Hoffmann et al. 2022, approach 1", 0.50),
+    ("Hoffmann et al. 2022, approach 2", 0.49),
+    ("Hoffmann et al. 2022, approach 3", 0.46),
+    ("Kaplan et al. 2020", 0.73),
+    ("Porian et al. 2024, tuned", 0.50),
+]
 
 
 def _num(v, fmt: str = ".3g") -> str:
@@ -60,9 +64,15 @@ def findings(iso: dict, env: dict, law: dict) -> list[str]:
     out = [f"- {len(inside)} of {len(points)} budgets have their loss minimum inside the sampled sizes."]
     if inside:
         tpp = {f["flops"]: f.get("tokens_per_param") for f in iso.get("frontier") or []}
-        out.append("- The bracketed optima: " + "; ".join(
-            f"N_opt {_interval(p, 'N_opt')} at {p['flops']:.2g} FLOPs ({_num(tpp.get(p['flops']))} tokens per "
-            f"parameter)" for p in inside) + ". Chinchilla's rule of thumb is ~20 tokens per parameter.")
+        out.append(
+            "- The bracketed optima: "
+            + "; ".join(
+                f"N_opt {_interval(p, 'N_opt')} at {p['flops']:.2g} FLOPs ({_num(tpp.get(p['flops']))} tokens per "
+                f"parameter)"
+                for p in inside
+            )
+            + ". Chinchilla's rule of thumb is ~20 tokens per parameter."
+        )
     for p in points:
         if p.get("N_opt") is None:
             out.append(f"- At {p['flops']:.2g} FLOPs there is no minimum: {p.get('reason')}.")
@@ -70,23 +80,36 @@ def findings(iso: dict, env: dict, law: dict) -> list[str]:
         if p.get("bracketed"):
             continue
         side = "below the smallest" if p["N_opt"] < p["n_min"] else "above the largest"
-        out.append(f"- At {p['flops']:.2g} FLOPs the fitted minimum (N_opt ~ {p['N_opt']:.3g}) lies {side} "
-                   "size: that budget says only that N_opt is beyond the grid's edge there.")
+        out.append(
+            f"- At {p['flops']:.2g} FLOPs the fitted minimum (N_opt ~ {p['N_opt']:.3g}) lies {side} "
+            "size: that budget says only that N_opt is beyond the grid's edge there."
+        )
     if iso.get("a") is None:
-        out.append(f"- Approach 2 gives no exponent: {iso.get('reason')}. That is the answer the data "
-                   "supports; a number fitted through unbracketed minima would be extrapolated, not measured.")
+        out.append(
+            f"- Approach 2 gives no exponent: {iso.get('reason')}. That is the answer the data "
+            "supports; a number fitted through unbracketed minima would be extrapolated, not measured."
+        )
     else:
-        out.append(f"- Approach 2 gives a = {_interval(iso, 'a')} from {iso.get('n_fit')} budgets: the optimal "
-                   f"size grows as C^{iso['a']:.2f}, and the optimal data as C^{iso['b']:.2f}.")
+        out.append(
+            f"- Approach 2 gives a = {_interval(iso, 'a')} from {iso.get('n_fit')} budgets: the optimal "
+            f"size grows as C^{iso['a']:.2f}, and the optimal data as C^{iso['b']:.2f}."
+        )
     if env.get("a") is not None:
         width = env["a_high"] - env["a_low"] if env.get("a_low") is not None else None
-        out.append(f"- Approach 1 (the envelope of every run's curve) gives a = {_interval(env, 'a')}"
-                   + (", an interval too wide to say more than its sign." if width is not None and width > 0.5
-                      else "."))
+        out.append(
+            f"- Approach 1 (the envelope of every run's curve) gives a = {_interval(env, 'a')}"
+            + (
+                ", an interval too wide to say more than its sign."
+                if width is not None and width > 0.5
+                else "."
+            )
+        )
     if not law:
-        out.append("- Approach 3 has no L(N, D) law to work from: the fit was rejected (reasons in the table). "
-                   "On a one-pass IsoFLOP grid N and D move together along each budget, so the law's two "
-                   "exponents are poorly separated by design; Hoffmann et al. fit it on many more runs.")
+        out.append(
+            "- Approach 3 has no L(N, D) law to work from: the fit was rejected (reasons in the table). "
+            "On a one-pass IsoFLOP grid N and D move together along each budget, so the law's two "
+            "exponents are poorly separated by design; Hoffmann et al. fit it on many more runs."
+        )
     return out
 
 
@@ -95,14 +118,23 @@ def design(config: dict) -> str:
     grid, search, model = config.get("grid") or {}, config.get("search") or {}, config.get("model") or {}
     shapes = [n.get("d_model") for n in grid.get("n") or [] if isinstance(n, dict)]
     budgets = grid.get("flops") or []
-    lr = ((search.get("space") or {}).get("train.lr") or {})
-    rates = (f"the learning rate from the grid {lr['choices']}" if lr.get("choices") else
-             f"the learning rate tuned per cell ({search.get('trials_per_cell')} {search.get('sampler')} trials)")
+    lr = (search.get("space") or {}).get("train.lr") or {}
+    rates = (
+        f"the learning rate from the grid {lr['choices']}"
+        if lr.get("choices")
+        else f"the learning rate tuned per cell ({search.get('trials_per_cell')} {search.get('sampler')} trials)"
+    )
     window = grid.get("tokens_per_param")
-    kept = (f", each budget keeping the sizes that train {window.get('min') or 0:g} to "
-            f"{window.get('max') or float('inf'):g} tokens per parameter (grid.tokens_per_param)" if window else "")
-    return (f"{len(shapes)} model sizes (d_model {', '.join(map(str, shapes))}; {model.get('n_layer')} layers) x "
-            f"{len(budgets)} training budgets ({min(budgets):.2g} to {max(budgets):.2g} FLOPs){kept}, {rates}")
+    kept = (
+        f", each budget keeping the sizes that train {window.get('min') or 0:g} to "
+        f"{window.get('max') or float('inf'):g} tokens per parameter (grid.tokens_per_param)"
+        if window
+        else ""
+    )
+    return (
+        f"{len(shapes)} model sizes (d_model {', '.join(map(str, shapes))}; {model.get('n_layer')} layers) x "
+        f"{len(budgets)} training budgets ({min(budgets):.2g} to {max(budgets):.2g} FLOPs){kept}, {rates}"
+    )
 
 
 def rate_edges(runs, config: dict) -> str | None:
@@ -114,13 +146,22 @@ def rate_edges(runs, config: dict) -> str | None:
         return None
     done = runs.dropna(subset=["min_val_loss"])
     best = done.loc[done.groupby("cell")["min_val_loss"].idxmin()]
-    top, low = (best[col].astype(float) == max(choices)).sum(), (best[col].astype(float) == min(choices)).sum()
-    return (f"- The best learning rate of a cell is the grid's largest ({max(choices):g}) in {top} of {len(best)} "
-            f"cells and its smallest in {low}: " + ("the rate's optimum lies above the grid in most cells, so "
+    top, low = (
+        (best[col].astype(float) == max(choices)).sum(),
+        (best[col].astype(float) == min(choices)).sum(),
+    )
+    return (
+        f"- The best learning rate of a cell is the grid's largest ({max(choices):g}) in {top} of {len(best)} "
+        f"cells and its smallest in {low}: "
+        + (
+            "the rate's optimum lies above the grid in most cells, so "
             "every size trained below its best rate, and not necessarily by the same amount (the best rate "
             "usually falls with width), which can move the minima. A wider rate grid is the next run."
-            if top > len(best) / 2 else "the grid brackets the rate in most cells.")
-            + _edge_budgets(best, col, max(choices)))
+            if top > len(best) / 2
+            else "the grid brackets the rate in most cells."
+        )
+        + _edge_budgets(best, col, max(choices))
+    )
 
 
 def _edge_budgets(best, col: str, top: float) -> str:
@@ -129,8 +170,12 @@ def _edge_budgets(best, col: str, top: float) -> str:
     budget = best["cell"].str.extract(r"_C=([0-9.e+-]+)$")[0].astype(float)
     at_top = best[col].astype(float) == top
     edge = sorted(c for c, all_top in at_top.groupby(budget).all().items() if all_top)
-    return (f" At {', '.join(f'{c:.2g}' for c in edge)} FLOPs every size's best rate was the largest: that budget's "
-            f"rates were not bracketed, and its losses are upper bounds." if edge else "")
+    return (
+        f" At {', '.join(f'{c:.2g}' for c in edge)} FLOPs every size's best rate was the largest: that budget's "
+        f"rates were not bracketed, and its losses are upper bounds."
+        if edge
+        else ""
+    )
 
 
 def other_convention(runs, config: dict, iso: dict) -> str | None:
@@ -141,7 +186,9 @@ def other_convention(runs, config: dict, iso: dict) -> str | None:
     counting non-embedding parameters at small scale."""
     grid = config.get("grid") or {}
     used = grid.get("n_convention", "total")
-    other, col = ("non_embedding", "n_params_non_embedding") if used == "total" else ("total", "n_params_total")
+    other, col = (
+        ("non_embedding", "n_params_non_embedding") if used == "total" else ("total", "n_params_total")
+    )
     if iso.get("a") is None or col not in runs or "min_val_loss" not in runs or not grid.get("flops"):
         return None
     done = runs.dropna(subset=["min_val_loss", col, "flops"])
@@ -149,63 +196,99 @@ def other_convention(runs, config: dict, iso: dict) -> str | None:
     budgets = np.array(grid["flops"], dtype=float)
     run_flops = best["flops"].astype(float).to_numpy()
     budget = budgets[np.argmin(np.abs(np.log(run_flops[:, None]) - np.log(budgets[None, :])), axis=1)]
-    fit = fit_isoflop(best[col].to_numpy(float), budget, best["min_val_loss"].to_numpy(float)).frontier.to_dict()
+    fit = fit_isoflop(
+        best[col].to_numpy(float), budget, best["min_val_loss"].to_numpy(float)
+    ).frontier.to_dict()
     if fit.get("a") is None:
         return f"- Counted as {other} parameters, approach 2 gives no exponent: {fit.get('reason')}."
     between = min(iso["a"], fit["a"]) < 0.5 < max(iso["a"], fit["a"])
-    return (f"- How N is counted moves the exponent. The same runs with N counted as {other} parameters give "
-            f"a = {_interval(fit, 'a')}, against {_interval(iso, 'a')} as {used}: at these sizes the embeddings "
-            f"are most of a model (d_model 8: 4.6k of its 6.3k parameters), and their share falls as models "
-            f"grow, so the two counts grow at different rates. "
-            + ("Hoffmann et al.'s ~0.5 lies between the two. " if between else "")
-            + "Pearce & Song (2024) and Porian et al. (2024) trace much of the gap between Kaplan et al.'s 0.73 "
-            "and Chinchilla's 0.5 to this choice at small scale; Chinchilla counts every parameter, at sizes where "
-            "the embeddings are a small share. At 1e10-1e11 FLOPs neither count is Chinchilla's regime, so neither "
-            "a should be expected to equal 0.5.")
+    return (
+        f"- How N is counted moves the exponent. The same runs with N counted as {other} parameters give "
+        f"a = {_interval(fit, 'a')}, against {_interval(iso, 'a')} as {used}: at these sizes the embeddings "
+        f"are most of a model (d_model 8: 4.6k of its 6.3k parameters), and their share falls as models "
+        f"grow, so the two counts grow at different rates. "
+        + ("Hoffmann et al.'s ~0.5 lies between the two. " if between else "")
+        + "Pearce & Song (2024) and Porian et al. (2024) trace much of the gap between Kaplan et al.'s 0.73 "
+        "and Chinchilla's 0.5 to this choice at small scale; Chinchilla counts every parameter, at sizes where "
+        "the embeddings are a small share. At 1e10-1e11 FLOPs neither count is Chinchilla's regime, so neither "
+        "a should be expected to equal 0.5."
+    )
 
 
 def page(results: dict, wall: str, design: str, extra: list[str] = ()) -> str:
-    iso, law, env = (results.get(k) or {} for k in ("frontier_isoflop", "frontier_loss_law", "frontier_envelope"))
-    no_law = "the L(N, D) fit was rejected or not made: " + str((results.get("skipped") or {}).get("scaling_fit"))
-    lines = ["# IsoFLOP study: byte-level language modelling of the Python standard library", "",
-             "Made by `docs/results/isoflop_page.py` from a real `grokscale run sweeps/isoflop_charlm.yaml` "
-             f"on the 2-core dev machine ({wall}). The study: {design}, one pass over the data, a cosine "
-             "schedule matched to each run. What was shrunk, and why: budgets ~1e11 FLOPs instead of "
-             "Chinchilla's 1e18-1e21, because the corpus (4.7M bytes) and 2 cores bound them; the sizes "
-             "and the window are placed from the earlier runs' optima (see the comment at the top of the "
-             "study file, which also says why the learning rate is a grid, not a search).", "",
-             "![IsoFLOP curves](isoflop_charlm/isoflop_curves.png)", "",
-             "![Frontier](isoflop_charlm/frontier.png)", "",
-             "## Optimal model size per budget (approach 2)", "",
-             "| C (FLOPs) | N_opt | D_opt (tokens) | L_opt (nats/byte) | tokens per parameter | trusted |",
-             "|---|---|---|---|---|---|"]
+    iso, law, env = (
+        results.get(k) or {} for k in ("frontier_isoflop", "frontier_loss_law", "frontier_envelope")
+    )
+    no_law = "the L(N, D) fit was rejected or not made: " + str(
+        (results.get("skipped") or {}).get("scaling_fit")
+    )
+    lines = [
+        "# IsoFLOP study: byte-level language modelling of the Python standard library",
+        "",
+        "Made by `docs/results/isoflop_page.py` from a real `grokscale run sweeps/isoflop_charlm.yaml` "
+        f"on the 2-core dev machine ({wall}). The study: {design}, one pass over the data, a cosine "
+        "schedule matched to each run. What was shrunk, and why: budgets ~1e11 FLOPs instead of "
+        "Chinchilla's 1e18-1e21, because the corpus (4.7M bytes) and 2 cores bound them; the sizes "
+        "and the window are placed from the earlier runs' optima (see the comment at the top of the "
+        "study file, which also says why the learning rate is a grid, not a search).",
+        "",
+        "![IsoFLOP curves](isoflop_charlm/isoflop_curves.png)",
+        "",
+        "![Frontier](isoflop_charlm/frontier.png)",
+        "",
+        "## Optimal model size per budget (approach 2)",
+        "",
+        "| C (FLOPs) | N_opt | D_opt (tokens) | L_opt (nats/byte) | tokens per parameter | trusted |",
+        "|---|---|---|---|---|---|",
+    ]
     for p in iso.get("frontier", []):
-        lines.append(f"| {p['flops']:.3g} | {_interval(p, 'N_opt')} | {_interval(p, 'D_opt')} | "
-                     f"{_interval(p, 'L_opt', '.4f')} | {_interval(p, 'tokens_per_param')} | "
-                     f"{'yes' if p.get('trusted') else 'no: ' + str(p.get('reason'))} |")
-    lines += ["", "## The exponent a of N_opt ∝ C^a", "",
-              "| approach | a, 95% interval | b (D_opt ∝ C^b) | note |", "|---|---|---|---|",
-              f"| 1: envelope of training curves | {_interval(env, 'a')} | {_interval(env, 'b')} | "
-              f"{env.get('reason') or ''} |",
-              f"| 2: IsoFLOP parabolas | {_interval(iso, 'a')} | {_interval(iso, 'b')} | {iso.get('reason') or ''} |",
-              f"| 3: from L(N, D) | {_interval(law, 'a')} | {_interval(law, 'b')} | "
-              f"{law.get('reason') or ('' if law else no_law)} |",
-              "", f"Approaches 2 and 3 agree? {_agrees(iso, law)}.", "",
-              "| claim in the literature | a | what grokscale measured (approach 2) | agrees? |", "|---|---|---|---|"]
+        lines.append(
+            f"| {p['flops']:.3g} | {_interval(p, 'N_opt')} | {_interval(p, 'D_opt')} | "
+            f"{_interval(p, 'L_opt', '.4f')} | {_interval(p, 'tokens_per_param')} | "
+            f"{'yes' if p.get('trusted') else 'no: ' + str(p.get('reason'))} |"
+        )
+    lines += [
+        "",
+        "## The exponent a of N_opt ∝ C^a",
+        "",
+        "| approach | a, 95% interval | b (D_opt ∝ C^b) | note |",
+        "|---|---|---|---|",
+        f"| 1: envelope of training curves | {_interval(env, 'a')} | {_interval(env, 'b')} | "
+        f"{env.get('reason') or ''} |",
+        f"| 2: IsoFLOP parabolas | {_interval(iso, 'a')} | {_interval(iso, 'b')} | {iso.get('reason') or ''} |",
+        f"| 3: from L(N, D) | {_interval(law, 'a')} | {_interval(law, 'b')} | "
+        f"{law.get('reason') or ('' if law else no_law)} |",
+        "",
+        f"Approaches 2 and 3 agree? {_agrees(iso, law)}.",
+        "",
+        "| claim in the literature | a | what grokscale measured (approach 2) | agrees? |",
+        "|---|---|---|---|",
+    ]
     for who, a in PUBLISHED:
-        ok = "n/a" if iso.get("a_low") is None else (
-            "yes" if iso["a_low"] <= a <= iso["a_high"] else "no")
+        ok = "n/a" if iso.get("a_low") is None else ("yes" if iso["a_low"] <= a <= iso["a_high"] else "no")
         lines.append(f"| {who} | {a} | {_interval(iso, 'a')} | {ok} |")
-    lines += ["", "## What this run shows", "", *findings(iso, env, law), *extra, "", "## Extrapolation backtest", "",
-              "Fit every budget but the largest, predict the largest budget's optimum.", "",
-              "| predictor | N_opt predicted | N_opt observed | error | L_opt predicted | L_opt observed | error "
-              "| note |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## What this run shows",
+        "",
+        *findings(iso, env, law),
+        *extra,
+        "",
+        "## Extrapolation backtest",
+        "",
+        "Fit every budget but the largest, predict the largest budget's optimum.",
+        "",
+        "| predictor | N_opt predicted | N_opt observed | error | L_opt predicted | L_opt observed | error "
+        "| note |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for b in results.get("frontier_backtest") or []:
-        lines.append(f"| {b['approach']} | {_num(b.get('N_opt_predicted'))} | {_num(b.get('N_opt_observed'))} | "
-                     f"{_num(b.get('N_opt_error'), '+.1%')} | {_num(b.get('L_opt_predicted'), '.4f')} | "
-                     f"{_num(b.get('L_opt_observed'), '.4f')} | {_num(b.get('L_opt_error'), '+.1%')} | "
-                     f"{b.get('reason') or ''} |")
+        lines.append(
+            f"| {b['approach']} | {_num(b.get('N_opt_predicted'))} | {_num(b.get('N_opt_observed'))} | "
+            f"{_num(b.get('N_opt_error'), '+.1%')} | {_num(b.get('L_opt_predicted'), '.4f')} | "
+            f"{_num(b.get('L_opt_observed'), '.4f')} | {_num(b.get('L_opt_error'), '+.1%')} | "
+            f"{b.get('reason') or ''} |"
+        )
     lines += ["", "Raw numbers: [isoflop_charlm/results.json](isoflop_charlm/results.json).", ""]
     return "\n".join(lines)
 
@@ -213,14 +296,19 @@ def page(results: dict, wall: str, design: str, extra: list[str] = ()) -> str:
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("store", help="the folder the study ran in (mlflow.db inside)")
-    p.add_argument("--wall", help="how long the study took, for the page (default: from its MLflow parent run)")
+    p.add_argument(
+        "--wall", help="how long the study took, for the page (default: from its MLflow parent run)"
+    )
     args = p.parse_args(argv)
     uri = f"sqlite:///{Path(args.store).resolve() / 'mlflow.db'}"
     res = load_results(uri, "isoflop_charlm")
     if args.wall is None:
         took = timing(uri, res.parent_run_id)
-        args.wall = (f"{took['wall_s'] / 60:.1f} min wall, {took['runs']} runs" if took["wall_s"] else
-                     f"{took['runs']} runs; the study's wall time is not recorded (its parent run has no end)")
+        args.wall = (
+            f"{took['wall_s'] / 60:.1f} min wall, {took['runs']} runs"
+            if took["wall_s"]
+            else f"{took['runs']} runs; the study's wall time is not recorded (its parent run has no end)"
+        )
     out = HERE / "isoflop_charlm"
     report = build_report(res, out / "report")
     for name in ("isoflop_curves", "frontier"):
@@ -228,12 +316,21 @@ def main(argv: list[str]) -> int:
             shutil.copy(report.plots[name], out / f"{name}.png")
     shutil.copy(out / "report" / "results.json", out / "results.json")
     shutil.rmtree(out / "report")
-    (HERE / "isoflop_charlm.md").write_text(page(report.results, args.wall, design(res.config),
-                                                     [line for line in [rate_edges(res.runs, res.config),
-                                                                    other_convention(res.runs, res.config,
-                                                                                     report.results.get(
-                                                                                         "frontier_isoflop") or {})]
-                                                      if line]))
+    (HERE / "isoflop_charlm.md").write_text(
+        page(
+            report.results,
+            args.wall,
+            design(res.config),
+            [
+                line
+                for line in [
+                    rate_edges(res.runs, res.config),
+                    other_convention(res.runs, res.config, report.results.get("frontier_isoflop") or {}),
+                ]
+                if line
+            ],
+        )
+    )
     print(f"wrote {HERE / 'isoflop_charlm.md'}")
     return 0
 

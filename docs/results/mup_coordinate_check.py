@@ -25,8 +25,10 @@ from trainers.spec import GPTModel, TransformerModel  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 WIDTHS = [32, 64, 128, 256, 512]
 STEPS, LR, SEEDS = 4, 1e-2, (0, 1, 2)
-MODELS = {"transformer (n_head 4)": TransformerModel(n_layer=2, n_head=4),
-          "gpt (head_dim 16)": GPTModel(n_layer=2, head_dim=16)}
+MODELS = {
+    "transformer (n_head 4)": TransformerModel(n_layer=2, n_head=4),
+    "gpt (head_dim 16)": GPTModel(n_layer=2, head_dim=16),
+}
 
 
 def main() -> None:
@@ -36,7 +38,9 @@ def main() -> None:
             cfg = base.model_copy(update={"parametrization": parametrization})
             coords = coordinates(cfg, WIDTHS, steps=STEPS, lr=LR, seeds=SEEDS)
             records[title, parametrization] = [c for c in coords if c.step == STEPS]
-            fits[title, parametrization] = {site: s for (_, site, step), s in slopes(coords).items() if step == STEPS}
+            fits[title, parametrization] = {
+                site: s for (_, site, step), s in slopes(coords).items() if step == STEPS
+            }
 
     fig, axes = plt.subplots(len(MODELS), 2, figsize=(10, 4.2 * len(MODELS)), sharex=True, sharey="row")
     for row, title in enumerate(MODELS):
@@ -45,10 +49,18 @@ def main() -> None:
             coords = records[title, parametrization]
             for site in sorted({c.site for c in coords}, key=lambda s: (s != "embedding", s == "logits", s)):
                 points = sorted((c.width, c.size) for c in coords if c.site == site)
-                ax.plot(*zip(*points), marker="o", label=f"{site} (slope {fits[title, parametrization][site]:+.2f})")
-            ax.set(xscale="log", yscale="log", title=f"{title}: {'μP' if parametrization == 'mup' else 'SP'}",
-                   xlabel="width (d_model)" if row == len(MODELS) - 1 else None,
-                   ylabel=f"mean |x| after {STEPS} AdamW steps" if col == 0 else None)
+                ax.plot(
+                    *zip(*points),
+                    marker="o",
+                    label=f"{site} (slope {fits[title, parametrization][site]:+.2f})",
+                )
+            ax.set(
+                xscale="log",
+                yscale="log",
+                title=f"{title}: {'μP' if parametrization == 'mup' else 'SP'}",
+                xlabel="width (d_model)" if row == len(MODELS) - 1 else None,
+                ylabel=f"mean |x| after {STEPS} AdamW steps" if col == 0 else None,
+            )
             ax.set_xticks(WIDTHS, [str(w) for w in WIDTHS])
             ax.minorticks_off()
             ax.legend(fontsize=8)

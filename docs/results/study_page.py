@@ -67,18 +67,28 @@ CAPTIONS = {
 # The direction of D*(N) in the literature (checked against the papers' abstracts; see the report's
 # critical_data.py for Huang et al.'s figure).
 D_STAR_LITERATURE = (
-    ("Zhu et al. 2024, Critical data size of language models from a grokking perspective",
-     "grows", "\"as the model size increases, this critical point also becomes larger\" (abstract)"),
-    ("Huang et al. 2024, Unified view of grokking, double descent and emergent abilities",
-     "shrinks", "Fig. 1 draws D_crit falling as models grow (as read in orchestrator/analysis/critical_data.py; "
-                "the abstract says only that the dynamics depend on model size and data)"),
-    ("Varma et al. 2023, Explaining grokking through circuit efficiency",
-     None, "defines D_crit over data (memorizing circuits lose efficiency as D grows), for one model size: "
-           "no claim over N"),
+    (
+        "Zhu et al. 2024, Critical data size of language models from a grokking perspective",
+        "grows",
+        '"as the model size increases, this critical point also becomes larger" (abstract)',
+    ),
+    (
+        "Huang et al. 2024, Unified view of grokking, double descent and emergent abilities",
+        "shrinks",
+        "Fig. 1 draws D_crit falling as models grow (as read in orchestrator/analysis/critical_data.py; "
+        "the abstract says only that the dynamics depend on model size and data)",
+    ),
+    (
+        "Varma et al. 2023, Explaining grokking through circuit efficiency",
+        None,
+        "defines D_crit over data (memorizing circuits lose efficiency as D grows), for one model size: "
+        "no claim over N",
+    ),
 )
 
 
 # --- the page's inputs: the report, per-run records, what the run changed, how long it took -----------------------
+
 
 def page_runs(res, config: dict) -> list[dict]:
     """One record per training run (claims/measures.py names the fields), from the study's runs
@@ -96,9 +106,16 @@ def page_runs(res, config: dict) -> list[dict]:
     curves = dict(tuple(inp.curves.groupby("run_id"))) if not inp.curves.empty else {}
     out = []
     for _, r in inp.runs.iterrows():
-        rec = {"run_id": r["run_id"], "cell": r.get("cell"), "status": r.get("status"), "n": number(r.get(inp.n_col)),
-               "d": number(r.get(inp.d_col)), "d_value": number(r.get(names.PARAM_D_VALUE)),
-               "seed": number(r.get(names.PARAM_SEED)), "val_threshold": number(r.get("val_threshold"))}
+        rec = {
+            "run_id": r["run_id"],
+            "cell": r.get("cell"),
+            "status": r.get("status"),
+            "n": number(r.get(inp.n_col)),
+            "d": number(r.get(inp.d_col)),
+            "d_value": number(r.get(names.PARAM_D_VALUE)),
+            "seed": number(r.get(names.PARAM_SEED)),
+            "val_threshold": number(r.get("val_threshold")),
+        }
         for k in ("weight_decay", "lr"):
             v = r.get(f"{names.PARAM_SEARCHED_PREFIX}train.{k}")
             rec[k] = fixed[k] if number(v) is None else float(v)
@@ -106,14 +123,18 @@ def page_runs(res, config: dict) -> list[dict]:
             rec[k] = number(r.get(k))
         ev = events.loc[r["run_id"]] if events is not None and r["run_id"] in events.index else None
         for k in ("memorization_step", "generalization_step", "phase", "last_step"):
-            rec[k] = None if ev is None or (k != "phase" and number(ev[k]) is None) else (
-                ev[k] if k == "phase" else float(ev[k]))
+            rec[k] = (
+                None
+                if ev is None or (k != "phase" and number(ev[k]) is None)
+                else (ev[k] if k == "phase" else float(ev[k]))
+            )
         curve = curves.get(r["run_id"])
         if curve is not None and "val_acc" in curve and rec["val_threshold"] is not None:
             steps = curve["step"].to_numpy(float)
             rec["eval_every"] = float(np.median(np.diff(np.sort(steps)))) if steps.size > 1 else None
-            rec["plateau_end"], rec["reach_step"] = curve_rise(steps, curve["val_acc"].to_numpy(float), chance=chance,
-                                                               threshold=rec["val_threshold"])
+            rec["plateau_end"], rec["reach_step"] = curve_rise(
+                steps, curve["val_acc"].to_numpy(float), chance=chance, threshold=rec["val_threshold"]
+            )
         else:
             rec["eval_every"] = rec["plateau_end"] = rec["reach_step"] = None
         out.append(rec)
@@ -167,13 +188,17 @@ def timing(tracking_uri: str, parent_run_id: str) -> dict:
 
     client = MlflowClient(tracking_uri=tracking_uri)
     parent = client.get_run(parent_run_id).info
-    children = client.search_runs([parent.experiment_id], tag_equals(names.PARENT_RUN, parent_run_id),
-                                  max_results=50_000)
+    children = client.search_runs(
+        [parent.experiment_id], tag_equals(names.PARENT_RUN, parent_run_id), max_results=50_000
+    )
     # A run restarted by a later driver (the study was stopped and resumed) keeps its first start:
     # the parent's span then includes the time no driver ran.
     resumed = sum(int(c.data.tags.get(names.TAG_ATTEMPTS, "1")) > 1 for c in children)
-    return {"wall_s": (parent.end_time - parent.start_time) / 1000 if parent.end_time else None,
-            "runs": len(children), "resumed_runs": resumed}
+    return {
+        "wall_s": (parent.end_time - parent.start_time) / 1000 if parent.end_time else None,
+        "runs": len(children),
+        "resumed_runs": resumed,
+    }
 
 
 def build(study: str, store: Path, out: Path, experiment: str | None = None) -> dict:
@@ -199,8 +224,13 @@ def build_from(study: str, res, out: Path, took: dict) -> dict:
     canonical = yaml.safe_load((ROOT / "sweeps" / f"{study}.yaml").read_text())
     changed = overrides(canonical, res.config)
     results["page_runs"] = page_runs(res, res.config)
-    results["page"] = {"study": study, "overrides": changed, "command": command(study, changed), "timing": took,
-                       "summary_md": (out / "report" / "summary.md").read_text()}
+    results["page"] = {
+        "study": study,
+        "overrides": changed,
+        "command": command(study, changed),
+        "timing": took,
+        "summary_md": (out / "report" / "summary.md").read_text(),
+    }
     (out / "results.json").write_text(json.dumps(results, indent=2, default=_json))
     shutil.copy(out / "report" / "predictions" / "predictions.md", out / "predictions.md")
     shutil.rmtree(out / "report")
@@ -225,7 +255,8 @@ RERUNS = {
         "Rerun by a reviewer with the same command on another 2-core machine (AMD EPYC): the same searched "
         "values for all 100 runs; 41 of the 100 runs had different curves (for example max_val_acc 0.974 "
         "against 0.9795, learned at step 7,000 against 6,750), so the numbers moved (N* 1,590 against "
-        "1,596; one run from confusion to memorization), and **every verdict stayed the same**."),
+        "1,596; one run from confusion to memorization), and **every verdict stayed the same**."
+    ),
 }
 
 
@@ -234,19 +265,39 @@ def page(results: dict, folder: str) -> str:
     meta = results["page"]
     study = meta["study"]
     module = STUDIES[study]
-    lines = [f"# {module.TITLE}", "", *_intro(results, module), "", "## Claims", "",
-             "| claim in the paper | what grokscale measured | agrees? |", "|---|---|---|"]
+    lines = [
+        f"# {module.TITLE}",
+        "",
+        *_intro(results, module),
+        "",
+        "## Claims",
+        "",
+        "| claim in the paper | what grokscale measured | agrees? |",
+        "|---|---|---|",
+    ]
     for claim in module.CLAIMS:
         v = claim.check(results)
         lines.append(f"| {claim.paper}: {claim.statement} | {_cell(v.measured)} | {_cell(v.cell())} |")
     lines += ["", "### Rerun on another machine", "", RERUNS.get(study, NOT_RERUN), "", "## Plots", ""]
     for name in results.get("plots") or []:
-        lines += [f"![{CAPTIONS.get(name, name)}]({folder}/{name}.png)", "", f"*{CAPTIONS.get(name, name)}.*", ""]
+        lines += [
+            f"![{CAPTIONS.get(name, name)}]({folder}/{name}.png)",
+            "",
+            f"*{CAPTIONS.get(name, name)}.*",
+            "",
+        ]
     for name, why in sorted((results.get("skipped") or {}).items()):
         lines.append(f"- not drawn or not fitted, {name}: {why}")
-    lines += ["", *_numbers(results), "", *_predictions(results, folder), "",
-              f"Raw numbers: [{folder}/results.json]({folder}/results.json); the report's predictions section: "
-              f"[{folder}/predictions.md]({folder}/predictions.md).", ""]
+    lines += [
+        "",
+        *_numbers(results),
+        "",
+        *_predictions(results, folder),
+        "",
+        f"Raw numbers: [{folder}/results.json]({folder}/results.json); the report's predictions section: "
+        f"[{folder}/predictions.md]({folder}/predictions.md).",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -259,12 +310,25 @@ def _intro(results: dict, module) -> list[str]:
     t = meta.get("timing") or {}
     wall = "unknown" if t.get("wall_s") is None else f"{t['wall_s'] / 60:.1f} min"
     statuses = ", ".join(f"{v} {k}" for k, v in (results.get("statuses") or {}).items())
-    out = [f"Made by `docs/results/study_page.py` from a real `grokscale run sweeps/{meta['study']}.yaml` on the "
-           f"2-core dev machine: {results.get('runs')} runs ({statuses}); wall time {wall} (the study's MLflow "
-           f"parent run, start to end" + (f"; the study was stopped and resumed, {t['resumed_runs']} runs restarted "
-                                          f"by the later driver, so this includes the time between the two)"
-                                          if t.get("resumed_runs") else ")") + ". The command:",
-           "", "```", meta["command"], "```", "", "### What was shrunk, and why", ""]
+    out = [
+        f"Made by `docs/results/study_page.py` from a real `grokscale run sweeps/{meta['study']}.yaml` on the "
+        f"2-core dev machine: {results.get('runs')} runs ({statuses}); wall time {wall} (the study's MLflow "
+        f"parent run, start to end"
+        + (
+            f"; the study was stopped and resumed, {t['resumed_runs']} runs restarted "
+            f"by the later driver, so this includes the time between the two)"
+            if t.get("resumed_runs")
+            else ")"
+        )
+        + ". The command:",
+        "",
+        "```",
+        meta["command"],
+        "```",
+        "",
+        "### What was shrunk, and why",
+        "",
+    ]
     changed = meta.get("overrides") or []
     if not changed:
         out.append("Nothing: this is the canonical study.")
@@ -273,15 +337,23 @@ def _intro(results: dict, module) -> list[str]:
         recommended = {k: yaml.safe_load(v) for k, _, v in (s.partition("=") for s in module.SETS)}
         for c in changed:
             rec = recommended.get(c["key"], c["canonical"])
-            why = (module.WHY.get(c["key"], "") if c["key"] in recommended and _same(rec, c["used"]) else
-                   f"not the recommended shrink (recommended: `{inline(rec)}`)")
-            out.append(f"| `{c['key']}` | `{_cell(inline(c['canonical']))}` | `{_cell(inline(c['used']))}` | "
-                       f"{_cell(why)} |")
+            why = (
+                module.WHY.get(c["key"], "")
+                if c["key"] in recommended and _same(rec, c["used"])
+                else f"not the recommended shrink (recommended: `{inline(rec)}`)"
+            )
+            out.append(
+                f"| `{c['key']}` | `{_cell(inline(c['canonical']))}` | `{_cell(inline(c['used']))}` | "
+                f"{_cell(why)} |"
+            )
     recommended = {s.partition("=")[0] for s in module.SETS}
     if {c["key"] for c in changed} != recommended:
-        out += ["", f"**This is not the recommended run** (`python docs/results/study_page.py --sets {meta['study']}`"
-                f" gives its overrides: {', '.join(sorted(recommended))}): read its verdicts as a check of the page's "
-                f"machinery, not of the papers."]
+        out += [
+            "",
+            f"**This is not the recommended run** (`python docs/results/study_page.py --sets {meta['study']}`"
+            f" gives its overrides: {', '.join(sorted(recommended))}): read its verdicts as a check of the page's "
+            f"machinery, not of the papers.",
+        ]
     return out
 
 
@@ -289,42 +361,66 @@ def _numbers(results: dict) -> list[str]:
     out = ["## Fitted numbers", ""]
     phases = results.get("phases") or {}
     if phases:
-        out += ["Phases (Liu et al. 2022, analysis/grokking.py): " + ", ".join(f"{k} {v}" for k, v in phases.items()),
-                ""]
+        out += [
+            "Phases (Liu et al. 2022, analysis/grokking.py): "
+            + ", ".join(f"{k} {v}" for k, v in phases.items()),
+            "",
+        ]
     cs = results.get("critical_sizes") or {}
     for key, over, at in (("d_star", "D", "n"), ("n_star", "N", "d")):
         fits = cs.get(key) or []
         if not fits:
             continue
         if all(f.get("threshold") is None and "distinct scales" in str(f.get("reason")) for f in fits):
-            out += [f"No emergence threshold over {over}: fewer than 3 values of {over} at each "
-                    f"{'N' if at == 'n' else 'D'}.", ""]
+            out += [
+                f"No emergence threshold over {over}: fewer than 3 values of {over} at each "
+                f"{'N' if at == 'n' else 'D'}.",
+                "",
+            ]
             continue
-        out += [f"Emergence threshold over {over} at each {'N' if at == 'n' else 'D'} (analysis/emergence.py: the "
-                f"midpoint of a sigmoid in log {over} of {cs.get('metric')} from chance {fmt(cs.get('chance'))} to its "
-                f"fitted ceiling; not the same as the predictions' D*, the least data at which a run reaches its "
-                f"validation threshold):", "",
-                f"| {'N' if at == 'n' else 'D'} | {over}* | 95% interval | sharp | note |", "|---|---|---|---|---|"]
+        out += [
+            f"Emergence threshold over {over} at each {'N' if at == 'n' else 'D'} (analysis/emergence.py: the "
+            f"midpoint of a sigmoid in log {over} of {cs.get('metric')} from chance {fmt(cs.get('chance'))} to its "
+            f"fitted ceiling; not the same as the predictions' D*, the least data at which a run reaches its "
+            f"validation threshold):",
+            "",
+            f"| {'N' if at == 'n' else 'D'} | {over}* | 95% interval | sharp | note |",
+            "|---|---|---|---|---|",
+        ]
         for f in fits:
-            interval = ("" if f.get("threshold") is None else
-                        f"{fmt(f.get('low'), ',.4g') if not f.get('low_unbounded') else 'unbounded'} to "
-                        f"{fmt(f.get('high'), ',.4g') if not f.get('high_unbounded') else 'unbounded'}"
-                        + (" (censored to the bracket)" if f.get("censored") else ""))
+            interval = (
+                ""
+                if f.get("threshold") is None
+                else f"{fmt(f.get('low'), ',.4g') if not f.get('low_unbounded') else 'unbounded'} to "
+                f"{fmt(f.get('high'), ',.4g') if not f.get('high_unbounded') else 'unbounded'}"
+                + (" (censored to the bracket)" if f.get("censored") else "")
+            )
             sharp = {True: "yes", False: "no", None: "undecided"}[f.get("sharp")]
             note = f.get("reason") or (f.get("sharp_reason") or "")
-            out.append(f"| {f[at]:,.4g} | {fmt(f.get('threshold'), ',.4g')} | {interval} | {sharp} | {_cell(note)} |")
+            out.append(
+                f"| {f[at]:,.4g} | {fmt(f.get('threshold'), ',.4g')} | {interval} | {sharp} | {_cell(note)} |"
+            )
         out.append("")
     if results.get("mirage"):
-        out += ["Mirage checks (analysis/mirage.py):", "",
-                "| metrics | D | verdict | reason |", "|---|---|---|---|"]
+        out += [
+            "Mirage checks (analysis/mirage.py):",
+            "",
+            "| metrics | D | verdict | reason |",
+            "|---|---|---|---|",
+        ]
         for c in results["mirage"]:
-            out.append(f"| {c['discontinuous_metric']} vs {c['continuous_metric']} | {fmt(c.get('group'), ',.0f')} | "
-                       f"{c['verdict']} | {_cell(c['reason'])} |")
+            out.append(
+                f"| {c['discontinuous_metric']} vs {c['continuous_metric']} | {fmt(c.get('group'), ',.0f')} | "
+                f"{c['verdict']} | {_cell(c['reason'])} |"
+            )
         out.append("")
     for name, facets in (results.get("phase_regions") or {}).items():
         for at, r in facets.items():
-            state = (f"drawn (leave-one-out accuracy {r['loo_accuracy']:.0%})" if r.get("drawn")
-                     else f"not drawn: {r.get('reason')}")
+            state = (
+                f"drawn (leave-one-out accuracy {r['loo_accuracy']:.0%})"
+                if r.get("drawn")
+                else f"not drawn: {r.get('reason')}"
+            )
             out.append(f"- {name} at {'all runs' if at == 'None' else at}: phase regions {state}")
     if "scaling_fit" in (results.get("skipped") or {}):
         out.append(f"- L(N, D): {results['skipped']['scaling_fit']}")
@@ -341,50 +437,83 @@ def _predictions(results: dict, folder: str) -> list[str]:
         out.append(f"No D* brackets: {cd.get('reason')}.")
     elif one_data_size(cd):
         sizes = sorted({p["low"] if p["low"] is not None else p["high"] for p in cd["points"]})
-        out.append(f"This study trains one data size per model size (D = {', '.join(f'{d:,.0f}' for d in sizes)}): "
-                   f"D* is not measured by it, so there is no D*(N) law to fit or backtest.")
+        out.append(
+            f"This study trains one data size per model size (D = {', '.join(f'{d:,.0f}' for d in sizes)}): "
+            f"D* is not measured by it, so there is no D*(N) law to fit or backtest."
+        )
     else:
-        out.append("D* at each model size, bracketed by the grid: " + "; ".join(
-            f"N = {p['n']:,.0f}: {bracket_text(p, 'D*')}" for p in cd["points"]) + ".")
+        out.append(
+            "D* at each model size, bracketed by the grid: "
+            + "; ".join(f"N = {p['n']:,.0f}: {bracket_text(p, 'D*')}" for p in cd["points"])
+            + "."
+        )
         if law.get("exponent") is None:
             out.append(f"The power law D* ∝ N^b: refused, {law.get('reason')}.")
         else:
-            out.append(f"The power law: D* ∝ N^{law['exponent']:.3g}, every line through the brackets "
-                       f"[{fmt(law.get('exponent_low'))}, {fmt(law.get('exponent_high'))}]: D* {law['direction']} "
-                       f"with N.")
+            out.append(
+                f"The power law: D* ∝ N^{law['exponent']:.3g}, every line through the brackets "
+                f"[{fmt(law.get('exponent_low'))}, {fmt(law.get('exponent_high'))}]: D* {law['direction']} "
+                f"with N."
+            )
         out += ["", "| source | D* as N grows | what grokscale measured | agrees? |", "|---|---|---|---|"]
         for who, direction, what in D_STAR_LITERATURE:
             ours = law.get("direction")
-            ok = ("n/a: no claim over N" if direction is None else "cannot tell: no law" if ours is None else
-                  "cannot tell: undecided" if ours == "undecided" else "yes" if ours == direction else "no")
+            ok = (
+                "n/a: no claim over N"
+                if direction is None
+                else "cannot tell: no law"
+                if ours is None
+                else "cannot tell: undecided"
+                if ours == "undecided"
+                else "yes"
+                if ours == direction
+                else "no"
+            )
             out.append(f"| {who} | {direction or 'no claim'}: {_cell(what)} | {ours or 'no law'} | {ok} |")
-        out += ["", "Backtest: each size predicted from the smaller sizes alone.", "",
-                "| held-out N | predicted D* [interval] | outcome (grid bracket) | error | agrees |",
-                "|---|---|---|---|---|"]
+        out += [
+            "",
+            "Backtest: each size predicted from the smaller sizes alone.",
+            "",
+            "| held-out N | predicted D* [interval] | outcome (grid bracket) | error | agrees |",
+            "|---|---|---|---|---|",
+        ]
         for b in cd.get("backtest") or []:
-            p = ("none: " + _cell(b["reason"]) if b.get("predicted") is None else
-                 f"{b['predicted']:,.4g} [{fmt(b.get('predicted_low'), ',.4g')}, "
-                 f"{fmt(b.get('predicted_high'), ',.4g')}]")
+            p = (
+                "none: " + _cell(b["reason"])
+                if b.get("predicted") is None
+                else f"{b['predicted']:,.4g} [{fmt(b.get('predicted_low'), ',.4g')}, "
+                f"{fmt(b.get('predicted_high'), ',.4g')}]"
+            )
             agrees = {True: "yes", False: "no", None: "n/a"}[b.get("agrees")]
-            out.append(f"| {b['n']:,.0f} | {p} | {bracket_text(b['observed'], 'D*')} | {fmt(b.get('error'), '+.0%')} | "
-                       f"{agrees} |")
+            out.append(
+                f"| {b['n']:,.0f} | {p} | {bracket_text(b['observed'], 'D*')} | {fmt(b.get('error'), '+.0%')} | "
+                f"{agrees} |"
+            )
         if not cd.get("backtest"):
             out.append(f"| | {_cell(cd.get('backtest_reason', ''))} | | | |")
         nxt = cd.get("next")
         if nxt:
-            out.append(f"\nNext size N = {nxt['n']:,.0f} (not trained): D* predicted "
-                       + ("none (no law)" if nxt.get("predicted") is None else
-                          f"{nxt['predicted']:,.4g} [{fmt(nxt.get('predicted_low'), ',.4g')}, "
-                          f"{fmt(nxt.get('predicted_high'), ',.4g')}]") + ".")
+            out.append(
+                f"\nNext size N = {nxt['n']:,.0f} (not trained): D* predicted "
+                + (
+                    "none (no law)"
+                    if nxt.get("predicted") is None
+                    else f"{nxt['predicted']:,.4g} [{fmt(nxt.get('predicted_low'), ',.4g')}, "
+                    f"{fmt(nxt.get('predicted_high'), ',.4g')}]"
+                )
+                + "."
+            )
     out += ["", "### Generalization step, predicted at the memorization step by the decay clock", ""]
     if "predictions" not in gs or not gs.get("n_scored"):
         out.append(f"No prediction scored: {gs.get('reason')}.")
     else:
-        out.append(f"{gs['n_scored']} runs scored: median |error| {fmt(gs.get('median_abs_error'), '.0%')} against "
-                   f"{fmt(gs.get('baseline_median_abs_error'), '.0%')} for the baseline (the median step of the pool); "
-                   f"outcome inside the predicted interval for {fmt(gs.get('within_interval'), '.0%')}; predicted to "
-                   f"generalize but never did: {gs['missed']}; predicted not to but did: {gs['surprised']}. "
-                   f"Every prediction, with its outcome: [{folder}/predictions.md]({folder}/predictions.md).")
+        out.append(
+            f"{gs['n_scored']} runs scored: median |error| {fmt(gs.get('median_abs_error'), '.0%')} against "
+            f"{fmt(gs.get('baseline_median_abs_error'), '.0%')} for the baseline (the median step of the pool); "
+            f"outcome inside the predicted interval for {fmt(gs.get('within_interval'), '.0%')}; predicted to "
+            f"generalize but never did: {gs['missed']}; predicted not to but did: {gs['surprised']}. "
+            f"Every prediction, with its outcome: [{folder}/predictions.md]({folder}/predictions.md)."
+        )
     out += ["", "### Where the predictions fail", "", *failures(results)]
     return out
 
@@ -398,16 +527,22 @@ def failures(results: dict) -> list[str]:
         if b.get("predicted") is None:
             out.append(f"- D* at N = {b['n']:,.0f}: no prediction ({b.get('reason')}).")
         elif b.get("agrees") and b.get("error") is not None and abs(b["error"]) > 0.5:
-            out.append(f"- D* at N = {b['n']:,.0f}: the predicted interval meets the grid's bracket "
-                       f"({bracket_text(b['observed'], 'D*')}), but the point prediction {b['predicted']:,.4g} is "
-                       f"off by "
-                       f"{b['error']:+.0%} from its midpoint: the law's direction and size are loosely held.")
+            out.append(
+                f"- D* at N = {b['n']:,.0f}: the predicted interval meets the grid's bracket "
+                f"({bracket_text(b['observed'], 'D*')}), but the point prediction {b['predicted']:,.4g} is "
+                f"off by "
+                f"{b['error']:+.0%} from its midpoint: the law's direction and size are loosely held."
+            )
         elif b.get("agrees") is False:
-            out.append(f"- D* at N = {b['n']:,.0f}: predicted {b['predicted']:,.4g}, the grid says "
-                       f"{bracket_text(b['observed'], 'D*')} ({fmt(b.get('error'), '+.0%')}): the smaller sizes' "
-                       f"law does not carry to this size.")
+            out.append(
+                f"- D* at N = {b['n']:,.0f}: predicted {b['predicted']:,.4g}, the grid says "
+                f"{bracket_text(b['observed'], 'D*')} ({fmt(b.get('error'), '+.0%')}): the smaller sizes' "
+                f"law does not carry to this size."
+            )
     if "points" in cd and not cd.get("backtest") and not one_data_size(cd):
-        out.append(f"- D*(N) is not backtested: {cd.get('backtest_reason') or (cd.get('law') or {}).get('reason')}.")
+        out.append(
+            f"- D*(N) is not backtested: {cd.get('backtest_reason') or (cd.get('law') or {}).get('reason')}."
+        )
     if "predictions" in gs:
         reasons: dict[str, int] = {}
         for p in gs["predictions"]:
@@ -418,30 +553,45 @@ def failures(results: dict) -> list[str]:
         if gs.get("reason"):
             out.append(f"- generalization step: {gs['reason']}.")
         m, b = gs.get("median_abs_error"), gs.get("baseline_median_abs_error")
-        trivial, late_err, late_base = gs.get("n_immediate") or 0, gs.get("late_median_abs_error"), \
-            gs.get("late_baseline_median_abs_error")
+        trivial, late_err, late_base = (
+            gs.get("n_immediate") or 0,
+            gs.get("late_median_abs_error"),
+            gs.get("late_baseline_median_abs_error"),
+        )
         late = gs.get("n_scored", 0) - trivial
         if trivial and not late:
-            out.append(f"- generalization step: all {trivial} scored runs generalized at the evaluation at which "
-                       f"they memorized (comprehension): the clock's \"now\" is trivially right for each, so this "
-                       f"study does not test the clock on a delayed generalization.")
+            out.append(
+                f"- generalization step: all {trivial} scored runs generalized at the evaluation at which "
+                f'they memorized (comprehension): the clock\'s "now" is trivially right for each, so this '
+                f"study does not test the clock on a delayed generalization."
+            )
         elif trivial:
-            out.append(f"- generalization step: {trivial} of {gs['n_scored']} scored runs generalized at the "
-                       f"evaluation at which they memorized (comprehension): for them the clock predicts \"now\" "
-                       f"and is trivially right. Over the {late} that generalized later, the median |error| is "
-                       f"{fmt(late_err, '.0%')} against {fmt(late_base, '.0%')} for the baseline.")
+            out.append(
+                f"- generalization step: {trivial} of {gs['n_scored']} scored runs generalized at the "
+                f'evaluation at which they memorized (comprehension): for them the clock predicts "now" '
+                f"and is trivially right. Over the {late} that generalized later, the median |error| is "
+                f"{fmt(late_err, '.0%')} against {fmt(late_base, '.0%')} for the baseline."
+            )
         if late and late_err is not None and late_base is not None and late_err >= late_base:
-            out.append(f"- generalization step: on runs that generalized after memorizing, the decay clock "
-                       f"({late_err:.0%}) does not beat the baseline ({late_base:.0%}).")
+            out.append(
+                f"- generalization step: on runs that generalized after memorizing, the decay clock "
+                f"({late_err:.0%}) does not beat the baseline ({late_base:.0%})."
+            )
         elif m is not None and b is not None and m >= b:
-            out.append(f"- generalization step: the decay clock ({m:.0%}) does not beat the baseline ({b:.0%}): "
-                       f"on this study it explains nothing the pool's median step does not.")
+            out.append(
+                f"- generalization step: the decay clock ({m:.0%}) does not beat the baseline ({b:.0%}): "
+                f"on this study it explains nothing the pool's median step does not."
+            )
         if gs.get("missed"):
-            out.append(f"- generalization step: {gs['missed']} run(s) were predicted to generalize within their budget "
-                       f"and never did.")
+            out.append(
+                f"- generalization step: {gs['missed']} run(s) were predicted to generalize within their budget "
+                f"and never did."
+            )
         if gs.get("surprised"):
-            out.append(f"- generalization step: {gs['surprised']} run(s) were predicted not to generalize in time "
-                       f"and did.")
+            out.append(
+                f"- generalization step: {gs['surprised']} run(s) were predicted not to generalize in time "
+                f"and did."
+            )
     elif gs:
         out.append(f"- generalization step: no prediction at all: {gs.get('reason')}.")
     return out or ["- none: every prediction made lay within what the grid measured."]
@@ -464,7 +614,9 @@ def main(argv: list[str]) -> int:
         print(" ".join(f"--set {shlex.quote(s)}" for s in STUDIES[args.study].SETS))
         return 0
     if args.store is None or not (Path(args.store) / "mlflow.db").exists():
-        print(f"error: store: no mlflow.db in {args.store!r}; give the folder the study ran in", file=sys.stderr)
+        print(
+            f"error: store: no mlflow.db in {args.store!r}; give the folder the study ran in", file=sys.stderr
+        )
         return 2
     base = Path(args.out) if args.out else HERE
     results = build(args.study, Path(args.store), base / args.study, args.experiment)

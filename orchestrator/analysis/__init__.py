@@ -43,31 +43,81 @@ from orchestrator.analysis.downstream import DownstreamForecast, Evaluations, fo
 from orchestrator.analysis.emergence import CriticalSizes, EmergenceFit, critical_sizes, emergence_threshold
 from orchestrator.analysis.envelope import EnvelopeFit, fit_envelope
 from orchestrator.analysis.estimate import Estimate
-from orchestrator.analysis.frontier import FLOPS_PER_TOKEN, ComputeOptimalFrontier, FrontierPoint, loss_law_frontier
+from orchestrator.analysis.frontier import (
+    FLOPS_PER_TOKEN,
+    ComputeOptimalFrontier,
+    FrontierPoint,
+    loss_law_frontier,
+)
 from orchestrator.analysis.grokking import (
-                                            PHASES,
-                                            GrokkingEvents,
-                                            curve_events,
-                                            grokking_events,
-                                            grokking_phase,
-                                            grokking_phases,
+    PHASES,
+    GrokkingEvents,
+    curve_events,
+    grokking_events,
+    grokking_phase,
+    grokking_phases,
 )
 from orchestrator.analysis.grokking_time import StepBacktest, StepPrediction, generalization_backtest
 from orchestrator.analysis.isoflop import IsoFlopBudget, IsoFlopFit, fit_isoflop
 from orchestrator.analysis.mirage import MirageCheck, mirage_check, mirage_checks
 from orchestrator.analysis.phase_regions import PhaseRegions, phase_regions
-from orchestrator.analysis.regularization import CellRegularization, cell_regularization, param_importances, trial_table
+from orchestrator.analysis.regularization import (
+    CellRegularization,
+    cell_regularization,
+    param_importances,
+    trial_table,
+)
 from orchestrator.analysis.scaling import N_COLUMNS, ScalingLawFit, fit_power_law, fit_scaling_law
 from orchestrator.analysis.transfer import TransferCheck, transfer_check
 
 __all__ = [
-    "FLOPS_PER_TOKEN", "Backtest", "ComputeOptimalFrontier", "EnvelopeFit", "FrontierPoint", "IsoFlopBudget",
-    "IsoFlopFit", "extrapolation_backtest", "fit_envelope", "fit_isoflop", "loss_law_frontier",
-    "CellRegularization", "CriticalSizes", "EmergenceFit", "Estimate", "GrokkingEvents", "MirageCheck", "N_COLUMNS",
-    "PHASES", "ScalingLawFit", "cell_regularization", "critical_sizes", "curve_events", "emergence_threshold",
-    "fit_power_law", "fit_scaling_law", "grokking_events", "grokking_phase", "grokking_phases", "mirage_check",
-    "mirage_checks", "param_importances", "trial_table",
-    "CriticalData", "CriticalDataBacktest", "CriticalDataLaw", "PhaseRegions", "StepBacktest", "StepPrediction",
-    "critical_data_backtest", "critical_data_sizes", "fit_critical_data", "generalization_backtest", "phase_regions",
-    "DownstreamForecast", "Evaluations", "TransferCheck", "forecast_downstream", "transfer_check",
+    "FLOPS_PER_TOKEN",
+    "Backtest",
+    "ComputeOptimalFrontier",
+    "EnvelopeFit",
+    "FrontierPoint",
+    "IsoFlopBudget",
+    "IsoFlopFit",
+    "extrapolation_backtest",
+    "fit_envelope",
+    "fit_isoflop",
+    "loss_law_frontier",
+    "CellRegularization",
+    "CriticalSizes",
+    "EmergenceFit",
+    "Estimate",
+    "GrokkingEvents",
+    "MirageCheck",
+    "N_COLUMNS",
+    "PHASES",
+    "ScalingLawFit",
+    "cell_regularization",
+    "critical_sizes",
+    "curve_events",
+    "emergence_threshold",
+    "fit_power_law",
+    "fit_scaling_law",
+    "grokking_events",
+    "grokking_phase",
+    "grokking_phases",
+    "mirage_check",
+    "mirage_checks",
+    "param_importances",
+    "trial_table",
+    "CriticalData",
+    "CriticalDataBacktest",
+    "CriticalDataLaw",
+    "PhaseRegions",
+    "StepBacktest",
+    "StepPrediction",
+    "critical_data_backtest",
+    "critical_data_sizes",
+    "fit_critical_data",
+    "generalization_backtest",
+    "phase_regions",
+    "DownstreamForecast",
+    "Evaluations",
+    "TransferCheck",
+    "forecast_downstream",
+    "transfer_check",
 ]

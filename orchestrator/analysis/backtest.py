@@ -47,20 +47,38 @@ class Backtest:
 
     def to_dict(self) -> dict:
         """Flat: approach, flops, ..., N_opt_predicted, N_opt_predicted_low, ..., N_opt_error, reason."""
-        out: dict = {"approach": self.approach, "flops": self.flops, "n_budgets": self.n_budgets,
-                     "n_runs": self.n_runs}
+        out: dict = {
+            "approach": self.approach,
+            "flops": self.flops,
+            "n_budgets": self.n_budgets,
+            "n_runs": self.n_runs,
+        }
         for name in ("N_opt_predicted", "N_opt_observed", "L_opt_predicted", "L_opt_observed"):
             est = getattr(self, name)
-            out.update({name: None if est is None else est.value, f"{name}_low": None if est is None else est.low,
-                        f"{name}_high": None if est is None else est.high})
+            out.update(
+                {
+                    name: None if est is None else est.value,
+                    f"{name}_low": None if est is None else est.low,
+                    f"{name}_high": None if est is None else est.high,
+                }
+            )
         out.update(N_opt_error=self.N_opt_error, L_opt_error=self.L_opt_error, reason=self.reason)
         return jsonable(out)
 
 
-def extrapolation_backtest(n: np.ndarray, flops: np.ndarray, loss: np.ndarray, *,
-                           predictors: tuple[str, ...] = PREDICTORS, flops_per_token: float = FLOPS_PER_TOKEN,
-                           n_boot: int = 200, ci: float = 0.95, seed: int = 0, min_budgets: int = 3,
-                           budget_rtol: float = 1e-3) -> tuple[Backtest, ...]:
+def extrapolation_backtest(
+    n: np.ndarray,
+    flops: np.ndarray,
+    loss: np.ndarray,
+    *,
+    predictors: tuple[str, ...] = PREDICTORS,
+    flops_per_token: float = FLOPS_PER_TOKEN,
+    n_boot: int = 200,
+    ci: float = 0.95,
+    seed: int = 0,
+    min_budgets: int = 3,
+    budget_rtol: float = 1e-3,
+) -> tuple[Backtest, ...]:
     """Backtest each of `predictors` on IsoFLOP runs (N, budget, final loss per run)."""
     unknown = set(predictors) - set(PREDICTORS)
     if unknown:
@@ -71,34 +89,65 @@ def extrapolation_backtest(n: np.ndarray, flops: np.ndarray, loss: np.ndarray, *
     groups = group_budgets(flops, budget_rtol)
     held = full.budgets[-1]
     train = np.concatenate([idx for _, idx in groups[:-1]]) if len(groups) > 1 else np.array([], dtype=int)
-    base = dict(flops=held.flops, n_budgets=len(groups) - 1, n_runs=int(train.size),
-                N_opt_observed=held.N_opt, L_opt_observed=held.L_opt)
+    base = dict(
+        flops=held.flops,
+        n_budgets=len(groups) - 1,
+        n_runs=int(train.size),
+        N_opt_observed=held.N_opt,
+        L_opt_observed=held.L_opt,
+    )
     out = []
     for name in predictors:
         if not held.trusted:
             reason = f"the largest budget has no observed optimum to compare with: {held.reason}"
-            out.append(Backtest(name, **base, N_opt_predicted=None, L_opt_predicted=None, N_opt_error=None,
-                                L_opt_error=None, reason=reason))
+            out.append(
+                Backtest(
+                    name,
+                    **base,
+                    N_opt_predicted=None,
+                    L_opt_predicted=None,
+                    N_opt_error=None,
+                    L_opt_error=None,
+                    reason=reason,
+                )
+            )
             continue
         if name == "isoflop":
-            part = (fit_isoflop(n[train], flops[train], loss[train], min_budgets=min_budgets, **kw)
-                    if train.size else None)
+            part = (
+                fit_isoflop(n[train], flops[train], loss[train], min_budgets=min_budgets, **kw)
+                if train.size
+                else None
+            )
             n_pred, l_pred, reason = isoflop_prediction(part, held.flops, flops_per_token, ci, min_budgets)
         else:
-            n_pred, l_pred, reason = _loss_law_prediction(n[train], flops[train], loss[train], held.flops,
-                                                          flops_per_token, n_boot, ci, seed)
-        out.append(Backtest(name, **base, N_opt_predicted=n_pred, L_opt_predicted=l_pred,
-                            N_opt_error=_error(n_pred, held.N_opt), L_opt_error=_error(l_pred, held.L_opt),
-                            reason=reason))
+            n_pred, l_pred, reason = _loss_law_prediction(
+                n[train], flops[train], loss[train], held.flops, flops_per_token, n_boot, ci, seed
+            )
+        out.append(
+            Backtest(
+                name,
+                **base,
+                N_opt_predicted=n_pred,
+                L_opt_predicted=l_pred,
+                N_opt_error=_error(n_pred, held.N_opt),
+                L_opt_error=_error(l_pred, held.L_opt),
+                reason=reason,
+            )
+        )
     return tuple(out)
 
 
-def isoflop_prediction(part: IsoFlopFit | None, c: float, k: float, ci: float,
-                       min_budgets: int) -> tuple[Estimate | None, Estimate | None, str | None]:
+def isoflop_prediction(
+    part: IsoFlopFit | None, c: float, k: float, ci: float, min_budgets: int
+) -> tuple[Estimate | None, Estimate | None, str | None]:
     """(N_opt, L_opt, None) at budget `c` from an IsoFLOP fit (the "isoflop" predictor of the module
     docstring), or (None, None, why) without a power law; `grokscale plan` forecasts with it too."""
     if part is None or part.law is None:
-        reason = part.frontier.reason if part is not None else f"no smaller budget; the power law needs {min_budgets}"
+        reason = (
+            part.frontier.reason
+            if part is not None
+            else f"no smaller budget; the power law needs {min_budgets}"
+        )
         return None, None, f"no fit on the smaller budgets: {reason}"
     n_pred = part.law.n_opt(c, k, ci)
     trusted = np.array([b.trusted for b in part.budgets])

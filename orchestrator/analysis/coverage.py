@@ -69,8 +69,13 @@ class Coverage:
     sources: tuple[str, ...]
 
     def to_dict(self) -> dict:
-        return jsonable({k: getattr(self, k) for k in ("kind", "n", "held", "rate", "rate_low", "rate_high",
-                                                       "factor", "flagged")} | {"sources": list(self.sources)})
+        return jsonable(
+            {
+                k: getattr(self, k)
+                for k in ("kind", "n", "held", "rate", "rate_low", "rate_high", "factor", "flagged")
+            }
+            | {"sources": list(self.sources)}
+        )
 
 
 def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
@@ -89,5 +94,14 @@ def coverage(kind: str, checks: list[Check]) -> Coverage:
     # The smallest factor that puts at least NOMINAL of the truths inside: an order statistic,
     # not an interpolation between two (with 2 backtests, 90% means both).
     factor = float(np.quantile([c.scale for c in checks], NOMINAL, method="higher"))
-    return Coverage(kind, len(checks), held, rate, low, high, factor, rate < FLAG_BELOW,
-                    tuple(sorted({c.source for c in checks})))
+    return Coverage(
+        kind,
+        len(checks),
+        held,
+        rate,
+        low,
+        high,
+        factor,
+        rate < FLAG_BELOW,
+        tuple(sorted({c.source for c in checks})),
+    )

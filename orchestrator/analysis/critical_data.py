@@ -58,8 +58,12 @@ class CriticalData:
         return float(np.sqrt(self.low * self.high)) if self.censoring == "interval" else None
 
     def to_dict(self) -> dict:
-        return jsonable({**{k: getattr(self, k) for k in ("n", "low", "high", "censoring", "n_values", "note")},
-                         "value": self.value})
+        return jsonable(
+            {
+                **{k: getattr(self, k) for k in ("n", "low", "high", "censoring", "n_values", "note")},
+                "value": self.value,
+            }
+        )
 
 
 @dataclass(frozen=True)
@@ -69,12 +73,16 @@ class CriticalDataLaw:
 
     exponent: Estimate | None
     log10_prefactor: float | None
-    direction: Literal["grows", "shrinks", "undecided"] | None  # D* as N grows, decided by the exponent's range
+    direction: (
+        Literal["grows", "shrinks", "undecided"] | None
+    )  # D* as N grows, decided by the exponent's range
     n_sizes: int
     n_bracketed: int
     sizes: tuple[float, ...]
     reason: str | None = None
-    brackets: tuple[tuple[float, float, float], ...] = ()  # per size: log10 N, log10 low (or -inf), log10 high (or inf)
+    brackets: tuple[
+        tuple[float, float, float], ...
+    ] = ()  # per size: log10 N, log10 low (or -inf), log10 high (or inf)
 
     def predict(self, n: float) -> Estimate | None:
         """D* at model size n: the law's value and the range of every line through all brackets."""
@@ -83,15 +91,25 @@ class CriticalDataLaw:
         x = float(np.log10(n))
         lo, hi = _line_range(self.brackets, x)
         value = 10 ** (self.log10_prefactor + self.exponent.value * x)
-        return Estimate(float(value), None if lo is None else float(10 ** lo), None if hi is None else float(10 ** hi))
+        return Estimate(
+            float(value), None if lo is None else float(10**lo), None if hi is None else float(10**hi)
+        )
 
     def to_dict(self) -> dict:
         exp = self.exponent
-        return jsonable({"exponent": None if exp is None else exp.value,
-                         "exponent_low": None if exp is None else exp.low,
-                         "exponent_high": None if exp is None else exp.high, "log10_prefactor": self.log10_prefactor,
-                         "direction": self.direction, "n_sizes": self.n_sizes, "n_bracketed": self.n_bracketed,
-                         "sizes": self.sizes, "reason": self.reason})
+        return jsonable(
+            {
+                "exponent": None if exp is None else exp.value,
+                "exponent_low": None if exp is None else exp.low,
+                "exponent_high": None if exp is None else exp.high,
+                "log10_prefactor": self.log10_prefactor,
+                "direction": self.direction,
+                "n_sizes": self.n_sizes,
+                "n_bracketed": self.n_bracketed,
+                "sizes": self.sizes,
+                "reason": self.reason,
+            }
+        )
 
 
 @dataclass(frozen=True)
@@ -111,11 +129,20 @@ class CriticalDataBacktest:
 
     def to_dict(self) -> dict:
         p = self.predicted
-        return jsonable({"n": self.n, "fitted_sizes": self.fitted_sizes,
-                         "predicted": None if p is None else p.value, "predicted_low": None if p is None else p.low,
-                         "predicted_high": None if p is None else p.high, "observed": self.observed.to_dict(),
-                         "error": self.error, "within_bracket": self.within_bracket, "agrees": self.agrees,
-                         "reason": self.reason})
+        return jsonable(
+            {
+                "n": self.n,
+                "fitted_sizes": self.fitted_sizes,
+                "predicted": None if p is None else p.value,
+                "predicted_low": None if p is None else p.low,
+                "predicted_high": None if p is None else p.high,
+                "observed": self.observed.to_dict(),
+                "error": self.error,
+                "within_bracket": self.within_bracket,
+                "agrees": self.agrees,
+                "reason": self.reason,
+            }
+        )
 
 
 def critical_data_sizes(n: np.ndarray, d: np.ndarray, generalized: np.ndarray) -> tuple[CriticalData, ...]:
@@ -123,7 +150,9 @@ def critical_data_sizes(n: np.ndarray, d: np.ndarray, generalized: np.ndarray) -
     n, d = np.asarray(n, dtype=float).ravel(), np.asarray(d, dtype=float).ravel()
     generalized = np.asarray(generalized, dtype=bool).ravel()
     if not n.size == d.size == generalized.size:
-        raise ValueError(f"n, d and generalized must have the same length, got {n.size}, {d.size}, {generalized.size}")
+        raise ValueError(
+            f"n, d and generalized must have the same length, got {n.size}, {d.size}, {generalized.size}"
+        )
     ok = np.isfinite(n) & np.isfinite(d) & (n > 0) & (d > 0)
     out = []
     for size in np.unique(n[ok]):
@@ -141,12 +170,17 @@ def critical_data_sizes(n: np.ndarray, d: np.ndarray, generalized: np.ndarray) -
         elif first == 0:
             out.append(CriticalData(float(size), None, float(ds[0]), "left", int(ds.size), note))
         else:
-            out.append(CriticalData(float(size), float(ds[first - 1]), float(ds[first]), "interval", int(ds.size),
-                                    note))
+            out.append(
+                CriticalData(
+                    float(size), float(ds[first - 1]), float(ds[first]), "interval", int(ds.size), note
+                )
+            )
     return tuple(out)
 
 
-def fit_critical_data(points: Sequence[CriticalData], *, min_bracketed: int = MIN_BRACKETED) -> CriticalDataLaw:
+def fit_critical_data(
+    points: Sequence[CriticalData], *, min_bracketed: int = MIN_BRACKETED
+) -> CriticalDataLaw:
     """The power law D*(N) through the brackets of `points` (see the module's docstring)."""
     points = sorted(points, key=lambda p: p.n)
     sizes = tuple(p.n for p in points)
@@ -154,29 +188,58 @@ def fit_critical_data(points: Sequence[CriticalData], *, min_bracketed: int = MI
     base = dict(n_sizes=len(points), n_bracketed=len(two_sided), sizes=sizes)
     none = dict(exponent=None, log10_prefactor=None, direction=None)
     if len({p.n for p in two_sided}) < min_bracketed:
-        censored = ", ".join(f"N = {p.n:g}: D* {'<=' if p.censoring == 'left' else '>'} "
-                             f"{p.high if p.censoring == 'left' else p.low:g}"
-                             for p in points if p.censoring != "interval")
-        return CriticalDataLaw(**none, **base, reason=(
-            f"insufficient data: {len(two_sided)} model size(s) with D* bracketed on both sides, the law needs "
-            f"{min_bracketed}" + (f"; censored: {censored}" if censored else "")))
-    brackets = tuple((float(np.log10(p.n)), -np.inf if p.low is None else float(np.log10(p.low)),
-                      np.inf if p.high is None else float(np.log10(p.high))) for p in points)
+        censored = ", ".join(
+            f"N = {p.n:g}: D* {'<=' if p.censoring == 'left' else '>'} "
+            f"{p.high if p.censoring == 'left' else p.low:g}"
+            for p in points
+            if p.censoring != "interval"
+        )
+        return CriticalDataLaw(
+            **none,
+            **base,
+            reason=(
+                f"insufficient data: {len(two_sided)} model size(s) with D* bracketed on both sides, the law needs "
+                f"{min_bracketed}" + (f"; censored: {censored}" if censored else "")
+            ),
+        )
+    brackets = tuple(
+        (
+            float(np.log10(p.n)),
+            -np.inf if p.low is None else float(np.log10(p.low)),
+            np.inf if p.high is None else float(np.log10(p.high)),
+        )
+        for p in points
+    )
     if not _feasible(brackets):
-        return CriticalDataLaw(**none, **base, reason="no power law passes through every bracket: D*(N) is not a "
-                                                      "power law on this grid (or one size is an outlier)")
+        return CriticalDataLaw(
+            **none,
+            **base,
+            reason="no power law passes through every bracket: D*(N) is not a "
+            "power law on this grid (or one size is an outlier)",
+        )
     x = np.log10([p.n for p in two_sided])
     y = np.log10([p.value for p in two_sided])
     b, a = np.polyfit(x, y, 1)
     b_lo, b_hi = _slope_range(brackets)
-    direction = ("grows" if b_lo is not None and b_lo > 0 else "shrinks" if b_hi is not None and b_hi < 0
-                 else "undecided")
-    return CriticalDataLaw(exponent=Estimate(float(b), b_lo, b_hi), log10_prefactor=float(a), direction=direction,
-                           **base, brackets=brackets)
+    direction = (
+        "grows"
+        if b_lo is not None and b_lo > 0
+        else "shrinks"
+        if b_hi is not None and b_hi < 0
+        else "undecided"
+    )
+    return CriticalDataLaw(
+        exponent=Estimate(float(b), b_lo, b_hi),
+        log10_prefactor=float(a),
+        direction=direction,
+        **base,
+        brackets=brackets,
+    )
 
 
-def critical_data_backtest(points: Sequence[CriticalData], *, min_sizes: int = MIN_BRACKETED
-                           ) -> tuple[CriticalDataBacktest, ...]:
+def critical_data_backtest(
+    points: Sequence[CriticalData], *, min_sizes: int = MIN_BRACKETED
+) -> tuple[CriticalDataBacktest, ...]:
     """Each model size from the (min_sizes + 1)-th on, predicted from the smaller sizes alone (the
     last one is the leave-last-out backtest: D* at the largest N before it was trained)."""
     points = sorted(points, key=lambda p: p.n)
@@ -186,16 +249,35 @@ def critical_data_backtest(points: Sequence[CriticalData], *, min_sizes: int = M
         law = fit_critical_data(points[:j], min_bracketed=min_sizes)
         pred = law.predict(held.n)
         if pred is None:
-            out.append(CriticalDataBacktest(held.n, law.sizes, None, held, None, None, None,
-                                            reason=f"no law on the smaller sizes: {law.reason}"))
+            out.append(
+                CriticalDataBacktest(
+                    held.n,
+                    law.sizes,
+                    None,
+                    held,
+                    None,
+                    None,
+                    None,
+                    reason=f"no law on the smaller sizes: {law.reason}",
+                )
+            )
             continue
         lo = -np.inf if held.low is None else held.low
         hi = np.inf if held.high is None else held.high
         error = pred.value / held.value - 1 if held.value is not None else None
         p_lo = 0.0 if pred.low is None else pred.low
         p_hi = np.inf if pred.high is None else pred.high
-        out.append(CriticalDataBacktest(held.n, law.sizes, pred, held, None if error is None else float(error),
-                                        bool(lo < pred.value <= hi), bool(p_lo <= hi and p_hi > lo)))
+        out.append(
+            CriticalDataBacktest(
+                held.n,
+                law.sizes,
+                pred,
+                held,
+                None if error is None else float(error),
+                bool(lo < pred.value <= hi),
+                bool(p_lo <= hi and p_hi > lo),
+            )
+        )
     return tuple(out)
 
 
@@ -211,7 +293,9 @@ def _linprog(c: np.ndarray, brackets) -> float | None:
         if np.isfinite(lo):
             rows.append([-1.0, -x])
             rhs.append(-lo)
-    res = linprog(c, A_ub=np.array(rows), b_ub=np.array(rhs), bounds=[(None, None), (None, None)], method="highs")
+    res = linprog(
+        c, A_ub=np.array(rows), b_ub=np.array(rhs), bounds=[(None, None), (None, None)], method="highs"
+    )
     if res.status == 3:
         return None
     return float(res.fun) if res.status == 0 else float("nan")

@@ -119,9 +119,19 @@ class SigmoidFit:
         for name in ("a", "k", "L0", "b"):
             est = getattr(self, name)
             out.update({name: est.value, f"{name}_low": est.low, f"{name}_high": est.high})
-        out.update(b_fixed=self.b_fixed, width=self.width, r2=self.r2, residual_std=self.residual_std,
-                   loss_min=self.loss_min, loss_max=self.loss_max, n_points=self.n_points, n_boot=self.n_boot,
-                   ci=self.ci, accepted=self.accepted, reasons=list(self.reasons))
+        out.update(
+            b_fixed=self.b_fixed,
+            width=self.width,
+            r2=self.r2,
+            residual_std=self.residual_std,
+            loss_min=self.loss_min,
+            loss_max=self.loss_max,
+            n_points=self.n_points,
+            n_boot=self.n_boot,
+            ci=self.ci,
+            accepted=self.accepted,
+            reasons=list(self.reasons),
+        )
         return jsonable(out)
 
 
@@ -150,13 +160,27 @@ class Prediction:
         return "; ".join(self.reasons) or None
 
     def to_dict(self) -> dict:
-        return jsonable({"group": self.group, "n": self.n, "d": self.d, "loss": self.loss.value,
-                         "loss_low": self.loss.low, "loss_high": self.loss.high, "metric": self.metric.value,
-                         "metric_low": self.metric.low, "metric_high": self.metric.high,
-                         "extrapolation": {"n_ratio": self.n_ratio, "d_ratio": self.d_ratio,
-                                           "loss_beyond_range": self.loss_beyond_range,
-                                           "loss_beyond_width": self.loss_beyond_width},
-                         "predictable": self.predictable, "reason": self.reason})
+        return jsonable(
+            {
+                "group": self.group,
+                "n": self.n,
+                "d": self.d,
+                "loss": self.loss.value,
+                "loss_low": self.loss.low,
+                "loss_high": self.loss.high,
+                "metric": self.metric.value,
+                "metric_low": self.metric.low,
+                "metric_high": self.metric.high,
+                "extrapolation": {
+                    "n_ratio": self.n_ratio,
+                    "d_ratio": self.d_ratio,
+                    "loss_beyond_range": self.loss_beyond_range,
+                    "loss_beyond_width": self.loss_beyond_width,
+                },
+                "predictable": self.predictable,
+                "reason": self.reason,
+            }
+        )
 
 
 @dataclass(frozen=True)
@@ -175,12 +199,16 @@ class DownstreamForecast:
 
     def to_dict(self) -> dict:
         """The group's fits; the predictions are listed apart (`predictions_dict`)."""
-        return jsonable({"group": self.group, "n_runs": self.n_runs,
-                         "loss_law": {**self.law.to_dict(), **self.law_check.to_dict()},
-                         "sigmoid": self.sigmoid.to_dict(),
-                         "noise": {"std": self.noise, "source": self.noise_source,
-                                   "checkpoints": NOISE_CHECKPOINTS},
-                         "largest_run": dict(zip(("n", "d", "metric"), self.largest))})
+        return jsonable(
+            {
+                "group": self.group,
+                "n_runs": self.n_runs,
+                "loss_law": {**self.law.to_dict(), **self.law_check.to_dict()},
+                "sigmoid": self.sigmoid.to_dict(),
+                "noise": {"std": self.noise, "source": self.noise_source, "checkpoints": NOISE_CHECKPOINTS},
+                "largest_run": dict(zip(("n", "d", "metric"), self.largest)),
+            }
+        )
 
 
 def sigmoid(loss: np.ndarray, a, k, L0, b) -> np.ndarray:
@@ -188,10 +216,20 @@ def sigmoid(loss: np.ndarray, a, k, L0, b) -> np.ndarray:
     return b + a * expit(-k * (loss - L0))
 
 
-def forecast_downstream(n: np.ndarray, d: np.ndarray, loss: np.ndarray, evaluations: Evaluations,
-                        targets: Sequence[tuple[float, float]], *, chance: float | None = None,
-                        n_boot: int = 200, ci: float = CI, seed: int = 0, group: object = None,
-                        loss_starts: np.ndarray | None = None) -> DownstreamForecast:
+def forecast_downstream(
+    n: np.ndarray,
+    d: np.ndarray,
+    loss: np.ndarray,
+    evaluations: Evaluations,
+    targets: Sequence[tuple[float, float]],
+    *,
+    chance: float | None = None,
+    n_boot: int = 200,
+    ci: float = CI,
+    seed: int = 0,
+    group: object = None,
+    loss_starts: np.ndarray | None = None,
+) -> DownstreamForecast:
     """Fit both steps to the small runs (n, d, final loss; one row each) and their `evaluations`,
     and forecast the metric at each target (N, D). `loss_starts`: step 1's initializations
     (default the Hoffmann et al. grid, see `fit_scaling_law`)."""
@@ -203,13 +241,27 @@ def forecast_downstream(n: np.ndarray, d: np.ndarray, loss: np.ndarray, evaluati
             raise ValueError(f"a target's N and D must be finite and > 0, got N={tn:g}, D={td:g}")
     run_unit, ev_unit, n_units = _units(n, d, ev.n, ev.d)
     rng = np.random.default_rng(seed)
-    unit_counts = np.stack([np.bincount(rng.integers(0, n_units, n_units), minlength=n_units)
-                            for _ in range(n_boot)]).astype(float) if n_boot > 0 else np.zeros((0, n_units))
-    law = fit_scaling_law(n, d, loss, n_boot=n_boot, ci=ci, seed=seed, starts=loss_starts,
-                          counts=unit_counts[:, run_unit] if n_boot > 0 else None)
+    unit_counts = (
+        np.stack(
+            [np.bincount(rng.integers(0, n_units, n_units), minlength=n_units) for _ in range(n_boot)]
+        ).astype(float)
+        if n_boot > 0
+        else np.zeros((0, n_units))
+    )
+    law = fit_scaling_law(
+        n,
+        d,
+        loss,
+        n_boot=n_boot,
+        ci=ci,
+        seed=seed,
+        starts=loss_starts,
+        counts=unit_counts[:, run_unit] if n_boot > 0 else None,
+    )
     law_check = check_fit(law, n, d, loss)
-    sig = fit_sigmoid(ev.loss, ev.metric, chance=chance, ci=ci,
-                      counts=unit_counts[:, ev_unit] if n_boot > 0 else None)
+    sig = fit_sigmoid(
+        ev.loss, ev.metric, chance=chance, ci=ci, counts=unit_counts[:, ev_unit] if n_boot > 0 else None
+    )
     noise, source, largest = _noise_and_largest(ev, ev_unit, sig)
     log_resid = np.log(loss) - np.log(law.predict(n, d))
     log_resid = log_resid * np.sqrt(n.size / max(n.size - 5, 1))
@@ -220,14 +272,47 @@ def forecast_downstream(n: np.ndarray, d: np.ndarray, loss: np.ndarray, evaluati
     predictions = []
     for i, (tn, td) in enumerate(targets):
         noise_rng = np.random.default_rng([seed, i])
-        predictions.append(_predict(tn, td, law, law_check, sig, law_boot, sig_boot, log_resid, metric_resid,
-                                    noise, largest, n.max(), d.max(), ci, noise_rng, group))
-    return DownstreamForecast(law=law, law_check=law_check, sigmoid=sig, noise=noise, noise_source=source,
-                              largest=largest, n_runs=n_units, predictions=tuple(predictions), group=group)
+        predictions.append(
+            _predict(
+                tn,
+                td,
+                law,
+                law_check,
+                sig,
+                law_boot,
+                sig_boot,
+                log_resid,
+                metric_resid,
+                noise,
+                largest,
+                n.max(),
+                d.max(),
+                ci,
+                noise_rng,
+                group,
+            )
+        )
+    return DownstreamForecast(
+        law=law,
+        law_check=law_check,
+        sigmoid=sig,
+        noise=noise,
+        noise_source=source,
+        largest=largest,
+        n_runs=n_units,
+        predictions=tuple(predictions),
+        group=group,
+    )
 
 
-def fit_sigmoid(loss: np.ndarray, metric: np.ndarray, *, chance: float | None = None, ci: float = CI,
-                counts: np.ndarray | None = None) -> SigmoidFit:
+def fit_sigmoid(
+    loss: np.ndarray,
+    metric: np.ndarray,
+    *,
+    chance: float | None = None,
+    ci: float = CI,
+    counts: np.ndarray | None = None,
+) -> SigmoidFit:
     """Step 2 alone: metric = a / (1 + exp(k (L - L0))) + b by least squares; `counts`
     (n_boot, n_points) the bootstrap's weights per evaluation (none: no interval)."""
     loss, metric = np.asarray(loss, dtype=float).ravel(), np.asarray(metric, dtype=float).ravel()
@@ -277,14 +362,29 @@ def fit_sigmoid(loss: np.ndarray, metric: np.ndarray, *, chance: float | None = 
         b = Estimate(float(chance), float(chance), float(chance))
     residuals = metric - sigmoid(loss, *point)  # observed minus fitted
     spread = float(np.sum((metric - metric.mean()) ** 2))
-    r2 = 1.0 - float(np.sum(residuals ** 2)) / spread if spread > 0 else None
+    r2 = 1.0 - float(np.sum(residuals**2)) / spread if spread > 0 else None
     for arr in (boot, rows, residuals):
         arr.setflags(write=False)
     dof = max(n_points - (3 if b_fixed else 4), 1)
-    fit = SigmoidFit(a=a, k=k, L0=L0, b=b, b_fixed=b_fixed, r2=r2,
-                     residual_std=float(np.sqrt(np.sum(residuals ** 2) / dof)), loss_min=lo, loss_max=hi,
-                     n_points=n_points, n_boot=len(boot), ci=ci, accepted=True, reasons=(),
-                     residuals=residuals, boot=boot, boot_rows=rows)
+    fit = SigmoidFit(
+        a=a,
+        k=k,
+        L0=L0,
+        b=b,
+        b_fixed=b_fixed,
+        r2=r2,
+        residual_std=float(np.sqrt(np.sum(residuals**2) / dof)),
+        loss_min=lo,
+        loss_max=hi,
+        n_points=n_points,
+        n_boot=len(boot),
+        ci=ci,
+        accepted=True,
+        reasons=(),
+        residuals=residuals,
+        boot=boot,
+        boot_rows=rows,
+    )
     reasons = check_sigmoid(fit, loss)
     return dataclasses.replace(fit, accepted=not reasons, reasons=reasons)
 
@@ -300,40 +400,65 @@ def check_sigmoid(fit: SigmoidFit, loss: np.ndarray) -> tuple[str, ...]:
     if fit.a.value <= 0:
         reasons.append(f"a = {fit.a.value:.3g} <= 0: the metric does not rise as the loss falls")
     if not lo <= fit.L0.value <= hi:
-        reasons.append(f"the midpoint L0 = {fit.L0.value:.4g} lies outside the observed losses "
-                       f"[{lo:.4g}, {hi:.4g}]: step 2 never saw the sigmoid bend")
+        reasons.append(
+            f"the midpoint L0 = {fit.L0.value:.4g} lies outside the observed losses "
+            f"[{lo:.4g}, {hi:.4g}]: step 2 never saw the sigmoid bend"
+        )
     width = fit.width
     if width > MAX_WIDTH_RATIO * span:
-        reasons.append(f"k = {fit.k.value:.3g} is at its lower bound: the 10-90% width {width:.3g} is over "
-                       f"{MAX_WIDTH_RATIO:g}x the observed loss range {span:.3g} (a line, no bend)")
+        reasons.append(
+            f"k = {fit.k.value:.3g} is at its lower bound: the 10-90% width {width:.3g} is over "
+            f"{MAX_WIDTH_RATIO:g}x the observed loss range {span:.3g} (a line, no bend)"
+        )
     elif lo <= fit.L0.value <= hi:
         seen = np.unique(loss)
         below, above = seen[seen <= fit.L0.value].max(), seen[seen >= fit.L0.value].min()
         if width < above - below:
-            reasons.append(f"k = {fit.k.value:.3g} is at its upper bound: the rise (width {width:.3g}) "
-                           f"lies between two observed losses {below:.4g} and {above:.4g} "
-                           "(a step, its shape unseen)")
+            reasons.append(
+                f"k = {fit.k.value:.3g} is at its upper bound: the rise (width {width:.3g}) "
+                f"lies between two observed losses {below:.4g} and {above:.4g} "
+                "(a step, its shape unseen)"
+            )
     k, L0 = fit.k, fit.L0
     if k.low is None or k.high is None or k.low <= 0 or not np.isfinite(k.high):
         reasons.append("k's interval is open: the data do not bound it")
     elif np.log10(k.high / k.low) > MAX_K_DECADES:
-        reasons.append(f"k's interval [{k.low:.3g}, {k.high:.3g}] spans {np.log10(k.high / k.low):.1f} "
-                       f"decades (> {MAX_K_DECADES:g})")
+        reasons.append(
+            f"k's interval [{k.low:.3g}, {k.high:.3g}] spans {np.log10(k.high / k.low):.1f} "
+            f"decades (> {MAX_K_DECADES:g})"
+        )
     if L0.low is None or L0.high is None:
         reasons.append("L0's interval is open: the data do not bound it")
     elif L0.high - L0.low > span:
-        reasons.append(f"L0's interval [{L0.low:.4g}, {L0.high:.4g}] is wider than the observed loss range "
-                       f"{span:.3g}")
+        reasons.append(
+            f"L0's interval [{L0.low:.4g}, {L0.high:.4g}] is wider than the observed loss range {span:.3g}"
+        )
     return tuple(reasons)
 
 
-def _predict(tn, td, law, law_check, sig, law_boot, sig_boot, log_resid, metric_resid, noise, largest,
-             n_max, d_max, ci, rng, group) -> Prediction:
+def _predict(
+    tn,
+    td,
+    law,
+    law_check,
+    sig,
+    law_boot,
+    sig_boot,
+    log_resid,
+    metric_resid,
+    noise,
+    largest,
+    n_max,
+    d_max,
+    ci,
+    rng,
+    group,
+) -> Prediction:
     loss = float(law.predict(tn, td))
     metric = float(sig.predict(loss))
     with np.errstate(over="ignore", invalid="ignore"):
         e, a, alpha, b, beta = law_boot.T  # scaling.BOOT_COLUMNS
-        boot_loss = e + a / tn ** alpha + b / td ** beta
+        boot_loss = e + a / tn**alpha + b / td**beta
         boot_loss = boot_loss * np.exp(rng.choice(log_resid, boot_loss.size))
         boot_metric = sigmoid(boot_loss, *sig_boot.T) + rng.choice(metric_resid, boot_loss.size)
     loss_est = Estimate(loss, *interval(boot_loss, ci))
@@ -349,17 +474,30 @@ def _predict(tn, td, law, law_check, sig, law_boot, sig_boot, log_resid, metric_
     if loss < sig.loss_min - width or loss > sig.loss_max + width:
         below = loss < sig.loss_min
         side, edge = ("below the lowest", sig.loss_min) if below else ("above the highest", sig.loss_max)
-        reasons.append(f"the target's loss {loss:.4g} lies {abs(loss - edge):.3g} {side} observed loss "
-                       f"{edge:.4g}, more than the sigmoid's 10-90% width {width:.3g}: "
-                       "past where step 2 saw it bend")
+        reasons.append(
+            f"the target's loss {loss:.4g} lies {abs(loss - edge):.3g} {side} observed loss "
+            f"{edge:.4g}, more than the sigmoid's 10-90% width {width:.3g}: "
+            "past where step 2 saw it bend"
+        )
     change = abs(metric - largest[2])
     if change < NOISE_RATIO * noise:
-        reasons.append(f"noise: the predicted change {change:.3g} from the largest small run "
-                       f"(N={largest[0]:.3g}, D={largest[1]:.3g}) is below {NOISE_RATIO:g}x the metric's "
-                       f"checkpoint noise {noise:.3g}")
-    return Prediction(n=tn, d=td, loss=loss_est, metric=metric_est, n_ratio=tn / n_max, d_ratio=td / d_max,
-                      loss_beyond_range=beyond / span if span > 0 else float("inf"),
-                      loss_beyond_width=beyond / width, reasons=tuple(reasons), group=group)
+        reasons.append(
+            f"noise: the predicted change {change:.3g} from the largest small run "
+            f"(N={largest[0]:.3g}, D={largest[1]:.3g}) is below {NOISE_RATIO:g}x the metric's "
+            f"checkpoint noise {noise:.3g}"
+        )
+    return Prediction(
+        n=tn,
+        d=td,
+        loss=loss_est,
+        metric=metric_est,
+        n_ratio=tn / n_max,
+        d_ratio=td / d_max,
+        loss_beyond_range=beyond / span if span > 0 else float("inf"),
+        loss_beyond_width=beyond / width,
+        reasons=tuple(reasons),
+        group=group,
+    )
 
 
 def _noise_and_largest(ev: Evaluations, ev_unit: np.ndarray, sig: SigmoidFit):
@@ -389,13 +527,17 @@ def _units(n, d, ev_n, ev_d) -> tuple[np.ndarray, np.ndarray, int]:
     """Each run's and each evaluation's resampling unit: one per distinct (N, D)."""
     keys = np.unique(np.concatenate([np.stack([n, d], 1), np.stack([ev_n, ev_d], 1)]), axis=0)
     lookup = {tuple(k): i for i, k in enumerate(keys)}
-    return (np.array([lookup[(a, b)] for a, b in zip(n, d)], dtype=int),
-            np.array([lookup[(a, b)] for a, b in zip(ev_n, ev_d)], dtype=int), len(keys))
+    return (
+        np.array([lookup[(a, b)] for a, b in zip(n, d)], dtype=int),
+        np.array([lookup[(a, b)] for a, b in zip(ev_n, ev_d)], dtype=int),
+        len(keys),
+    )
 
 
 def _validate_evaluations(ev: Evaluations) -> Evaluations:
-    arrays = {name: np.asarray(getattr(ev, name), dtype=float).ravel()
-              for name in ("n", "d", "loss", "metric")}
+    arrays = {
+        name: np.asarray(getattr(ev, name), dtype=float).ravel() for name in ("n", "d", "loss", "metric")
+    }
     step = None if ev.step is None else np.asarray(ev.step, dtype=float).ravel()
     sizes = {a.size for a in arrays.values()} | ({step.size} if step is not None else set())
     if len(sizes) != 1:
@@ -434,8 +576,9 @@ def _sigmoid_starts(loss: np.ndarray, metric: np.ndarray, chance: float | None) 
     return np.array(rows)
 
 
-def _sigmoid_objective(loss: np.ndarray, metric: np.ndarray, weights: np.ndarray, weight_row: np.ndarray,
-                       chance: float | None):
+def _sigmoid_objective(
+    loss: np.ndarray, metric: np.ndarray, weights: np.ndarray, weight_row: np.ndarray, chance: float | None
+):
     """Half the weighted mean squared residual and its gradient, for rows (a, log k, L0[, b]);
     problem j uses weights[weight_row[j]] (each row summing to 1)."""
     shared = weights.shape[0] == 1

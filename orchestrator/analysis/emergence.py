@@ -69,7 +69,9 @@ MAX_FIT_RATIO = 1e6  # reported in place of infinity (a sigmoid that fits exactl
 MAX_EXPONENT = 2.0  # the steepest smooth power law considered, per decade (see _fit_ratio)
 N_FREE = 3  # free parameters of each curve the sharpness test compares (sigmoid; power law)
 MIN_SCALES_SHARPNESS = N_FREE + 2  # AICc's correction 2k(k+1)/(n-k-1) needs n > k + 1
-STEP_BAND = 0.1  # a scale mean within this fraction of the jump from floor or ceiling is "not inside the rise"
+STEP_BAND = (
+    0.1  # a scale mean within this fraction of the jump from floor or ceiling is "not inside the rise"
+)
 
 
 @dataclass(frozen=True)
@@ -120,8 +122,12 @@ class EmergenceFit:
         return None if self.ceiling is None else (self.floor + self.ceiling) / 2
 
     def to_dict(self) -> dict:
-        return jsonable({**{k: getattr(self, k) for k in self.__dataclass_fields__},
-                         "midpoint_level": self.midpoint_level})
+        return jsonable(
+            {
+                **{k: getattr(self, k) for k in self.__dataclass_fields__},
+                "midpoint_level": self.midpoint_level,
+            }
+        )
 
 
 @dataclass(frozen=True)
@@ -137,16 +143,33 @@ class CriticalSizes:
     n_star: tuple[tuple[float, EmergenceFit], ...]
 
     def to_dict(self) -> dict:
-        return jsonable({"metric": self.metric, "n_col": self.n_col, "d_col": self.d_col, "chance": self.chance,
-                         "d_star": [{"n": n, **fit.to_dict()} for n, fit in self.d_star],
-                         "n_star": [{"d": d, **fit.to_dict()} for d, fit in self.n_star]})
+        return jsonable(
+            {
+                "metric": self.metric,
+                "n_col": self.n_col,
+                "d_col": self.d_col,
+                "chance": self.chance,
+                "d_star": [{"n": n, **fit.to_dict()} for n, fit in self.d_star],
+                "n_star": [{"d": d, **fit.to_dict()} for d, fit in self.n_star],
+            }
+        )
 
 
-def emergence_threshold(x: np.ndarray, y: np.ndarray, *, chance: float | None = None,
-                        best_value: float | None = 1.0, min_rise: float = 0.25, min_jump: float | None = None,
-                        agg: Literal["mean", "best"] = "mean", higher_is_better: bool = True,
-                        min_evidence: float = 6.0, n_boot: int = 200, ci: float = 0.95,
-                        seed: int = 0) -> EmergenceFit:
+def emergence_threshold(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    chance: float | None = None,
+    best_value: float | None = 1.0,
+    min_rise: float = 0.25,
+    min_jump: float | None = None,
+    agg: Literal["mean", "best"] = "mean",
+    higher_is_better: bool = True,
+    min_evidence: float = 6.0,
+    n_boot: int = 200,
+    ci: float = 0.95,
+    seed: int = 0,
+) -> EmergenceFit:
     """Fit the emergence sigmoid of metric y over scale x (> 0); points at the same x are replicates.
 
     chance: the floor; default the lowest scale mean (highest when lower is better).
@@ -175,18 +198,41 @@ def emergence_threshold(x: np.ndarray, y: np.ndarray, *, chance: float | None = 
     means = _aggregate(groups, agg)
     floor = sign * chance if chance is not None else (float(means.min()) if means.size else np.nan)
     cap = None if best_value is None else sign * best_value
-    base = dict(low=None, high=None, sharp=False, sharp_reason=None, censored=False, low_unbounded=False,
-                high_unbounded=False, fit_ratio=None, evidence=None, width_decades=None,
-                ceiling=None, mid_log10=None, width=None, bracket=None, x_min=float(x.min()) if x.size else np.nan,
-                x_max=float(x.max()) if x.size else np.nan, n_points=int(x.size), n_scales=int(scales.size),
-                n_boot=0, bootstrap=None, ci=ci, higher_is_better=higher_is_better)
+    base = dict(
+        low=None,
+        high=None,
+        sharp=False,
+        sharp_reason=None,
+        censored=False,
+        low_unbounded=False,
+        high_unbounded=False,
+        fit_ratio=None,
+        evidence=None,
+        width_decades=None,
+        ceiling=None,
+        mid_log10=None,
+        width=None,
+        bracket=None,
+        x_min=float(x.min()) if x.size else np.nan,
+        x_max=float(x.max()) if x.size else np.nan,
+        n_points=int(x.size),
+        n_scales=int(scales.size),
+        n_boot=0,
+        bootstrap=None,
+        ci=ci,
+        higher_is_better=higher_is_better,
+    )
 
     def result(reason: str | None, **fields) -> EmergenceFit:
         out = {**base, **fields}
         if out["ceiling"] is not None:
             out["ceiling"] = sign * out["ceiling"]
-        return EmergenceFit(threshold=fields.get("threshold"), reason=reason, floor=sign * floor,
-                            **{k: v for k, v in out.items() if k != "threshold"})
+        return EmergenceFit(
+            threshold=fields.get("threshold"),
+            reason=reason,
+            floor=sign * floor,
+            **{k: v for k, v in out.items() if k != "threshold"},
+        )
 
     if scales.size < 3:
         return result(f"fewer than 3 distinct scales (got {scales.size})")
@@ -196,26 +242,49 @@ def emergence_threshold(x: np.ndarray, y: np.ndarray, *, chance: float | None = 
         min_jump = min_rise * abs(cap - floor)
     rise = float(means.max() - floor)
     if rise < min_jump:
-        return result(f"never leaves chance: the best scale is {rise:.4g} above chance {sign * floor:.4g}, "
-                      f"less than min_jump = {min_jump:.4g}")
+        return result(
+            f"never leaves chance: the best scale is {rise:.4g} above chance {sign * floor:.4g}, "
+            f"less than min_jump = {min_jump:.4g}"
+        )
     u = np.log10(scales)
     mid, width, amp, sse = _fit_sigmoid(u, means, floor, cap)
     ceiling = floor + amp
     level = floor + amp / 2
     fit_ratio = _fit_ratio(u, means, sse, amp)
     evidence = float(scales.size * np.log(max(fit_ratio, 1e-300)))
-    shape = dict(ceiling=ceiling, mid_log10=mid, width=width, width_decades=WIDTH_10_90 * width,
-                 fit_ratio=fit_ratio, evidence=evidence)
+    shape = dict(
+        ceiling=ceiling,
+        mid_log10=mid,
+        width=width,
+        width_decades=WIDTH_10_90 * width,
+        fit_ratio=fit_ratio,
+        evidence=evidence,
+    )
     if means[0] >= level:
-        return result(f"already high at the smallest scale: {sign * means[0]:.4g} is past the midpoint "
-                      f"level {sign * level:.4g}", **shape)
+        return result(
+            f"already high at the smallest scale: {sign * means[0]:.4g} is past the midpoint "
+            f"level {sign * level:.4g}",
+            **shape,
+        )
     if not u[0] <= mid <= u[-1]:
-        return result(f"the fitted midpoint x = {10 ** mid:.4g} lies outside the measured range "
-                      f"[{scales[0]:.4g}, {scales[-1]:.4g}]", **shape)
+        return result(
+            f"the fitted midpoint x = {10**mid:.4g} lies outside the measured range "
+            f"[{scales[0]:.4g}, {scales[-1]:.4g}]",
+            **shape,
+        )
     above = int(np.clip(np.searchsorted(u, mid, side="right"), 1, u.size - 1))
     bracket = (float(scales[above - 1]), float(scales[above]))  # the measured scales around the midpoint
-    mids, method = _bootstrap(u, groups, agg, floor, cap, means - _sigmoid(u, mid, width, floor, amp),
-                              (mid, width, amp), n_boot, seed)
+    mids, method = _bootstrap(
+        u,
+        groups,
+        agg,
+        floor,
+        cap,
+        means - _sigmoid(u, mid, width, floor, amp),
+        (mid, width, amp),
+        n_boot,
+        seed,
+    )
     bounds = _bounded_interval(mids, u, ci)
     censored = not np.any((means > floor + STEP_BAND * amp) & (means < floor + (1 - STEP_BAND) * amp))
     if censored:  # a clean step: the midpoint may lie anywhere in the bracket, whatever the resamples say
@@ -225,17 +294,40 @@ def emergence_threshold(x: np.ndarray, y: np.ndarray, *, chance: float | None = 
         bounds["high"] = None if bounds["high_unbounded"] else bounds["high"]
     sharp, sharp_reason = bool(evidence >= min_evidence), None
     if scales.size < MIN_SCALES_SHARPNESS:
-        sharp, sharp_reason = None, (f"insufficient data: {scales.size} scales; telling a jump from smooth "
-                                     f"growth compares two {N_FREE}-parameter curves by AICc, which needs at "
-                                     f"least {MIN_SCALES_SHARPNESS} scales")
-    return result(None, threshold=float(10 ** mid), bracket=bracket, sharp=sharp, sharp_reason=sharp_reason,
-                  censored=bool(censored), n_boot=int(mids.size), bootstrap=method, **bounds, **shape)
+        sharp, sharp_reason = (
+            None,
+            (
+                f"insufficient data: {scales.size} scales; telling a jump from smooth "
+                f"growth compares two {N_FREE}-parameter curves by AICc, which needs at "
+                f"least {MIN_SCALES_SHARPNESS} scales"
+            ),
+        )
+    return result(
+        None,
+        threshold=float(10**mid),
+        bracket=bracket,
+        sharp=sharp,
+        sharp_reason=sharp_reason,
+        censored=bool(censored),
+        n_boot=int(mids.size),
+        bootstrap=method,
+        **bounds,
+        **shape,
+    )
 
 
-def critical_sizes(runs: pd.DataFrame, *, metric: str = "max_val_acc", n_col: str = "n_params",
-                   d_col: str = "n_train", chance: float | None = None, agg: Literal["mean", "best"] = "best",
-                   status_col: str | None = "status", statuses: tuple[str, ...] = ("completed", "stopped"),
-                   **kwargs) -> CriticalSizes:
+def critical_sizes(
+    runs: pd.DataFrame,
+    *,
+    metric: str = "max_val_acc",
+    n_col: str = "n_params",
+    d_col: str = "n_train",
+    chance: float | None = None,
+    agg: Literal["mean", "best"] = "best",
+    status_col: str | None = "status",
+    statuses: tuple[str, ...] = ("completed", "stopped"),
+    **kwargs,
+) -> CriticalSizes:
     """D*(N) and N*(D) over a runs table (one row per training run): at each N, the emergence
     threshold of `metric` over D; at each D, over N. Every run of a cell (trials x seeds) is a
     replicate; agg="best" takes the best run of the cell (the outcome of the regularization
@@ -252,11 +344,22 @@ def critical_sizes(runs: pd.DataFrame, *, metric: str = "max_val_acc", n_col: st
     fits = {}
     for fixed, over in ((n_col, d_col), (d_col, n_col)):
         fits[fixed] = tuple(
-            (float(value), emergence_threshold(part[over].to_numpy(), part[metric].to_numpy(), chance=chance,
-                                               agg=agg, **kwargs))
-            for value, part in table.groupby(fixed))
-    return CriticalSizes(metric=metric, n_col=n_col, d_col=d_col, chance=np.nan if chance is None else chance,
-                         d_star=fits[n_col], n_star=fits[d_col])
+            (
+                float(value),
+                emergence_threshold(
+                    part[over].to_numpy(), part[metric].to_numpy(), chance=chance, agg=agg, **kwargs
+                ),
+            )
+            for value, part in table.groupby(fixed)
+        )
+    return CriticalSizes(
+        metric=metric,
+        n_col=n_col,
+        d_col=d_col,
+        chance=np.nan if chance is None else chance,
+        d_star=fits[n_col],
+        n_star=fits[d_col],
+    )
 
 
 def _aggregate(groups: list[np.ndarray], agg: str) -> np.ndarray:
@@ -267,7 +370,9 @@ def _sigmoid(u: np.ndarray, mid, width, floor: float, amp) -> np.ndarray:
     return floor + amp * expit((u - mid) / width)  # expit: no overflow far from the midpoint
 
 
-def _fit_sigmoid(u: np.ndarray, g: np.ndarray, floor: float, cap: float | None) -> tuple[float, float, float, float]:
+def _fit_sigmoid(
+    u: np.ndarray, g: np.ndarray, floor: float, cap: float | None
+) -> tuple[float, float, float, float]:
     """Least squares of the sigmoid with the floor fixed: for a given (mid, width) the best
     amplitude is linear, so a grid over (mid, log width) with the amplitude in closed form,
     then three rounds of a 10x finer grid around the best point. Global and deterministic.
@@ -289,7 +394,9 @@ def _fit_sigmoid(u: np.ndarray, g: np.ndarray, floor: float, cap: float | None) 
         return m.ravel(), lw.ravel(), amp.ravel(), sse.ravel()
 
     n_mid, n_width = 121, 25
-    m, lw, amp, sse = evaluate(np.linspace(u[0] - span, u[-1] + span, n_mid), np.linspace(lw_lo, lw_hi, n_width))
+    m, lw, amp, sse = evaluate(
+        np.linspace(u[0] - span, u[-1] + span, n_mid), np.linspace(lw_lo, lw_hi, n_width)
+    )
     # A step between two scales fits equally well with any midpoint between them: take the
     # middle of the tied midpoints rather than the first.
     tied = np.flatnonzero(sse <= sse.min() + 1e-9 * ((target - target.mean()) ** 2).sum() + 1e-300)
@@ -302,15 +409,17 @@ def _fit_sigmoid(u: np.ndarray, g: np.ndarray, floor: float, cap: float | None) 
     for di in (-1, 0, 1):
         for dj in (-1, 0, 1):
             if di or dj:
-                is_min &= core <= surface[1 + di:1 + di + n_mid, 1 + dj:1 + dj + n_width]
+                is_min &= core <= surface[1 + di : 1 + di + n_mid, 1 + dj : 1 + dj + n_width]
     minima = np.flatnonzero(is_min.ravel())
     starts += [i for i in minima[np.argsort(sse[minima])][:4] if i not in starts]
     best_fit = None
     for start in starts:
         mi, lwi, dm, dlw = m[start], lw[start], 2 * span / (n_mid - 1), (lw_hi - lw_lo) / (n_width - 1)
         for _ in range(3):
-            mm, ll, aa, ss = evaluate(np.clip(mi + np.linspace(-dm, dm, 21), mid_lo, mid_hi),
-                                      np.clip(lwi + np.linspace(-dlw, dlw, 21), lw_lo, lw_hi))
+            mm, ll, aa, ss = evaluate(
+                np.clip(mi + np.linspace(-dm, dm, 21), mid_lo, mid_hi),
+                np.clip(lwi + np.linspace(-dlw, dlw, 21), lw_lo, lw_hi),
+            )
             k = int(np.argmin(ss))
             mi, lwi, dm, dlw = mm[k], ll[k], dm / 10, dlw / 10
         if best_fit is None or ss[k] < best_fit[3] - 1e-15:
@@ -353,13 +462,25 @@ def _bounded_interval(mids: np.ndarray, u: np.ndarray, ci: float) -> dict:
     lo = ordered[min(n - 1, int(np.floor(tail * n)))]
     hi = ordered[max(0, int(np.ceil((1 - tail) * n)) - 1)]
     clip = lambda v: float(10 ** np.clip(v, u[0], u[-1])) if inside.size else None  # noqa: E731
-    return dict(low=None if low_unbounded else clip(lo), high=None if high_unbounded else clip(hi),
-                low_unbounded=bool(low_unbounded), high_unbounded=bool(high_unbounded))
+    return dict(
+        low=None if low_unbounded else clip(lo),
+        high=None if high_unbounded else clip(hi),
+        low_unbounded=bool(low_unbounded),
+        high_unbounded=bool(high_unbounded),
+    )
 
 
-def _bootstrap(u: np.ndarray, groups: list[np.ndarray], agg: str, floor: float, cap: float | None,
-               residuals: np.ndarray, fitted: tuple[float, float, float], n_boot: int,
-               seed: int) -> tuple[np.ndarray, str]:
+def _bootstrap(
+    u: np.ndarray,
+    groups: list[np.ndarray],
+    agg: str,
+    floor: float,
+    cap: float | None,
+    residuals: np.ndarray,
+    fitted: tuple[float, float, float],
+    n_boot: int,
+    seed: int,
+) -> tuple[np.ndarray, str]:
     rng = np.random.default_rng(seed)
     cases = min(len(gr) for gr in groups) >= 2
     curve = _sigmoid(u, *fitted[:2], floor, fitted[2])

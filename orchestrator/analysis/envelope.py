@@ -48,14 +48,28 @@ class EnvelopeFit:
     frontier: ComputeOptimalFrontier
 
     def to_dict(self) -> dict:
-        return {**self.frontier.to_dict(), "envelope": jsonable({"flops": self.flops, "loss": self.loss, "n": self.n,
-                                                                  "run": [str(r) for r in self.run]})}
+        return {
+            **self.frontier.to_dict(),
+            "envelope": jsonable(
+                {"flops": self.flops, "loss": self.loss, "n": self.n, "run": [str(r) for r in self.run]}
+            ),
+        }
 
 
-def fit_envelope(run: Sequence, n: np.ndarray, flops: np.ndarray, loss: np.ndarray, *,
-                 budgets: Sequence[float] | None = None, flops_per_token: float = FLOPS_PER_TOKEN,
-                 n_grid: int = 200, n_boot: int = 200, ci: float = 0.95, seed: int = 0,
-                 min_sizes: int = 3) -> EnvelopeFit:
+def fit_envelope(
+    run: Sequence,
+    n: np.ndarray,
+    flops: np.ndarray,
+    loss: np.ndarray,
+    *,
+    budgets: Sequence[float] | None = None,
+    flops_per_token: float = FLOPS_PER_TOKEN,
+    n_grid: int = 200,
+    n_boot: int = 200,
+    ci: float = 0.95,
+    seed: int = 0,
+    min_sizes: int = 3,
+) -> EnvelopeFit:
     """Approach 1 on training curves, one element per evaluation: the run's id, its N, the
     cumulative FLOPs at the evaluation and the loss there. `budgets` (default 5 log-spaced over
     the envelope's range) are where the frontier's points are reported."""
@@ -65,31 +79,63 @@ def fit_envelope(run: Sequence, n: np.ndarray, flops: np.ndarray, loss: np.ndarr
     lo = max(c[0, 0] for c in curves)  # ln C of the latest first evaluation
     hi = max(c[-1, 0] for c in curves)
     if not hi > lo:
-        raise ValueError("the runs' curves do not overlap in compute: every run must start before the largest ends")
+        raise ValueError(
+            "the runs' curves do not overlap in compute: every run must start before the largest ends"
+        )
     grid = np.linspace(lo, hi, n_grid)
     budgets = np.exp(np.linspace(lo, hi, 5)) if budgets is None else np.asarray(budgets, dtype=float).ravel()
     if not np.all(np.isfinite(budgets) & (budgets > 0)):
         raise ValueError("every compute budget must be finite and > 0")
-    table = _losses(curves, np.concatenate([grid, np.log(budgets)]))  # (runs, grid + budgets), inf outside a run
+    table = _losses(
+        curves, np.concatenate([grid, np.log(budgets)])
+    )  # (runs, grid + budgets), inf outside a run
     pick = np.argmin(table, axis=0)
     env_loss = table[pick, np.arange(table.shape[1])]
     env_n = n_run[pick]
     counts = np.random.default_rng(seed).multinomial(len(ids), np.full(len(ids), 1 / len(ids)), size=n_boot)
     boot_n, boot_loss = _boot_envelope(table, n_run, counts > 0)  # (n_boot, grid + budgets) each
-    points = tuple(_point(float(c), flops_per_token, env_n[n_grid + j], env_loss[n_grid + j], boot_n[:, n_grid + j],
-                          boot_loss[:, n_grid + j], ci, lo, hi) for j, c in enumerate(budgets))
-    result = dict(flops=tuple(np.exp(grid)), loss=tuple(env_loss[:n_grid]), n=tuple(env_n[:n_grid]),
-                  run=tuple(ids[pick[:n_grid]]))
+    points = tuple(
+        _point(
+            float(c),
+            flops_per_token,
+            env_n[n_grid + j],
+            env_loss[n_grid + j],
+            boot_n[:, n_grid + j],
+            boot_loss[:, n_grid + j],
+            ci,
+            lo,
+            hi,
+        )
+        for j, c in enumerate(budgets)
+    )
+    result = dict(
+        flops=tuple(np.exp(grid)),
+        loss=tuple(env_loss[:n_grid]),
+        n=tuple(env_n[:n_grid]),
+        run=tuple(ids[pick[:n_grid]]),
+    )
     sizes = np.unique(env_n[:n_grid]).size
     if sizes < min_sizes:
         reason = f"insufficient data: the envelope passes through {sizes} model size(s); a power law needs {min_sizes}"
-        return EnvelopeFit(**result, frontier=no_frontier("envelope", flops_per_token, n_grid, ci, reason, points))
+        return EnvelopeFit(
+            **result, frontier=no_frontier("envelope", flops_per_token, n_grid, ci, reason, points)
+        )
     boot_grid = boot_n[:, :n_grid].copy()
     boot_grid[_distinct(boot_grid) < min_sizes] = np.nan  # a resample whose envelope is a step does not fit
     law = compute_power_law(np.exp(grid), env_n[:n_grid], boot_grid, k=flops_per_token, ci=ci)
     b_est = Estimate(1 - law.a.value, *(None if v is None else 1 - v for v in (law.a.high, law.a.low)))
-    frontier = ComputeOptimalFrontier("envelope", law.a, b_est, law.G, points, flops_per_token, n_fit=n_grid,
-                                      n_boot=len(law.boot_a), ci=ci, residual_rms=law.residual_rms)
+    frontier = ComputeOptimalFrontier(
+        "envelope",
+        law.a,
+        b_est,
+        law.G,
+        points,
+        flops_per_token,
+        n_fit=n_grid,
+        n_boot=len(law.boot_a),
+        ci=ci,
+        residual_rms=law.residual_rms,
+    )
     return EnvelopeFit(**result, frontier=frontier)
 
 
@@ -98,8 +144,10 @@ def _curves(run, n, flops, loss) -> tuple[np.ndarray, np.ndarray, list[np.ndarra
     run = np.asarray(run, dtype=object).ravel()
     n, flops, loss = (np.asarray(v, dtype=float).ravel() for v in (n, flops, loss))
     if not run.size == n.size == flops.size == loss.size:
-        raise ValueError(f"run, N, flops and loss must have the same length, got {run.size}, {n.size}, "
-                         f"{flops.size}, {loss.size}")
+        raise ValueError(
+            f"run, N, flops and loss must have the same length, got {run.size}, {n.size}, "
+            f"{flops.size}, {loss.size}"
+        )
     keep = np.isfinite(flops) & (flops > 0) & np.isfinite(loss)  # an evaluation at step 0 has no compute yet
     if not np.all(np.isfinite(n) & (n > 0)):
         raise ValueError("N: every value must be finite and > 0")
@@ -127,7 +175,9 @@ def _losses(curves: list[np.ndarray], log_c: np.ndarray) -> np.ndarray:
     return out
 
 
-def _boot_envelope(table: np.ndarray, n_run: np.ndarray, present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _boot_envelope(
+    table: np.ndarray, n_run: np.ndarray, present: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """N and loss of the envelope per resample (rows of `present`: which runs it drew) and
     column; NaN where no drawn run reaches that compute."""
     masked = np.where(present[:, :, None], table[None, :, :], np.inf)  # (n_boot, runs, columns)
@@ -140,13 +190,26 @@ def _boot_envelope(table: np.ndarray, n_run: np.ndarray, present: np.ndarray) ->
 def _distinct(rows: np.ndarray) -> np.ndarray:
     """Distinct finite values per row."""
     s = np.sort(rows, axis=1)
-    return (np.isfinite(s[:, :1])).sum(axis=1) + ((np.diff(s, axis=1) > 0) & np.isfinite(s[:, 1:])).sum(axis=1)
+    return (np.isfinite(s[:, :1])).sum(axis=1) + ((np.diff(s, axis=1) > 0) & np.isfinite(s[:, 1:])).sum(
+        axis=1
+    )
 
 
-def _point(c: float, k: float, n: float, loss: float, boot_n: np.ndarray, boot_loss: np.ndarray, ci: float,
-           lo: float, hi: float) -> FrontierPoint:
+def _point(
+    c: float,
+    k: float,
+    n: float,
+    loss: float,
+    boot_n: np.ndarray,
+    boot_loss: np.ndarray,
+    ci: float,
+    lo: float,
+    hi: float,
+) -> FrontierPoint:
     if not lo <= np.log(c) <= hi:
-        return FrontierPoint(c, None, None, None, None,
-                             f"outside the envelope's range {np.exp(lo):.4g}-{np.exp(hi):.4g} FLOPs")
-    return frontier_point(c, k, Estimate(float(n), *interval(boot_n, ci)),
-                          Estimate(float(loss), *interval(boot_loss, ci)))
+        return FrontierPoint(
+            c, None, None, None, None, f"outside the envelope's range {np.exp(lo):.4g}-{np.exp(hi):.4g} FLOPs"
+        )
+    return frontier_point(
+        c, k, Estimate(float(n), *interval(boot_n, ci)), Estimate(float(loss), *interval(boot_loss, ci))
+    )

@@ -21,8 +21,9 @@ class Estimate:
     high: float | None = None
 
 
-def usable_runs(runs: pd.DataFrame, columns: tuple[str, ...], status_col: str | None,
-                statuses: tuple[str, ...]) -> pd.DataFrame:
+def usable_runs(
+    runs: pd.DataFrame, columns: tuple[str, ...], status_col: str | None, statuses: tuple[str, ...]
+) -> pd.DataFrame:
     """The runs whose status is one of `statuses` (all runs when there is no status column);
     a ValueError names the first of `columns` the table lacks."""
     for col in columns:

@@ -60,10 +60,12 @@ def check_fit(fit: ScalingLawFit, n: np.ndarray | None, d: np.ndarray | None, lo
     spread = float(np.sum((np.log(loss) - np.log(loss).mean()) ** 2))
     r2 = None
     if np.all(np.isfinite(resid)) and spread > 0:
-        r2 = 1.0 - float(np.sum(resid ** 2)) / spread
+        r2 = 1.0 - float(np.sum(resid**2)) / spread
         if r2 < MIN_R2:
-            reasons.append(f"residuals: the law explains {max(r2, 0.0):.0%} of the log-loss variance "
-                           f"(needs >= {MIN_R2:.0%})")
+            reasons.append(
+                f"residuals: the law explains {max(r2, 0.0):.0%} of the log-loss variance "
+                f"(needs >= {MIN_R2:.0%})"
+            )
     elif not np.all(np.isfinite(resid)):
         reasons.append("residuals: the law does not give a finite loss at every run")
     for name in ("alpha", "beta"):
@@ -71,8 +73,10 @@ def check_fit(fit: ScalingLawFit, n: np.ndarray | None, d: np.ndarray | None, lo
         if est is None:
             continue
         if not MIN_EXPONENT <= est.value <= MAX_EXPONENT:
-            reasons.append(f"{name} = {est.value:.3g} is at a bound (plausible exponents lie in "
-                           f"[{MIN_EXPONENT}, {MAX_EXPONENT}])")
+            reasons.append(
+                f"{name} = {est.value:.3g} is at a bound (plausible exponents lie in "
+                f"[{MIN_EXPONENT}, {MAX_EXPONENT}])"
+            )
         elif est.low is None or est.high is None or est.high - est.low > MAX_EXPONENT_WIDTH:
             width = "unbounded" if est.low is None or est.high is None else f"{est.high - est.low:.3g} wide"
             reasons.append(f"{name}'s interval is {width} (> {MAX_EXPONENT_WIDTH})")
@@ -86,6 +90,8 @@ def check_fit(fit: ScalingLawFit, n: np.ndarray | None, d: np.ndarray | None, lo
         if low is None or high is None or not np.isfinite(high) or low <= 0:
             reasons.append(f"{name}'s interval [{low}, {high}] is open: the data do not bound it")
         elif np.log10(high / low) > MAX_DECADES:
-            reasons.append(f"{name}'s interval [{low:.3g}, {high:.3g}] spans {np.log10(high / low):.1f} decades "
-                           f"(> {MAX_DECADES:g})")
+            reasons.append(
+                f"{name}'s interval [{low:.3g}, {high:.3g}] spans {np.log10(high / low):.1f} decades "
+                f"(> {MAX_DECADES:g})"
+            )
     return FitCheck(not reasons, tuple(reasons), r2)

@@ -37,9 +37,16 @@ class HeldOut:
         return m.low is not None and m.high is not None and m.low <= self.actual <= m.high
 
     def to_dict(self) -> dict:
-        return jsonable({**self.prediction.to_dict(), "actual": self.actual, "covered": self.covered,
-                         "error": self.prediction.metric.value - self.actual, "direct": self.direct,
-                         "direct_error": None if self.direct is None else self.direct - self.actual})
+        return jsonable(
+            {
+                **self.prediction.to_dict(),
+                "actual": self.actual,
+                "covered": self.covered,
+                "error": self.prediction.metric.value - self.actual,
+                "direct": self.direct,
+                "direct_error": None if self.direct is None else self.direct - self.actual,
+            }
+        )
 
 
 @dataclass(frozen=True)
@@ -50,10 +57,16 @@ class Backtest:
 
     def to_dict(self) -> dict:
         trusted = [h for h in self.held_out if h.prediction.predictable]
-        return jsonable({"holdout": self.holdout, "fit_sizes": list(self.fit_sizes),
-                         "predictions": [h.to_dict() for h in self.held_out],
-                         "predictable": len(trusted), "covered": sum(h.covered for h in trusted),
-                         "covered_all": sum(h.covered for h in self.held_out)})
+        return jsonable(
+            {
+                "holdout": self.holdout,
+                "fit_sizes": list(self.fit_sizes),
+                "predictions": [h.to_dict() for h in self.held_out],
+                "predictable": len(trusted),
+                "covered": sum(h.covered for h in trusted),
+                "covered_all": sum(h.covered for h in self.held_out),
+            }
+        )
 
 
 def direct_sigmoid(n: np.ndarray, metric: np.ndarray, chance: float | None):
@@ -66,16 +79,31 @@ def direct_sigmoid(n: np.ndarray, metric: np.ndarray, chance: float | None):
         return b0 + a * expit(k * (x - x0))
 
     try:
-        (a, k, x0), _ = curve_fit(f, x, y, p0=[max(y.max() - b0, 1e-3), 2.0, np.median(x)],
-                                  bounds=([0, 0, x.min() - 10], [1 - b0, 50, x.max() + 10]), maxfev=20000)
+        (a, k, x0), _ = curve_fit(
+            f,
+            x,
+            y,
+            p0=[max(y.max() - b0, 1e-3), 2.0, np.median(x)],
+            bounds=([0, 0, x.min() - 10], [1 - b0, 50, x.max() + 10]),
+            maxfev=20000,
+        )
     except (RuntimeError, ValueError):
         return None
     return lambda n_new: float(f(np.log(n_new), a, k, x0))
 
 
-def backtest_forecasts(n: np.ndarray, d: np.ndarray, loss: np.ndarray, metric: np.ndarray,
-                       evaluations: Evaluations, *, chance: float | None = None, n_boot: int = 200,
-                       seed: int = 0, max_holdout: int | None = None) -> list[Backtest]:
+def backtest_forecasts(
+    n: np.ndarray,
+    d: np.ndarray,
+    loss: np.ndarray,
+    metric: np.ndarray,
+    evaluations: Evaluations,
+    *,
+    chance: float | None = None,
+    n_boot: int = 200,
+    seed: int = 0,
+    max_holdout: int | None = None,
+) -> list[Backtest]:
     """Runs (final loss and metric, one row each) and their evaluations: a Backtest per holdout,
     from 1 to `max_holdout` (default half the sizes) largest sizes held out."""
     n, d, loss, metric = (np.asarray(v, float) for v in (n, d, loss, metric))
@@ -87,13 +115,21 @@ def backtest_forecasts(n: np.ndarray, d: np.ndarray, loss: np.ndarray, metric: n
         cut = sizes[-h - 1]
         small, big = n <= cut, n > cut
         keep = evaluations.n <= cut
-        ev = Evaluations(evaluations.n[keep], evaluations.d[keep], evaluations.loss[keep],
-                         evaluations.metric[keep], None if evaluations.step is None else evaluations.step[keep])
+        ev = Evaluations(
+            evaluations.n[keep],
+            evaluations.d[keep],
+            evaluations.loss[keep],
+            evaluations.metric[keep],
+            None if evaluations.step is None else evaluations.step[keep],
+        )
         targets = list(zip(n[big], d[big]))
-        fc = forecast_downstream(n[small], d[small], loss[small], ev, targets, chance=chance, n_boot=n_boot,
-                                 seed=seed)
+        fc = forecast_downstream(
+            n[small], d[small], loss[small], ev, targets, chance=chance, n_boot=n_boot, seed=seed
+        )
         direct = direct_sigmoid(n[small], metric[small], chance)
-        held = tuple(HeldOut(p, float(a), None if direct is None else direct(p.n))
-                     for p, a in zip(fc.predictions, metric[big]))
+        held = tuple(
+            HeldOut(p, float(a), None if direct is None else direct(p.n))
+            for p, a in zip(fc.predictions, metric[big])
+        )
         out.append(Backtest(h, tuple(float(s) for s in sizes[sizes <= cut]), held))
     return out

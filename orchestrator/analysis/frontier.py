@@ -90,38 +90,66 @@ class ComputeOptimalFrontier:
         out: dict = {"approach": self.approach}
         for name in ("a", "b", "G"):
             out.update(_flat(name, getattr(self, name)))
-        out.update(flops_per_token=self.flops_per_token, n_fit=self.n_fit, n_boot=self.n_boot, ci=self.ci,
-                   residual_rms=self.residual_rms, reason=self.reason,
-                   frontier=[p.to_dict() for p in self.points])
+        out.update(
+            flops_per_token=self.flops_per_token,
+            n_fit=self.n_fit,
+            n_boot=self.n_boot,
+            ci=self.ci,
+            residual_rms=self.residual_rms,
+            reason=self.reason,
+            frontier=[p.to_dict() for p in self.points],
+        )
         return jsonable(out)
 
 
-def loss_law_frontier(fit: ScalingLawFit, flops: Sequence[float], *,
-                      flops_per_token: float = FLOPS_PER_TOKEN) -> ComputeOptimalFrontier:
+def loss_law_frontier(
+    fit: ScalingLawFit, flops: Sequence[float], *, flops_per_token: float = FLOPS_PER_TOKEN
+) -> ComputeOptimalFrontier:
     """Approach 3: the frontier of a fitted L(N, D) at budgets `flops` (C = k N D, k =
     `flops_per_token`), with intervals from the fit's bootstrap resamples."""
     flops = _budgets(flops)
     if flops_per_token <= 0:
         raise ValueError(f"flops_per_token must be > 0, got {flops_per_token}")
     if fit.variables != ("N", "D"):
-        return no_frontier("loss_law", flops_per_token, fit.n_points, fit.ci,
-                      f"insufficient data: the law {fit.law} has no trade-off between N and D")
+        return no_frontier(
+            "loss_law",
+            flops_per_token,
+            fit.n_points,
+            fit.ci,
+            f"insufficient data: the law {fit.law} has no trade-off between N and D",
+        )
     best = _closed_form(np.array([[getattr(fit, c).value for c in BOOT_COLUMNS]]), flops, flops_per_token)
     boot = fit.boot if fit.boot is not None else np.empty((0, len(BOOT_COLUMNS)))
     samples = _closed_form(boot, flops, flops_per_token)
     if best["G"].size and not np.isfinite(best["G"][0]):
-        return no_frontier("loss_law", flops_per_token, fit.n_points, fit.ci,
-                      "the fitted law has alpha or beta at 0: no finite optimum")
+        return no_frontier(
+            "loss_law",
+            flops_per_token,
+            fit.n_points,
+            fit.ci,
+            "the fitted law has alpha or beta at 0: no finite optimum",
+        )
 
     def est(key: str, j: int | None = None) -> Estimate:
         value, reps = (best[key][0], samples[key]) if j is None else (best[key][0, j], samples[key][:, j])
         low, high = interval(reps, fit.ci) if len(reps) else (None, None)
         return Estimate(float(value), low, high)
 
-    points = tuple(FrontierPoint(float(c), est("N", j), est("D", j), est("L", j), est("tpp", j))
-                   for j, c in enumerate(flops))
-    return ComputeOptimalFrontier("loss_law", est("a"), est("b"), est("G"), points, flops_per_token,
-                                  n_fit=fit.n_points, n_boot=len(boot), ci=fit.ci)
+    points = tuple(
+        FrontierPoint(float(c), est("N", j), est("D", j), est("L", j), est("tpp", j))
+        for j, c in enumerate(flops)
+    )
+    return ComputeOptimalFrontier(
+        "loss_law",
+        est("a"),
+        est("b"),
+        est("G"),
+        points,
+        flops_per_token,
+        n_fit=fit.n_points,
+        n_boot=len(boot),
+        ci=fit.ci,
+    )
 
 
 def _closed_form(params: np.ndarray, flops: np.ndarray, k: float) -> dict[str, np.ndarray]:
@@ -153,8 +181,9 @@ class PowerLawInCompute:
         return Estimate(float(self.G.value * (flops / k) ** self.a.value), *interval(reps, ci))
 
 
-def compute_power_law(flops: np.ndarray, n_opt: np.ndarray, boot_n_opt: np.ndarray, *, k: float,
-                      ci: float) -> PowerLawInCompute:
+def compute_power_law(
+    flops: np.ndarray, n_opt: np.ndarray, boot_n_opt: np.ndarray, *, k: float, ci: float
+) -> PowerLawInCompute:
     """Fit N_opt = G (C/k)^a to optima `n_opt` at budgets `flops` (equal weight per point) and
     refit each row of `boot_n_opt` (resamples x budgets; a row with a NaN does not fit)."""
     x = np.log(np.asarray(flops, dtype=float) / k)
@@ -165,9 +194,13 @@ def compute_power_law(flops: np.ndarray, n_opt: np.ndarray, boot_n_opt: np.ndarr
     b_slope, b_icpt = ols_rows(x, boot_y)
     ok = np.isfinite(b_slope) & np.isfinite(b_icpt)
     b_slope, b_icpt = b_slope[ok], b_icpt[ok]
-    return PowerLawInCompute(a=Estimate(float(slope[0]), *interval(b_slope, ci)),
-                             G=Estimate(float(np.exp(icpt[0])), *interval(np.exp(b_icpt), ci)),
-                             residual_rms=float(np.sqrt(np.mean(resid ** 2))), boot_a=b_slope, boot_log_g=b_icpt)
+    return PowerLawInCompute(
+        a=Estimate(float(slope[0]), *interval(b_slope, ci)),
+        G=Estimate(float(np.exp(icpt[0])), *interval(np.exp(b_icpt), ci)),
+        residual_rms=float(np.sqrt(np.mean(resid**2))),
+        boot_a=b_slope,
+        boot_log_g=b_icpt,
+    )
 
 
 def ols_rows(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -181,14 +214,15 @@ def ols_rows(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         mx = (w * x).sum(axis=1) / cnt
         my = y0.sum(axis=1) / cnt
         dx = (x[None, :] - mx[:, None]) * w
-        sxx = (dx ** 2).sum(axis=1)
+        sxx = (dx**2).sum(axis=1)
         slope = (dx * (y0 - my[:, None])).sum(axis=1) / sxx
     slope = np.where(sxx > 1e-12, slope, np.nan)
     return slope, my - slope * mx
 
 
-def frontier_point(flops: float, k: float, n_opt: Estimate | None, l_opt: Estimate | None,
-                   reason: str | None = None) -> FrontierPoint:
+def frontier_point(
+    flops: float, k: float, n_opt: Estimate | None, l_opt: Estimate | None, reason: str | None = None
+) -> FrontierPoint:
     """The point at `flops` from N_opt alone: D_opt = C/(k N_opt) and D/N = C/(k N^2) fall as N
     rises, so their intervals are N's, mapped and swapped."""
     if n_opt is None:
@@ -203,10 +237,13 @@ def frontier_point(flops: float, k: float, n_opt: Estimate | None, l_opt: Estima
     return FrontierPoint(flops, n_opt, d_opt, l_opt, tpp, reason)
 
 
-def no_frontier(approach: str, k: float, n_fit: int, ci: float, reason: str,
-           points: tuple[FrontierPoint, ...] = ()) -> ComputeOptimalFrontier:
+def no_frontier(
+    approach: str, k: float, n_fit: int, ci: float, reason: str, points: tuple[FrontierPoint, ...] = ()
+) -> ComputeOptimalFrontier:
     """A frontier without a power law (a, b, G None), saying why; its points are still reported."""
-    return ComputeOptimalFrontier(approach, None, None, None, points, k, n_fit=n_fit, n_boot=0, ci=ci, reason=reason)
+    return ComputeOptimalFrontier(
+        approach, None, None, None, points, k, n_fit=n_fit, n_boot=0, ci=ci, reason=reason
+    )
 
 
 def _budgets(flops: Sequence[float]) -> np.ndarray:

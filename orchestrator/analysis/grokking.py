@@ -53,27 +53,46 @@ class GrokkingEvents:
         return jsonable(self)
 
 
-def grokking_events(steps: np.ndarray, train_acc: np.ndarray, val_acc: np.ndarray, *,
-                    train_threshold: float = TRAIN_THRESHOLD, val_threshold: float = VAL_THRESHOLD,
-                    min_ratio: float = MIN_RATIO, min_delay: int | None = None) -> GrokkingEvents:
+def grokking_events(
+    steps: np.ndarray,
+    train_acc: np.ndarray,
+    val_acc: np.ndarray,
+    *,
+    train_threshold: float = TRAIN_THRESHOLD,
+    val_threshold: float = VAL_THRESHOLD,
+    min_ratio: float = MIN_RATIO,
+    min_delay: int | None = None,
+) -> GrokkingEvents:
     """Events and phase from one run's evaluation curve (arrays over evaluations, any order;
     NaN accuracies count as below threshold)."""
     steps, train_acc, val_acc = (np.asarray(a, dtype=float).ravel() for a in (steps, train_acc, val_acc))
     if not steps.size == train_acc.size == val_acc.size:
-        raise ValueError(f"steps, train_acc and val_acc must have the same length, got "
-                         f"{steps.size}, {train_acc.size}, {val_acc.size}")
+        raise ValueError(
+            f"steps, train_acc and val_acc must have the same length, got "
+            f"{steps.size}, {train_acc.size}, {val_acc.size}"
+        )
     order = np.argsort(steps, kind="stable")
     steps, train_acc, val_acc = steps[order], train_acc[order], val_acc[order]
     mem = _first(steps, train_acc >= train_threshold)
     gen = _first(steps, val_acc >= val_threshold)
     delay, ratio = _delay_ratio(mem, gen)
-    return GrokkingEvents(memorization_step=mem, generalization_step=gen, delay=delay, ratio=ratio,
-                          phase=grokking_phase(mem, gen, min_ratio=min_ratio, min_delay=min_delay),
-                          last_step=int(steps[-1]) if steps.size else None)
+    return GrokkingEvents(
+        memorization_step=mem,
+        generalization_step=gen,
+        delay=delay,
+        ratio=ratio,
+        phase=grokking_phase(mem, gen, min_ratio=min_ratio, min_delay=min_delay),
+        last_step=int(steps[-1]) if steps.size else None,
+    )
 
 
-def grokking_phase(memorization_step: float | None, generalization_step: float | None, *,
-                   min_ratio: float = MIN_RATIO, min_delay: int | None = None) -> Phase:
+def grokking_phase(
+    memorization_step: float | None,
+    generalization_step: float | None,
+    *,
+    min_ratio: float = MIN_RATIO,
+    min_delay: int | None = None,
+) -> Phase:
     """The phase from the two event steps (None or NaN: not reached within the budget)."""
     mem, gen = _step(memorization_step), _step(generalization_step)
     if gen is None:
@@ -86,9 +105,15 @@ def grokking_phase(memorization_step: float | None, generalization_step: float |
     return "grokking" if late else "comprehension"
 
 
-def grokking_phases(runs: pd.DataFrame, *, mem_col: str = "memorization_step",
-                    gen_col: str = "generalization_step", status_col: str | None = "status",
-                    min_ratio: float = MIN_RATIO, min_delay: int | None = None) -> pd.DataFrame:
+def grokking_phases(
+    runs: pd.DataFrame,
+    *,
+    mem_col: str = "memorization_step",
+    gen_col: str = "generalization_step",
+    status_col: str | None = "status",
+    min_ratio: float = MIN_RATIO,
+    min_delay: int | None = None,
+) -> pd.DataFrame:
     """A copy of a runs table with `grokking_ratio` and `phase` columns from its event columns.
     Runs that did not finish (failed, diverged) get phase "confusion" if they diverged and
     None if they failed, since a failed run says nothing about learning."""
@@ -101,14 +126,23 @@ def grokking_phases(runs: pd.DataFrame, *, mem_col: str = "memorization_step",
     out["grokking_ratio"] = [_delay_ratio(_step(m), _step(g))[1] for m, g in zip(mem, gen)]
     phases = [grokking_phase(m, g, min_ratio=min_ratio, min_delay=min_delay) for m, g in zip(mem, gen)]
     if status_col is not None and status_col in out.columns:
-        phases = [None if s == "failed" else ("confusion" if s == "diverged" else p)
-                  for p, s in zip(phases, out[status_col])]
+        phases = [
+            None if s == "failed" else ("confusion" if s == "diverged" else p)
+            for p, s in zip(phases, out[status_col])
+        ]
     out["phase"] = phases
     return out
 
 
-def curve_events(curves: pd.DataFrame, *, run_col: str = "run_id", step_col: str = "step",
-                 train_col: str = "train_acc", val_col: str = "val_acc", **kwargs) -> pd.DataFrame:
+def curve_events(
+    curves: pd.DataFrame,
+    *,
+    run_col: str = "run_id",
+    step_col: str = "step",
+    train_col: str = "train_acc",
+    val_col: str = "val_acc",
+    **kwargs,
+) -> pd.DataFrame:
     """Events per run from a long table of curves (one row per run and evaluation): one row per
     run with memorization_step, generalization_step, delay, ratio, phase and last_step."""
     for col in (run_col, step_col, train_col, val_col):
@@ -116,10 +150,14 @@ def curve_events(curves: pd.DataFrame, *, run_col: str = "run_id", step_col: str
             raise ValueError(f"the curves table has no column {col!r}")
     rows = []
     for run, part in curves.groupby(run_col, sort=False):
-        ev = grokking_events(part[step_col].to_numpy(), part[train_col].to_numpy(), part[val_col].to_numpy(), **kwargs)
+        ev = grokking_events(
+            part[step_col].to_numpy(), part[train_col].to_numpy(), part[val_col].to_numpy(), **kwargs
+        )
         rows.append({run_col: run, **ev.to_dict()})
-    return pd.DataFrame(rows, columns=[run_col, "memorization_step", "generalization_step", "delay", "ratio",
-                                       "phase", "last_step"])
+    return pd.DataFrame(
+        rows,
+        columns=[run_col, "memorization_step", "generalization_step", "delay", "ratio", "phase", "last_step"],
+    )
 
 
 def _first(steps: np.ndarray, reached: np.ndarray) -> int | None:

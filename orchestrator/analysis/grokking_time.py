@@ -83,17 +83,36 @@ class StepBacktest:
     late_baseline_median_abs_error: float | None = None
 
     def to_dict(self) -> dict:
-        return jsonable({k: getattr(self, k) for k in ("n_scored", "median_abs_error", "baseline_median_abs_error",
-                                                        "within_interval", "missed", "surprised", "reason",
-                                                        "n_immediate", "late_median_abs_error",
-                                                        "late_baseline_median_abs_error")}
-                        | {"predictions": [p.to_dict() for p in self.predictions]})
+        return jsonable(
+            {
+                k: getattr(self, k)
+                for k in (
+                    "n_scored",
+                    "median_abs_error",
+                    "baseline_median_abs_error",
+                    "within_interval",
+                    "missed",
+                    "surprised",
+                    "reason",
+                    "n_immediate",
+                    "late_median_abs_error",
+                    "late_baseline_median_abs_error",
+                )
+            }
+            | {"predictions": [p.to_dict() for p in self.predictions]}
+        )
 
 
-def generalization_backtest(runs: pd.DataFrame, clocks: Mapping[str, tuple[np.ndarray, np.ndarray]], *,
-                            run_col: str = "run_id", pools: tuple[str, ...] = ("cell",),
-                            mem_col: str = "memorization_step", gen_col: str = "generalization_step",
-                            min_pool: int = MIN_POOL) -> StepBacktest:
+def generalization_backtest(
+    runs: pd.DataFrame,
+    clocks: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    *,
+    run_col: str = "run_id",
+    pools: tuple[str, ...] = ("cell",),
+    mem_col: str = "memorization_step",
+    gen_col: str = "generalization_step",
+    min_pool: int = MIN_POOL,
+) -> StepBacktest:
     """Backtest the clock's prediction on `runs` (one row per run with its memorization and
     generalization steps, NaN: not reached). `clocks[run_id]` = (steps, decay clock at those
     steps), increasing, over the run's whole budget (its last step is the budget)."""
@@ -108,8 +127,16 @@ def generalization_backtest(runs: pd.DataFrame, clocks: Mapping[str, tuple[np.nd
         steps, clock = np.asarray(steps, dtype=float), np.asarray(clock, dtype=float)
         if steps.size != clock.size:
             raise ValueError(f"run {r[run_col]!r}: {steps.size} clock steps but {clock.size} clock values")
-        rows.append((str(r[run_col]), tuple(str(r[c]) for c in pools), _num(r[mem_col]), _num(r[gen_col]), steps,
-                     clock))
+        rows.append(
+            (
+                str(r[run_col]),
+                tuple(str(r[c]) for c in pools),
+                _num(r[mem_col]),
+                _num(r[gen_col]),
+                steps,
+                clock,
+            )
+        )
     deltas = {}
     for run, _, mem, gen, steps, clock in rows:  # what each run teaches: the decay it needed
         if mem is not None and gen is not None and gen >= mem and steps.size and clock[-1] > clock[0]:
@@ -120,26 +147,34 @@ def generalization_backtest(runs: pd.DataFrame, clocks: Mapping[str, tuple[np.nd
         if run in deltas:
             for i, key in enumerate(keys):
                 teachers.setdefault((i, key), []).append(run)
-    predictions = [_predict(row, pools, teachers, deltas, gen_steps, min_pool) for row in rows if row[2] is not None]
+    predictions = [
+        _predict(row, pools, teachers, deltas, gen_steps, min_pool) for row in rows if row[2] is not None
+    ]
     scored = [p for p in predictions if p.error is not None]
     if not predictions:
         reason = "no run memorized: there is no memorization step to predict from"
     elif not scored:
-        reason = (f"insufficient data: no run that generalized got a prediction (each needs {min_pool} other runs "
-                  f"that memorized, then generalized)")
+        reason = (
+            f"insufficient data: no run that generalized got a prediction (each needs {min_pool} other runs "
+            f"that memorized, then generalized)"
+        )
     else:
         reason = None
     late = [p for p in scored if p.observed != p.memorization_step]
     inside = [p.low <= p.observed <= p.high for p in scored if p.low is not None and p.high is not None]
     return StepBacktest(
-        predictions=tuple(predictions), n_scored=len(scored),
+        predictions=tuple(predictions),
+        n_scored=len(scored),
         median_abs_error=_median_abs([p.error for p in scored]),
         baseline_median_abs_error=_median_abs([p.baseline_error for p in scored]),
         within_interval=float(np.mean(inside)) if inside else None,
         missed=sum(p.within_budget is True and p.observed is None for p in predictions),
-        surprised=sum(p.within_budget is False and p.observed is not None for p in predictions), reason=reason,
-        n_immediate=len(scored) - len(late), late_median_abs_error=_median_abs([p.error for p in late]),
-        late_baseline_median_abs_error=_median_abs([p.baseline_error for p in late]))
+        surprised=sum(p.within_budget is False and p.observed is not None for p in predictions),
+        reason=reason,
+        n_immediate=len(scored) - len(late),
+        late_median_abs_error=_median_abs([p.error for p in late]),
+        late_baseline_median_abs_error=_median_abs([p.baseline_error for p in late]),
+    )
 
 
 def _median_abs(errors: list[float | None]) -> float | None:
@@ -147,32 +182,67 @@ def _median_abs(errors: list[float | None]) -> float | None:
     return float(np.median(kept)) if kept else None
 
 
-def _predict(row, pools: tuple[str, ...], teachers: dict, deltas: dict, gen_steps: dict,
-             min_pool: int) -> StepPrediction:
+def _predict(
+    row, pools: tuple[str, ...], teachers: dict, deltas: dict, gen_steps: dict, min_pool: int
+) -> StepPrediction:
     run, keys, mem, gen, steps, clock = row
     base = dict(run_id=run, group=keys[0], memorization_step=mem, observed=gen)
-    none = dict(predicted=None, low=None, high=None, within_budget=None, error=None, baseline=None,
-                baseline_error=None)
+    none = dict(
+        predicted=None,
+        low=None,
+        high=None,
+        within_budget=None,
+        error=None,
+        baseline=None,
+        baseline_error=None,
+    )
     if gen is not None and gen < mem:
-        return StepPrediction(**base, **none, pool=None, n_pool=0,
-                              reason="generalized before it memorized: nothing left to predict")
+        return StepPrediction(
+            **base,
+            **none,
+            pool=None,
+            n_pool=0,
+            reason="generalized before it memorized: nothing left to predict",
+        )
     if steps.size < 2 or not clock[-1] > clock[0]:
-        return StepPrediction(**base, **none, pool=None, n_pool=0,
-                              reason="its decay clock does not move (no weight decay, or no schedule given)")
+        return StepPrediction(
+            **base,
+            **none,
+            pool=None,
+            n_pool=0,
+            reason="its decay clock does not move (no weight decay, or no schedule given)",
+        )
     candidates = [(name, teachers.get((i, key), [])) for i, (name, key) in enumerate(zip(pools, keys))]
-    options = [(name, [o for o in members if o != run]) for name, members in [*candidates, ("study", list(deltas))]]
+    options = [
+        (name, [o for o in members if o != run]) for name, members in [*candidates, ("study", list(deltas))]
+    ]
     pool_name, pool = next((o for o in options if len(o[1]) >= min_pool), options[-1])
     if len(pool) < min_pool:
-        return StepPrediction(**base, **none, pool=None, n_pool=len(pool),
-                              reason=f"{len(pool)} other run(s) memorized and then generalized; needs {min_pool}")
+        return StepPrediction(
+            **base,
+            **none,
+            pool=None,
+            n_pool=len(pool),
+            reason=f"{len(pool)} other run(s) memorized and then generalized; needs {min_pool}",
+        )
     needed = np.array([deltas[o] for o in pool])
     start = float(np.interp(mem, steps, clock))
-    predicted, low, high = (_reach(steps, clock, start + v) for v in (np.median(needed), needed.min(), needed.max()))
+    predicted, low, high = (
+        _reach(steps, clock, start + v) for v in (np.median(needed), needed.min(), needed.max())
+    )
     baseline = float(np.median([gen_steps[o] for o in pool]))
-    return StepPrediction(**base, predicted=predicted, low=low, high=high, within_budget=predicted is not None,
-                          error=None if predicted is None or gen is None else predicted / gen - 1,
-                          baseline=baseline, baseline_error=None if gen is None else baseline / gen - 1,
-                          pool=pool_name, n_pool=len(pool))
+    return StepPrediction(
+        **base,
+        predicted=predicted,
+        low=low,
+        high=high,
+        within_budget=predicted is not None,
+        error=None if predicted is None or gen is None else predicted / gen - 1,
+        baseline=baseline,
+        baseline_error=None if gen is None else baseline / gen - 1,
+        pool=pool_name,
+        n_pool=len(pool),
+    )
 
 
 def _reach(steps: np.ndarray, clock: np.ndarray, target: float) -> float | None:

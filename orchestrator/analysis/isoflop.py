@@ -61,12 +61,23 @@ class IsoFlopBudget:
 
     def to_dict(self) -> dict:
         """The budget's summary (its runs are in the frontier's input, not repeated here)."""
-        out = {"flops": self.flops, "n_runs": len(self.n), "n_sizes": len(set(self.n)), "coef": self.coef,
-               "n_min": min(self.n, default=None), "n_max": max(self.n, default=None)}
+        out = {
+            "flops": self.flops,
+            "n_runs": len(self.n),
+            "n_sizes": len(set(self.n)),
+            "coef": self.coef,
+            "n_min": min(self.n, default=None),
+            "n_max": max(self.n, default=None),
+        }
         for name in ("N_opt", "L_opt"):
             est = getattr(self, name)
-            out.update({name: None if est is None else est.value, f"{name}_low": None if est is None else est.low,
-                        f"{name}_high": None if est is None else est.high})
+            out.update(
+                {
+                    name: None if est is None else est.value,
+                    f"{name}_low": None if est is None else est.low,
+                    f"{name}_high": None if est is None else est.high,
+                }
+            )
         out.update(bracketed=self.bracketed, resample=self.resample, trusted=self.trusted, reason=self.reason)
         return jsonable(out)
 
@@ -88,9 +99,19 @@ class IsoFlopFit:
         return {**self.frontier.to_dict(), "budgets": [b.to_dict() for b in self.budgets]}
 
 
-def fit_isoflop(n: np.ndarray, flops: np.ndarray, loss: np.ndarray, *, flops_per_token: float = FLOPS_PER_TOKEN,
-                n_boot: int = 200, ci: float = 0.95, seed: int = 0, min_sizes: int = 3, min_budgets: int = 3,
-                budget_rtol: float = 1e-3) -> IsoFlopFit:
+def fit_isoflop(
+    n: np.ndarray,
+    flops: np.ndarray,
+    loss: np.ndarray,
+    *,
+    flops_per_token: float = FLOPS_PER_TOKEN,
+    n_boot: int = 200,
+    ci: float = 0.95,
+    seed: int = 0,
+    min_sizes: int = 3,
+    min_budgets: int = 3,
+    budget_rtol: float = 1e-3,
+) -> IsoFlopFit:
     """Approach 2 on runs with N parameters, compute budget `flops` (C = k N D, k =
     `flops_per_token`) and final loss `loss`, one element per run."""
     n, flops, loss = _validate(n, flops, loss)
@@ -108,17 +129,28 @@ def fit_isoflop(n: np.ndarray, flops: np.ndarray, loss: np.ndarray, *, flops_per
     points = tuple(frontier_point(b.flops, flops_per_token, b.N_opt, b.L_opt, b.reason) for b in budgets)
     trusted = np.array([b.trusted for b in budgets])
     if trusted.sum() < min_budgets:
-        reason = (f"insufficient data: {int(trusted.sum())} budget(s) with a bracketed minimum "
-                  f"(of {len(budgets)}); the power law needs {min_budgets}")
+        reason = (
+            f"insufficient data: {int(trusted.sum())} budget(s) with a bracketed minimum "
+            f"(of {len(budgets)}); the power law needs {min_budgets}"
+        )
         frontier = no_frontier("isoflop", flops_per_token, int(trusted.sum()), ci, reason, points)
         return IsoFlopFit(tuple(budgets), frontier, None, boot_l)
     c = np.array([b.flops for b in budgets])[trusted]
     n_opt = np.array([b.N_opt.value for b in budgets])[trusted]
     law = compute_power_law(c, n_opt, boot_n[:, trusted], k=flops_per_token, ci=ci)
     b_est = Estimate(1 - law.a.value, *(None if v is None else 1 - v for v in (law.a.high, law.a.low)))
-    frontier = ComputeOptimalFrontier("isoflop", law.a, b_est, law.G, points, flops_per_token,
-                                      n_fit=int(trusted.sum()), n_boot=len(law.boot_a), ci=ci,
-                                      residual_rms=law.residual_rms)
+    frontier = ComputeOptimalFrontier(
+        "isoflop",
+        law.a,
+        b_est,
+        law.G,
+        points,
+        flops_per_token,
+        n_fit=int(trusted.sum()),
+        n_boot=len(law.boot_a),
+        ci=ci,
+        residual_rms=law.residual_rms,
+    )
     return IsoFlopFit(tuple(budgets), frontier, law, boot_l)
 
 
@@ -130,8 +162,15 @@ def group_budgets(flops: np.ndarray, rtol: float) -> list[tuple[float, np.ndarra
     return [(float(np.median(flops[idx])), idx) for idx in np.split(order, cuts)]
 
 
-def _fit_budget(c: float, n: np.ndarray, loss: np.ndarray, n_boot: int, ci: float, rng: np.random.Generator,
-                min_sizes: int) -> tuple[IsoFlopBudget, np.ndarray, np.ndarray]:
+def _fit_budget(
+    c: float,
+    n: np.ndarray,
+    loss: np.ndarray,
+    n_boot: int,
+    ci: float,
+    rng: np.random.Generator,
+    min_sizes: int,
+) -> tuple[IsoFlopBudget, np.ndarray, np.ndarray]:
     """One budget's parabola, minimum and bootstrap replicates of (N_opt, L_opt)."""
     order = np.argsort(n, kind="stable")
     n, loss = n[order], loss[order]
@@ -140,34 +179,62 @@ def _fit_budget(c: float, n: np.ndarray, loss: np.ndarray, n_boot: int, ci: floa
     base = dict(flops=c, n=tuple(map(float, n)), loss=tuple(map(float, loss)))
     if sizes.size < max(min_sizes, 3):
         reason = f"{sizes.size} model size(s) at this budget; a parabola needs {max(min_sizes, 3)}"
-        return IsoFlopBudget(**base, coef=None, N_opt=None, L_opt=None, bracketed=False, resample="none",
-                             reason=reason), nan, nan
+        return (
+            IsoFlopBudget(
+                **base, coef=None, N_opt=None, L_opt=None, bracketed=False, resample="none", reason=reason
+            ),
+            nan,
+            nan,
+        )
     x = np.log(n)
-    x0 = float(x.mean())  # centred: ln N of neighbouring sizes differ in the third digit, x^2 would be ill-conditioned
+    x0 = float(
+        x.mean()
+    )  # centred: ln N of neighbouring sizes differ in the third digit, x^2 would be ill-conditioned
     X = np.stack([np.ones_like(x), x - x0, (x - x0) ** 2], axis=1)  # (m, 3)
     coef = np.linalg.lstsq(X, loss, rcond=None)[0]
     boot_coef, resample = _replicate_coefs(X, loss, coef, n_boot, rng)  # (n_boot, 3)
     t_opt, l_opt = _vertex(coef[None, :])
     boot_t, boot_l = _vertex(boot_coef)
     x_opt, boot_x = t_opt + x0, boot_t + x0
-    coef = (coef[0] - coef[1] * x0 + coef[2] * x0 ** 2, coef[1] - 2 * coef[2] * x0, coef[2])  # in ln N, uncentred
+    coef = (
+        coef[0] - coef[1] * x0 + coef[2] * x0**2,
+        coef[1] - 2 * coef[2] * x0,
+        coef[2],
+    )  # in ln N, uncentred
     lo, hi = float(x.min()), float(x.max())
     if not coef[2] > 0:
-        reason, bracketed = "the loss is not convex in log N at this budget: the parabola has no minimum", False
+        reason, bracketed = (
+            "the loss is not convex in log N at this budget: the parabola has no minimum",
+            False,
+        )
         n_est = l_est = None
     else:
         bracketed = bool(lo <= x_opt[0] <= hi)
-        reason = None if bracketed else (f"minimum not bracketed: N_opt = {np.exp(x_opt[0]):.4g} lies outside the "
-                                         f"sampled sizes {np.exp(lo):.4g}-{np.exp(hi):.4g}")
+        reason = (
+            None
+            if bracketed
+            else (
+                f"minimum not bracketed: N_opt = {np.exp(x_opt[0]):.4g} lies outside the "
+                f"sampled sizes {np.exp(lo):.4g}-{np.exp(hi):.4g}"
+            )
+        )
         n_est = Estimate(float(np.exp(x_opt[0])), *interval(np.exp(boot_x), ci))
         l_est = Estimate(float(l_opt[0]), *interval(boot_l, ci))
-    budget = IsoFlopBudget(**base, coef=tuple(map(float, coef)), N_opt=n_est, L_opt=l_est, bracketed=bracketed,
-                           resample=resample, reason=reason)
+    budget = IsoFlopBudget(
+        **base,
+        coef=tuple(map(float, coef)),
+        N_opt=n_est,
+        L_opt=l_est,
+        bracketed=bracketed,
+        resample=resample,
+        reason=reason,
+    )
     return budget, np.exp(boot_x), boot_l
 
 
-def _replicate_coefs(X: np.ndarray, loss: np.ndarray, coef: np.ndarray, n_boot: int,
-                     rng: np.random.Generator) -> tuple[np.ndarray, str]:
+def _replicate_coefs(
+    X: np.ndarray, loss: np.ndarray, coef: np.ndarray, n_boot: int, rng: np.random.Generator
+) -> tuple[np.ndarray, str]:
     """Parabolas (n_boot, 3) refitted to the fit plus resampled residuals (see the module doc)."""
     m = loss.size
     if m <= X.shape[1]:  # the parabola interpolates: nothing to resample
@@ -192,9 +259,13 @@ def _vertex(coef: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _validate(n, flops, loss) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    arrays = {name: np.asarray(v, dtype=float).ravel() for name, v in (("N", n), ("flops", flops), ("loss", loss))}
+    arrays = {
+        name: np.asarray(v, dtype=float).ravel() for name, v in (("N", n), ("flops", flops), ("loss", loss))
+    }
     if len({a.size for a in arrays.values()}) != 1:
-        raise ValueError(f"N, flops and loss must have the same length, got { {k: a.size for k, a in arrays.items()} }")
+        raise ValueError(
+            f"N, flops and loss must have the same length, got { {k: a.size for k, a in arrays.items()} }"
+        )
     for name, a in arrays.items():
         if not np.all(np.isfinite(a)) or np.any(a <= 0):
             raise ValueError(f"{name}: every value must be finite and > 0")

@@ -25,8 +25,16 @@ class BatchResult:
     converged: np.ndarray  # (B,) bool: stopped by a tolerance, not by max_iter
 
 
-def minimize_batched(fun: Objective, x0: np.ndarray, *, max_iter: int = 1000, memory: int = 10,
-                     ftol: float = 1e-9, gtol: float = 1e-12, max_line_search: int = 40) -> BatchResult:
+def minimize_batched(
+    fun: Objective,
+    x0: np.ndarray,
+    *,
+    max_iter: int = 1000,
+    memory: int = 10,
+    ftol: float = 1e-9,
+    gtol: float = 1e-12,
+    max_line_search: int = 40,
+) -> BatchResult:
     """Minimize B independent objectives from the rows of x0 (B, P).
 
     Stops a problem when its relative decrease (f_k - f_k+1) / max(|f_k|, |f_k+1|) <= ftol,

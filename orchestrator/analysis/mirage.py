@@ -44,45 +44,91 @@ class MirageCheck:
     group: float | str | None = None  # the fixed value of the other axis, when checked per group
 
     def to_dict(self) -> dict:
-        return jsonable({"discontinuous_metric": self.discontinuous_metric,
-                         "continuous_metric": self.continuous_metric, "verdict": self.verdict,
-                         "reason": self.reason, "group": self.group,
-                         "discontinuous": self.discontinuous.to_dict(), "continuous": self.continuous.to_dict()})
+        return jsonable(
+            {
+                "discontinuous_metric": self.discontinuous_metric,
+                "continuous_metric": self.continuous_metric,
+                "verdict": self.verdict,
+                "reason": self.reason,
+                "group": self.group,
+                "discontinuous": self.discontinuous.to_dict(),
+                "continuous": self.continuous.to_dict(),
+            }
+        )
 
 
-def mirage_check(x: np.ndarray, y_discontinuous: np.ndarray, y_continuous: np.ndarray, *,
-                 discontinuous_metric: str = "val_acc", continuous_metric: str = "val_token_acc",
-                 chance_discontinuous: float | None = None, chance_continuous: float | None = None,
-                 best_discontinuous: float | None = 1.0, best_continuous: float | None = 1.0,
-                 group: float | str | None = None, **kwargs) -> MirageCheck:
+def mirage_check(
+    x: np.ndarray,
+    y_discontinuous: np.ndarray,
+    y_continuous: np.ndarray,
+    *,
+    discontinuous_metric: str = "val_acc",
+    continuous_metric: str = "val_token_acc",
+    chance_discontinuous: float | None = None,
+    chance_continuous: float | None = None,
+    best_discontinuous: float | None = 1.0,
+    best_continuous: float | None = 1.0,
+    group: float | str | None = None,
+    **kwargs,
+) -> MirageCheck:
     """Fit both metrics of the same runs over scale x and give the verdict. best_*: the best
     possible value of each metric (1 for accuracies, 0 for a log-likelihood). Other keyword
     arguments (agg, min_evidence, n_boot, seed, ...) go to `emergence_threshold` for both."""
-    disc = emergence_threshold(x, y_discontinuous, chance=chance_discontinuous, best_value=best_discontinuous,
-                               **kwargs)
-    cont = emergence_threshold(x, y_continuous, chance=chance_continuous, best_value=best_continuous, **kwargs)
-    undecided = next(((m, f) for m, f in ((discontinuous_metric, disc), (continuous_metric, cont))
-                      if f.sharp is None and f.threshold is not None), None)
+    disc = emergence_threshold(
+        x, y_discontinuous, chance=chance_discontinuous, best_value=best_discontinuous, **kwargs
+    )
+    cont = emergence_threshold(
+        x, y_continuous, chance=chance_continuous, best_value=best_continuous, **kwargs
+    )
+    undecided = next(
+        (
+            (m, f)
+            for m, f in ((discontinuous_metric, disc), (continuous_metric, cont))
+            if f.sharp is None and f.threshold is not None
+        ),
+        None,
+    )
     if disc.threshold is not None and undecided is not None:
         verdict, reason = "insufficient data", f"{undecided[0]}: {undecided[1].sharp_reason}"
     elif not disc.sharp:
         why = disc.reason or f"it rises smoothly (evidence for a jump {disc.evidence:.3g} < the minimum)"
         verdict, reason = "not emergent", f"{discontinuous_metric}: {why}"
     elif cont.sharp:
-        verdict, reason = "emergent", (f"{continuous_metric} jumps too: threshold {cont.threshold:.4g} against "
-                                       f"{disc.threshold:.4g} under {discontinuous_metric}")
+        verdict, reason = (
+            "emergent",
+            (
+                f"{continuous_metric} jumps too: threshold {cont.threshold:.4g} against "
+                f"{disc.threshold:.4g} under {discontinuous_metric}"
+            ),
+        )
     else:
         why = cont.reason or f"it rises smoothly (evidence for a jump {cont.evidence:.3g} < the minimum)"
-        verdict, reason = "mirage", (f"{discontinuous_metric} jumps at {disc.threshold:.4g} but "
-                                     f"{continuous_metric} does not: {why}")
-    return MirageCheck(discontinuous_metric=discontinuous_metric, continuous_metric=continuous_metric,
-                       discontinuous=disc, continuous=cont, verdict=verdict, reason=reason, group=group)
+        verdict, reason = (
+            "mirage",
+            (f"{discontinuous_metric} jumps at {disc.threshold:.4g} but {continuous_metric} does not: {why}"),
+        )
+    return MirageCheck(
+        discontinuous_metric=discontinuous_metric,
+        continuous_metric=continuous_metric,
+        discontinuous=disc,
+        continuous=cont,
+        verdict=verdict,
+        reason=reason,
+        group=group,
+    )
 
 
-def mirage_checks(runs: pd.DataFrame, *, x_col: str = "n_params", group_col: str | None = "d_value",
-                  pairs: tuple[tuple[str, str], ...] = DEFAULT_PAIRS, status_col: str | None = "status",
-                  statuses: tuple[str, ...] = ("completed", "stopped"),
-                  best_values: dict[str, float | None] | None = None, **kwargs) -> list[MirageCheck]:
+def mirage_checks(
+    runs: pd.DataFrame,
+    *,
+    x_col: str = "n_params",
+    group_col: str | None = "d_value",
+    pairs: tuple[tuple[str, str], ...] = DEFAULT_PAIRS,
+    status_col: str | None = "status",
+    statuses: tuple[str, ...] = ("completed", "stopped"),
+    best_values: dict[str, float | None] | None = None,
+    **kwargs,
+) -> list[MirageCheck]:
     """Every pair present in a runs table, over x_col, once per value of group_col (or once for
     the whole table when group_col is None). Pairs whose columns are missing or empty are
     skipped; best_values overrides `BEST_VALUES` for the metrics' best possible values."""
@@ -97,8 +143,17 @@ def mirage_checks(runs: pd.DataFrame, *, x_col: str = "n_params", group_col: str
             data = part[[x_col, disc_col, cont_col]].apply(pd.to_numeric, errors="coerce").dropna()
             if data.empty:
                 continue
-            out.append(mirage_check(data[x_col].to_numpy(), data[disc_col].to_numpy(), data[cont_col].to_numpy(),
-                                    discontinuous_metric=disc_col, continuous_metric=cont_col,
-                                    best_discontinuous=best.get(disc_col, 1.0),
-                                    best_continuous=best.get(cont_col, 1.0), group=value, **kwargs))
+            out.append(
+                mirage_check(
+                    data[x_col].to_numpy(),
+                    data[disc_col].to_numpy(),
+                    data[cont_col].to_numpy(),
+                    discontinuous_metric=disc_col,
+                    continuous_metric=cont_col,
+                    best_discontinuous=best.get(disc_col, 1.0),
+                    best_continuous=best.get(cont_col, 1.0),
+                    group=value,
+                    **kwargs,
+                )
+            )
     return out

@@ -65,55 +65,94 @@ class PhaseRegions:
 
     def to_dict(self) -> dict:
         """Summary only (the grid itself is for drawing)."""
-        return jsonable({"phases": self.phases, "log_x": self.log_x, "log_y": self.log_y, "n_points": self.n_points,
-                         "loo_accuracy": self.loo_accuracy, "drawn": self.labels is not None, "reason": self.reason})
+        return jsonable(
+            {
+                "phases": self.phases,
+                "log_x": self.log_x,
+                "log_y": self.log_y,
+                "n_points": self.n_points,
+                "loo_accuracy": self.loo_accuracy,
+                "drawn": self.labels is not None,
+                "reason": self.reason,
+            }
+        )
 
 
-def phase_regions(x: np.ndarray, y: np.ndarray, phase: np.ndarray, *, log_x: bool, log_y: bool,
-                  min_points: int = MIN_POINTS, min_values: int = MIN_VALUES,
-                  min_loo_accuracy: float = MIN_LOO_ACCURACY, k: int = K_NEIGHBOURS, grid: int = GRID) -> PhaseRegions:
+def phase_regions(
+    x: np.ndarray,
+    y: np.ndarray,
+    phase: np.ndarray,
+    *,
+    log_x: bool,
+    log_y: bool,
+    min_points: int = MIN_POINTS,
+    min_values: int = MIN_VALUES,
+    min_loo_accuracy: float = MIN_LOO_ACCURACY,
+    k: int = K_NEIGHBOURS,
+    grid: int = GRID,
+) -> PhaseRegions:
     """Phase regions from runs at (x, y) with phase labels (any hashable; None/NaN rows and
     non-finite or, on a log axis, non-positive coordinates are dropped)."""
     x, y = np.asarray(x, dtype=float).ravel(), np.asarray(y, dtype=float).ravel()
     phase = np.asarray(phase, dtype=object).ravel()
     if not x.size == y.size == phase.size:
         raise ValueError(f"x, y and phase must have the same length, got {x.size}, {y.size}, {phase.size}")
-    labelled = np.array([p is not None and not (isinstance(p, float) and np.isnan(p)) for p in phase], dtype=bool)
+    labelled = np.array(
+        [p is not None and not (isinstance(p, float) and np.isnan(p)) for p in phase], dtype=bool
+    )
     ok = labelled & np.isfinite(x) & np.isfinite(y) & ((x > 0) | (not log_x)) & ((y > 0) | (not log_y))
     x, y, phase = x[ok], y[ok], phase[ok]
     phases = tuple(dict.fromkeys(sorted(map(str, phase))))
     base = dict(phases=phases, log_x=log_x, log_y=log_y, n_points=int(x.size))
     refuse = dict(x_edges=None, y_edges=None, labels=None)
     if x.size < min_points:
-        return PhaseRegions(**base, **refuse, loo_accuracy=None,
-                            reason=f"{x.size} runs; regions need at least {min_points} (e.g. a 4 x 4 design)")
+        return PhaseRegions(
+            **base,
+            **refuse,
+            loo_accuracy=None,
+            reason=f"{x.size} runs; regions need at least {min_points} (e.g. a 4 x 4 design)",
+        )
     for name, v in (("x", x), ("y", y)):
         if np.unique(v).size < min_values:
-            return PhaseRegions(**base, **refuse, loo_accuracy=None,
-                                reason=f"{np.unique(v).size} distinct values of {name}; regions need at least "
-                                       f"{min_values} per axis")
+            return PhaseRegions(
+                **base,
+                **refuse,
+                loo_accuracy=None,
+                reason=f"{np.unique(v).size} distinct values of {name}; regions need at least "
+                f"{min_values} per axis",
+            )
     u, v = _unit(x, log_x), _unit(y, log_y)
     codes = np.array([phases.index(str(p)) for p in phase])
     points = np.column_stack([u[0], v[0]])
     loo = _loo_accuracy(points, codes, k, len(phases))
     if loo < min_loo_accuracy:
-        return PhaseRegions(**base, **refuse, loo_accuracy=loo,
-                            reason=f"a run's phase is given by its {k} nearest runs only {loo:.0%} of the time "
-                                   f"(< {min_loo_accuracy:.0%}): the phases do not form regions on this plane")
+        return PhaseRegions(
+            **base,
+            **refuse,
+            loo_accuracy=loo,
+            reason=f"a run's phase is given by its {k} nearest runs only {loo:.0%} of the time "
+            f"(< {min_loo_accuracy:.0%}): the phases do not form regions on this plane",
+        )
     ue, ve = np.linspace(0, 1, grid + 1), np.linspace(0, 1, grid + 1)
     uc, vc = (ue[1:] + ue[:-1]) / 2, (ve[1:] + ve[:-1]) / 2
     gu, gv = np.meshgrid(uc, vc)  # (grid, grid): rows y, columns x
     labels = _knn(points, codes, np.column_stack([gu.ravel(), gv.ravel()]), k, len(phases)).reshape(gu.shape)
-    return PhaseRegions(**base, x_edges=_back(ue, u[1], log_x), y_edges=_back(ve, v[1], log_y), labels=labels,
-                        loo_accuracy=loo)
+    return PhaseRegions(
+        **base,
+        x_edges=_back(ue, u[1], log_x),
+        y_edges=_back(ve, v[1], log_y),
+        labels=labels,
+        loo_accuracy=loo,
+    )
 
 
 def _cell(edges: np.ndarray, values: np.ndarray) -> np.ndarray:
     """The cell index of each value (the last edge belongs to the last cell; -1: outside), with
     a relative tolerance for edges that went through 10 ** log10."""
     tol = 1e-9 * max(abs(edges[0]), abs(edges[-1]))
-    clipped = np.where((values >= edges[0] - tol) & (values <= edges[-1] + tol),
-                       np.clip(values, edges[0], edges[-1]), np.nan)
+    clipped = np.where(
+        (values >= edges[0] - tol) & (values <= edges[-1] + tol), np.clip(values, edges[0], edges[-1]), np.nan
+    )
     idx = np.searchsorted(edges, clipped, side="right") - 1
     return np.where(np.isnan(clipped), -1, np.minimum(idx, edges.size - 2))
 
@@ -127,11 +166,17 @@ def _unit(values: np.ndarray, log: bool) -> tuple[np.ndarray, tuple[float, float
 
 def _back(edges: np.ndarray, span: tuple[float, float], log: bool) -> np.ndarray:
     t = span[0] + edges * (span[1] - span[0])
-    return 10 ** t if log else t
+    return 10**t if log else t
 
 
-def _knn(points: np.ndarray, codes: np.ndarray, queries: np.ndarray, k: int, n_classes: int,
-         exclude_self: bool = False) -> np.ndarray:
+def _knn(
+    points: np.ndarray,
+    codes: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    n_classes: int,
+    exclude_self: bool = False,
+) -> np.ndarray:
     """Majority code of the k nearest points of each query; a tie goes to the nearest point's code.
     (exclude_self: the queries are the points, and each leaves itself out.)"""
     from scipy.spatial import cKDTree

@@ -60,52 +60,112 @@ class ComputePlan:
         return self.flops / self.largest_flops
 
     def to_dict(self) -> dict:
-        out: dict = {"approach": self.approach, "flops": self.flops, "flops_per_token": self.flops_per_token,
-                     "largest_flops": self.largest_flops, "extrapolation": self.extrapolation}
+        out: dict = {
+            "approach": self.approach,
+            "flops": self.flops,
+            "flops_per_token": self.flops_per_token,
+            "largest_flops": self.largest_flops,
+            "extrapolation": self.extrapolation,
+        }
         for name in ("N_opt", "D_opt", "L_opt", "a"):
             est = getattr(self, name)
-            out.update({name: None if est is None else est.value, f"{name}_low": None if est is None else est.low,
-                        f"{name}_high": None if est is None else est.high})
+            out.update(
+                {
+                    name: None if est is None else est.value,
+                    f"{name}_low": None if est is None else est.low,
+                    f"{name}_high": None if est is None else est.high,
+                }
+            )
         out.update(n_fit=self.n_fit, reason=self.reason)
         return jsonable(out)
 
 
-def plan_isoflop(n: np.ndarray, flops: np.ndarray, loss: np.ndarray, target_flops: float, *,
-                 flops_per_token: float = FLOPS_PER_TOKEN, n_boot: int = 200, ci: float = 0.95, seed: int = 0,
-                 min_budgets: int = 3) -> ComputePlan:
+def plan_isoflop(
+    n: np.ndarray,
+    flops: np.ndarray,
+    loss: np.ndarray,
+    target_flops: float,
+    *,
+    flops_per_token: float = FLOPS_PER_TOKEN,
+    n_boot: int = 200,
+    ci: float = 0.95,
+    seed: int = 0,
+    min_budgets: int = 3,
+) -> ComputePlan:
     """Approach 2 at `target_flops`, from one row per cell: N, its budget C, its best loss. The fit
     is the report's own (`fit_isoflop` with its defaults), so the plan's a and G are the report's."""
     target = _target(target_flops)
-    fit = fit_isoflop(n, flops, loss, flops_per_token=flops_per_token, n_boot=n_boot, ci=ci, seed=seed,
-                      min_budgets=min_budgets)
+    fit = fit_isoflop(
+        n,
+        flops,
+        loss,
+        flops_per_token=flops_per_token,
+        n_boot=n_boot,
+        ci=ci,
+        seed=seed,
+        min_budgets=min_budgets,
+    )
     largest = max(b.flops for b in fit.budgets)
-    base = dict(approach="isoflop", flops=target, flops_per_token=flops_per_token, largest_flops=largest,
-                n_fit=fit.frontier.n_fit)
+    base = dict(
+        approach="isoflop",
+        flops=target,
+        flops_per_token=flops_per_token,
+        largest_flops=largest,
+        n_fit=fit.frontier.n_fit,
+    )
     n_opt, l_opt, reason = isoflop_prediction(fit, target, flops_per_token, ci, min_budgets)
     if reason is not None:
-        return ComputePlan(**base, N_opt=None, D_opt=None, L_opt=None, a=None,
-                           reason=f"approach 2 has no N_opt(C) power law: {fit.frontier.reason}")
+        return ComputePlan(
+            **base,
+            N_opt=None,
+            D_opt=None,
+            L_opt=None,
+            a=None,
+            reason=f"approach 2 has no N_opt(C) power law: {fit.frontier.reason}",
+        )
     point = frontier_point(target, flops_per_token, n_opt, l_opt)
     return ComputePlan(**base, N_opt=point.N_opt, D_opt=point.D_opt, L_opt=point.L_opt, a=fit.frontier.a)
 
 
-def plan_loss_law(n: np.ndarray, d: np.ndarray, loss: np.ndarray, target_flops: float, *,
-                  flops_per_token: float = FLOPS_PER_TOKEN, convention: str = "total", n_boot: int = 200,
-                  ci: float = 0.95, seed: int = 0) -> ComputePlan:
+def plan_loss_law(
+    n: np.ndarray,
+    d: np.ndarray,
+    loss: np.ndarray,
+    target_flops: float,
+    *,
+    flops_per_token: float = FLOPS_PER_TOKEN,
+    convention: str = "total",
+    n_boot: int = 200,
+    ci: float = 0.95,
+    seed: int = 0,
+) -> ComputePlan:
     """Approach 3 at `target_flops`, from one row per cell: N, D (tokens), its best loss; the law
     is fitted and checked as the report does (`fit_scaling_law`, `check_fit`)."""
     target = _target(target_flops)
     n, d, loss = (np.asarray(v, dtype=float).ravel() for v in (n, d, loss))
-    base = dict(approach="loss_law", flops=target, flops_per_token=flops_per_token,
-                largest_flops=float(np.max(flops_per_token * n * d)), n_fit=int(n.size))
+    base = dict(
+        approach="loss_law",
+        flops=target,
+        flops_per_token=flops_per_token,
+        largest_flops=float(np.max(flops_per_token * n * d)),
+        n_fit=int(n.size),
+    )
     try:
         fit = fit_scaling_law(n, d, loss, convention=convention, n_boot=n_boot, ci=ci, seed=seed)
     except ValueError as err:
-        return ComputePlan(**base, N_opt=None, D_opt=None, L_opt=None, a=None, reason=f"no L(N, D) fit: {err}")
+        return ComputePlan(
+            **base, N_opt=None, D_opt=None, L_opt=None, a=None, reason=f"no L(N, D) fit: {err}"
+        )
     check = check_fit(fit, n, d, loss)
     if not check.accepted:
-        return ComputePlan(**base, N_opt=None, D_opt=None, L_opt=None, a=None,
-                           reason=f"the L(N, D) fit was rejected: {check.reason}")
+        return ComputePlan(
+            **base,
+            N_opt=None,
+            D_opt=None,
+            L_opt=None,
+            a=None,
+            reason=f"the L(N, D) fit was rejected: {check.reason}",
+        )
     frontier = loss_law_frontier(fit, [target], flops_per_token=flops_per_token)
     if frontier.reason is not None:
         return ComputePlan(**base, N_opt=None, D_opt=None, L_opt=None, a=None, reason=frontier.reason)
@@ -118,7 +178,9 @@ def nearest_cell(n: Sequence[float], flops: Sequence[float], target_n: float, ta
     budget, the one trained closer to C), then nearest N in log among that budget's cells."""
     log_n, log_c = np.log(np.asarray(n, dtype=float)), np.log(np.asarray(flops, dtype=float))
     if log_n.size == 0 or log_n.size != log_c.size:
-        raise ValueError(f"n and flops must be non-empty and of one length, got {log_n.size} and {log_c.size}")
+        raise ValueError(
+            f"n and flops must be non-empty and of one length, got {log_n.size} and {log_c.size}"
+        )
     gap_c = np.round(np.abs(log_c - np.log(target_flops)), 9)  # budgets equal to print precision tie
     order = np.lexsort((np.abs(log_n - np.log(target_n)), -log_c, gap_c))
     return int(order[0])

@@ -42,9 +42,16 @@ class CellRegularization:
         return jsonable(self)
 
 
-def trial_table(runs: pd.DataFrame, *, objective: str = "max_val_acc", cell_col: str = "cell",
-                trial_col: str = "trial_number", param_prefix: str = "param.", status_col: str | None = "status",
-                statuses: tuple[str, ...] = ("completed", "stopped")) -> pd.DataFrame:
+def trial_table(
+    runs: pd.DataFrame,
+    *,
+    objective: str = "max_val_acc",
+    cell_col: str = "cell",
+    trial_col: str = "trial_number",
+    param_prefix: str = "param.",
+    status_col: str | None = "status",
+    statuses: tuple[str, ...] = ("completed", "stopped"),
+) -> pd.DataFrame:
     """One row per (cell, trial): the objective's mean over seeds (`value`), the seeds counted
     (`n_seeds`), and the searched values (columns `param_prefix...`, prefix kept; numbers when
     every value parses as one, since MLflow hands params back as text)."""
@@ -60,40 +67,79 @@ def trial_table(runs: pd.DataFrame, *, objective: str = "max_val_acc", cell_col:
     return out
 
 
-def cell_regularization(runs: pd.DataFrame, *, objective: str = "max_val_acc",
-                        direction: Literal["maximize", "minimize"] = "maximize", cell_col: str = "cell",
-                        trial_col: str = "trial_number", param_prefix: str = "param.",
-                        status_col: str | None = "status", statuses: tuple[str, ...] = ("completed", "stopped"),
-                        evaluator: Literal["fanova", "pedanova"] = "fanova", distributions: dict | None = None,
-                        min_trials: int = MIN_TRIALS, seed: int = 0) -> list[CellRegularization]:
+def cell_regularization(
+    runs: pd.DataFrame,
+    *,
+    objective: str = "max_val_acc",
+    direction: Literal["maximize", "minimize"] = "maximize",
+    cell_col: str = "cell",
+    trial_col: str = "trial_number",
+    param_prefix: str = "param.",
+    status_col: str | None = "status",
+    statuses: tuple[str, ...] = ("completed", "stopped"),
+    evaluator: Literal["fanova", "pedanova"] = "fanova",
+    distributions: dict | None = None,
+    min_trials: int = MIN_TRIALS,
+    seed: int = 0,
+) -> list[CellRegularization]:
     """Per cell of a runs table (one row per training run): the best trial by `objective` in
     `direction` (ties: the lowest trial number) and the importances of the searched parameters.
     distributions: Optuna distributions by parameter name without the prefix (e.g. from the
     study's search space); inferred from the values when not given."""
     if direction not in ("maximize", "minimize"):
         raise ValueError(f"direction must be 'maximize' or 'minimize', got {direction!r}")
-    trials = trial_table(runs, objective=objective, cell_col=cell_col, trial_col=trial_col,
-                         param_prefix=param_prefix, status_col=status_col, statuses=statuses)
+    trials = trial_table(
+        runs,
+        objective=objective,
+        cell_col=cell_col,
+        trial_col=trial_col,
+        param_prefix=param_prefix,
+        status_col=status_col,
+        statuses=statuses,
+    )
     params = [c for c in trials.columns if c.startswith(param_prefix)]
     out = []
     for cell, part in trials.groupby(cell_col, sort=True):
         ranked = part.sort_values(["value", trial_col], ascending=[direction == "minimize", True])
         best = ranked.iloc[0]
-        best_params = {c[len(param_prefix):]: _plain(best[c]) for c in params if not pd.isna(best[c])}
+        best_params = {c[len(param_prefix) :]: _plain(best[c]) for c in params if not pd.isna(best[c])}
         importances, reason = param_importances(
-            part.rename(columns={c: c[len(param_prefix):] for c in params}),
-            [c[len(param_prefix):] for c in params], direction=direction, evaluator=evaluator,
-            distributions=distributions, min_trials=min_trials, seed=seed)
-        out.append(CellRegularization(cell=str(cell), objective=objective, direction=direction, n_trials=len(part),
-                                      best_trial=int(best[trial_col]), best_value=float(best["value"]),
-                                      best_params=best_params, importances=importances, reason=reason,
-                                      evaluator=evaluator))
+            part.rename(columns={c: c[len(param_prefix) :] for c in params}),
+            [c[len(param_prefix) :] for c in params],
+            direction=direction,
+            evaluator=evaluator,
+            distributions=distributions,
+            min_trials=min_trials,
+            seed=seed,
+        )
+        out.append(
+            CellRegularization(
+                cell=str(cell),
+                objective=objective,
+                direction=direction,
+                n_trials=len(part),
+                best_trial=int(best[trial_col]),
+                best_value=float(best["value"]),
+                best_params=best_params,
+                importances=importances,
+                reason=reason,
+                evaluator=evaluator,
+            )
+        )
     return out
 
 
-def param_importances(trials: pd.DataFrame, params: list[str], *, value_col: str = "value",
-                      direction: str = "maximize", evaluator: str = "fanova", distributions: dict | None = None,
-                      min_trials: int = MIN_TRIALS, seed: int = 0) -> tuple[dict[str, float] | None, str | None]:
+def param_importances(
+    trials: pd.DataFrame,
+    params: list[str],
+    *,
+    value_col: str = "value",
+    direction: str = "maximize",
+    evaluator: str = "fanova",
+    distributions: dict | None = None,
+    min_trials: int = MIN_TRIALS,
+    seed: int = 0,
+) -> tuple[dict[str, float] | None, str | None]:
     """Importances of `params` for `value_col` over a table of trials (one row each), and None
     with the reason when there are fewer than `min_trials` trials or no parameter took two or
     more distinct values. Parameters that never varied are left out of the result."""
@@ -106,17 +152,30 @@ def param_importances(trials: pd.DataFrame, params: list[str], *, value_col: str
         return None, "no searched parameter took two or more distinct values"
     scores = pd.to_numeric(trials[value_col])
     if scores.nunique() < 2:  # fANOVA would raise "zero total variance"; there is nothing to apportion
-        return None, f"every trial scored the same ({scores.iloc[0]:.4g}): no parameter mattered within this cell"
+        return (
+            None,
+            f"every trial scored the same ({scores.iloc[0]:.4g}): no parameter mattered within this cell",
+        )
     import optuna  # lazily: the rest of the analysis needs no Optuna
 
     dists = {p: (distributions or {}).get(p) or _distribution(columns[p]) for p in varied}
     built = []
     for i in range(len(trials)):
         values = {p: _plain(columns[p].iloc[i]) for p in varied if not pd.isna(columns[p].iloc[i])}
-        built.append(optuna.trial.create_trial(params=values, distributions={p: dists[p] for p in values},
-                                               value=float(trials[value_col].iloc[i])))
-    chosen = (optuna.importance.FanovaImportanceEvaluator(seed=seed) if evaluator == "fanova" else
-              optuna.importance.PedAnovaImportanceEvaluator() if evaluator == "pedanova" else None)
+        built.append(
+            optuna.trial.create_trial(
+                params=values,
+                distributions={p: dists[p] for p in values},
+                value=float(trials[value_col].iloc[i]),
+            )
+        )
+    chosen = (
+        optuna.importance.FanovaImportanceEvaluator(seed=seed)
+        if evaluator == "fanova"
+        else optuna.importance.PedAnovaImportanceEvaluator()
+        if evaluator == "pedanova"
+        else None
+    )
     if chosen is None:
         raise ValueError(f"evaluator must be 'fanova' or 'pedanova', got {evaluator!r}")
     verbosity = optuna.logging.get_verbosity()

@@ -89,8 +89,14 @@ class ScalingLawFit:
             out[name] = None if est is None else est.value
             out[f"{name}_low"] = None if est is None else est.low
             out[f"{name}_high"] = None if est is None else est.high
-        out.update(objective=self.objective, n_points=self.n_points, n_inits=self.n_inits,
-                   n_boot=self.n_boot, ci=self.ci, delta=self.delta)
+        out.update(
+            objective=self.objective,
+            n_points=self.n_points,
+            n_inits=self.n_inits,
+            n_boot=self.n_boot,
+            ci=self.ci,
+            delta=self.delta,
+        )
         return jsonable(out)
 
     @property
@@ -99,9 +105,19 @@ class ScalingLawFit:
         return f"L({', '.join(self.variables)}) = " + " + ".join(terms)
 
 
-def fit_scaling_law(n: np.ndarray, d: np.ndarray, loss: np.ndarray, *, convention: str = "total",
-                    n_boot: int = 200, ci: float = 0.95, seed: int = 0, delta: float = HUBER_DELTA,
-                    starts: np.ndarray | None = None, counts: np.ndarray | None = None) -> ScalingLawFit:
+def fit_scaling_law(
+    n: np.ndarray,
+    d: np.ndarray,
+    loss: np.ndarray,
+    *,
+    convention: str = "total",
+    n_boot: int = 200,
+    ci: float = 0.95,
+    seed: int = 0,
+    delta: float = HUBER_DELTA,
+    starts: np.ndarray | None = None,
+    counts: np.ndarray | None = None,
+) -> ScalingLawFit:
     """Fit L(N, D) = E + A/N^alpha + B/D^beta to runs with N parameters (counted by
     `convention`), D training examples/tokens and final loss `loss` (all > 0).
 
@@ -115,8 +131,17 @@ def fit_scaling_law(n: np.ndarray, d: np.ndarray, loss: np.ndarray, *, conventio
     return _fit(("N", "D"), logs, log_loss, convention, n_boot, ci, seed, delta, starts, counts)
 
 
-def fit_power_law(x: np.ndarray, loss: np.ndarray, *, variable: str = "N", convention: str | None = None,
-                  n_boot: int = 200, ci: float = 0.95, seed: int = 0, delta: float = HUBER_DELTA) -> ScalingLawFit:
+def fit_power_law(
+    x: np.ndarray,
+    loss: np.ndarray,
+    *,
+    variable: str = "N",
+    convention: str | None = None,
+    n_boot: int = 200,
+    ci: float = 0.95,
+    seed: int = 0,
+    delta: float = HUBER_DELTA,
+) -> ScalingLawFit:
     """Fit the one-variable law L(N) = E + A/N^alpha (variable "N"; give `convention`) or
     L(D) = E + B/D^beta (variable "D") by the same method."""
     if variable not in ("N", "D"):
@@ -143,19 +168,25 @@ def _validate(columns: dict[str, np.ndarray], loss: np.ndarray) -> tuple[np.ndar
     arrays = {name: np.asarray(v, dtype=float).ravel() for name, v in {**columns, "loss": loss}.items()}
     sizes = {a.size for a in arrays.values()}
     if len(sizes) != 1:
-        raise ValueError(f"N, D and loss must have the same length, got { {k: a.size for k, a in arrays.items()} }")
+        raise ValueError(
+            f"N, D and loss must have the same length, got { {k: a.size for k, a in arrays.items()} }"
+        )
     for name, a in arrays.items():
         if not np.all(np.isfinite(a)) or np.any(a <= 0):
             raise ValueError(f"{name}: every value must be finite and > 0 (the fit is in log space)")
     min_points = 2 * len(columns) + 2  # more points than the 2T + 1 parameters
     if sizes.pop() < min_points:
-        raise ValueError(f"need at least {min_points} points for {len(columns) * 2 + 1} parameters, "
-                         f"got {arrays['loss'].size}")
+        raise ValueError(
+            f"need at least {min_points} points for {len(columns) * 2 + 1} parameters, "
+            f"got {arrays['loss'].size}"
+        )
     logs = np.stack([np.log(arrays[name]) for name in columns], axis=1)  # (n, T)
     return logs, np.log(arrays["loss"])
 
 
-def _objective(logs: np.ndarray, log_loss: np.ndarray, weights: np.ndarray, weight_row: np.ndarray, delta: float):
+def _objective(
+    logs: np.ndarray, log_loss: np.ndarray, weights: np.ndarray, weight_row: np.ndarray, delta: float
+):
     """Summed Huber loss of the log-loss residuals and its analytic gradient, for a batch of
     parameter rows (a_1..a_T, alpha_1..alpha_T, e); row k uses data weights weights[weight_row[k]]."""
     n_terms = logs.shape[1]
@@ -164,7 +195,9 @@ def _objective(logs: np.ndarray, log_loss: np.ndarray, weights: np.ndarray, weig
 
     def fun(theta: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         e = theta[:, -1:]  # (k, 1)
-        z = [theta[:, t, None] - theta[:, n_terms + t, None] * logs[None, :, t] for t in range(n_terms)]  # (k, n)
+        z = [
+            theta[:, t, None] - theta[:, n_terms + t, None] * logs[None, :, t] for t in range(n_terms)
+        ]  # (k, n)
         top = e
         for zt in z:
             top = np.maximum(top, zt)
@@ -200,9 +233,18 @@ def _objective(logs: np.ndarray, log_loss: np.ndarray, weights: np.ndarray, weig
     return fun
 
 
-def _fit(variables: tuple[str, ...], logs: np.ndarray, log_loss: np.ndarray, convention: str | None,
-         n_boot: int, ci: float, seed: int, delta: float, starts: np.ndarray | None = None,
-         counts: np.ndarray | None = None) -> ScalingLawFit:
+def _fit(
+    variables: tuple[str, ...],
+    logs: np.ndarray,
+    log_loss: np.ndarray,
+    convention: str | None,
+    n_boot: int,
+    ci: float,
+    seed: int,
+    delta: float,
+    starts: np.ndarray | None = None,
+    counts: np.ndarray | None = None,
+) -> ScalingLawFit:
     n_points, n_terms = logs.shape
     starts = init_grid(n_terms) if starts is None else np.atleast_2d(np.asarray(starts, dtype=float))
     if starts.shape[1] != 2 * n_terms + 1:
@@ -228,8 +270,9 @@ def _fit(variables: tuple[str, ...], logs: np.ndarray, log_loss: np.ndarray, con
     if n_boot > 0:
         if counts is None:
             rng = np.random.default_rng(seed)
-            counts = np.stack([np.bincount(rng.integers(0, n_points, n_points), minlength=n_points)
-                               for _ in range(n_boot)]).astype(float)  # (n_boot, n) resampling weights
+            counts = np.stack(
+                [np.bincount(rng.integers(0, n_points, n_points), minlength=n_points) for _ in range(n_boot)]
+            ).astype(float)  # (n_boot, n) resampling weights
         x0 = np.tile(np.array(warm), (n_boot, 1))
         rows = np.repeat(np.arange(n_boot), len(warm))
         boot = minimize_batched(_objective(logs, log_loss, counts, rows, delta), x0)
@@ -255,10 +298,23 @@ def _fit(variables: tuple[str, ...], logs: np.ndarray, log_loss: np.ndarray, con
         boot[:, coef], boot[:, expo] = _exp(samples[:, t]), samples[:, n_terms + t]
     boot.setflags(write=False)  # the result is frozen; so are its resamples
     rows_fitted.setflags(write=False)
-    return ScalingLawFit(variables=variables, convention=convention if "N" in variables else None,
-                         E=estimate(2 * n_terms, _exp), A=coef_n, alpha=exp_n, B=coef_d, beta=exp_d,
-                         objective=float(res.f[order[0]]), n_points=n_points, n_inits=len(starts),
-                         n_boot=len(samples), ci=ci, delta=delta, boot=boot, boot_rows=rows_fitted)
+    return ScalingLawFit(
+        variables=variables,
+        convention=convention if "N" in variables else None,
+        E=estimate(2 * n_terms, _exp),
+        A=coef_n,
+        alpha=exp_n,
+        B=coef_d,
+        beta=exp_d,
+        objective=float(res.f[order[0]]),
+        n_points=n_points,
+        n_inits=len(starts),
+        n_boot=len(samples),
+        ci=ci,
+        delta=delta,
+        boot=boot,
+        boot_rows=rows_fitted,
+    )
 
 
 def _exp(log_value: np.ndarray) -> np.ndarray:

@@ -57,10 +57,19 @@ class CellOptimum:
 
     def to_dict(self) -> dict:
         est = self.optimum
-        return jsonable({"n": self.n, "optimum": None if est is None else est.value,
-                         "low": None if est is None else est.low, "high": None if est is None else est.high,
-                         "at_edge": self.at_edge, "reason": self.reason, "n_trials": self.n_trials,
-                         "param_min": self.param_min, "param_max": self.param_max})
+        return jsonable(
+            {
+                "n": self.n,
+                "optimum": None if est is None else est.value,
+                "low": None if est is None else est.low,
+                "high": None if est is None else est.high,
+                "at_edge": self.at_edge,
+                "reason": self.reason,
+                "n_trials": self.n_trials,
+                "param_min": self.param_min,
+                "param_max": self.param_max,
+            }
+        )
 
 
 @dataclass(frozen=True)
@@ -78,24 +87,42 @@ class TransferCheck:
 
     def to_dict(self) -> dict:
         e = self.exponent
-        return jsonable({"param": self.param, "optima": [o.to_dict() for o in self.optima],
-                         "exponent": None if e is None else e.value,
-                         "exponent_low": None if e is None else e.low,
-                         "exponent_high": None if e is None else e.high, "transfers": self.transfers,
-                         "reason": self.reason, "tolerance": self.tolerance,
-                         "n_usable": sum(o.usable for o in self.optima), "n_boot": self.n_boot,
-                         "ci": self.ci})
+        return jsonable(
+            {
+                "param": self.param,
+                "optima": [o.to_dict() for o in self.optima],
+                "exponent": None if e is None else e.value,
+                "exponent_low": None if e is None else e.low,
+                "exponent_high": None if e is None else e.high,
+                "transfers": self.transfers,
+                "reason": self.reason,
+                "tolerance": self.tolerance,
+                "n_usable": sum(o.usable for o in self.optima),
+                "n_boot": self.n_boot,
+                "ci": self.ci,
+            }
+        )
 
 
-def transfer_check(n: np.ndarray, param: np.ndarray, loss: np.ndarray, *, param_name: str = "param",
-                   tolerance: float = TOLERANCE, window: int = WINDOW, n_boot: int = 200, ci: float = CI,
-                   seed: int = 0) -> TransferCheck:
+def transfer_check(
+    n: np.ndarray,
+    param: np.ndarray,
+    loss: np.ndarray,
+    *,
+    param_name: str = "param",
+    tolerance: float = TOLERANCE,
+    window: int = WINDOW,
+    n_boot: int = 200,
+    ci: float = CI,
+    seed: int = 0,
+) -> TransferCheck:
     """From trials (N, hyperparameter value > 0, loss; one row each): the optimum per N and
     whether it holds across N."""
     n, param, loss = (np.asarray(v, dtype=float).ravel() for v in (n, param, loss))
     if not n.size == param.size == loss.size:
-        raise ValueError(f"N, {param_name} and loss must have the same length, "
-                         f"got {n.size}, {param.size}, {loss.size}")
+        raise ValueError(
+            f"N, {param_name} and loss must have the same length, got {n.size}, {param.size}, {loss.size}"
+        )
     if n.size == 0:
         raise ValueError("no trials")
     for name, a in (("N", n), (param_name, param)):
@@ -113,8 +140,9 @@ def transfer_check(n: np.ndarray, param: np.ndarray, loss: np.ndarray, *, param_
         idx = np.flatnonzero(n == value)
         weights = np.ones((1 + n_boot, idx.size))
         if n_boot > 0:
-            weights[1:] = np.stack([np.bincount(rng.integers(0, idx.size, idx.size), minlength=idx.size)
-                                    for _ in range(n_boot)])
+            weights[1:] = np.stack(
+                [np.bincount(rng.integers(0, idx.size, idx.size), minlength=idx.size) for _ in range(n_boot)]
+            )
         cell, boot = _cell(float(value), np.log(param[idx]), loss[idx], weights, window, ci, param_name)
         cells.append(cell)
         boots.append(boot)
@@ -126,22 +154,34 @@ def transfer_check(n: np.ndarray, param: np.ndarray, loss: np.ndarray, *, param_
         slopes = _slopes(log_n, x_opt)
         exponent = Estimate(float(slopes[0]), *(interval(slopes[1:], ci) if n_boot > 0 else (None, None)))
     transfers, reason = _verdict(exponent, len(usable), tolerance, param_name, cells)
-    return TransferCheck(param=param_name, optima=tuple(cells), exponent=exponent, transfers=transfers,
-                         reason=reason, tolerance=tolerance, n_boot=n_boot, ci=ci)
+    return TransferCheck(
+        param=param_name,
+        optima=tuple(cells),
+        exponent=exponent,
+        transfers=transfers,
+        reason=reason,
+        tolerance=tolerance,
+        n_boot=n_boot,
+        ci=ci,
+    )
 
 
-def _cell(value: float, x: np.ndarray, loss: np.ndarray, weights: np.ndarray, window: int, ci: float,
-          name: str) -> tuple[CellOptimum, np.ndarray]:
+def _cell(
+    value: float, x: np.ndarray, loss: np.ndarray, weights: np.ndarray, window: int, ci: float, name: str
+) -> tuple[CellOptimum, np.ndarray]:
     """One N's optimum and its resamples' log optima (row 0: the data itself), for weights
     (1 + n_boot, trials)."""
     values, inverse = np.unique(x, return_inverse=True)
     m = values.size
-    base = dict(n=value, n_trials=int(x.size), param_min=float(np.exp(values[0])),
-                param_max=float(np.exp(values[-1])))
+    base = dict(
+        n=value, n_trials=int(x.size), param_min=float(np.exp(values[0])), param_max=float(np.exp(values[-1]))
+    )
     if m < 3:
         reason = f"{m} distinct value(s) of {name}; a quadratic needs 3"
-        return (CellOptimum(optimum=None, at_edge=False, reason=reason, **base),
-                np.full(weights.shape[0], np.nan))
+        return (
+            CellOptimum(optimum=None, at_edge=False, reason=reason, **base),
+            np.full(weights.shape[0], np.nan),
+        )
     onehot = np.zeros((x.size, m))
     onehot[np.arange(x.size), inverse] = 1.0
     count = weights @ onehot  # (R, m) trials of each value in each resample
@@ -157,8 +197,8 @@ def _cell(value: float, x: np.ndarray, loss: np.ndarray, weights: np.ndarray, wi
     w = weights * in_window[:, inverse]  # (R, trials)
     center = values.mean()
     u = x - center
-    moments = np.stack([w @ u ** p for p in range(5)], axis=1)  # (R, 5): sum w u^p
-    rhs = np.stack([w @ (u ** p * loss) for p in range(3)], axis=1)  # (R, 3)
+    moments = np.stack([w @ u**p for p in range(5)], axis=1)  # (R, 5): sum w u^p
+    rhs = np.stack([w @ (u**p * loss) for p in range(3)], axis=1)  # (R, 3)
     gram = moments[:, [[0, 1, 2], [1, 2, 3], [2, 3, 4]]]  # (R, 3, 3)
     enough = in_window.sum(axis=1) >= 3
     coef = np.full((len(best), 3), np.nan)
@@ -181,13 +221,16 @@ def _cell(value: float, x: np.ndarray, loss: np.ndarray, weights: np.ndarray, wi
         at_edge = True
         low_side = vertex[0] <= values[0]
         side, edge = ("below the smallest", values[0]) if low_side else ("above the largest", values[-1])
-        reason = (f"at the edge: the vertex {np.exp(vertex[0]):.3g} lies at or {side} {name} tried "
-                  f"({np.exp(edge):.3g})")
+        reason = (
+            f"at the edge: the vertex {np.exp(vertex[0]):.3g} lies at or {side} {name} tried "
+            f"({np.exp(edge):.3g})"
+        )
     if reason is not None:
         return CellOptimum(optimum=None, at_edge=at_edge, reason=reason, **base), boot
     low, high = interval(np.exp(boot[1:]), ci) if len(boot) > 1 else (None, None)
-    return CellOptimum(optimum=Estimate(float(np.exp(vertex[0])), low, high), at_edge=False, reason=None,
-                       **base), np.concatenate([vertex[:1], boot[1:]])
+    return CellOptimum(
+        optimum=Estimate(float(np.exp(vertex[0])), low, high), at_edge=False, reason=None, **base
+    ), np.concatenate([vertex[:1], boot[1:]])
 
 
 def _slopes(log_n: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -196,8 +239,9 @@ def _slopes(log_n: np.ndarray, y: np.ndarray) -> np.ndarray:
     return (y - y.mean(axis=1, keepdims=True)) @ xc / (xc @ xc)
 
 
-def _verdict(exponent: Estimate | None, n_usable: int, tolerance: float, name: str,
-             cells: list[CellOptimum]) -> tuple[bool | None, str]:
+def _verdict(
+    exponent: Estimate | None, n_usable: int, tolerance: float, name: str, cells: list[CellOptimum]
+) -> tuple[bool | None, str]:
     refused = [c for c in cells if not c.usable]
     note = "".join(f"; N = {c.n:.3g} excluded: {c.reason}" for c in refused)
     if exponent is None:

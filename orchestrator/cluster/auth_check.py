@@ -29,8 +29,13 @@ def ray_version() -> tuple[int, ...]:
 def accepted(address: str, env: dict[str, str]) -> bool:
     """Whether a fresh process with this environment connects to the Ray at `address`."""
     try:
-        done = subprocess.run([sys.executable, "-c", ATTEMPT, address], env=env, capture_output=True, text=True,
-                              timeout=CONNECT_TIMEOUT_S)
+        done = subprocess.run(
+            [sys.executable, "-c", ATTEMPT, address],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=CONNECT_TIMEOUT_S,
+        )
     except subprocess.TimeoutExpired:
         return False  # it never got in
     return done.returncode == 0 and "connected" in done.stdout
@@ -40,8 +45,10 @@ def intruders(address: str) -> list[str]:
     """The connections without this job's token that the cluster accepted (empty: none)."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
     base["RAY_ADDRESS"] = ""
-    tries = {"no authentication": {**base, "RAY_AUTH_MODE": "disabled"},
-             "a wrong token": {**base, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}}
+    tries = {
+        "no authentication": {**base, "RAY_AUTH_MODE": "disabled"},
+        "a wrong token": {**base, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)},
+    }
     return [what for what, env in tries.items() if accepted(address, env)]
 
 
@@ -52,9 +59,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     let_in = intruders(argv[0])
     if let_in:
-        print(f"grokscale: the Ray at {argv[0]} accepted a connection with {' and with '.join(let_in)}: anyone "
-              f"on the network could run code in this job; stopping (is RAY_AUTH_MODE=token honoured? Ray >= "
-              f"{'.'.join(map(str, MIN_RAY))} is needed)", file=sys.stderr)
+        print(
+            f"grokscale: the Ray at {argv[0]} accepted a connection with {' and with '.join(let_in)}: anyone "
+            f"on the network could run code in this job; stopping (is RAY_AUTH_MODE=token honoured? Ray >= "
+            f"{'.'.join(map(str, MIN_RAY))} is needed)",
+            file=sys.stderr,
+        )
         return 1
     print(f"grokscale: the Ray at {argv[0]} refuses connections without this job's token")
     return 0

@@ -26,8 +26,10 @@ def wait_for_nodes(address: str, n_nodes: int, timeout_s: float, poll_s: float =
     # ray.init would wait for a head that is still starting, but for a time of Ray's choosing.
     while not _listening(host, int(port)):
         if time.monotonic() > deadline:
-            raise TimeoutError(f"nothing answers at {address} after {timeout_s:.0f} s: the Ray head did not "
-                               f"start (see `ray start --head` above)")
+            raise TimeoutError(
+                f"nothing answers at {address} after {timeout_s:.0f} s: the Ray head did not "
+                f"start (see `ray start --head` above)"
+            )
         time.sleep(poll_s)
     import ray
 
@@ -38,8 +40,10 @@ def wait_for_nodes(address: str, n_nodes: int, timeout_s: float, poll_s: float =
             if alive >= n_nodes:
                 return alive
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{alive} of {n_nodes} nodes joined the Ray head at {address} in "
-                                   f"{timeout_s:.0f} s (see each node's `ray start` above)")
+                raise TimeoutError(
+                    f"{alive} of {n_nodes} nodes joined the Ray head at {address} in "
+                    f"{timeout_s:.0f} s (see each node's `ray start` above)"
+                )
             time.sleep(poll_s)
     finally:
         ray.shutdown()
@@ -57,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     except TimeoutError as err:
         print(f"grokscale: {err}", file=sys.stderr)
         return 1
-    print(f"grokscale: {alive} node(s) in the Ray cluster at {args.address} after {time.monotonic() - start:.0f} s")
+    print(
+        f"grokscale: {alive} node(s) in the Ray cluster at {args.address} after {time.monotonic() - start:.0f} s"
+    )
     return 0
 
 

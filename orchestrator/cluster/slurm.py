@@ -60,21 +60,29 @@ class SlurmJob:
         for flag, value in (("--partition", self.partition), ("--account", self.account)):
             if value is not None and not NAME.match(value):
                 out.append(f"{flag}: {value!r} is not a Slurm name (letters, digits, _ . , + -)")
-        ports = {"--port": self.port, "--client-port": self.client_port,
-                 "--object-manager-port": self.object_manager_port}
+        ports = {
+            "--port": self.port,
+            "--client-port": self.client_port,
+            "--object-manager-port": self.object_manager_port,
+        }
         for flag, port in ports.items():
             if not 1024 <= port <= 65535 or port in WORKER_PORTS:
                 out.append(f"{flag}: {port} must be in 1024-65535 and outside Ray's worker ports 10002-19999")
         if len(set(ports.values())) < len(ports):
-            out.append(f"--port, --client-port and --object-manager-port must differ, got {sorted(ports.values())}")
+            out.append(
+                f"--port, --client-port and --object-manager-port must differ, got {sorted(ports.values())}"
+            )
         return out
 
     def sbatch_lines(self, name: str, cwd: Path, out_dir: Path) -> list[str]:
         lines = [f"--job-name=grokscale-{name}", f"--nodes={self.nodes}", "--ntasks-per-node=1"]
         lines.append(f"--cpus-per-task={self.cpus_per_node}" if self.cpus_per_node else "--exclusive")
         lines += [f"--gpus-per-node={self.gpus_per_node}"] if self.gpus_per_node else []
-        lines += [f"--{k}={v}" for k, v in (("time", self.time), ("partition", self.partition),
-                                             ("account", self.account)) if v is not None]
+        lines += [
+            f"--{k}={v}"
+            for k, v in (("time", self.time), ("partition", self.partition), ("account", self.account))
+            if v is not None
+        ]
         lines += [f"--chdir={cwd}", f"--output={out_dir / 'slurm-%j.out'}", "--dependency=singleton"]
         return [f"#SBATCH {line}" for line in lines]
 
@@ -82,13 +90,16 @@ class SlurmJob:
         """What each srun step (one `ray start` per node) takes: its CPUs and GPUs, or the node."""
         if self.cpus_per_node is None:
             return "--whole" + (f" --gres=gpu:{self.gpus_per_node}" if self.gpus_per_node else "")
-        return f"--cpus-per-task={self.cpus_per_node}" + (f" --gres=gpu:{self.gpus_per_node}"
-                                                          if self.gpus_per_node else "")
+        return f"--cpus-per-task={self.cpus_per_node}" + (
+            f" --gres=gpu:{self.gpus_per_node}" if self.gpus_per_node else ""
+        )
 
     def ray_resources(self) -> str:
         """What each node's Ray offers; without --cpus-per-node Ray counts the whole node's CPUs."""
-        return " ".join(([f"--num-cpus={self.cpus_per_node}"] if self.cpus_per_node else []) +
-                        [f"--num-gpus={self.gpus_per_node}"])
+        return " ".join(
+            ([f"--num-cpus={self.cpus_per_node}"] if self.cpus_per_node else [])
+            + [f"--num-gpus={self.gpus_per_node}"]
+        )
 
 
 def script_path(study, cwd: Path) -> Path:
@@ -104,9 +115,13 @@ def render(study, study_path: Path, job: SlurmJob, sets: list[str], cwd: Path) -
         "VENV_BIN": shlex.quote(str(Path(sys.executable).parent)),
         "STUDY": shlex.quote(str(study_path)),
         "SETS": "".join(f" --set {shlex.quote(s)}" for s in sets),
-        "NODES": str(job.nodes), "GCS_PORT": str(job.port), "CLIENT_PORT": str(job.client_port),
-        "OBJECT_PORT": str(job.object_manager_port), "JOIN_TIMEOUT": str(JOIN_TIMEOUT_S),
-        "STEP_RESOURCES": job.step_resources(), "RAY_RESOURCES": job.ray_resources(),
+        "NODES": str(job.nodes),
+        "GCS_PORT": str(job.port),
+        "CLIENT_PORT": str(job.client_port),
+        "OBJECT_PORT": str(job.object_manager_port),
+        "JOIN_TIMEOUT": str(JOIN_TIMEOUT_S),
+        "STEP_RESOURCES": job.step_resources(),
+        "RAY_RESOURCES": job.ray_resources(),
     }
     text = TEMPLATE.read_text()
     for key, value in values.items():
@@ -126,12 +141,20 @@ def check(study_path: str, sets: list[str], job: SlurmJob, cwd: Path):
 
     problems = job.problems()
     if ray_version() < MIN_RAY:  # the job's Ray would listen on the network with no authentication
-        problems.append(f"ray {'.'.join(map(str, ray_version()))} has no token authentication; the job's Ray would "
-                        f"accept anyone on the cluster's network: install ray >= {'.'.join(map(str, MIN_RAY))}")
-    problems += [f"--set {s}: the script sets ray.address to the allocation's head; leave it out"
-                 for s in sets if s.partition("=")[0].strip() == "ray.address"]
-    problems += [f"{p} has white space, which #SBATCH lines cannot hold" for p in (cwd, Path(study_path))
-                 if re.search(r"\s", str(p))]
+        problems.append(
+            f"ray {'.'.join(map(str, ray_version()))} has no token authentication; the job's Ray would "
+            f"accept anyone on the cluster's network: install ray >= {'.'.join(map(str, MIN_RAY))}"
+        )
+    problems += [
+        f"--set {s}: the script sets ray.address to the allocation's head; leave it out"
+        for s in sets
+        if s.partition("=")[0].strip() == "ray.address"
+    ]
+    problems += [
+        f"{p} has white space, which #SBATCH lines cannot hold"
+        for p in (cwd, Path(study_path))
+        if re.search(r"\s", str(p))
+    ]
     study = load_study(study_path, sets)  # raises StudyError with every problem of the study
     cells = build_cells(study)
     # The login node is not the cluster: check the study as it will run, joining the allocation.
@@ -152,36 +175,69 @@ def submit(path: Path) -> tuple[str | None, str]:
 
 
 def add_slurm_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("slurm", help="run a study on a Slurm allocation: write and submit an sbatch script",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "slurm",
+        help="run a study on a Slurm allocation: write and submit an sbatch script",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("study", help="the study's YAML file")
     p.add_argument("--nodes", type=int, required=True, help="nodes to allocate; Ray's head runs on the first")
-    p.add_argument("--cpus-per-node", type=int, help="CPUs per node for Ray (default: whole nodes, --exclusive)")
+    p.add_argument(
+        "--cpus-per-node", type=int, help="CPUs per node for Ray (default: whole nodes, --exclusive)"
+    )
     p.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per node for Ray (default 0)")
     p.add_argument("--time", help="the job's time limit, HH:MM:SS or D-HH:MM:SS (default: the partition's)")
     p.add_argument("--partition", help="the Slurm partition (default: the cluster's default)")
     p.add_argument("--account", help="the Slurm account to charge")
     p.add_argument("--port", type=int, default=GCS_PORT, help=f"the Ray head's GCS port (default {GCS_PORT})")
-    p.add_argument("--client-port", type=int, default=CLIENT_PORT,
-                   help=f"Ray's client server port on the head (default {CLIENT_PORT})")
-    p.add_argument("--object-manager-port", type=int, default=OBJECT_PORT,
-                   help=f"Ray's object manager port on every node (default {OBJECT_PORT})")
-    p.add_argument("--dry-run", action="store_true",
-                   help="write the script and print the sbatch command; submit nothing")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a study field, for the check and for the job's `grokscale run` (repeatable)")
+    p.add_argument(
+        "--client-port",
+        type=int,
+        default=CLIENT_PORT,
+        help=f"Ray's client server port on the head (default {CLIENT_PORT})",
+    )
+    p.add_argument(
+        "--object-manager-port",
+        type=int,
+        default=OBJECT_PORT,
+        help=f"Ray's object manager port on every node (default {OBJECT_PORT})",
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="write the script and print the sbatch command; submit nothing"
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a study field, for the check and for the job's `grokscale run` (repeatable)",
+    )
     return p
 
 
 def cmd_slurm(args: argparse.Namespace) -> int:
     from orchestrator.study import StudyError
 
-    job = SlurmJob(nodes=args.nodes, cpus_per_node=args.cpus_per_node, gpus_per_node=args.gpus_per_node,
-                   time=args.time, partition=args.partition, account=args.account, port=args.port,
-                   client_port=args.client_port, object_manager_port=args.object_manager_port)
+    job = SlurmJob(
+        nodes=args.nodes,
+        cpus_per_node=args.cpus_per_node,
+        gpus_per_node=args.gpus_per_node,
+        time=args.time,
+        partition=args.partition,
+        account=args.account,
+        port=args.port,
+        client_port=args.client_port,
+        object_manager_port=args.object_manager_port,
+    )
     cwd = Path.cwd()
-    problems = [] if args.dry_run or shutil.which("sbatch") else [
-        "no `sbatch` on PATH: run this on a Slurm login node, or pass --dry-run to only write the script"]
+    problems = (
+        []
+        if args.dry_run or shutil.which("sbatch")
+        else [
+            "no `sbatch` on PATH: run this on a Slurm login node, or pass --dry-run to only write the script"
+        ]
+    )
     try:
         study = check(args.study, list(args.set), job, cwd)
     except StudyError as err:
@@ -201,10 +257,12 @@ def cmd_slurm(args: argparse.Namespace) -> int:
     if job_id is None:
         print(f"error: sbatch refused {path}: {why}", file=sys.stderr)
         return 2
-    print(f"submitted job {job_id}: {path}\n"
-          f"  output: {path.parent / f'slurm-{job_id}.out'}\n"
-          f"  watch:  squeue -j {job_id}\n"
-          f"  resume: run this command again (it waits for any job of this study still running)")
+    print(
+        f"submitted job {job_id}: {path}\n"
+        f"  output: {path.parent / f'slurm-{job_id}.out'}\n"
+        f"  watch:  squeue -j {job_id}\n"
+        f"  resume: run this command again (it waits for any job of this study still running)"
+    )
     return 0
 
 

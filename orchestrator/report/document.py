@@ -68,8 +68,18 @@ def read_inputs(res: StudyResults, out: Path) -> Inputs:
     usable = runs[runs["status"].isin(USABLE_STATUSES)].copy()
     if "val_loss" in usable:  # the mean probability given to the right answer: a continuous accuracy
         usable["val_p_answer"] = np.exp(-usable["val_loss"].astype(float))
-    return Inputs(config, runs, usable, res.curves, out, _n_col(config), names.PARAM_N_TRAIN,
-                  _emergence_metric(config, runs), chance_level(config), is_language_model(config))
+    return Inputs(
+        config,
+        runs,
+        usable,
+        res.curves,
+        out,
+        _n_col(config),
+        names.PARAM_N_TRAIN,
+        _emergence_metric(config, runs),
+        chance_level(config),
+        is_language_model(config),
+    )
 
 
 def is_language_model(config: dict) -> bool:

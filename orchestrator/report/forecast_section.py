@@ -29,32 +29,54 @@ MIN_SIZES = 4  # one held out, three to fit on
 def forecast(inp: Inputs, report: Report, results: dict) -> None:
     runs = inp.usable.dropna(subset=[c for c in (LOSS, METRIC, inp.n_col, inp.d_col) if c in inp.usable])
     if runs[inp.n_col].nunique() < MIN_SIZES:
-        report.skipped["forecast"] = (f"a forecast backtested on held-out sizes needs {MIN_SIZES} or more model "
-                                      f"sizes; this study has {runs[inp.n_col].nunique()}")
+        report.skipped["forecast"] = (
+            f"a forecast backtested on held-out sizes needs {MIN_SIZES} or more model "
+            f"sizes; this study has {runs[inp.n_col].nunique()}"
+        )
         return
-    curves = inp.curves.merge(runs[["run_id", inp.n_col, inp.d_col]], on="run_id").dropna(subset=[LOSS, METRIC])
-    ev = Evaluations(curves[inp.n_col].to_numpy(float), curves[inp.d_col].to_numpy(float),
-                     curves[LOSS].to_numpy(float), curves[METRIC].to_numpy(float), curves["step"].to_numpy(float))
+    curves = inp.curves.merge(runs[["run_id", inp.n_col, inp.d_col]], on="run_id").dropna(
+        subset=[LOSS, METRIC]
+    )
+    ev = Evaluations(
+        curves[inp.n_col].to_numpy(float),
+        curves[inp.d_col].to_numpy(float),
+        curves[LOSS].to_numpy(float),
+        curves[METRIC].to_numpy(float),
+        curves["step"].to_numpy(float),
+    )
     n, d = runs[inp.n_col].to_numpy(float), runs[inp.d_col].to_numpy(float)
     loss, metric = runs[LOSS].to_numpy(float), runs[METRIC].to_numpy(float)
     backtests = backtest_forecasts(n, d, loss, metric, ev, chance=inp.chance)
     sizes = np.unique(n)
     targets = [(sizes[-1] * sizes[-1] / sizes[-2], dv) for dv in np.unique(d)]
-    listed = ((inp.config.get("report") or {}).get("forecast") or [])
+    listed = (inp.config.get("report") or {}).get("forecast") or []
     targets += [(float(t["n"]), float(t["d"])) for t in listed]
     ahead = forecast_downstream(n, d, loss, ev, targets, chance=inp.chance)
-    results["forecast"] = {"fit": ahead.to_dict(), "predictions": [p.to_dict() for p in ahead.predictions],
-                           "backtests": [b.to_dict() for b in backtests]}
+    results["forecast"] = {
+        "fit": ahead.to_dict(),
+        "predictions": [p.to_dict() for p in ahead.predictions],
+        "backtests": [b.to_dict() for b in backtests],
+    }
     for b in backtests:
         trusted = [h for h in b.held_out if h.prediction.predictable]
         if trusted:
-            report.metric(f"forecast/holdout_{b.holdout}/coverage", sum(h.covered for h in trusted) / len(trusted))
-    report.draw("forecast", plot_backtest, backtests[-1], runs, inp.out / "forecast.png", n_col=inp.n_col,
-                d_col=inp.d_col)
+            report.metric(
+                f"forecast/holdout_{b.holdout}/coverage", sum(h.covered for h in trusted) / len(trusted)
+            )
+    report.draw(
+        "forecast",
+        plot_backtest,
+        backtests[-1],
+        runs,
+        inp.out / "forecast.png",
+        n_col=inp.n_col,
+        d_col=inp.d_col,
+    )
 
 
-def plot_backtest(backtest: Backtest, runs: pd.DataFrame, path: str | Path, *, n_col: str, d_col: str
-                  ) -> Path | None:
+def plot_backtest(
+    backtest: Backtest, runs: pd.DataFrame, path: str | Path, *, n_col: str, d_col: str
+) -> Path | None:
     """The accuracy over N per D: every run's, the chained forecast of the held-out sizes (with its
     90% interval; open markers where the small runs said it may not be trusted) and the direct
     sigmoid's, both fitted on the sizes left of the dotted line. Open squares: the small runs said
@@ -64,17 +86,33 @@ def plot_backtest(backtest: Backtest, runs: pd.DataFrame, path: str | Path, *, n
     for i, (dv, part) in enumerate(runs.groupby(d_col)):
         color = f"C{i}"
         part = part.sort_values(n_col)
-        ax.plot(part[n_col], part[METRIC], color=color, marker=".", lw=1, label=f"D = {dv:g}: what the runs reached")
+        ax.plot(
+            part[n_col],
+            part[METRIC],
+            color=color,
+            marker=".",
+            lw=1,
+            label=f"D = {dv:g}: what the runs reached",
+        )
         held = sorted((h for h in backtest.held_out if h.prediction.d == dv), key=lambda h: h.prediction.n)
         if not held:
             continue
         xs = [h.prediction.n for h in held]
-        errorbar(ax, xs, [h.prediction.metric.value for h in held],
-                 yerr=([h.prediction.metric.low for h in held], [h.prediction.metric.high for h in held]),
-                 fmt="s", color=color, mec=color, mfc=color if all(h.prediction.predictable for h in held) else "white",
-                 label=f"D = {dv:g}: chained forecast (90%)")
+        errorbar(
+            ax,
+            xs,
+            [h.prediction.metric.value for h in held],
+            yerr=([h.prediction.metric.low for h in held], [h.prediction.metric.high for h in held]),
+            fmt="s",
+            color=color,
+            mec=color,
+            mfc=color if all(h.prediction.predictable for h in held) else "white",
+            label=f"D = {dv:g}: chained forecast (90%)",
+        )
         if all(h.direct is not None for h in held):
-            ax.plot(xs, [h.direct for h in held], color=color, ls="--", label=f"D = {dv:g}: direct sigmoid in N")
+            ax.plot(
+                xs, [h.direct for h in held], color=color, ls="--", label=f"D = {dv:g}: direct sigmoid in N"
+            )
     ax.axvline(max(backtest.fit_sizes), color="gray", ls=":", lw=1)
     ax.set_ylim(-0.05, 1.05)  # an accuracy; an interval's tail past 1 is the added residual noise
     ax.set_xscale("log")

@@ -21,14 +21,29 @@ from orchestrator.analysis.grokking import PHASES, TRAIN_THRESHOLD, VAL_THRESHOL
 from orchestrator.analysis.phase_regions import PhaseRegions
 from orchestrator.report.plots import label, need, new_figure, readable_log_ticks, save
 
-PHASE_COLORS = {"comprehension": "#2ca02c", "grokking": "#1f77b4", "memorization": "#ff7f0e", "confusion": "#7f7f7f"}
+PHASE_COLORS = {
+    "comprehension": "#2ca02c",
+    "grokking": "#1f77b4",
+    "memorization": "#ff7f0e",
+    "confusion": "#7f7f7f",
+}
 
 
-def plot_grokking_curves(curves: pd.DataFrame, path: str | Path, *, runs: pd.DataFrame | None = None,
-                         cell_col: str = "cell", run_col: str = "run_id", step_col: str = "step",
-                         train_col: str = "train_acc", val_col: str = "val_acc", max_cells: int = 49,
-                         train_threshold: float = TRAIN_THRESHOLD, val_threshold: float = VAL_THRESHOLD,
-                         title: str | None = None) -> Path | None:
+def plot_grokking_curves(
+    curves: pd.DataFrame,
+    path: str | Path,
+    *,
+    runs: pd.DataFrame | None = None,
+    cell_col: str = "cell",
+    run_col: str = "run_id",
+    step_col: str = "step",
+    train_col: str = "train_acc",
+    val_col: str = "val_acc",
+    max_cells: int = 49,
+    train_threshold: float = TRAIN_THRESHOLD,
+    val_threshold: float = VAL_THRESHOLD,
+    title: str | None = None,
+) -> Path | None:
     """Training and validation accuracy over steps (log scale) in one small panel per cell:
     every run of the cell, the one that reached the highest validation accuracy drawn bold.
     The cell of a run comes from curves[cell_col] or, if absent, from runs[[run_col, cell_col]]."""
@@ -36,8 +51,9 @@ def plot_grokking_curves(curves: pd.DataFrame, path: str | Path, *, runs: pd.Dat
     data = curves
     if cell_col not in data.columns:
         if runs is None:
-            raise ValueError(f"the curves table has no column {cell_col!r}; "
-                             f"pass runs with {run_col!r} and {cell_col!r}")
+            raise ValueError(
+                f"the curves table has no column {cell_col!r}; pass runs with {run_col!r} and {cell_col!r}"
+            )
         need(runs, run_col, cell_col)
         data = data.merge(runs[[run_col, cell_col]].drop_duplicates(run_col), on=run_col, how="inner")
     data = data[pd.to_numeric(data[step_col], errors="coerce") > 0]  # a log axis has no step 0
@@ -70,19 +86,34 @@ def plot_grokking_curves(curves: pd.DataFrame, path: str | Path, *, runs: pd.Dat
             ax.tick_params(labelbottom=True)
     for k in range(len(cells), rows * cols):
         axes[k // cols][k % cols].set_visible(False)
-    fig.legend(handles=[Line2D([], [], color="C0", ls="--", label="training accuracy"),
-                        Line2D([], [], color="C3", ls="-", label="validation accuracy"),
-                        Line2D([], [], color="gray", ls=":", label=f"thresholds {train_threshold} / {val_threshold}"),
-                        Line2D([], [], color="gray", lw=1.6, label="bold: run with the best validation accuracy")],
-               loc="outside lower center", ncol=4, fontsize=8)
+    fig.legend(
+        handles=[
+            Line2D([], [], color="C0", ls="--", label="training accuracy"),
+            Line2D([], [], color="C3", ls="-", label="validation accuracy"),
+            Line2D([], [], color="gray", ls=":", label=f"thresholds {train_threshold} / {val_threshold}"),
+            Line2D([], [], color="gray", lw=1.6, label="bold: run with the best validation accuracy"),
+        ],
+        loc="outside lower center",
+        ncol=4,
+        fontsize=8,
+    )
     fig.suptitle(title or "Grokking: accuracy over training, one panel per (N, D) cell")
     return save(fig, path)
 
 
-def plot_phase_diagram(table: pd.DataFrame, path: str | Path, *, x_col: str = "param.train.weight_decay",
-                       y_col: str = "d_value", phase_col: str = "phase", facet_col: str | None = "n_params",
-                       log_x: bool | None = None, log_y: bool | None = None,
-                       regions: Mapping[Any, PhaseRegions] | None = None, title: str | None = None) -> Path | None:
+def plot_phase_diagram(
+    table: pd.DataFrame,
+    path: str | Path,
+    *,
+    x_col: str = "param.train.weight_decay",
+    y_col: str = "d_value",
+    phase_col: str = "phase",
+    facet_col: str | None = "n_params",
+    log_x: bool | None = None,
+    log_y: bool | None = None,
+    regions: Mapping[Any, PhaseRegions] | None = None,
+    title: str | None = None,
+) -> Path | None:
     """Each run as a point over (x_col, y_col), colored by its phase (see
     analysis.grokking_phases), one panel per value of facet_col (see `phase_facets`). An axis is
     logarithmic when log_x / log_y says so (the search space's `log: true`), else when its
@@ -93,8 +124,9 @@ def plot_phase_diagram(table: pd.DataFrame, path: str | Path, *, x_col: str = "p
     need(table, phase_col)
     if x_col not in table.columns or y_col not in table.columns:
         return None
-    data = table.assign(_x=pd.to_numeric(table[x_col], errors="coerce"),
-                        _y=pd.to_numeric(table[y_col], errors="coerce"))
+    data = table.assign(
+        _x=pd.to_numeric(table[x_col], errors="coerce"), _y=pd.to_numeric(table[y_col], errors="coerce")
+    )
     data = data.dropna(subset=["_x", "_y", phase_col])
     if data.empty or data["_x"].nunique() < 2 or data["_y"].nunique() < 2:
         return None
@@ -111,16 +143,34 @@ def plot_phase_diagram(table: pd.DataFrame, path: str | Path, *, x_col: str = "p
         region = regions.get(value)
         if region is not None and region.labels is not None:
             colors = ListedColormap([PHASE_COLORS.get(p, "#dddddd") for p in region.phases])
-            ax.pcolormesh(region.x_edges, region.y_edges, region.labels, cmap=colors, vmin=-0.5,
-                          vmax=len(region.phases) - 0.5, alpha=0.3, shading="flat", rasterized=True, zorder=0)
+            ax.pcolormesh(
+                region.x_edges,
+                region.y_edges,
+                region.labels,
+                cmap=colors,
+                vmin=-0.5,
+                vmax=len(region.phases) - 0.5,
+                alpha=0.3,
+                shading="flat",
+                rasterized=True,
+                zorder=0,
+            )
             ax.use_sticky_edges = False  # keep the usual margin: the runs on the grid's edge stay whole
             filled = True
         x, y = _jitter(part["_x"].to_numpy(), part["_y"].to_numpy(), logx, logy)
         for phase in PHASES:
             mask = (part[phase_col] == phase).to_numpy()
             if mask.any():
-                ax.scatter(x[mask], y[mask], s=28, color=PHASE_COLORS[phase], edgecolor="black", lw=0.3, label=phase,
-                           zorder=2)
+                ax.scatter(
+                    x[mask],
+                    y[mask],
+                    s=28,
+                    color=PHASE_COLORS[phase],
+                    edgecolor="black",
+                    lw=0.3,
+                    label=phase,
+                    zorder=2,
+                )
         ax.set_xscale("log" if logx else "linear")
         ax.set_yscale("log" if logy else "linear")
         for axis, log in ((ax.xaxis, logx), (ax.yaxis, logy)):
@@ -137,12 +187,20 @@ def plot_phase_diagram(table: pd.DataFrame, path: str | Path, *, x_col: str = "p
             ax.set_ylabel(label(y_col) + (", log scale" if logy else ""), fontsize=8)
     for k in range(len(facets), rows * cols):
         axes[k // cols][k % cols].set_visible(False)
-    handles = [Line2D([], [], marker="o", ls="", color=PHASE_COLORS[p], markeredgecolor="black", label=p)
-               for p in PHASES]
+    handles = [
+        Line2D([], [], marker="o", ls="", color=PHASE_COLORS[p], markeredgecolor="black", label=p)
+        for p in PHASES
+    ]
     if filled:
         handles.append(Patch(color="gray", alpha=0.3, label="filled: phase of the 3 nearest runs"))
-    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=9,
-               title="phase (Liu et al. 2022)", title_fontsize=8)
+    fig.legend(
+        handles=handles,
+        loc="outside lower center",
+        ncol=len(handles),
+        fontsize=9,
+        title="phase (Liu et al. 2022)",
+        title_fontsize=8,
+    )
     fig.suptitle(title or f"Learning phase of each run over {_short(x_col)} x {_short(y_col)}")
     return save(fig, path)
 
@@ -176,7 +234,7 @@ def _jitter(x: np.ndarray, y: np.ndarray, logx: bool, logy: bool) -> tuple[np.nd
         seen[key] = k + 1
         if k:
             shift = 0.015 * ((k + 1) // 2) * (1 if k % 2 else -1)
-            x[i] = x[i] * 10 ** shift if logx else x[i] + shift * (np.ptp(x) or 1)
+            x[i] = x[i] * 10**shift if logx else x[i] + shift * (np.ptp(x) or 1)
     return x, y
 
 

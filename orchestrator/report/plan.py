@@ -81,20 +81,37 @@ class Source:
 
 
 def add_plan_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("plan", help="the compute-optimal N, D and loss at a budget beyond a finished study, "
-                                    "and a one-run study (a rung) to check it", description=__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "plan",
+        help="the compute-optimal N, D and loss at a budget beyond a finished study, "
+        "and a one-run study (a rung) to check it",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("study", help="the finished study's YAML file")
-    p.add_argument("--flops", type=float, required=True, metavar="C", help="the target budget, training FLOPs")
+    p.add_argument(
+        "--flops", type=float, required=True, metavar="C", help="the target budget, training FLOPs"
+    )
     p.add_argument("--out", required=True, help="where to write the rung's study file (YAML)")
-    p.add_argument("--results", metavar="results.json",
-                   help="plan from a saved report (grokscale report --out DIR writes DIR/results.json) instead of "
-                        "the study's MLflow experiment")
-    p.add_argument("--approach", choices=("isoflop", "loss_law"),
-                   help="isoflop (approach 2) or loss_law (approach 3, L(N, D)); default isoflop for an IsoFLOP "
-                        "study, else loss_law")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a field of the study, as for run (repeatable)")
+    p.add_argument(
+        "--results",
+        metavar="results.json",
+        help="plan from a saved report (grokscale report --out DIR writes DIR/results.json) instead of "
+        "the study's MLflow experiment",
+    )
+    p.add_argument(
+        "--approach",
+        choices=("isoflop", "loss_law"),
+        help="isoflop (approach 2) or loss_law (approach 3, L(N, D)); default isoflop for an IsoFLOP "
+        "study, else loss_law",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a field of the study, as for run (repeatable)",
+    )
     p.add_argument("--tracking-uri", help="the MLflow tracking URI (default: the study's)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
@@ -124,16 +141,24 @@ def plan_study(args: argparse.Namespace) -> dict:
     except StudyError as err:
         raise PlanError("; ".join(err.problems)) from None
     if study.trainer is not None:
-        raise PlanError(f"trainer {study.trainer}: a study of your own trainer sizes its own model; grokscale "
-                        f"cannot pick its shape")
+        raise PlanError(
+            f"trainer {study.trainer}: a study of your own trainer sizes its own model; grokscale "
+            f"cannot pick its shape"
+        )
     approach = args.approach or ("isoflop" if study.isoflop else "loss_law")
     if approach == "isoflop" and not study.isoflop:
         raise PlanError("--approach isoflop needs an IsoFLOP study (grid.flops)")
     source = source_from_report(args.results, study, approach) if args.results else source_from_mlflow(study)
     plan = compute_plan(source, args.flops, approach, study.grid.n_convention)
     shape = closest_shape(study, plan.N_opt.value)
-    best = source.cells[nearest_cell([c.n for c in source.cells], [_budget(c, source) for c in source.cells],
-                                     plan.N_opt.value, plan.flops)]
+    best = source.cells[
+        nearest_cell(
+            [c.n for c in source.cells],
+            [_budget(c, source) for c in source.cells],
+            plan.N_opt.value,
+            plan.flops,
+        )
+    ]
     rung = rung_config(read_study_data(args.study, overrides), study, shape.shape, plan, best.params)
     header = rung_header(args, plan, shape, best)
     out = Path(args.out)
@@ -158,22 +183,28 @@ def source_from_report(path: str, study, approach: str) -> Source:
     if approach == "isoflop":
         fit = saved.get("frontier_isoflop")
         if fit is None:
-            raise PlanError(f"{path} has no IsoFLOP frontier (frontier_isoflop)"
-                            + (f": the report skipped it: {skipped['frontier']}" if "frontier" in skipped else ""))
+            raise PlanError(
+                f"{path} has no IsoFLOP frontier (frontier_isoflop)"
+                + (f": the report skipped it: {skipped['frontier']}" if "frontier" in skipped else "")
+            )
         if fit.get("a") is None:
             raise PlanError(f"{path}: approach 2 has no N_opt(C) power law: {fit.get('reason')}")
     else:
         law = saved.get("scaling_law")
         if law is None:
-            raise PlanError(f"{path} has no L(N, D) fit (scaling_law)"
-                            + (f": {skipped['scaling_fit']}" if "scaling_fit" in skipped else ""))
+            raise PlanError(
+                f"{path} has no L(N, D) fit (scaling_law)"
+                + (f": {skipped['scaling_fit']}" if "scaling_fit" in skipped else "")
+            )
         if not (law.get("check") or {}).get("accepted"):
             reasons = "; ".join((law.get("check") or {}).get("reasons") or ["no fit check recorded"])
             raise PlanError(f"{path}: the L(N, D) fit was rejected: {reasons}")
     objective = study.objectives[0]
     if (objective.metric, objective.direction) != ("min_val_loss", "minimize"):
-        raise PlanError(f"{path} holds each cell's best {objective.metric}; a plan reads min_val_loss: plan from "
-                        f"MLflow instead (leave out --results)")
+        raise PlanError(
+            f"{path} holds each cell's best {objective.metric}; a plan reads min_val_loss: plan from "
+            f"MLflow instead (leave out --results)"
+        )
     try:
         grid = build_cells(study)  # after the checks above: it reads the corpus
     except StudyError as err:
@@ -182,12 +213,27 @@ def source_from_report(path: str, study, approach: str) -> Source:
     entries = saved.get("regularization") or []
     unknown = [e["cell"] for e in entries if e["cell"] not in by_key]
     if unknown or not entries:
-        raise PlanError(f"{path}: " + (f"cells {', '.join(unknown)} are not in {study.name}'s grid: the study file "
-                                       f"changed since the report" if unknown else "no per-cell results"))
+        raise PlanError(
+            f"{path}: "
+            + (
+                f"cells {', '.join(unknown)} are not in {study.name}'s grid: the study file "
+                f"changed since the report"
+                if unknown
+                else "no per-cell results"
+            )
+        )
     conv = study.grid.n_convention
-    cells = tuple(CellBest(e["cell"], float(by_key[e["cell"]].n(conv)), float(by_key[e["cell"]].n_train),
-                           by_key[e["cell"]].flops_budget, float(e["best_value"]), dict(e.get("best_params") or {}))
-                  for e in entries)
+    cells = tuple(
+        CellBest(
+            e["cell"],
+            float(by_key[e["cell"]].n(conv)),
+            float(by_key[e["cell"]].n_train),
+            by_key[e["cell"]].flops_budget,
+            float(e["best_value"]),
+            dict(e.get("best_params") or {}),
+        )
+        for e in entries
+    )
     k = (saved.get(f"frontier_{approach}") or {}).get("flops_per_token")
     if k is None:  # the runs' own accounting, as the report takes it (scaling_section.flops_per_token)
         k = float(np.median([c.flops_per_example / (c.tokens_per_example * c.n(conv)) for c in grid]))
@@ -205,7 +251,9 @@ def source_from_mlflow(study) -> Source:
 
     uri = study.tracking.uri
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
-        raise PlanError(f"no MLflow store at {uri}; pass --tracking-uri, or plan from a saved report with --results")
+        raise PlanError(
+            f"no MLflow store at {uri}; pass --tracking-uri, or plan from a saved report with --results"
+        )
     try:
         res = load_results(uri, study.experiment_name, with_curves=False)
     except ResultsError as err:
@@ -222,10 +270,21 @@ def source_from_mlflow(study) -> Source:
         budget = None
         if budgets.size:
             budget = float(budgets[np.argmin(np.abs(np.log(float(row["flops"])) - np.log(budgets)))])
-        params = {c.removeprefix(PARAM_SEARCHED_PREFIX): _plain(row[c]) for c in best.columns
-                  if c.startswith(PARAM_SEARCHED_PREFIX) and not _missing(row[c])}
-        cells.append(CellBest(str(row["cell"]), float(row[inp.n_col]), float(row[inp.d_col]), budget,
-                              float(row["min_val_loss"]), params))
+        params = {
+            c.removeprefix(PARAM_SEARCHED_PREFIX): _plain(row[c])
+            for c in best.columns
+            if c.startswith(PARAM_SEARCHED_PREFIX) and not _missing(row[c])
+        }
+        cells.append(
+            CellBest(
+                str(row["cell"]),
+                float(row[inp.n_col]),
+                float(row[inp.d_col]),
+                budget,
+                float(row["min_val_loss"]),
+                params,
+            )
+        )
     label = f"MLflow experiment {study.experiment_name} at {redact_url(uri)} ({len(cells)} cells)"
     return Source(tuple(cells), flops_per_token(usable, inp.n_col), label)
 
@@ -244,8 +303,10 @@ def compute_plan(source: Source, flops: float, approach: str, convention: str) -
         raise PlanError(f"{source.label}: {plan.reason}")
     saved_a = ((source.saved or {}).get(f"frontier_{approach}") or {}).get("a")
     if saved_a is not None and not math.isclose(plan.a.value, saved_a, rel_tol=REPRODUCE_RTOL):
-        raise PlanError(f"{source.label}: refitted to its cells, the {approach} law gives a = {plan.a.value:.6g}, the "
-                        f"saved report a = {saved_a:.6g}: the study file or the analysis changed since the report")
+        raise PlanError(
+            f"{source.label}: refitted to its cells, the {approach} law gives a = {plan.a.value:.6g}, the "
+            f"saved report a = {saved_a:.6g}: the study file or the analysis changed since the report"
+        )
     return plan
 
 
@@ -266,8 +327,15 @@ def closest_shape(study, target_n: float):
     base = TrainSpec.model_validate(study.trial_data({}, None, {"train.steps": PROBE_STEPS}, 0))
     data = make_task(base.task, 0)
     try:
-        return resolve_shape(base.model, max(1, round(target_n)), data.vocab_size, data.n_out, data.seq_len,
-                             convention=study.grid.n_convention, tolerance=math.inf)
+        return resolve_shape(
+            base.model,
+            max(1, round(target_n)),
+            data.vocab_size,
+            data.n_out,
+            data.seq_len,
+            convention=study.grid.n_convention,
+            tolerance=math.inf,
+        )
     except ValueError as err:
         raise PlanError(f"model: {err}") from None
 
@@ -297,8 +365,10 @@ def rung_config(data: dict, study, shape: dict, plan: ComputePlan, params: dict)
     out = copy.deepcopy(data)
     name = f"{study.name}_rung_{plan.flops:.3g}".replace("+", "")
     out["name"] = name
-    out["description"] = (f"One run at {plan.flops:.3g} FLOPs, planned by grokscale plan from {study.name} "
-                          f"(approach {plan.approach}): does it reach the forecast loss?")
+    out["description"] = (
+        f"One run at {plan.flops:.3g} FLOPs, planned by grokscale plan from {study.name} "
+        f"(approach {plan.approach}): does it reach the forecast loss?"
+    )
     grid = {k: v for k, v in out["grid"].items() if k not in ("tokens_per_param", "refine", "d", "flops")}
     grid["n"] = [dict(shape)]
     if study.isoflop:
@@ -307,8 +377,10 @@ def rung_config(data: dict, study, shape: dict, plan: ComputePlan, params: dict)
         from orchestrator.study.tasks import task_kinds
 
         if study.d_field not in task_kinds()[study.task["name"]].counts:
-            raise PlanError(f"grid.d sets {study.d_field}, a fraction, not a count of tokens: write the rung's D "
-                            f"({plan.D_opt.value:.4g} tokens) into the study by hand")
+            raise PlanError(
+                f"grid.d sets {study.d_field}, a fraction, not a count of tokens: write the rung's D "
+                f"({plan.D_opt.value:.4g} tokens) into the study by hand"
+            )
         grid["d"] = [int(round(plan.D_opt.value))]
     grid["seeds"] = [study.grid.seeds[0]]
     out["grid"] = grid
@@ -329,14 +401,16 @@ def rung_config(data: dict, study, shape: dict, plan: ComputePlan, params: dict)
 
 def rung_header(args: argparse.Namespace, plan: ComputePlan, shape, best: CellBest) -> str:
     source = f" --results {args.results}" if args.results else ""
-    lines = [f"A rung planned by `grokscale plan {args.study} --flops {args.flops:g}{source}` "
-             f"(approach {plan.approach}, {plan.extrapolation:.3g}x the largest budget the law saw):",
-             f"N_opt {_iv(plan.N_opt)}, D_opt {_iv(plan.D_opt)} tokens, forecast min_val_loss "
-             f"{_iv(plan.L_opt, '.4f')}.",
-             f"The shape {shape.shape} has N = {getattr(shape.n_params, shape.convention):,} "
-             f"({_signed_error(shape, plan.N_opt.value):+.1%} from N_opt); the tuned values {best.params or 'none'} "
-             f"are those of the finished cell {best.key}.",
-             f"Train it with `grokscale run {args.out}` and set its min_val_loss against the forecast."]
+    lines = [
+        f"A rung planned by `grokscale plan {args.study} --flops {args.flops:g}{source}` "
+        f"(approach {plan.approach}, {plan.extrapolation:.3g}x the largest budget the law saw):",
+        f"N_opt {_iv(plan.N_opt)}, D_opt {_iv(plan.D_opt)} tokens, forecast min_val_loss "
+        f"{_iv(plan.L_opt, '.4f')}.",
+        f"The shape {shape.shape} has N = {getattr(shape.n_params, shape.convention):,} "
+        f"({_signed_error(shape, plan.N_opt.value):+.1%} from N_opt); the tuned values {best.params or 'none'} "
+        f"are those of the finished cell {best.key}.",
+        f"Train it with `grokscale run {args.out}` and set its min_val_loss against the forecast.",
+    ]
     return "".join(f"# {part}\n" for line in lines for part in textwrap.wrap(line, 100))
 
 
@@ -362,43 +436,87 @@ def check_rung(path: Path):
 
 
 # -- output ------------------------------------------------------------------------------------------
-def result(plan: ComputePlan, shape, cell, best: CellBest, out: str, source: str, problems: list[str],
-           convention: str) -> dict:
+def result(
+    plan: ComputePlan,
+    shape,
+    cell,
+    best: CellBest,
+    out: str,
+    source: str,
+    problems: list[str],
+    convention: str,
+) -> dict:
     n_shape = getattr(shape.n_params, convention)
-    return jsonable({
-        "n_opt": plan.N_opt.value, "n_low": plan.N_opt.low, "n_high": plan.N_opt.high,
-        "d_opt": plan.D_opt.value, "d_low": plan.D_opt.low, "d_high": plan.D_opt.high,
-        "shape": {**describe_shape(shape.model), "n_params": n_shape, "convention": convention,
-                  "relative_error": _signed_error(shape, plan.N_opt.value),
-                  "within_tolerance": shape.relative_error <= SHAPE_TOLERANCE, "grid_entry": shape.shape},
-        "steps": None if cell is None else cell.steps, "batch": None if cell is None else cell.examples_per_step,
-        "tokens_per_step": None if cell is None else cell.examples_per_step * cell.tokens_per_example,
-        "d_rung": None if cell is None else cell.n_train,
-        "loss": plan.L_opt.value, "loss_low": plan.L_opt.low, "loss_high": plan.L_opt.high,
-        "hyperparameters": best.params, "hyperparameters_from": best.key, "out": out,
-        "extrapolation": plan.extrapolation, "approach": plan.approach, "flops": plan.flops,
-        "flops_per_token": plan.flops_per_token, "a": plan.a.value, "a_low": plan.a.low, "a_high": plan.a.high,
-        "largest_flops": plan.largest_flops, "source": source, "rung_problems": problems})
+    return jsonable(
+        {
+            "n_opt": plan.N_opt.value,
+            "n_low": plan.N_opt.low,
+            "n_high": plan.N_opt.high,
+            "d_opt": plan.D_opt.value,
+            "d_low": plan.D_opt.low,
+            "d_high": plan.D_opt.high,
+            "shape": {
+                **describe_shape(shape.model),
+                "n_params": n_shape,
+                "convention": convention,
+                "relative_error": _signed_error(shape, plan.N_opt.value),
+                "within_tolerance": shape.relative_error <= SHAPE_TOLERANCE,
+                "grid_entry": shape.shape,
+            },
+            "steps": None if cell is None else cell.steps,
+            "batch": None if cell is None else cell.examples_per_step,
+            "tokens_per_step": None if cell is None else cell.examples_per_step * cell.tokens_per_example,
+            "d_rung": None if cell is None else cell.n_train,
+            "loss": plan.L_opt.value,
+            "loss_low": plan.L_opt.low,
+            "loss_high": plan.L_opt.high,
+            "hyperparameters": best.params,
+            "hyperparameters_from": best.key,
+            "out": out,
+            "extrapolation": plan.extrapolation,
+            "approach": plan.approach,
+            "flops": plan.flops,
+            "flops_per_token": plan.flops_per_token,
+            "a": plan.a.value,
+            "a_low": plan.a.low,
+            "a_high": plan.a.high,
+            "largest_flops": plan.largest_flops,
+            "source": source,
+            "rung_problems": problems,
+        }
+    )
 
 
 def table(r: dict) -> str:
     s = r["shape"]
     size = ", ".join(f"{k} {v}" for k, v in s.items() if k in ("d_model", "n_layer", "n_head", "d_hidden"))
     tol = "within" if s["within_tolerance"] else "OUTSIDE"
-    run = ("not a valid study (below)" if r["steps"] is None else
-           f"{r['steps']:,} steps x batch {r['batch']} ({r['tokens_per_step']:,} tokens per step): "
-           f"D = {r['d_rung']:,} tokens")
-    rows = [("budget", f"{r['flops']:.4g} FLOPs, {r['extrapolation']:.3g}x the largest the law saw "
-                       f"({r['largest_flops']:.4g})"),
-            ("approach", f"{r['approach']}: N_opt ∝ C^a, a = {_iv3(r['a'], r['a_low'], r['a_high'], '.3f')}"),
-            ("N_opt", f"{_iv3(r['n_opt'], r['n_low'], r['n_high'])} parameters ({s['convention']})"),
-            ("D_opt", f"{_iv3(r['d_opt'], r['d_low'], r['d_high'])} tokens"),
-            ("shape", f"{size}: N = {s['n_params']:,} ({s['relative_error']:+.1%} from N_opt, {tol} "
-                      f"{SHAPE_TOLERANCE:.0%})"),
-            ("run", run),
-            ("tuned", f"{r['hyperparameters'] or 'nothing searched'} (best of {r['hyperparameters_from']})"),
-            ("loss", f"{_iv3(r['loss'], r['loss_low'], r['loss_high'], '.4f')} (min_val_loss)"),
-            ("rung", f"{r['out']}: grokscale run {r['out']}"), ("from", r["source"])]
+    run = (
+        "not a valid study (below)"
+        if r["steps"] is None
+        else f"{r['steps']:,} steps x batch {r['batch']} ({r['tokens_per_step']:,} tokens per step): "
+        f"D = {r['d_rung']:,} tokens"
+    )
+    rows = [
+        (
+            "budget",
+            f"{r['flops']:.4g} FLOPs, {r['extrapolation']:.3g}x the largest the law saw "
+            f"({r['largest_flops']:.4g})",
+        ),
+        ("approach", f"{r['approach']}: N_opt ∝ C^a, a = {_iv3(r['a'], r['a_low'], r['a_high'], '.3f')}"),
+        ("N_opt", f"{_iv3(r['n_opt'], r['n_low'], r['n_high'])} parameters ({s['convention']})"),
+        ("D_opt", f"{_iv3(r['d_opt'], r['d_low'], r['d_high'])} tokens"),
+        (
+            "shape",
+            f"{size}: N = {s['n_params']:,} ({s['relative_error']:+.1%} from N_opt, {tol} "
+            f"{SHAPE_TOLERANCE:.0%})",
+        ),
+        ("run", run),
+        ("tuned", f"{r['hyperparameters'] or 'nothing searched'} (best of {r['hyperparameters_from']})"),
+        ("loss", f"{_iv3(r['loss'], r['loss_low'], r['loss_high'], '.4f')} (min_val_loss)"),
+        ("rung", f"{r['out']}: grokscale run {r['out']}"),
+        ("from", r["source"]),
+    ]
     return "\n".join(f"{k:<9}{v}" for k, v in rows)
 
 

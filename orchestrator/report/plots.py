@@ -68,10 +68,18 @@ def label(col: str) -> str:
     return LABELS.get(col, col)
 
 
-def plot_emergence_heatmap(runs: pd.DataFrame, path: str | Path, *, metric: str = "max_val_acc",
-                           n_col: str = "n_params", d_col: str = "n_train", agg: str = "best",
-                           critical: CriticalSizes | None = None, level: float | None = None,
-                           title: str | None = None) -> Path | None:
+def plot_emergence_heatmap(
+    runs: pd.DataFrame,
+    path: str | Path,
+    *,
+    metric: str = "max_val_acc",
+    n_col: str = "n_params",
+    d_col: str = "n_train",
+    agg: str = "best",
+    critical: CriticalSizes | None = None,
+    level: float | None = None,
+    title: str | None = None,
+) -> Path | None:
     """The metric per (N, D) cell (agg "best": the best run; "mean"), with the threshold contour
     at `level` (default: the midpoint level of the fits in `critical`, else halfway between the
     lowest and highest cell) and the critical sizes D*(N), N*(D) with their intervals. The cells
@@ -88,7 +96,9 @@ def plot_emergence_heatmap(runs: pd.DataFrame, path: str | Path, *, metric: str 
     vmin, vmax = np.nanmin(values), np.nanmax(values)
     if vmin >= 0 and vmax <= 1:
         vmin, vmax = 0.0, 1.0  # a fraction: the full scale, comparable across studies
-    mesh = ax.pcolormesh(_edges(ns), _edges(ds), values.T, cmap="viridis", vmin=vmin, vmax=vmax, shading="flat")
+    mesh = ax.pcolormesh(
+        _edges(ns), _edges(ds), values.T, cmap="viridis", vmin=vmin, vmax=vmax, shading="flat"
+    )
     ax.set_xscale("log")
     ax.set_yscale("log")
     fig.colorbar(mesh, ax=ax, label=f"{label(metric)}, {'best run' if agg == 'best' else 'mean'} per cell")
@@ -98,37 +108,75 @@ def plot_emergence_heatmap(runs: pd.DataFrame, path: str | Path, *, metric: str 
             for j, d in enumerate(ds):
                 if np.isfinite(values[i, j]) and widths[i] >= 24:  # "0.50" in 8 points is about 18 wide
                     dark = (values[i, j] - vmin) / max(vmax - vmin, 1e-12) > 0.6
-                    ax.text(n, d, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=8,
-                            color="black" if dark else "white")
+                    ax.text(
+                        n,
+                        d,
+                        f"{values[i, j]:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=8,
+                        color="black" if dark else "white",
+                    )
     handles = []
     added = sorted(refined_scales(runs.loc[table.index], n_col, d_col))  # cells drawn, not failed ones
     if added:  # a hollow diamond around the cell's number, sized to fit inside its own cell
-        ax.scatter([n for n, _ in added], [d for _, d in added], s=_cell_sizes(ns, ds, added) ** 2, marker="D",
-                   facecolors="none", edgecolors=REFINED_COLOR, linewidths=1.8, zorder=3)
+        ax.scatter(
+            [n for n, _ in added],
+            [d for _, d in added],
+            s=_cell_sizes(ns, ds, added) ** 2,
+            marker="D",
+            facecolors="none",
+            edgecolors=REFINED_COLOR,
+            linewidths=1.8,
+            zorder=3,
+        )
         handles.append(refined_handle(REFINED_COLOR))
     if not np.isfinite(values).all():  # a grid refined along one line leaves cells never run
         ax.set_facecolor("#d9d9d9")
         handles.append(Patch(facecolor="#d9d9d9", edgecolor="gray", label="no run at this (N, D)"))
     if level is None and critical is not None:
-        levels = [f.midpoint_level for _, f in critical.d_star + critical.n_star if f.midpoint_level is not None]
+        levels = [
+            f.midpoint_level for _, f in critical.d_star + critical.n_star if f.midpoint_level is not None
+        ]
         level = float(np.median(levels)) if levels else None
     if level is None:
         level = (np.nanmin(values) + np.nanmax(values)) / 2
     if len(ns) >= 2 and len(ds) >= 2 and np.nanmin(values) < level < np.nanmax(values):
-        ax.contour(ns, ds, np.ma.masked_invalid(_between(ns, ds, values)).T, levels=[level], colors="white",
-                   linewidths=2, linestyles="--")
-        handles.append(Line2D([], [], color="white", ls="--", lw=2, label=f"contour at {level:.2f} (midpoint level)"))
+        ax.contour(
+            ns,
+            ds,
+            np.ma.masked_invalid(_between(ns, ds, values)).T,
+            levels=[level],
+            colors="white",
+            linewidths=2,
+            linestyles="--",
+        )
+        handles.append(
+            Line2D([], [], color="white", ls="--", lw=2, label=f"contour at {level:.2f} (midpoint level)")
+        )
     if critical is not None:
         pts = [(n, f) for n, f in critical.d_star if f.threshold is not None]
         if pts:
-            errorbar(ax, [n for n, _ in pts], [f.threshold for _, f in pts],
-                      yerr=[[f.low for _, f in pts], [f.high for _, f in pts]], marker="v", color="red",
-                      label="D*(N): threshold over D at each N, 95% CI")
+            errorbar(
+                ax,
+                [n for n, _ in pts],
+                [f.threshold for _, f in pts],
+                yerr=[[f.low for _, f in pts], [f.high for _, f in pts]],
+                marker="v",
+                color="red",
+                label="D*(N): threshold over D at each N, 95% CI",
+            )
         pts = [(d, f) for d, f in critical.n_star if f.threshold is not None]
         if pts:
-            errorbar(ax, [f.threshold for _, f in pts], [d for d, _ in pts],
-                      xerr=[[f.low for _, f in pts], [f.high for _, f in pts]], marker=">", color="orange",
-                      label="N*(D): threshold over N at each D, 95% CI")
+            errorbar(
+                ax,
+                [f.threshold for _, f in pts],
+                [d for d, _ in pts],
+                xerr=[[f.low for _, f in pts], [f.high for _, f in pts]],
+                marker=">",
+                color="orange",
+                label="N*(D): threshold over N at each D, 95% CI",
+            )
         ax.set_xlim(_edges(ns)[0], _edges(ns)[-1])
         ax.set_ylim(_edges(ds)[0], _edges(ds)[-1])
     handles += ax.get_legend_handles_labels()[0]
@@ -143,9 +191,17 @@ def plot_emergence_heatmap(runs: pd.DataFrame, path: str | Path, *, metric: str 
     return save(fig, path)
 
 
-def plot_metric_vs_scale(runs: pd.DataFrame, path: str | Path, *, metric: str = "max_val_acc",
-                         x_col: str = "n_params", group_col: str = "n_train", agg: str = "best",
-                         fits: Mapping | Sequence | None = None, title: str | None = None) -> Path | None:
+def plot_metric_vs_scale(
+    runs: pd.DataFrame,
+    path: str | Path,
+    *,
+    metric: str = "max_val_acc",
+    x_col: str = "n_params",
+    group_col: str = "n_train",
+    agg: str = "best",
+    fits: Mapping | Sequence | None = None,
+    title: str | None = None,
+) -> Path | None:
     """The metric over scale x_col, one curve per value of group_col: every run (small dots),
     the per-scale value (agg "best" or "mean"), and from `fits` (group value -> EmergenceFit,
     e.g. dict(critical.n_star)) the fitted sigmoid and the threshold with its interval. The
@@ -164,12 +220,27 @@ def plot_metric_vs_scale(runs: pd.DataFrame, path: str | Path, *, metric: str = 
         per = part.groupby(x_col)[metric]
         agg_values = per.max() if agg == "best" else per.mean()
         ax.scatter(part[x_col], part[metric], s=8, color=color, alpha=0.35)
-        ax.plot(agg_values.index, agg_values.values, "o-", color=color, lw=1.2, ms=5,
-                label=f"{group_col} = {value:g}")
+        ax.plot(
+            agg_values.index,
+            agg_values.values,
+            "o-",
+            color=color,
+            lw=1.2,
+            ms=5,
+            label=f"{group_col} = {value:g}",
+        )
         mine = [x for x in agg_values.index if (float(x), float(value)) in added]
         if mine:
-            ax.scatter(mine, agg_values.loc[mine].to_numpy(float), marker="D", s=90, facecolors="none",
-                       edgecolors=[color], linewidths=1.5, zorder=3)
+            ax.scatter(
+                mine,
+                agg_values.loc[mine].to_numpy(float),
+                marker="D",
+                s=90,
+                facecolors="none",
+                edgecolors=[color],
+                linewidths=1.5,
+                zorder=3,
+            )
         fit = fits.get(value)
         # Only an accepted fit is drawn: a sigmoid the analysis rejected (no threshold) would
         # suggest a transition that was not found.
@@ -179,13 +250,17 @@ def plot_metric_vs_scale(runs: pd.DataFrame, path: str | Path, *, metric: str = 
             if fit.threshold is not None:
                 ax.axvline(fit.threshold, color=color, lw=1, ls=":")
                 if fit.low is not None or fit.high is not None:  # an unbounded side runs to the grid's end
-                    ax.axvspan(fit.low or part[x_col].min(), fit.high or part[x_col].max(), color=color, alpha=0.12)
+                    ax.axvspan(
+                        fit.low or part[x_col].min(), fit.high or part[x_col].max(), color=color, alpha=0.12
+                    )
     ax.set_xscale("log")
     _grid_ticks(ax.xaxis, table[x_col].to_numpy())
     ax.set_xlabel(label(x_col) + ", log scale")
     ax.set_ylabel(label(metric) + (", best run per scale" if agg == "best" else ", mean per scale"))
-    extra = [Line2D([], [], color="black", ls="--", label="fitted sigmoid (floor at chance)"),
-             Line2D([], [], color="black", ls=":", label="threshold (midpoint), band: 95% CI")]
+    extra = [
+        Line2D([], [], color="black", ls="--", label="fitted sigmoid (floor at chance)"),
+        Line2D([], [], color="black", ls=":", label="threshold (midpoint), band: 95% CI"),
+    ]
     extra = (extra if fits else []) + ([refined_handle()] if added else [])
     ax.legend(handles=ax.get_legend_handles_labels()[0] + extra, fontsize=8, loc="best")
     ax.set_title(title or f"{metric} over {x_col}, one curve per {group_col}")
@@ -193,8 +268,16 @@ def plot_metric_vs_scale(runs: pd.DataFrame, path: str | Path, *, metric: str = 
     return save(fig, path)
 
 
-def plot_mirage(check: MirageCheck, x: np.ndarray, y_discontinuous: np.ndarray, y_continuous: np.ndarray,
-                path: str | Path, *, x_col: str = "n_params", title: str | None = None) -> Path | None:
+def plot_mirage(
+    check: MirageCheck,
+    x: np.ndarray,
+    y_discontinuous: np.ndarray,
+    y_continuous: np.ndarray,
+    path: str | Path,
+    *,
+    x_col: str = "n_params",
+    title: str | None = None,
+) -> Path | None:
     """The discontinuous and the continuous metric of the same runs side by side over scale,
     each with its fitted sigmoid and threshold (when found), and the verdict."""
     x = np.asarray(x, dtype=float)
@@ -202,8 +285,10 @@ def plot_mirage(check: MirageCheck, x: np.ndarray, y_discontinuous: np.ndarray, 
         return None
     fig = new_figure(11, 4.8)
     axes = fig.subplots(1, 2)
-    for ax, y, fit, metric, color in ((axes[0], y_discontinuous, check.discontinuous, check.discontinuous_metric, "C3"),
-                                      (axes[1], y_continuous, check.continuous, check.continuous_metric, "C0")):
+    for ax, y, fit, metric, color in (
+        (axes[0], y_discontinuous, check.discontinuous, check.discontinuous_metric, "C3"),
+        (axes[1], y_continuous, check.continuous, check.continuous_metric, "C0"),
+    ):
         y = np.asarray(y, dtype=float)
         ok = np.isfinite(x) & np.isfinite(y) & (x > 0)
         ax.scatter(x[ok], y[ok], s=10, color=color, alpha=0.35, label="runs")
@@ -215,21 +300,42 @@ def plot_mirage(check: MirageCheck, x: np.ndarray, y_discontinuous: np.ndarray, 
         if fit.threshold is not None:
             ax.axvline(fit.threshold, color="black", ls=":", lw=1, label=f"threshold {fit.threshold:.3g}")
             if fit.low is not None or fit.high is not None:  # an unbounded side runs to the grid's end
-                ax.axvspan(fit.low or np.min(x), fit.high or np.max(x), color="gray", alpha=0.15, label="95% CI")
+                ax.axvspan(
+                    fit.low or np.min(x), fit.high or np.max(x), color="gray", alpha=0.15, label="95% CI"
+                )
         ax.set_xscale("log")
         ax.set_xlabel(label(x_col) + ", log scale")
         ax.set_ylabel(label(metric))
-        state = ("no threshold" if fit.threshold is None else "sharpness: insufficient data" if fit.sharp is None
-                 else "sharp jump" if fit.sharp else "smooth")
+        state = (
+            "no threshold"
+            if fit.threshold is None
+            else "sharpness: insufficient data"
+            if fit.sharp is None
+            else "sharp jump"
+            if fit.sharp
+            else "smooth"
+        )
         if fit.threshold is None and fit.reason:
-            ax.text(0.02, 0.02, "no threshold: " + fit.reason[:70], transform=ax.transAxes, fontsize=7,
-                    color="dimgray", va="bottom")
+            ax.text(
+                0.02,
+                0.02,
+                "no threshold: " + fit.reason[:70],
+                transform=ax.transAxes,
+                fontsize=7,
+                color="dimgray",
+                va="bottom",
+            )
         evidence = "" if fit.evidence is None else f", evidence {fit.evidence:.1f}"
         ax.set_title(f"{metric}: {state}{evidence}", fontsize=10)
         ax.legend(fontsize=8, loc="best")
         ax.grid(alpha=0.3)
-    group = ("" if check.group is None else f" (at D = {check.group:g})" if isinstance(check.group, (int, float))
-             else f" (at {check.group})")
+    group = (
+        ""
+        if check.group is None
+        else f" (at D = {check.group:g})"
+        if isinstance(check.group, (int, float))
+        else f" (at {check.group})"
+    )
     fig.suptitle(title or f"Mirage check{group}: verdict '{check.verdict}'")
     return save(fig, path)
 
@@ -318,7 +424,9 @@ def _between(ns: np.ndarray, ds: np.ndarray, values: np.ndarray) -> np.ndarray:
         for k in range(along.shape[1]):
             line = along[:, k]
             known = np.isfinite(line)
-            inside = ~known & (grid > grid[known].min()) & (grid < grid[known].max()) if known.sum() >= 2 else None
+            inside = (
+                ~known & (grid > grid[known].min()) & (grid < grid[known].max()) if known.sum() >= 2 else None
+            )
             if inside is not None and inside.any():
                 line[inside] = np.interp(grid[inside], grid[known], line[known])
     return out
@@ -334,8 +442,12 @@ def _cell_points(ns: np.ndarray, ds: np.ndarray) -> tuple[np.ndarray, np.ndarray
 def _cell_sizes(ns: np.ndarray, ds: np.ndarray, points: Sequence[tuple[float, float]]) -> np.ndarray:
     """Marker sizes (points) that fit inside each point's heatmap cell: 70% of its smaller side, at most 20."""
     widths, heights = _cell_points(ns, ds)
-    return np.asarray([min(20.0, 0.7 * min(widths[np.searchsorted(ns, n)], heights[np.searchsorted(ds, d)]))
-                       for n, d in points])
+    return np.asarray(
+        [
+            min(20.0, 0.7 * min(widths[np.searchsorted(ns, n)], heights[np.searchsorted(ds, d)]))
+            for n, d in points
+        ]
+    )
 
 
 def _edges(centers: np.ndarray) -> np.ndarray:
@@ -349,6 +461,7 @@ def _edges(centers: np.ndarray) -> np.ndarray:
 
 def errorbar(ax, x, y, *, xerr=None, yerr=None, **kwargs) -> None:
     """Points with intervals given as bounds ([lows], [highs], None: no bar on that side), not offsets."""
+
     def err(values, bounds):
         if bounds is None:
             return None
@@ -356,8 +469,13 @@ def errorbar(ax, x, y, *, xerr=None, yerr=None, **kwargs) -> None:
         hi = [b - v if b is not None else 0 for v, b in zip(values, bounds[1])]
         return [np.maximum(lo, 0), np.maximum(hi, 0)]
 
-    ax.errorbar(x, y, xerr=err(x, xerr), yerr=err(y, yerr), **{"ls": "none", "ms": 8, "capsize": 3, "mec": "black",
-                                                                **kwargs})
+    ax.errorbar(
+        x,
+        y,
+        xerr=err(x, xerr),
+        yerr=err(y, yerr),
+        **{"ls": "none", "ms": 8, "capsize": 3, "mec": "black", **kwargs},
+    )
 
 
 def _colors(k: int) -> list:

@@ -28,8 +28,10 @@ from orchestrator.report.summary import json_default
 from orchestrator.store import names
 
 FOLDER = "predictions"
-LITERATURE = ("Huang et al. 2024 (Fig. 1) draw D* shrinking as models grow; Zhu et al. 2024 measure it growing; "
-              "Varma et al. 2023 define it over D and weight decay, not N")
+LITERATURE = (
+    "Huang et al. 2024 (Fig. 1) draw D* shrinking as models grow; Zhu et al. 2024 measure it growing; "
+    "Varma et al. 2023 define it over D and weight decay, not N"
+)
 
 
 def predictions(inp: Inputs, report: Report, results: dict, phases: pd.DataFrame) -> None:
@@ -46,8 +48,12 @@ def predictions(inp: Inputs, report: Report, results: dict, phases: pd.DataFrame
     for b in law.get("backtest") or []:
         if b.get("error") is not None:
             report.metric(f"predictions/D_star/backtest_error/N_{b['n']:g}", b["error"])
-    for key in ("median_abs_error", "baseline_median_abs_error", "late_median_abs_error",
-                "late_baseline_median_abs_error"):
+    for key in (
+        "median_abs_error",
+        "baseline_median_abs_error",
+        "late_median_abs_error",
+        "late_baseline_median_abs_error",
+    ):
         if steps.get(key) is not None:
             report.metric(f"predictions/generalization_step/{key}", steps[key])
 
@@ -57,29 +63,45 @@ def critical_data(inp: Inputs) -> dict:
     usable = inp.usable
     if usable.empty or inp.n_col not in usable or inp.d_col not in usable:
         return {"reason": "no completed runs with N and D"}
-    points = critical_data_sizes(usable[inp.n_col].to_numpy(float), usable[inp.d_col].to_numpy(float),
-                                 generalized(usable))
+    points = critical_data_sizes(
+        usable[inp.n_col].to_numpy(float), usable[inp.d_col].to_numpy(float), generalized(usable)
+    )
     law: CriticalDataLaw = fit_critical_data(points)
     backtests: tuple[CriticalDataBacktest, ...] = critical_data_backtest(points)
     sizes = sorted(p.n for p in points)
-    out: dict = {"d_col": inp.d_col, "n_col": inp.n_col, "points": [p.to_dict() for p in points],
-                 "law": law.to_dict(), "backtest": [b.to_dict() for b in backtests], "literature": LITERATURE}
+    out: dict = {
+        "d_col": inp.d_col,
+        "n_col": inp.n_col,
+        "points": [p.to_dict() for p in points],
+        "law": law.to_dict(),
+        "backtest": [b.to_dict() for b in backtests],
+        "literature": LITERATURE,
+    }
     if len(sizes) >= 2:  # the next size of a geometric grid: the step between the last two, once more
         nxt = sizes[-1] ** 2 / sizes[-2]
         pred = law.predict(nxt)
-        out["next"] = {"n": nxt, "predicted": None if pred is None else pred.value,
-                       "predicted_low": None if pred is None else pred.low,
-                       "predicted_high": None if pred is None else pred.high}
+        out["next"] = {
+            "n": nxt,
+            "predicted": None if pred is None else pred.value,
+            "predicted_low": None if pred is None else pred.low,
+            "predicted_high": None if pred is None else pred.high,
+        }
     if not backtests:
-        out["backtest_reason"] = (f"{len(sizes)} model size(s): a backtest predicts a size from at least 2 smaller "
-                                  f"ones with D* bracketed")
+        out["backtest_reason"] = (
+            f"{len(sizes)} model size(s): a backtest predicts a size from at least 2 smaller "
+            f"ones with D* bracketed"
+        )
     return out
 
 
 def generalized(runs: pd.DataFrame) -> np.ndarray:
     """Whether each run generalized: its trainer recorded a generalization step, or its best
     validation accuracy reached its own threshold."""
-    gen = runs["generalization_step"].notna().to_numpy() if "generalization_step" in runs else np.zeros(len(runs), bool)
+    gen = (
+        runs["generalization_step"].notna().to_numpy()
+        if "generalization_step" in runs
+        else np.zeros(len(runs), bool)
+    )
     if "max_val_acc" in runs and "val_threshold" in runs:
         gen = gen | (runs["max_val_acc"].astype(float) >= runs["val_threshold"].astype(float)).to_numpy()
     return gen
@@ -91,10 +113,15 @@ def generalization_step(inp: Inputs, phases: pd.DataFrame) -> dict:
         return {"reason": "no curves recorded: no memorization step to predict from"}
     train = dict(inp.config.get("train") or {})
     if {"tokens", "epochs"} & set(train):
-        return {"reason": "the study sets its length in tokens or epochs: each run's steps, and so its decay clock, "
-                          "are not in the runs table"}
+        return {
+            "reason": "the study sets its length in tokens or epochs: each run's steps, and so its decay clock, "
+            "are not in the runs table"
+        }
     table = phases.copy()
-    for col in ("memorization_step", "generalization_step"):  # the curve's events, under the run's own thresholds
+    for col in (
+        "memorization_step",
+        "generalization_step",
+    ):  # the curve's events, under the run's own thresholds
         if f"{col}_curve" in table:
             table[col] = table[f"{col}_curve"]
     clocks, failed = run_clocks(table, train)
@@ -116,8 +143,14 @@ def run_clocks(runs: pd.DataFrame, train: dict) -> tuple[dict, dict]:
     searched = [c for c in runs.columns if c.startswith(f"{names.PARAM_SEARCHED_PREFIX}train.")]
     clocks, failed = {}, {}
     for _, r in runs.iterrows():
-        fields = {**train, **{c.removeprefix(f"{names.PARAM_SEARCHED_PREFIX}train."): r[c] for c in searched
-                              if not (isinstance(r[c], float) and math.isnan(r[c]))}}
+        fields = {
+            **train,
+            **{
+                c.removeprefix(f"{names.PARAM_SEARCHED_PREFIX}train."): r[c]
+                for c in searched
+                if not (isinstance(r[c], float) and math.isnan(r[c]))
+            },
+        }
         try:
             tc = TrainConfig(**fields)
         except (ValueError, TypeError) as err:
@@ -144,51 +177,78 @@ def markdown(out: dict, inp: Inputs) -> str:
         if law["exponent"] is None:
             lines.append(f"Power law: refused, {law['reason']}.")
         else:
-            lines.append(f"Power law: D* ∝ N^{law['exponent']:.3g} (every line through the brackets: "
-                         f"[{_g(law['exponent_low'])}, {_g(law['exponent_high'])}]); D* {law['direction']} with N. "
-                         f"Literature: {cd['literature']}.")
-        lines += ["", "| held-out N | fitted on N | predicted D* [interval] | observed bracket | error | agrees |",
-                  "|---|---|---|---|---|---|"]
+            lines.append(
+                f"Power law: D* ∝ N^{law['exponent']:.3g} (every line through the brackets: "
+                f"[{_g(law['exponent_low'])}, {_g(law['exponent_high'])}]); D* {law['direction']} with N. "
+                f"Literature: {cd['literature']}."
+            )
+        lines += [
+            "",
+            "| held-out N | fitted on N | predicted D* [interval] | observed bracket | error | agrees |",
+            "|---|---|---|---|---|---|",
+        ]
         for b in cd["backtest"]:
             fitted = ", ".join(f"{n:,.0f}" for n in b["fitted_sizes"])
-            pred = (f"{_g(b['predicted'])} [{_g(b['predicted_low'])}, {_g(b['predicted_high'])}]"
-                    if b["predicted"] is not None else f"none: {b['reason']}")
+            pred = (
+                f"{_g(b['predicted'])} [{_g(b['predicted_low'])}, {_g(b['predicted_high'])}]"
+                if b["predicted"] is not None
+                else f"none: {b['reason']}"
+            )
             err = "" if b["error"] is None else f"{b['error']:+.1%}"
-            lines.append(f"| {b['n']:,.0f} | {fitted} | {pred} | {bracket_text(b['observed'])} | {err} | "
-                         f"{'' if b['agrees'] is None else 'yes' if b['agrees'] else 'no'} |")
+            lines.append(
+                f"| {b['n']:,.0f} | {fitted} | {pred} | {bracket_text(b['observed'])} | {err} | "
+                f"{'' if b['agrees'] is None else 'yes' if b['agrees'] else 'no'} |"
+            )
         if not cd["backtest"]:
             lines.append(f"| | | {cd.get('backtest_reason', '')} | | | |")
         nxt = cd.get("next")
         if nxt:
-            pred = ("none (no law)" if nxt["predicted"] is None else
-                    f"{_g(nxt['predicted'])} [{_g(nxt['predicted_low'])}, {_g(nxt['predicted_high'])}]")
+            pred = (
+                "none (no law)"
+                if nxt["predicted"] is None
+                else f"{_g(nxt['predicted'])} [{_g(nxt['predicted_low'])}, {_g(nxt['predicted_high'])}]"
+            )
             lines += ["", f"Next model size N = {nxt['n']:,.0f} (not trained): D* predicted {pred}."]
     gs = out["generalization_step"]
     lines += ["", "## Generalization step, predicted at the memorization step by the decay clock", ""]
     if "predictions" not in gs:
         lines += [gs.get("reason", ""), ""]
         return "\n".join(lines) + "\n"
-    lines.append(f"Scored runs (generalized, predicted): {gs['n_scored']}; median |error| clock "
-                 f"{_pct(gs['median_abs_error'])}, baseline (median step of the pool) "
-                 f"{_pct(gs['baseline_median_abs_error'])}; outcome inside the interval {_pct(gs['within_interval'])}; "
-                 f"predicted to generalize but never did: {gs['missed']}; predicted not to but did: {gs['surprised']}."
-                 + (f" {gs['reason']}." if gs.get("reason") else ""))
+    lines.append(
+        f"Scored runs (generalized, predicted): {gs['n_scored']}; median |error| clock "
+        f"{_pct(gs['median_abs_error'])}, baseline (median step of the pool) "
+        f"{_pct(gs['baseline_median_abs_error'])}; outcome inside the interval {_pct(gs['within_interval'])}; "
+        f"predicted to generalize but never did: {gs['missed']}; predicted not to but did: {gs['surprised']}."
+        + (f" {gs['reason']}." if gs.get("reason") else "")
+    )
     if gs.get("n_immediate"):
-        lines.append(f"\n{gs['n_immediate']} of the scored runs generalized at the evaluation at which they memorized: "
-                     f"the clock's \"now\" is trivially right for them. Over the {gs['n_scored'] - gs['n_immediate']} "
-                     f"that generalized later: clock {_pct(gs.get('late_median_abs_error'))}, baseline "
-                     f"{_pct(gs.get('late_baseline_median_abs_error'))}.")
-    lines += ["", "| run | cell | memorized at | predicted [interval] | observed | error | baseline error | note |",
-              "|---|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"\n{gs['n_immediate']} of the scored runs generalized at the evaluation at which they memorized: "
+            f'the clock\'s "now" is trivially right for them. Over the {gs["n_scored"] - gs["n_immediate"]} '
+            f"that generalized later: clock {_pct(gs.get('late_median_abs_error'))}, baseline "
+            f"{_pct(gs.get('late_baseline_median_abs_error'))}."
+        )
+    lines += [
+        "",
+        "| run | cell | memorized at | predicted [interval] | observed | error | baseline error | note |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for p in gs["predictions"]:
-        pred = ("" if p["predicted"] is None and p["reason"] else "not within budget" if p["predicted"] is None
-                else f"{p['predicted']:,.0f} [{_g(p['low'])}, {_g(p['high'])}]")
+        pred = (
+            ""
+            if p["predicted"] is None and p["reason"]
+            else "not within budget"
+            if p["predicted"] is None
+            else f"{p['predicted']:,.0f} [{_g(p['low'])}, {_g(p['high'])}]"
+        )
         obs = "never" if p["observed"] is None else f"{p['observed']:,.0f}"
         err = "" if p["error"] is None else f"{p['error']:+.1%}"
         base = "" if p["baseline_error"] is None else f"{p['baseline_error']:+.1%}"
         note = p["reason"] or (f"pool: {p['pool']} ({p['n_pool']} runs)" if p["pool"] else "")
-        lines.append(f"| {p['run_id'][:8]} | {p['group']} | {_g(p['memorization_step'])} | {pred} | {obs} | {err} | "
-                     f"{base} | {note} |")
+        lines.append(
+            f"| {p['run_id'][:8]} | {p['group']} | {_g(p['memorization_step'])} | {pred} | {obs} | {err} | "
+            f"{base} | {note} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -35,16 +35,35 @@ from orchestrator.store.results import StudyResults, load_results
 
 T = TypeVar("T")
 
-PLOTS = ("emergence_heatmap", "metric_vs_n", "grokking_curves", "phase_wd_x_d", "phase_wd_x_lr", "scaling_fit",
-         "mirage", "isoflop_curves", "frontier", "transfer", "forecast")
+PLOTS = (
+    "emergence_heatmap",
+    "metric_vs_n",
+    "grokking_curves",
+    "phase_wd_x_d",
+    "phase_wd_x_lr",
+    "scaling_fit",
+    "mirage",
+    "isoflop_curves",
+    "frontier",
+    "transfer",
+    "forecast",
+)
 # Next-token accuracies stay far below the thresholds that define memorizing and generalizing,
 # and a byte has no exact-match answer: every run would be called "confusion", which says nothing.
-LANGUAGE_MODEL_SKIP = ("a language-modelling task: grokking phases, their predictions and the mirage check are "
-                       "about accuracy thresholds and exact-match answers, which next-token prediction does not have")
+LANGUAGE_MODEL_SKIP = (
+    "a language-modelling task: grokking phases, their predictions and the mirage check are "
+    "about accuracy thresholds and exact-match answers, which next-token prediction does not have"
+)
 
 
-def section(report: Report, name: str, fn: Callable[[], T], default: T, needs: Iterable[str] = (),
-            have: Iterable[str] = ()) -> T:
+def section(
+    report: Report,
+    name: str,
+    fn: Callable[[], T],
+    default: T,
+    needs: Iterable[str] = (),
+    have: Iterable[str] = (),
+) -> T:
     """Run one report section. Inputs the runs did not report (`needs` missing from `have`) skip
     it with that reason; a section that fails is skipped with its error, its traceback kept in
     results.json: a section's trouble is the section's, never the study's."""
@@ -65,36 +84,83 @@ def build_report(res: StudyResults, out_dir: str | Path) -> Report:
     out.mkdir(parents=True, exist_ok=True)
     report = Report(out)
     inp = read_inputs(res, out)
-    results: dict = {"study": inp.config.get("name"), "metric": inp.metric, "chance": inp.chance,
-                     "n_col": inp.n_col, "d_col": inp.d_col, "runs": len(inp.runs), "usable_runs": len(inp.usable),
-                     "statuses": inp.runs["status"].value_counts().to_dict()}
+    results: dict = {
+        "study": inp.config.get("name"),
+        "metric": inp.metric,
+        "chance": inp.chance,
+        "n_col": inp.n_col,
+        "d_col": inp.d_col,
+        "runs": len(inp.runs),
+        "usable_runs": len(inp.usable),
+        "statuses": inp.runs["status"].value_counts().to_dict(),
+    }
     runs_have, curves_have = list(inp.usable.columns), list(inp.curves.columns)
-    critical = section(report, "emergence", lambda: sections.emergence(inp, report, results), None,
-                       needs=(inp.metric, inp.n_col, inp.d_col), have=runs_have)
+    critical = section(
+        report,
+        "emergence",
+        lambda: sections.emergence(inp, report, results),
+        None,
+        needs=(inp.metric, inp.n_col, inp.d_col),
+        have=runs_have,
+    )
     phases = pd.DataFrame()
     if inp.language_model:  # no run of a language model memorizes, groks, or has an exact-match answer
         for name in ("grokking", "predictions", "mirage"):
             report.skipped[name] = LANGUAGE_MODEL_SKIP
     else:
-        phases = section(report, "grokking", lambda: sections.grokking(inp, report, results), pd.DataFrame(),
-                         needs=("train_acc", "val_acc"), have=curves_have)
-        section(report, "predictions", lambda: prediction_section.predictions(inp, report, results, phases), None,
-                needs=("train_acc", "val_acc"), have=curves_have)
+        phases = section(
+            report,
+            "grokking",
+            lambda: sections.grokking(inp, report, results),
+            pd.DataFrame(),
+            needs=("train_acc", "val_acc"),
+            have=curves_have,
+        )
+        section(
+            report,
+            "predictions",
+            lambda: prediction_section.predictions(inp, report, results, phases),
+            None,
+            needs=("train_acc", "val_acc"),
+            have=curves_have,
+        )
     if inp.language_model:
         report.skipped["forecast"] = LANGUAGE_MODEL_SKIP
     else:
-        section(report, "forecast", lambda: forecast_section.forecast(inp, report, results), None,
-                needs=("val_loss", "val_acc"), have=curves_have)
-    section(report, "scaling", lambda: scaling_section.scaling(inp, report, results), None,
-            needs=(inp.n_col, inp.d_col), have=runs_have)
+        section(
+            report,
+            "forecast",
+            lambda: forecast_section.forecast(inp, report, results),
+            None,
+            needs=("val_loss", "val_acc"),
+            have=curves_have,
+        )
+    section(
+        report,
+        "scaling",
+        lambda: scaling_section.scaling(inp, report, results),
+        None,
+        needs=(inp.n_col, inp.d_col),
+        have=runs_have,
+    )
     if not inp.language_model:
         section(report, "mirage", lambda: sections.mirage(inp, report, results), None)
-    section(report, "transfer", lambda: transfer_section.transfer(inp, report, results), None,
-            needs=(inp.n_col,), have=runs_have)
+    section(
+        report,
+        "transfer",
+        lambda: transfer_section.transfer(inp, report, results),
+        None,
+        needs=(inp.n_col,),
+        have=runs_have,
+    )
     regs = section(report, "regularization", lambda: sections.regularization(inp, results), [])
     refined = section(report, "refinement", lambda: sections.refinement(res.refine, inp, report, results), "")
-    report.summary = section(report, "summary", lambda: summary_table(inp.runs, phases, regs, inp.metric, inp.n_col,
-                                                                      inp.d_col, critical), pd.DataFrame())
+    report.summary = section(
+        report,
+        "summary",
+        lambda: summary_table(inp.runs, phases, regs, inp.metric, inp.n_col, inp.d_col, critical),
+        pd.DataFrame(),
+    )
     results["skipped"] = report.skipped
     results["section_errors"] = report.errors
     results["plots"] = sorted(report.plots)
@@ -123,7 +189,7 @@ SECTIONS = {
 def brief(text: str, width: int = 90) -> str:
     """The first clause of a reason, for one line; the whole reason is in results.json."""
     first = text.split("; ")[0].split(". ")[0]
-    return first if len(first) <= width else first[:width - 1].rstrip() + "…"
+    return first if len(first) <= width else first[: width - 1].rstrip() + "…"
 
 
 def _said(name: str, results: dict) -> str | None:
@@ -132,7 +198,9 @@ def _said(name: str, results: dict) -> str | None:
         return "not asked for (grid.refine)"
     if name == "regularization":
         cells = results.get("regularization") or []
-        return f"best values and their importances in {len(cells)} cells" if cells else "no objective to rank by"
+        return (
+            f"best values and their importances in {len(cells)} cells" if cells else "no objective to rank by"
+        )
     if name == "summary":
         return "summary.md, one row per cell"
     return None
@@ -166,7 +234,7 @@ def log_report(tracking_uri: str, parent_run_id: str, report: Report) -> None:
     now = int(time.time() * 1000)
     metrics = [Metric(k, float(v), now, 0) for k, v in sorted(report.metrics.items())]
     for i in range(0, len(metrics), 1000):  # MLflow's limit of metrics per batch
-        client.log_batch(parent_run_id, metrics=metrics[i:i + 1000])
+        client.log_batch(parent_run_id, metrics=metrics[i : i + 1000])
     client.set_tag(parent_run_id, names.TAG_REPORT, ", ".join(sorted(report.plots)) or "no plots")
 
 

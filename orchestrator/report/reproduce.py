@@ -92,18 +92,31 @@ class Report:
         return "match (bitwise)" if self.tolerance is None else f"match (within {self.tolerance:g})"
 
     def as_dict(self) -> dict:
-        return {"run_id": self.run_id, "run_name": self.run_name, "tracking_uri": self.tracking_uri,
-                "verdict": self.verdict, "match": self.match, "tolerance": self.tolerance,
-                "expected": self.expected, "wall_time_s": self.wall_time_s, "metrics": [asdict(r) for r in self.rows]}
+        return {
+            "run_id": self.run_id,
+            "run_name": self.run_name,
+            "tracking_uri": self.tracking_uri,
+            "verdict": self.verdict,
+            "match": self.match,
+            "tolerance": self.tolerance,
+            "expected": self.expected,
+            "wall_time_s": self.wall_time_s,
+            "metrics": [asdict(r) for r in self.rows],
+        }
 
     def table(self) -> str:
         width = max([len(r.metric) for r in self.rows] + [6])
-        lines = [f"run {self.run_id} ({self.run_name}): trained again in {self.wall_time_s:.1f} s",
-                 f"expected: {self.expected}", f"{'metric':<{width}}  points  max |diff|  status"]
+        lines = [
+            f"run {self.run_id} ({self.run_name}): trained again in {self.wall_time_s:.1f} s",
+            f"expected: {self.expected}",
+            f"{'metric':<{width}}  points  max |diff|  status",
+        ]
         for r in self.rows:
             diff = "-" if r.max_abs_diff is None else f"{r.max_abs_diff:.3g}"
-            lines.append(f"{r.metric:<{width}}  {r.points:>6}  {diff:>10}  {'ok' if r.match else 'DIFF'}"
-                         + (f"  {r.note}" if r.note else ""))
+            lines.append(
+                f"{r.metric:<{width}}  {r.points:>6}  {diff:>10}  {'ok' if r.match else 'DIFF'}"
+                + (f"  {r.note}" if r.note else "")
+            )
         lines.append(f"verdict: {self.verdict}")
         return "\n".join(lines)
 
@@ -127,14 +140,19 @@ def expectation(recorded: dict[str, str], here: dict, device: str | None) -> tup
     from trainers.machine import bitwise_comparable
 
     if device and device.startswith("cuda"):
-        return TOLERANCE, f"a GPU run: repeatable to float tolerance, not bitwise; compared within {TOLERANCE:g}"
+        return (
+            TOLERANCE,
+            f"a GPU run: repeatable to float tolerance, not bitwise; compared within {TOLERANCE:g}",
+        )
     if not recorded:
         return None, "the run recorded no machine facts (an older record): bitwise equality assumed"
     differ = bitwise_comparable(recorded, here)
     if not differ:
         return None, "the same CPU, instruction set, BLAS, torch and threads: bitwise equality expected"
-    return TOLERANCE, ("another machine (" + "; ".join(differ) + "): bitwise equality is not expected; "
-                       f"compared within a relative {TOLERANCE:g}, which a long run may exceed")
+    return TOLERANCE, (
+        "another machine (" + "; ".join(differ) + "): bitwise equality is not expected; "
+        f"compared within a relative {TOLERANCE:g}, which a long run may exceed"
+    )
 
 
 def compare(metric: str, recorded: Curve, new: Curve, tolerance: float | None = None) -> MetricRow:
@@ -145,19 +163,33 @@ def compare(metric: str, recorded: Curve, new: Curve, tolerance: float | None = 
     if not recorded:
         return MetricRow(metric, 0, None, False, "produced by the new run, not recorded")
     if [s for s, _ in recorded] != [s for s, _ in new]:
-        return MetricRow(metric, len(recorded), None, False,
-                         f"steps differ: recorded {[s for s, _ in recorded][:5]}..., new {[s for s, _ in new][:5]}...")
+        return MetricRow(
+            metric,
+            len(recorded),
+            None,
+            False,
+            f"steps differ: recorded {[s for s, _ in recorded][:5]}..., new {[s for s, _ in new][:5]}...",
+        )
     diffs = [abs(a - b) for (_, a), (_, b) in zip(recorded, new)]
-    finite = all(math.isfinite(d) or (math.isnan(a) and math.isnan(b))
-                 for d, (_, a), (_, b) in zip(diffs, recorded, new))
+    finite = all(
+        math.isfinite(d) or (math.isnan(a) and math.isnan(b))
+        for d, (_, a), (_, b) in zip(diffs, recorded, new)
+    )
     if tolerance is None:
         match = all(same_bits(a, b) for (_, a), (_, b) in zip(recorded, new))
     else:
-        match = all(same_bits(a, b) or math.isclose(a, b, rel_tol=tolerance, abs_tol=tolerance * 1e-3)
-                    for (_, a), (_, b) in zip(recorded, new))
+        match = all(
+            same_bits(a, b) or math.isclose(a, b, rel_tol=tolerance, abs_tol=tolerance * 1e-3)
+            for (_, a), (_, b) in zip(recorded, new)
+        )
     worst = max((d for d in diffs if not math.isnan(d)), default=0.0)
-    return MetricRow(metric, len(recorded), worst if finite else None, match,
-                     "" if finite else "NaN or inf on one side only")
+    return MetricRow(
+        metric,
+        len(recorded),
+        worst if finite else None,
+        match,
+        "" if finite else "NaN or inf on one side only",
+    )
 
 
 def _client(tracking_uri: str):
@@ -167,8 +199,9 @@ def _client(tracking_uri: str):
     if parsed.scheme == "sqlite":
         path = Path(tracking_uri.removeprefix("sqlite:///"))
         if not path.is_file():
-            raise ReproduceError(f"no MLflow store at {path} (tracking URI {tracking_uri}); "
-                                 f"pass the study's --tracking-uri")
+            raise ReproduceError(
+                f"no MLflow store at {path} (tracking URI {tracking_uri}); pass the study's --tracking-uri"
+            )
     elif parsed.scheme in ("", "file") and not Path(parsed.path or tracking_uri).is_dir():
         raise ReproduceError(f"no MLflow store at {tracking_uri}; pass the study's --tracking-uri")
     from mlflow.tracking import MlflowClient
@@ -190,8 +223,10 @@ def recorded_spec(client, run) -> str:
         log.debug("run %s: no %s artifact (%s); using the param", run.info.run_id, names.ARTIFACT_SPEC, err)
     if names.PARAM_SPEC_JSON in run.data.params:
         return run.data.params[names.PARAM_SPEC_JSON]
-    raise ReproduceError(f"run {run.info.run_id} has no recorded spec (no spec.json artifact, no spec_json "
-                         f"param); is it a training run (a child of the study's run)?")
+    raise ReproduceError(
+        f"run {run.info.run_id} has no recorded spec (no spec.json artifact, no spec_json "
+        f"param); is it a training run (a child of the study's run)?"
+    )
 
 
 def recorded_curves(client, run) -> dict[str, Curve]:
@@ -218,8 +253,10 @@ def new_curves(result: dict) -> dict[str, Curve]:
 
 
 def _invalid(run_id: str, kind: str, err: ValidationError) -> ReproduceError:
-    return ReproduceError(f"run {run_id}: the recorded spec is not a valid {kind} "
-                          f"({err.error_count()} problem(s), first: {err.errors()[0]['msg']})")
+    return ReproduceError(
+        f"run {run_id}: the recorded spec is not a valid {kind} "
+        f"({err.error_count()} problem(s), first: {err.errors()[0]['msg']})"
+    )
 
 
 def train_spec(run_id: str, text: str, report: Callable[[dict], bool] | None) -> dict:
@@ -233,11 +270,14 @@ def train_spec(run_id: str, text: str, report: Callable[[dict], bool] | None) ->
     try:
         return train(spec, report=report).to_dict()
     except Exception as err:  # noqa: BLE001 - e.g. a spec recorded on a GPU, trained again without one
-        raise ReproduceError(f"run {run_id}: its spec does not train here ({type(err).__name__}: {err})") from None
+        raise ReproduceError(
+            f"run {run_id}: its spec does not train here ({type(err).__name__}: {err})"
+        ) from None
 
 
-def train_user_spec(run_id: str, text: str, report: Callable[[dict], bool] | None,
-                    recorded_sys_path: bool = False) -> dict:
+def train_user_spec(
+    run_id: str, text: str, report: Callable[[dict], bool] | None, recorded_sys_path: bool = False
+) -> dict:
     """The study's own trainer called again with the recorded RunConfig, through the same
     wrapper a worker uses (orchestrator/sweep/user_trainer.py), in a fresh checkpoint folder: a
     checkpoint the run left behind would turn the replay into a resume. The recorded sys_path
@@ -255,10 +295,13 @@ def train_user_spec(run_id: str, text: str, report: Callable[[dict], bool] | Non
         try:
             return run_user_trainer(spec, report, folder)
         except TrainerError as err:
-            raise ReproduceError(f"run {run_id}: its trainer {spec.trainer!r} cannot be loaded here: {err}") from None
+            raise ReproduceError(
+                f"run {run_id}: its trainer {spec.trainer!r} cannot be loaded here: {err}"
+            ) from None
         except Exception as err:  # noqa: BLE001 - the user's code failed: say so, with its own words
-            raise ReproduceError(f"run {run_id}: its trainer {spec.trainer!r} failed here "
-                                 f"({type(err).__name__}: {err})") from None
+            raise ReproduceError(
+                f"run {run_id}: its trainer {spec.trainer!r} failed here ({type(err).__name__}: {err})"
+            ) from None
 
 
 def recorded_code(text: str) -> tuple[dict[str, str], list[str]]:
@@ -300,16 +343,19 @@ def named_in_study(path: str) -> dict[str, str]:
     return named
 
 
-def unnamed_code(run_id: str, code: dict[str, str], sys_path: list[str], named: dict[str, str],
-                 tracking_uri: str) -> ReproduceError | None:
+def unnamed_code(
+    run_id: str, code: dict[str, str], sys_path: list[str], named: dict[str, str], tracking_uri: str
+) -> ReproduceError | None:
     """Why the recorded code may not run (None when the user named every piece of it)."""
     from orchestrator.study import redact_url
 
     missing = {field: ref for field, ref in code.items() if named.get(field) != ref}
     if not missing:
         return None
-    what = ", ".join(f"{field} {ref!r}" + (f" (you named {named[field]!r})" if field in named else "")
-                     for field, ref in missing.items())
+    what = ", ".join(
+        f"{field} {ref!r}" + (f" (you named {named[field]!r})" if field in named else "")
+        for field, ref in missing.items()
+    )
     where = f" with sys.path entries {sys_path}" if sys_path else ""
     how = [f"--trainer {missing[TRAINER]}"] if TRAINER in missing else []
     how.append("--study STUDY.yaml (the study file that names " + " and ".join(missing) + ")")
@@ -317,7 +363,8 @@ def unnamed_code(run_id: str, code: dict[str, str], sys_path: list[str], named: 
         f"run {run_id} names code by import path: {what}{where}. reproduce imports only code you name, "
         f"from your own PYTHONPATH: pass {' or '.join(how)}; or, if you trust everyone who can write runs to "
         f"{redact_url(tracking_uri)}, pass --trust-recorded-code to import what the record names (it prints "
-        f"what first). Nothing was imported or run.")
+        f"what first). Nothing was imported or run."
+    )
 
 
 def describe_imports(code: dict[str, str], sys_path: list[str]) -> list[str]:
@@ -338,8 +385,11 @@ def describe_imports(code: dict[str, str], sys_path: list[str]) -> list[str]:
                 found = importlib.util.find_spec(module.split(".")[0])
             except (ImportError, ValueError):
                 found = None
-            origin = "not found" if found is None else (
-                found.origin or ", ".join(found.submodule_search_locations or []))
+            origin = (
+                "not found"
+                if found is None
+                else (found.origin or ", ".join(found.submodule_search_locations or []))
+            )
             lines.append(f"  {field}: {ref!r}: module {module}, package at {origin}")
     finally:
         for p in added:
@@ -347,8 +397,9 @@ def describe_imports(code: dict[str, str], sys_path: list[str]) -> list[str]:
     return lines
 
 
-def reproduce(run_id: str, tracking_uri: str, named: dict[str, str] | None = None,
-              trust_recorded_code: bool = False) -> Report:
+def reproduce(
+    run_id: str, tracking_uri: str, named: dict[str, str] | None = None, trust_recorded_code: bool = False
+) -> Report:
     """Train the run again and compare. `named`: the code the user names, by field (TRAINER,
     TASK, MODEL); a recorded spec naming other code is refused unless `trust_recorded_code`."""
     from mlflow.exceptions import MlflowException
@@ -382,7 +433,9 @@ def reproduce(run_id: str, tracking_uri: str, named: dict[str, str] | None = Non
         result = train_spec(run_id, text, report)
     wall = time.perf_counter() - t0
     recorded, new = recorded_curves(client, run), new_curves(result)
-    rows = [compare(k, recorded.get(k, []), new.get(k, []), tolerance) for k in sorted(set(recorded) | set(new))]
+    rows = [
+        compare(k, recorded.get(k, []), new.get(k, []), tolerance) for k in sorted(set(recorded) | set(new))
+    ]
     return Report(run_id, run.info.run_name or "", tracking_uri, wall, rows, tolerance, expected)
 
 
@@ -401,19 +454,32 @@ def _expected(run) -> tuple[float | None, str]:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="grokscale reproduce", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="grokscale reproduce", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("run_id", help="the MLflow run id of one training run (a child run of a study)")
-    parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"),
-                        help="the study's MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    parser.add_argument(
+        "--tracking-uri",
+        default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"),
+        help="the study's MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)",
+    )
     parser.add_argument("--json", action="store_true", help="print the comparison as JSON")
-    parser.add_argument("--trainer", metavar="PKG.MOD:FN",
-                        help="the run's own trainer, named by you: imported from your PYTHONPATH")
-    parser.add_argument("--study", metavar="STUDY.yaml",
-                        help="your study file: the trainer, task and model classes it names may run")
-    parser.add_argument("--trust-recorded-code", action="store_true",
-                        help="import the code the run's record names, from the folders it records "
-                             "(printed first): only for a store whose writers you trust")
+    parser.add_argument(
+        "--trainer",
+        metavar="PKG.MOD:FN",
+        help="the run's own trainer, named by you: imported from your PYTHONPATH",
+    )
+    parser.add_argument(
+        "--study",
+        metavar="STUDY.yaml",
+        help="your study file: the trainer, task and model classes it names may run",
+    )
+    parser.add_argument(
+        "--trust-recorded-code",
+        action="store_true",
+        help="import the code the run's record names, from the folders it records "
+        "(printed first): only for a store whose writers you trust",
+    )
     args = parser.parse_args(argv)
     try:
         named = named_in_study(args.study) if args.study else {}

@@ -24,13 +24,23 @@ from orchestrator.analysis.isoflop import IsoFlopFit
 from orchestrator.analysis.scaling import ScalingLawFit
 from orchestrator.report.plots import errorbar, new_figure, save
 
-APPROACH_LABELS = {"envelope": "approach 1: envelope of training curves", "isoflop": "approach 2: IsoFLOP minima",
-                   "loss_law": "approach 3: from L(N, D)"}
+APPROACH_LABELS = {
+    "envelope": "approach 1: envelope of training curves",
+    "isoflop": "approach 2: IsoFLOP minima",
+    "loss_law": "approach 3: from L(N, D)",
+}
 APPROACH_STYLE = {"envelope": ("C0", "s"), "isoflop": ("C3", "o"), "loss_law": ("C2", "D")}
 
 
-def plot_scaling_fit(fit: ScalingLawFit, n: np.ndarray | None, d: np.ndarray | None, loss: np.ndarray,
-                     path: str | Path, *, title: str | None = None) -> Path | None:
+def plot_scaling_fit(
+    fit: ScalingLawFit,
+    n: np.ndarray | None,
+    d: np.ndarray | None,
+    loss: np.ndarray,
+    path: str | Path,
+    *,
+    title: str | None = None,
+) -> Path | None:
     """The fitted law against the data: iso-loss contours over (N, D) with the runs on them
     (a loss curve for a one-variable law), and the residuals log L - log L_fit."""
     loss = np.asarray(loss, dtype=float)
@@ -56,9 +66,22 @@ def plot_scaling_fit(fit: ScalingLawFit, n: np.ndarray | None, d: np.ndarray | N
         ax.set_yscale("log")
         ax.set_ylabel(d_label)
         ax.set_xlabel(n_label)
-        ax.legend(handles=[Line2D([], [], color="gray", label="iso-loss contours of the fit (labelled, nats)"),
-                           Line2D([], [], marker="o", ls="", color="gray", markeredgecolor="black",
-                                  label="runs, colored by observed loss")], fontsize=8, loc="upper right")
+        ax.legend(
+            handles=[
+                Line2D([], [], color="gray", label="iso-loss contours of the fit (labelled, nats)"),
+                Line2D(
+                    [],
+                    [],
+                    marker="o",
+                    ls="",
+                    color="gray",
+                    markeredgecolor="black",
+                    label="runs, colored by observed loss",
+                ),
+            ],
+            fontsize=8,
+            loc="upper right",
+        )
         fig.colorbar(points, ax=ax, label="loss (nats)")
         rx, rx_label, rc, rc_label = n, n_label, d, "D (count)"
     else:
@@ -75,8 +98,16 @@ def plot_scaling_fit(fit: ScalingLawFit, n: np.ndarray | None, d: np.ndarray | N
     ax.set_xscale("log")
     ax.set_title("fit and data", fontsize=10)
     if rc is not None:
-        sc = axr.scatter(rx, resid, c=rc, cmap="plasma", norm=LogNorm() if rc.max() > rc.min() else None,
-                         s=16, edgecolor="black", lw=0.3)
+        sc = axr.scatter(
+            rx,
+            resid,
+            c=rc,
+            cmap="plasma",
+            norm=LogNorm() if rc.max() > rc.min() else None,
+            s=16,
+            edgecolor="black",
+            lw=0.3,
+        )
         fig.colorbar(sc, ax=axr, label=rc_label + ", log color scale")
     else:
         axr.scatter(rx, resid, color="C0", s=16, edgecolor="black", lw=0.3)
@@ -84,10 +115,14 @@ def plot_scaling_fit(fit: ScalingLawFit, n: np.ndarray | None, d: np.ndarray | N
     axr.set_xscale("log")
     axr.set_xlabel(rx_label)
     axr.set_ylabel("residual: log L - log L_fit (natural log)")
-    axr.set_title(f"residuals: RMS {np.sqrt(np.mean(resid ** 2)):.3g}, {len(resid)} runs", fontsize=9)
+    axr.set_title(f"residuals: RMS {np.sqrt(np.mean(resid**2)):.3g}, {len(resid)} runs", fontsize=9)
     axr.grid(alpha=0.3)
-    fig.suptitle((title or f"Scaling law {fit.law} (Hoffmann et al. 2022, approach 3)") + "\n" + _scaling_law_text(fit),
-                 fontsize=11)
+    fig.suptitle(
+        (title or f"Scaling law {fit.law} (Hoffmann et al. 2022, approach 3)")
+        + "\n"
+        + _scaling_law_text(fit),
+        fontsize=11,
+    )
     return save(fig, path)
 
 
@@ -110,8 +145,16 @@ def plot_isoflop_curves(fit: IsoFlopFit, path: str | Path, *, title: str | None 
             ax.plot(np.exp(x), b.coef[0] + b.coef[1] * x + b.coef[2] * x * x, color=color, lw=1.2)
         if b.N_opt is not None:
             face = color if b.trusted else "white"
-            errorbar(ax, [b.N_opt.value], [b.L_opt.value], xerr=([b.N_opt.low], [b.N_opt.high]), marker="*",
-                      color=color, mfc=face, zorder=4)
+            errorbar(
+                ax,
+                [b.N_opt.value],
+                [b.L_opt.value],
+                xerr=([b.N_opt.low], [b.N_opt.high]),
+                marker="*",
+                color=color,
+                mfc=face,
+                zorder=4,
+            )
     ax.set_xscale("log")
     ax.xaxis.set_minor_formatter(NullFormatter())
     trusted = [x for b in budgets for x in b.n]
@@ -120,20 +163,45 @@ def plot_isoflop_curves(fit: IsoFlopFit, path: str | Path, *, title: str | None 
     ax.set_ylabel("final loss (nats)")
     sm = _scalar_mappable(cmap, norm)
     fig.colorbar(sm, ax=ax, label="compute budget C (FLOPs), log color scale")
-    ax.legend(handles=[Line2D([], [], marker="o", ls="", color="gray", mec="black", label="runs"),
-                       Line2D([], [], color="gray", label="parabola in ln N"),
-                       Line2D([], [], marker="*", ls="", color="gray", mec="black", ms=10,
-                              label=f"minimum, {int(fit.frontier.ci * 100)}% interval of N_opt"),
-                       Line2D([], [], marker="*", ls="", color="gray", mfc="white", mec="black", ms=10,
-                              label="minimum not trusted (e.g. not bracketed)")], fontsize=8)
+    ax.legend(
+        handles=[
+            Line2D([], [], marker="o", ls="", color="gray", mec="black", label="runs"),
+            Line2D([], [], color="gray", label="parabola in ln N"),
+            Line2D(
+                [],
+                [],
+                marker="*",
+                ls="",
+                color="gray",
+                mec="black",
+                ms=10,
+                label=f"minimum, {int(fit.frontier.ci * 100)}% interval of N_opt",
+            ),
+            Line2D(
+                [],
+                [],
+                marker="*",
+                ls="",
+                color="gray",
+                mfc="white",
+                mec="black",
+                ms=10,
+                label="minimum not trusted (e.g. not bracketed)",
+            ),
+        ],
+        fontsize=8,
+    )
     ax.grid(alpha=0.3)
-    ax.set_title(title or f"IsoFLOP profiles (Hoffmann et al. 2022, approach 2)\n{_frontier_text(fit.frontier)}",
-                 fontsize=10)
+    ax.set_title(
+        title or f"IsoFLOP profiles (Hoffmann et al. 2022, approach 2)\n{_frontier_text(fit.frontier)}",
+        fontsize=10,
+    )
     return save(fig, path)
 
 
-def plot_frontiers(frontiers: Sequence[ComputeOptimalFrontier], path: str | Path, *,
-                   title: str | None = None) -> Path | None:
+def plot_frontiers(
+    frontiers: Sequence[ComputeOptimalFrontier], path: str | Path, *, title: str | None = None
+) -> Path | None:
     """Left: N_opt against C from each approach (its points with intervals, its power law as a
     line over the budgets drawn). Right: the tokens per parameter D_opt / N_opt, the same way."""
     frontiers = [f for f in frontiers if f.points or f.a is not None]
@@ -154,7 +222,9 @@ def plot_frontiers(frontiers: Sequence[ComputeOptimalFrontier], path: str | Path
             values["n"] += list(n)
             values["t"] += list(c / (f.flops_per_token * n * n))
             ax_n.plot(c, n, color=color, lw=1.3, label=f"{label}: a = {_est(f.a)}")
-            ax_t.plot(c, c / (f.flops_per_token * n * n), color=color, lw=1.3, label=f"{label}: b = {_est(f.b)}")
+            ax_t.plot(
+                c, c / (f.flops_per_token * n * n), color=color, lw=1.3, label=f"{label}: b = {_est(f.b)}"
+            )
         else:
             ax_n.plot([], [], color=color, label=textwrap.fill(f"{label}: no power law ({f.reason})", 70))
         for p in f.points:
@@ -163,12 +233,28 @@ def plot_frontiers(frontiers: Sequence[ComputeOptimalFrontier], path: str | Path
             face = color if p.trusted else "white"
             values["n"].append(p.N_opt.value)
             values["t"].append(p.tokens_per_param.value)
-            errorbar(ax_n, [p.flops], [p.N_opt.value], yerr=([p.N_opt.low], [p.N_opt.high]), marker=marker,
-                      color=color, mfc=face)
-            errorbar(ax_t, [p.flops], [p.tokens_per_param.value],
-                      yerr=([p.tokens_per_param.low], [p.tokens_per_param.high]), marker=marker, color=color, mfc=face)
-    for ax, ylabel, key in ((ax_n, "N_opt: compute-optimal parameters (count), log scale", "n"),
-                            (ax_t, "D_opt / N_opt: tokens per parameter, log scale", "t")):
+            errorbar(
+                ax_n,
+                [p.flops],
+                [p.N_opt.value],
+                yerr=([p.N_opt.low], [p.N_opt.high]),
+                marker=marker,
+                color=color,
+                mfc=face,
+            )
+            errorbar(
+                ax_t,
+                [p.flops],
+                [p.tokens_per_param.value],
+                yerr=([p.tokens_per_param.low], [p.tokens_per_param.high]),
+                marker=marker,
+                color=color,
+                mfc=face,
+            )
+    for ax, ylabel, key in (
+        (ax_n, "N_opt: compute-optimal parameters (count), log scale", "n"),
+        (ax_t, "D_opt / N_opt: tokens per parameter, log scale", "t"),
+    ):
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels ran into each other
@@ -183,8 +269,11 @@ def plot_frontiers(frontiers: Sequence[ComputeOptimalFrontier], path: str | Path
     ax_t.axhline(20, color="gray", ls=":", lw=1)  # Hoffmann et al.'s ~20 tokens per parameter
     ax_t.annotate("20 tokens/param (Chinchilla)", (c[0], 20), fontsize=8, color="gray", va="bottom")
     k = sorted({f.flops_per_token for f in frontiers})
-    fig.suptitle(title or f"Compute-optimal frontier, C = {'/'.join(f'{v:g}' for v in k)}*N*D "
-                          "(hollow: a point not trusted)", fontsize=11)
+    fig.suptitle(
+        title
+        or f"Compute-optimal frontier, C = {'/'.join(f'{v:g}' for v in k)}*N*D (hollow: a point not trusted)",
+        fontsize=11,
+    )
     return save(fig, path)
 
 
@@ -194,7 +283,9 @@ def _scaling_law_text(fit: ScalingLawFit) -> str:
         ci = "" if est.low is None else f" [{est.low:.3g}, {est.high:.3g}]"
         return f"{name} = {est.value:.3g}{ci}"
 
-    names = ["E"] + (["A", "alpha"] if fit.A is not None else []) + (["B", "beta"] if fit.B is not None else [])
+    names = (
+        ["E"] + (["A", "alpha"] if fit.A is not None else []) + (["B", "beta"] if fit.B is not None else [])
+    )
     return ", ".join(fmt(k) for k in names) + f"  ({int(fit.ci * 100)}% CI, {fit.n_boot} bootstrap fits)"
 
 
@@ -205,8 +296,10 @@ def _est(est) -> str:
 def _frontier_text(f: ComputeOptimalFrontier) -> str:
     if f.a is None:
         return f"no power law: {f.reason}"
-    return (f"N_opt = G (C/{f.flops_per_token:g})^a, a = {_est(f.a)}, G = {_est(f.G)}; "
-            f"{f.n_fit} budgets, {int(f.ci * 100)}% intervals")
+    return (
+        f"N_opt = G (C/{f.flops_per_token:g})^a, a = {_est(f.a)}, G = {_est(f.G)}; "
+        f"{f.n_fit} budgets, {int(f.ci * 100)}% intervals"
+    )
 
 
 def _cmap():

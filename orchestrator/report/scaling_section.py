@@ -48,13 +48,19 @@ def scaling(inp: Inputs, report: Report, results: dict) -> None:
         else:
             report.skipped["scaling_fit"] = f"fit rejected: {check.reason}"
     else:
-        report.skipped["scaling_fit"] = (f"a law in N and D needs >= 2 distinct N, >= 2 distinct D and >= 6 "
-                                         f"cells; got {len(np.unique(n))} N, {len(np.unique(d))} D, {len(loss)} cells")
+        report.skipped["scaling_fit"] = (
+            f"a law in N and D needs >= 2 distinct N, >= 2 distinct D and >= 6 "
+            f"cells; got {len(np.unique(n))} N, {len(np.unique(d))} D, {len(loss)} cells"
+        )
     for variable, x in (("N", n), ("D", d)):
         if len(np.unique(x)) >= 3 and len(loss) < 4:  # 3 parameters: E, A, alpha
-            report.skipped[f"power_law_{variable}"] = f"a power law in {variable} needs >= 4 cells; got {len(loss)}"
+            report.skipped[f"power_law_{variable}"] = (
+                f"a power law in {variable} needs >= 4 cells; got {len(loss)}"
+            )
         elif len(np.unique(x)) >= 3:
-            one = fit_power_law(x, loss, variable=variable, convention=convention if variable == "N" else None)
+            one = fit_power_law(
+                x, loss, variable=variable, convention=convention if variable == "N" else None
+            )
             check = check_fit(one, x if variable == "N" else None, x if variable == "D" else None, loss)
             results[f"power_law_{variable}"] = {**one.to_dict(), "check": check.to_dict()}
             accepted[f"power_law_{variable}"] = check.accepted
@@ -98,16 +104,22 @@ def compute_optimal(inp: Inputs, report: Report, results: dict, fit: ScalingLawF
         n, loss = best[inp.n_col].to_numpy(float), best["min_val_loss"].to_numpy(float)
         iso = fit_isoflop(n, budget, loss, flops_per_token=per_token)
         results["frontier_isoflop"] = iso.to_dict()
-        results["frontier_backtest"] = [b.to_dict() for b in
-                                        extrapolation_backtest(n, budget, loss, flops_per_token=per_token)]
+        results["frontier_backtest"] = [
+            b.to_dict() for b in extrapolation_backtest(n, budget, loss, flops_per_token=per_token)
+        ]
         report.draw("isoflop_curves", plot_isoflop_curves, iso, inp.out / "isoflop_curves.png")
         frontiers.insert(0, iso.frontier)
     curves = inp.curves
     if not curves.empty and {"flops", "val_loss"} <= set(curves.columns):
         c = curves.dropna(subset=["flops", "val_loss"]).merge(usable[["run_id", inp.n_col]], on="run_id")
         if not c.empty:
-            env = fit_envelope(c["run_id"].to_numpy(), c[inp.n_col].to_numpy(float), c["flops"].to_numpy(float),
-                               c["val_loss"].to_numpy(float), flops_per_token=per_token)
+            env = fit_envelope(
+                c["run_id"].to_numpy(),
+                c[inp.n_col].to_numpy(float),
+                c["flops"].to_numpy(float),
+                c["val_loss"].to_numpy(float),
+                flops_per_token=per_token,
+            )
             results["frontier_envelope"] = env.to_dict()
             frontiers.insert(0, env.frontier)
     if frontiers:

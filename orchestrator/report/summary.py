@@ -20,26 +20,43 @@ def _count(part: pd.DataFrame, col: str) -> int | None:
     return int(part[col].dropna().iloc[0])
 
 
-def summary_table(runs: pd.DataFrame, phases: pd.DataFrame, regs: list, metric: str, n_col: str, d_col: str,
-             critical: CriticalSizes | None) -> pd.DataFrame:
+def summary_table(
+    runs: pd.DataFrame,
+    phases: pd.DataFrame,
+    regs: list,
+    metric: str,
+    n_col: str,
+    d_col: str,
+    critical: CriticalSizes | None,
+) -> pd.DataFrame:
     rows = []
     by_reg = {r.cell: r for r in regs}
     refined = "refined" in runs and bool(runs["refined"].notna().any())  # the column only in a refined study
     for cell, part in runs.groupby("cell", sort=False):
         usable = part[part["status"].isin(USABLE_STATUSES)]
-        row = {"cell": cell, "N": _count(part, n_col), "D": _count(part, d_col),
-               **({"origin": origin(part)} if refined else {}), "runs": len(part),
-               **{s.value: int((part["status"] == s.value).sum())
-                  for s in (RunStatus.COMPLETED, RunStatus.DIVERGED, RunStatus.FAILED)},
-               f"best {metric}": float(usable[metric].max()) if metric in usable and len(usable) else None}
+        row = {
+            "cell": cell,
+            "N": _count(part, n_col),
+            "D": _count(part, d_col),
+            **({"origin": origin(part)} if refined else {}),
+            "runs": len(part),
+            **{
+                s.value: int((part["status"] == s.value).sum())
+                for s in (RunStatus.COMPLETED, RunStatus.DIVERGED, RunStatus.FAILED)
+            },
+            f"best {metric}": float(usable[metric].max()) if metric in usable and len(usable) else None,
+        }
         if not phases.empty and "phase" in phases:
             counts = phases[phases["cell"] == cell]["phase"].value_counts()
             row["phases"] = ", ".join(f"{k} {v}" for k, v in counts.items())
         reg = by_reg.get(cell)
         if reg is not None:
             row["best params"] = json.dumps(reg.best_params, default=json_default)
-            row["importance"] = ("" if reg.importances is None else
-                                 ", ".join(f"{k.removeprefix('train.')} {v:.2f}" for k, v in reg.importances.items()))
+            row["importance"] = (
+                ""
+                if reg.importances is None
+                else ", ".join(f"{k.removeprefix('train.')} {v:.2f}" for k, v in reg.importances.items())
+            )
         rows.append(row)
     table = pd.DataFrame(rows)
     return table.sort_values(["N", "D"], ignore_index=True) if not table.empty else table
@@ -58,8 +75,11 @@ def markdown(table: pd.DataFrame) -> str:
     cols = list(table.columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, r in table.iterrows():
-        lines.append("| " + " | ".join("" if pd.isna(v) else (f"{v:.4g}" if isinstance(v, float) else str(v))
-                                       for v in r) + " |")
+        lines.append(
+            "| "
+            + " | ".join("" if pd.isna(v) else (f"{v:.4g}" if isinstance(v, float) else str(v)) for v in r)
+            + " |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -38,22 +38,35 @@ def transfer(inp: Inputs, report: Report, results: dict) -> None:
     metric, sign = objective["metric"], (1.0 if objective["direction"] == "minimize" else -1.0)
     usable = inp.usable.dropna(subset=[c for c in (metric, inp.n_col) if c in inp.usable])
     if metric not in usable or usable[inp.n_col].nunique() < MIN_CELLS:
-        report.skipped["transfer"] = (f"a transfer check needs the objective {metric} at {MIN_CELLS} or more model "
-                                      f"sizes; this study has {usable[inp.n_col].nunique()}")
+        report.skipped["transfer"] = (
+            f"a transfer check needs the objective {metric} at {MIN_CELLS} or more model "
+            f"sizes; this study has {usable[inp.n_col].nunique()}"
+        )
         return
     numeric, groups = searched(usable)
     if not numeric:
-        report.skipped["transfer"] = (f"no searched hyperparameter took {MIN_VALUES} or more positive values at each "
-                                      "size: nothing to locate an optimum of")
+        report.skipped["transfer"] = (
+            f"no searched hyperparameter took {MIN_VALUES} or more positive values at each "
+            "size: nothing to locate an optimum of"
+        )
         return
     checks: dict[str, dict[str, TransferCheck]] = {}
     for col in numeric:
         param = col.removeprefix(names.PARAM_SEARCHED_PREFIX)
-        for key, part in (usable.groupby(groups, sort=True) if groups else [((), usable)]):
-            label = ", ".join(f"{g.removeprefix(names.PARAM_SEARCHED_PREFIX)}={v}"
-                              for g, v in zip(groups, key if isinstance(key, tuple) else (key,))) or "all"
-            check = transfer_check(part[inp.n_col].to_numpy(float), part[col].to_numpy(float),
-                                   sign * part[metric].to_numpy(float), param_name=param)
+        for key, part in usable.groupby(groups, sort=True) if groups else [((), usable)]:
+            label = (
+                ", ".join(
+                    f"{g.removeprefix(names.PARAM_SEARCHED_PREFIX)}={v}"
+                    for g, v in zip(groups, key if isinstance(key, tuple) else (key,))
+                )
+                or "all"
+            )
+            check = transfer_check(
+                part[inp.n_col].to_numpy(float),
+                part[col].to_numpy(float),
+                sign * part[metric].to_numpy(float),
+                param_name=param,
+            )
             checks.setdefault(param, {})[label] = check
             if check.exponent is not None:
                 report.metric(f"transfer/{param}/{label}/exponent", check.exponent.value)
@@ -61,7 +74,9 @@ def transfer(inp: Inputs, report: Report, results: dict) -> None:
     report.draw("transfer", plot_transfer, checks, inp.out / "transfer.png", n_label=inp.n_col)
 
 
-def plot_transfer(checks: dict[str, dict[str, TransferCheck]], path: str | Path, *, n_label: str) -> Path | None:
+def plot_transfer(
+    checks: dict[str, dict[str, TransferCheck]], path: str | Path, *, n_label: str
+) -> Path | None:
     """One panel per hyperparameter: its optimum (with interval) over N for each group, the
     fitted drift through them, and the verdict in the legend; refused cells as open markers."""
     if not checks:
@@ -74,20 +89,31 @@ def plot_transfer(checks: dict[str, dict[str, TransferCheck]], path: str | Path,
             kept = [o for o in check.optima if o.usable]
             if kept:
                 n = [o.n for o in kept]
-                errorbar(ax, n, [o.optimum.value for o in kept],
-                         yerr=([o.optimum.low for o in kept], [o.optimum.high for o in kept]),
-                         fmt="o", color=color)
+                errorbar(
+                    ax,
+                    n,
+                    [o.optimum.value for o in kept],
+                    yerr=([o.optimum.low for o in kept], [o.optimum.high for o in kept]),
+                    fmt="o",
+                    color=color,
+                )
             for o in check.optima:
                 if not o.usable:
-                    ax.plot([o.n], [o.param_max if o.at_edge else o.param_min], marker="o", mfc="none",
-                            color=color, ls="")
+                    ax.plot(
+                        [o.n],
+                        [o.param_max if o.at_edge else o.param_min],
+                        marker="o",
+                        mfc="none",
+                        color=color,
+                        ls="",
+                    )
             e = check.exponent
             verdict = {True: "transfers", False: "drifts", None: "undecided"}[check.transfers]
             label = f"{group}: N^{e.value:+.2f} ({verdict})" if e is not None else f"{group}: {verdict}"
             if e is not None and len(kept) >= 2:
                 n_line = np.array([min(o.n for o in kept), max(o.n for o in kept)])
                 anchor = np.exp(np.mean([np.log(o.optimum.value) - e.value * np.log(o.n) for o in kept]))
-                ax.plot(n_line, anchor * n_line ** e.value, color=color, label=label)
+                ax.plot(n_line, anchor * n_line**e.value, color=color, label=label)
             else:
                 ax.plot([], [], color=color, label=label)
         ax.set_xscale("log")

@@ -50,8 +50,9 @@ class HeldStorage(BaseStorage):
     def __init__(self, backend: RDBStorage, held: Collection[str]) -> None:
         self.backend, self.held = backend, frozenset(held)
         # Held trials' writes as Core statements: PostgreSQL, and SQLite from 3.35 (RETURNING)
-        self.plain = backend.engine.name == "postgresql" or (backend.engine.name == "sqlite"
-                                                             and sqlite3.sqlite_version_info >= (3, 35))
+        self.plain = backend.engine.name == "postgresql" or (
+            backend.engine.name == "sqlite" and sqlite3.sqlite_version_info >= (3, 35)
+        )
         self._lock = threading.RLock()
         self._names: dict[int, str] = {}
         self._directions: dict[int, list[StudyDirection]] = {}
@@ -100,8 +101,13 @@ class HeldStorage(BaseStorage):
             self._dists[study_id].update(frozen.distributions)
             return frozen._trial_id
 
-    def set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float,
-                        distribution: distributions.BaseDistribution) -> None:
+    def set_trial_param(
+        self,
+        trial_id: int,
+        param_name: str,
+        param_value_internal: float,
+        distribution: distributions.BaseDistribution,
+    ) -> None:
         with self._lock:
             trial = self._mine(trial_id)
             if trial is None:
@@ -112,9 +118,19 @@ class HeldStorage(BaseStorage):
             if known is not None:
                 distributions.check_distribution_compatibility(known, distribution)
             if self.plain:  # every param of the study is in memory: `known` is what the database would say
-                self._execute((models.TrialParamModel.__table__.insert(), [{
-                    "trial_id": trial_id, "param_name": param_name, "param_value": param_value_internal,
-                    "distribution_json": distributions.distribution_to_json(distribution)}]))
+                self._execute(
+                    (
+                        models.TrialParamModel.__table__.insert(),
+                        [
+                            {
+                                "trial_id": trial_id,
+                                "param_name": param_name,
+                                "param_value": param_value_internal,
+                                "distribution_json": distributions.distribution_to_json(distribution),
+                            }
+                        ],
+                    )
+                )
             else:  # as Optuna's wrapper: a distribution the study has seen needs no check in the database
                 self.backend._set_trial_param(trial_id, param_name, param_value_internal, distribution, known)
             self._dists[study_id][param_name] = distribution
@@ -123,8 +139,9 @@ class HeldStorage(BaseStorage):
             trial.distributions = {**trial.distributions, param_name: distribution}
             self._put(trial)
 
-    def set_trial_state_values(self, trial_id: int, state: TrialState,
-                               values: Sequence[float] | None = None) -> bool:
+    def set_trial_state_values(
+        self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
+    ) -> bool:
         with self._lock:
             trial = self._mine(trial_id)
             now = datetime.now()
@@ -136,10 +153,16 @@ class HeldStorage(BaseStorage):
                 rows = []
                 for objective, value in enumerate(values or ()):
                     stored, kind = models.TrialValueModel.value_to_stored_repr(value)
-                    rows.append({"trial_id": trial_id, "objective": objective, "value": stored, "value_type": kind})
-                self._execute((trials.update().where(trials.c.trial_id == trial_id),
-                               [{"state": state, "datetime_complete": _utc(now)}]),
-                              (models.TrialValueModel.__table__.insert(), rows))
+                    rows.append(
+                        {"trial_id": trial_id, "objective": objective, "value": stored, "value_type": kind}
+                    )
+                self._execute(
+                    (
+                        trials.update().where(trials.c.trial_id == trial_id),
+                        [{"state": state, "datetime_complete": _utc(now)}],
+                    ),
+                    (models.TrialValueModel.__table__.insert(), rows),
+                )
             elif not self.backend.set_trial_state_values(trial_id, state=state, values=values):
                 return False
             if trial is not None:
@@ -169,14 +192,23 @@ class HeldStorage(BaseStorage):
         the driver's time at 1,000 runs in flight)."""
         with self._lock:
             trial = self._mine(trial_id)
-            upsert = None if trial is None else _upsert(self.backend.engine.name, models.TrialUserAttributeModel)
+            upsert = (
+                None if trial is None else _upsert(self.backend.engine.name, models.TrialUserAttributeModel)
+            )
             if upsert is None:
                 for key, value in attrs.items():
                     self.backend.set_trial_user_attr(trial_id, key, value)
             elif attrs:
                 self.check_trial_is_updatable(trial_id, trial.state)
-                self._execute((upsert, [{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)}
-                                        for k, v in attrs.items()]))
+                self._execute(
+                    (
+                        upsert,
+                        [
+                            {"trial_id": trial_id, "key": k, "value_json": json.dumps(v)}
+                            for k, v in attrs.items()
+                        ],
+                    )
+                )
             if trial is not None:
                 trial = copy.copy(trial)
                 trial.user_attrs = {**trial.user_attrs, **attrs}
@@ -201,12 +233,30 @@ class HeldStorage(BaseStorage):
         start = datetime.now()
         trials = models.TrialModel.__table__
         with self.backend.engine.begin() as conn:
-            trial_id = conn.execute(trials.insert().values(
-                number=number, study_id=study_id, state=TrialState.RUNNING, datetime_start=_utc(start),
-            ).returning(trials.c.trial_id)).scalar_one()
-        return FrozenTrial(number=number, state=TrialState.RUNNING, value=None, values=None, datetime_start=start,
-                           datetime_complete=None, params={}, distributions={}, user_attrs={}, system_attrs={},
-                           intermediate_values={}, trial_id=trial_id)
+            trial_id = conn.execute(
+                trials.insert()
+                .values(
+                    number=number,
+                    study_id=study_id,
+                    state=TrialState.RUNNING,
+                    datetime_start=_utc(start),
+                )
+                .returning(trials.c.trial_id)
+            ).scalar_one()
+        return FrozenTrial(
+            number=number,
+            state=TrialState.RUNNING,
+            value=None,
+            values=None,
+            datetime_start=start,
+            datetime_complete=None,
+            params={},
+            distributions={},
+            user_attrs={},
+            system_attrs={},
+            intermediate_values={},
+            trial_id=trial_id,
+        )
 
     def _execute(self, *steps: tuple[Any, list[dict[str, Any]]]) -> None:
         """(statement, rows) steps in one transaction; a statement without rows is skipped."""
@@ -221,8 +271,9 @@ class HeldStorage(BaseStorage):
         # Shared, as Optuna's in-memory storage shares them: every write above copies first.
         return trial if trial is not None else self.backend.get_trial(trial_id)
 
-    def get_all_trials(self, study_id: int, deepcopy: bool = True,
-                       states: Container[TrialState] | None = None) -> list[FrozenTrial]:
+    def get_all_trials(
+        self, study_id: int, deepcopy: bool = True, states: Container[TrialState] | None = None
+    ) -> list[FrozenTrial]:
         with self._lock:
             trials = self._held(study_id)
             if trials is None:
@@ -293,8 +344,9 @@ def _upsert(engine: str, model: type) -> Any:
         from sqlalchemy.dialects import postgresql, sqlite
 
         stmt = (sqlite if engine == "sqlite" else postgresql).insert(model)
-        return stmt.on_conflict_do_update(index_elements=[model.trial_id, model.key],
-                                          set_={"value_json": stmt.excluded.value_json})
+        return stmt.on_conflict_do_update(
+            index_elements=[model.trial_id, model.key], set_={"value_json": stmt.excluded.value_json}
+        )
     if engine == "mysql":
         from sqlalchemy.dialects import mysql
 

@@ -96,7 +96,10 @@ class Holder:
     def on_this_kernel(self) -> bool:
         """Whether its pid can be looked up here: same host, boot and pid namespace."""
         return bool(BOOT_ID and PID_NAMESPACE) and (self.host, self.boot, self.pid_namespace) == (
-            socket.gethostname(), BOOT_ID, PID_NAMESPACE)
+            socket.gethostname(),
+            BOOT_ID,
+            PID_NAMESPACE,
+        )
 
 
 def _process_start(pid: int) -> float:
@@ -126,8 +129,9 @@ class StudyHold:
     """The hold of one driver on one study. `acquire` or raise StudyHeld; `check` each tick;
     `release` at the end."""
 
-    def __init__(self, storage: optuna.storages.BaseStorage, study_name: str,
-                 stale_s: float | None = None) -> None:
+    def __init__(
+        self, storage: optuna.storages.BaseStorage, study_name: str, stale_s: float | None = None
+    ) -> None:
         self.storage, self.study_name = storage, study_name
         self.stale_s = hold_timeout() if stale_s is None else stale_s
         self.heartbeat_s = self.stale_s / BEATS_PER_TIMEOUT
@@ -158,9 +162,20 @@ class StudyHold:
             if not {"host", "pid", "since"} <= a.keys():  # not a claim this module wrote
                 continue
             trial_id = self.storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
-            out.append(Holder(a["host"], int(a["pid"]), float(a.get("started", 0.0)), str(a.get("boot", "")),
-                              str(a.get("pid_namespace", "")), float(a["since"]), int(a.get("beat", 0)),
-                              float(a.get("timeout_s", STALE_S)), trial_id, t.number))
+            out.append(
+                Holder(
+                    a["host"],
+                    int(a["pid"]),
+                    float(a.get("started", 0.0)),
+                    str(a.get("boot", "")),
+                    str(a.get("pid_namespace", "")),
+                    float(a["since"]),
+                    int(a.get("beat", 0)),
+                    float(a.get("timeout_s", STALE_S)),
+                    trial_id,
+                    t.number,
+                )
+            )
         return sorted(out, key=lambda h: h.number)
 
     def acquire(self) -> StudyHold:
@@ -168,9 +183,19 @@ class StudyHold:
         pid = os.getpid()
         # The claim is created whole, in one storage operation: a claim written attribute by
         # attribute could be read half-written by a rival, who would skip it and win beside it.
-        claim = optuna.trial.create_trial(state=TrialState.RUNNING, user_attrs={
-            "pid": pid, "started": _process_start(pid), "boot": BOOT_ID, "pid_namespace": PID_NAMESPACE,
-            "since": time.time(), "beat": 0, "timeout_s": self.stale_s, "host": socket.gethostname()})
+        claim = optuna.trial.create_trial(
+            state=TrialState.RUNNING,
+            user_attrs={
+                "pid": pid,
+                "started": _process_start(pid),
+                "boot": BOOT_ID,
+                "pid_namespace": PID_NAMESPACE,
+                "since": time.time(),
+                "beat": 0,
+                "timeout_s": self.stale_s,
+                "host": socket.gethostname(),
+            },
+        )
         self.trial_id = self.storage.create_new_trial(study_id, template_trial=claim)
         self._confirmed = time.monotonic()
         # It beats while it waits, so a third driver never takes a waiting claim for dead.
@@ -205,7 +230,8 @@ class StudyHold:
                         f"{h.describe()}, its heartbeat moving. Wait for it to finish (`grokscale status` "
                         f"shows its progress), or stop it and run again to resume; a driver that was killed "
                         f"releases its hold at once on its own machine, and once its heartbeat has stood "
-                        f"still for {self.stale_s:.0f} s anywhere else.")
+                        f"still for {self.stale_s:.0f} s anywhere else."
+                    )
                 if now - since >= max(self.stale_s, h.timeout_s):  # never before its own beats could miss
                     self._end(h.trial_id, f"expired: no heartbeat for {now - since:.0f} s", TrialState.FAIL)
             time.sleep(min(1.0, self.heartbeat_s / 2))
@@ -252,7 +278,8 @@ class StudyHold:
                 f"this driver lost its hold on study {self.study_name!r}: another driver saw its heartbeat "
                 f"stand still for {self.stale_s:.0f} s (this process was paused, or its machine slept) and "
                 "took the study over. It stopped without writing anything more to Optuna or MLflow. "
-                "`grokscale status` shows the study; once no driver runs it, the same command resumes it.")
+                "`grokscale status` shows the study; once no driver runs it, the same command resumes it."
+            )
 
     def _stop_beating(self) -> None:
         self._stop.set()

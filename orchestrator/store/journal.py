@@ -58,7 +58,8 @@ def journal_tail(path: str | os.PathLike) -> bytes:
             raise JournalCorrupt(
                 f"{path}: line {i} of {len(lines) + (1 if tail else 0)} is not a valid journal record "
                 f"({line[:80]!r}...). The file was damaged or edited; nothing was changed. Restore it from a "
-                "backup, or move it away to start the study's search afresh (its MLflow runs are kept).")
+                "backup, or move it away to start the study's search afresh (its MLflow runs are kept)."
+            )
     return tail
 
 
@@ -78,7 +79,7 @@ def repair_tail(path: str | os.PathLike) -> str | None:
     if not path.is_file() or _ends_whole(path):
         return None
     data = path.read_bytes()
-    tail = data[data.rfind(b"\n") + 1:]
+    tail = data[data.rfind(b"\n") + 1 :]
     if not _bad(tail):  # a whole record that only lacks its newline: complete it
         with open(path, "ab") as f:
             f.write(b"\n")
@@ -89,13 +90,15 @@ def repair_tail(path: str | os.PathLike) -> str | None:
     aside.write_bytes(tail)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
-        f.write(data[:len(data) - len(tail)])
+        f.write(data[: len(data) - len(tail)])
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    return (f"{path}: its last record was cut short ({len(tail)} bytes, an operation a killed driver or a "
-            f"full disk never finished); it was set aside in {aside.name} and the journal resumes from the "
-            "last whole record")
+    return (
+        f"{path}: its last record was cut short ({len(tail)} bytes, an operation a killed driver or a "
+        f"full disk never finished); it was set aside in {aside.name} and the journal resumes from the "
+        "last whole record"
+    )
 
 
 class RepairingJournalBackend(JournalFileBackend):

@@ -102,8 +102,11 @@ def check_batch(metrics=(), params=(), tags=()) -> None:
     distinct name is checked once a call, and once a process (`key_problem`)."""
     from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-    for kind, keys in (("metric", {m[0] for m in metrics}), ("param", {p.key for p in params}),
-                       ("tag", {t.key for t in tags})):
+    for kind, keys in (
+        ("metric", {m[0] for m in metrics}),
+        ("param", {p.key for p in params}),
+        ("tag", {t.key for t in tags}),
+    ):
         for key in keys:
             why = key_problem(kind, key)
             if why is not None:
@@ -115,12 +118,14 @@ def batches(metrics: list, params: list = (), tags: list = ()) -> list[tuple[lis
     first, the params and tags with the last points (a run's end tags arrive with its final
     metrics when they fit in one request), any more params and tags after them."""
     metrics, params, tags = list(metrics), list(params), list(tags)
-    extras = [(params[i:i + MAX_PARAMS_TAGS_PER_BATCH], tags[i:i + MAX_PARAMS_TAGS_PER_BATCH])
-              for i in range(0, max(len(params), len(tags)), MAX_PARAMS_TAGS_PER_BATCH)]
+    extras = [
+        (params[i : i + MAX_PARAMS_TAGS_PER_BATCH], tags[i : i + MAX_PARAMS_TAGS_PER_BATCH])
+        for i in range(0, max(len(params), len(tags)), MAX_PARAMS_TAGS_PER_BATCH)
+    ]
     first_extra = len(extras[0][0]) + len(extras[0][1]) if extras else 0
     last = min(len(metrics), MAX_METRICS_PER_BATCH, MAX_ENTITIES_PER_BATCH - first_extra)
-    head, tail = metrics[:len(metrics) - last], metrics[len(metrics) - last:]
-    out = [(head[i:i + MAX_METRICS_PER_BATCH], [], []) for i in range(0, len(head), MAX_METRICS_PER_BATCH)]
+    head, tail = metrics[: len(metrics) - last], metrics[len(metrics) - last :]
+    out = [(head[i : i + MAX_METRICS_PER_BATCH], [], []) for i in range(0, len(head), MAX_METRICS_PER_BATCH)]
     if tail or extras:
         p, t = extras[0] if extras else ([], [])
         out.append((tail, p, t))

@@ -71,7 +71,9 @@ TAG_CHECKPOINT_NOTE = "grokscale.checkpoint_note"  # why a run's checkpoint was 
 # run executed (trainers/device.py: Runtime); what `grokscale reproduce` compares before promising bits.
 TAG_RUNTIME_PREFIX = "grokscale.runtime."
 TAG_FLOPS_PREFIX = "grokscale.flops."  # + per_example, per_token, n_matmul, ...: the run's FLOP accounting
-TAG_REFINED = "grokscale.refined"  # "round k": a run of a cell grid.refine added (orchestrator/sweep/refine.py)
+TAG_REFINED = (
+    "grokscale.refined"  # "round k": a run of a cell grid.refine added (orchestrator/sweep/refine.py)
+)
 # Metrics, params and tags MLflow would refuse (a name it does not take, a value that is no number),
 # dropped alone before they were sent (store/keys.py): on a run, JSON {"metric <key>": why, ...}; on
 # the parent run, JSON {"metric <key>": how many runs dropped it, ...}.

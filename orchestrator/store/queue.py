@@ -109,16 +109,20 @@ def _server_busy(err: MlflowException) -> bool:
     code = err.get_http_status_code()
     if code != 429 and code < 500:
         return False
-    return (isinstance(err, RestException) or err.error_code != ErrorCode.Name(INTERNAL_ERROR)
-            or "failed with error code" in err.message)
+    return (
+        isinstance(err, RestException)
+        or err.error_code != ErrorCode.Name(INTERNAL_ERROR)
+        or "failed with error code" in err.message
+    )
 
 
 def transient(err: BaseException) -> bool:
     """A lost connection, a timeout, HTTP 5xx or 429, a database that went away: the same write may
     pass later. Anything else is a bug, a changed API, or a write the store refuses."""
     transport = _transport_errors()
-    return any(isinstance(e, transport) or (isinstance(e, MlflowException) and _server_busy(e))
-               for e in _chain(err))
+    return any(
+        isinstance(e, transport) or (isinstance(e, MlflowException) and _server_busy(e)) for e in _chain(err)
+    )
 
 
 def one_line(err: BaseException) -> str:
@@ -163,9 +167,12 @@ def describe(write: Any) -> str:
 
 
 class WriteQueue:
-    def __init__(self, send_ops: Callable[[Sequence[Any]], None] | None = None,
-                 on_failure: Callable[[Any, BaseException], None] | None = None,
-                 retry_cap_s: float | None = None) -> None:
+    def __init__(
+        self,
+        send_ops: Callable[[Sequence[Any]], None] | None = None,
+        on_failure: Callable[[Any, BaseException], None] | None = None,
+        retry_cap_s: float | None = None,
+    ) -> None:
         """`send_ops`: sends the data of several `Op`s at once (needed only if Ops are queued).
         `on_failure(write, error)`: told of each write dropped for good (see the module)."""
         self.pending: deque[Callable[[], None] | Op] = deque()  # writes waiting for the server
@@ -238,10 +245,17 @@ class WriteQueue:
             raise StoreUnreachable(
                 f"the MLflow store took no write for {waited:.0f} s ({self.attempts} tries of {what}; last: "
                 f"{one_line(err)}); {len(self.pending)} writes wait. The study stops: run the same command "
-                f"again to resume once the store is back (${RETRY_CAP_ENV} sets how long to wait)") from err
+                f"again to resume once the store is back (${RETRY_CAP_ENV} sets how long to wait)"
+            ) from err
         self.retry_at = now + RETRY_S
-        log.warning("MLflow write failed, kept: %s, attempt %d, next try in %.0f s (gives up in %.0f s): %s",
-                    what, self.attempts, RETRY_S, self.retry_cap_s - waited, one_line(err))
+        log.warning(
+            "MLflow write failed, kept: %s, attempt %d, next try in %.0f s (gives up in %.0f s): %s",
+            what,
+            self.attempts,
+            RETRY_S,
+            self.retry_cap_s - waited,
+            one_line(err),
+        )
 
     def _drop_head(self, err: BaseException) -> int:
         """The write at the head, which failed for good, dropped and reported; 1."""
@@ -250,8 +264,11 @@ class WriteQueue:
         if refused(err):
             log.warning("MLflow refused a write, dropped: %s: %s", describe(head), one_line(err))
         else:
-            log.error("MLflow write failed with an error that is not a lost connection, dropped: %s\n%s",
-                      describe(head), "".join(traceback.format_exception(err)).rstrip())
+            log.error(
+                "MLflow write failed with an error that is not a lost connection, dropped: %s\n%s",
+                describe(head),
+                "".join(traceback.format_exception(err)).rstrip(),
+            )
         if self.on_failure is not None:
             try:
                 self.on_failure(head, err)
@@ -291,8 +308,13 @@ def answer(call: Callable[[], Any], timeout_s: float = ANSWER_TIMEOUT_S, what: s
             attempt += 1
             if not transient(err) or time.monotonic() > deadline:
                 raise
-            log.warning("MLflow call failed: %s, attempt %d, next try in 1 s (gives up in %.0f s): %s",
-                        what or describe(call), attempt, deadline - time.monotonic(), one_line(err))
+            log.warning(
+                "MLflow call failed: %s, attempt %d, next try in 1 s (gives up in %.0f s): %s",
+                what or describe(call),
+                attempt,
+                deadline - time.monotonic(),
+                one_line(err),
+            )
             time.sleep(1.0)
 
 
@@ -300,8 +322,12 @@ class WriteLane:
     """A WriteQueue with its own writer thread (once `start`ed) and a count of the writes put
     in it, so a caller can tell when all the writes it made before some moment are out."""
 
-    def __init__(self, send_ops: Callable[[Sequence[Any]], None] | None = None, name: str = "mlflow-writer",
-                 on_failure: Callable[[Any, BaseException], None] | None = None) -> None:
+    def __init__(
+        self,
+        send_ops: Callable[[Sequence[Any]], None] | None = None,
+        name: str = "mlflow-writer",
+        on_failure: Callable[[Any, BaseException], None] | None = None,
+    ) -> None:
         self.queue = WriteQueue(send_ops, on_failure)
         self.name = name
         self.written = 0  # writes put so far

@@ -15,8 +15,11 @@ MIN_SECRET_CHARS = 8  # shorter values are too common to redact inside other tex
 
 def secret_values() -> list[str]:
     """The values of this process's environment variables named like credentials, longest first."""
-    return sorted({v for k, v in os.environ.items() if SECRET.search(k) and len(v) >= MIN_SECRET_CHARS},
-                  key=len, reverse=True)
+    return sorted(
+        {v for k, v in os.environ.items() if SECRET.search(k) and len(v) >= MIN_SECRET_CHARS},
+        key=len,
+        reverse=True,
+    )
 
 
 def secrets_in(data: Any) -> list[str]:
@@ -75,8 +78,9 @@ def scrub(values: Any, known: Iterable[str] = ()) -> Any:
 
     def clean(v: Any) -> Any:
         if isinstance(v, dict):
-            return {k: REDACTED if isinstance(k, str) and SECRET.search(k) else clean(x)
-                    for k, x in v.items()}
+            return {
+                k: REDACTED if isinstance(k, str) and SECRET.search(k) else clean(x) for k, x in v.items()
+            }
         if isinstance(v, (list, tuple)):
             return [clean(x) for x in v]
         if isinstance(v, str):

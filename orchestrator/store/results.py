@@ -20,9 +20,24 @@ from orchestrator.analysis.grokking import TRAIN_THRESHOLD, VAL_THRESHOLD
 from orchestrator.store import names
 from orchestrator.store.names import tag_equals
 
-CURVE_METRICS = ("train_acc", "val_acc", "train_loss", "val_loss", "val_token_acc", "val_answer_logprob", "flops")
-NUMERIC_PARAMS = (names.PARAM_N_PARAMS, names.PARAM_N_PARAMS_NON_EMBEDDING, names.PARAM_N_PARAMS_EMBEDDING,
-                  names.PARAM_N_TRAIN, names.PARAM_D_VALUE, names.PARAM_SEED, names.PARAM_TRIAL_NUMBER)
+CURVE_METRICS = (
+    "train_acc",
+    "val_acc",
+    "train_loss",
+    "val_loss",
+    "val_token_acc",
+    "val_answer_logprob",
+    "flops",
+)
+NUMERIC_PARAMS = (
+    names.PARAM_N_PARAMS,
+    names.PARAM_N_PARAMS_NON_EMBEDDING,
+    names.PARAM_N_PARAMS_EMBEDDING,
+    names.PARAM_N_TRAIN,
+    names.PARAM_D_VALUE,
+    names.PARAM_SEED,
+    names.PARAM_TRIAL_NUMBER,
+)
 THRESHOLDS = {"train_threshold": TRAIN_THRESHOLD, "val_threshold": VAL_THRESHOLD}  # the trainer's defaults
 
 
@@ -31,15 +46,17 @@ THRESHOLDS = {"train_threshold": TRAIN_THRESHOLD, "val_threshold": VAL_THRESHOLD
 PAGE_SIZE = 50_000
 
 
-def all_runs(client: MlflowClient, experiment_ids: list[str], filter_string: str = "",
-             page_size: int | None = None) -> list[Run]:
+def all_runs(
+    client: MlflowClient, experiment_ids: list[str], filter_string: str = "", page_size: int | None = None
+) -> list[Run]:
     """Every run the filter matches, page after page until MLflow returns no next page token
     (`max_results` alone silently drops the runs beyond one page)."""
     runs: list[Run] = []
     token = None
     while True:
-        page = client.search_runs(experiment_ids, filter_string, max_results=page_size or PAGE_SIZE,
-                                  page_token=token)
+        page = client.search_runs(
+            experiment_ids, filter_string, max_results=page_size or PAGE_SIZE, page_token=token
+        )
         runs += page
         token = page.token
         if not token:
@@ -57,7 +74,9 @@ class StudyResults:
     config: dict  # the resolved study, as logged with the parent run
     runs: pd.DataFrame  # one row per training run (trial x seed), with the event thresholds it ran with
     curves: pd.DataFrame  # long: run_id, step, train_acc, val_acc, train_loss, val_loss, ...
-    refine: dict | None = None  # refine.json of the parent run (orchestrator/sweep/refine.py); None without grid.refine
+    refine: dict | None = (
+        None  # refine.json of the parent run (orchestrator/sweep/refine.py); None without grid.refine
+    )
 
 
 def _number(text: str):
@@ -72,8 +91,12 @@ def find_parent(client: MlflowClient, experiment: str) -> tuple[str, str]:
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         found = [e.name for e in client.search_experiments(max_results=50)]
-        raise ResultsError(f"no experiment {experiment!r} in this MLflow store; it has: {', '.join(found) or 'none'}")
-    parents = client.search_runs([exp.experiment_id], tag_equals(names.TAG_ROLE, names.ROLE_STUDY), max_results=5)
+        raise ResultsError(
+            f"no experiment {experiment!r} in this MLflow store; it has: {', '.join(found) or 'none'}"
+        )
+    parents = client.search_runs(
+        [exp.experiment_id], tag_equals(names.TAG_ROLE, names.ROLE_STUDY), max_results=5
+    )
     if not parents:
         raise ResultsError(f"experiment {experiment!r} holds no grokscale study run")
     return exp.experiment_id, parents[0].info.run_id
@@ -94,10 +117,15 @@ def run_row(run, study_train: dict) -> dict:
     """One training run as a table row: cell, status, numeric params, searched values, finals."""
     params, tags, metrics = run.data.params, run.data.tags, run.data.metrics
     trial = tags.get(names.TAG_TRIAL_NUMBER, params.get(names.PARAM_TRIAL_NUMBER, -1))
-    row: dict = {"run_id": run.info.run_id, "cell": params.get(names.PARAM_CELL, tags.get(names.TAG_CELL)),
-                 "status": tags.get(names.TAG_STATUS, "unknown"), "reason": tags.get(names.TAG_REASON, ""),
-                 "trial_number": int(trial), **run_thresholds(params, study_train),
-                 "refined": tags.get(names.TAG_REFINED)}  # "round k" on a cell grid.refine added, else None
+    row: dict = {
+        "run_id": run.info.run_id,
+        "cell": params.get(names.PARAM_CELL, tags.get(names.TAG_CELL)),
+        "status": tags.get(names.TAG_STATUS, "unknown"),
+        "reason": tags.get(names.TAG_REASON, ""),
+        "trial_number": int(trial),
+        **run_thresholds(params, study_train),
+        "refined": tags.get(names.TAG_REFINED),
+    }  # "round k" on a cell grid.refine added, else None
     for key in NUMERIC_PARAMS:
         if key in params:
             row[key] = float(params[key])
@@ -137,7 +165,9 @@ def load_results(tracking_uri: str, experiment: str, with_curves: bool = True) -
     client = MlflowClient(tracking_uri=tracking_uri)
     experiment_id, parent_id = find_parent(client, experiment)
     try:
-        config = yaml.safe_load(Path(client.download_artifacts(parent_id, names.ARTIFACT_STUDY)).read_text()) or {}
+        config = (
+            yaml.safe_load(Path(client.download_artifacts(parent_id, names.ARTIFACT_STUDY)).read_text()) or {}
+        )
     except Exception:  # noqa: BLE001 - an older or foreign study without the artifact
         config = {}
     children = all_runs(client, [experiment_id], tag_equals(names.PARENT_RUN, parent_id))
@@ -150,5 +180,6 @@ def load_results(tracking_uri: str, experiment: str, with_curves: bool = True) -
     for col in ("memorization_step", "generalization_step", "grokking_delay"):
         if col not in runs:
             runs[col] = math.nan
-    return StudyResults(parent_id, experiment_id, config, runs, pd.DataFrame(curves),
-                        load_refinement(client, parent_id))
+    return StudyResults(
+        parent_id, experiment_id, config, runs, pd.DataFrame(curves), load_refinement(client, parent_id)
+    )

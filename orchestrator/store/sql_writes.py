@@ -51,9 +51,22 @@ from orchestrator.store.keys import check_batch, metric_value
 
 # The columns of the tables written, as MLflow 2.16 to 3.17 create them.
 SCHEMA = {
-    "runs": {"run_uuid", "name", "source_type", "source_name", "entry_point_name", "user_id", "status",
-             "start_time", "end_time", "source_version", "lifecycle_stage", "artifact_uri", "experiment_id",
-             "deleted_time"},
+    "runs": {
+        "run_uuid",
+        "name",
+        "source_type",
+        "source_name",
+        "entry_point_name",
+        "user_id",
+        "status",
+        "start_time",
+        "end_time",
+        "source_version",
+        "lifecycle_stage",
+        "artifact_uri",
+        "experiment_id",
+        "deleted_time",
+    },
     "tags": {"key", "value", "run_uuid"},
     "params": {"key", "value", "run_uuid"},
     "metrics": {"key", "value", "timestamp", "run_uuid", "step", "is_nan"},
@@ -112,12 +125,18 @@ class Dialect:
         out: list[tuple] = []
         keys_list = sorted(keys)
         for i in range(0, len(keys_list), SELECT_CHUNK):
-            chunk = keys_list[i:i + SELECT_CHUNK]
+            chunk = keys_list[i : i + SELECT_CHUNK]
             out += self.run(db, f"{head} IN ({', '.join('?' * len(chunk))})", chunk).fetchall()
         return out
 
-    def insert_new(self, db: Any, table: str, columns: Sequence[str], rows: list[tuple],
-                   encode: Callable[[list[tuple]], str | bytes] | None = None) -> None:
+    def insert_new(
+        self,
+        db: Any,
+        table: str,
+        columns: Sequence[str],
+        rows: list[tuple],
+        encode: Callable[[list[tuple]], str | bytes] | None = None,
+    ) -> None:
         """The rows not in `table` yet (a row there already is a retried batch's). PostgreSQL: COPY,
         several times cheaper a row for the server than an INSERT of a VALUES list, in a
         savepoint; only when a row is there already does the INSERT ... ON CONFLICT run instead.
@@ -132,8 +151,10 @@ class Dialect:
         cur = db.cursor()
         cur.execute("SAVEPOINT bulk")
         try:
-            cur.copy_expert(f"COPY {table} ({', '.join(columns)}) FROM STDIN" + (" (FORMAT binary)" if binary else ""),
-                            io.BytesIO(payload) if binary else io.StringIO(payload))
+            cur.copy_expert(
+                f"COPY {table} ({', '.join(columns)}) FROM STDIN" + (" (FORMAT binary)" if binary else ""),
+                io.BytesIO(payload) if binary else io.StringIO(payload),
+            )
         except psycopg2.errors.UniqueViolation:
             cur.execute("ROLLBACK TO SAVEPOINT bulk")
             self.many(db, head, rows, "ON CONFLICT DO NOTHING")
@@ -144,8 +165,12 @@ class Dialect:
         """Column -> its declared type (SQLite) or data_type (PostgreSQL)."""
         if self.name == "sqlite":
             return {row[1]: row[2] for row in db.execute(f"PRAGMA table_info({table})")}
-        cur = self.run(db, "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = "
-                           "current_schema() AND table_name = ?", (table,))
+        cur = self.run(
+            db,
+            "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = "
+            "current_schema() AND table_name = ?",
+            (table,),
+        )
         return dict(cur.fetchall())
 
 
@@ -183,8 +208,14 @@ def copy_text(rows: list[tuple]) -> str:
 METRIC_COLUMNS = ("key", "value", "timestamp", "step", "is_nan", "run_uuid")
 # The PostgreSQL types of MLflow's metrics table that metric_copy_binary writes; another schema's
 # (a store it does not know) gets the text format, which PostgreSQL converts.
-METRIC_TYPES = {"key": "character varying", "value": "double precision", "timestamp": "bigint", "step": "bigint",
-                "is_nan": "boolean", "run_uuid": "character varying"}
+METRIC_TYPES = {
+    "key": "character varying",
+    "value": "double precision",
+    "timestamp": "bigint",
+    "step": "bigint",
+    "is_nan": "boolean",
+    "run_uuid": "character varying",
+}
 _BINARY_HEAD = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)  # signature, flags, no extension
 _BINARY_FIELDS = struct.pack(">h", len(METRIC_COLUMNS))  # a row's start: how many fields
 _BINARY_NUMBERS = struct.Struct(">idiqiqi?")  # value (float8), timestamp, step (int8), is_nan (bool)
@@ -226,8 +257,12 @@ def postgres_dialect(dsn: str) -> Dialect | None:
         import psycopg2
     except ImportError:  # MLflow then reaches the database through whatever driver it has
         return None
-    return Dialect("postgresql", lambda: psycopg2.connect(dsn), (psycopg2.Error,),
-                   (psycopg2.IntegrityError, psycopg2.DataError))
+    return Dialect(
+        "postgresql",
+        lambda: psycopg2.connect(dsn),
+        (psycopg2.Error,),
+        (psycopg2.IntegrityError, psycopg2.DataError),
+    )
 
 
 def dialect_of(uri: str) -> Dialect | None:
@@ -341,8 +376,9 @@ class SqlWrites:
     def experiment_name(self, experiment_id: str) -> str | None:
         db = self._db()
         with db:
-            row = self.dialect.run(db, "SELECT name FROM experiments WHERE experiment_id = ?",
-                                   (int(experiment_id),)).fetchone()
+            row = self.dialect.run(
+                db, "SELECT name FROM experiments WHERE experiment_id = ?", (int(experiment_id),)
+            ).fetchone()
         return row[0] if row else None
 
     # -- one write at a time: MlflowClient's calls --------------------------------------------
@@ -353,11 +389,26 @@ class SqlWrites:
         run_id = uuid.uuid4().hex
         artifact_uri = append_to_uri_path(self.artifact_roots[experiment_id], run_id, "artifacts")
         tags = {**tags, MLFLOW_RUN_NAME: tags.get(MLFLOW_RUN_NAME, name)}
-        write = NewRun(run_id, str(experiment_id), name, tags.get(MLFLOW_USER, "unknown"), int(time.time() * 1000),
-                       artifact_uri, tags)
-        info = run_info(run_id, experiment_id=str(experiment_id), user_id=write.user, status="RUNNING",
-                        start_time=write.start_time, end_time=None, lifecycle_stage="active",
-                        artifact_uri=artifact_uri, run_name=name)
+        write = NewRun(
+            run_id,
+            str(experiment_id),
+            name,
+            tags.get(MLFLOW_USER, "unknown"),
+            int(time.time() * 1000),
+            artifact_uri,
+            tags,
+        )
+        info = run_info(
+            run_id,
+            experiment_id=str(experiment_id),
+            user_id=write.user,
+            status="RUNNING",
+            start_time=write.start_time,
+            end_time=None,
+            lifecycle_stage="active",
+            artifact_uri=artifact_uri,
+            run_name=name,
+        )
         return Run(info, RunData(tags=[RunTag(k, v) for k, v in tags.items()])), write
 
     def create_run(self, experiment_id: str, tags: dict[str, str], name: str) -> Run:
@@ -403,48 +454,88 @@ class SqlWrites:
             tags.update(((w.run_id, t.key), t.value) for t in w.tags)
         with self._transaction() as db:
             if made:  # ON CONFLICT: a create sent again finds its run there
-                d.many(db, "INSERT INTO runs (run_uuid, name, source_type, source_name, entry_point_name, user_id, "
-                           "status, start_time, end_time, source_version, lifecycle_stage, artifact_uri, "
-                           "experiment_id, deleted_time)",
-                       [(w.run_id, w.name, "UNKNOWN", "", "", w.user, "RUNNING", w.start_time, None, "", "active",
-                         w.artifact_uri, int(w.experiment_id), None) for w in made], "ON CONFLICT DO NOTHING")
+                d.many(
+                    db,
+                    "INSERT INTO runs (run_uuid, name, source_type, source_name, entry_point_name, user_id, "
+                    "status, start_time, end_time, source_version, lifecycle_stage, artifact_uri, "
+                    "experiment_id, deleted_time)",
+                    [
+                        (
+                            w.run_id,
+                            w.name,
+                            "UNKNOWN",
+                            "",
+                            "",
+                            w.user,
+                            "RUNNING",
+                            w.start_time,
+                            None,
+                            "",
+                            "active",
+                            w.artifact_uri,
+                            int(w.experiment_id),
+                            None,
+                        )
+                        for w in made
+                    ],
+                    "ON CONFLICT DO NOTHING",
+                )
             self._active(db, {w.run_id for w in batches} | set(ends))
             self._params(db, [w for w in batches if w.params])
             if points:
                 d.insert_new(db, "metrics", METRIC_COLUMNS, list(points), self.encode_metrics)
                 self._latest(db, points)
-            d.many(db, "INSERT INTO tags (key, value, run_uuid)", [(k, v, r) for (r, k), v in tags.items()],
-                   "ON CONFLICT (key, run_uuid) DO UPDATE SET value = excluded.value")
-            d.each(db, "UPDATE runs SET status = ?, end_time = ? WHERE run_uuid = ?",
-                   [(w.status, w.end_time, w.run_id) for w in ends.values()])
+            d.many(
+                db,
+                "INSERT INTO tags (key, value, run_uuid)",
+                [(k, v, r) for (r, k), v in tags.items()],
+                "ON CONFLICT (key, run_uuid) DO UPDATE SET value = excluded.value",
+            )
+            d.each(
+                db,
+                "UPDATE runs SET status = ?, end_time = ? WHERE run_uuid = ?",
+                [(w.status, w.end_time, w.run_id) for w in ends.values()],
+            )
 
     def _active(self, db: Any, run_ids: set[str]) -> None:
         """Each run is there and active, or MlflowException as MLflow raises it."""
-        stage = dict(self.dialect.select_in(db, "SELECT run_uuid, lifecycle_stage FROM runs WHERE run_uuid", run_ids))
+        stage = dict(
+            self.dialect.select_in(db, "SELECT run_uuid, lifecycle_stage FROM runs WHERE run_uuid", run_ids)
+        )
         for run_id in sorted(run_ids):
             if run_id not in stage:
                 raise MlflowException(f"Run with id={run_id} not found", RESOURCE_DOES_NOT_EXIST)
             if stage[run_id] != "active":
-                raise MlflowException(f"The run {run_id} must be in the 'active' state. Current state is "
-                                      f"{stage[run_id]}.", INVALID_PARAMETER_VALUE)
+                raise MlflowException(
+                    f"The run {run_id} must be in the 'active' state. Current state is {stage[run_id]}.",
+                    INVALID_PARAMETER_VALUE,
+                )
 
     def _params(self, db: Any, batches: list[RunBatch]) -> None:
         """New params inserted; one logged again must keep its value, as in MLflow."""
         if not batches:
             return
         had: dict[tuple[str, str], str] = {
-            (r, k): v for r, k, v in self.dialect.select_in(
-                db, "SELECT run_uuid, key, value FROM params WHERE run_uuid", {w.run_id for w in batches})}
+            (r, k): v
+            for r, k, v in self.dialect.select_in(
+                db, "SELECT run_uuid, key, value FROM params WHERE run_uuid", {w.run_id for w in batches}
+            )
+        }
         new: dict[tuple[str, str], str] = {}
         for w in batches:
             changed = [p.key for p in w.params if had.get((w.run_id, p.key), p.value) != p.value]
             if changed:
-                raise MlflowException(f"Changing param values is not allowed. Params {changed} were already "
-                                      f"logged with other values for run ID='{w.run_id}'.", INVALID_PARAMETER_VALUE)
+                raise MlflowException(
+                    f"Changing param values is not allowed. Params {changed} were already "
+                    f"logged with other values for run ID='{w.run_id}'.",
+                    INVALID_PARAMETER_VALUE,
+                )
             mine = {(w.run_id, p.key): p.value for p in w.params if (w.run_id, p.key) not in had}
             new.update(mine)
             had.update(mine)
-        self.dialect.many(db, "INSERT INTO params (key, value, run_uuid)", [(k, v, r) for (r, k), v in new.items()])
+        self.dialect.many(
+            db, "INSERT INTO params (key, value, run_uuid)", [(k, v, r) for (r, k), v in new.items()]
+        )
 
     def _latest(self, db: Any, points: dict[tuple, None]) -> None:
         """latest_metrics: per run and key the point of the largest (step, timestamp, value), as
@@ -455,9 +546,12 @@ class SqlWrites:
             cur = best.get((run_id, key))
             if cur is None or (step, timestamp, value) > (cur[3], cur[2], cur[1]):
                 best[(run_id, key)] = p
-        self.dialect.many(db, "INSERT INTO latest_metrics (key, value, timestamp, step, is_nan, run_uuid)",
-                          list(best.values()),
-                          "ON CONFLICT (key, run_uuid) DO UPDATE SET value = excluded.value, timestamp = "
-                          "excluded.timestamp, step = excluded.step, is_nan = excluded.is_nan WHERE (excluded.step, "
-                          "excluded.timestamp, excluded.value) > (latest_metrics.step, latest_metrics.timestamp, "
-                          "latest_metrics.value)")
+        self.dialect.many(
+            db,
+            "INSERT INTO latest_metrics (key, value, timestamp, step, is_nan, run_uuid)",
+            list(best.values()),
+            "ON CONFLICT (key, run_uuid) DO UPDATE SET value = excluded.value, timestamp = "
+            "excluded.timestamp, step = excluded.step, is_nan = excluded.is_nan WHERE (excluded.step, "
+            "excluded.timestamp, excluded.value) > (latest_metrics.step, latest_metrics.timestamp, "
+            "latest_metrics.value)",
+        )

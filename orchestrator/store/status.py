@@ -19,9 +19,19 @@ COLUMNS = ("cell", "N", "D", "complete", "pruned", "running", "queued", "failed"
 
 def cell_row(study: Study, cell: Cell, ostudy: optuna.Study | None) -> dict:
     """One cell's counts by trial state, and its best trial (None before one completed)."""
-    row = {"cell": cell.key, "n_params": cell.n(study.grid.n_convention), "n_train": cell.n_train,
-           "d_value": cell.d_value, "complete": 0, "pruned": 0, "running": 0, "queued": 0, "failed": 0,
-           "best_value": None, "best_params": None}
+    row = {
+        "cell": cell.key,
+        "n_params": cell.n(study.grid.n_convention),
+        "n_train": cell.n_train,
+        "d_value": cell.d_value,
+        "complete": 0,
+        "pruned": 0,
+        "running": 0,
+        "queued": 0,
+        "failed": 0,
+        "best_value": None,
+        "best_params": None,
+    }
     if ostudy is None:
         return row
     trials = ostudy.get_trials(deepcopy=False)
@@ -62,9 +72,18 @@ def status_table(study: Study, rows: list[dict]):
     for col in COLUMNS:
         table.add_column(col, overflow="fold")
     for r in rows:
-        cells = [r["cell"], _n(r), _d(r), str(r["complete"]), str(r["pruned"]), str(r["running"]), str(r["queued"]),
-                 str(r["failed"]), "" if r["best_value"] is None else f"{r['best_value']}",
-                 "" if r["best_params"] is None else json.dumps(r["best_params"])]
+        cells = [
+            r["cell"],
+            _n(r),
+            _d(r),
+            str(r["complete"]),
+            str(r["pruned"]),
+            str(r["running"]),
+            str(r["queued"]),
+            str(r["failed"]),
+            "" if r["best_value"] is None else f"{r['best_value']}",
+            "" if r["best_params"] is None else json.dumps(r["best_params"]),
+        ]
         table.add_row(*(Text(c) for c in cells))  # plain text: rich markup would eat N[d_model=16]'s brackets
     return table
 

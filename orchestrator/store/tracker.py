@@ -71,8 +71,11 @@ PACKAGES = ("grokscale", "torch", "ray", "optuna", "mlflow", "numpy", "scipy", "
 # one write to a server that is down holds the driver for minutes. The WriteQueue keeps failed
 # writes and tries again itself, so each request gives up in seconds instead (unless the user
 # chose these settings).
-HTTP_FAIL_FAST = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+HTTP_FAIL_FAST = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+}
 MLFLOW_BATCH = 1000  # MLflow's limit of metrics in one log_batch (keys.batches splits by its limits)
 REASON_CHARS = 5000  # of a failure's reason (a traceback): its last lines, which name the error
 LIVE_S = 2.0  # a run's buffered evaluations are sent once this old (or a whole batch, or at its end)
@@ -116,8 +119,10 @@ class RestWrites:
         try:
             answer = r.json()
         except ValueError:  # a proxy's page, not MLflow's answer: its HTTP status says what it was
-            answer = {"error_code": ErrorCode.Name(get_error_code(r.status_code)),
-                      "message": f"{endpoint}: HTTP {r.status_code}: {r.text[:500]}"}
+            answer = {
+                "error_code": ErrorCode.Name(get_error_code(r.status_code)),
+                "message": f"{endpoint}: HTTP {r.status_code}: {r.text[:500]}",
+            }
             if r.status_code == 200:
                 raise MlflowException(answer["message"]) from None
         if r.status_code != 200:
@@ -125,11 +130,15 @@ class RestWrites:
         return answer
 
     def log_batch(self, run_id: str, metrics=(), params=(), tags=()) -> None:
-        self._post("runs/log-batch", {
-            "run_id": run_id,
-            "metrics": [{"key": k, "value": v, "timestamp": t, "step": s} for k, v, t, s in metrics],
-            "params": [{"key": p.key, "value": p.value} for p in params],
-            "tags": [{"key": t.key, "value": t.value} for t in tags]})
+        self._post(
+            "runs/log-batch",
+            {
+                "run_id": run_id,
+                "metrics": [{"key": k, "value": v, "timestamp": t, "step": s} for k, v, t, s in metrics],
+                "params": [{"key": p.key, "value": p.value} for p in params],
+                "tags": [{"key": t.key, "value": t.value} for t in tags],
+            },
+        )
 
     def set_terminated(self, run_id: str, status: str, end_time: int) -> None:
         self._post("runs/update", {"run_id": run_id, "status": status, "end_time": end_time})
@@ -138,16 +147,28 @@ class RestWrites:
         from google.protobuf.json_format import ParseDict
         from mlflow.protos.service_pb2 import CreateRun
 
-        answer = self._post("runs/create", {
-            "experiment_id": experiment_id, "start_time": int(time.time() * 1000), "run_name": name,
-            "tags": [{"key": k, "value": v} for k, v in tags.items()]})
+        answer = self._post(
+            "runs/create",
+            {
+                "experiment_id": experiment_id,
+                "start_time": int(time.time() * 1000),
+                "run_name": name,
+                "tags": [{"key": k, "value": v} for k, v in tags.items()],
+            },
+        )
         return Run.from_proto(ParseDict(answer, CreateRun.Response(), ignore_unknown_fields=True).run)
 
 
 def git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False,
-                             cwd=Path(__file__).resolve().parent)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+            cwd=Path(__file__).resolve().parent,
+        )
         return out.stdout.strip() or None if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -282,10 +303,12 @@ class Tracker:
         if isinstance(self.direct, SqlWrites):
             return Op(RunEnd(run_id, status, end_time))
         if self.direct is not None:
-            return Call(lambda: self.direct.set_terminated(run_id, status, end_time), "set_terminated",
-                        run_id)
-        return Call(lambda: self.client.set_terminated(run_id, status, end_time=end_time), "set_terminated",
-                    run_id)
+            return Call(
+                lambda: self.direct.set_terminated(run_id, status, end_time), "set_terminated", run_id
+            )
+        return Call(
+            lambda: self.client.set_terminated(run_id, status, end_time=end_time), "set_terminated", run_id
+        )
 
     def _write_batch(self, run_id: str, metrics=(), params=(), tags=()) -> None:
         """Checked entries, queued as as few log_batch requests as MLflow's limits allow."""
@@ -296,8 +319,9 @@ class Tracker:
         if self.direct is not None:
             self.direct.log_batch(run_id, metrics, params, tags)
         else:
-            self.client.log_batch(run_id, metrics=[Metric(*m) for m in metrics], params=list(params),
-                                  tags=list(tags))
+            self.client.log_batch(
+                run_id, metrics=[Metric(*m) for m in metrics], params=list(params), tags=list(tags)
+            )
         with self.counting:
             self.points_sent += evaluation_points(metrics)
 
@@ -325,9 +349,13 @@ class Tracker:
                     continue
                 mine[key] = why
                 if key not in self.dropped_keys:
-                    log.warning("MLflow would refuse %s (%s): dropped, the rest of the run is logged; "
-                                "each run that drops it lists it in its %s tag", key, why,
-                                names.TAG_DROPPED_KEYS)
+                    log.warning(
+                        "MLflow would refuse %s (%s): dropped, the rest of the run is logged; "
+                        "each run that drops it lists it in its %s tag",
+                        key,
+                        why,
+                        names.TAG_DROPPED_KEYS,
+                    )
                 self.dropped_keys[key] = self.dropped_keys.get(key, 0) + 1
         return checked
 
@@ -339,9 +367,10 @@ class Tracker:
         if run_id is None or run_id == self.parent_id:
             return
         trace = "".join(traceback.format_exception(err)).rstrip()
-        head = (f"an MLflow write of this run failed for good ({describe(write)}), so its record is "
-                f"incomplete:\n")
-        reason = scrub_text(head + trace[-(REASON_CHARS - len(head)):], self.secrets)
+        head = (
+            f"an MLflow write of this run failed for good ({describe(write)}), so its record is incomplete:\n"
+        )
+        reason = scrub_text(head + trace[-(REASON_CHARS - len(head)) :], self.secrets)
         with self.failing:
             if run_id in self.failed_writes:  # its failure is being marked already (or could not be)
                 return
@@ -361,7 +390,9 @@ class Tracker:
 
     def _open(self, config_yaml: str) -> None:
         self.children = {}
-        exp = self.client.get_experiment_by_name(self.study.experiment_name)  # a SQLite store exists from here
+        exp = self.client.get_experiment_by_name(
+            self.study.experiment_name
+        )  # a SQLite store exists from here
         use_wal(self.study.tracking.uri)
         database = self.study.tracking.database
         if not self.fast:
@@ -371,19 +402,34 @@ class Tracker:
         elif not isinstance(self.direct, SqlWrites):  # the server's own database, checked by preflight
             self.direct = SqlWrites.of(self.client, database) or self.direct
             if not isinstance(self.direct, SqlWrites):
-                log.warning("tracking.database: %s is not an MLflow store of a schema grokscale knows; runs are "
-                            "written through the tracking server", redact_url(database))
-        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(self.study.experiment_name)
-        if database is not None and isinstance(self.direct, SqlWrites) and \
-                self.direct.experiment_name(self.experiment_id) != self.study.experiment_name:
-            raise MlflowException(f"tracking.database: {redact_url(database)} does not hold the experiment "
-                                  f"{self.study.experiment_name!r} (id {self.experiment_id}) that the tracking server "
-                                  f"has: it is not the server's backend store", INVALID_PARAMETER_VALUE)
+                log.warning(
+                    "tracking.database: %s is not an MLflow store of a schema grokscale knows; runs are "
+                    "written through the tracking server",
+                    redact_url(database),
+                )
+        self.experiment_id = (
+            exp.experiment_id if exp else self.client.create_experiment(self.study.experiment_name)
+        )
+        if (
+            database is not None
+            and isinstance(self.direct, SqlWrites)
+            and self.direct.experiment_name(self.experiment_id) != self.study.experiment_name
+        ):
+            raise MlflowException(
+                f"tracking.database: {redact_url(database)} does not hold the experiment "
+                f"{self.study.experiment_name!r} (id {self.experiment_id}) that the tracking server "
+                f"has: it is not the server's backend store",
+                INVALID_PARAMETER_VALUE,
+            )
         query = f"{tag_equals(names.TAG_ROLE, names.ROLE_STUDY)} and {tag_equals(names.TAG_STUDY, self.study.name)}"
         parents = self.client.search_runs([self.experiment_id], query)
-        tags = {names.TAG_ROLE: names.ROLE_STUDY, names.TAG_STUDY: self.study.name,
-                names.TAG_CONFIG_HASH: self.study.digest(), names.TAG_GIT_COMMIT: git_commit() or "none",
-                **{f"{names.TAG_VERSION_PREFIX}{k}": v for k, v in package_versions().items()}}
+        tags = {
+            names.TAG_ROLE: names.ROLE_STUDY,
+            names.TAG_STUDY: self.study.name,
+            names.TAG_CONFIG_HASH: self.study.digest(),
+            names.TAG_GIT_COMMIT: git_commit() or "none",
+            **{f"{names.TAG_VERSION_PREFIX}{k}": v for k, v in package_versions().items()},
+        }
         if parents:
             self.parent_id = parents[0].info.run_id
             self.client.update_run(self.parent_id, status="RUNNING")
@@ -400,10 +446,15 @@ class Tracker:
             key = run.data.tags.get(names.TAG_RUN_KEY)
             if key:
                 self.children[key] = run
-        lanes = SQL_LANES if isinstance(self.direct, SqlWrites) and self.direct.dialect.name == "postgresql" else 1
+        lanes = (
+            SQL_LANES
+            if isinstance(self.direct, SqlWrites) and self.direct.dialect.name == "postgresql"
+            else 1
+        )
         if len(self.lanes) != lanes and not self.backlog and all(lane.thread is None for lane in self.lanes):
-            self.lanes = [WriteLane(self._send_ops, f"mlflow-writer-{i}", self._write_failed)
-                          for i in range(lanes)]
+            self.lanes = [
+                WriteLane(self._send_ops, f"mlflow-writer-{i}", self._write_failed) for i in range(lanes)
+            ]
 
     def _create_child(self, key: str, tags: dict[str, str], name: str):
         """create_run, retried while the server is away. A create whose answer was lost may have
@@ -419,7 +470,9 @@ class Tracker:
         def create():
             nonlocal tried
             if tried:
-                query = f"{tag_equals(names.TAG_RUN_KEY, key)} and {tag_equals(names.PARENT_RUN, self.parent_id)}"
+                query = (
+                    f"{tag_equals(names.TAG_RUN_KEY, key)} and {tag_equals(names.PARENT_RUN, self.parent_id)}"
+                )
                 found = self.client.search_runs([self.experiment_id], query, max_results=1)
                 if found:
                     return found[0]
@@ -440,8 +493,12 @@ class Tracker:
         # attempts counts driver submissions of this run (a resume adds one); Ray's own retries
         # after a dead worker show as names.TAG_RESUMED_FROM_STEP.
         start_tags = Checked()
-        for k, v in {names.PARENT_RUN: self.parent_id, names.TAG_RUN_KEY: key, names.TAG_ATTEMPTS: "1",
-                     **tags}.items():
+        for k, v in {
+            names.PARENT_RUN: self.parent_id,
+            names.TAG_RUN_KEY: key,
+            names.TAG_ATTEMPTS: "1",
+            **tags,
+        }.items():
             start_tags.add_tag(k, str(v))
         run = self._create_child(key, {t.key: t.value for t in start_tags.tags}, name)
         run_id = run.info.run_id
@@ -457,8 +514,11 @@ class Tracker:
         # The whole spec, whatever its length, for `grokscale reproduce`: the param when it fits
         # (an artifact a run was 13% of the driver's time at 1,000 runs in flight), else an artifact.
         if len(safe.get(names.PARAM_SPEC_JSON, "")) >= names.PARAM_MAX_CHARS:
-            self._write(lambda: self._log_text(run, safe[names.PARAM_SPEC_JSON], names.ARTIFACT_SPEC), run_id,
-                        "the spec as an artifact")
+            self._write(
+                lambda: self._log_text(run, safe[names.PARAM_SPEC_JSON], names.ARTIFACT_SPEC),
+                run_id,
+                "the spec as an artifact",
+            )
         return run_id
 
     def _log_text(self, run, text: str, name: str) -> None:
@@ -474,8 +534,9 @@ class Tracker:
         run_id = run.info.run_id
         attempts = int(run.data.tags.get(names.TAG_ATTEMPTS, "1")) + 1
         self._write(lambda: self.client.update_run(run_id, status="RUNNING"), run_id, "update_run (reopened)")
-        self._write(lambda: self.client.set_tag(run_id, names.TAG_ATTEMPTS, str(attempts)), run_id,
-                    "set_tag attempts")
+        self._write(
+            lambda: self.client.set_tag(run_id, names.TAG_ATTEMPTS, str(attempts)), run_id, "set_tag attempts"
+        )
         # Even a FINISHED run: its trial may not have reached Optuna, and its result comes back.
         # Every evaluation logs every metric it has; the built-in trainers always log val_acc, a
         # user's trainer may not, so any curve metric (not a `final.*` total) gives the steps.
@@ -531,8 +592,9 @@ class Tracker:
         steps = history.get("step", [])
         self.log_records(run_id, [{k: v[i] for k, v in history.items()} for i in range(len(steps))])
 
-    def finish_run(self, run_id: str, status: RunStatus | str, reason: str, final: dict[str, float],
-                   tags: dict[str, str]) -> None:
+    def finish_run(
+        self, run_id: str, status: RunStatus | str, reason: str, final: dict[str, float], tags: dict[str, str]
+    ) -> None:
         """The run's rest of its curve, final metrics, end tags (its dropped keys among them) and
         end. A run one of whose writes failed for good ends failed, with that failure as its reason."""
         status = RunStatus(status)
@@ -553,9 +615,11 @@ class Tracker:
             failure = self.failed_writes.get(run_id)
             if failure is not None:
                 status, reason = RunStatus.FAILED, failure
-            end_tags = [RunTag(names.TAG_STATUS, status.value),
-                        RunTag(names.TAG_REASON, scrub_text(reason, self.secrets)[:REASON_CHARS]),
-                        *checked.tags]
+            end_tags = [
+                RunTag(names.TAG_STATUS, status.value),
+                RunTag(names.TAG_REASON, scrub_text(reason, self.secrets)[:REASON_CHARS]),
+                *checked.tags,
+            ]
             # The rest of its curve, its final metrics and its end tags: as few batches as fit.
             self._send_buffered(run_id, checked.metrics, end_tags)
             # end_time is when the run ended, not when the write got through (a server that was down).
@@ -570,11 +634,16 @@ class Tracker:
         for key, run in self.children.items():
             if key not in live_keys and run.info.status == "RUNNING":
                 rid = run.info.run_id
-                self._write(lambda rid=rid: self.client.set_terminated(rid, "KILLED"), rid,
-                            "set_terminated (orphan)")
-                self._write(lambda rid=rid: self.client.set_tag(
-                    rid, names.TAG_REASON, "closed on resume: its trial was recorded without it"), rid,
-                    "set_tag reason (orphan)")
+                self._write(
+                    lambda rid=rid: self.client.set_terminated(rid, "KILLED"), rid, "set_terminated (orphan)"
+                )
+                self._write(
+                    lambda rid=rid: self.client.set_tag(
+                        rid, names.TAG_REASON, "closed on resume: its trial was recorded without it"
+                    ),
+                    rid,
+                    "set_tag reason (orphan)",
+                )
                 closed += 1
         return closed
 

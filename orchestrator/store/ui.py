@@ -35,11 +35,16 @@ class StudyLinks:
 
     def lines(self) -> list[str]:
         serve = f"{self.mlflow_command}, then open " if self.mlflow_command else ""
-        dashboard = self.dashboard_command if self.dashboard_installed else \
-            f"pip install 'grokscale[ui]' && {self.dashboard_command}"
-        return [f"runs:   {serve}{self.experiment_url}",
-                f"report: {self.report_url}",
-                f"optuna: {dashboard}, then open {DASHBOARD_UI}"]
+        dashboard = (
+            self.dashboard_command
+            if self.dashboard_installed
+            else f"pip install 'grokscale[ui]' && {self.dashboard_command}"
+        )
+        return [
+            f"runs:   {serve}{self.experiment_url}",
+            f"report: {self.report_url}",
+            f"optuna: {dashboard}, then open {DASHBOARD_UI}",
+        ]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -75,7 +80,9 @@ def dashboard_command(storage_url: str) -> str:
 
 def _local_store_missing(tracking_uri: str) -> bool:
     """A SQLite store that is not there: asking MLflow would quietly create an empty one."""
-    return tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_file()
+    return (
+        tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_file()
+    )
 
 
 def study_links(study: Study) -> StudyLinks | None:
@@ -95,7 +102,9 @@ def study_links(study: Study) -> StudyLinks | None:
     try:
         client = MlflowClient(tracking_uri=uri)
         exp = client.get_experiment_by_name(study.experiment_name)
-        query = f"{tag_equals(names.TAG_ROLE, names.ROLE_STUDY)} and {tag_equals(names.TAG_STUDY, study.name)}"
+        query = (
+            f"{tag_equals(names.TAG_ROLE, names.ROLE_STUDY)} and {tag_equals(names.TAG_STUDY, study.name)}"
+        )
         parents = client.search_runs([exp.experiment_id], query, max_results=1) if exp else []
     except Exception:  # noqa: BLE001 - any store or transport error: no links, the command goes on
         return None
@@ -103,10 +112,16 @@ def study_links(study: Study) -> StudyLinks | None:
         return None
     parent = parents[0]
     plots = parent.data.tags.get(names.TAG_REPORT, "")
-    artifact = f"{names.ARTIFACT_REPORT}/{FIRST_PLOT}" if FIRST_PLOT.removesuffix(".png") in plots else \
-        (names.ARTIFACT_REPORT if plots else None)
+    artifact = (
+        f"{names.ARTIFACT_REPORT}/{FIRST_PLOT}"
+        if FIRST_PLOT.removesuffix(".png") in plots
+        else (names.ARTIFACT_REPORT if plots else None)
+    )
     base = ui_base(uri)
-    return StudyLinks(experiment_url(base, exp.experiment_id),
-                      run_url(base, exp.experiment_id, parent.info.run_id, artifact),
-                      mlflow_command(uri), dashboard_command(study.storage_url),
-                      importlib.util.find_spec("optuna_dashboard") is not None)
+    return StudyLinks(
+        experiment_url(base, exp.experiment_id),
+        run_url(base, exp.experiment_id, parent.info.run_id, artifact),
+        mlflow_command(uri),
+        dashboard_command(study.storage_url),
+        importlib.util.find_spec("optuna_dashboard") is not None,
+    )

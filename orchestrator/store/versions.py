@@ -20,8 +20,10 @@ log = logging.getLogger(__name__)
 
 # package -> (lowest tested, first untested): the bounds of its requirement in pyproject.toml
 TESTED = {"mlflow": ("2.16", "3.18"), "optuna": ("4.0", "5.2")}
-WHAT = {"mlflow": "runs go through MlflowClient instead of plain SQL into its tables",
-        "optuna": "trials go through Optuna's RDBStorage instead of held in memory"}
+WHAT = {
+    "mlflow": "runs go through MlflowClient instead of plain SQL into its tables",
+    "optuna": "trials go through Optuna's RDBStorage instead of held in memory",
+}
 _told: set[str] = set()
 
 
@@ -46,6 +48,12 @@ def fast_path(package: str) -> bool:
     if package not in _told:
         _told.add(package)
         low, high = TESTED[package]
-        log.warning("%s %s is outside the releases grokscale was tested with (>=%s,<%s): %s",
-                    package, version, low, high, WHAT[package])
+        log.warning(
+            "%s %s is outside the releases grokscale was tested with (>=%s,<%s): %s",
+            package,
+            version,
+            low,
+            high,
+            WHAT[package],
+        )
     return False

@@ -30,8 +30,10 @@ class CellCost:
     def describe(self) -> str:
         if not self.gpus:
             return f"{self.workers} CPU worker(s), {self.precision}"
-        return (f"{self.workers} worker(s) on {self.gpus:g} GPU(s), {self.precision}, ~{self.tokens_per_s:,.0f} "
-                f"tokens/s, {self.gpu_hours:,.2f} GPU-hours")
+        return (
+            f"{self.workers} worker(s) on {self.gpus:g} GPU(s), {self.precision}, ~{self.tokens_per_s:,.0f} "
+            f"tokens/s, {self.gpu_hours:,.2f} GPU-hours"
+        )
 
 
 def peak(gpu: str, precision: str) -> float | None:

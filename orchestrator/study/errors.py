@@ -17,14 +17,27 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 # Schemas that only wrap another and add nothing to an error's location.
-WRAPPERS = {"function-before", "function-after", "function-wrap", "function-plain", "default", "nullable", "model",
-            "model-field", "lax-or-strict", "json-or-python"}
+WRAPPERS = {
+    "function-before",
+    "function-after",
+    "function-wrap",
+    "function-plain",
+    "default",
+    "nullable",
+    "model",
+    "model-field",
+    "lax-or-strict",
+    "json-or-python",
+}
 README_HINT = "check the spelling against the README's study config"
 
 # Names that hold credentials (DB_PASSWORD, AWS_SECRET_ACCESS_KEY, MLFLOW_TRACKING_TOKEN, a URL's
 # ?password=, ...); their values are never printed or logged. n_train_tokens is not such a name.
-SECRET = re.compile(r"secret|passw(or)?d|credential|api[_-]?key|access[_-]?key|private[_-]?key|token$"
-                    r"|(^|_)auth$", re.IGNORECASE)
+SECRET = re.compile(
+    r"secret|passw(or)?d|credential|api[_-]?key|access[_-]?key|private[_-]?key|token$"
+    r"|(^|_)auth$",
+    re.IGNORECASE,
+)
 REDACTED = "<redacted>"
 # In text that is not one URL: user:password@ of a URL, and a query's key=value whose key is a SECRET.
 URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*):(?P<password>[^@/\s]*)@")
@@ -51,8 +64,10 @@ def redact_url(text: str) -> str:
             hidden = {k for k in url.query if SECRET.search(k)}
             if url.password is None and not hidden:
                 return text
-            url = url.set(password=_MARK if url.password is not None else None,
-                          query={k: _MARK if k in hidden else v for k, v in url.query.items()})
+            url = url.set(
+                password=_MARK if url.password is not None else None,
+                query={k: _MARK if k in hidden else v for k, v in url.query.items()},
+            )
             return url.render_as_string(hide_password=False).replace(_MARK, REDACTED)
     text = URL_PASSWORD.sub(rf"\g<head>:{REDACTED}@", text)
     return URL_QUERY_ITEM.sub(lambda m: m["head"] + REDACTED if SECRET.search(m["key"]) else m[0], text)
@@ -132,7 +147,9 @@ def field_path(model: type[BaseModel] | None, loc: tuple) -> tuple[str, dict | N
 
 
 def _tags(schema: dict | None) -> str:
-    return ", ".join(repr(t) for t in schema["choices"]) if schema and schema["type"] == "tagged-union" else ""
+    return (
+        ", ".join(repr(t) for t in schema["choices"]) if schema and schema["type"] == "tagged-union" else ""
+    )
 
 
 def _problem(e: dict, model: type[BaseModel] | None) -> Problem:
@@ -166,7 +183,9 @@ def problems_of(err: ValidationError, model: type[BaseModel] | None = None) -> l
     return list(dict.fromkeys(_problem(e, model) for e in err.errors()))
 
 
-def format_errors(err: ValidationError, prefix: str = "", *, model: type[BaseModel] | None = None) -> list[str]:
+def format_errors(
+    err: ValidationError, prefix: str = "", *, model: type[BaseModel] | None = None
+) -> list[str]:
     """One line per problem: `path: what is wrong, what is allowed, got <value>`."""
     lines = []
     for p in problems_of(err, model):

@@ -83,8 +83,14 @@ def _resolve_run(study: Study, cell: Cell, data: dict[str, Any]) -> dict[str, An
     scale["batch_tokens"] = per_step * cell.tokens_per_example
     flops = flops_per_example(probe.model, *cell.io[:3], last_only=cell.io[3])
     train = resolve(train, scale, LENGTH_RULE_KEYS)
-    steps = steps_for(length, n_examples=cell.n_examples, per_step=per_step, tokens_per_example=flops.tokens,
-                      flops_per_example=flops.total, flops_budget=cell.flops_budget)
+    steps = steps_for(
+        length,
+        n_examples=cell.n_examples,
+        per_step=per_step,
+        tokens_per_example=flops.tokens,
+        flops_per_example=flops.total,
+        flops_budget=cell.flops_budget,
+    )
     if steps is not None:
         train = {**train, "steps": steps}
     if cell.flops_budget is None:
@@ -106,11 +112,17 @@ def spec_for(study: Study, cell: Cell, params: dict[str, Any], seed: int) -> Tra
     return TrainSpec.model_validate(data)
 
 
-def _shape(study: Study, entry: Any, d_value: float | None) -> tuple[TrainSpec, TaskData, dict, int | None,
-                                                                    ParamCounts]:
+def _shape(
+    study: Study, entry: Any, d_value: float | None
+) -> tuple[TrainSpec, TaskData, dict, int | None, ParamCounts]:
     """The base spec and data of one grid entry at one D, its shape, target N and counts."""
-    base = TrainSpec.model_validate(anchored(study.trial_data(entry if isinstance(entry, dict) else {}, d_value,
-                                                              {"train.steps": PROBE_STEPS}, 0)))
+    base = TrainSpec.model_validate(
+        anchored(
+            study.trial_data(
+                entry if isinstance(entry, dict) else {}, d_value, {"train.steps": PROBE_STEPS}, 0
+            )
+        )
+    )
     data = make_task(base.task, 0)
     args = (data.vocab_size, data.n_out, data.seq_len)
     if isinstance(entry, dict):
@@ -121,7 +133,9 @@ def _shape(study: Study, entry: Any, d_value: float | None) -> tuple[TrainSpec, 
     return base, data, dict(r.shape), entry, r.n_params
 
 
-def _cell(study: Study, i: int, j: int, entry: Any, d_value: float | None, budget: float | None) -> Cell | None:
+def _cell(
+    study: Study, i: int, j: int, entry: Any, d_value: float | None, budget: float | None
+) -> Cell | None:
     """One cell; an IsoFLOP cell (budget C) first resolves its model, then D = C / (FLOPs per
     token x epochs), then builds its data at that D. None: an IsoFLOP cell outside the grid's
     window on tokens per parameter (before its data is built: it may not fit the corpus)."""
@@ -130,15 +144,29 @@ def _cell(study: Study, i: int, j: int, entry: Any, d_value: float | None, budge
     if budget is not None:
         per_token = flops_for_task(model, data).per_token
         window = study.grid.tokens_per_param
-        if window is not None and not window.holds(budget / per_token / getattr(counts, study.grid.n_convention)):
+        if window is not None and not window.holds(
+            budget / per_token / getattr(counts, study.grid.n_convention)
+        ):
             return None
         d_value = isoflop_d(budget, per_token, study.length.epochs)
         base, data, *_ = _shape(study, shape, d_value)
     io = (data.vocab_size, data.n_out, data.seq_len, data.target == "last")
     flops = flops_per_example(model, *io[:3], last_only=io[3])
     n_examples = data.n_examples  # rows of x_train, or a corpus's windows
-    cell = Cell(i, j, shape, d_value, counts, data.n_train, target, n_examples=n_examples,
-                tokens_per_example=data.seq_len, flops_per_example=flops.total, flops_budget=budget, io=io)
+    cell = Cell(
+        i,
+        j,
+        shape,
+        d_value,
+        counts,
+        data.n_train,
+        target,
+        n_examples=n_examples,
+        tokens_per_example=data.seq_len,
+        flops_per_example=flops.total,
+        flops_budget=budget,
+        io=io,
+    )
     spec = spec_for(study, cell, {}, study.grid.seeds[0])  # the resolved length must fit (warmup <= steps)
     # The batch of the cell's runs, as resolved (a rule of scale may set it per cell).
     per_step = examples_per_step(spec.train.batch_examples(data.seq_len), n_examples)
@@ -194,9 +222,11 @@ def _check_window(study: Study, cells: list[Cell]) -> None:
         kept = [c.n(study.grid.n_convention) for c in cells if c.d_index == j]
         if len(kept) < MIN_SIZES_PER_BUDGET:
             sizes = ", ".join(f"{n:,}" for n in sorted(kept)) or "none"
-            problems.append(f"grid.tokens_per_param: at grid.flops[{j}] = {budget:g} the window keeps {len(kept)} "
-                            f"size(s) ({sizes}); an IsoFLOP parabola needs {MIN_SIZES_PER_BUDGET}: widen the window "
-                            f"or add sizes whose tokens per parameter fall in it")
+            problems.append(
+                f"grid.tokens_per_param: at grid.flops[{j}] = {budget:g} the window keeps {len(kept)} "
+                f"size(s) ({sizes}); an IsoFLOP parabola needs {MIN_SIZES_PER_BUDGET}: widen the window "
+                f"or add sizes whose tokens per parameter fall in it"
+            )
     if problems:
         raise StudyError(problems)
 
@@ -205,8 +235,9 @@ def _distinct(cells: list[Cell]) -> list[Cell]:
     keys = [c.key for c in cells]
     dupes = sorted({k for k in keys if keys.count(k) > 1})
     if dupes:
-        raise StudyError([f"grid.n: two entries resolve to the same shape ({', '.join(dupes)}); "
-                          f"make them distinct"])
+        raise StudyError(
+            [f"grid.n: two entries resolve to the same shape ({', '.join(dupes)}); make them distinct"]
+        )
     return cells
 
 
@@ -253,7 +284,9 @@ def cell_between_d(study: Study, low: Cell, high: Cell, cells: list[Cell]) -> Ce
     entry = low.target_n if low.target_n is not None else low.shape
     same = [c.d_index for c in cells if c.d_value == value]
     try:
-        cell = _cell(study, low.n_index, same[0] if same else 1 + max(c.d_index for c in cells), entry, value, None)
+        cell = _cell(
+            study, low.n_index, same[0] if same else 1 + max(c.d_index for c in cells), entry, value, None
+        )
     except ValueError:
         return None
     if cell.key in {c.key for c in cells} or not low.n_train < cell.n_train < high.n_train:
@@ -268,13 +301,18 @@ def _shapes_between(study: Study, low: Cell, high: Cell, goal: float) -> list[di
     fields = sorted(set(low.shape) | set(high.shape))
     ends = {f: (getattr(lo_model, f), getattr(hi_model, f)) for f in fields}
     varying = {f: v for f, v in ends.items() if v[0] != v[1]}
-    if not varying or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0
-                              for v in varying.values() for x in v):
+    if not varying or not all(
+        isinstance(x, int) and not isinstance(x, bool) and x > 0 for v in varying.values() for x in v
+    ):
         return []
-    conv, n_lo, n_hi = study.grid.n_convention, low.n(study.grid.n_convention), high.n(study.grid.n_convention)
+    conv, n_lo, n_hi = (
+        study.grid.n_convention,
+        low.n(study.grid.n_convention),
+        high.n(study.grid.n_convention),
+    )
     found: dict[tuple, float] = {}
     for t in [i / (PATH_POINTS - 1) for i in range(1, PATH_POINTS - 1)]:
-        shape = {f: (round(a ** (1 - t) * b ** t) if f in varying else a) for f, (a, b) in ends.items()}
+        shape = {f: (round(a ** (1 - t) * b**t) if f in varying else a) for f, (a, b) in ends.items()}
         key = tuple(sorted(shape.items()))
         if key in found:
             continue

@@ -64,8 +64,9 @@ def study_length(train: dict[str, Any], isoflop: bool, language_model: bool) -> 
     return Length("steps", None)
 
 
-def length_problems(train: dict[str, Any], isoflop: bool, language_model: bool,
-                    searched: list[str]) -> list[str]:
+def length_problems(
+    train: dict[str, Any], isoflop: bool, language_model: bool, searched: list[str]
+) -> list[str]:
     """Why the study's training length is not one well-formed length ([] if it is)."""
     try:
         _Keys.model_validate(train)
@@ -73,9 +74,12 @@ def length_problems(train: dict[str, Any], isoflop: bool, language_model: bool,
         return format_errors(err, "train", model=_Keys)
     given = length_keys(train)
     if isoflop:
-        problems = [f"train.{k}: an IsoFLOP grid (grid.flops) sets each run's length from its FLOP budget; "
-                    f"remove train.{k} (train.epochs may say how often the unique data repeats)"
-                    for k in given if k != "epochs"]
+        problems = [
+            f"train.{k}: an IsoFLOP grid (grid.flops) sets each run's length from its FLOP budget; "
+            f"remove train.{k} (train.epochs may say how often the unique data repeats)"
+            for k in given
+            if k != "epochs"
+        ]
     elif len(given) > 1:
         problems = [f"train: give one training length (steps, tokens or epochs), got {' and '.join(given)}"]
     else:
@@ -85,9 +89,12 @@ def length_problems(train: dict[str, Any], isoflop: bool, language_model: bool,
         # The length is counted on the cell's data and the spec's batch; a searched length or
         # a searched task field (seq_len, a data size) would count it on data the cell lacks.
         source = f"train.{length.kind}" if length.kind != "flops" else "grid.flops"
-        problems += [f"search.space.{key}: the run's length comes from {source}, counted on each cell's data; "
-                     f"a searched {key} would change it: fix it in the study instead"
-                     for key in searched if key.startswith("task.") or key.removeprefix("train.") in LENGTH_KEYS]
+        problems += [
+            f"search.space.{key}: the run's length comes from {source}, counted on each cell's data; "
+            f"a searched {key} would change it: fix it in the study instead"
+            for key in searched
+            if key.startswith("task.") or key.removeprefix("train.") in LENGTH_KEYS
+        ]
     return problems
 
 
@@ -96,8 +103,15 @@ def examples_per_step(batch_size: int | None, n_examples: int) -> int:
     return n_examples if batch_size is None or batch_size >= n_examples else batch_size
 
 
-def steps_for(length: Length, *, n_examples: int, per_step: int, tokens_per_example: int,
-              flops_per_example: float, flops_budget: float | None) -> int | None:
+def steps_for(
+    length: Length,
+    *,
+    n_examples: int,
+    per_step: int,
+    tokens_per_example: int,
+    flops_per_example: float,
+    flops_budget: float | None,
+) -> int | None:
     """Steps that train at least `length` (None for a length given in steps: train.steps stands)."""
     if length.kind == "tokens":
         return max(1, math.ceil(length.value / (per_step * tokens_per_example)))

@@ -40,7 +40,9 @@ def duplicate_keys(node: yaml.Node, path: str = "") -> list[str]:
             name = key.value if isinstance(key, yaml.ScalarNode) else str(key.value)
             where = f"{path}.{name}" if path else name
             if name in seen:
-                problems.append(f"{where}: duplicate key (line {key.start_mark.line + 1}); give each key once")
+                problems.append(
+                    f"{where}: duplicate key (line {key.start_mark.line + 1}); give each key once"
+                )
             seen.add(name)
             problems += duplicate_keys(value, where)
     elif isinstance(node, yaml.SequenceNode):
@@ -54,17 +56,22 @@ def anchor_problems(text: str, where: str) -> list[str]:
     bytes of nested aliases ("billion laughs") stand for billions of values, which every later step
     (duplicate keys, validation, the logged config) would walk. A study writes each value out.
     Read as events, so the check is linear in the text; a YAMLError is the caller's to report."""
-    found = [e for e in yaml.parse(text, Loader=yaml.SafeLoader)
-             if isinstance(e, yaml.AliasEvent) or getattr(e, "anchor", None)]
+    found = [
+        e
+        for e in yaml.parse(text, Loader=yaml.SafeLoader)
+        if isinstance(e, yaml.AliasEvent) or getattr(e, "anchor", None)
+    ]
     if not found:
         return []
     first = found[0]
     sign = "*" if isinstance(first, yaml.AliasEvent) else "&"
     more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
     mark = first.start_mark
-    return [f"{where}: YAML {'alias' if sign == '*' else 'anchor'} '{sign}{first.anchor}' at line "
-            f"{mark.line + 1}, column {mark.column + 1}{more}: anchors and aliases are not allowed in a study "
-            f"(a few nested aliases can expand into billions of values); write each value out"]
+    return [
+        f"{where}: YAML {'alias' if sign == '*' else 'anchor'} '{sign}{first.anchor}' at line "
+        f"{mark.line + 1}, column {mark.column + 1}{more}: anchors and aliases are not allowed in a study "
+        f"(a few nested aliases can expand into billions of values); write each value out"
+    ]
 
 
 def override_anchor_problems(overrides: list[str]) -> list[str]:
@@ -111,8 +118,11 @@ def absolute_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     task = data.get("task")
     if not (isinstance(task, dict) and task.get("name") == "corpus"):
         return data
-    fixed = {k: os.path.normpath(base / Path(v).expanduser()) for k in CORPUS_PATHS
-             if isinstance(v := task.get(k), str) and v.strip()}
+    fixed = {
+        k: os.path.normpath(base / Path(v).expanduser())
+        for k in CORPUS_PATHS
+        if isinstance(v := task.get(k), str) and v.strip()
+    }
     return {**data, "task": {**task, **fixed}} if fixed else data
 
 
@@ -121,9 +131,12 @@ def own_code_problems(study: Study) -> list[str]:
     is sized by shapes only (a target count is resolved for the built-in families)."""
     problems = import_problems(study.task, study.model)
     if is_import_path(study.model.get("family")) and not problems:
-        problems += [f"grid.n[{i}]: a target parameter count is resolved for the built-in model families only; "
-                     f"give {study.model['family']}'s N as a shape of its Config's fields (e.g. {{width: 64}})"
-                     for i, n in enumerate(study.grid.n) if not isinstance(n, dict)]
+        problems += [
+            f"grid.n[{i}]: a target parameter count is resolved for the built-in model families only; "
+            f"give {study.model['family']}'s N as a shape of its Config's fields (e.g. {{width: 64}})"
+            for i, n in enumerate(study.grid.n)
+            if not isinstance(n, dict)
+        ]
     return problems
 
 
@@ -138,8 +151,10 @@ def packing_problems(study: Study) -> list[str]:
         why = f"model.family {study.model['family']!r} is your own module, which vmap may not batch"
     else:
         return []
-    return [f"pack.mode: 'on' trains several runs as one batched model (trainers/packed.py), but {why}; "
-            f"set pack.mode: off (or auto, which then runs one run per task)"]
+    return [
+        f"pack.mode: 'on' trains several runs as one batched model (trainers/packed.py), but {why}; "
+        f"set pack.mode: off (or auto, which then runs one run per task)"
+    ]
 
 
 def with_corpus_cache(study: Study) -> Study:

@@ -54,8 +54,10 @@ def plugin_problems(study) -> list[str]:
             import optuna  # only here: loading a study that names no sampler of its own imports no Optuna
 
             if not isinstance(sampler, optuna.samplers.BaseSampler):
-                problems.append(f"search.sampler: {study.search.sampler} must return an optuna.samplers.BaseSampler, "
-                                f"got a {type(sampler).__name__}")
+                problems.append(
+                    f"search.sampler: {study.search.sampler} must return an optuna.samplers.BaseSampler, "
+                    f"got a {type(sampler).__name__}"
+                )
     if is_import_path(study.prune.mode):
         try:
             rule = make_own_stopping(study.prune.mode, study)
@@ -66,7 +68,9 @@ def plugin_problems(study) -> list[str]:
         else:
             missing = [m for m in RULE_METHODS if not callable(getattr(rule, m, None))]
             if missing:
-                problems.append(f"prune.mode: {study.prune.mode} must build a stopping rule from the study "
-                                f"(a subclass of orchestrator.sweep.stopping.base.StoppingRule); what it built, "
-                                f"a {type(rule).__name__}, lacks {', '.join(missing)}")
+                problems.append(
+                    f"prune.mode: {study.prune.mode} must build a stopping rule from the study "
+                    f"(a subclass of orchestrator.sweep.stopping.base.StoppingRule); what it built, "
+                    f"a {type(rule).__name__}, lacks {', '.join(missing)}"
+                )
     return problems

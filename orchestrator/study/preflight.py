@@ -19,7 +19,14 @@ from orchestrator.study.schema import Study
 from trainers.corpus import CorpusTask, check_source, infer_format
 
 TRACKING_SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql", "databricks")
-STORAGE_SCHEMES = ("postgresql", "postgresql+psycopg2", "postgresql+psycopg", "mysql", "mysql+pymysql", "sqlite")
+STORAGE_SCHEMES = (
+    "postgresql",
+    "postgresql+psycopg2",
+    "postgresql+psycopg",
+    "mysql",
+    "mysql+pymysql",
+    "sqlite",
+)
 DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "ray": 10001}
 
 
@@ -52,8 +59,24 @@ def creatable(path: Path) -> str | None:
 # File systems where SQLite's write-ahead log corrupts a database: its readers and writer share an
 # index in memory (the -shm file, mmap'ed), which holds on one machine only ("WAL does not work
 # over a network filesystem", https://sqlite.org/wal.html). fuse.* is sshfs, s3fs, gcsfuse, ...
-NETWORK_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "ncpfs", "afs", "9p", "lustre", "gpfs",
-                       "beegfs", "ceph", "glusterfs", "ocfs2", "gfs2", "fuse")
+NETWORK_FILESYSTEMS = (
+    "nfs",
+    "nfs4",
+    "cifs",
+    "smb3",
+    "smbfs",
+    "ncpfs",
+    "afs",
+    "9p",
+    "lustre",
+    "gpfs",
+    "beegfs",
+    "ceph",
+    "glusterfs",
+    "ocfs2",
+    "gfs2",
+    "fuse",
+)
 MOUNTS = Path("/proc/mounts")
 
 
@@ -109,8 +132,10 @@ def sqlite_path(uri: str) -> str | None:
 def _tracking(uri: str) -> list[str]:
     scheme = urlparse(uri).scheme or "file"
     if scheme not in TRACKING_SCHEMES:
-        return [f"tracking.uri: unknown scheme {scheme!r} in {redact_url(uri)!r}; "
-                f"allowed: {', '.join(TRACKING_SCHEMES)}"]
+        return [
+            f"tracking.uri: unknown scheme {scheme!r} in {redact_url(uri)!r}; "
+            f"allowed: {', '.join(TRACKING_SCHEMES)}"
+        ]
     if scheme == "sqlite":
         path = sqlite_path(uri)
         if path is None:
@@ -118,10 +143,12 @@ def _tracking(uri: str) -> list[str]:
         if why := creatable(Path(path)):
             return [f"tracking.uri: cannot write the MLflow store {path}: {why}"]
         if fstype := network_filesystem(Path(path)):
-            return [f"tracking.uri: the MLflow store {path} is on a network file system ({fstype}), where "
-                    f"SQLite's write-ahead log corrupts the database; run `mlflow server --backend-store-uri "
-                    f"sqlite:///{path}` on one machine and set tracking.uri: http://<that machine>:5000, or keep "
-                    f"the store on a local disk"]
+            return [
+                f"tracking.uri: the MLflow store {path} is on a network file system ({fstype}), where "
+                f"SQLite's write-ahead log corrupts the database; run `mlflow server --backend-store-uri "
+                f"sqlite:///{path}` on one machine and set tracking.uri: http://<that machine>:5000, or keep "
+                f"the store on a local disk"
+            ]
         return []
     if scheme == "file":
         why = creatable(Path(urlparse(uri).path or uri))
@@ -136,8 +163,10 @@ def _tracking(uri: str) -> list[str]:
                 return [f"tracking.uri: {redact_url(uri)} answered HTTP {err.code}; is it an MLflow server?"]
         except (urllib.error.URLError, OSError, ValueError) as err:
             reason = getattr(err, "reason", err)
-            return [f"tracking.uri: cannot reach the MLflow server at {redact_url(uri)} ({reason}); "
-                    f"start it or fix the URI"]
+            return [
+                f"tracking.uri: cannot reach the MLflow server at {redact_url(uri)} ({reason}); "
+                f"start it or fix the URI"
+            ]
     return []
 
 
@@ -147,8 +176,10 @@ def _storage(url: str) -> list[str]:
         return [f"storage: cannot write the Optuna journal {url}: {why}"] if why else []
     scheme = url.split("://", 1)[0]
     if scheme not in STORAGE_SCHEMES:
-        return [f"storage: unknown scheme {scheme!r}; allowed: a journal file path, or "
-                f"{', '.join(STORAGE_SCHEMES)} URLs"]
+        return [
+            f"storage: unknown scheme {scheme!r}; allowed: a journal file path, or "
+            f"{', '.join(STORAGE_SCHEMES)} URLs"
+        ]
     if scheme == "sqlite":
         path = sqlite_path(url)
         why = creatable(Path(path)) if path else None
@@ -179,8 +210,10 @@ def _query(url: str, field: str, sql: str) -> tuple[list[str], list[tuple]]:
     try:
         engine = create_engine(rdb_url(url))
     except (ImportError, SQLAlchemyError) as err:  # the driver of the URL's scheme is not installed
-        return [f"{field}: cannot use {redact_url(url)}: {type(err).__name__}: {err}; "
-                f"install its driver (e.g. pip install psycopg2-binary)"], []
+        return [
+            f"{field}: cannot use {redact_url(url)}: {type(err).__name__}: {err}; "
+            f"install its driver (e.g. pip install psycopg2-binary)"
+        ], []
     try:
         with engine.connect() as conn:
             try:
@@ -206,9 +239,13 @@ def _tracking_database(uri: str, database: str | None) -> list[str]:
         return []
     field = "tracking.database"
     if database.startswith("sqlite:///") and not Path(database.removeprefix("sqlite:///")).is_file():
-        return [f"{field}: no MLflow store at {database.removeprefix('sqlite:///')}; give the file the "
-                f"tracking server was started with (--backend-store-uri)"]
-    problems, rows = _query(database, field, "SELECT name, creation_time FROM experiments WHERE experiment_id = 0")
+        return [
+            f"{field}: no MLflow store at {database.removeprefix('sqlite:///')}; give the file the "
+            f"tracking server was started with (--backend-store-uri)"
+        ]
+    problems, rows = _query(
+        database, field, "SELECT name, creation_time FROM experiments WHERE experiment_id = 0"
+    )
     if problems:
         return problems
     mine = rows[0] if rows else None
@@ -218,11 +255,16 @@ def _tracking_database(uri: str, database: str | None) -> list[str]:
             theirs = json.load(response)["experiment"]
     except (urllib.error.URLError, OSError, ValueError, KeyError):
         return []  # _tracking reports a server it cannot reach; one without experiment 0 is not checked
-    if mine is None or (mine[0], int(mine[1] or 0)) != (theirs.get("name"), int(theirs.get("creation_time", 0))):
-        return [f"{field}: {redact_url(database)} is not the backend store of the tracking server at "
-                f"{redact_url(uri)}: their Default experiments differ (server: {theirs.get('name')!r} created "
-                f"{theirs.get('creation_time')}, database: {mine}); give the URL the server was started with "
-                f"(--backend-store-uri), or leave tracking.database out"]
+    if mine is None or (mine[0], int(mine[1] or 0)) != (
+        theirs.get("name"),
+        int(theirs.get("creation_time", 0)),
+    ):
+        return [
+            f"{field}: {redact_url(database)} is not the backend store of the tracking server at "
+            f"{redact_url(uri)}: their Default experiments differ (server: {theirs.get('name')!r} created "
+            f"{theirs.get('creation_time')}, database: {mine}); give the URL the server was started with "
+            f"(--backend-store-uri), or leave tracking.database out"
+        ]
     return []
 
 
@@ -243,8 +285,10 @@ def _ray(address: str | None) -> list[str]:
             except Exception:  # noqa: BLE001 - Ray's layout changed: let ray.init report it
                 return []
             if address is None:
-                return ["ray.address: 'auto' found no running Ray cluster (no RAY_ADDRESS, no `ray start` on "
-                        "this machine); start one with `ray start --head`, or leave ray.address out for a local Ray"]
+                return [
+                    "ray.address: 'auto' found no running Ray cluster (no RAY_ADDRESS, no `ray start` on "
+                    "this machine); start one with `ray start --head`, or leave ray.address out for a local Ray"
+                ]
     parsed = urlparse(address if "://" in address else f"ray://{address}")
     try:
         host, port = parsed.hostname, parsed.port or DEFAULT_PORTS.get(parsed.scheme, 6379)
@@ -253,8 +297,10 @@ def _ray(address: str | None) -> list[str]:
     if not host:
         return [f"ray.address: {address!r} is not host:port, ray://host:port or 'auto'"]
     if why := unreachable(host, port):
-        return [f"ray.address: cannot reach the Ray cluster at {redact_url(address)} (from {source}: {why}); "
-                f"start it, or leave ray.address out for a local Ray"]
+        return [
+            f"ray.address: cannot reach the Ray cluster at {redact_url(address)} (from {source}: {why}); "
+            f"start it, or leave ray.address out for a local Ray"
+        ]
     return []
 
 
@@ -300,9 +346,13 @@ def check_preflight(study: Study, cells: list[Cell], cluster: dict | None = None
         for where, placement in rules:
             cpus, gpus = placement.cpus * placement.workers, placement.gpus
             if cpus > cluster.get("CPU", 0):
-                problems.append(f"{where}.cpus: {cpus:g} CPUs per trial (all its workers), but the cluster has "
-                                f"{cluster.get('CPU', 0):g}; ask for at most that")
+                problems.append(
+                    f"{where}.cpus: {cpus:g} CPUs per trial (all its workers), but the cluster has "
+                    f"{cluster.get('CPU', 0):g}; ask for at most that"
+                )
             if gpus > cluster.get("GPU", 0):
-                problems.append(f"{where}.gpus: {gpus:g} GPUs per trial, but the cluster has "
-                                f"{cluster.get('GPU', 0):g}; set it to 0 or point ray.address at a GPU cluster")
+                problems.append(
+                    f"{where}.gpus: {gpus:g} GPUs per trial, but the cluster has "
+                    f"{cluster.get('GPU', 0):g}; set it to 0 or point ray.address at a GPU cluster"
+                )
     return problems

@@ -65,21 +65,31 @@ class Rule(BaseModel):
             for var in getattr(self, part):
                 if var not in VARIABLES:
                     raise PydanticCustomError(
-                        "rule_variable", "unknown variable '{var}'; a rule depends on {allowed}",
-                        {"field": f"{part}.{var}", "var": var, "allowed": ", ".join(VARIABLES)})
+                        "rule_variable",
+                        "unknown variable '{var}'; a rule depends on {allowed}",
+                        {"field": f"{part}.{var}", "var": var, "allowed": ", ".join(VARIABLES)},
+                    )
         for var, x in self.at.items():
             if x <= 0:
-                raise PydanticCustomError("rule_anchor", "an anchor must be > 0 (the rule divides by it), "
-                                          "got {x}", {"field": f"at.{var}", "x": x})
+                raise PydanticCustomError(
+                    "rule_anchor",
+                    "an anchor must be > 0 (the rule divides by it), got {x}",
+                    {"field": f"at.{var}", "x": x},
+                )
             if var not in self.exponent:
-                raise PydanticCustomError("rule_unused", "{var} has an anchor but no exponent: give "
-                                          "exponent.{var}, or remove at.{var}",
-                                          {"field": f"at.{var}", "var": var})
+                raise PydanticCustomError(
+                    "rule_unused",
+                    "{var} has an anchor but no exponent: give exponent.{var}, or remove at.{var}",
+                    {"field": f"at.{var}", "var": var},
+                )
         for var in self.exponent:
             if var not in self.at:
-                raise PydanticCustomError("rule_anchor_missing", "required, but missing: the value of {var} "
-                                          "at which the rule equals `value` (e.g. at: {{var}: 1.0e+6})",
-                                          {"field": f"at.{var}", "var": var})
+                raise PydanticCustomError(
+                    "rule_anchor_missing",
+                    "required, but missing: the value of {var} "
+                    "at which the rule equals `value` (e.g. at: {{var}: 1.0e+6})",
+                    {"field": f"at.{var}", "var": var},
+                )
         return self
 
     @property
@@ -145,8 +155,12 @@ def _whole(annotation: Any) -> bool:
     return kinds == {int}
 
 
-def resolve(train: Mapping[str, Any], scale: Mapping[str, float], keys: Iterable[str] | None = None,
-            multiple: Mapping[str, int] | None = None) -> dict[str, Any]:
+def resolve(
+    train: Mapping[str, Any],
+    scale: Mapping[str, float],
+    keys: Iterable[str] | None = None,
+    multiple: Mapping[str, int] | None = None,
+) -> dict[str, Any]:
     """`train` with its rules among `keys` (None: every rule) replaced by their values at `scale`;
     an integer field rounded to the nearest whole number, or to a whole `multiple` of its own."""
     rules = rules_in(train)
@@ -199,30 +213,38 @@ def rule_problems(study: Study) -> list[str]:
     rules = {k: v for k, v in study.train.items() if isinstance(v, Rule)}
     problems = []
     if study.trainer is not None:
-        problems += [f"train.{key}: a rule of scale is resolved from the built-in models' N and FLOPs before "
-                     f"a run starts; your own trainer reports its N only once it has run: give a number"
-                     for key in rules]
+        problems += [
+            f"train.{key}: a rule of scale is resolved from the built-in models' N and FLOPs before "
+            f"a run starts; your own trainer reports its N only once it has run: give a number"
+            for key in rules
+        ]
         rules = {}
     for key, rule in rules.items():
         if key in STUDY_LENGTH_KEYS:
-            problems.append(f"train.{key}: the study's length in {key} is a number; a length that grows with "
-                            f"scale may be given as a rule for train.steps")
+            problems.append(
+                f"train.{key}: the study's length in {key} is a number; a length that grows with "
+                f"scale may be given as a rule for train.steps"
+            )
         elif not numeric_field(key):
             problems.append(f"train.{key}: a rule gives a number; {key} is not a numeric training field")
         else:
             allowed = allowed_variables(key, study.isoflop)
             for var in rule.variables:
                 if var not in allowed:
-                    problems.append(f"train.{key}.exponent.{var}: {_why_not(key, var)}; {key} may depend on "
-                                    f"{', '.join(allowed)}")
+                    problems.append(
+                        f"train.{key}.exponent.{var}: {_why_not(key, var)}; {key} may depend on "
+                        f"{', '.join(allowed)}"
+                    )
     return problems + _searched_problems(study, rules)
 
 
 def _why_not(key: str, var: str) -> str:
     if var == "batch_tokens":
         return f"the run's tokens per step follow from {key}, so {key} cannot depend on them"
-    return (f"the run's FLOPs follow from its {'batch' if key in BATCH_KEYS else 'length'}, so {key} cannot "
-            f"depend on them (in an IsoFLOP grid, grid.flops, it may: there flops is the cell's budget)")
+    return (
+        f"the run's FLOPs follow from its {'batch' if key in BATCH_KEYS else 'length'}, so {key} cannot "
+        f"depend on them (in an IsoFLOP grid, grid.flops, it may: there flops is the cell's budget)"
+    )
 
 
 def _searched_problems(study: Study, rules: Mapping[str, Rule]) -> list[str]:
@@ -235,10 +257,14 @@ def _searched_problems(study: Study, rules: Mapping[str, Rule]) -> list[str]:
             continue
         rule = rules.get(field)
         if rule is None:
-            problems.append(f"search.space.{key}: train.{field} is not a rule of scale, so it has no "
-                            f"{inner!r} to search; search train.{field} itself, or give it as a rule "
-                            f"({{rule: power, value: ..., at: ..., exponent: ...}})")
+            problems.append(
+                f"search.space.{key}: train.{field} is not a rule of scale, so it has no "
+                f"{inner!r} to search; search train.{field} itself, or give it as a rule "
+                f"({{rule: power, value: ..., at: ..., exponent: ...}})"
+            )
         elif inner != "value" and not (inner.startswith("exponent.") and inner[9:] in rule.exponent):
-            problems.append(f"search.space.{key}: a search may set a rule's value or one of its exponents "
-                            f"({', '.join(['value', *(f'exponent.{v}' for v in rule.variables)])})")
+            problems.append(
+                f"search.space.{key}: a search may set a rule's value or one of its exponents "
+                f"({', '.join(['value', *(f'exponent.{v}' for v in rule.variables)])})"
+            )
     return problems

@@ -36,8 +36,14 @@ from orchestrator.study.tasks import task_kinds
 from trainers.overrides import apply_overrides
 
 # Objective metrics computed from a run beyond its final evaluation record.
-DERIVED_METRICS = ("max_val_acc", "min_val_loss", "generalization_step", "memorization_step",
-                   "grokking_delay", "steps")
+DERIVED_METRICS = (
+    "max_val_acc",
+    "min_val_loss",
+    "generalization_step",
+    "memorization_step",
+    "grokking_delay",
+    "steps",
+)
 FINAL_METRICS = ("val_acc", "val_loss", "train_acc", "train_loss", "weight_norm")
 SEQUENCE_METRICS = ("val_token_acc", "val_answer_logprob", "train_token_acc", "train_answer_logprob")
 SAMPLERS = ("tpe", "random", "grid", "cmaes", "nsgaii", "qmc")
@@ -53,11 +59,15 @@ class Strict(BaseModel):
 
 def _check_range(low: float, high: float, log: bool) -> None:
     if low >= high:
-        raise PydanticCustomError("range_inverted", "low ({low}) must be < high ({high})",
-                                  {"field": "low", "low": low, "high": high})
+        raise PydanticCustomError(
+            "range_inverted",
+            "low ({low}) must be < high ({high})",
+            {"field": "low", "low": low, "high": high},
+        )
     if log and low <= 0:
-        raise PydanticCustomError("log_range", "a log-scale range must be > 0, got low = {low}",
-                                  {"field": "low", "low": low})
+        raise PydanticCustomError(
+            "log_range", "a log-scale range must be > 0, got low = {low}", {"field": "low", "low": low}
+        )
 
 
 class FloatParam(Strict):
@@ -88,17 +98,23 @@ class IntParam(Strict):
 def _sampler_name(v: str) -> str:
     if v in SAMPLERS or ":" in v:
         return v
-    raise PydanticCustomError("sampler_name", "one of {known}, or your own sampler as 'package.module:factory' "
-                              "(any callable returning an optuna.samplers.BaseSampler), got {v}",
-                              {"known": ", ".join(map(repr, SAMPLERS)), "v": repr(v)})
+    raise PydanticCustomError(
+        "sampler_name",
+        "one of {known}, or your own sampler as 'package.module:factory' "
+        "(any callable returning an optuna.samplers.BaseSampler), got {v}",
+        {"known": ", ".join(map(repr, SAMPLERS)), "v": repr(v)},
+    )
 
 
 def _prune_mode(v: str) -> str:
     if v in PRUNE_MODES or ":" in v:
         return v
-    raise PydanticCustomError("prune_mode", "one of {known}, or your own stopping rule as 'package.module:Rule' "
-                              "(orchestrator/sweep/stopping/base.py: StoppingRule), got {v}",
-                              {"known": ", ".join(map(repr, PRUNE_MODES)), "v": repr(v)})
+    raise PydanticCustomError(
+        "prune_mode",
+        "one of {known}, or your own stopping rule as 'package.module:Rule' "
+        "(orchestrator/sweep/stopping/base.py: StoppingRule), got {v}",
+        {"known": ", ".join(map(repr, PRUNE_MODES)), "v": repr(v)},
+    )
 
 
 class CategoricalParam(Strict):
@@ -129,7 +145,9 @@ def _train_entry(v: Any) -> str:
 
 # A `train:` entry: a number or other trainer value as given, or a rule of scale resolved per run
 # (orchestrator/study/rules.py), validated here so that its errors carry their path.
-TrainEntry = Annotated[Annotated[Rule, Tag("rule")] | Annotated[Any, Tag("value")], Discriminator(_train_entry)]
+TrainEntry = Annotated[
+    Annotated[Rule, Tag("rule")] | Annotated[Any, Tag("value")], Discriminator(_train_entry)
+]
 
 
 class Objective(Strict):
@@ -155,15 +173,20 @@ def _positive_count(v: int) -> int:
 
 NEntry = Annotated[
     Annotated[int, AfterValidator(_positive_count), Tag("count")] | Annotated[dict[str, Any], Tag("shape")],
-    Discriminator(_n_kind, custom_error_type="n_entry",
-                  custom_error_message="an N is a target parameter count (e.g. 20000) or a model shape "
-                                       "(e.g. {d_model: 64})")]
+    Discriminator(
+        _n_kind,
+        custom_error_type="n_entry",
+        custom_error_message="an N is a target parameter count (e.g. 20000) or a model shape "
+        "(e.g. {d_model: 64})",
+    ),
+]
 
 
 def _gpus(g: float) -> float:
     if g > 1 and g != int(g):
-        raise PydanticCustomError("gpus_whole", "more than one GPU must be a whole number (a fraction <= 1 packs "
-                                                "trials on one GPU)")
+        raise PydanticCustomError(
+            "gpus_whole", "more than one GPU must be a whole number (a fraction <= 1 packs trials on one GPU)"
+        )
     return g
 
 
@@ -195,8 +218,9 @@ class TokensPerParam(Strict):
         if self.min is None and self.max is None:
             raise PydanticCustomError("window_empty", "give min, max or both (tokens per parameter)", {})
         if self.min is not None and self.max is not None and self.min >= self.max:
-            raise PydanticCustomError("window_order", "min ({lo}) must be < max ({hi})", {"lo": self.min,
-                                                                                        "hi": self.max})
+            raise PydanticCustomError(
+                "window_order", "min ({lo}) must be < max ({hi})", {"lo": self.min, "hi": self.max}
+            )
         return self
 
     def holds(self, value: float) -> bool:
@@ -225,15 +249,25 @@ class Grid(Strict):
     @model_validator(mode="after")
     def _one_axis(self) -> Grid:
         if self.d is None and self.flops is None:
-            raise PydanticCustomError("grid_axis", "required, but missing: give the data sizes as grid.d, or the "
-                                                   "compute budgets of an IsoFLOP study as grid.flops", {"field": "d"})
+            raise PydanticCustomError(
+                "grid_axis",
+                "required, but missing: give the data sizes as grid.d, or the "
+                "compute budgets of an IsoFLOP study as grid.flops",
+                {"field": "d"},
+            )
         if self.d is not None and self.flops is not None:
-            raise PydanticCustomError("grid_axis", "give grid.d (data sizes) or grid.flops (compute budgets, an "
-                                                   "IsoFLOP study), not both", {"field": "flops"})
+            raise PydanticCustomError(
+                "grid_axis",
+                "give grid.d (data sizes) or grid.flops (compute budgets, an IsoFLOP study), not both",
+                {"field": "flops"},
+            )
         if self.tokens_per_param is not None and self.flops is None:
-            raise PydanticCustomError("window_isoflop", "a window on tokens per parameter picks the cells of an "
-                                                        "IsoFLOP grid (grid.flops); with grid.d every cell is given",
-                                      {"field": "tokens_per_param"})
+            raise PydanticCustomError(
+                "window_isoflop",
+                "a window on tokens per parameter picks the cells of an "
+                "IsoFLOP grid (grid.flops); with grid.d every cell is given",
+                {"field": "tokens_per_param"},
+            )
         if self.refine is not None:
             self._check_refine(self.refine)
         return self
@@ -242,15 +276,22 @@ class Grid(Strict):
         """A threshold is fitted over at least 3 scales of the refined axis (analysis/emergence.py),
         and an IsoFLOP grid has no D axis of its own to refine."""
         if self.flops is not None:
-            raise PydanticCustomError("refine_isoflop", "refining needs grid.d: an IsoFLOP study's D follows from N "
-                                                        "and C, so it has no emergence threshold over D or at a D "
-                                                        "to refine", {"field": "refine"})
+            raise PydanticCustomError(
+                "refine_isoflop",
+                "refining needs grid.d: an IsoFLOP study's D follows from N "
+                "and C, so it has no emergence threshold over D or at a D "
+                "to refine",
+                {"field": "refine"},
+            )
         given = len(self.n) if refine.axis == "n" else len(self.d or ())
         if given < 3:
-            raise PydanticCustomError("refine_scales", "refining {axis} needs at least 3 entries in grid.{axis} (an "
-                                                       "emergence threshold is fitted over 3 or more scales), got "
-                                                       "{given}", {"field": "refine.axis", "axis": refine.axis,
-                                                                   "given": given})
+            raise PydanticCustomError(
+                "refine_scales",
+                "refining {axis} needs at least 3 entries in grid.{axis} (an "
+                "emergence threshold is fitted over 3 or more scales), got "
+                "{given}",
+                {"field": "refine.axis", "axis": refine.axis, "given": given},
+            )
 
 
 @dataclass(frozen=True)
@@ -284,14 +325,24 @@ class _Request(Strict):
     def _check_group(self):
         workers = self.placement().workers
         if self.gpus > 1 and workers != self.gpus:
-            raise PydanticCustomError("workers_gpus", "a run of {gpus:g} GPUs has one worker per GPU: leave workers "
-                                      "out or set it to {gpus:g}", {"field": "workers", "gpus": self.gpus})
+            raise PydanticCustomError(
+                "workers_gpus",
+                "a run of {gpus:g} GPUs has one worker per GPU: leave workers out or set it to {gpus:g}",
+                {"field": "workers", "gpus": self.gpus},
+            )
         if workers > 1 and 0 < self.gpus < 1:
-            raise PydanticCustomError("workers_fraction", "a run of several workers takes whole GPUs, one each; "
-                                      "a fraction of a GPU packs small runs instead", {"field": "gpus"})
+            raise PydanticCustomError(
+                "workers_fraction",
+                "a run of several workers takes whole GPUs, one each; "
+                "a fraction of a GPU packs small runs instead",
+                {"field": "gpus"},
+            )
         if workers % self.nodes:
-            raise PydanticCustomError("workers_nodes", "{workers} workers cannot be spread evenly over {nodes} nodes",
-                                      {"field": "nodes", "workers": workers, "nodes": self.nodes})
+            raise PydanticCustomError(
+                "workers_nodes",
+                "{workers} workers cannot be spread evenly over {nodes} nodes",
+                {"field": "nodes", "workers": workers, "nodes": self.nodes},
+            )
         return self
 
     def placement(self) -> Placement:
@@ -341,13 +392,19 @@ class Tracking(Strict):
             return self
         if not self.uri.startswith(("http://", "https://")):
             raise PydanticCustomError(
-                "database_without_server", "the backend database of a tracking server: only with tracking.uri "
-                "http(s)://...; a database store on its own goes in tracking.uri", {"field": "database"})
+                "database_without_server",
+                "the backend database of a tracking server: only with tracking.uri "
+                "http(s)://...; a database store on its own goes in tracking.uri",
+                {"field": "database"},
+            )
         scheme = self.database.partition("://")[0]
         if scheme not in ("postgresql", "postgresql+psycopg2", "postgres", "sqlite"):
             raise PydanticCustomError(
-                "database_scheme", "must be a postgresql:// or sqlite:/// URL (the tracking server's "
-                "--backend-store-uri), got scheme '{scheme}'", {"field": "database", "scheme": scheme})
+                "database_scheme",
+                "must be a postgresql:// or sqlite:/// URL (the tracking server's "
+                "--backend-store-uri), got scheme '{scheme}'",
+                {"field": "database", "scheme": scheme},
+            )
         return self
 
 
@@ -384,12 +441,17 @@ class Pruning(Strict):
 
 def _name(v: str) -> str:
     if not NAME.fullmatch(v):
-        raise PydanticCustomError("study_name", "use letters, digits, '_', '.' and '-' only (it names the MLflow "
-                                                "experiment and run folder)")
+        raise PydanticCustomError(
+            "study_name",
+            "use letters, digits, '_', '.' and '-' only (it names the MLflow experiment and run folder)",
+        )
     if set(v) == {"."}:  # runs/.. is the parent of runs/, not a folder of the study's own
-        raise PydanticCustomError("study_name", "'.' and '..' name a folder itself or its parent; give the "
-                                                "study a name with a letter or digit (it names the run folder "
-                                                "runs/<name>)")
+        raise PydanticCustomError(
+            "study_name",
+            "'.' and '..' name a folder itself or its parent; give the "
+            "study a name with a letter or digit (it names the run folder "
+            "runs/<name>)",
+        )
     return v
 
 
@@ -482,7 +544,9 @@ class Study(Strict):
         kind = task_kinds().get(self.task.get("name"))
         return FINAL_METRICS + DERIVED_METRICS + (SEQUENCE_METRICS if kind and kind.sequence_metrics else ())
 
-    def trial_data(self, n_entry: dict[str, Any], d_value: float | None, params: dict[str, Any], seed: int) -> dict:
+    def trial_data(
+        self, n_entry: dict[str, Any], d_value: float | None, params: dict[str, Any], seed: int
+    ) -> dict:
         """The TrainSpec data of one run, before validation: fixed sections, the cell, the
         searched values and the seed, in that order of precedence. d_value None keeps the task's
         own data size (an IsoFLOP cell's D is known only once its model is). Train steps are the

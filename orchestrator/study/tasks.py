@@ -55,13 +55,20 @@ def kind_of(cls, name: str) -> TaskKind:
     """The TaskKind of one task schema class (a pydantic model) under the name a study gives it."""
     d_fields = tuple(getattr(cls, "d_fields", ()))
     counts = frozenset(f for f in d_fields if _is_int(cls.model_fields[f].annotation))
-    return TaskKind(name, d_fields, counts, bool(getattr(cls, "sequence_metrics", False)),
-                    bool(getattr(cls, "language_model", False)))
+    return TaskKind(
+        name,
+        d_fields,
+        counts,
+        bool(getattr(cls, "sequence_metrics", False)),
+        bool(getattr(cls, "language_model", False)),
+    )
 
 
 def kinds_of(classes) -> dict[str, TaskKind]:
     """The TaskKind of each task schema class (a pydantic model whose `name` default names it)."""
-    return {cls.model_fields["name"].default: kind_of(cls, cls.model_fields["name"].default) for cls in classes}
+    return {
+        cls.model_fields["name"].default: kind_of(cls, cls.model_fields["name"].default) for cls in classes
+    }
 
 
 class TaskKinds(dict):

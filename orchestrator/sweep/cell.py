@@ -27,8 +27,12 @@ REASON_CHARS = 2000  # Optuna attributes are stored whole: keep a traceback's ta
 TRIAL_CELL_VALUES = "cell_values"
 
 
-def cell_searches(study: Study, cells: list[Cell], storage: optuna.storages.BaseStorage,
-                  rank: Callable[[Cell, dict[str, Any] | None], float] | None = None) -> list:
+def cell_searches(
+    study: Study,
+    cells: list[Cell],
+    storage: optuna.storages.BaseStorage,
+    rank: Callable[[Cell, dict[str, Any] | None], float] | None = None,
+) -> list:
     """What the driver asks and tells, one per cell: a cell's own Optuna study (search.scope: cell),
     or its view of the one study every cell shares (search.scope: study)."""
     if study.search.scope == "study":
@@ -48,8 +52,9 @@ def new_trial(ostudy: optuna.Study, study_id: int, enqueued: bool) -> optuna.Tri
     return optuna.Trial(ostudy, ostudy._storage.create_new_trial(study_id))
 
 
-def set_attrs(storage: optuna.storages.BaseStorage, trial: optuna.Trial, attrs: dict[str, Any],
-              secrets: list) -> None:
+def set_attrs(
+    storage: optuna.storages.BaseStorage, trial: optuna.Trial, attrs: dict[str, Any], secrets: list
+) -> None:
     """User attributes of a trial, in one write where the storage can (HeldStorage)."""
     if not attrs:
         return
@@ -65,8 +70,14 @@ def set_attrs(storage: optuna.storages.BaseStorage, trial: optuna.Trial, attrs: 
 class CellSearch:
     """A cell's Optuna study, and its trials in flight."""
 
-    def __init__(self, study: Study, cell: Cell, index: int, storage: optuna.storages.BaseStorage,
-                 rank: Callable[[Cell, dict[str, Any] | None], float] | None = None) -> None:
+    def __init__(
+        self,
+        study: Study,
+        cell: Cell,
+        index: int,
+        storage: optuna.storages.BaseStorage,
+        rank: Callable[[Cell, dict[str, Any] | None], float] | None = None,
+    ) -> None:
         """`rank`: given, the cell's new trials are all asked at once and run in its order,
         lowest first (only for samplers whose draws ignore results)."""
         self.study, self.cell, self.index, self.storage, self.rank = study, cell, index, storage, rank
@@ -118,13 +129,16 @@ class CellSearch:
         for t in self.optuna.get_trials(deepcopy=False, states=[TrialState.COMPLETE, TrialState.PRUNED]):
             value = t.values[0] if t.state == TrialState.COMPLETE and len(t.values) == 1 else None
             for seed in self.study.grid.seeds:
-                rule.restore(run_info(self.study, self.cell, t.number, dict(t.params), seed), value, t.user_attrs)
+                rule.restore(
+                    run_info(self.study, self.cell, t.number, dict(t.params), seed), value, t.user_attrs
+                )
 
     def _reopen(self, frozen: optuna.trial.FrozenTrial) -> optuna.Trial:
         """A trial left RUNNING by a dead driver, under its own number and values, found through
         the storage's public API."""
-        return optuna.Trial(self.optuna, self.storage.get_trial_id_from_study_id_trial_number(self.study_id,
-                                                                                               frozen.number))
+        return optuna.Trial(
+            self.optuna, self.storage.get_trial_id_from_study_id_trial_number(self.study_id, frozen.number)
+        )
 
     def _new_trial(self) -> optuna.Trial:
         return new_trial(self.optuna, self.study_id, self.enqueued)
@@ -183,16 +197,23 @@ class CellSearch:
         objective's value when it completed, for the stopping rule."""
         units = self.trials.pop(number)
         trial = self.handles.pop(number)
-        bad = next((u for u in units if u.result["status"] not in (RunStatus.COMPLETED, RunStatus.STOPPED)), None)
+        bad = next(
+            (u for u in units if u.result["status"] not in (RunStatus.COMPLETED, RunStatus.STOPPED)), None
+        )
         if bad is not None:
             self._fail(trial, bad.result["status"], bad.result.get("reason", ""))
             return None
         stopped = next((u for u in units if u.result["status"] == RunStatus.STOPPED), None)
-        values = trial_values([o.metric for o in self.study.objectives],
-                              [(u.result, u.summary, u.budget) for u in units], stopped is not None)
+        values = trial_values(
+            [o.metric for o in self.study.objectives],
+            [(u.result, u.summary, u.budget) for u in units],
+            stopped is not None,
+        )
         if stopped is not None:
-            attrs = {names.TRIAL_STATUS: names.TRIAL_PRUNED,
-                     names.TRIAL_REASON: stopped.result.get("reason", "")[:REASON_CHARS]}
+            attrs = {
+                names.TRIAL_STATUS: names.TRIAL_PRUNED,
+                names.TRIAL_REASON: stopped.result.get("reason", "")[:REASON_CHARS],
+            }
             if stopped.result.get(STOP_KIND):
                 attrs[names.TRIAL_STOP_KIND] = stopped.result[STOP_KIND]
             self._end(trial, attrs)
@@ -201,8 +222,13 @@ class CellSearch:
             self.optuna.tell(trial, state=TrialState.PRUNED)
             return None
         if any(math.isnan(v) for v in values):
-            self._end(trial, {names.TRIAL_STATUS: RunStatus.COMPLETED.value,
-                              names.TRIAL_REASON: "an objective metric was not recorded"})
+            self._end(
+                trial,
+                {
+                    names.TRIAL_STATUS: RunStatus.COMPLETED.value,
+                    names.TRIAL_REASON: "an objective metric was not recorded",
+                },
+            )
             self.optuna.tell(trial, state=TrialState.FAIL)
             return None
         self._end(trial, {names.TRIAL_STATUS: RunStatus.COMPLETED.value})
@@ -247,14 +273,17 @@ class SharedSearch:
 
     def next_for(self, cell_key: str) -> int | None:
         """The oldest open trial the cell has not started (None: none)."""
-        return min((n for n in self.open if n not in self.failed and cell_key not in self.runs.get(n, {})),
-                   default=None)
+        return min(
+            (n for n in self.open if n not in self.failed and cell_key not in self.runs.get(n, {})),
+            default=None,
+        )
 
     @property
     def may_ask(self) -> bool:
         """A new trial once every cell has started every open one."""
-        return self.new_left > 0 and all(len(self.runs.get(n, {})) == len(self.cells)
-                                         for n in self.open if n not in self.failed)
+        return self.new_left > 0 and all(
+            len(self.runs.get(n, {})) == len(self.cells) for n in self.open if n not in self.failed
+        )
 
     def new(self) -> tuple[optuna.Trial, dict[str, Any] | None]:
         """A new trial and its values, drawn once for every cell (None: drawn again by the driver,
@@ -271,8 +300,10 @@ class SharedSearch:
     def reopen(self, frozen: optuna.trial.FrozenTrial) -> tuple[optuna.Trial, dict[str, Any] | None]:
         """A trial a dead driver left in flight, under its own number and values (once for all cells)."""
         if frozen.number not in self.open:
-            trial = optuna.Trial(self.optuna, self.storage.get_trial_id_from_study_id_trial_number(
-                self.study_id, frozen.number))
+            trial = optuna.Trial(
+                self.optuna,
+                self.storage.get_trial_id_from_study_id_trial_number(self.study_id, frozen.number),
+            )
             drawn = bool(frozen.params) or not self.study.search.space  # else asked, never drawn
             self.open[frozen.number] = (trial, dict(frozen.params) if drawn else None)
         return self.open[frozen.number]
@@ -312,21 +343,37 @@ class SharedSearch:
         bad = next((u for u in units if u.result["status"] not in ended), None)
         if bad is not None:
             reason = f"{bad.cell.key}: {bad.result.get('reason', '')}"
-            self._end(trial, {**attrs, names.TRIAL_STATUS: str(bad.result["status"]),
-                              names.TRIAL_REASON: reason[:REASON_CHARS]}, TrialState.FAIL)
+            self._end(
+                trial,
+                {
+                    **attrs,
+                    names.TRIAL_STATUS: str(bad.result["status"]),
+                    names.TRIAL_REASON: reason[:REASON_CHARS],
+                },
+                TrialState.FAIL,
+            )
             return None
         metrics = [o.metric for o in self.study.objectives]
         stopped = {key: any(u.result["status"] == RunStatus.STOPPED for u in us) for key, us in runs.items()}
-        per_cell = {key: trial_values(metrics, [(u.result, u.summary, u.budget) for u in us], stopped[key])
-                    for key, us in runs.items()}
+        per_cell = {
+            key: trial_values(metrics, [(u.result, u.summary, u.budget) for u in us], stopped[key])
+            for key, us in runs.items()
+        }
         values = [sum(v[i] for v in per_cell.values()) / len(per_cell) for i in range(len(metrics))]
         attrs[TRIAL_CELL_VALUES] = per_cell
         if any(stopped.values()):
             self._end(trial, {**attrs, names.TRIAL_STATUS: names.TRIAL_PRUNED}, TrialState.PRUNED)
             return None
         if any(math.isnan(v) for v in values):
-            self._end(trial, {**attrs, names.TRIAL_STATUS: RunStatus.COMPLETED.value,
-                              names.TRIAL_REASON: "an objective metric was not recorded"}, TrialState.FAIL)
+            self._end(
+                trial,
+                {
+                    **attrs,
+                    names.TRIAL_STATUS: RunStatus.COMPLETED.value,
+                    names.TRIAL_REASON: "an objective metric was not recorded",
+                },
+                TrialState.FAIL,
+            )
             return None
         set_attrs(self.storage, trial, {**attrs, names.TRIAL_STATUS: RunStatus.COMPLETED.value}, self.secrets)
         self.optuna.tell(trial, values if len(values) > 1 else values[0])
@@ -377,8 +424,12 @@ class CellView:
         self.shared.runs[number][self.cell.key] = units
         self.trials[number] = units
         trial = self.shared.open[number][0]
-        set_attrs(self.shared.storage, trial, {f"{self.cell.key}/{names.trial_run_id(u.seed)}": u.run_id
-                                               for u in units}, self.shared.secrets)
+        set_attrs(
+            self.shared.storage,
+            trial,
+            {f"{self.cell.key}/{names.trial_run_id(u.seed)}": u.run_id for u in units},
+            self.shared.secrets,
+        )
 
     def keep(self, number: int, attrs: dict[str, Any]) -> None:
         if number not in self.shared.failed:

@@ -69,8 +69,13 @@ def run_study(study: Study, cells: list[Cell], show: bool = True) -> SweepStats:
 class Driver:
     """One study's sweep; each event of the loop is one method (see the module's docstring)."""
 
-    def __init__(self, study: Study, cells: list[Cell], show: bool = True,
-                 launcher: Callable[[Study, list[Cell]], Any] = RayLauncher) -> None:
+    def __init__(
+        self,
+        study: Study,
+        cells: list[Cell],
+        show: bool = True,
+        launcher: Callable[[Study, list[Cell]], Any] = RayLauncher,
+    ) -> None:
         self.study, self.cells, self.show, self.make_launcher = study, cells, show, launcher
         self.n_seeds = len(study.grid.seeds)
         self.stopping: StoppingRule | None = make_stopping(study)
@@ -102,7 +107,9 @@ class Driver:
         self.tracker.open(config_yaml(self.study))
         self.tracker.start_writer()  # from here MLflow writes never hold up the loop
         # A sampler that ignores results: a cell's trials are asked at once, fastest decay first.
-        fastest_first = self.study.prune.mode == "phase" and self.study.search.sampler in NON_ADAPTIVE_SAMPLERS
+        fastest_first = (
+            self.study.prune.mode == "phase" and self.study.search.sampler in NON_ADAPTIVE_SAMPLERS
+        )
         rank = self._slowest_decay_last if fastest_first else None
         self.searches = cell_searches(self.study, self.cells, storage, rank)  # one per cell (cell.py)
         self.by_cell = {s.cell.key: s for s in self.searches}
@@ -172,8 +179,10 @@ class Driver:
         self.tracker.finish_study()
         if not self.tracker.drain():
             uri = redact_url(self.study.tracking.uri)
-            raise RuntimeError(f"the tracking server at {uri} did not come back; "
-                               f"{self.tracker.backlog} writes could not be sent")
+            raise RuntimeError(
+                f"the tracking server at {uri} did not come back; "
+                f"{self.tracker.backlog} writes could not be sent"
+            )
         self.launcher.close()
 
     # -- starting runs ----------------------------------------------------------------------------
@@ -184,8 +193,9 @@ class Driver:
         limit = max(self.launcher.capacity * (1 + PREFETCH_PER_SLOT), self.n_seeds)
         backlog = BACKLOG_PER_SLOT * self.launcher.capacity
         while len(self.launcher) + self.n_seeds <= limit and self.tracker.backlog <= backlog:
-            search = (next((s for s in self.searches if s.to_resume), None)
-                      or next((s for s in self.by_cost if s.has_work), None))
+            search = next((s for s in self.searches if s.to_resume), None) or next(
+                (s for s in self.by_cost if s.has_work), None
+            )
             if search is None:
                 return
             units = self.next_runs(search)
@@ -214,7 +224,9 @@ class Driver:
         trial, params = search.ask()
         try:
             params = suggest(trial, self.study) if params is None else params
-            units = [self.start_run(search.cell, trial.number, params, seed) for seed in self.study.grid.seeds]
+            units = [
+                self.start_run(search.cell, trial.number, params, seed) for seed in self.study.grid.seeds
+            ]
         except ValueError as err:  # a value the trainer refuses (pydantic, --set paths)
             search.refuse(trial, err)
             self.stats.failed += 1
@@ -229,14 +241,24 @@ class Driver:
         info = run_info(self.study, cell, number, params, seed, spec)
         unit = Unit(cell, number, seed, params, spec, str(ckpt.resolve()), info)
         self.live_keys.add(unit.key)
-        tags = {names.TAG_CELL: cell.key, names.TAG_TRIAL_NUMBER: str(number), names.TAG_SEED: str(seed),
-                names.TAG_STATUS: RunStatus.RUNNING.value}
-        logged = {names.PARAM_CELL: cell.key, names.PARAM_N_PARAMS: cell.n_params.total,
-                  names.PARAM_N_PARAMS_NON_EMBEDDING: cell.n_params.non_embedding,
-                  names.PARAM_N_PARAMS_EMBEDDING: cell.n_params.embedding, names.PARAM_N_TRAIN: cell.n_train,
-                  names.PARAM_D_VALUE: cell.d_value, names.PARAM_SEED: seed, names.PARAM_TRIAL_NUMBER: number,
-                  **{f"{names.PARAM_SEARCHED_PREFIX}{k}": v for k, v in params.items()},
-                  names.PARAM_SPEC_JSON: spec.model_dump(mode="json")}  # scrubbed, then JSON (tracker)
+        tags = {
+            names.TAG_CELL: cell.key,
+            names.TAG_TRIAL_NUMBER: str(number),
+            names.TAG_SEED: str(seed),
+            names.TAG_STATUS: RunStatus.RUNNING.value,
+        }
+        logged = {
+            names.PARAM_CELL: cell.key,
+            names.PARAM_N_PARAMS: cell.n_params.total,
+            names.PARAM_N_PARAMS_NON_EMBEDDING: cell.n_params.non_embedding,
+            names.PARAM_N_PARAMS_EMBEDDING: cell.n_params.embedding,
+            names.PARAM_N_TRAIN: cell.n_train,
+            names.PARAM_D_VALUE: cell.d_value,
+            names.PARAM_SEED: seed,
+            names.PARAM_TRIAL_NUMBER: number,
+            **{f"{names.PARAM_SEARCHED_PREFIX}{k}": v for k, v in params.items()},
+            names.PARAM_SPEC_JSON: spec.model_dump(mode="json"),
+        }  # scrubbed, then JSON (tracker)
         if self.study.trainer is not None:  # the user's trainer reports its N: logged when it ends
             for key in N_PARAMS:
                 logged.pop(key)
@@ -332,8 +354,10 @@ class Driver:
         if all(len(v) == len(history.get("step", ())) for v in throughput.values()):
             history = {**history, **throughput}
         self.tracker.log_history(unit.run_id, history)
-        tags = {names.TAG_RESUMED_FROM_STEP: str(result.get("resumed_from_step", 0)),
-                names.TAG_NODE_ID: str(result.get("node_id", ""))}
+        tags = {
+            names.TAG_RESUMED_FROM_STEP: str(result.get("resumed_from_step", 0)),
+            names.TAG_NODE_ID: str(result.get("node_id", "")),
+        }
         if result.get(STOP_KIND):
             tags[names.TAG_STOP_KIND] = str(result[STOP_KIND])
         if result.get("checkpoint_note"):  # its checkpoint could not be used: why it started over
@@ -342,8 +366,9 @@ class Driver:
             if isinstance(v, (int, float)):
                 tags[f"{names.TAG_FLOPS_PREFIX}{k}"] = f"{v:.6g}"
         for k, v in (result.get("runtime") or {}).items():  # device, precision, workers, determinism
-            tags[f"{names.TAG_RUNTIME_PREFIX}{k}"] = (json.dumps(v, sort_keys=True) if isinstance(v, dict)
-                                                      else str(v))[:5000]
+            tags[f"{names.TAG_RUNTIME_PREFIX}{k}"] = (
+                json.dumps(v, sort_keys=True) if isinstance(v, dict) else str(v)
+            )[:5000]
         final = {k: v for k, v in unit.summary.items() if isinstance(v, (int, float))}
         for k, v in (result.get("n_params") or {}).items():
             final[f"{names.N_PARAMS_METRIC_PREFIX}{k}"] = v

@@ -68,8 +68,15 @@ def _worker_loop(config: dict) -> None:
 
 
 @ray.remote(num_cpus=0)
-def group_task(spec_json: str, checkpoint_dir: str, inbox, run_id: str, rules: StopRules,
-               placement: Placement, max_failures: int) -> dict:
+def group_task(
+    spec_json: str,
+    checkpoint_dir: str,
+    inbox,
+    run_id: str,
+    rules: StopRules,
+    placement: Placement,
+    max_failures: int,
+) -> dict:
     """One run of `placement.workers` workers through Ray Train; its result (rank 0's)."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -81,13 +88,27 @@ def group_task(spec_json: str, checkpoint_dir: str, inbox, run_id: str, rules: S
     resources = {"CPU": placement.cpus, **({"GPU": placement.gpus_per_worker} if use_gpu else {})}
     trainer = TorchTrainer(
         _worker_loop,
-        train_loop_config={"spec_json": spec_json, "checkpoint_dir": checkpoint_dir, "inbox": inbox,
-                           "run_id": run_id, "rules": rules, "use_gpu": use_gpu, "workers": placement.workers},
+        train_loop_config={
+            "spec_json": spec_json,
+            "checkpoint_dir": checkpoint_dir,
+            "inbox": inbox,
+            "run_id": run_id,
+            "rules": rules,
+            "use_gpu": use_gpu,
+            "workers": placement.workers,
+        },
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=placement.workers, use_gpu=use_gpu, resources_per_worker=resources,
-                                     placement_strategy="STRICT_PACK" if placement.nodes == 1 else "SPREAD"),
-        run_config=RunConfig(name=f"grokscale-{run_id}", storage_path=str(Path(checkpoint_dir) / "ray_train"),
-                             failure_config=FailureConfig(max_failures=max_failures)),
+        scaling_config=ScalingConfig(
+            num_workers=placement.workers,
+            use_gpu=use_gpu,
+            resources_per_worker=resources,
+            placement_strategy="STRICT_PACK" if placement.nodes == 1 else "SPREAD",
+        ),
+        run_config=RunConfig(
+            name=f"grokscale-{run_id}",
+            storage_path=str(Path(checkpoint_dir) / "ray_train"),
+            failure_config=FailureConfig(max_failures=max_failures),
+        ),
     )
     try:
         trainer.fit()

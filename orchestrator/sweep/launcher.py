@@ -32,8 +32,10 @@ class ClusterLost(RuntimeError):
     as a killed driver leaves them, and the same command resumes them from their checkpoints."""
 
     def __init__(self, err: Exception) -> None:
-        super().__init__(f"this study's Ray died under it ({type(err).__name__}); the runs in flight were not "
-                         f"recorded as failed: run the same command again to resume them from their checkpoints")
+        super().__init__(
+            f"this study's Ray died under it ({type(err).__name__}); the runs in flight were not "
+            f"recorded as failed: run the same command again to resume them from their checkpoints"
+        )
 
 
 @ray.remote(num_cpus=0)
@@ -72,8 +74,12 @@ def connect(study: Study) -> None:
     else:
         # Local: no dashboard, so nothing listens; under `ray job submit` RAY_ADDRESS is set
         # and this joins that cluster instead.
-        ray.init(num_cpus=study.ray.num_cpus, include_dashboard=False, log_to_driver=False,
-                 dashboard_host="127.0.0.1")
+        ray.init(
+            num_cpus=study.ray.num_cpus,
+            include_dashboard=False,
+            log_to_driver=False,
+            dashboard_host="127.0.0.1",
+        )
 
 
 def capacity(study: Study, cells: list[Cell]) -> int:
@@ -99,8 +105,11 @@ class RayLauncher:
         self.capacity = capacity(study, cells)
         self._warm = [warm_up.remote() for _ in range(min(self.capacity, MAX_WARM_WORKERS))]
         # On the driver's own node: an actor dies with its node, and a dead inbox would stop the driver.
-        self.inbox = Inbox.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
-            ray.get_runtime_context().get_node_id(), soft=False)).remote()
+        self.inbox = Inbox.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(
+                ray.get_runtime_context().get_node_id(), soft=False
+            )
+        ).remote()
         self.in_flight: dict[ray.ObjectRef, list[Unit]] = {}  # a task -> its runs (several when packed)
 
     def wait_warm(self) -> None:
@@ -124,16 +133,31 @@ class RayLauncher:
             u = units[0]
             # Ray Train restarts a group whose worker died; the task itself holds no resources.
             ref = group_task.options(max_retries=self.study.ray.max_retries, retry_exceptions=False).remote(
-                u.spec.model_dump_json(), u.checkpoint_dir, self.inbox, u.run_id, u.rules, placement,
-                self.study.ray.max_retries)
+                u.spec.model_dump_json(),
+                u.checkpoint_dir,
+                self.inbox,
+                u.run_id,
+                u.rules,
+                placement,
+                self.study.ray.max_retries,
+            )
             self.in_flight[ref] = units
             return
         task = packed_task if len(units) > 1 else train_task
-        task = task.options(num_cpus=placement.cpus, num_gpus=placement.gpus, max_retries=self.study.ray.max_retries,
-                            retry_exceptions=False)
+        task = task.options(
+            num_cpus=placement.cpus,
+            num_gpus=placement.gpus,
+            max_retries=self.study.ray.max_retries,
+            retry_exceptions=False,
+        )
         if len(units) > 1:
-            ref = task.remote([u.spec.model_dump_json() for u in units], [u.checkpoint_dir for u in units],
-                              self.inbox, [u.run_id for u in units], [u.rules for u in units])
+            ref = task.remote(
+                [u.spec.model_dump_json() for u in units],
+                [u.checkpoint_dir for u in units],
+                self.inbox,
+                [u.run_id for u in units],
+                [u.rules for u in units],
+            )
         else:
             u = units[0]
             ref = task.remote(u.spec.model_dump_json(), u.checkpoint_dir, self.inbox, u.run_id, u.rules)
@@ -156,8 +180,10 @@ class RayLauncher:
                 self.in_flight[ref], lost = units, err  # the runs that did finish are taken first
                 continue
             except ray.exceptions.RayError as err:
-                results = [{"status": RunStatus.FAILED.value, "reason": f"{type(err).__name__}: {err}"[:4000]}
-                           for _ in units]
+                results = [
+                    {"status": RunStatus.FAILED.value, "reason": f"{type(err).__name__}: {err}"[:4000]}
+                    for _ in units
+                ]
             done += zip(units, results if isinstance(results, list) else [results])
         if lost is not None and not done:
             raise ClusterLost(lost) from lost

@@ -35,13 +35,19 @@ def objective_value(metric: str, summary: dict, budget: int, eval_every: int) ->
     return float("nan") if value is None else float(value)
 
 
-def trial_values(metrics: list[str], runs: list[tuple[dict, dict, tuple[int, int]]], stopped: bool) -> list[float]:
+def trial_values(
+    metrics: list[str], runs: list[tuple[dict, dict, tuple[int, int]]], stopped: bool
+) -> list[float]:
     """Each objective's value for a trial: the mean over its runs (one per seed), each given as
     (result, summary, (steps budget, eval_every)). A stopped run's step objective is censored
     where it stopped: a bound, not a value."""
     values = []
     for metric in metrics:
-        vals = [objective_value(metric, summary, result.get("steps") or budget[0], budget[1]) if stopped
-                else objective_value(metric, summary, *budget) for result, summary, budget in runs]
+        vals = [
+            objective_value(metric, summary, result.get("steps") or budget[0], budget[1])
+            if stopped
+            else objective_value(metric, summary, *budget)
+            for result, summary, budget in runs
+        ]
         values.append(sum(vals) / len(vals))
     return values

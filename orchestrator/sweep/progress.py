@@ -18,6 +18,7 @@ from orchestrator.study import Study
 
 STALL_S = 60.0  # writes waiting this long with none going out: the view warns
 
+
 def _fmt(seconds: float | None) -> str:
     if seconds is None:
         return "?"
@@ -30,8 +31,10 @@ def writes_note(backlog: int, idle_s: float) -> str:
     """The write queue in one line: how many writes wait; a warning once none has gone out for
     STALL_S (`idle_s`: how long they have waited so)."""
     if backlog and idle_s >= STALL_S:
-        return (f"WARNING: no MLflow write has gone out for {_fmt(idle_s)}; {backlog:,} waiting "
-                f"(the tracking store is away; see the log)")
+        return (
+            f"WARNING: no MLflow write has gone out for {_fmt(idle_s)}; {backlog:,} waiting "
+            f"(the tracking store is away; see the log)"
+        )
     return f"MLflow writes waiting: {backlog:,}" if backlog else ""
 
 
@@ -65,8 +68,13 @@ class Progress:
         done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)  # pruned: answered
         failed = sum(t.state == TrialState.FAIL for t in trials)
         running = len({u.trial_number for u in running_units if u.cell is state.cell})
-        return {"done": done, "failed": failed, "running": running, "total": self.study.search.trials_per_cell,
-                "best": self.best(trials)}
+        return {
+            "done": done,
+            "failed": failed,
+            "running": running,
+            "total": self.study.search.trials_per_cell,
+            "best": self.best(trials),
+        }
 
     def best(self, trials: list) -> float | None:
         """The cell's best objective value over its COMPLETE trials; None before the first one.
@@ -99,12 +107,21 @@ class Progress:
                 table.add_column(col, justify="right" if col != "cell" else "left")
             for s, c in rows:
                 best = "" if c["best"] is None else f"{c['best']:.4g}"
-                table.add_row(s.cell.key, f"{s.cell.n(self.study.grid.n_convention):,}", f"{s.cell.n_train:,}",
-                              str(c["done"]), str(c["running"]), str(c["failed"]), best)
+                table.add_row(
+                    s.cell.key,
+                    f"{s.cell.n(self.study.grid.n_convention):,}",
+                    f"{s.cell.n_train:,}",
+                    str(c["done"]),
+                    str(c["running"]),
+                    str(c["failed"]),
+                    best,
+                )
             self.live.update(table)
         else:
-            line = (f"{title}  running/queued {sum(c['running'] for _, c in rows)}  "
-                    f"failed {sum(c['failed'] for _, c in rows)}")
+            line = (
+                f"{title}  running/queued {sum(c['running'] for _, c in rows)}  "
+                f"failed {sum(c['failed'] for _, c in rows)}"
+            )
             if line.split("  elapsed")[0] != self.last_line.split("  elapsed")[0]:
                 self.console.print(line, highlight=False)
             self.last_line = line

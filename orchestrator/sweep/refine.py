@@ -100,9 +100,11 @@ class Refinement:
 
     def summary(self) -> str:
         resolved = sum(1 for line in self.lines if line.stop.startswith("resolved"))
-        return (f"refine ({self.axis}): {len(self.added)} cells added in {self.rounds} rounds "
-                f"(budget {self.max_cells}); {resolved} of {len(self.lines)} thresholds narrower than "
-                f"{self.width_decades:g} decades")
+        return (
+            f"refine ({self.axis}): {len(self.added)} cells added in {self.rounds} rounds "
+            f"(budget {self.max_cells}); {resolved} of {len(self.lines)} thresholds narrower than "
+            f"{self.width_decades:g} decades"
+        )
 
 
 def interval_decades(fit: EmergenceFit) -> float:
@@ -112,8 +114,11 @@ def interval_decades(fit: EmergenceFit) -> float:
     return math.log10(fit.high / fit.low) if fit.low > 0 else math.inf
 
 
-def plan(fits: Sequence[tuple[float, EmergenceFit]], width_decades: float,
-         blocked: set[tuple[float, float, float]] = frozenset()) -> tuple[list[Split], dict[float, str]]:
+def plan(
+    fits: Sequence[tuple[float, EmergenceFit]],
+    width_decades: float,
+    blocked: set[tuple[float, float, float]] = frozenset(),
+) -> tuple[list[Split], dict[float, str]]:
     """The brackets to split, widest interval first, and why each other line is done. `blocked`:
     (line, low, high) brackets with no cell between their two scales."""
     splits, done = [], {}
@@ -123,23 +128,35 @@ def plan(fits: Sequence[tuple[float, EmergenceFit]], width_decades: float,
             continue
         width, (low, high) = interval_decades(fit), fit.bracket
         if width < width_decades:
-            done[line] = f"resolved: its interval is {width:.3g} decades, under width_decades = {width_decades:g}"
+            done[line] = (
+                f"resolved: its interval is {width:.3g} decades, under width_decades = {width_decades:g}"
+            )
         elif math.log10(high / low) < width_decades:
-            done[line] = (f"the scales around it ({low:.4g}, {high:.4g}) are closer than width_decades, yet its "
-                          f"interval is {width:.3g} decades: the spread between runs; more seeds narrow it, "
-                          f"more scales do not")
+            done[line] = (
+                f"the scales around it ({low:.4g}, {high:.4g}) are closer than width_decades, yet its "
+                f"interval is {width:.3g} decades: the spread between runs; more seeds narrow it, "
+                f"more scales do not"
+            )
         elif (line, low, high) in blocked:
-            done[line] = f"no cell lies between {low:.4g} and {high:.4g} (the finest model shape or data size)"
+            done[line] = (
+                f"no cell lies between {low:.4g} and {high:.4g} (the finest model shape or data size)"
+            )
         else:
             splits.append(Split(line, low, high, width))
     splits.sort(key=lambda s: (-s.interval_decades, -s.bracket_decades, s.line))
     return splits, done
 
 
-def refine(cells: Sequence[C], config: Refine, *, run: Callable[[list[C], tuple[Added, ...]], None],
-           measure: Callable[[list[C]], Sequence[tuple[float, EmergenceFit]]],
-           realize: Callable[[Split, list[C]], C | None], key: Callable[[C], str],
-           note: Callable[[str], None] = lambda _: None) -> tuple[list[C], Refinement]:
+def refine(
+    cells: Sequence[C],
+    config: Refine,
+    *,
+    run: Callable[[list[C], tuple[Added, ...]], None],
+    measure: Callable[[list[C]], Sequence[tuple[float, EmergenceFit]]],
+    realize: Callable[[Split, list[C]], C | None],
+    key: Callable[[C], str],
+    note: Callable[[str], None] = lambda _: None,
+) -> tuple[list[C], Refinement]:
     """Run, fit, add a cell inside each bracket still too wide, run again, until every line
     stops or `max_cells` cells were added. `run(cells, added)` trains what is not trained yet,
     `measure(cells)` fits the thresholds over those cells' results, `realize(split, cells)` is
@@ -157,24 +174,41 @@ def refine(cells: Sequence[C], config: Refine, *, run: Callable[[list[C], tuple[
             cell = realize(split, cells + [c for _, c in new])
             if cell is None:
                 blocked.add((split.line, split.low, split.high))
-                done[split.line] = (f"no cell lies between {split.low:.4g} and {split.high:.4g} (the finest model "
-                                    f"shape or data size)")
+                done[split.line] = (
+                    f"no cell lies between {split.low:.4g} and {split.high:.4g} (the finest model "
+                    f"shape or data size)"
+                )
                 continue
             new.append((split, cell))
         if not new:
-            return cells, Refinement(config.axis, rounds, config.max_cells, config.width_decades, tuple(added),
-                                     tuple(_outcome(line, fit, done.get(line, "")) for line, fit in fits))
+            return cells, Refinement(
+                config.axis,
+                rounds,
+                config.max_cells,
+                config.width_decades,
+                tuple(added),
+                tuple(_outcome(line, fit, done.get(line, "")) for line, fit in fits),
+            )
         rounds += 1
-        note(f"refine: round {rounds}: " + "; ".join(f"{key(c)} between {s.low:.4g} and {s.high:.4g} at {s.line:g}"
-                                                      for s, c in new))
+        note(
+            f"refine: round {rounds}: "
+            + "; ".join(f"{key(c)} between {s.low:.4g} and {s.high:.4g} at {s.line:g}" for s, c in new)
+        )
         added += [Added(rounds, key(c), s.line, s.low, s.high) for s, c in new]
         cells += [c for _, c in new]
 
 
 def _outcome(line: float, fit: EmergenceFit, stop: str) -> LineOutcome:
     width = interval_decades(fit) if fit.threshold is not None else None
-    return LineOutcome(line, fit.threshold, fit.low, fit.high, None if width is None or math.isinf(width) else width,
-                       fit.censored, stop)
+    return LineOutcome(
+        line,
+        fit.threshold,
+        fit.low,
+        fit.high,
+        None if width is None or math.isinf(width) else width,
+        fit.censored,
+        stop,
+    )
 
 
 # -- the study's own loop: the driver, MLflow and the report's analysis ------------------------------
@@ -193,9 +227,15 @@ def run_refined(study, cells: list, show: bool = True) -> tuple[Any, Refinement 
         if added:
             mark_added(study, added)
 
-    _, refinement = refine(cells, study.grid.refine, run=run, measure=lambda now: study_fits(study, now),
-                           realize=lambda split, now: cell_for(study, split, now), key=lambda c: c.key,
-                           note=(lambda text: print(text, file=sys.stderr)) if show else (lambda _: None))
+    _, refinement = refine(
+        cells,
+        study.grid.refine,
+        run=run,
+        measure=lambda now: study_fits(study, now),
+        realize=lambda split, now: cell_for(study, split, now),
+        key=lambda c: c.key,
+        note=(lambda text: print(text, file=sys.stderr)) if show else (lambda _: None),
+    )
     log_refinement(study, refinement)
     return total, refinement
 
@@ -211,7 +251,9 @@ def study_fits(study, cells: list) -> list[tuple[float, EmergenceFit]]:
     from orchestrator.store.results import ResultsError, load_results
 
     try:
-        inp = read_inputs(load_results(study.tracking.uri, study.experiment_name, with_curves=False), Path("."))
+        inp = read_inputs(
+            load_results(study.tracking.uri, study.experiment_name, with_curves=False), Path(".")
+        )
     except ResultsError:
         return []
     by_key = {c.key: c for c in cells}
@@ -220,10 +262,16 @@ def study_fits(study, cells: list) -> list[tuple[float, EmergenceFit]]:
         return []
     conv = study.grid.n_convention
     # N and D from the cells themselves: exactly the values cell_for maps a bracket back with.
-    table = pd.DataFrame({"n": [float(by_key[k].n(conv)) for k in usable["cell"]],
-                          "d": [float(by_key[k].n_train) for k in usable["cell"]],
-                          "metric": usable[inp.metric].to_numpy(float)})
-    critical = critical_sizes(table, metric="metric", n_col="n", d_col="d", chance=inp.chance, status_col=None)
+    table = pd.DataFrame(
+        {
+            "n": [float(by_key[k].n(conv)) for k in usable["cell"]],
+            "d": [float(by_key[k].n_train) for k in usable["cell"]],
+            "metric": usable[inp.metric].to_numpy(float),
+        }
+    )
+    critical = critical_sizes(
+        table, metric="metric", n_col="n", d_col="d", chance=inp.chance, status_col=None
+    )
     return list(critical.n_star if study.grid.refine.axis == "n" else critical.d_star)
 
 
@@ -256,7 +304,9 @@ def mark_added(study, added: Sequence[Added]) -> None:
     client = MlflowClient(tracking_uri=study.tracking.uri)
     experiment_id, parent_id = find_parent(client, study.experiment_name)
     for a in added:
-        query = f"{names.tag_equals(names.PARENT_RUN, parent_id)} and {names.tag_equals(names.TAG_CELL, a.key)}"
+        query = (
+            f"{names.tag_equals(names.PARENT_RUN, parent_id)} and {names.tag_equals(names.TAG_CELL, a.key)}"
+        )
         for run in all_runs(client, [experiment_id], query):
             if run.data.tags.get(names.TAG_REFINED) != names.refined_round(a.round):
                 client.set_tag(run.info.run_id, names.TAG_REFINED, names.refined_round(a.round))

@@ -25,11 +25,15 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 JOURNAL_LOCK_SUFFIX = ".lock"  # Optuna's lock file beside the journal (LOCK_FILE_SUFFIX, private)
 JOURNAL_LOCK_GRACE_S = 30  # Optuna's default: a lock unchanged this long belongs to a dead writer
 
+
 def rdb_url(url: str) -> str:
     """A bare postgresql:// means psycopg2 to SQLAlchemy 2.0 but psycopg (3) to 2.1: when only
     psycopg2 is installed, name it, so the URL works with either SQLAlchemy."""
-    if url.startswith("postgresql://") and not importlib.util.find_spec("psycopg") \
-            and importlib.util.find_spec("psycopg2"):
+    if (
+        url.startswith("postgresql://")
+        and not importlib.util.find_spec("psycopg")
+        and importlib.util.find_spec("psycopg2")
+    ):
         return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
     return url
 
@@ -67,9 +71,12 @@ def read_storage(url: str) -> optuna.storages.BaseStorage | None:
         return None
     tail = journal_tail(path)  # a damaged record before the last raises JournalCorrupt
     if tail:
-        print(f"note: {path}: its last record is incomplete ({len(tail)} bytes): a driver is writing it now, "
-              "or one was killed mid-write. Shown: the records before it; nothing was changed (the next "
-              "`grokscale run` sets a killed driver's record aside).", file=sys.stderr)
+        print(
+            f"note: {path}: its last record is incomplete ({len(tail)} bytes): a driver is writing it now, "
+            "or one was killed mid-write. Shown: the records before it; nothing was changed (the next "
+            "`grokscale run` sets a killed driver's record aside).",
+            file=sys.stderr,
+        )
     return JournalStorage(JournalFileBackend(str(path)))  # Optuna reads without its lock
 
 
@@ -102,7 +109,9 @@ def make_sampler(study: Study, cell_index: int, n_existing: int = 0) -> optuna.s
     if name == "qmc":
         return optuna.samplers.QMCSampler(seed=seed)
     # grid: every combination of the categorical choices and of each range's two ends.
-    space = {k: (p.choices if p.type == "categorical" else [p.low, p.high]) for k, p in study.search.space.items()}
+    space = {
+        k: (p.choices if p.type == "categorical" else [p.low, p.high]) for k, p in study.search.space.items()
+    }
     return AskTellGridSampler(space, seed=seed)
 
 
@@ -126,8 +135,13 @@ def shared_study(study: Study, storage) -> optuna.Study:
 
 
 def _open_study(study: Study, name: str, index: int, storage) -> optuna.Study:
-    ostudy = optuna.create_study(study_name=name, storage=storage, load_if_exists=True,
-                                 sampler=make_sampler(study, index), directions=[o.direction for o in study.objectives])
+    ostudy = optuna.create_study(
+        study_name=name,
+        storage=storage,
+        load_if_exists=True,
+        sampler=make_sampler(study, index),
+        directions=[o.direction for o in study.objectives],
+    )
     existing = len(ostudy.get_trials(deepcopy=False))
     if existing:
         ostudy.sampler = make_sampler(study, index, existing)

@@ -38,12 +38,19 @@ class Unit:
         return self.spec.train.steps, self.spec.train.eval_every
 
 
-def run_info(study: Study, cell: Cell, trial_number: int, params: dict[str, Any], seed: int,
-             spec: Any = None) -> RunInfo:
+def run_info(
+    study: Study, cell: Cell, trial_number: int, params: dict[str, Any], seed: int, spec: Any = None
+) -> RunInfo:
     """What the stopping rule knows of the run of this trial under `seed`."""
     spec = spec if spec is not None else spec_for(study, cell, params, seed)
-    return RunInfo(names.run_key(cell.key, trial_number, seed), cell.key, clock_group(cell.n_index, params),
-                   cell.d_value, spec.train, seed)
+    return RunInfo(
+        names.run_key(cell.key, trial_number, seed),
+        cell.key,
+        clock_group(cell.n_index, params),
+        cell.d_value,
+        spec.train,
+        seed,
+    )
 
 
 # Characters a folder name keeps as they are, with letters, digits and `_.-~`: every cell key of the

@@ -98,8 +98,11 @@ class ReportLog:
         if not all(math.isfinite(v) for v in record.values()):
             return DIVERGED, reason_eval_not_finite(step)
         evals = self.cfg.success_stop_evals
-        if evals is not None and len(self.records) >= evals and all(
-                r.get("val_acc", -1.0) >= self.cfg.val_threshold for r in self.records[-evals:]):
+        if (
+            evals is not None
+            and len(self.records) >= evals
+            and all(r.get("val_acc", -1.0) >= self.cfg.val_threshold for r in self.records[-evals:])
+        ):
             return COMPLETED, reason_success_stop(self.cfg.val_threshold, evals)
         if self.forward is not None and self.forward(record):
             return STOPPED, reason_report(step)
@@ -146,15 +149,31 @@ def result_of(log: ReportLog, returned: Any, wall_time_s: float) -> dict:
     final.update(_numeric({k: v for k, v in returned.items() if k != "n_params"}))
     steps = int(final.get("step", 0))
     status, reason = log.outcome or (COMPLETED, REASON_BUDGET)
-    return {"status": status, "reason": reason, "steps": steps, "final": final, "history": history,
-            "events": asdict(log.events()), "n_params": n_params, "n_train": int(returned.get("n_train", 0)),
-            "wall_time_s": wall_time_s, "eval_time_s": 0.0, "resumed_from_step": log.resumed_from_step,
-            "task_info": {}, "flops": {}, "checkpoint_note": None,
-            "runtime": {"machine": machine.facts(torch.get_num_threads())}}
+    return {
+        "status": status,
+        "reason": reason,
+        "steps": steps,
+        "final": final,
+        "history": history,
+        "events": asdict(log.events()),
+        "n_params": n_params,
+        "n_train": int(returned.get("n_train", 0)),
+        "wall_time_s": wall_time_s,
+        "eval_time_s": 0.0,
+        "resumed_from_step": log.resumed_from_step,
+        "task_info": {},
+        "flops": {},
+        "checkpoint_note": None,
+        "runtime": {"machine": machine.facts(torch.get_num_threads())},
+    }
 
 
-def run_user_trainer(spec: UserSpec, report: Callable[[dict], bool] | None, checkpoint_dir: str | None,
-                     finish: Callable[[dict], dict] | None = None) -> dict:
+def run_user_trainer(
+    spec: UserSpec,
+    report: Callable[[dict], bool] | None,
+    checkpoint_dir: str | None,
+    finish: Callable[[dict], dict] | None = None,
+) -> dict:
     """One run of the study's trainer, as a result dict like TrainResult.to_dict(). `finish`
     (the worker's Reporter.finish: which stopping rule fired, its StopKind) completes the result
     before it is kept, so a run asked again after it ended returns it whole, its stop kind with it."""
@@ -211,8 +230,11 @@ def finished_result(folder: Path, spec: UserSpec) -> tuple[dict | None, str | No
 
 
 # The MLflow params of a run's N, by the group each holds (the report reads these).
-N_PARAMS = {names.PARAM_N_PARAMS: "total", names.PARAM_N_PARAMS_NON_EMBEDDING: "non_embedding",
-            names.PARAM_N_PARAMS_EMBEDDING: "embedding"}
+N_PARAMS = {
+    names.PARAM_N_PARAMS: "total",
+    names.PARAM_N_PARAMS_NON_EMBEDDING: "non_embedding",
+    names.PARAM_N_PARAMS_EMBEDDING: "embedding",
+}
 
 
 def reported_n_params(result: dict, target_n: int | None) -> dict[str, int]:

@@ -16,7 +16,9 @@ from orchestrator.store.names import RunStatus
 from orchestrator.sweep.outcome import STOP_KIND
 from orchestrator.sweep.stopping import RunState, StopRules, first_stop
 
-STOP_FILE = "grokscale_stop.json"  # beside a run's checkpoint: [stop kind, reason] of the rule that stopped it
+STOP_FILE = (
+    "grokscale_stop.json"  # beside a run's checkpoint: [stop kind, reason] of the rule that stopped it
+)
 UNSET = "unset"  # the inbox's answer for a run whose rules the driver has not changed since launch
 
 
@@ -29,7 +31,9 @@ class Reporter:
     it ended (its driver died before recording it) returns its finished result without a single
     report, and its stop kind and reason come from there."""
 
-    def __init__(self, inbox, run_id: str, spec, rules: StopRules = (), checkpoint_dir: str | None = None) -> None:
+    def __init__(
+        self, inbox, run_id: str, spec, rules: StopRules = (), checkpoint_dir: str | None = None
+    ) -> None:
         self.inbox, self.run_id, self.rules = inbox, run_id, rules
         self.state = RunState(spec.train.train_threshold, spec.train.val_threshold)
         self.pending: list = []
@@ -79,7 +83,7 @@ class Reporter:
         answer = ray.get(latest)
         if answer != UNSET:
             self.rules = answer
-        self.pending = self.pending[self.pending.index(latest) + 1:]
+        self.pending = self.pending[self.pending.index(latest) + 1 :]
 
     def finish(self, out: dict) -> dict:
         """The stop kind and the rule's reason of a stopped run: fired in this attempt, else kept
@@ -126,8 +130,9 @@ def train_task(spec_json: str, checkpoint_dir: str, inbox, run_id: str, rules: S
 
 
 @ray.remote
-def packed_task(spec_jsons: list[str], checkpoint_dirs: list[str], inbox, run_ids: list[str],
-                rules: list[StopRules]) -> list[dict]:
+def packed_task(
+    spec_jsons: list[str], checkpoint_dirs: list[str], inbox, run_ids: list[str], rules: list[StopRules]
+) -> list[dict]:
     """Several runs of one cell trained together as one batched model (trainers/packed.py), each
     streaming under its own run id and stopped by its own rules; the results come back in order,
     one per run."""
@@ -138,8 +143,12 @@ def packed_task(spec_jsons: list[str], checkpoint_dirs: list[str], inbox, run_id
     place = where(packed=len(run_ids))
     try:
         specs = [TrainSpec.model_validate_json(s) for s in spec_jsons]
-        reports = [Reporter(inbox, r, spec, rs, d) for r, spec, rs, d in zip(run_ids, specs, rules, checkpoint_dirs)]
-        outs = [rep.finish(r.to_dict()) for rep, r in zip(reports, train_packed(specs, reports, checkpoint_dirs))]
+        reports = [
+            Reporter(inbox, r, spec, rs, d) for r, spec, rs, d in zip(run_ids, specs, rules, checkpoint_dirs)
+        ]
+        outs = [
+            rep.finish(r.to_dict()) for rep, r in zip(reports, train_packed(specs, reports, checkpoint_dirs))
+        ]
     except Exception:  # noqa: BLE001 - the pack's failure is data: every run in it failed
         outs = [failed_result()] * len(run_ids)
     ended = time.time()

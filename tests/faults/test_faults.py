@@ -62,8 +62,11 @@ STUDY = {
     "model": {"family": "transformer", "n_layer": 1, "n_head": 4, "d_model": 16, "layer_norm": False},
     "train": {"steps": 600, "eval_every": 50, "checkpoint_every": 100, "lr": 3e-3},
     "grid": {"n": [{"d_model": 16}], "d": [0.3, 0.5], "seeds": [0]},
-    "search": {"sampler": "random", "trials_per_cell": 4,
-               "space": {"train.weight_decay": {"type": "float", "low": 0.1, "high": 3.0, "log": True}}},
+    "search": {
+        "sampler": "random",
+        "trials_per_cell": 4,
+        "space": {"train.weight_decay": {"type": "float", "low": 0.1, "high": 3.0, "log": True}},
+    },
     "objectives": [{"metric": "max_val_acc", "direction": "maximize"}],
     "ray": {"num_cpus": 2, "max_retries": 20},
     "pack": {"mode": "off"},  # one Ray task per run: the unit these faults hit (packing: see below)
@@ -72,15 +75,19 @@ STUDY = {
 # as a user trainer must), for the faults whose moment is an event: each run waits before it reports
 # step GATE until the test opens its gate, its checkpoint then that of step GATE - EVERY.
 EVERY, GATE = 50, 150
-GATED = {**{k: STUDY[k] for k in ("name", "grid", "search", "objectives", "ray", "pack")},
-         "trainer": "support.gates:run", "grid": {**STUDY["grid"], "n": [{"width": 1}]},
-         "train": {"steps": 300, "eval_every": EVERY}}
+GATED = {
+    **{k: STUDY[k] for k in ("name", "grid", "search", "objectives", "ray", "pack")},
+    "trainer": "support.gates:run",
+    "grid": {**STUDY["grid"], "n": [{"width": 1}]},
+    "train": {"steps": 300, "eval_every": EVERY},
+}
 # Runs the driver keeps submitted (orchestrator/sweep/driver.py: a slot each, one queued behind
 # each): with every slot's run at its gate, it starts nothing until the test opens one.
 IN_FLIGHT = STUDY["ray"]["num_cpus"] * (1 + PREFETCH_PER_SLOT)
 
 
 # ------------------------------------------------------------------------------ helpers
+
 
 def write_study(tmp_path: Path, **sections) -> Path:
     """STUDY with each given section merged into its own (a dict) or replacing it."""
@@ -110,8 +117,13 @@ def trial_of(pid: int) -> str | None:
     stack by py-spy: the task's checkpoint_dir argument. py-spy cuts strings at ~128 characters,
     hence the short checkpoint root in these studies. None when no train_task is running."""
     try:
-        out = subprocess.run([PY_SPY, "dump", "--locals", "--pid", str(pid)], capture_output=True, text=True,
-                             timeout=60, check=False)
+        out = subprocess.run(
+            [PY_SPY, "dump", "--locals", "--pid", str(pid)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
     except subprocess.TimeoutExpired:  # a loaded machine: not seen this time, the caller looks again
         return None
     task = None
@@ -139,7 +151,9 @@ def reported_step(client: MlflowClient, key: str) -> int:
     """The last val_acc step the driver has logged for the run of `key`; 0 if none."""
     exp = client.get_experiment_by_name("faults")
     found = client.search_runs([exp.experiment_id], f"tags.`grokscale.run_key` = '{key}'") if exp else []
-    return max((m.step for r in found for m in client.get_metric_history(r.info.run_id, "val_acc")), default=0)
+    return max(
+        (m.step for r in found for m in client.get_metric_history(r.info.run_id, "val_acc")), default=0
+    )
 
 
 @pytest.fixture
@@ -150,7 +164,9 @@ def short_dir():
     shutil.rmtree(path, ignore_errors=True)
 
 
-def check_study_done(tmp_path: Path, uri: str, n_cells: int, n_trials: int, steps: int, eval_every: int) -> dict:
+def check_study_done(
+    tmp_path: Path, uri: str, n_cells: int, n_trials: int, steps: int, eval_every: int
+) -> dict:
     """Every trial COMPLETE exactly once; one FINISHED MLflow run per (trial, seed), each with
     its whole val_acc curve, no step twice and its final metrics; the parent FINISHED.
     Returns the child runs by run key."""
@@ -158,9 +174,12 @@ def check_study_done(tmp_path: Path, uri: str, n_cells: int, n_trials: int, step
     assert len(cells) == n_cells
     keys = set()
     for cell, ts in cells.items():
-        assert sorted(t.number for t in ts) == list(range(n_trials)), f"{cell}: trials {[t.number for t in ts]}"
-        assert all(t.state == TrialState.COMPLETE for t in ts), [(cell, t.number, t.state.name, t.user_attrs)
-                                                                  for t in ts if t.state != TrialState.COMPLETE]
+        assert sorted(t.number for t in ts) == list(range(n_trials)), (
+            f"{cell}: trials {[t.number for t in ts]}"
+        )
+        assert all(t.state == TrialState.COMPLETE for t in ts), [
+            (cell, t.number, t.state.name, t.user_attrs) for t in ts if t.state != TrialState.COMPLETE
+        ]
         keys |= {f"{cell}/trial={t.number}/seed=0" for t in ts}
     parents, children = runs(uri)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
@@ -172,8 +191,10 @@ def check_study_done(tmp_path: Path, uri: str, n_cells: int, n_trials: int, step
         assert run.info.status == "FINISHED", (run.data.tags["grokscale.run_key"], run.info.status)
         assert run.data.tags["grokscale.status"] == "completed"
         curve = client.get_metric_history(run.info.run_id, "val_acc")
-        assert sorted(m.step for m in curve) == expected, (run.data.tags["grokscale.run_key"],
-                                                           sorted(m.step for m in curve))
+        assert sorted(m.step for m in curve) == expected, (
+            run.data.tags["grokscale.run_key"],
+            sorted(m.step for m in curve),
+        )
         assert run.data.metrics["final.val_acc"] == max(curve, key=lambda m: m.step).value
         assert run.data.metrics["final.steps"] == steps
         assert {"cell", "seed", "param.train.weight_decay", "spec_json"} <= set(run.data.params)
@@ -199,13 +220,16 @@ def test_retry_races_reruns_a_missed_fault_in_fresh_directories_and_nothing_else
 
 # ------------------------------------------------------------------------------ 1. worker death
 
+
 @pytest.mark.long  # 1-2 minutes: `make test-all`; make test kills a packed task and a user trainer's worker
 @retry_races()
 def test_worker_killed_ten_times_resumes_from_checkpoints(tmp_path, short_dir):
     if PY_SPY is None:
         pytest.skip("py-spy (part of ray[default]) is needed to see which trial a worker runs")
     steps, every = 1500, 100
-    path = write_study(tmp_path, train={"steps": steps, "checkpoint_every": every}, checkpoints=str(short_dir))
+    path = write_study(
+        tmp_path, train={"steps": steps, "checkpoint_every": every}, checkpoints=str(short_dir)
+    )
     uri = sqlite_uri(tmp_path)
     rng = random.Random(5)
     client = MlflowClient(uri)
@@ -218,8 +242,11 @@ def test_worker_killed_ten_times_resumes_from_checkpoints(tmp_path, short_dir):
             # A worker training a trial past its first checkpoint (a fresh worker spends seconds
             # importing torch first; killing it then proves only Ray's retry).
             running = {pid: trial_of(pid) for pid in train_workers(driver.pid)}
-            training = sorted(pid for pid, key in running.items()
-                              if key and checkpoint(short_dir, key)[0] > 0 and not checkpoint(short_dir, key)[1])
+            training = sorted(
+                pid
+                for pid, key in running.items()
+                if key and checkpoint(short_dir, key)[0] > 0 and not checkpoint(short_dir, key)[1]
+            )
             if not training:
                 continue
             victim = rng.choice(training)
@@ -250,11 +277,14 @@ def test_worker_killed_ten_times_resumes_from_checkpoints(tmp_path, short_dir):
         if not last["finished"]:  # else the kill may have come after the result was sent: no retry
             # The tag is the last attempt's: it resumed from the checkpoint the last kill left.
             assert int(run.data.tags["grokscale.resumed_from_step"]) == last["checkpoint"], (key, kills)
-    print(f"\nkills survived: {len(kills)} over {len({k['key'] for k in kills})} runs; "
-          f"(reported step, checkpoint) at each: {[(k['reported'], k['checkpoint']) for k in kills]}")
+    print(
+        f"\nkills survived: {len(kills)} over {len({k['key'] for k in kills})} runs; "
+        f"(reported step, checkpoint) at each: {[(k['reported'], k['checkpoint']) for k in kills]}"
+    )
 
 
 # ------------------------------------------------------------------------------ 2. node death
+
 
 class Node:
     """One `ray start --block` on this machine, with its own temp dir, so its processes are
@@ -262,13 +292,28 @@ class Node:
 
     def __init__(self, head_port: int, head: bool, log: Path, env: dict):
         self.temp_dir = tempfile.mkdtemp(prefix="gsf", dir="/tmp")  # short: Unix socket paths are capped
-        args = (["--head", f"--port={head_port}", "--include-dashboard=false"] if head
-                else [f"--address=127.0.0.1:{head_port}"])
+        args = (
+            ["--head", f"--port={head_port}", "--include-dashboard=false"]
+            if head
+            else [f"--address=127.0.0.1:{head_port}"]
+        )
         with open(log, "ab") as out:  # the child keeps its own copy of the descriptor
-            self.proc = subprocess.Popen([BIN / "ray", "start", "--block", *args, "--num-cpus=1",
-                                          "--node-ip-address=127.0.0.1", "--disable-usage-stats",
-                                          f"--temp-dir={self.temp_dir}"],
-                                         env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                [
+                    BIN / "ray",
+                    "start",
+                    "--block",
+                    *args,
+                    "--num-cpus=1",
+                    "--node-ip-address=127.0.0.1",
+                    "--disable-usage-stats",
+                    f"--temp-dir={self.temp_dir}",
+                ],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def kill(self) -> None:
         kill_tree(self.proc.pid)
@@ -293,8 +338,14 @@ while True:
         break
     time.sleep(0.5)
 """
-    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
-                         timeout=timeout + 60, check=False)
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout + 60,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     alive = json.loads(out.stdout.strip().splitlines()[-1])
     assert len(alive) == n_alive, f"{len(alive)} nodes alive, expected {n_alive}"
@@ -331,8 +382,12 @@ def start_cluster(port: int, env: dict, logs: Path, tries: int = 3) -> tuple[Nod
 def test_node_killed_mid_study_its_trials_finish_on_the_head(tmp_path, gated_trainer):
     port = 6391  # tests/study/test_orchestrator.py's cluster uses 6389 and 8265
     # Health checks every 1 s, dead after 3 misses: the GCS declares the node dead in seconds.
-    env = {**os.environ, **RAY_ENV, "RAY_health_check_period_ms": "1000",
-           "RAY_health_check_failure_threshold": "3"}
+    env = {
+        **os.environ,
+        **RAY_ENV,
+        "RAY_health_check_period_ms": "1000",
+        "RAY_health_check_failure_threshold": "3",
+    }
     path, gates = gated_study(tmp_path, search={**STUDY["search"], "trials_per_cell": 3})
     steps = GATED["train"]["steps"]
     uri = sqlite_uri(tmp_path)
@@ -348,8 +403,12 @@ def test_node_killed_mid_study_its_trials_finish_on_the_head(tmp_path, gated_tra
             return {k: g for k, g in gates.waiting().items() if g["pid"] in pids}
 
         # The node dies while a run of it waits at its gate, past its checkpoint of GATE - EVERY.
-        waiting = gates.wait_for("a run at its gate on the second node", on_node,
-                                 alive=lambda: driver.poll() is None, log=tmp_path / "driver.log")
+        waiting = gates.wait_for(
+            "a run at its gate on the second node",
+            on_node,
+            alive=lambda: driver.poll() is None,
+            log=tmp_path / "driver.log",
+        )
         node.kill()
         t_kill = time.time()
         victims = {k: g["step"] - EVERY for k, g in waiting.items()}  # run key -> the checkpoint it left
@@ -369,10 +428,15 @@ def test_node_killed_mid_study_its_trials_finish_on_the_head(tmp_path, gated_tra
         assert run.data.tags["grokscale.node_id"] == head_id != node_id
         assert int(run.data.tags["grokscale.resumed_from_step"]) == step
     assert {r.data.tags["grokscale.node_id"] for r in by_key.values()} <= {head_id, node_id}
-    assert all(r.data.tags["grokscale.node_id"] == head_id for r in by_key.values()
-               if r.info.start_time > t_kill * 1000), "a run started after the kill ran on the dead node"
-    print(f"\nnode killed with {len(victims)} trial(s) on it, checkpoints at {sorted(victims.values())}; "
-          f"{sum(r.data.tags['grokscale.node_id'] == node_id for r in by_key.values())} runs had finished there")
+    assert all(
+        r.data.tags["grokscale.node_id"] == head_id
+        for r in by_key.values()
+        if r.info.start_time > t_kill * 1000
+    ), "a run started after the kill ran on the dead node"
+    print(
+        f"\nnode killed with {len(victims)} trial(s) on it, checkpoints at {sorted(victims.values())}; "
+        f"{sum(r.data.tags['grokscale.node_id'] == node_id for r in by_key.values())} runs had finished there"
+    )
 
 
 @pytest.mark.slow
@@ -386,15 +450,22 @@ def test_the_study_s_ray_dying_fails_no_run_and_the_same_command_resumes(tmp_pat
     uri = sqlite_uri(tmp_path)
     driver = start_driver(path, uri)
     try:
+
         def wait_for(what, ready):
-            return gates.wait_for(what, ready, alive=lambda: driver.poll() is None, log=tmp_path / "driver.log")
+            return gates.wait_for(
+                what, ready, alive=lambda: driver.poll() is None, log=tmp_path / "driver.log"
+            )
 
         first = wait_for("two runs at their gates", lambda: len(gates.waiting()) == 2 and gates.waiting())
         for key, gate in first.items():
             gates.open(key, gate["step"])
-        wait_for("two trials complete and the next two runs at their gates",
-                 lambda: len(gates.waiting()) == 2 and sum(t.state == TrialState.COMPLETE for ts in
-                                                           trials(tmp_path).values() for t in ts) == 2)
+        wait_for(
+            "two trials complete and the next two runs at their gates",
+            lambda: (
+                len(gates.waiting()) == 2
+                and sum(t.state == TrialState.COMPLETE for ts in trials(tmp_path).values() for t in ts) == 2
+            ),
+        )
         raylets = [pid for pid, cmd in tree(driver.pid).items() if any("raylet" in part for part in cmd[:1])]
         assert raylets, "no raylet under the driver"
         for pid in raylets:
@@ -418,6 +489,7 @@ def test_the_study_s_ray_dying_fails_no_run_and_the_same_command_resumes(tmp_pat
 
 # ------------------------------------------------------------------------------ 3. driver death
 
+
 @pytest.mark.long  # 2 minutes: `make test-all`; make test kills a driver once (test_orchestrator.py)
 @retry_races()
 def test_driver_killed_three_times_then_resumed(tmp_path):
@@ -434,9 +506,15 @@ def test_driver_killed_three_times_then_resumed(tmp_path):
         driver = start_driver(path, uri)
         try:
             started, deadline = time.time(), time.monotonic() + 300
-            while driver.poll() is None and time.monotonic() < deadline and not (
+            while (
+                driver.poll() is None
+                and time.monotonic() < deadline
+                and not (
                     any(f.stat().st_mtime > started for f in ckpts.rglob("checkpoint.pt"))
-                    and sum(t.state == TrialState.COMPLETE for ts in trials(tmp_path).values() for t in ts) >= target):
+                    and sum(t.state == TrialState.COMPLETE for ts in trials(tmp_path).values() for t in ts)
+                    >= target
+                )
+            ):
                 time.sleep(0.1)
             time.sleep(rng.uniform(0.0, 1.0))
             if driver.poll() is not None:
@@ -450,7 +528,12 @@ def test_driver_killed_three_times_then_resumed(tmp_path):
                 key = f"{cell}/trial={t.number}/seed=0"
                 if t.state == TrialState.COMPLETE and key not in done:
                     run = mlflow_runs[key]
-                    done[key] = (t.datetime_complete, t.value, run.data.tags["grokscale.attempts"], run.info.end_time)
+                    done[key] = (
+                        t.datetime_complete,
+                        t.value,
+                        run.data.tags["grokscale.attempts"],
+                        run.info.end_time,
+                    )
                 elif t.state == TrialState.RUNNING:
                     in_flight[key] = (checkpoint(ckpts, key)[0], key in mlflow_runs)
     if not (done and in_flight):
@@ -472,27 +555,38 @@ def test_driver_killed_three_times_then_resumed(tmp_path):
         assert int(run.data.tags["grokscale.attempts"]) >= 1 + had_run  # submitted again, same run...
         assert int(run.data.tags["grokscale.resumed_from_step"]) >= step  # ...from its checkpoint
         resumed += step > 0
-    print(f"\n3 driver kills; complete at the kills: {len(done)}, in flight: {len(in_flight)} "
-          f"({resumed} from a checkpoint)")
+    print(
+        f"\n3 driver kills; complete at the kills: {len(done)}, in flight: {len(in_flight)} "
+        f"({resumed} from a checkpoint)"
+    )
 
 
 # ------------------------------------------------------------------------------ 4. divergence
 
+
 @pytest.mark.parametrize("pack", ["off", "on"])  # on: both runs train as one batched model
 def test_diverged_trial_is_recorded_and_the_study_goes_on(tmp_path, pack):
-    path = write_study(tmp_path, train={"steps": 200, "checkpoint_every": 100}, pack={"mode": pack},
-                       grid={**STUDY["grid"], "d": [0.3]},
-                       # The random sampler's seed 0 draws 1e4 then 3e-3 (the grid sampler would
-                       # too, but its after_trial calls Study.stop(), which raises under ask/tell).
-                       search={"sampler": "random", "seed": 0, "trials_per_cell": 2,
-                               "space": {"train.lr": {"type": "categorical", "choices": [3e-3, 1e4]}}})
+    path = write_study(
+        tmp_path,
+        train={"steps": 200, "checkpoint_every": 100},
+        pack={"mode": pack},
+        grid={**STUDY["grid"], "d": [0.3]},
+        # The random sampler's seed 0 draws 1e4 then 3e-3 (the grid sampler would
+        # too, but its after_trial calls Study.stop(), which raises under ask/tell).
+        search={
+            "sampler": "random",
+            "seed": 0,
+            "trials_per_cell": 2,
+            "space": {"train.lr": {"type": "categorical", "choices": [3e-3, 1e4]}},
+        },
+    )
     uri = sqlite_uri(tmp_path)
     counts = wait_driver(start_driver(path, uri), path, timeout=300)
     # A diverged trial is counted apart from failures, so the run still exits 0.
     assert (counts["completed"], counts["diverged"], counts["failed"]) == (1, 1, 0)
     assert counts.get("packed_tasks", 0) == (pack == "on")
 
-    (_cell, ts), = trials(tmp_path).items()
+    ((_cell, ts),) = trials(tmp_path).items()
     by_lr = {t.params["train.lr"]: t for t in ts}
     assert sorted(by_lr) == [3e-3, 1e4]
     bad, good = by_lr[1e4], by_lr[3e-3]
@@ -514,12 +608,18 @@ def test_diverged_trial_is_recorded_and_the_study_goes_on(tmp_path, pack):
 
 # ------------------------------------------------------------------------------ 5. tracking server
 
+
 def test_unreachable_tracking_server_stops_before_anything_starts(tmp_path):
     path = write_study(tmp_path)
     t0 = time.monotonic()
-    out = subprocess.run([*GROKSCALE, "run", str(path), "--quiet", "--tracking-uri",
-                          f"http://127.0.0.1:{free_port()}"], cwd=tmp_path, capture_output=True, text=True,
-                         timeout=300, check=False)
+    out = subprocess.run(
+        [*GROKSCALE, "run", str(path), "--quiet", "--tracking-uri", f"http://127.0.0.1:{free_port()}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert out.returncode == 2
     assert "cannot reach the MLflow server at http://127.0.0.1:" in out.stderr
     assert "nothing was started" in out.stderr and "Ray" not in out.stderr
@@ -605,7 +705,9 @@ assert tracker.drain(timeout_s=60)
 print(run_id, flush=True)
 os.kill(os.getpid(), signal.SIGKILL)
 """
-    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
     run_id = done.stdout.split()[-1]
     with contextlib.closing(sqlite3.connect(uri.removeprefix("sqlite:///"))) as db:
@@ -663,7 +765,9 @@ def test_a_reopened_run_without_val_acc_gets_no_step_twice(tmp_path):
     second = Tracker(study)  # the rerun driver
     second.open(config_yaml(study))
     assert second.start_run("cell/trial=0/seed=0", "t0", {"lr": 1}, {}) == run_id
-    second.log_records(run_id, [{"step": 10, "loss": 2.0}, {"step": 20, "loss": 1.5}, {"step": 30, "loss": 1.0}])
+    second.log_records(
+        run_id, [{"step": 10, "loss": 2.0}, {"step": 20, "loss": 1.5}, {"step": 30, "loss": 1.0}]
+    )
     assert second.drain(timeout_s=5) and not second.pending
     curve = second.client.get_metric_history(run_id, "loss")
     assert sorted((m.step, m.value) for m in curve) == [(10, 2.0), (20, 1.5), (30, 1.0)]
@@ -711,18 +815,30 @@ def test_tracking_server_dropout_mid_study_loses_nothing(tmp_path, gated_trainer
         children = {r.data.tags["grokscale.run_key"]: r for r in runs(server.uri)[1]}
         if len(children) != n_runs:
             return {}
-        told = {f"{cell}/trial={t.number}/seed=0" for cell, ts in trials(tmp_path).items() for t in ts
-                if t.state == TrialState.COMPLETE}
+        told = {
+            f"{cell}/trial={t.number}/seed=0"
+            for cell, ts in trials(tmp_path).items()
+            for t in ts
+            if t.state == TrialState.COMPLETE
+        }
         client = MlflowClient(server.uri)
-        recorded = (all("spec_json" in r.data.params for r in children.values())
-                    and all(k in told and children[k].info.status == "FINISHED" for k in opened)
-                    and all(max((m.step for m in client.get_metric_history(children[k].info.run_id, "val_acc")),
-                                default=0) == gate["step"] - EVERY for k, gate in waiting.items()))
+        recorded = (
+            all("spec_json" in r.data.params for r in children.values())
+            and all(k in told and children[k].info.status == "FINISHED" for k in opened)
+            and all(
+                max(
+                    (m.step for m in client.get_metric_history(children[k].info.run_id, "val_acc")), default=0
+                )
+                == gate["step"] - EVERY
+                for k, gate in waiting.items()
+            )
+        )
         return waiting if recorded else {}
 
     def settle(n_runs: int) -> dict[str, dict]:
-        return wait_for(f"{n_runs} runs, every slot's at its gate, every write in the store",
-                        lambda: settled(n_runs))
+        return wait_for(
+            f"{n_runs} runs, every slot's at its gate, every write in the store", lambda: settled(n_runs)
+        )
 
     def let_one_finish(waiting: dict[str, dict]) -> None:
         key, gate = sorted(waiting.items())[0]
@@ -739,7 +855,9 @@ def test_tracking_server_dropout_mid_study_loses_nothing(tmp_path, gated_trainer
         down = time.time()
         time.sleep(OUTAGE_MIN_S)  # the length of an outage, not its moment: nothing moves meanwhile
         let_one_finish(waiting)
-        wait_for(f"the driver asking trial {n_asked} while the server is down", lambda: len(asked()) == n_asked)
+        wait_for(
+            f"the driver asking trial {n_asked} while the server is down", lambda: len(asked()) == n_asked
+        )
         server.start()  # same port, same store
         outages.append((down, time.time()))
         print(f"outage {len(outages)}: {time.time() - down:.1f} s")
@@ -765,17 +883,28 @@ def test_tracking_server_dropout_mid_study_loses_nothing(tmp_path, gated_trainer
     (down1, up1), (down2, up2) = outages
     # Outage 1: a trial asked of Optuna before the server was back got its run (start_time is
     # the time of the create_run call that succeeded) only after it was killed: it waited.
-    started = {f"{cell}/trial={t.number}/seed=0": t.datetime_start.timestamp()
-               for cell, ts in trials(tmp_path).items() for t in ts}
+    started = {
+        f"{cell}/trial={t.number}/seed=0": t.datetime_start.timestamp()
+        for cell, ts in trials(tmp_path).items()
+        for t in ts
+    }
     waited = [k for k, r in by_key.items() if started[k] < up1 and r.info.start_time / 1000 > down1]
     assert waited, "no run waited for the server in outage 1"
     # Outage 2: metrics and completions recorded while the server was away, all delivered.
-    stamps = [m.timestamp / 1000 for r in by_key.values() for m in client.get_metric_history(r.info.run_id, "val_acc")]
+    stamps = [
+        m.timestamp / 1000
+        for r in by_key.values()
+        for m in client.get_metric_history(r.info.run_id, "val_acc")
+    ]
     buffered = sum(down2 < s < up2 for s in stamps)
-    completed = [r for r in by_key.values() if down2 < r.info.end_time / 1000 < up2]  # when it ended, not sent
+    completed = [
+        r for r in by_key.values() if down2 < r.info.end_time / 1000 < up2
+    ]  # when it ended, not sent
     assert buffered > 0 and completed, (buffered, len(completed))
-    print(f"\nserver down {up1 - down1:.0f} s and {up2 - down2:.0f} s; {len(waited)} run(s) waited to be created, "
-          f"{buffered} val_acc points and {len(completed)} completions buffered, all delivered")
+    print(
+        f"\nserver down {up1 - down1:.0f} s and {up2 - down2:.0f} s; {len(waited)} run(s) waited to be created, "
+        f"{buffered} val_acc points and {len(completed)} completions buffered, all delivered"
+    )
 
 
 CHECKPOINT_GATE = Path(TESTS) / "support" / "checkpoint_gate"  # its sitecustomize gates Checkpoint.save
@@ -789,23 +918,31 @@ def test_packed_task_killed_resumes_every_run_from_its_checkpoint(tmp_path, monk
     the task waits before it saves step 200, each run's checkpoint of step 100 saved, and dies there."""
     steps, every, gate = 400, 100, tmp_path / "gate"
     gate.mkdir()
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(CHECKPOINT_GATE),
-                                                      *filter(None, [os.environ.get("PYTHONPATH")])]))
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join([str(CHECKPOINT_GATE), *filter(None, [os.environ.get("PYTHONPATH")])])
+    )
     monkeypatch.setenv("GROKSCALE_TEST_CHECKPOINT_GATE", f"{gate}:{2 * every}")
-    path = write_study(tmp_path, train={"steps": steps, "checkpoint_every": every}, grid={"d": [0.3]},
-                       pack={"mode": "on", "max_runs": 4})
+    path = write_study(
+        tmp_path,
+        train={"steps": steps, "checkpoint_every": every},
+        grid={"d": [0.3]},
+        pack={"mode": "on", "max_runs": 4},
+    )
     uri = sqlite_uri(tmp_path)
     driver = start_driver(path, uri)
     try:
         deadline = time.monotonic() + 600
         while not (gate / "reached").exists():
-            assert driver.poll() is None and time.monotonic() < deadline, \
-                (tmp_path / "driver.log").read_text()[-3000:]
+            assert driver.poll() is None and time.monotonic() < deadline, (
+                tmp_path / "driver.log"
+            ).read_text()[-3000:]
             time.sleep(0.1)
         waiting = json.loads((gate / "reached").read_text())
         ckpts = tmp_path / "runs" / "faults" / "checkpoints"
-        assert [checkpoint(ckpts, "/".join(f.parent.relative_to(ckpts).parts))[0]
-                for f in ckpts.rglob("checkpoint.pt")] == [every] * 4  # every run's, none past it
+        assert [
+            checkpoint(ckpts, "/".join(f.parent.relative_to(ckpts).parts))[0]
+            for f in ckpts.rglob("checkpoint.pt")
+        ] == [every] * 4  # every run's, none past it
         assert tree(driver.pid)[waiting["pid"]][0].startswith("ray::packed_task"), tree(driver.pid)
         os.kill(waiting["pid"], signal.SIGKILL)
         wait_gone(waiting["pid"])

@@ -21,8 +21,11 @@ STUDY = {
     "model": {"family": "transformer", "n_layer": 1, "n_head": 4, "d_model": 32, "layer_norm": False},
     "train": {"steps": 60, "eval_every": 20, "checkpoint_every": 20},
     "grid": {"n": [{"d_model": 32}], "d": [0.3, 0.5], "seeds": [0]},
-    "search": {"sampler": "random", "trials_per_cell": 1,
-               "space": {"train.weight_decay": {"type": "float", "low": 0.1, "high": 3.0, "log": True}}},
+    "search": {
+        "sampler": "random",
+        "trials_per_cell": 1,
+        "space": {"train.weight_decay": {"type": "float", "low": 0.1, "high": 3.0, "log": True}},
+    },
     "objectives": [{"metric": "max_val_acc", "direction": "maximize"}],
     "pack": {"mode": "off"},
     "ray": {"num_cpus": 2},
@@ -33,8 +36,12 @@ STUDY = {
 def tiny_disk(tmp_path):
     mount = tmp_path / f"disk-{uuid.uuid4().hex[:6]}"
     mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48k", "tmpfs", str(mount)], capture_output=True,
-                          text=True, check=False)
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=48k", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if made.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {made.stderr.strip()}")
     yield mount
@@ -57,11 +64,24 @@ def test_a_full_disk_fails_the_run_as_data_and_the_study_goes_on(tmp_path, tiny_
         assert "could not write the checkpoint" in run.data.tags["grokscale.reason"]
     assert not list(tiny_disk.rglob("*.tmp"))  # no partial checkpoint left behind
     # The study goes on: with room again, the next trials of both cells train and complete.
-    out = grokscale("run", study, "--quiet", "--no-report", "--set", "search.trials_per_cell=2",
-                    "--set", f"checkpoints={tmp_path / 'room'}", cwd=tmp_path, timeout=600)
+    out = grokscale(
+        "run",
+        study,
+        "--quiet",
+        "--no-report",
+        "--set",
+        "search.trials_per_cell=2",
+        "--set",
+        f"checkpoints={tmp_path / 'room'}",
+        cwd=tmp_path,
+        timeout=600,
+    )
     assert out.returncode == 0 and "2 completed" in out.stdout, (out.stdout + out.stderr)[-3000:]
     storage = JournalStorage(JournalFileBackend(str(tmp_path / "runs" / "fulldisk" / "optuna.journal")))
-    states = sorted(t.state.name for s in optuna.get_all_study_summaries(storage)
-                    if not s.study_name.startswith("grokscale.hold")
-                    for t in optuna.load_study(study_name=s.study_name, storage=storage).trials)
+    states = sorted(
+        t.state.name
+        for s in optuna.get_all_study_summaries(storage)
+        if not s.study_name.startswith("grokscale.hold")
+        for t in optuna.load_study(study_name=s.study_name, storage=storage).trials
+    )
     assert states == ["COMPLETE", "COMPLETE", "FAIL", "FAIL"]

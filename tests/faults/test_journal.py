@@ -230,8 +230,9 @@ def test_status_while_a_driver_appends_loses_no_trial(tmp_path, capsys):
     journal = tmp_path / "runs" / "optuna.journal"
     journal.parent.mkdir()
     name, n = names.optuna_study_name(study.name, cells[0].key), 80
-    writer = subprocess.Popen([sys.executable, "-c", APPENDER, str(journal), name, str(n)],
-                              stdout=subprocess.PIPE, text=True)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", APPENDER, str(journal), name, str(n)], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert writer.stdout.readline().strip() == "started"
         reads = 0

@@ -58,27 +58,42 @@ def test_worker_killed_twice_the_user_trainer_resumes_from_its_own_checkpoint(tm
     steps, every, at = 100, 10, (30, 70)
     gates = Gates(tmp_path / "runs" / "checkpoints", tmp_path / "gates")  # the study's workdir: runs/
     study = yaml.safe_load((EXAMPLE / "study.yaml").read_text())
-    study.update(name="faults", workdir=str(tmp_path / "runs"), tracking={"uri": sqlite_uri(tmp_path)},
-                 ray={"num_cpus": 1, "max_retries": 5}, trainer="support.gates:wrapped")
+    study.update(
+        name="faults",
+        workdir=str(tmp_path / "runs"),
+        tracking={"uri": sqlite_uri(tmp_path)},
+        ray={"num_cpus": 1, "max_retries": 5},
+        trainer="support.gates:wrapped",
+    )
     # One run of the example's function, its report gated: it waits before it reports step 30
     # (its checkpoint that of step 20), then step 70 (60); each kill lands there.
-    study["train"] = {**study["train"], "steps": steps, "eval_every": every, "success_stop_evals": None,
-                      "gated_trainer": "mytrainer.train:run", **gates.train(*at)}
+    study["train"] = {
+        **study["train"],
+        "steps": steps,
+        "eval_every": every,
+        "success_stop_evals": None,
+        "gated_trainer": "mytrainer.train:run",
+        **gates.train(*at),
+    }
     study["grid"] = {"n": [{"width": 32}], "d": [0.5], "seeds": [0]}
     study["search"]["trials_per_cell"] = 1
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(study))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(EXAMPLE), TESTS, str(REPO)]))  # as the README runs it
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join([str(EXAMPLE), TESTS, str(REPO)])
+    )  # as the README runs it
     monkeypatch.syspath_prepend(str(EXAMPLE))  # reproduce() below runs the recorded function here
     uri = sqlite_uri(tmp_path)
     driver = start_driver(path, uri)
     kills: list[int] = []  # the checkpoint step each retry resumes from
     try:
         for gate in at:  # the first attempt waits at 30; its retry passes 30 (opened) and waits at 70
-            (key, waiting), = gates.wait_for(
+            ((key, waiting),) = gates.wait_for(
                 f"the run at its gate of step {gate}",
                 lambda gate=gate: [(k, g) for k, g in gates.waiting().items() if g["step"] == gate],
-                alive=lambda: driver.poll() is None, log=tmp_path / "driver.log")
+                alive=lambda: driver.poll() is None,
+                log=tmp_path / "driver.log",
+            )
             os.kill(waiting["pid"], signal.SIGKILL)
             wait_gone(waiting["pid"])
             kills.append(_checkpoint_step(gates.runs / key / CHECKPOINT))  # what Ray's retry resumes from
@@ -109,11 +124,17 @@ def test_worker_killed_twice_the_user_trainer_resumes_from_its_own_checkpoint(tm
     gates.open_all()  # the replay runs the recorded spec, gates and all
     report = reproduce(run.info.run_id, uri, trust_recorded_code=True)
     assert report.match, report.table()
-    assert {r.metric for r in report.rows} >= {"val_acc", "train_loss", "final.val_acc", "final.n_params_total"}
+    assert {r.metric for r in report.rows} >= {
+        "val_acc",
+        "train_loss",
+        "final.val_acc",
+        "final.n_params_total",
+    }
     print(f"\ncheckpoint steps the retries resumed from: {kills}")
 
 
 # ------------------------------------------------------------------------------ a rerun of a finished run
+
 
 @pytest.fixture(scope="module")
 def local_ray():
@@ -129,13 +150,30 @@ def _spec(trainer: str, **train) -> tuple[str, str]:
     and the name of the checkpoint it writes."""
     cfg = {"steps": 60, "eval_every": 10, **train}
     if trainer == "built-in":
-        spec = TrainSpec.model_validate({"task": {"name": "modular", "p": 23}, "train": {**cfg, "lr": 3e-3},
-                                         "model": {"n_layer": 1, "n_head": 4, "d_model": 16, "layer_norm": False}})
+        spec = TrainSpec.model_validate(
+            {
+                "task": {"name": "modular", "p": 23},
+                "train": {**cfg, "lr": 3e-3},
+                "model": {"n_layer": 1, "n_head": 4, "d_model": 16, "layer_norm": False},
+            }
+        )
         return spec.model_dump_json(), CHECKPOINT_NAME
-    config = RunConfig(n={"width": 32}, d=0.5, seed=0, steps=60, eval_every=10, task={"p": 23},
-                       model={"d_embed": 16}, train=cfg)
-    spec = UserSpec(trainer="mytrainer.train:run", sys_path=[str(EXAMPLE)], config=config.to_dict(),
-                    train=grokscale_train(cfg))
+    config = RunConfig(
+        n={"width": 32},
+        d=0.5,
+        seed=0,
+        steps=60,
+        eval_every=10,
+        task={"p": 23},
+        model={"d_embed": 16},
+        train=cfg,
+    )
+    spec = UserSpec(
+        trainer="mytrainer.train:run",
+        sys_path=[str(EXAMPLE)],
+        config=config.to_dict(),
+        train=grokscale_train(cfg),
+    )
     return spec.model_dump_json(), CHECKPOINT
 
 
@@ -151,14 +189,18 @@ def _streamed(inbox, n: int, timeout_s: float = 30.0) -> list[int]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("trainer", "how"), [("own", "pruned"), ("own", "success-stopped"), ("built-in", "pruned")])
+@pytest.mark.parametrize(
+    ("trainer", "how"), [("own", "pruned"), ("own", "success-stopped"), ("built-in", "pruned")]
+)
 def test_a_finished_run_asked_again_keeps_its_status_reason_and_stop_kind(tmp_path, local_ray, trainer, how):
     from orchestrator.sweep.launcher import Inbox
     from orchestrator.sweep.worker import train_task
 
     if how == "pruned":  # the objective rule: not generalized by step 20, so it cannot beat the cell's best
-        (spec, ckpt), rules = _spec(trainer, val_threshold=0.99), (
-            StopRule(StopKind.OBJECTIVE, "pruned: no val by step 20", min_step=20, event="val"),)
+        (spec, ckpt), rules = (
+            _spec(trainer, val_threshold=0.99),
+            (StopRule(StopKind.OBJECTIVE, "pruned: no val by step 20", min_step=20, event="val"),),
+        )
     else:  # two evaluations at or above a threshold every run reaches: success-stop at step 20
         (spec, ckpt), rules = _spec(trainer, val_threshold=0.001, success_stop_evals=2), ()
     inbox = Inbox.remote()
@@ -177,4 +219,6 @@ def test_a_finished_run_asked_again_keeps_its_status_reason_and_stop_kind(tmp_pa
         assert first["status"] == "stopped" and first["stop_kind"] == StopKind.OBJECTIVE.value
         assert first["reason"] == "pruned: no val by step 20 (stopped at step 20)"
     else:
-        assert first["status"] == "completed" and "success-stop" in first["reason"] and "stop_kind" not in first
+        assert (
+            first["status"] == "completed" and "success-stop" in first["reason"] and "stop_kind" not in first
+        )

@@ -49,15 +49,21 @@ STUDY = {
     "model": {"family": "transformer", "n_layer": 1, "n_head": 4, "layer_norm": False},
     "train": {"steps": STEPS, "eval_every": EVAL_EVERY, "checkpoint_every": 100, "lr": 3e-3},
     "grid": {"n": [{"d_model": 8}, {"d_model": 16}, {"d_model": 24}], "d": [0.2, 0.35, 0.5], "seeds": [0]},
-    "search": {"sampler": "tpe", "trials_per_cell": 2,
-               "space": {"train.weight_decay": {"type": "float", "low": 0.3, "high": 3.0, "log": True}}},
+    "search": {
+        "sampler": "tpe",
+        "trials_per_cell": 2,
+        "space": {"train.weight_decay": {"type": "float", "low": 0.3, "high": 3.0, "log": True}},
+    },
     "objectives": [{"metric": "max_val_acc", "direction": "maximize"}],
     "ray": {"num_cpus": 2, "max_retries": 50},
     "pack": {"mode": "off"},  # one Ray task per run: a worker kill hits one run
 }
 
-pytestmark = [pytest.mark.soak, pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc"),
-              pytest.mark.timeout(int(SOAK_S) + 1800)]
+pytestmark = [
+    pytest.mark.soak,
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc"),
+    pytest.mark.timeout(int(SOAK_S) + 1800),
+]
 
 
 class Soak:
@@ -96,7 +102,7 @@ class Soak:
         if rc in (None, 0):
             return rc
         log = (self.root / "driver.log").read_text(errors="replace")
-        tail = log[self.log_from:]
+        tail = log[self.log_from :]
         self.log_from = len(log)
         if not (rc == 2 and "cannot reach the MLflow server" in tail):
             lines = [line for line in tail.splitlines() if line.strip()]
@@ -178,8 +184,11 @@ def audit(root: Path, trials_per_cell: int) -> dict:
         numbers = sorted(t.number for t in ts)
         if numbers != list(range(trials_per_cell)):
             problems.append(f"{cell}: trial numbers {numbers}")
-        problems += [f"{cell}/trial={t.number}: {t.state.name} {t.user_attrs}" for t in ts
-                     if t.state != TrialState.COMPLETE]
+        problems += [
+            f"{cell}/trial={t.number}: {t.state.name} {t.user_attrs}"
+            for t in ts
+            if t.state != TrialState.COMPLETE
+        ]
         keys |= {f"{cell}/trial={t.number}/seed=0" for t in ts}
     client = MlflowClient(f"sqlite:///{root / 'server.db'}")
     exp = client.get_experiment_by_name("soak")
@@ -198,9 +207,16 @@ def audit(root: Path, trials_per_cell: int) -> dict:
         if run.info.status != "FINISHED" or steps != expected:
             broken.append(key)
             problems.append(f"{key}: {run.info.status}, val_acc steps {steps}")
-    return {"cells": len(cells), "trials": sum(len(ts) for ts in cells.values()), "child_runs": len(children),
-            "lost": len(missing) + len(set(broken)), "duplicated": len(duplicated), "missing": missing,
-            "duplicated_keys": duplicated, "problems": problems}
+    return {
+        "cells": len(cells),
+        "trials": sum(len(ts) for ts in cells.values()),
+        "child_runs": len(children),
+        "lost": len(missing) + len(set(broken)),
+        "duplicated": len(duplicated),
+        "missing": missing,
+        "duplicated_keys": duplicated,
+        "problems": problems,
+    }
 
 
 def test_soak_random_kills_lose_and_duplicate_nothing(tmp_path):
@@ -211,20 +227,32 @@ def test_soak_random_kills_lose_and_duplicate_nothing(tmp_path):
     finally:
         soak.close()
     result = audit(tmp_path, soak.trials_per_cell)
-    print(f"\nsoak: {time.monotonic() - t0:.0f} s, {soak.rounds} drivers started, faults injected "
-          f"{sum(soak.faults.values())} ({dict(soak.faults)}); {result['cells']} cells, {result['trials']} trials, "
-          f"{result['child_runs']} MLflow runs; runs lost {result['lost']}, duplicated {result['duplicated']}; "
-          f"driver crashes {len(soak.crashes)}")
+    print(
+        f"\nsoak: {time.monotonic() - t0:.0f} s, {soak.rounds} drivers started, faults injected "
+        f"{sum(soak.faults.values())} ({dict(soak.faults)}); {result['cells']} cells, {result['trials']} trials, "
+        f"{result['child_runs']} MLflow runs; runs lost {result['lost']}, duplicated {result['duplicated']}; "
+        f"driver crashes {len(soak.crashes)}"
+    )
     for crash in soak.crashes:
         print(f"  {crash}")
-    record = {"seconds": round(time.monotonic() - t0), "soak_s": SOAK_S, "drivers_started": soak.rounds,
-              "faults": dict(soak.faults), "crashes": soak.crashes, "overran": soak.overran,
-              "loadavg_end": os.getloadavg(), **{k: v for k, v in result.items() if k != "problems"},
-              "problems": result["problems"][:50]}
+    record = {
+        "seconds": round(time.monotonic() - t0),
+        "soak_s": SOAK_S,
+        "drivers_started": soak.rounds,
+        "faults": dict(soak.faults),
+        "crashes": soak.crashes,
+        "overran": soak.overran,
+        "loadavg_end": os.getloadavg(),
+        **{k: v for k, v in result.items() if k != "problems"},
+        "problems": result["problems"][:50],
+    }
     # GROKSCALE_SOAK_OUT: a folder for the figures (a 30-minute soak's figures were lost to a
     # folder taken for a file name once), or a file name ending .json.
-    out = Path(os.environ.get("GROKSCALE_SOAK_OUT", Path(__file__).resolve().parents[2] / "benchmarks" / "results"
-                              / "soak"))
+    out = Path(
+        os.environ.get(
+            "GROKSCALE_SOAK_OUT", Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "soak"
+        )
+    )
     if out.suffix != ".json":
         out = out / f"soak_{int(SOAK_S)}s_seed{soak.rng_seed}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

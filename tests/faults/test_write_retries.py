@@ -74,14 +74,21 @@ def test_a_bad_name_in_a_runs_last_batch_loses_nothing_else(server, tmp_path):
     tracker = tracker_on(server, tmp_path, "badname")
     run_id = tracker.start_run("cell/trial=0/seed=0", "t0", {"lr": 1}, {})
     tracker.log_records(run_id, [{"step": 100, "val_acc": 0.5}])
-    tracker.finish_run(run_id, "completed", "budget", {"max_val_acc": 0.5, "val acc?": 0.5},
-                       {"grokscale.flops.per token!": "3", names.TAG_NODE_ID: "n1"})
+    tracker.finish_run(
+        run_id,
+        "completed",
+        "budget",
+        {"max_val_acc": 0.5, "val acc?": 0.5},
+        {"grokscale.flops.per token!": "3", names.TAG_NODE_ID: "n1"},
+    )
     assert tracker.drain(timeout_s=120)
     client = MlflowClient(server.uri)
     run = client.get_run(run_id)
     assert [m.step for m in client.get_metric_history(run_id, "val_acc")] == [100]
     assert run.data.metrics["final.max_val_acc"] == 0.5 and run.data.tags[names.TAG_NODE_ID] == "n1"
     assert run.info.status == "FINISHED" and run.data.tags[names.TAG_STATUS] == "completed"
-    assert set(json.loads(run.data.tags[names.TAG_DROPPED_KEYS])) == {"metric final.val acc?",
-                                                                       "tag grokscale.flops.per token!"}
+    assert set(json.loads(run.data.tags[names.TAG_DROPPED_KEYS])) == {
+        "metric final.val acc?",
+        "tag grokscale.flops.per token!",
+    }
     assert tracker.write_failure(run_id) is None

@@ -11,10 +11,13 @@ from trainers import TrainSpec, train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
 
-GPT = {"task": {"name": "addition", "n_digits": 3, "n_train": 2048, "n_val": 256},
-       "model": {"family": "gpt", "n_layer": 2, "aspect": 64, "head_dim": 32},
-       "train": {"steps": 60, "eval_every": 20, "batch_size": 128, "warmup_steps": 5, "lr": 3e-3},
-       "device": "cuda", "seed": 0}
+GPT = {
+    "task": {"name": "addition", "n_digits": 3, "n_train": 2048, "n_val": 256},
+    "model": {"family": "gpt", "n_layer": 2, "aspect": 64, "head_dim": 32},
+    "train": {"steps": 60, "eval_every": 20, "batch_size": 128, "warmup_steps": 5, "lr": 3e-3},
+    "device": "cuda",
+    "seed": 0,
+}
 
 
 def spec(**train) -> TrainSpec:

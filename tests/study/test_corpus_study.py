@@ -21,8 +21,31 @@ from orchestrator.store import names
 
 from support.cli import REPO, grokscale, listing, sqlite_uri
 
-WORDS = ["the", "model", "reads", "a", "token", "and", "predicts", "next", "one", "while", "loss", "falls", "as",
-         "data", "grows", "small", "networks", "learn", "simple", "patterns", "before", "rare", "ones"]
+WORDS = [
+    "the",
+    "model",
+    "reads",
+    "a",
+    "token",
+    "and",
+    "predicts",
+    "next",
+    "one",
+    "while",
+    "loss",
+    "falls",
+    "as",
+    "data",
+    "grows",
+    "small",
+    "networks",
+    "learn",
+    "simple",
+    "patterns",
+    "before",
+    "rare",
+    "ones",
+]
 
 
 def write_text_folder(root: Path, n_files: int = 40, seed: int = 0) -> Path:
@@ -39,8 +62,14 @@ def write_text_folder(root: Path, n_files: int = 40, seed: int = 0) -> Path:
 def corpus_study(where: Path, source: str) -> dict:
     return {
         "name": "corpus_tiny",
-        "task": {"name": "corpus", "source": source, "tokenizer": "bpe", "vocab_size": 300, "seq_len": 32,
-                 "n_val_tokens": 2048},
+        "task": {
+            "name": "corpus",
+            "source": source,
+            "tokenizer": "bpe",
+            "vocab_size": 300,
+            "seq_len": 32,
+            "n_val_tokens": 2048,
+        },
         "model": {"family": "transformer", "n_layer": 1, "n_head": 2},
         "train": {"batch_size": 16, "eval_every": 10, "lr": 1e-2, "weight_decay": 0.0, "warmup_steps": 2},
         "grid": {"n": [{"d_model": 16}], "d": [8000, 16000], "seeds": [0]},
@@ -108,7 +137,9 @@ def test_missing_source_exits_2_naming_task_source_and_a_set_path_is_relative_to
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     out = grokscale("validate", study, cwd=tmp_path, env=env)
     assert out.returncode == 2
-    assert f"error: task.source: {tmp_path / 'study' / 'no_such_folder'} does not exist" in out.stderr, out.stderr
+    assert f"error: task.source: {tmp_path / 'study' / 'no_such_folder'} does not exist" in out.stderr, (
+        out.stderr
+    )
     assert listing(tmp_path) == ["study", "study/study.yaml"]  # no cache, runs/ or store
 
     write_text_folder(tmp_path / "text")

@@ -29,27 +29,57 @@ RUNS, SLOTS = 48, 4  # 3 cells x 8 trials x 2 seeds, on 4 slots: the fastest dec
 
 
 def make_study(tmp_path: Path) -> Study:
-    return Study.model_validate({
-        "name": "simscale", "task": {"name": "modular", "p": 97},
-        "model": {"family": "transformer", "n_layer": 1, "n_head": 4, "d_model": 32, "layer_norm": False},
-        "train": {"steps": 10_000, "eval_every": 100, "lr": 1e-3, "warmup_steps": 0},
-        "grid": {"n": [{"d_model": 32}], "d": [0.3, 0.5, 0.7], "seeds": [0, 1]},
-        "search": {"sampler": "random", "trials_per_cell": RUNS // 6,  # 3 cells x 2 seeds
-                   "space": {"train.weight_decay": {"type": "float", "low": 0.03, "high": 3.0, "log": True}}},
-        "prune": {"mode": "phase"}, "pack": {"mode": "off"},
-        "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}, "workdir": str(tmp_path / "runs")})
+    return Study.model_validate(
+        {
+            "name": "simscale",
+            "task": {"name": "modular", "p": 97},
+            "model": {"family": "transformer", "n_layer": 1, "n_head": 4, "d_model": 32, "layer_norm": False},
+            "train": {"steps": 10_000, "eval_every": 100, "lr": 1e-3, "warmup_steps": 0},
+            "grid": {"n": [{"d_model": 32}], "d": [0.3, 0.5, 0.7], "seeds": [0, 1]},
+            "search": {
+                "sampler": "random",
+                "trials_per_cell": RUNS // 6,  # 3 cells x 2 seeds
+                "space": {"train.weight_decay": {"type": "float", "low": 0.03, "high": 3.0, "log": True}},
+            },
+            "prune": {"mode": "phase"},
+            "pack": {"mode": "off"},
+            "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+            "workdir": str(tmp_path / "runs"),
+        }
+    )
 
 
 def test_curves_are_grokking_shaped():
     """Strong-enough decay groks within the budget, weak decay only memorizes, decay too strong
     to fit never memorizes; the losses go with the accuracies."""
-    base = dict(lr=1e-3, steps=10_000, eval_every=100, train_threshold=0.99, val_threshold=0.95, d_value=0.5,
-                p=97, seed=0, n_params=30_000, n_train=4704)
+    base = dict(
+        lr=1e-3,
+        steps=10_000,
+        eval_every=100,
+        train_threshold=0.99,
+        val_threshold=0.95,
+        d_value=0.5,
+        p=97,
+        seed=0,
+        n_params=30_000,
+        n_train=4704,
+    )
     grok = GrokCurve(weight_decay=1.0, **base).records()
     weak = GrokCurve(weight_decay=0.05, **base).records()
     strong = GrokCurve(weight_decay=2.9, **base).records()
-    assert len(grok) == 100 and list(grok[0]) == ["step", "train_loss", "train_acc", "val_loss", "val_acc",
-                                                  "weight_norm", "lr", "examples", "tokens", "epochs", "flops"]
+    assert len(grok) == 100 and list(grok[0]) == [
+        "step",
+        "train_loss",
+        "train_acc",
+        "val_loss",
+        "val_acc",
+        "weight_norm",
+        "lr",
+        "examples",
+        "tokens",
+        "epochs",
+        "flops",
+    ]
     mem = next(r["step"] for r in grok if r["train_acc"] >= 0.99)
     gen = next(r["step"] for r in grok if r["val_acc"] >= 0.95)
     assert mem < 1000 < gen < 10_000  # memorized early, generalized late
@@ -72,13 +102,17 @@ def test_simulated_study_through_the_real_driver_matches_its_stores(tmp_path):
 
     client = MlflowClient(study.tracking.uri)
     exp = client.get_experiment_by_name("simscale")
-    runs = client.search_runs([exp.experiment_id], f"tags.`{names.PARENT_RUN}` = '{stats.parent_run_id}'",
-                              max_results=1000)
+    runs = client.search_runs(
+        [exp.experiment_id], f"tags.`{names.PARENT_RUN}` = '{stats.parent_run_id}'", max_results=1000
+    )
     keys = [r.data.tags[names.TAG_RUN_KEY] for r in runs]
     assert len(keys) == n_runs == len(set(keys))  # every run recorded once
     for r in runs:
         status = r.data.tags[names.TAG_STATUS]
-        assert (status, r.info.status) in (("completed", "FINISHED"), ("stopped", "FAILED"))  # tracker.finish_run
+        assert (status, r.info.status) in (
+            ("completed", "FINISHED"),
+            ("stopped", "FAILED"),
+        )  # tracker.finish_run
         steps = int(r.data.metrics["final_step"]) if "final_step" in r.data.metrics else None
         history = client.get_metric_history(r.info.run_id, "val_acc")
         logged = sorted(m.step for m in history)
@@ -93,8 +127,12 @@ def test_simulated_study_through_the_real_driver_matches_its_stores(tmp_path):
         assert len(client.get_metric_history(r.info.run_id, "train_loss")) == len(logged)
 
     storage = open_storage(study.storage_url)
-    trials = [t for s in optuna.get_all_study_summaries(storage) if not s.study_name.startswith(HOLD_STUDY_PREFIX)
-              for t in optuna.load_study(study_name=s.study_name, storage=storage).get_trials()]
+    trials = [
+        t
+        for s in optuna.get_all_study_summaries(storage)
+        if not s.study_name.startswith(HOLD_STUDY_PREFIX)
+        for t in optuna.load_study(study_name=s.study_name, storage=storage).get_trials()
+    ]
     assert len(trials) == n_runs // len(study.grid.seeds)
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
     pruned = sum(t.state == TrialState.PRUNED for t in trials)

@@ -50,8 +50,12 @@ def storage(path) -> JournalStorage:
 
 
 def start_holder(journal) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(journal)], stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, **FAST})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(journal)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **FAST},
+    )
     assert proc.stdout.readline().strip() == "held"
     return proc
 
@@ -99,10 +103,22 @@ def claim(journal, host: str, pid: int, boot: str, beating: bool) -> threading.E
     every 0.1 s while `beating`. Set the returned event to stop the beat."""
     st = storage(journal)
     hold = StudyHold(st, "demo")
-    trial_id = st.create_new_trial(hold._study_id(), template_trial=optuna.trial.create_trial(
-        state=TrialState.RUNNING, user_attrs={"host": host, "pid": pid, "started": 0.0, "boot": boot,
-                                              "pid_namespace": PID_NAMESPACE, "since": time.time() - 86400,
-                                              "beat": 0, "timeout_s": 1.2}))
+    trial_id = st.create_new_trial(
+        hold._study_id(),
+        template_trial=optuna.trial.create_trial(
+            state=TrialState.RUNNING,
+            user_attrs={
+                "host": host,
+                "pid": pid,
+                "started": 0.0,
+                "boot": boot,
+                "pid_namespace": PID_NAMESPACE,
+                "since": time.time() - 86400,
+                "beat": 0,
+                "timeout_s": 1.2,
+            },
+        ),
+    )
     stop = threading.Event()
 
     def beat():
@@ -125,8 +141,9 @@ def dead_pid() -> int:
 def test_a_claim_holds_while_its_heartbeat_moves_whatever_its_clock_or_pid(tmp_path, who):
     """A day-old wall clock, and a dead pid under this hostname but another boot id (a container
     sharing the hostname): neither makes a beating claim stale."""
-    host, boot = ("another-host.example", BOOT_ID) if who == "another host" else \
-        (socket.gethostname(), "other-boot")
+    host, boot = (
+        ("another-host.example", BOOT_ID) if who == "another host" else (socket.gethostname(), "other-boot")
+    )
     journal = tmp_path / "optuna.journal"
     stop = claim(journal, host, dead_pid(), boot, beating=True)
     try:
@@ -173,8 +190,15 @@ def test_concurrent_claims_have_exactly_one_winner(tmp_path, round_):
     journal = tmp_path / "optuna.journal"
     StudyHold(storage(journal), "demo")._study_id()
     at = time.time() + 6.0  # after every process has imported optuna
-    procs = [subprocess.Popen([sys.executable, "-c", CLAIMANT, str(journal), str(at)], stdout=subprocess.PIPE,
-                              text=True, env={**os.environ, **FAST}) for _ in range(6)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CLAIMANT, str(journal), str(at)],
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **FAST},
+        )
+        for _ in range(6)
+    ]
     outs = [p.communicate(timeout=120)[0].strip() for p in procs]
     assert sorted(outs) == ["held"] + ["refused"] * 5, outs
 
@@ -220,9 +244,13 @@ def test_second_grokscale_run_of_a_live_study_exits_2_and_the_first_finishes(tmp
 
 # Runs of a few seconds each, one at a time (not packed into one task): the driver is mid-study
 # when it is paused.
-PAUSED = (STUDY.replace("name: twice", "name: paused").replace("trials_per_cell: 2", "trials_per_cell: 3")
-          .replace("d: [0.3, 0.5]", "d: [0.5]").replace("num_cpus: 2", "num_cpus: 1")
-          + "pack: {mode: 'off'}\n")
+PAUSED = (
+    STUDY.replace("name: twice", "name: paused")
+    .replace("trials_per_cell: 2", "trials_per_cell: 3")
+    .replace("d: [0.3, 0.5]", "d: [0.5]")
+    .replace("num_cpus: 2", "num_cpus: 1")
+    + "pack: {mode: 'off'}\n"
+)
 
 
 def recorded(tmp_path, uri: str) -> tuple[list, list]:
@@ -231,9 +259,12 @@ def recorded(tmp_path, uri: str) -> tuple[list, list]:
 
     journal = tmp_path / "runs" / "paused" / "optuna.journal"
     store = storage(journal) if journal.exists() else None
-    trials = [(t.number, t.state) for s in (optuna.get_all_study_summaries(store) if store else [])
-              if not s.study_name.startswith(HOLD_STUDY_PREFIX)
-              for t in optuna.load_study(study_name=s.study_name, storage=store).get_trials()]
+    trials = [
+        (t.number, t.state)
+        for s in (optuna.get_all_study_summaries(store) if store else [])
+        if not s.study_name.startswith(HOLD_STUDY_PREFIX)
+        for t in optuna.load_study(study_name=s.study_name, storage=store).get_trials()
+    ]
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("paused")
     runs = [] if experiment is None else client.search_runs([experiment.experiment_id])

@@ -31,8 +31,11 @@ STUDY = {
     "model": {"family": "transformer", "n_layer": 1, "n_head": 4, "layer_norm": False},
     "train": {"steps": 200, "eval_every": 50, "lr": 3e-3, "batch_size": 64, "checkpoint_every": 50},
     "grid": {"n": [{"d_model": 32}], "d": [0.5], "seeds": [0]},
-    "search": {"sampler": "random", "trials_per_cell": 1,
-               "space": {"train.weight_decay": {"type": "categorical", "choices": [0.5]}}},
+    "search": {
+        "sampler": "random",
+        "trials_per_cell": 1,
+        "space": {"train.weight_decay": {"type": "categorical", "choices": [0.5]}},
+    },
     "objectives": [{"metric": "max_val_acc", "direction": "maximize"}],
     "ray": {"num_cpus": 2},
 }
@@ -61,8 +64,10 @@ def test_two_workers_give_the_one_worker_curve(tmp_path):
         run_study(where, resources={"cpus": 1, "workers": workers})
         client, run = the_run(where)
         assert run.data.tags["grokscale.runtime.world_size"] == str(workers)
-        curves[workers] = {k: [m.value for m in client.get_metric_history(run.info.run_id, k)]
-                           for k in ("train_loss", "val_loss", "val_acc")}
+        curves[workers] = {
+            k: [m.value for m in client.get_metric_history(run.info.run_id, k)]
+            for k in ("train_loss", "val_loss", "val_acc")
+        }
         assert len(client.get_metric_history(run.info.run_id, "tokens_per_s")) == 4  # every evaluation
     for key, one in curves[1].items():
         two = curves[2][key]
@@ -97,10 +102,21 @@ def _checkpoint_step(where: Path) -> int:
 
 def test_a_killed_worker_restarts_the_group_from_its_checkpoint(tmp_path):
     # Long enough that the kill lands mid-run: it is sent once the step-200 checkpoint exists.
-    path = cli.write_study(tmp_path, cli.merged(STUDY, resources={"cpus": 1, "workers": 2}, train={
-        "steps": 3000, "eval_every": 100, "checkpoint_every": 100}))
-    driver = subprocess.Popen([*GROKSCALE, "run", str(path), "--quiet", "--json", "--no-report"], cwd=tmp_path,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    path = cli.write_study(
+        tmp_path,
+        cli.merged(
+            STUDY,
+            resources={"cpus": 1, "workers": 2},
+            train={"steps": 3000, "eval_every": 100, "checkpoint_every": 100},
+        ),
+    )
+    driver = subprocess.Popen(
+        [*GROKSCALE, "run", str(path), "--quiet", "--json", "--no-report"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 300
         while _checkpoint_step(tmp_path) < 200:

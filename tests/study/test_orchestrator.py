@@ -36,8 +36,11 @@ TINY_STUDY = {
     "model": {"family": "transformer", "n_layer": 1, "n_head": 4, "layer_norm": False},
     "train": {"steps": 200, "eval_every": 50, "lr": 3e-3},
     "grid": {"n": [{"d_model": 16}, {"d_model": 32}], "d": [0.3, 0.5], "seeds": [0]},
-    "search": {"sampler": "tpe", "trials_per_cell": 2,
-               "space": {"train.weight_decay": {"type": "float", "low": 0.1, "high": 3.0, "log": True}}},
+    "search": {
+        "sampler": "tpe",
+        "trials_per_cell": 2,
+        "space": {"train.weight_decay": {"type": "float", "low": 0.1, "high": 3.0, "log": True}},
+    },
     "objectives": [{"metric": "max_val_acc", "direction": "maximize"}],
     "ray": {"num_cpus": 2},
 }
@@ -60,8 +63,11 @@ def optuna_studies(tmp_path: Path, study: str = "tiny") -> dict[str, optuna.Stud
     from orchestrator.sweep.search import open_storage
 
     storage = open_storage(str(tmp_path / "runs" / study / "optuna.journal"))
-    return {s.study_name: optuna.load_study(study_name=s.study_name, storage=storage)
-            for s in optuna.get_all_study_summaries(storage) if not s.study_name.startswith(HOLD_STUDY_PREFIX)}
+    return {
+        s.study_name: optuna.load_study(study_name=s.study_name, storage=storage)
+        for s in optuna.get_all_study_summaries(storage)
+        if not s.study_name.startswith(HOLD_STUDY_PREFIX)
+    }
 
 
 def test_study_end_to_end(tmp_path):
@@ -81,8 +87,15 @@ def test_study_end_to_end(tmp_path):
     assert [a.path for a in client.list_artifacts(parent.info.run_id)] == ["study.yaml"]
     for run in children:
         assert run.info.status == "FINISHED" and run.data.tags["grokscale.status"] == "completed"
-        assert {"cell", "n_params", "n_train", "seed", "param.train.weight_decay", "optuna_trial_number",
-                "spec_json"} <= set(run.data.params)
+        assert {
+            "cell",
+            "n_params",
+            "n_train",
+            "seed",
+            "param.train.weight_decay",
+            "optuna_trial_number",
+            "spec_json",
+        } <= set(run.data.params)
         curve = client.get_metric_history(run.info.run_id, "val_acc")
         assert [m.step for m in curve] == [50, 100, 150, 200]  # the curve, one point per evaluation
         assert run.data.metrics["final.val_acc"] == curve[-1].value
@@ -111,26 +124,37 @@ def test_study_end_to_end(tmp_path):
     assert len(child_runs(tmp_path)[1]) == 8
 
     # A cell added to the grid is started; the others are left alone.
-    grown = grokscale("run", str(path), "--quiet", "--json", "--no-report",
-                      "--set", "grid.d=[0.3, 0.5, 0.7]", cwd=tmp_path)
+    grown = grokscale(
+        "run", str(path), "--quiet", "--json", "--no-report", "--set", "grid.d=[0.3, 0.5, 0.7]", cwd=tmp_path
+    )
     assert grown.returncode == 0 and json.loads(grown.stdout.strip().splitlines()[-1])["completed"] == 4
     assert len(child_runs(tmp_path)[1]) == 12 and len(optuna_studies(tmp_path)) == 6
 
 
 def test_driver_killed_then_resumed(tmp_path):
     # Runs of about 2 s each, so the kill lands with some trials done and others in flight.
-    path = write_study(tmp_path, train={**TINY_STUDY["train"], "steps": 600, "eval_every": 50,
-                                        "checkpoint_every": 100})
-    driver = subprocess.Popen([*GROKSCALE, "run", str(path), "--quiet"], cwd=tmp_path,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    path = write_study(
+        tmp_path, train={**TINY_STUDY["train"], "steps": 600, "eval_every": 50, "checkpoint_every": 100}
+    )
+    driver = subprocess.Popen(
+        [*GROKSCALE, "run", str(path), "--quiet"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     journal = tmp_path / "runs" / "tiny" / "optuna.journal"
     deadline = time.monotonic() + 180
     done_before: set[tuple[str, int]] = set()
     while time.monotonic() < deadline and len(done_before) < 3:
         time.sleep(0.5)
         if journal.exists():
-            done_before = {(n, t.number) for n, s in optuna_studies(tmp_path).items()
-                           for t in s.get_trials() if t.state == optuna.trial.TrialState.COMPLETE}
+            done_before = {
+                (n, t.number)
+                for n, s in optuna_studies(tmp_path).items()
+                for t in s.get_trials()
+                if t.state == optuna.trial.TrialState.COMPLETE
+            }
     assert len(done_before) >= 3, "the study never got going"
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
     driver.wait()
@@ -159,8 +183,9 @@ def test_driver_killed_then_resumed(tmp_path):
 def test_validate_reports_and_creates_nothing(tmp_path):
     good = grokscale("validate", str(write_study(tmp_path)), cwd=tmp_path)
     assert good.returncode == 0 and "4 cells x 2 trials x 1 seeds = 8 training runs" in good.stdout
-    bad = grokscale("validate", str(write_study(tmp_path, grid={**TINY_STUDY["grid"], "d": [0.3, 1.5]})),
-                    cwd=tmp_path)
+    bad = grokscale(
+        "validate", str(write_study(tmp_path, grid={**TINY_STUDY["grid"], "d": [0.3, 1.5]})), cwd=tmp_path
+    )
     assert bad.returncode == 2 and "grid.d[1]" in bad.stderr and "(0, 1)" in bad.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["study.yaml"]
 
@@ -174,21 +199,59 @@ def test_two_node_cluster_with_ray_job_submit(tmp_path):
     ray_bin = Path(sys.executable).parent / "ray"
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     port = "6389"
-    head = subprocess.run([ray_bin, "start", "--head", f"--port={port}", "--num-cpus=1", "--dashboard-host=127.0.0.1",
-                           "--include-dashboard=true", "--disable-usage-stats"], env=env,
-                          capture_output=True, text=True, check=False, timeout=120)
+    head = subprocess.run(
+        [
+            ray_bin,
+            "start",
+            "--head",
+            f"--port={port}",
+            "--num-cpus=1",
+            "--dashboard-host=127.0.0.1",
+            "--include-dashboard=true",
+            "--disable-usage-stats",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
     assert head.returncode == 0, head.stderr[-2000:]
     try:
-        node = subprocess.run([ray_bin, "start", f"--address=127.0.0.1:{port}", "--num-cpus=1",
-                               "--disable-usage-stats"],
-                              env=env, capture_output=True, text=True, check=False, timeout=120)
+        node = subprocess.run(
+            [ray_bin, "start", f"--address=127.0.0.1:{port}", "--num-cpus=1", "--disable-usage-stats"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
         assert node.returncode == 0, node.stderr[-2000:]
         write_study(tmp_path, ray={"address": "auto"}, train={**TINY_STUDY["train"], "steps": 400})
-        submit = [ray_bin, "job", "submit", "--address", "http://127.0.0.1:8265", "--working-dir", str(tmp_path), "--",
-                  sys.executable, "-m", "orchestrator.cli", "run", "study.yaml", "--quiet", "--no-report",
-                  "--set", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
-                  "--set", f"workdir={tmp_path / 'runs' / 'tiny'}"]
-        for _ in range(20):  # the head's job agent starts after `ray start` returns: on a loaded machine, later
+        submit = [
+            ray_bin,
+            "job",
+            "submit",
+            "--address",
+            "http://127.0.0.1:8265",
+            "--working-dir",
+            str(tmp_path),
+            "--",
+            sys.executable,
+            "-m",
+            "orchestrator.cli",
+            "run",
+            "study.yaml",
+            "--quiet",
+            "--no-report",
+            "--set",
+            f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+            "--set",
+            f"workdir={tmp_path / 'runs' / 'tiny'}",
+        ]
+        for _ in range(
+            20
+        ):  # the head's job agent starts after `ray start` returns: on a loaded machine, later
             job = subprocess.run(submit, env=env, capture_output=True, text=True, check=False, timeout=600)
             if "No available agent to submit job" not in job.stderr:
                 break
@@ -209,27 +272,40 @@ def test_packed_runs_equal_unpacked_runs(tmp_path):
     for mode in ("on", "off"):
         where = tmp_path / mode
         where.mkdir()
-        path = write_study(where, pack={"mode": mode, "max_runs": 4},
-                           grid={**TINY_STUDY["grid"], "n": [{"d_model": 16}], "d": [0.3, 0.5]})
+        path = write_study(
+            where,
+            pack={"mode": mode, "max_runs": 4},
+            grid={**TINY_STUDY["grid"], "n": [{"d_model": 16}], "d": [0.3, 0.5]},
+        )
         out = grokscale("run", str(path), "--quiet", "--json", "--no-report", cwd=where)
         assert out.returncode == 0, out.stderr[-3000:]
         counts = json.loads(out.stdout.strip().splitlines()[-1])
         assert counts["completed"] == 4 and counts.get("packed_tasks", 0) == (2 if mode == "on" else 0)
         _, children = child_runs(where)
         client = MlflowClient(f"sqlite:///{where / 'mlflow.db'}")
-        finals[mode] = {r.data.tags["grokscale.run_key"]: (
-            r.data.params["param.train.weight_decay"],
-            [m.value for m in client.get_metric_history(r.info.run_id, "val_loss")]) for r in children}
+        finals[mode] = {
+            r.data.tags["grokscale.run_key"]: (
+                r.data.params["param.train.weight_decay"],
+                [m.value for m in client.get_metric_history(r.info.run_id, "val_loss")],
+            )
+            for r in children
+        }
         assert all(len(curve) == 4 for _, curve in finals[mode].values())
     assert finals["on"] == finals["off"]  # same searched values, bitwise the same curves on CPU
 
 
 def test_grid_sampler_runs_every_grid_point(tmp_path):
     # Optuna's GridSampler stops the study after its last point, which raises under ask/tell.
-    path = write_study(tmp_path, grid={**TINY_STUDY["grid"], "n": [{"d_model": 16}], "d": [0.3]},
-                       train={**TINY_STUDY["train"], "steps": 50},
-                       search={"sampler": "grid", "trials_per_cell": 3,
-                               "space": {"train.weight_decay": {"type": "categorical", "choices": [0.1, 0.5, 1.0]}}})
+    path = write_study(
+        tmp_path,
+        grid={**TINY_STUDY["grid"], "n": [{"d_model": 16}], "d": [0.3]},
+        train={**TINY_STUDY["train"], "steps": 50},
+        search={
+            "sampler": "grid",
+            "trials_per_cell": 3,
+            "space": {"train.weight_decay": {"type": "categorical", "choices": [0.1, 0.5, 1.0]}},
+        },
+    )
     out = grokscale("run", str(path), "--quiet", "--json", "--no-report", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     trials = next(iter(optuna_studies(tmp_path).values())).get_trials()
@@ -241,17 +317,24 @@ def _pruning_study(where: Path, mode: str, num_cpus: int, pack: str) -> Path:
     """One cell where weight decay decides the phase: high decay generalizes within the budget,
     low decay only memorizes. The QMC sampler draws the same six values in every run."""
     where.mkdir()
-    return write_study(where, name="prune", task={"name": "modular", "p": 59},
-                       train={"steps": 2000, "eval_every": 50, "lr": 3e-3, "success_stop_evals": 2},
-                       grid={"n": [{"d_model": 32}], "d": [0.5], "seeds": [0]},
-                       search={"sampler": "qmc", "trials_per_cell": 6,
-                               "space": {"train.weight_decay": {"type": "float", "low": 0.01, "high": 10.0,
-                                                                "log": True}}},
-                       objectives=[{"metric": "generalization_step", "direction": "minimize"}],
-                       # memorized_for 5: memorization comes at step ~200, so the default 10x would
-                       # prune at the 2000-step budget, saving nothing to check
-                       prune={"mode": mode, "memorized_for": 5}, pack={"mode": pack, "max_runs": 2},
-                       ray={"num_cpus": num_cpus})
+    return write_study(
+        where,
+        name="prune",
+        task={"name": "modular", "p": 59},
+        train={"steps": 2000, "eval_every": 50, "lr": 3e-3, "success_stop_evals": 2},
+        grid={"n": [{"d_model": 32}], "d": [0.5], "seeds": [0]},
+        search={
+            "sampler": "qmc",
+            "trials_per_cell": 6,
+            "space": {"train.weight_decay": {"type": "float", "low": 0.01, "high": 10.0, "log": True}},
+        },
+        objectives=[{"metric": "generalization_step", "direction": "minimize"}],
+        # memorized_for 5: memorization comes at step ~200, so the default 10x would
+        # prune at the 2000-step budget, saving nothing to check
+        prune={"mode": mode, "memorized_for": 5},
+        pack={"mode": pack, "max_runs": 2},
+        ray={"num_cpus": num_cpus},
+    )
 
 
 def _pruning_outcome(where: Path) -> tuple[dict, dict]:
@@ -261,8 +344,10 @@ def _pruning_outcome(where: Path) -> tuple[dict, dict]:
 
     trials = next(iter(optuna_studies(where, "prune").values())).get_trials()
     runs = grokking_phases(load_results(f"sqlite:///{where / 'mlflow.db'}", "prune", with_curves=False).runs)
-    return ({t.number: (t.params["train.weight_decay"], t.state, t.value) for t in trials},
-            {int(r.trial_number): r for r in runs.itertuples()})
+    return (
+        {t.number: (t.params["train.weight_decay"], t.state, t.value) for t in trials},
+        {int(r.trial_number): r for r in runs.itertuples()},
+    )
 
 
 def stop_kinds(where: Path, pruned: list[int]) -> set[str]:
@@ -291,8 +376,15 @@ def test_pruning_keeps_every_answer_of_the_unpruned_study(tmp_path, monkeypatch)
     for mode, cpus, pack in (("off", 2, "off"), ("objective", 2, "on"), ("phase", 1, "off")):
         where = tmp_path / mode
         # Six runs of 2000 steps on one or two CPUs: minutes on a loaded CI machine.
-        out = grokscale("run", str(_pruning_study(where, mode, cpus, pack)), "--quiet", "--json", "--no-report",
-                        cwd=where, timeout=900)
+        out = grokscale(
+            "run",
+            str(_pruning_study(where, mode, cpus, pack)),
+            "--quiet",
+            "--json",
+            "--no-report",
+            cwd=where,
+            timeout=900,
+        )
         assert out.returncode == 0, out.stderr[-3000:]
         outcome[mode] = _pruning_outcome(where)
     trials, runs = outcome["off"]
@@ -315,8 +407,10 @@ def test_pruning_keeps_every_answer_of_the_unpruned_study(tmp_path, monkeypatch)
     assert stop_kinds(tmp_path / "objective", pruned) == {StopKind.OBJECTIVE.value}
     # Each stops at or past the bound its reason names; trials asked once a best was known carry
     # their bound from launch and stop right at it.
-    bounds = [tuple(map(int, re.search(r"by step (\d+).*stopped at step (\d+)", o_runs[n].reason).groups()))
-              for n in pruned]
+    bounds = [
+        tuple(map(int, re.search(r"by step (\d+).*stopped at step (\d+)", o_runs[n].reason).groups()))
+        for n in pruned
+    ]
     assert all(stop >= bound for bound, stop in bounds) and any(stop == bound for bound, stop in bounds)
     assert sum(r.steps for r in o_runs.values()) < steps_off
 
@@ -326,8 +420,9 @@ def test_pruning_keeps_every_answer_of_the_unpruned_study(tmp_path, monkeypatch)
     assert pruned, "nothing was pruned"
     for n, run in p_runs.items():
         assert run.phase == runs[n].phase
-        assert (run.generalization_step == runs[n].generalization_step
-                or (math.isnan(run.generalization_step) and math.isnan(runs[n].generalization_step)))
+        assert run.generalization_step == runs[n].generalization_step or (
+            math.isnan(run.generalization_step) and math.isnan(runs[n].generalization_step)
+        )
     assert stop_kinds(tmp_path / "phase", pruned) == {StopKind.DECAY_CLOCK.value}
     for n in pruned:
         assert runs[n].phase == "memorization" and p_runs[n].reason.startswith("pruned: memorized")
@@ -351,8 +446,9 @@ def test_pruning_keeps_every_answer_of_the_unpruned_study(tmp_path, monkeypatch)
         rules = resumed.rules(run_info(study, cells[0], n, {"train.weight_decay": p_trials[n][0]}, 0))
         assert any(r.kind == StopKind.DECAY_CLOCK for r in rules), n
     # A pruned run is reproduced bit for bit up to the step it was stopped at.
-    again = grokscale("reproduce", p_runs[pruned[0]].run_id, "--tracking-uri", f"sqlite:///{where / 'mlflow.db'}",
-                      cwd=where)
+    again = grokscale(
+        "reproduce", p_runs[pruned[0]].run_id, "--tracking-uri", f"sqlite:///{where / 'mlflow.db'}", cwd=where
+    )
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-2000:]
 
 
@@ -362,8 +458,18 @@ def test_a_resumed_cell_draws_new_values(tmp_path):
     small = {**TINY_STUDY["grid"], "n": [{"d_model": 16}], "d": [0.3]}
     path = write_study(tmp_path, grid=small, train={**TINY_STUDY["train"], "steps": 50})
     for trials in (2, 4):
-        out = grokscale("run", str(path), "--quiet", "--json", "--no-report",
-                        "--set", f"search.trials_per_cell={trials}", cwd=tmp_path)
+        out = grokscale(
+            "run",
+            str(path),
+            "--quiet",
+            "--json",
+            "--no-report",
+            "--set",
+            f"search.trials_per_cell={trials}",
+            cwd=tmp_path,
+        )
         assert out.returncode == 0, out.stderr[-3000:]
-    values = [t.params["train.weight_decay"] for t in next(iter(optuna_studies(tmp_path).values())).get_trials()]
+    values = [
+        t.params["train.weight_decay"] for t in next(iter(optuna_studies(tmp_path).values())).get_trials()
+    ]
     assert len(values) == 4 and len(set(values)) == 4, values

@@ -50,11 +50,18 @@ def test_own_task_and_model_run_as_a_study(tmp_path, ray_tmp):
     assert len(children) == 1
     run = children[0]
     assert run.data.tags[names.TAG_STATUS] == "completed", run.data.tags.get(names.TAG_REASON)
-    assert float(run.data.params[names.PARAM_N_PARAMS]) == 6758  # the hand count (tests/unit/test_import_paths.py)
+    assert (
+        float(run.data.params[names.PARAM_N_PARAMS]) == 6758
+    )  # the hand count (tests/unit/test_import_paths.py)
     assert int(run.data.params[names.PARAM_N_TRAIN]) == 512
     spec = json.loads(run.data.params[names.PARAM_SPEC_JSON])
-    assert spec["task"] == {"name": "support.usercode.tasks:Copying", "length": 4, "n_symbols": 6, "n_train": 512,
-                            "n_val": 256}
+    assert spec["task"] == {
+        "name": "support.usercode.tasks:Copying",
+        "length": 4,
+        "n_symbols": 6,
+        "n_train": 512,
+        "n_val": 256,
+    }
     curve = client.get_metric_history(run.info.run_id, "val_acc")
     assert [m.step for m in curve] == [20, 40, 60]
     assert curve[-1].value > 0.05  # chance is 6^-4 = 0.0008 an answer

@@ -45,8 +45,11 @@ from mytrainer.train import AdditionMLP  # noqa: E402
 def test_count_params_by_group_by_hand_and_as_the_built_in_models():
     # p=23, d_embed=16, width=32: tok_emb 23*16 = 368 and unembed 32*23 + 23 = 759 are the
     # embedding group (1127); hidden 32*32 + 32 = 1056 the rest.
-    assert count_params_by_group(AdditionMLP(23, 16, 32)) == {"embedding": 1127, "non_embedding": 1056,
-                                                               "total": 2183}
+    assert count_params_by_group(AdditionMLP(23, 16, 32)) == {
+        "embedding": 1127,
+        "non_embedding": 1056,
+        "total": 2183,
+    }
     from trainers.models import build_model, count_params
     from trainers.spec import TransformerModel
 
@@ -66,7 +69,8 @@ def test_a_module_that_fails_at_import_is_named(tmp_path, monkeypatch):
 
 def test_a_trainer_taking_the_names_in_another_order_is_called_by_name(tmp_path, monkeypatch):
     (tmp_path / "named_pkg.py").write_text(
-        "def run(*, checkpoint_dir, config, report):\n    return {'got': (config, report, checkpoint_dir)}\n")
+        "def run(*, checkpoint_dir, config, report):\n    return {'got': (config, report, checkpoint_dir)}\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     fn = load_trainer("named_pkg:run")
     assert call_trainer(fn, "c", "r", "d") == {"got": ("c", "r", "d")}
@@ -98,7 +102,9 @@ def test_a_non_finite_report_ends_the_run_as_diverged():
 
 def _user_spec(steps: int) -> UserSpec:
     train = {"steps": steps, "eval_every": 10}
-    config = RunConfig(n={"width": 16}, d=0.5, seed=0, steps=steps, eval_every=10, task={"p": 11}, train=train)
+    config = RunConfig(
+        n={"width": 16}, d=0.5, seed=0, steps=steps, eval_every=10, task={"p": 11}, train=train
+    )
     return UserSpec(trainer="mytrainer.train:run", config=config.to_dict(), train=grokscale_train(train))
 
 
@@ -166,7 +172,8 @@ def test_example_study_records_curves_and_n_and_its_report(tmp_path, ray_tmp):
         assert run.data.metrics[f"{names.FINAL_PREFIX}{names.N_PARAMS_METRIC_PREFIX}total"] == counts["total"]
 
     storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(tmp_path / "runs" / "optuna.journal")))
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "runs" / "optuna.journal"))
+    )
     cells = [s.study_name for s in optuna.get_all_study_summaries(storage) if "N[width=" in s.study_name]
     trials = [t for name in cells for t in optuna.load_study(study_name=name, storage=storage).trials]
     assert len(cells) == 4 and [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 4
@@ -194,8 +201,14 @@ def test_example_study_records_curves_and_n_and_its_report(tmp_path, ray_tmp):
 @pytest.mark.slow
 def test_driver_killed_and_rerun_retrains_no_completed_run(tmp_path, ray_tmp):
     study = _study(tmp_path, sleep_per_step=0.05)  # ~3 s a run: the kill lands mid-study
-    driver = subprocess.Popen([*GROKSCALE, "run", str(study), "--quiet"], cwd=tmp_path, env=_env(ray_tmp),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    driver = subprocess.Popen(
+        [*GROKSCALE, "run", str(study), "--quiet"],
+        cwd=tmp_path,
+        env=_env(ray_tmp),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 300
         while not list((tmp_path / "runs").rglob(RESULT_FILE)) and time.monotonic() < deadline:
@@ -250,11 +263,18 @@ def test_a_trainer_that_reports_only_losses_runs_and_reports(tmp_path):
     """No `task:` or `model:` section, no accuracy, no N: every run trains, the study exits 0, and
     the report says per section what it could not do instead of a traceback."""
     (tmp_path / "regress.py").write_text(REGRESSION)
-    study = {"name": "regress", "trainer": "regress:run", "train": {"steps": 60, "eval_every": 20, "lr": 0.01},
-             "grid": {"n": [{"width": 8}, {"width": 32}], "d": [64, 256], "seeds": [0]},
-             "search": {"trials_per_cell": 1,
-                        "space": {"train.lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True}}},
-             "objectives": [{"metric": "min_val_loss", "direction": "minimize"}], "ray": {"num_cpus": 2}}
+    study = {
+        "name": "regress",
+        "trainer": "regress:run",
+        "train": {"steps": 60, "eval_every": 20, "lr": 0.01},
+        "grid": {"n": [{"width": 8}, {"width": 32}], "d": [64, 256], "seeds": [0]},
+        "search": {
+            "trials_per_cell": 1,
+            "space": {"train.lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True}},
+        },
+        "objectives": [{"metric": "min_val_loss", "direction": "minimize"}],
+        "ray": {"num_cpus": 2},
+    }
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
     out = grokscale("run", "study.yaml", cwd=tmp_path, env=env)
@@ -265,8 +285,11 @@ def test_a_trainer_that_reports_only_losses_runs_and_reports(tmp_path):
     assert any(ln.startswith("report: scaling: skipped") for ln in lines)
     assert "4 completed" in out.stdout
     client = MlflowClient(sqlite_uri(tmp_path))
-    parent = [r for r in client.search_runs([client.get_experiment_by_name("regress").experiment_id])
-              if "mlflow.parentRunId" not in r.data.tags][0]
+    parent = [
+        r
+        for r in client.search_runs([client.get_experiment_by_name("regress").experiment_id])
+        if "mlflow.parentRunId" not in r.data.tags
+    ][0]
     local = client.download_artifacts(parent.info.run_id, "report/results.json", str(tmp_path))
     results = json.loads(Path(local).read_text())
     assert {"emergence", "grokking", "scaling"} <= set(results["skipped"]) and results["section_errors"] == {}

@@ -48,13 +48,20 @@ def not_a_sampler(seed=None):
     return 42
 '''
 
-STUDY = {"name": "plug", "task": {"name": "modular", "p": 23},
-         "model": {"family": "transformer", "n_layer": 1, "n_head": 4, "d_model": 16, "layer_norm": False},
-         "train": {"steps": 200, "eval_every": 50, "lr": 3e-3},
-         "grid": {"n": [{"d_model": 16}], "d": [0.3], "seeds": [0]},
-         "search": {"sampler": "hubpkg:LowestSampler", "trials_per_cell": 2,
-                    "space": {"train.weight_decay": {"type": "float", "low": 0.1, "high": 3.0, "log": True}}},
-         "objectives": [{"metric": "max_val_acc", "direction": "maximize"}], "ray": {"num_cpus": 2}}
+STUDY = {
+    "name": "plug",
+    "task": {"name": "modular", "p": 23},
+    "model": {"family": "transformer", "n_layer": 1, "n_head": 4, "d_model": 16, "layer_norm": False},
+    "train": {"steps": 200, "eval_every": 50, "lr": 3e-3},
+    "grid": {"n": [{"d_model": 16}], "d": [0.3], "seeds": [0]},
+    "search": {
+        "sampler": "hubpkg:LowestSampler",
+        "trials_per_cell": 2,
+        "space": {"train.weight_decay": {"type": "float", "low": 0.1, "high": 3.0, "log": True}},
+    },
+    "objectives": [{"metric": "max_val_acc", "direction": "maximize"}],
+    "ray": {"num_cpus": 2},
+}
 
 
 @pytest.fixture
@@ -71,21 +78,33 @@ def test_a_sampler_and_a_stopping_rule_by_import_path_run_a_study(tmp_path, hub)
     counts = json.loads(out.stdout.strip().splitlines()[-1])
     assert counts["stopped"] == 2  # the user's rule stopped both at step 100 (neither generalized by then)
     storage = open_storage(str(tmp_path / "runs" / "plug" / "optuna.journal"))
-    [summary] = [s for s in optuna.get_all_study_summaries(storage) if not s.study_name.startswith(HOLD_STUDY_PREFIX)]
+    [summary] = [
+        s for s in optuna.get_all_study_summaries(storage) if not s.study_name.startswith(HOLD_STUDY_PREFIX)
+    ]
     trials = optuna.load_study(study_name=summary.study_name, storage=storage).get_trials()
     assert [t.params["train.weight_decay"] for t in trials] == [0.1, 0.1]  # the user's sampler chose
 
 
-@pytest.mark.parametrize(("sampler", "mode", "message"), [
-    ("hubpkg:not_a_sampler", "off", "search.sampler: hubpkg:not_a_sampler must return an optuna.samplers.BaseSampler"),
-    ("nopkg:Sampler", "off", "search.sampler: cannot import 'nopkg'"),
-    ("tpe", "hubpkg:LowestSampler", "prune.mode: hubpkg:LowestSampler raised"),
-    ("bogus", "off", "search.sampler: one of 'tpe', 'random'"),
-    ("tpe", "bogus", "prune.mode: one of 'off', 'objective', 'phase'"),
-])
-def test_a_sampler_or_rule_that_cannot_be_used_exits_2_naming_the_field(tmp_path, hub, sampler, mode, message):
-    path = cli.write_study(tmp_path, {**STUDY, "search": {**STUDY["search"], "sampler": sampler},
-                                      "prune": {"mode": mode}})
+@pytest.mark.parametrize(
+    ("sampler", "mode", "message"),
+    [
+        (
+            "hubpkg:not_a_sampler",
+            "off",
+            "search.sampler: hubpkg:not_a_sampler must return an optuna.samplers.BaseSampler",
+        ),
+        ("nopkg:Sampler", "off", "search.sampler: cannot import 'nopkg'"),
+        ("tpe", "hubpkg:LowestSampler", "prune.mode: hubpkg:LowestSampler raised"),
+        ("bogus", "off", "search.sampler: one of 'tpe', 'random'"),
+        ("tpe", "bogus", "prune.mode: one of 'off', 'objective', 'phase'"),
+    ],
+)
+def test_a_sampler_or_rule_that_cannot_be_used_exits_2_naming_the_field(
+    tmp_path, hub, sampler, mode, message
+):
+    path = cli.write_study(
+        tmp_path, {**STUDY, "search": {**STUDY["search"], "sampler": sampler}, "prune": {"mode": mode}}
+    )
     out = grokscale("validate", str(path), cwd=tmp_path, env=hub)
     assert out.returncode == 2 and message in out.stderr, out.stderr[-2000:]
     assert not (Path(tmp_path) / "runs").exists()

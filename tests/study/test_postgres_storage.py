@@ -28,8 +28,11 @@ STUDY = tiny_study("tiny")
 
 def cell_summaries(storage) -> list:
     """The study's Optuna studies, one per cell (not the driver's hold: store/hold.py)."""
-    return [s for s in optuna.get_all_study_summaries(storage=storage)
-            if not s.study_name.startswith(HOLD_STUDY_PREFIX)]
+    return [
+        s
+        for s in optuna.get_all_study_summaries(storage=storage)
+        if not s.study_name.startswith(HOLD_STUDY_PREFIX)
+    ]
 
 
 @pytest.fixture
@@ -49,7 +52,7 @@ def test_postgresql_storage_runs_resumes_and_fails_cleanly_when_down(tmp_path, p
     assert counts["completed"] == 4 and counts["failed"] == 0
 
     # Every trial is in PostgreSQL, one study per cell, and no journal file was written.
-    storage = open_storage(postgres.url('optuna'))
+    storage = open_storage(postgres.url("optuna"))
     summaries = cell_summaries(storage)
     assert sorted(s.study_name for s in summaries) == ["tiny/N[d_model=16]_D=0.3", "tiny/N[d_model=16]_D=0.5"]
     for s in summaries:
@@ -59,7 +62,9 @@ def test_postgresql_storage_runs_resumes_and_fails_cleanly_when_down(tmp_path, p
     assert not (tmp_path / "runs" / "tiny" / "optuna.journal").exists()
     assert not [p for p in listing(tmp_path) if "journal" in p]
 
-    status = grokscale("status", str(path), "--json", "--set", f"storage={postgres.url('optuna')}", cwd=tmp_path)
+    status = grokscale(
+        "status", str(path), "--json", "--set", f"storage={postgres.url('optuna')}", cwd=tmp_path
+    )
     assert status.returncode == 0, status.stderr[-2000:]
     assert [r["complete"] for r in json.loads(status.stdout)] == [2, 2]
 
@@ -73,8 +78,16 @@ def test_postgresql_storage_runs_resumes_and_fails_cleanly_when_down(tmp_path, p
 
     # A database that does not exist: refused at login, before anything starts.
     files = listing(tmp_path)
-    wrong = grokscale("run", str(path), "--quiet", "--no-report", "--set",
-                      f"storage={postgres.url('optuna').rsplit('/', 1)[0]}/no_such_db", cwd=tmp_path, timeout=120)
+    wrong = grokscale(
+        "run",
+        str(path),
+        "--quiet",
+        "--no-report",
+        "--set",
+        f"storage={postgres.url('optuna').rsplit('/', 1)[0]}/no_such_db",
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert wrong.returncode == 2, wrong.stdout[-2000:] + wrong.stderr[-2000:]
     assert "storage: cannot log in" in wrong.stderr and "no_such_db" in wrong.stderr
     assert listing(tmp_path) == files
@@ -92,7 +105,9 @@ def test_unreachable_postgresql_storage_is_refused_and_creates_nothing(tmp_path)
     """Needs no PostgreSQL: a closed port. The password in the URL is never printed."""
     path = write_study(tmp_path, STUDY)
     url = f"postgresql://team:s3cret-pw@127.0.0.1:{free_port()}/optuna"
-    out = grokscale("run", str(path), "--quiet", "--no-report", "--set", f"storage={url}", cwd=tmp_path, timeout=120)
+    out = grokscale(
+        "run", str(path), "--quiet", "--no-report", "--set", f"storage={url}", cwd=tmp_path, timeout=120
+    )
     assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
     assert "error: storage: cannot reach the database" in out.stderr
     assert "s3cret-pw" not in out.stdout + out.stderr

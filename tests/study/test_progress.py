@@ -35,8 +35,15 @@ def run_in_pty(argv: list[str], cwd: Path, timeout: float) -> tuple[int, str]:
     """Run argv with stdin, stdout and stderr on a new pseudo-terminal; (exit code, all it wrote)."""
     master, slave = pty.openpty()
     env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "FORCE_COLOR", "TTY_COMPATIBLE")}
-    proc = subprocess.Popen(argv, cwd=cwd, stdin=slave, stdout=slave, stderr=slave, env={**env, **TERMINAL_ENV},
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        argv,
+        cwd=cwd,
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env={**env, **TERMINAL_ENV},
+        start_new_session=True,
+    )
     os.close(slave)
     out = bytearray()
     deadline = time.monotonic() + timeout
@@ -119,9 +126,21 @@ def test_grokscale_run_on_a_terminal_resumes_a_pruned_only_cell(tmp_path):
     journal = tmp_path / "runs" / "progress" / "optuna.journal"
     journal.parent.mkdir(parents=True)
     ostudy = cell_study(study, cell, 0, open_storage(str(journal)))
-    ostudy.tell(ostudy.ask(), state=optuna.trial.TrialState.PRUNED)  # trial 0: stopped, as the phase rule does
-    rc, out = run_in_pty([*GROKSCALE, "run", str(path), "--no-report",
-                          "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"], tmp_path, timeout=400)
+    ostudy.tell(
+        ostudy.ask(), state=optuna.trial.TrialState.PRUNED
+    )  # trial 0: stopped, as the phase rule does
+    rc, out = run_in_pty(
+        [
+            *GROKSCALE,
+            "run",
+            str(path),
+            "--no-report",
+            "--tracking-uri",
+            f"sqlite:///{tmp_path / 'mlflow.db'}",
+        ],
+        tmp_path,
+        timeout=400,
+    )
     assert "No trials are completed yet" not in out, out[-3000:]
     assert rc == 0, out[-3000:]
     assert "progress: 1/2 trials" in out, out[-3000:]  # the table, drawn with only the pruned trial answered

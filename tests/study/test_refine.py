@@ -73,13 +73,17 @@ def test_refine_adds_tagged_cells_and_a_rerun_trains_nothing(in_process, capsys)
     assert {k: v for k, v in tags.items() if v} == {a["key"]: names.refined_round(a["round"]) for a in added}
     assert sum(v is None for v in tags.values()) == 3  # the grid's own cells are not marked
     assert parent.data.tags[names.TAG_REFINE_SUMMARY].startswith(f"refine (n): {len(added)} cells added")
-    logged = json.loads(Path(client.download_artifacts(parent.info.run_id, names.ARTIFACT_REFINE)).read_text())
+    logged = json.loads(
+        Path(client.download_artifacts(parent.info.run_id, names.ARTIFACT_REFINE)).read_text()
+    )
     assert logged == refined
     for r in children:  # an added cell's N lies strictly inside its bracket
         a = next((a for a in added if a["key"] == r.data.tags[names.TAG_CELL]), None)
         if a is not None:
             n = float(r.data.params[names.PARAM_N_PARAMS])
-            assert a["low"] < n < a["high"] and abs(math.log(n / math.sqrt(a["low"] * a["high"]))) < math.log(2)
+            assert a["low"] < n < a["high"] and abs(math.log(n / math.sqrt(a["low"] * a["high"]))) < math.log(
+                2
+            )
 
     second = grokscale_run(capsys)  # the same command again: the same cells, nothing retrained
     assert second["completed"] == 0 and second["failed"] == 0 and second["refine"] == refined
@@ -89,7 +93,8 @@ def test_refine_adds_tagged_cells_and_a_rerun_trains_nothing(in_process, capsys)
     report = build_report(load_results(sqlite_uri(in_process), "refine_parity"), in_process / "report")
     origins = dict(zip(report.summary["cell"], report.summary["origin"]))
     assert {k: v for k, v in origins.items() if v != "grid"} == {
-        a["key"]: f"added ({names.refined_round(a['round'])})" for a in added}
+        a["key"]: f"added ({names.refined_round(a['round'])})" for a in added
+    }
     assert report.results["refine"] == refined and {"emergence_heatmap", "metric_vs_n"} <= set(report.plots)
     section = (in_process / "report" / "summary.md").read_text().split("## Refinement (grid.refine)")[1]
     assert all(f"| {a['key']} |" in section for a in added) and line["stop"] in section

@@ -15,8 +15,15 @@ from mlflow.tracking import MlflowClient
 from support import cli
 from support.cli import REPO
 
-PLOTS = {"emergence_heatmap.png", "metric_vs_n.png", "grokking_curves.png", "phase_wd_x_d.png",
-         "phase_wd_x_lr.png", "mirage.png", "transfer.png"}
+PLOTS = {
+    "emergence_heatmap.png",
+    "metric_vs_n.png",
+    "grokking_curves.png",
+    "phase_wd_x_d.png",
+    "phase_wd_x_lr.png",
+    "mirage.png",
+    "transfer.png",
+}
 # The quickstart's L(N, D) fit does not describe its data (its losses are set by which runs
 # grokked, not by N and D): it is rejected, so it is neither drawn nor logged as metrics.
 # The quickstart as shipped, shrunk to one trial per cell and a short budget so it runs in about
@@ -35,7 +42,9 @@ def quickstart(tmp_path_factory) -> Path:
     out = grokscale("run", "quickstart.yaml", "--quiet", *SHRINK, cwd=tmp)
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     # One line per report section; the rejected fit's reasons in a few words (all of them in results.json).
-    assert "report: 7 plots" in out.stdout and "no scaling_fit (fit rejected: " in out.stdout, out.stdout[-2000:]
+    assert "report: 7 plots" in out.stdout and "no scaling_fit (fit rejected: " in out.stdout, out.stdout[
+        -2000:
+    ]
     return tmp
 
 
@@ -55,10 +64,14 @@ def test_parent_run_holds_every_plot_table_fit_and_json(quickstart):
     local = Path(client.download_artifacts(parent.info.run_id, "report"))
     for name in PLOTS:
         png = (local / name).read_bytes()
-        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000, name  # a real picture, not an empty canvas
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000, (
+            name
+        )  # a real picture, not an empty canvas
     results = json.loads((local / "results.json").read_text())
     assert results["metric"] == "max_val_acc" and results["chance"] == pytest.approx(1 / 59)
-    assert results["usable_runs"] == 9 and sorted(results["plots"]) == sorted(p.removesuffix(".png") for p in PLOTS)
+    assert results["usable_runs"] == 9 and sorted(results["plots"]) == sorted(
+        p.removesuffix(".png") for p in PLOTS
+    )
     law = results["scaling_law"]
     assert law["n_inits"] == 4500 and law["convention"] == "total"
     # The rejected law is on record in the JSON with its reasons, but no number of it is a metric.
@@ -78,8 +91,9 @@ def test_parent_run_holds_every_plot_table_fit_and_json(quickstart):
 def test_report_on_demand_reads_mlflow_alone(quickstart, tmp_path):
     # From another folder, with only the tracking URI: no study file, no Optuna journal.
     uri = f"sqlite:///{quickstart / 'mlflow.db'}"
-    out = grokscale("report", "quickstart", "--tracking-uri", uri, "--out", str(tmp_path / "r"), "--json",
-                    cwd=tmp_path)
+    out = grokscale(
+        "report", "quickstart", "--tracking-uri", uri, "--out", str(tmp_path / "r"), "--json", cwd=tmp_path
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     made = json.loads(out.stdout.strip().splitlines()[-1])
     assert {f"{p}.png" for p in made["plots"]} == PLOTS
@@ -88,9 +102,12 @@ def test_report_on_demand_reads_mlflow_alone(quickstart, tmp_path):
 
 
 def test_report_of_an_unknown_study_is_a_clear_error(quickstart, tmp_path):
-    out = grokscale("report", "no_such_study", "--tracking-uri", f"sqlite:///{quickstart / 'mlflow.db'}",
-                    cwd=tmp_path)
-    assert out.returncode == 2 and "no experiment 'no_such_study'" in out.stderr and "quickstart" in out.stderr
+    out = grokscale(
+        "report", "no_such_study", "--tracking-uri", f"sqlite:///{quickstart / 'mlflow.db'}", cwd=tmp_path
+    )
+    assert (
+        out.returncode == 2 and "no experiment 'no_such_study'" in out.stderr and "quickstart" in out.stderr
+    )
 
 
 # -- the report's phases agree with the events the runs recorded ---------------
@@ -100,8 +117,10 @@ THRESHOLD_STUDY = {
     "model": {"family": "transformer", "n_layer": 1, "n_head": 4, "layer_norm": False},
     "train": {"steps": 400, "eval_every": 20, "lr": 3e-3, "val_threshold": 0.9},
     "grid": {"n": [{"d_model": 16}], "d": [0.5], "seeds": [0]},
-    "search": {"trials_per_cell": 1,
-               "space": {"train.weight_decay": {"type": "float", "low": 0.1, "high": 3.0, "log": True}}},
+    "search": {
+        "trials_per_cell": 1,
+        "space": {"train.weight_decay": {"type": "float", "low": 0.1, "high": 3.0, "log": True}},
+    },
 }
 
 
@@ -126,13 +145,30 @@ def test_report_phases_use_the_study_thresholds(tmp_path, monkeypatch):
     assert spec.train.val_threshold == 0.9
     tracker = Tracker(study)  # the driver's own writer, into a real SQLite store
     tracker.open(config_yaml(study))
-    params = {names.PARAM_CELL: cell.key, names.PARAM_N_PARAMS: cell.n_params.total, names.PARAM_N_TRAIN: cell.n_train,
-              names.PARAM_SEED: 0, names.PARAM_TRIAL_NUMBER: 0, names.PARAM_SPEC_JSON: spec.model_dump_json(),
-              f"{names.PARAM_SEARCHED_PREFIX}train.weight_decay": 1.0}
+    params = {
+        names.PARAM_CELL: cell.key,
+        names.PARAM_N_PARAMS: cell.n_params.total,
+        names.PARAM_N_TRAIN: cell.n_train,
+        names.PARAM_SEED: 0,
+        names.PARAM_TRIAL_NUMBER: 0,
+        names.PARAM_SPEC_JSON: spec.model_dump_json(),
+        f"{names.PARAM_SEARCHED_PREFIX}train.weight_decay": 1.0,
+    }
     run_id = tracker.start_run(names.run_key(cell.key, 0, 0), "t0", params, {names.TAG_CELL: cell.key})
     steps = list(range(20, 401, 20))
-    tracker.log_records(run_id, [{"step": s, "train_acc": 1.0, "val_acc": 0.92 if s == 400 else 0.3,
-                                  "train_loss": 0.01, "val_loss": 2.0} for s in steps])
+    tracker.log_records(
+        run_id,
+        [
+            {
+                "step": s,
+                "train_acc": 1.0,
+                "val_acc": 0.92 if s == 400 else 0.3,
+                "train_loss": 0.01,
+                "val_loss": 2.0,
+            }
+            for s in steps
+        ],
+    )
     final = {"memorization_step": 20, "generalization_step": 400, "max_val_acc": 0.92, "steps": 400}
     tracker.finish_run(run_id, names.RunStatus.COMPLETED, "budget", final, {})
     assert tracker.drain(timeout_s=30)

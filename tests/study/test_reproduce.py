@@ -80,14 +80,17 @@ def test_a_record_off_by_one_ulp_is_a_mismatch(study):
     plain = grokscale("reproduce", copy, cwd=root)
     assert plain.returncode == 1, plain.stdout[-3000:] + plain.stderr[-3000:]
     table = plain.stdout
-    assert "verdict: MISMATCH" in table and [line.split()[0] for line in table.splitlines() if "DIFF" in line] == \
-        ["val_loss"]
+    assert "verdict: MISMATCH" in table and [
+        line.split()[0] for line in table.splitlines() if "DIFF" in line
+    ] == ["val_loss"]
 
 
 def test_unknown_run_or_store_is_bad_input(study, tmp_path):
     root, client, run = study
     out = grokscale("reproduce", "0123456789abcdef0123456789abcdef", cwd=root)
-    assert out.returncode == 2 and "no run '0123456789abcdef0123456789abcdef'" in out.stderr, out.stderr[-2000:]
+    assert out.returncode == 2 and "no run '0123456789abcdef0123456789abcdef'" in out.stderr, out.stderr[
+        -2000:
+    ]
     parent = client.get_run(run.data.tags["mlflow.parentRunId"]).info.run_id
     out = grokscale("reproduce", parent, cwd=root)
     assert out.returncode == 2 and "no recorded spec" in out.stderr, out.stderr[-2000:]
@@ -106,9 +109,12 @@ def test_a_user_trainer_that_cannot_be_imported_here_is_bad_input(tmp_path, caps
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
     run = client.create_run(client.create_experiment("own")).info.run_id
-    spec = UserSpec(trainer="no_such_pkg.train:run", sys_path=[str(tmp_path / "gone")],
-                    config=RunConfig(n=64, d=0.5, seed=0, steps=10, eval_every=5).to_dict(),
-                    train=grokscale_train({"steps": 10, "eval_every": 5}))
+    spec = UserSpec(
+        trainer="no_such_pkg.train:run",
+        sys_path=[str(tmp_path / "gone")],
+        config=RunConfig(n=64, d=0.5, seed=0, steps=10, eval_every=5).to_dict(),
+        train=grokscale_train({"steps": 10, "eval_every": 5}),
+    )
     client.log_param(run, names.PARAM_SPEC_JSON, spec.model_dump_json())
     assert main(["reproduce", run, "--tracking-uri", uri, "--trainer", "no_such_pkg.train:run"]) == 2
     err = capsys.readouterr().err
@@ -141,9 +147,12 @@ def _planted(tmp_path, kind: str) -> tuple[str, str]:
     client = MlflowClient(uri)
     run = client.create_run(client.create_experiment("planted")).info.run_id
     if kind == "trainer":
-        text = UserSpec(trainer="evil_pkg:run", sys_path=[str(tmp_path / "planted")],
-                        config=RunConfig(n=64, d=0.5, seed=0, steps=1, eval_every=1).to_dict(),
-                        train=grokscale_train({"steps": 1, "eval_every": 1})).model_dump_json()
+        text = UserSpec(
+            trainer="evil_pkg:run",
+            sys_path=[str(tmp_path / "planted")],
+            config=RunConfig(n=64, d=0.5, seed=0, steps=1, eval_every=1).to_dict(),
+            train=grokscale_train({"steps": 1, "eval_every": 1}),
+        ).model_dump_json()
     else:
         data = TrainSpec().model_dump(mode="json")
         data["task"] = {"name": "evil_pkg:Task"}
@@ -194,13 +203,18 @@ def test_the_study_file_names_the_trainer(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
     run = client.create_run(client.create_experiment("own")).info.run_id
-    spec = UserSpec(trainer="mytrainer.train:run", sys_path=[str(tmp_path / "elsewhere")],
-                    config=RunConfig(n={"width": 8}, d=0.5, seed=0, steps=10, eval_every=5, task={"p": 23},
-                                     model={"d_embed": 4}).to_dict(),
-                    train=grokscale_train({"steps": 10, "eval_every": 5}))
+    spec = UserSpec(
+        trainer="mytrainer.train:run",
+        sys_path=[str(tmp_path / "elsewhere")],
+        config=RunConfig(
+            n={"width": 8}, d=0.5, seed=0, steps=10, eval_every=5, task={"p": 23}, model={"d_embed": 4}
+        ).to_dict(),
+        train=grokscale_train({"steps": 10, "eval_every": 5}),
+    )
     client.log_param(run, names.PARAM_SPEC_JSON, spec.model_dump_json())
     env = {**os.environ, "PYTHONPATH": f"{example}{os.pathsep}{example.parents[1]}"}
-    out = grokscale("reproduce", run, "--tracking-uri", uri, "--study", example / "study.yaml", cwd=tmp_path,
-                    env=env)
+    out = grokscale(
+        "reproduce", run, "--tracking-uri", uri, "--study", example / "study.yaml", cwd=tmp_path, env=env
+    )
     assert out.returncode == 1 and "verdict: MISMATCH" in out.stdout, out.stderr[-2000:]  # none recorded
     assert "val_acc" in out.stdout

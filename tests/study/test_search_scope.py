@@ -30,17 +30,29 @@ LR_AT = 1e-2  # the rule's value at n = 1e4: lr = LR_AT x (n / 1e4)^-0.5
 
 def scope_study(tmp_path: Path, trials: int = 4, **sections) -> dict:
     return {
-        "name": "scope", "task": {"name": "modular", "p": 23},
+        "name": "scope",
+        "task": {"name": "modular", "p": 23},
         "model": {"family": "transformer", "n_layer": 1, "n_head": 4, "layer_norm": False},
-        "train": {"steps": 60, "eval_every": 30, "warmup_steps": 0,
-                  "lr": {"rule": "power", "value": LR_AT, "at": {"n": 1e4}, "exponent": {"n": -0.5}}},
+        "train": {
+            "steps": 60,
+            "eval_every": 30,
+            "warmup_steps": 0,
+            "lr": {"rule": "power", "value": LR_AT, "at": {"n": 1e4}, "exponent": {"n": -0.5}},
+        },
         "grid": {"n": [{"d_model": 8}, {"d_model": 16}, {"d_model": 32}], "d": [0.5], "seeds": [0]},
-        "search": {"sampler": "random", "scope": "study", "trials_per_cell": trials,
-                   "space": {"train.lr.value": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True}}},
+        "search": {
+            "sampler": "random",
+            "scope": "study",
+            "trials_per_cell": trials,
+            "space": {"train.lr.value": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True}},
+        },
         "objectives": [{"metric": "min_val_loss", "direction": "minimize"}],
-        "pack": {"mode": "off"}, "ray": {"num_cpus": 2},
-        "tracking": {"uri": cli.sqlite_uri(tmp_path)}, "workdir": str(tmp_path / "runs" / "scope"),
-        **sections}
+        "pack": {"mode": "off"},
+        "ray": {"num_cpus": 2},
+        "tracking": {"uri": cli.sqlite_uri(tmp_path)},
+        "workdir": str(tmp_path / "runs" / "scope"),
+        **sections,
+    }
 
 
 def fake_loss(unit) -> float:
@@ -61,9 +73,14 @@ class FakeLauncher:
     def wait_warm(self) -> None: ...
     def close(self) -> None: ...
     def post_rules(self, run_id, rules) -> None: ...
-    def records(self) -> list: return []
-    def running(self): yield from self.pending
-    def __len__(self) -> int: return len(self.pending)
+    def records(self) -> list:
+        return []
+
+    def running(self):
+        yield from self.pending
+
+    def __len__(self) -> int:
+        return len(self.pending)
 
     def submit(self, units: list) -> None:
         self.pending += units
@@ -74,16 +91,29 @@ class FakeLauncher:
             raise ClusterLost(RuntimeError("the raylet died"))
         self.polls += 1
         done, self.pending = self.pending[:1], self.pending[1:]  # one at a time: trials overlap
-        return [(u, {"status": "completed", "reason": "", "steps": u.spec.train.steps,
-                     "final": {"val_loss": fake_loss(u)},
-                     "history": {"step": [u.spec.train.steps], "val_loss": [fake_loss(u)]}, "events": {}})
-                for u in done]
+        return [
+            (
+                u,
+                {
+                    "status": "completed",
+                    "reason": "",
+                    "steps": u.spec.train.steps,
+                    "final": {"val_loss": fake_loss(u)},
+                    "history": {"step": [u.spec.train.steps], "val_loss": [fake_loss(u)]},
+                    "events": {},
+                },
+            )
+            for u in done
+        ]
 
 
 def shared_trials(study: Study) -> tuple[list[str], list[optuna.trial.FrozenTrial]]:
     storage = open_storage(study.storage_url)
-    studies = [s.study_name for s in optuna.get_all_study_summaries(storage)
-               if not s.study_name.startswith(HOLD_STUDY_PREFIX)]
+    studies = [
+        s.study_name
+        for s in optuna.get_all_study_summaries(storage)
+        if not s.study_name.startswith(HOLD_STUDY_PREFIX)
+    ]
     name = names.optuna_study_name(study.name, SCOPE_STUDY_KEY)
     return studies, optuna.load_study(study_name=name, storage=storage).get_trials()
 
@@ -128,11 +158,15 @@ def test_a_value_one_cell_refuses_fails_the_trial_once_for_all(tmp_path):
     the small one refuses it: the trial fails once, naming the cell, and the large cell's run of it
     ends untold. The other value runs in both cells."""
     large = build_cells(Study.model_validate(scope_study(tmp_path)))[-1].n("total")
-    data = scope_study(tmp_path, trials=2,
-                       grid={"n": [{"d_model": 8}, {"d_model": 32}], "d": [0.5], "seeds": [0]})
+    data = scope_study(
+        tmp_path, trials=2, grid={"n": [{"d_model": 8}, {"d_model": 32}], "d": [0.5], "seeds": [0]}
+    )
     data["train"]["warmup_steps"] = {"rule": "power", "value": 5, "at": {"n": large}, "exponent": {"n": -1}}
-    data["search"] = {**data["search"], "sampler": "grid",
-                      "space": {"train.warmup_steps.value": {"type": "categorical", "choices": [5, 40]}}}
+    data["search"] = {
+        **data["search"],
+        "sampler": "grid",
+        "space": {"train.warmup_steps.value": {"type": "categorical", "choices": [5, 40]}},
+    }
     study = Study.model_validate(data)
     cells = build_cells(study)
     launcher = FakeLauncher()
@@ -160,8 +194,9 @@ def test_a_real_study_searches_the_rule_constant_once(tmp_path):
     studies, trials = shared_trials(study)
     assert studies == [f"scope/{SCOPE_STUDY_KEY}"] and [t.state for t in trials] == [TrialState.COMPLETE] * 3
     client = MlflowClient(cli.sqlite_uri(tmp_path))
-    runs = client.search_runs([client.get_experiment_by_name("scope").experiment_id],
-                              f"tags.`{names.TAG_CELL}` != ''")
+    runs = client.search_runs(
+        [client.get_experiment_by_name("scope").experiment_id], f"tags.`{names.TAG_CELL}` != ''"
+    )
     assert len(runs) == 9
     by_trial = {t.number: t for t in trials}
     for run in runs:

@@ -31,15 +31,30 @@ def test_python_tags_in_a_study_are_refused_and_run_nothing(tmp_path):
     tag = '!!python/object/apply:os.system ["touch pwned"]'
     (tmp_path / "study.yaml").write_text(text.replace("name: tiny", f"name: {tag}"))
     before = listing(tmp_path)
-    out = grokscale("run", "study.yaml", "--quiet", cwd=tmp_path, timeout=120,
-                    env={**os.environ, "RAY_TMPDIR": str(tmp_path)})
-    assert out.returncode == 2 and "not valid YAML" in out.stderr and "Traceback" not in out.stderr, out.stderr
+    out = grokscale(
+        "run",
+        "study.yaml",
+        "--quiet",
+        cwd=tmp_path,
+        timeout=120,
+        env={**os.environ, "RAY_TMPDIR": str(tmp_path)},
+    )
+    assert out.returncode == 2 and "not valid YAML" in out.stderr and "Traceback" not in out.stderr, (
+        out.stderr
+    )
     assert not (tmp_path / "pwned").exists()
     assert listing(tmp_path) == before  # no MLflow store, runs/, journal, checkpoints, Ray session
 
 
-@pytest.mark.parametrize("tag", ['!!python/object/apply:os.system ["touch pwned"]', "!!python/name:os.system",
-                                 "!!python/module:os", '!!python/object/new:subprocess.Popen [["touch", "pwned"]]'])
+@pytest.mark.parametrize(
+    "tag",
+    [
+        '!!python/object/apply:os.system ["touch pwned"]',
+        "!!python/name:os.system",
+        "!!python/module:os",
+        '!!python/object/new:subprocess.Popen [["touch", "pwned"]]',
+    ],
+)
 def test_every_python_tag_is_an_error(tag, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "study.yaml"
@@ -53,19 +68,36 @@ def test_every_python_tag_is_an_error(tag, tmp_path, monkeypatch):
 def test_scrub_redacts_urls_credentials_and_environment_values(monkeypatch):
     token = secrets.token_hex(12)
     monkeypatch.setenv("GROKSCALE_API_KEY", token)
-    out = scrub({"storage": "postgresql://optuna:s3cretpw@db.lab:5432/optuna", "db_password": "hunter22",
-                 "note": f"the key is {token}", "list": ["https://bob:pw@example.com/x"],
-                 "task.n_train_tokens": 200_000, "val_token_acc": 0.5})
-    assert out == {"storage": "postgresql://optuna:<redacted>@db.lab:5432/optuna", "db_password": "<redacted>",
-                   "note": "the key is <redacted>", "list": ["https://bob:<redacted>@example.com/x"],
-                   "task.n_train_tokens": 200_000, "val_token_acc": 0.5}  # token counts are not tokens
+    out = scrub(
+        {
+            "storage": "postgresql://optuna:s3cretpw@db.lab:5432/optuna",
+            "db_password": "hunter22",
+            "note": f"the key is {token}",
+            "list": ["https://bob:pw@example.com/x"],
+            "task.n_train_tokens": 200_000,
+            "val_token_acc": 0.5,
+        }
+    )
+    assert out == {
+        "storage": "postgresql://optuna:<redacted>@db.lab:5432/optuna",
+        "db_password": "<redacted>",
+        "note": "the key is <redacted>",
+        "list": ["https://bob:<redacted>@example.com/x"],
+        "task.n_train_tokens": 200_000,
+        "val_token_acc": 0.5,
+    }  # token counts are not tokens
 
 
 def test_the_logged_config_has_no_database_password(tmp_path):
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(STUDY))
-    study = load_study(path, ["storage=postgresql://optuna:s3cret-pw@127.0.0.1:1/optuna",
-                              "tracking.uri=https://mlflow:tr4cking-pw@mlflow.lab:443"])
+    study = load_study(
+        path,
+        [
+            "storage=postgresql://optuna:s3cret-pw@127.0.0.1:1/optuna",
+            "tracking.uri=https://mlflow:tr4cking-pw@mlflow.lab:443",
+        ],
+    )
     text = config_yaml(study)
     assert "s3cret-pw" not in text and "tr4cking-pw" not in text
     logged = yaml.safe_load(text)
@@ -76,11 +108,16 @@ def test_the_logged_config_has_no_database_password(tmp_path):
 def test_no_secret_from_the_environment_reaches_mlflow(tmp_path):
     """A real study run with credentials in its environment and in its config: not one of them is
     in any param, tag or artifact of the study's runs, nor in the Optuna journal."""
-    env_secrets = {name: secrets.token_hex(16) for name in
-                   ("MLFLOW_TRACKING_TOKEN", "AWS_SECRET_ACCESS_KEY", "GROKSCALE_API_KEY", "DB_PASSWORD")}
+    env_secrets = {
+        name: secrets.token_hex(16)
+        for name in ("MLFLOW_TRACKING_TOKEN", "AWS_SECRET_ACCESS_KEY", "GROKSCALE_API_KEY", "DB_PASSWORD")
+    }
     url_password = secrets.token_hex(8)
-    study = {**STUDY, "description": f"mirrored to https://bob:{url_password}@results.lab/x; "
-                                     f"key {env_secrets['GROKSCALE_API_KEY']}"}
+    study = {
+        **STUDY,
+        "description": f"mirrored to https://bob:{url_password}@results.lab/x; "
+        f"key {env_secrets['GROKSCALE_API_KEY']}",
+    }
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
     out = grokscale("run", "study.yaml", "--quiet", cwd=tmp_path, env={**os.environ, **env_secrets})
     assert out.returncode == 0, out.stderr[-3000:]
@@ -122,13 +159,17 @@ def test_no_planted_credential_reaches_any_store_or_output(tmp_path):
     `grokscale run` and `status` print. The checkpoints folder is the trainer's own, and left out."""
     planted = {name: secrets.token_hex(12) for name in ("api_key", "storage_pw", "url_pw", "url_token")}
     (tmp_path / "leaky_trainer.py").write_text(LEAKY_TRAINER)
-    study = {"name": "leaky", "trainer": "leaky_trainer:run",
-             "description": f"https://bob:{planted['url_pw']}@results.lab/x?token={planted['url_token']}",
-             "task": {"api_key": planted["api_key"]}, "train": {"steps": 2, "eval_every": 1},
-             "grid": {"n": [{"width": 8}], "d": [0.5], "seeds": [0, 1]},
-             "search": {"sampler": "random", "trials_per_cell": 1},
-             "storage": f"sqlite:///{tmp_path / 'optuna.db'}?password={planted['storage_pw']}",
-             "ray": {"num_cpus": 1}}
+    study = {
+        "name": "leaky",
+        "trainer": "leaky_trainer:run",
+        "description": f"https://bob:{planted['url_pw']}@results.lab/x?token={planted['url_token']}",
+        "task": {"api_key": planted["api_key"]},
+        "train": {"steps": 2, "eval_every": 1},
+        "grid": {"n": [{"width": 8}], "d": [0.5], "seeds": [0, 1]},
+        "search": {"sampler": "random", "trials_per_cell": 1},
+        "storage": f"sqlite:///{tmp_path / 'optuna.db'}?password={planted['storage_pw']}",
+        "ray": {"num_cpus": 1},
+    }
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
     run = grokscale("run", "study.yaml", "--quiet", cwd=tmp_path, env=env)
@@ -186,13 +227,21 @@ def _listening(pids: set[int]) -> dict[str, str]:
 LOOPBACK = re.compile(r"^(127\.\d+\.\d+\.\d+|\[::1\]|\[::ffff:127\.\d+\.\d+\.\d+\]):\d+$")
 
 
-@pytest.mark.skipif(shutil.which("ss") is None or not Path("/proc").is_dir(), reason="needs ss and /proc (Linux)")
+@pytest.mark.skipif(
+    shutil.which("ss") is None or not Path("/proc").is_dir(), reason="needs ss and /proc (Linux)"
+)
 def test_the_local_ray_of_a_study_listens_on_loopback_only(tmp_path):
     study = {**STUDY, "train": {**STUDY["train"], "steps": 1500, "eval_every": 500}, "ray": {"num_cpus": 1}}
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    driver = subprocess.Popen([*GROKSCALE, "run", "study.yaml", "--quiet"], cwd=tmp_path, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    driver = subprocess.Popen(
+        [*GROKSCALE, "run", "study.yaml", "--quiet"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     seen: dict[str, str] = {}
     deadline = time.monotonic() + 240
     while driver.poll() is None and time.monotonic() < deadline:

@@ -61,20 +61,39 @@ def dry_run(tmp_path: Path, *args: str, capsys, monkeypatch) -> tuple[Path, str,
 def commands(text: str) -> list[list[str]]:
     """Each line of the script that is not a comment, as argv (continuation lines joined)."""
     lines = text.replace("\\\n", " ").splitlines()
-    return [shlex.split(line, comments=True) for line in lines
-            if line.strip() and not line.lstrip().startswith("#")]
+    return [
+        shlex.split(line, comments=True)
+        for line in lines
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
 
 
 def find(argvs: list[list[str]], *words: str) -> list[list[str]]:
     """The commands that contain `words` in that order, next to each other."""
     n = len(words)
-    return [a for a in argvs if any(tuple(a[i:i + n]) == words for i in range(len(a) - n + 1))]
+    return [a for a in argvs if any(tuple(a[i : i + n]) == words for i in range(len(a) - n + 1))]
 
 
 def test_script_starts_the_head_the_workers_and_the_driver(tmp_path, capsys, monkeypatch):
-    script, text, out = dry_run(tmp_path, "--nodes", "3", "--cpus-per-node", "8", "--gpus-per-node", "2",
-                                "--time", "02:00:00", "--partition", "gpu", "--account", "lab42",
-                                "--set", "train.steps=200", capsys=capsys, monkeypatch=monkeypatch)
+    script, text, out = dry_run(
+        tmp_path,
+        "--nodes",
+        "3",
+        "--cpus-per-node",
+        "8",
+        "--gpus-per-node",
+        "2",
+        "--time",
+        "02:00:00",
+        "--partition",
+        "gpu",
+        "--account",
+        "lab42",
+        "--set",
+        "train.steps=200",
+        capsys=capsys,
+        monkeypatch=monkeypatch,
+    )
     assert f"sbatch {script}" in out and str(script) in out
     directives = dict(re.findall(r"^#SBATCH --([a-z-]+)(?:=(.*))?$", text, flags=re.MULTILINE))
     assert directives["nodes"] == "3" and directives["ntasks-per-node"] == "1"
@@ -89,9 +108,16 @@ def test_script_starts_the_head_the_workers_and_the_driver(tmp_path, capsys, mon
     argvs = commands(text)
     [head] = find(argvs, "ray", "start", "--head")
     assert head[:7] == ["srun", "--nodes=1", "--ntasks=1", "-w", "$head", "--cpus-per-task=8", "--gres=gpu:2"]
-    assert {"--node-ip-address=$head_ip", "--port=6379", "--ray-client-server-port=10001",
-            "--object-manager-port=8076", "--include-dashboard=false", "--num-cpus=8", "--num-gpus=2",
-            "--block"} <= set(head)
+    assert {
+        "--node-ip-address=$head_ip",
+        "--port=6379",
+        "--ray-client-server-port=10001",
+        "--object-manager-port=8076",
+        "--include-dashboard=false",
+        "--num-cpus=8",
+        "--num-gpus=2",
+        "--block",
+    } <= set(head)
     assert "--dashboard-host=127.0.0.1" in head  # what Ray keeps of it, on loopback only
     [worker] = find(argvs, "ray", "start", "--address=$head_ip:6379")
     assert worker[:5] == ["srun", "--nodes=1", "--ntasks=1", "-w", "$node"] and "--block" in worker
@@ -100,16 +126,26 @@ def test_script_starts_the_head_the_workers_and_the_driver(tmp_path, capsys, mon
     joins = find(argvs, "-m", "orchestrator.cluster.join")  # the head is up, then every node is in
     assert [j[-3:] for j in joins] == [["$head_ip:6379", n, "--timeout=300"] for n in ("1", "3")]
     [driver] = find(argvs, "grokscale", "run")
-    assert driver[2:] == [str(tmp_path / "study.yaml"), "--quiet", "--set", "ray.address=$head_ip:6379",
-                          "--set", "train.steps=200"]
+    assert driver[2:] == [
+        str(tmp_path / "study.yaml"),
+        "--quiet",
+        "--set",
+        "ray.address=$head_ip:6379",
+        "--set",
+        "train.steps=200",
+    ]
     assert "export RAY_AUTH_MODE=token" in text and "RAY_AUTH_TOKEN=" in text
     assert not re.search(r"RAY_AUTH_TOKEN=[0-9a-f]{16}", text)  # made in the job, never written to disk
     assert not find(argvs, "ray", "stop")  # it would stop every Ray of this user on the node
     # Ray's files in a folder each node's step makes itself, private, under a name not known before.
-    assert re.search(r'^ray_tmp=/tmp/gs-\$SLURM_JOB_ID-\$\(python -c "import secrets', text, flags=re.MULTILINE)
-    assert "umask 077 && mkdir \"$ray_tmp\"" in text
-    assert all(a[a.index("bash"):a.index("bash") + 3] == ["bash", "-c", 'private_tmp && exec "$@"']
-               for a in (head, worker))
+    assert re.search(
+        r'^ray_tmp=/tmp/gs-\$SLURM_JOB_ID-\$\(python -c "import secrets', text, flags=re.MULTILINE
+    )
+    assert 'umask 077 && mkdir "$ray_tmp"' in text
+    assert all(
+        a[a.index("bash") : a.index("bash") + 3] == ["bash", "-c", 'private_tmp && exec "$@"']
+        for a in (head, worker)
+    )
     [auth] = find(argvs, "-m", "orchestrator.cluster.auth_check")
     assert auth[-1] == "$head_ip:6379"
     # The order: head, wait for it, check nobody without the token gets in, workers, wait for all, driver.
@@ -120,8 +156,19 @@ def test_script_starts_the_head_the_workers_and_the_driver(tmp_path, capsys, mon
 
 
 def test_without_cpus_the_nodes_are_whole_and_ports_can_move(tmp_path, capsys, monkeypatch):
-    _, text, _ = dry_run(tmp_path, "--nodes", "1", "--port", "7000", "--client-port", "7001",
-                         "--object-manager-port", "7002", capsys=capsys, monkeypatch=monkeypatch)
+    _, text, _ = dry_run(
+        tmp_path,
+        "--nodes",
+        "1",
+        "--port",
+        "7000",
+        "--client-port",
+        "7001",
+        "--object-manager-port",
+        "7002",
+        capsys=capsys,
+        monkeypatch=monkeypatch,
+    )
     assert "#SBATCH --exclusive" in text and "cpus-per-task" not in text
     assert "#SBATCH --gpus" not in text and "--gres" not in text
     assert "#SBATCH --partition" not in text and "#SBATCH --account" not in text
@@ -134,14 +181,17 @@ def test_without_cpus_the_nodes_are_whole_and_ports_can_move(tmp_path, capsys, m
     assert "ray.address=$head_ip:7000" in driver
 
 
-@pytest.mark.parametrize("args, message", [
-    ((), "grid.d[0]"),                                                   # a bad study
-    (("--set", "ray.address=auto"), "ray.address"),                      # the script sets it
-    (("--set", "resources.gpus=1"), "resources.gpus"),                   # no GPU on the nodes asked for
-    (("--time", "2h"), "--time"),
-    (("--nodes", "0"), "--nodes"),
-    (("--port", "12000"), "--port"),                                     # inside Ray's worker ports
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ((), "grid.d[0]"),  # a bad study
+        (("--set", "ray.address=auto"), "ray.address"),  # the script sets it
+        (("--set", "resources.gpus=1"), "resources.gpus"),  # no GPU on the nodes asked for
+        (("--time", "2h"), "--time"),
+        (("--nodes", "0"), "--nodes"),
+        (("--port", "12000"), "--port"),  # inside Ray's worker ports
+    ],
+)
 def test_bad_input_exits_2_and_writes_nothing(tmp_path, monkeypatch, capsys, args, message):
     bad = {"grid": {**STUDY["grid"], "d": [1.5]}} if not args else {}
     path = write_study(tmp_path, **bad)
@@ -209,25 +259,47 @@ class OneNodeSlurm:
         if node.returncode != 0 or line is None:
             pytest.skip(f"`slurmd -C` could not describe this node: {node.stderr[-500:]}")
         r = self.root
-        return "\n".join([
-            "ClusterName=grokscaletest", f"SlurmctldHost={self.host}(127.0.0.1)",
-            f"SlurmctldPort={free_port()}", f"SlurmdPort={free_port()}",
-            "SlurmUser=root", "SlurmdUser=root", "AuthType=auth/munge", "CredType=cred/munge",
-            f"AuthInfo=socket={r}/munge.socket", f"StateSaveLocation={r}/state", f"SlurmdSpoolDir={r}/spool",
-            f"SlurmctldPidFile={r}/slurmctld.pid", f"SlurmdPidFile={r}/slurmd.pid",
-            f"SlurmctldLogFile={r}/slurmctld.log", f"SlurmdLogFile={r}/slurmd.log",
-            "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none",
-            "SelectType=select/cons_tres", "SelectTypeParameters=CR_Core",
-            "JobAcctGatherType=jobacct_gather/none", "AccountingStorageType=accounting_storage/none",
-            "MpiDefault=none", "ReturnToService=2", "KillWait=5", "MinJobAge=600",
-            f"FirstJobId={random.randint(10_000, 900_000)}",  # job ids (and Ray's temp dirs) unlike a past run's
-            f"{line.split(' UpTime=')[0]} NodeAddr=127.0.0.1 State=UNKNOWN",
-            f"PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP", ""])
+        return "\n".join(
+            [
+                "ClusterName=grokscaletest",
+                f"SlurmctldHost={self.host}(127.0.0.1)",
+                f"SlurmctldPort={free_port()}",
+                f"SlurmdPort={free_port()}",
+                "SlurmUser=root",
+                "SlurmdUser=root",
+                "AuthType=auth/munge",
+                "CredType=cred/munge",
+                f"AuthInfo=socket={r}/munge.socket",
+                f"StateSaveLocation={r}/state",
+                f"SlurmdSpoolDir={r}/spool",
+                f"SlurmctldPidFile={r}/slurmctld.pid",
+                f"SlurmdPidFile={r}/slurmd.pid",
+                f"SlurmctldLogFile={r}/slurmctld.log",
+                f"SlurmdLogFile={r}/slurmd.log",
+                "ProctrackType=proctrack/linuxproc",
+                "TaskPlugin=task/none",
+                "SelectType=select/cons_tres",
+                "SelectTypeParameters=CR_Core",
+                "JobAcctGatherType=jobacct_gather/none",
+                "AccountingStorageType=accounting_storage/none",
+                "MpiDefault=none",
+                "ReturnToService=2",
+                "KillWait=5",
+                "MinJobAge=600",
+                f"FirstJobId={random.randint(10_000, 900_000)}",  # job ids (and Ray's temp dirs) unlike a past run's
+                f"{line.split(' UpTime=')[0]} NodeAddr=127.0.0.1 State=UNKNOWN",
+                f"PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP",
+                "",
+            ]
+        )
 
     def _spawn(self, *cmd: str) -> None:
         with open(self.root / f"{Path(cmd[0]).name}.out", "ab") as log:  # the daemon keeps its own copy
-            self.procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                               start_new_session=True))
+            self.procs.append(
+                subprocess.Popen(
+                    cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+                )
+            )
 
     def start(self, timeout_s: float = 60) -> None:
         for d in ("state", "spool"):
@@ -236,9 +308,16 @@ class OneNodeSlurm:
         key = self.root / "munge.key"
         key.write_bytes(os.urandom(1024))
         key.chmod(0o600)
-        self._spawn("munged", "--foreground", "--force", f"--socket={self.root}/munge.socket",
-                    f"--key-file={key}", f"--pid-file={self.root}/munged.pid",
-                    f"--log-file={self.root}/munged.log", f"--seed-file={self.root}/munged.seed")
+        self._spawn(
+            "munged",
+            "--foreground",
+            "--force",
+            f"--socket={self.root}/munge.socket",
+            f"--key-file={key}",
+            f"--pid-file={self.root}/munged.pid",
+            f"--log-file={self.root}/munged.log",
+            f"--seed-file={self.root}/munged.seed",
+        )
         self._spawn("slurmctld", "-D", "-i", "-f", str(self.conf))
         self._spawn("slurmd", "-D", "-f", str(self.conf))
         deadline = time.monotonic() + timeout_s
@@ -255,14 +334,27 @@ class OneNodeSlurm:
         return subprocess.run(cmd, capture_output=True, text=True, env=self.env, timeout=timeout)
 
     def logs(self) -> str:
-        return "\n".join(f"--- {p.name}\n{p.read_text()[-1500:]}" for p in sorted(self.root.glob("*.log"))
-                         if p.stat().st_size) + "\n".join(
-            f"--- {p.name}\n{p.read_text(errors='replace')[-800:]}" for p in sorted(self.root.glob("*.out")))
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text()[-1500:]}"
+            for p in sorted(self.root.glob("*.log"))
+            if p.stat().st_size
+        ) + "\n".join(
+            f"--- {p.name}\n{p.read_text(errors='replace')[-800:]}" for p in sorted(self.root.glob("*.out"))
+        )
 
     def wait_job(self, job_id: str, timeout_s: float) -> tuple[str, str]:
         """(JobState, ExitCode) once the job has ended; ("TIMEOUT_IN_TEST", "") if it has not."""
-        ended = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
-                 "DEADLINE", "PREEMPTED")
+        ended = (
+            "COMPLETED",
+            "FAILED",
+            "CANCELLED",
+            "TIMEOUT",
+            "NODE_FAIL",
+            "OUT_OF_MEMORY",
+            "BOOT_FAIL",
+            "DEADLINE",
+            "PREEMPTED",
+        )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             info = dict(re.findall(r"(\w+)=(\S*)", self.run("scontrol", "-o", "show", "job", job_id).stdout))
@@ -311,8 +403,20 @@ def job_processes(job_id: str) -> list[int]:
 
 def submit(slurm: OneNodeSlurm, tmp_path: Path, ports: list[int]) -> str:
     """`grokscale slurm` of the tiny study on one whole node; the job id it printed."""
-    cmd = [*SLURM, str(tmp_path / "study.yaml"), "--nodes", "1", "--time", "00:20:00",
-           "--port", str(ports[0]), "--client-port", str(ports[1]), "--object-manager-port", str(ports[2])]
+    cmd = [
+        *SLURM,
+        str(tmp_path / "study.yaml"),
+        "--nodes",
+        "1",
+        "--time",
+        "00:20:00",
+        "--port",
+        str(ports[0]),
+        "--client-port",
+        str(ports[1]),
+        "--object-manager-port",
+        str(ports[2]),
+    ]
     out = subprocess.run(cmd, cwd=tmp_path, env=slurm.env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr + slurm.logs()
     return re.search(r"submitted job (\d+)", out.stdout).group(1)
@@ -362,10 +466,24 @@ def test_study_runs_and_resumes_through_sbatch_on_a_one_node_slurm(tmp_path, slu
 
 def _ray_head(tmp: Path, port: int, env: dict) -> subprocess.Popen:
     ray = Path(sys.executable).with_name("ray")
-    return subprocess.Popen([str(ray), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-                             "--include-dashboard=false", "--disable-usage-stats", "--num-cpus=1",
-                             f"--temp-dir={tmp}", "--block"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    return subprocess.Popen(
+        [
+            str(ray),
+            "start",
+            "--head",
+            "--node-ip-address=127.0.0.1",
+            f"--port={port}",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            "--num-cpus=1",
+            f"--temp-dir={tmp}",
+            "--block",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
 
 @pytest.mark.slow  # two real Ray heads, one with token authentication and one without: about a minute
@@ -376,14 +494,26 @@ def test_the_job_checks_that_its_ray_refuses_a_connection_without_its_token(auth
     port = free_port()
     tmp = Path(tempfile.mkdtemp(prefix="gsa", dir="/tmp"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "a" * 64} if auth else {"RAY_AUTH_MODE": "disabled"})
+    env.update(
+        {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "a" * 64} if auth else {"RAY_AUTH_MODE": "disabled"}
+    )
     head = _ray_head(tmp, port, env)
     try:
-        joined = subprocess.run([sys.executable, "-m", "orchestrator.cluster.join", f"127.0.0.1:{port}", "1",
-                                 "--timeout=120"], env=env, capture_output=True, text=True, timeout=180)
+        joined = subprocess.run(
+            [sys.executable, "-m", "orchestrator.cluster.join", f"127.0.0.1:{port}", "1", "--timeout=120"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
         assert joined.returncode == 0, joined.stderr[-2000:]
-        check = subprocess.run([sys.executable, "-m", "orchestrator.cluster.auth_check", f"127.0.0.1:{port}"],
-                               env=env, capture_output=True, text=True, timeout=300)
+        check = subprocess.run(
+            [sys.executable, "-m", "orchestrator.cluster.auth_check", f"127.0.0.1:{port}"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     finally:
         kill_tree(head.pid)
         shutil.rmtree(tmp, ignore_errors=True)

@@ -39,13 +39,24 @@ def _study(tmp_path: Path):
     storage = open_storage(study.storage_url)
     best = {}
     for i, cell in enumerate(cells):
-        ostudy = optuna.create_study(study_name=names.optuna_study_name(study.name, cell.key), storage=storage,
-                                     direction="maximize")
+        ostudy = optuna.create_study(
+            study_name=names.optuna_study_name(study.name, cell.key), storage=storage, direction="maximize"
+        )
         best[cell.key] = 0.123456789012345 * (i + 1)
-        ostudy.add_trial(create_trial(params={"train.weight_decay": best[cell.key]},
-                                      distributions={"train.weight_decay": WD}, value=0.5 + i / 10))
-        ostudy.add_trial(create_trial(params={"train.weight_decay": 9.0}, distributions={"train.weight_decay": WD},
-                                      state=TrialState.PRUNED))
+        ostudy.add_trial(
+            create_trial(
+                params={"train.weight_decay": best[cell.key]},
+                distributions={"train.weight_decay": WD},
+                value=0.5 + i / 10,
+            )
+        )
+        ostudy.add_trial(
+            create_trial(
+                params={"train.weight_decay": 9.0},
+                distributions={"train.weight_decay": WD},
+                state=TrialState.PRUNED,
+            )
+        )
         ostudy.add_trial(create_trial(state=TrialState.FAIL))
         running = ostudy.ask()
         running.set_user_attr(names.trial_run_id(0), "an-mlflow-run-id")
@@ -83,15 +94,17 @@ def test_a_narrow_terminal_folds_long_cells_instead_of_cutting_them(tmp_path):
 
     _, study, cells, best = _study(tmp_path)
     out = io.StringIO()
-    Console(file=out, width=60, force_terminal=True, color_system=None).print(status_table(study,
-                                                                                      study_status(study, cells)))
+    Console(file=out, width=60, force_terminal=True, color_system=None).print(
+        status_table(study, study_status(study, cells))
+    )
     text = out.getvalue()
     assert "…" not in text and max(len(line) for line in text.splitlines()) <= 60
     # Each column's pieces, read down the table, spell every value whole.
     body = _rows_of(text)
     assert "".join(r[0] for r in body) == "".join(c.key for c in cells)
     assert "".join(r[-1] for r in body).replace(" ", "") == "".join(
-        json.dumps({"train.weight_decay": best[c.key]}).replace(" ", "") for c in cells)
+        json.dumps({"train.weight_decay": best[c.key]}).replace(" ", "") for c in cells
+    )
 
 
 def test_a_study_of_its_own_trainer_shows_its_shapes_and_d_values(tmp_path, monkeypatch):
@@ -109,6 +122,10 @@ def test_a_study_of_its_own_trainer_shows_its_shapes_and_d_values(tmp_path, monk
     out = io.StringIO()
     print_status(study, study_status(study, cells), file=out)
     body = _rows_of(out.getvalue())
-    assert [r[:3] for r in body] == [["N[width=32]_D=0.3", "", "0.3"], ["N[width=32]_D=0.6", "", "0.6"],
-                                     ["N[width=128]_D=0.3", "", "0.3"], ["N[width=128]_D=0.6", "", "0.6"]]
+    assert [r[:3] for r in body] == [
+        ["N[width=32]_D=0.3", "", "0.3"],
+        ["N[width=32]_D=0.6", "", "0.6"],
+        ["N[width=128]_D=0.3", "", "0.3"],
+        ["N[width=128]_D=0.6", "", "0.6"],
+    ]
     assert not (tmp_path / "runs").exists()  # status never creates a storage

@@ -65,7 +65,9 @@ def test_runs_go_into_the_servers_database_and_read_back_through_the_server(tmp_
 def test_a_database_that_is_not_the_servers_is_refused_before_anything_starts(tmp_path, server):
     pg, mlflow = server
     MlflowClient(tracking_uri=pg.url("other", "postgresql+psycopg2")).search_experiments()  # its own tables
-    path = write_study(tmp_path, tiny_study("direct", tracking={"uri": mlflow.uri, "database": pg.url("other")}))
+    path = write_study(
+        tmp_path, tiny_study("direct", tracking={"uri": mlflow.uri, "database": pg.url("other")})
+    )
     files = listing(tmp_path)
     for command in (["validate"], ["run", "--quiet"]):
         out = grokscale(command[0], path, *command[1:], cwd=tmp_path, timeout=120)
@@ -76,6 +78,8 @@ def test_a_database_that_is_not_the_servers_is_refused_before_anything_starts(tm
     assert MlflowClient(tracking_uri=mlflow.uri).get_experiment_by_name("direct") is None
 
     # A database with no MLflow tables at all names the field too.
-    path = write_study(tmp_path, tiny_study("direct", tracking={"uri": mlflow.uri, "database": pg.url("postgres")}))
+    path = write_study(
+        tmp_path, tiny_study("direct", tracking={"uri": mlflow.uri, "database": pg.url("postgres")})
+    )
     out = grokscale("run", path, "--quiet", cwd=tmp_path, timeout=120)
     assert out.returncode == 2 and "tracking.database: logged in to" in out.stderr, out.stderr

@@ -69,7 +69,9 @@ def test_links_name_the_study_experiment_and_parent_run(study):
     assert links.dashboard_command == f"optuna-dashboard {study.storage_url}"
     # Once the report is logged, the link opens its first plot.
     tracker.client.set_tag(parent, names.TAG_REPORT, "emergence_heatmap, grokking_curves")
-    assert study_links(study).report_url.endswith(f"/runs/{parent}/artifacts/report/emergence_heatmap.png?{WORKFLOW}")
+    assert study_links(study).report_url.endswith(
+        f"/runs/{parent}/artifacts/report/emergence_heatmap.png?{WORKFLOW}"
+    )
 
 
 def test_no_links_and_no_store_created_before_a_run(tmp_path, monkeypatch):
@@ -88,19 +90,24 @@ def test_a_tracking_server_serves_its_own_ui_without_its_password(tmp_path, monk
     assert command == "optuna-dashboard 'postgresql://bob:<redacted>@db/optuna'"
 
 
-@pytest.mark.skipif(shutil.which("optuna-dashboard") is None and not Path(sys.executable).with_name(
-    "optuna-dashboard").exists(), reason="optuna-dashboard is not installed (pip install 'grokscale[ui]')")
+@pytest.mark.skipif(
+    shutil.which("optuna-dashboard") is None
+    and not Path(sys.executable).with_name("optuna-dashboard").exists(),
+    reason="optuna-dashboard is not installed (pip install 'grokscale[ui]')",
+)
 def test_optuna_dashboard_reads_the_study_journal(study, tmp_path):
     """The printed command, run as printed: the dashboard lists the cell's Optuna study."""
     study, _ = study
     storage = open_storage(study.storage_url)  # the journal, as the driver writes it
     optuna.create_study(study_name=names.optuna_study_name(study.name, "cellA"), storage=storage).optimize(
-        lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+        lambda t: t.suggest_float("x", 0, 1), n_trials=2
+    )
     port = free_port()
     command = study_links(study).dashboard_command.split()
     exe = shutil.which(command[0]) or str(Path(sys.executable).with_name(command[0]))
-    server = subprocess.Popen([exe, *command[1:], "--port", str(port)], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [exe, *command[1:], "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         body = json.loads(wait_for(f"http://127.0.0.1:{port}/api/studies", timeout_s=60))
     finally:
@@ -111,8 +118,14 @@ def test_optuna_dashboard_reads_the_study_journal(study, tmp_path):
 
 
 def browser() -> str | None:
-    return next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome")
-                 if shutil.which(name)), None)
+    return next(
+        (
+            shutil.which(name)
+            for name in ("chromium", "chromium-browser", "google-chrome")
+            if shutil.which(name)
+        ),
+        None,
+    )
 
 
 @pytest.mark.long
@@ -126,13 +139,30 @@ def test_the_printed_link_opens_the_runs_table_in_mlflow(study, tmp_path):
     assert tracker.drain(timeout_s=30)
     port = free_port()
     mlflow = str(Path(sys.executable).with_name("mlflow"))
-    server = subprocess.Popen([mlflow, "ui", "--backend-store-uri", study.tracking.uri, "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    server = subprocess.Popen(
+        [mlflow, "ui", "--backend-store-uri", study.tracking.uri, "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     base = f"http://127.0.0.1:{port}"
 
     def render(url: str) -> str:
-        out = subprocess.run([browser(), "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=40000",
-                              "--dump-dom", url], capture_output=True, text=True, timeout=240, check=False)
+        out = subprocess.run(
+            [
+                browser(),
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--virtual-time-budget=40000",
+                "--dump-dom",
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=240,
+            check=False,
+        )
         return out.stdout
 
     try:

@@ -14,11 +14,19 @@ REPO = Path(__file__).resolve().parents[2]
 GROKSCALE = [sys.executable, "-m", "orchestrator.cli"]
 
 
-def grokscale(*args: object, cwd: Path = REPO, timeout: float = 300, env: dict | None = None
-              ) -> subprocess.CompletedProcess:
+def grokscale(
+    *args: object, cwd: Path = REPO, timeout: float = 300, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """`grokscale ARGS...` in `cwd`, its output captured as text; never raises on its exit code."""
-    return subprocess.run([*GROKSCALE, *map(str, args)], cwd=cwd, capture_output=True, text=True, check=False,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [*GROKSCALE, *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+        env=env,
+    )
 
 
 def write_study(where: Path, study: dict, **updates) -> Path:
@@ -30,7 +38,10 @@ def write_study(where: Path, study: dict, **updates) -> Path:
 
 def merged(study: dict, **sections) -> dict:
     """`study` with each given section merged into its own (when both are dicts) or replacing it."""
-    return {**study, **{k: {**study[k], **v} if isinstance(study.get(k), dict) else v for k, v in sections.items()}}
+    return {
+        **study,
+        **{k: {**study[k], **v} if isinstance(study.get(k), dict) else v for k, v in sections.items()},
+    }
 
 
 def sqlite_uri(where: Path) -> str:

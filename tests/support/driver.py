@@ -21,9 +21,14 @@ RAY_ENV = {"RAY_AUTH_MODE": "disabled"}  # no token to share between the nodes a
 
 def start_driver(path: Path, uri: str, *args: str, log: str = "driver.log") -> subprocess.Popen:
     """`grokscale run` in its own session; stdout (the counts) to `log`.out, stderr to `log`."""
-    return subprocess.Popen([*GROKSCALE, "run", str(path), "--quiet", "--json", "--tracking-uri", uri, *args],
-                            cwd=path.parent, stdout=open(path.parent / f"{log}.out", "wb"),
-                            stderr=open(path.parent / log, "ab"), start_new_session=True, env={**os.environ, **RAY_ENV})
+    return subprocess.Popen(
+        [*GROKSCALE, "run", str(path), "--quiet", "--json", "--tracking-uri", uri, *args],
+        cwd=path.parent,
+        stdout=open(path.parent / f"{log}.out", "wb"),
+        stderr=open(path.parent / log, "ab"),
+        start_new_session=True,
+        env={**os.environ, **RAY_ENV},
+    )
 
 
 def wait_driver(driver: subprocess.Popen, path: Path, timeout: float, log: str = "driver.log") -> dict:
@@ -32,7 +37,9 @@ def wait_driver(driver: subprocess.Popen, path: Path, timeout: float, log: str =
     except subprocess.TimeoutExpired:
         kill_tree(driver.pid)
         driver.wait()
-        raise AssertionError(f"the driver ran past {timeout} s:\n{(path.parent / log).read_text()[-3000:]}") from None
+        raise AssertionError(
+            f"the driver ran past {timeout} s:\n{(path.parent / log).read_text()[-3000:]}"
+        ) from None
     assert rc == 0, f"the driver exited {rc}:\n{(path.parent / log).read_text()[-3000:]}"
     lines = (path.parent / f"{log}.out").read_text().splitlines()  # Ray prints (raylet) notes here too
     return json.loads(next(line for line in reversed(lines) if line.startswith("{")))
@@ -54,5 +61,10 @@ def trials(tmp_path: Path, study: str = "faults") -> dict[str, list[optuna.trial
     if not journal.exists():
         return {}
     storage = open_storage(str(journal))
-    return {s.study_name.split("/", 1)[1]: optuna.load_study(study_name=s.study_name, storage=storage).get_trials()
-            for s in optuna.get_all_study_summaries(storage) if not s.study_name.startswith(HOLD_STUDY_PREFIX)}
+    return {
+        s.study_name.split("/", 1)[1]: optuna.load_study(
+            study_name=s.study_name, storage=storage
+        ).get_trials()
+        for s in optuna.get_all_study_summaries(storage)
+        if not s.study_name.startswith(HOLD_STUDY_PREFIX)
+    }

@@ -36,6 +36,7 @@ WAIT_S = 900.0  # a gate no test opened: the run fails saying so, rather than ha
 
 # ------------------------------------------------------------------------------ the run's side
 
+
 def _write(path: Path, text: str) -> None:
     """Whole or not at all: the reader never sees half a file."""
     tmp = path.with_name(path.name + ".tmp")
@@ -71,8 +72,12 @@ def gated(report: Callable[[dict], bool], config: RunConfig, checkpoint_dir: str
 def curve(step: int, steps: int, weight_decay: float) -> dict[str, float]:
     """`run`'s evaluation at `step`: deterministic, rising with step, faster with weight decay."""
     progress = 1.0 - math.exp(-3.0 * weight_decay * step / steps)
-    return {"step": step, "train_loss": round(1.0 - progress, 6), "train_acc": round(min(1.0, 1.2 * progress), 6),
-            "val_acc": round(progress, 6)}
+    return {
+        "step": step,
+        "train_loss": round(1.0 - progress, 6),
+        "train_acc": round(min(1.0, 1.2 * progress), 6),
+        "val_acc": round(progress, 6),
+    }
 
 
 def run(config: RunConfig, report: Callable[[dict], bool], checkpoint_dir: str) -> dict:
@@ -100,6 +105,7 @@ def wrapped(config: RunConfig, report: Callable[[dict], bool], checkpoint_dir: s
 
 
 # ------------------------------------------------------------------------------ the test's side
+
 
 class Gates:
     """The gates of a study's runs: `runs` is the study's checkpoints folder (a run's checkpoint
@@ -135,8 +141,14 @@ class Gates:
         """Every gate of every run, now and later."""
         (self.folder / "open").touch()
 
-    def wait_for(self, what: str, ready: Callable[[], object], alive: Callable[[], bool] = lambda: True,
-                 timeout: float = 600, log: Path | None = None) -> object:
+    def wait_for(
+        self,
+        what: str,
+        ready: Callable[[], object],
+        alive: Callable[[], bool] = lambda: True,
+        timeout: float = 600,
+        log: Path | None = None,
+    ) -> object:
         """Poll until `ready()` returns something true, and return it; fail (saying what it
         waited for, with the end of `log`) if `alive()` turns false or after `timeout` s: the
         study got stuck, which no loaded machine explains."""

@@ -30,13 +30,28 @@ class MlflowServer:
     def start(self, timeout: float = 300) -> None:  # generous: a loaded 2-core machine
         with open(self.root / "server.log", "ab") as out:  # the child keeps its own copy
             self.proc = subprocess.Popen(
-                [BIN / "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
-                 "--workers", str(self.workers), "--backend-store-uri", self.backend,
-                 "--artifacts-destination", str(self.root / "artifacts")],
-                cwd=self.root, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                [
+                    BIN / "mlflow",
+                    "server",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--workers",
+                    str(self.workers),
+                    "--backend-store-uri",
+                    self.backend,
+                    "--artifacts-destination",
+                    str(self.root / "artifacts"),
+                ],
+                cwd=self.root,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
                 # MLflow 3's job runner (seven huey consumers, ~1.3 GB and ~20 CPU-s to start) runs
                 # GenAI jobs grokscale never asks for; on 2 cores it starves everything else.
-                env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+                env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:

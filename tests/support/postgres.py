@@ -24,8 +24,10 @@ def unavailable() -> str | None:
     """Why a cluster cannot be started here, or None."""
     missing = [b for b in ("initdb", "pg_ctl", "postgres", "psql") if not (PG_BIN / b).is_file()]
     if missing:
-        return (f"PostgreSQL server binaries not found in {PG_BIN} (missing {', '.join(missing)}); "
-                f"install postgresql-15 or set GROKSCALE_PG_BIN")
+        return (
+            f"PostgreSQL server binaries not found in {PG_BIN} (missing {', '.join(missing)}); "
+            f"install postgresql-15 or set GROKSCALE_PG_BIN"
+        )
     try:
         user = pwd.getpwnam("postgres")
     except KeyError:
@@ -47,19 +49,36 @@ class Postgres:
         self.prefix = [] if os.geteuid() == user.pw_uid else ["runuser", "-u", "postgres", "--"]
 
     def _run(self, *cmd: str, timeout: float = 120) -> str:
-        out = subprocess.run([*self.prefix, *cmd], capture_output=True, text=True, timeout=timeout, cwd=self.root)
+        out = subprocess.run(
+            [*self.prefix, *cmd], capture_output=True, text=True, timeout=timeout, cwd=self.root
+        )
         if out.returncode:
-            raise RuntimeError(f"{Path(cmd[0]).name} failed: {out.stdout[-1500:]}{out.stderr[-1500:]}{self.log()}")
+            raise RuntimeError(
+                f"{Path(cmd[0]).name} failed: {out.stdout[-1500:]}{out.stderr[-1500:]}{self.log()}"
+            )
         return out.stdout
 
-    def start(self, databases: tuple[str, ...] = ("optuna",), max_connections: int = 100,
-              settings: dict[str, str] | None = None) -> None:
+    def start(
+        self,
+        databases: tuple[str, ...] = ("optuna",),
+        max_connections: int = 100,
+        settings: dict[str, str] | None = None,
+    ) -> None:
         """`settings`: more server settings (-c name=value), e.g. a benchmark's shared_buffers."""
         self._run(str(PG_BIN / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
         more = "".join(f" -c {k}={v}" for k, v in (settings or {}).items())
-        self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "log"), "-o",
-                  f"-h 127.0.0.1 -p {self.port} -k {self.root} -c fsync=off -c max_connections={max_connections}"
-                  f"{more}", "-w", "start")
+        self._run(
+            str(PG_BIN / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.root / "log"),
+            "-o",
+            f"-h 127.0.0.1 -p {self.port} -k {self.root} -c fsync=off -c max_connections={max_connections}"
+            f"{more}",
+            "-w",
+            "start",
+        )
         for db in databases:
             self.query("postgres", f"CREATE DATABASE {db}")
 
@@ -68,13 +87,29 @@ class Postgres:
         return f"{driver}://postgres@127.0.0.1:{self.port}/{db}"
 
     def query(self, db: str, sql: str) -> str:
-        return self._run(str(PG_BIN / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", db,
-                         "-tAc", sql, timeout=300).strip()
+        return self._run(
+            str(PG_BIN / "psql"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-U",
+            "postgres",
+            "-d",
+            db,
+            "-tAc",
+            sql,
+            timeout=300,
+        ).strip()
 
     def stop(self) -> None:
         """Stop at once (a crash, as far as the clients can tell)."""
-        subprocess.run([*self.prefix, str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w",
-                        "stop"], capture_output=True, timeout=60, cwd=self.root)
+        subprocess.run(
+            [*self.prefix, str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop"],
+            capture_output=True,
+            timeout=60,
+            cwd=self.root,
+        )
 
     def remove(self) -> None:
         self.stop()

@@ -17,6 +17,7 @@ class Race(Exception):
 def retry_races(attempts: int = 3):
     """Run the test again, in fresh directories, when it raises Race (at most `attempts` times);
     every real assertion still fails at once."""
+
     def wrap(test):
         @functools.wraps(test)
         def run(**fixtures):
@@ -27,8 +28,12 @@ def retry_races(attempts: int = 3):
                     if attempt == attempts:
                         pytest.fail(f"the fault missed its moment {attempts} times; last: {race}")
                     print(f"\nattempt {attempt}: {race}; again from scratch")
-                    fixtures = {k: fresh_dir(v, attempt) if isinstance(v, Path) else v for k, v in fixtures.items()}
+                    fixtures = {
+                        k: fresh_dir(v, attempt) if isinstance(v, Path) else v for k, v in fixtures.items()
+                    }
+
         return run
+
     return wrap
 
 

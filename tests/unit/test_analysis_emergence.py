@@ -31,7 +31,7 @@ def test_midpoint_of_a_noisy_sigmoid_within_5_percent_in_log_scale():
     assert fit.bootstrap == "cases" and fit.n_boot == 200
     assert fit.ceiling == pytest.approx(0.99, abs=0.03)
     assert fit.width_decades == pytest.approx(2 * np.log(9) * 0.3, rel=0.2)
-    assert fit.bracket == (pytest.approx(10 ** 5.0), pytest.approx(10 ** 5.5))
+    assert fit.bracket == (pytest.approx(10**5.0), pytest.approx(10**5.5))
     assert fit.sharp and fit.evidence > 6
 
 
@@ -73,7 +73,7 @@ def test_fewer_than_three_scales_is_no_threshold():
 def test_a_step_between_two_grid_scales_sits_halfway_between_them():
     x = np.logspace(3, 7, 9)  # half-decade grid
     fit = emergence_threshold(x, np.where(x > 2e5, 0.98, 0.02), chance=0.02)
-    assert fit.bracket == (pytest.approx(1e5), pytest.approx(10 ** 5.5))
+    assert fit.bracket == (pytest.approx(1e5), pytest.approx(10**5.5))
     assert np.log10(fit.threshold) == pytest.approx(5.25, abs=0.02)
     assert fit.sharp
 
@@ -90,10 +90,21 @@ def test_a_loss_is_handled_with_lower_is_better():
 def test_critical_size_lines_follow_a_known_boundary():
     # The ability appears when N * D > 1e8 (a width of 0.15 decades), on a 5 x 7 grid, 2 seeds.
     rng = np.random.default_rng(0)
-    rows = [{"n_params": n, "n_train": d, "seed": s, "status": "completed",
-             "max_val_acc": sigmoid(n * d, mid=8.0, width=0.15) + rng.normal(0, 0.01)}
-            for n in np.logspace(3, 5, 5) for d in np.logspace(2.5, 5.5, 7) for s in range(2)]
-    rows.append({"n_params": 1e3, "n_train": 1e4, "seed": 9, "status": "failed", "max_val_acc": 1.0})  # ignored
+    rows = [
+        {
+            "n_params": n,
+            "n_train": d,
+            "seed": s,
+            "status": "completed",
+            "max_val_acc": sigmoid(n * d, mid=8.0, width=0.15) + rng.normal(0, 0.01),
+        }
+        for n in np.logspace(3, 5, 5)
+        for d in np.logspace(2.5, 5.5, 7)
+        for s in range(2)
+    ]
+    rows.append(
+        {"n_params": 1e3, "n_train": 1e4, "seed": 9, "status": "failed", "max_val_acc": 1.0}
+    )  # ignored
     lines = critical_sizes(pd.DataFrame(rows), n_boot=50)
     d_star = {n: f for n, f in lines.d_star}
     for n, fit in d_star.items():
@@ -110,13 +121,16 @@ def test_critical_size_lines_follow_a_known_boundary():
 
 # Refusals: what the data cannot decide is reported as such.
 
+
 def test_three_scales_and_a_clean_step_give_insufficient_data_and_the_whole_bracket():
     # The quickstart's shape: 2 runs at each of 1k, 3k and 10k parameters, a clean step 3k -> 10k.
     x = [1e3, 1e3, 3e3, 3e3, 1e4, 1e4]
     y = [0.01, 0.02, 0.015, 0.02, 0.97, 0.99]
     fit = emergence_threshold(x, y, chance=0.01)
     assert fit.threshold is not None and fit.bracket == (3e3, 1e4)
-    assert fit.sharp is None and "insufficient data: 3 scales" in fit.sharp_reason and "AICc" in fit.sharp_reason
+    assert (
+        fit.sharp is None and "insufficient data: 3 scales" in fit.sharp_reason and "AICc" in fit.sharp_reason
+    )
     assert fit.censored  # no scale inside the rise: the threshold is anywhere in the bracket
     assert fit.low <= 3e3 and fit.high >= 1e4  # was [5,477, 5,636] before: narrower than the gap
     assert json.loads(json.dumps(fit.to_dict()))["sharp"] is None
@@ -132,8 +146,9 @@ def test_a_scale_inside_the_rise_is_not_censored_and_five_scales_decide_sharpnes
 
 def test_four_scales_are_not_enough_to_call_a_jump_sharp():
     x = np.repeat(np.logspace(3, 6, 4), 3)
-    fit = emergence_threshold(x, sigmoid(x, mid=4.5, width=0.3) + np.random.default_rng(0).normal(0, 0.01, x.size),
-                              chance=0.01)
+    fit = emergence_threshold(
+        x, sigmoid(x, mid=4.5, width=0.3) + np.random.default_rng(0).normal(0, 0.01, x.size), chance=0.01
+    )
     assert fit.threshold is not None and fit.sharp is None and "4 scales" in fit.sharp_reason
 
 
@@ -144,7 +159,7 @@ def test_a_threshold_the_resamples_push_past_the_grid_has_an_unbounded_interval(
     y = np.where(x < 3e6, 0.02, 0.95)
     y[-4:] = [0.02, 0.95, 0.02, 0.97]
     fit = emergence_threshold(x, y, chance=0.02)
-    assert fit.threshold is not None and fit.bracket == (pytest.approx(1e6), pytest.approx(10 ** 6.5))
+    assert fit.threshold is not None and fit.bracket == (pytest.approx(1e6), pytest.approx(10**6.5))
     assert fit.high_unbounded and fit.high is None
     assert not fit.low_unbounded and fit.low is not None and fit.low <= fit.threshold
 

@@ -12,7 +12,7 @@ E, A, ALPHA, B, BETA = 1.69, 406.4, 0.34, 410.7, 0.28
 
 def planted(noise=0.005, seed=0):
     n, d = (g.ravel() for g in np.meshgrid(np.logspace(6, 9, 6), np.logspace(8, 11, 6)))
-    loss = E + A / n ** ALPHA + B / d ** BETA
+    loss = E + A / n**ALPHA + B / d**BETA
     return n, d, loss * np.exp(np.random.default_rng(seed).normal(0, noise, n.size))
 
 

@@ -24,14 +24,27 @@ G_OPT = (ALPHA * A / (BETA * B)) ** (1 / (ALPHA + BETA))  # 1.3447
 
 
 def chinchilla(n, d):
-    return E + A / n ** ALPHA + B / d ** BETA
+    return E + A / n**ALPHA + B / d**BETA
 
 
 def exact_law(k_boot: int = 0) -> ScalingLawFit:
     """The Chinchilla law as a fit result, without fitting."""
     boot = np.tile([E, A, ALPHA, B, BETA], (k_boot, 1)) if k_boot else None
-    return ScalingLawFit(("N", "D"), "total", Estimate(E), Estimate(A), Estimate(ALPHA), Estimate(B), Estimate(BETA),
-                         objective=0.0, n_points=0, n_inits=0, n_boot=k_boot, ci=0.95, boot=boot)
+    return ScalingLawFit(
+        ("N", "D"),
+        "total",
+        Estimate(E),
+        Estimate(A),
+        Estimate(ALPHA),
+        Estimate(B),
+        Estimate(BETA),
+        objective=0.0,
+        n_points=0,
+        n_inits=0,
+        n_boot=k_boot,
+        ci=0.95,
+        boot=boot,
+    )
 
 
 ISOFLOP_BUDGETS = np.logspace(18, 22, 5)
@@ -84,7 +97,9 @@ def test_flops_per_token_changes_the_budget_not_the_exponents():
 
 
 def test_a_one_variable_law_has_no_frontier():
-    fit = ScalingLawFit(("N",), "total", Estimate(E), Estimate(A), Estimate(ALPHA), None, None, 0.0, 0, 0, 0, 0.95)
+    fit = ScalingLawFit(
+        ("N",), "total", Estimate(E), Estimate(A), Estimate(ALPHA), None, None, 0.0, 0, 0, 0, 0.95
+    )
     fr = loss_law_frontier(fit, [1e20])
     assert fr.a is None and fr.reason.startswith("insufficient data") and fr.to_dict()["frontier"] == []
 

@@ -61,21 +61,35 @@ def test_unsorted_curves_and_missing_values():
 
 
 def test_phases_of_a_runs_table():
-    runs = pd.DataFrame({
-        "memorization_step": [300, 300, 300, np.nan, 300, 300],
-        "generalization_step": [5000, 600, np.nan, np.nan, np.nan, 5000],
-        "status": ["completed", "completed", "completed", "completed", "diverged", "failed"]})
+    runs = pd.DataFrame(
+        {
+            "memorization_step": [300, 300, 300, np.nan, 300, 300],
+            "generalization_step": [5000, 600, np.nan, np.nan, np.nan, 5000],
+            "status": ["completed", "completed", "completed", "completed", "diverged", "failed"],
+        }
+    )
     out = grokking_phases(runs)
-    assert out["phase"].tolist()[:5] == ["grokking", "comprehension", "memorization", "confusion", "confusion"]
+    assert out["phase"].tolist()[:5] == [
+        "grokking",
+        "comprehension",
+        "memorization",
+        "confusion",
+        "confusion",
+    ]
     assert pd.isna(out["phase"].iloc[5])  # a failed run has no phase
-    assert out["grokking_ratio"].iloc[0] == pytest.approx(5000 / 300) and pd.isna(out["grokking_ratio"].iloc[2])
+    assert out["grokking_ratio"].iloc[0] == pytest.approx(5000 / 300) and pd.isna(
+        out["grokking_ratio"].iloc[2]
+    )
     assert "phase" not in runs.columns  # the input is not modified
 
 
 def test_events_from_a_long_curves_table():
-    curves = pd.concat([
-        pd.DataFrame({"run_id": "a", "step": STEPS, "train_acc": ramp(300), "val_acc": ramp(5000)}),
-        pd.DataFrame({"run_id": "b", "step": STEPS, "train_acc": ramp(200), "val_acc": ramp(400)})])
+    curves = pd.concat(
+        [
+            pd.DataFrame({"run_id": "a", "step": STEPS, "train_acc": ramp(300), "val_acc": ramp(5000)}),
+            pd.DataFrame({"run_id": "b", "step": STEPS, "train_acc": ramp(200), "val_acc": ramp(400)}),
+        ]
+    )
     out = curve_events(curves).set_index("run_id")
     assert out.loc["a", "phase"] == "grokking" and out.loc["b", "phase"] == "comprehension"
     assert out.loc["b", "delay"] == 200

@@ -29,7 +29,7 @@ def planted_runs(budgets=BUDGETS, offsets=OFFSETS, curvature=0.1, seeds=1, noise
         for off in np.repeat(offsets, seeds):
             n.append(n_star * np.exp(off))
             c.append(budget)
-            loss.append(l_star(budget) + curvature * off ** 2 + rng.normal(0, noise))
+            loss.append(l_star(budget) + curvature * off**2 + rng.normal(0, noise))
     return np.array(n), np.array(c), np.array(loss)
 
 
@@ -41,7 +41,7 @@ def test_noise_free_parabolas_give_back_their_minima_and_the_power_law():
         assert point.N_opt.value == pytest.approx(n_star, rel=1e-9)
         assert point.L_opt.value == pytest.approx(l_star(budget), rel=1e-9)
         assert point.D_opt.value == pytest.approx(budget / (6 * n_star), rel=1e-9)
-        assert point.tokens_per_param.value == pytest.approx(budget / (6 * n_star ** 2), rel=1e-9)
+        assert point.tokens_per_param.value == pytest.approx(budget / (6 * n_star**2), rel=1e-9)
     assert fit.frontier.a.value == pytest.approx(A_TRUE, abs=1e-9)
     assert fit.frontier.b.value == pytest.approx(1 - A_TRUE, abs=1e-9)
     assert fit.frontier.G.value == pytest.approx(G_TRUE, rel=1e-7)

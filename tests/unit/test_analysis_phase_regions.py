@@ -21,7 +21,7 @@ def planted(log_wd: np.ndarray, frac: np.ndarray) -> np.ndarray:
 def draw(rng, n: int, fractions: np.ndarray | None = None):
     log_wd = rng.uniform(-1, 1, n)
     frac = rng.choice(fractions, n) if fractions is not None else rng.uniform(0.1, 0.9, n)
-    return 10 ** log_wd, frac, planted(log_wd, frac)
+    return 10**log_wd, frac, planted(log_wd, frac)
 
 
 @pytest.mark.parametrize("fractions", [None, np.linspace(0.1, 0.9, 9)], ids=["continuous", "grid-of-9"])
@@ -33,10 +33,14 @@ def test_planted_regions_recovered_at_held_out_points(fractions):
     assert regions.loo_accuracy > 0.85
     assert regions.x_edges[0] == pytest.approx(wd.min()) and regions.x_edges[-1] == pytest.approx(wd.max())
     test_wd, test_frac, truth = draw(rng, 400, fractions)
-    inside = (test_wd >= wd.min()) & (test_wd <= wd.max()) & (test_frac >= frac.min()) & (test_frac <= frac.max())
+    inside = (
+        (test_wd >= wd.min()) & (test_wd <= wd.max()) & (test_frac >= frac.min()) & (test_frac <= frac.max())
+    )
     guess = regions.classify(test_wd[inside], test_frac[inside])
     accuracy = np.mean(guess == truth[inside])
-    assert accuracy > 0.92, accuracy  # 0.86-0.92 with 100 runs: the boundaries are only as sharp as the runs are dense
+    assert accuracy > 0.92, (
+        accuracy
+    )  # 0.86-0.92 with 100 runs: the boundaries are only as sharp as the runs are dense
     assert set(guess) == {"comprehension", "grokking", "memorization", "confusion"}
 
 
@@ -46,9 +50,18 @@ def test_a_linear_axis_misreads_a_log_layout():
     rng = np.random.default_rng(1)
     wd, frac, phase = draw(rng, 60)
     test_wd, test_frac, truth = draw(rng, 400)
-    inside = (test_wd >= wd.min()) & (test_wd <= wd.max()) & (test_frac >= frac.min()) & (test_frac <= frac.max())
-    acc = {log: np.mean(phase_regions(wd, frac, phase, log_x=log, log_y=False)
-                        .classify(test_wd[inside], test_frac[inside]) == truth[inside]) for log in (True, False)}
+    inside = (
+        (test_wd >= wd.min()) & (test_wd <= wd.max()) & (test_frac >= frac.min()) & (test_frac <= frac.max())
+    )
+    acc = {
+        log: np.mean(
+            phase_regions(wd, frac, phase, log_x=log, log_y=False).classify(
+                test_wd[inside], test_frac[inside]
+            )
+            == truth[inside]
+        )
+        for log in (True, False)
+    }
     assert acc[True] > acc[False] + 0.03, acc
 
 

@@ -78,7 +78,9 @@ def test_refusals_insufficient_censored_and_not_a_power_law():
     assert {p.censoring for p in right} == {"right"} and right[0].low == 400
     # A zigzag no line passes through.
     zigzag = {1e4: 150.0, 3e4: 1000.0, 1e5: 150.0, 3e5: 1000.0, 1e6: 150.0}
-    law = fit_critical_data(critical_data_sizes(*grid_runs(zigzag.get, np.array([100.0, 200, 400, 800, 1600]))))
+    law = fit_critical_data(
+        critical_data_sizes(*grid_runs(zigzag.get, np.array([100.0, 200, 400, 800, 1600])))
+    )
     assert law.exponent is None and "no power law passes through every bracket" in law.reason
     # Too few sizes to backtest: a prediction needs two smaller sizes bracketed.
     assert critical_data_backtest(points[:2]) == ()

@@ -18,9 +18,18 @@ def search_runs(n_trials=30, seeds=(0, 1), cells=("N=1000/D=0.3",), seed=0, as_t
             wd, lr = 10 ** rng.uniform(-2, 2), 10 ** rng.uniform(-4, -2)
             for s in seeds:
                 acc = 1 - 0.2 * np.log10(wd) ** 2 + 0.001 * s
-                rows.append({"cell": cell, "trial_number": t, "seed": s, "status": "completed", "max_val_acc": acc,
-                             "param.train.weight_decay": str(wd) if as_text else wd,
-                             "param.train.lr": str(lr) if as_text else lr, "param.model.n_layer": 1})
+                rows.append(
+                    {
+                        "cell": cell,
+                        "trial_number": t,
+                        "seed": s,
+                        "status": "completed",
+                        "max_val_acc": acc,
+                        "param.train.weight_decay": str(wd) if as_text else wd,
+                        "param.train.lr": str(lr) if as_text else lr,
+                        "param.model.n_layer": 1,
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -41,7 +50,9 @@ def test_best_trial_by_objective_and_direction():
     wd = trials["param.train.weight_decay"]
     expected = int(trials.loc[(np.log10(wd) ** 2).idxmin(), "trial_number"])
     assert best.best_trial == expected and best.best_value == pytest.approx(trials["value"].max())
-    assert best.best_params["train.weight_decay"] == pytest.approx(wd[trials["trial_number"] == expected].iloc[0])
+    assert best.best_params["train.weight_decay"] == pytest.approx(
+        wd[trials["trial_number"] == expected].iloc[0]
+    )
     (worst,) = cell_regularization(runs, direction="minimize")
     assert worst.best_value == pytest.approx(trials["value"].min())
 
@@ -57,7 +68,9 @@ def test_too_few_trials_or_nothing_varied_gives_none():
     assert few.importances is None and "need at least 4" in few.reason and few.best_trial is not None
     fixed = search_runs(n_trials=6).assign(**{"param.train.weight_decay": 1.0, "param.train.lr": 1e-3})
     (cell,) = cell_regularization(fixed)
-    assert cell.importances is None and cell.reason == "no searched parameter took two or more distinct values"
+    assert (
+        cell.importances is None and cell.reason == "no searched parameter took two or more distinct values"
+    )
     assert json.loads(json.dumps(cell.to_dict()))["importances"] is None
 
 
@@ -73,13 +86,21 @@ def test_a_cell_whose_trials_all_scored_the_same_gets_no_importances_but_a_reaso
 
 def test_cells_are_separate_and_failed_runs_are_ignored():
     runs = search_runs(n_trials=6, cells=("a", "b"))
-    runs.loc[(runs["cell"] == "b") & (runs["trial_number"] == 0), ["status", "max_val_acc"]] = ["failed", 99.0]
+    runs.loc[(runs["cell"] == "b") & (runs["trial_number"] == 0), ["status", "max_val_acc"]] = [
+        "failed",
+        99.0,
+    ]
     out = {c.cell: c for c in cell_regularization(runs)}
     assert set(out) == {"a", "b"} and out["b"].best_value < 99 and out["a"].n_trials == 6
 
 
 def test_importances_from_a_plain_trial_table():
-    trials = pd.DataFrame({"value": [0.1, 0.9, 0.2, 0.8, 0.15, 0.85], "x": [0, 1, 0, 1, 0, 1],
-                           "y": ["a", "a", "b", "b", "c", "c"]})
+    trials = pd.DataFrame(
+        {
+            "value": [0.1, 0.9, 0.2, 0.8, 0.15, 0.85],
+            "x": [0, 1, 0, 1, 0, 1],
+            "y": ["a", "a", "b", "b", "c", "c"],
+        }
+    )
     imp, reason = param_importances(trials, ["x", "y"])
     assert reason is None and imp["x"] > imp["y"]

@@ -21,9 +21,9 @@ def chinchilla_runs(noise: float, seed: int = 0):
 
 def huber_objective(n, d, loss, E, A, B, alpha, beta):
     """The objective by hand: summed Huber(1e-3) of log-loss residuals."""
-    r = np.log(E + A / n ** alpha + B / d ** beta) - np.log(loss)
+    r = np.log(E + A / n**alpha + B / d**beta) - np.log(loss)
     a = np.abs(r)
-    return float(np.sum(np.where(a <= HUBER_DELTA, 0.5 * r ** 2, HUBER_DELTA * (a - 0.5 * HUBER_DELTA))))
+    return float(np.sum(np.where(a <= HUBER_DELTA, 0.5 * r**2, HUBER_DELTA * (a - 0.5 * HUBER_DELTA))))
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,9 @@ def test_uses_the_full_grid_of_initializations(noisy_fit):
     grid = init_grid(2)
     exponents = np.arange(0, 2.01, 0.5)
     assert {tuple(r) for r in grid[:, [2, 3]]} == {(a, b) for a in exponents for b in exponents}
-    assert set(grid[:, 0]) == set(np.arange(0.0, 25.1, 5.0)) and set(grid[:, 4]) == set(np.arange(-1.0, 1.01, 0.5))
+    assert set(grid[:, 0]) == set(np.arange(0.0, 25.1, 5.0)) and set(grid[:, 4]) == set(
+        np.arange(-1.0, 1.01, 0.5)
+    )
 
 
 def test_recovers_the_chinchilla_law_from_noisy_runs(noisy_fit):
@@ -81,7 +83,7 @@ def test_result_records_the_convention_and_is_json_safe(noisy_fit):
 def test_one_variable_law_is_recovered_exactly_without_noise(variable):
     x = np.logspace(4, 8, 9)
     coef, exponent = (TRUE["A"], TRUE["alpha"]) if variable == "N" else (TRUE["B"], TRUE["beta"])
-    fit = fit_power_law(x, TRUE["E"] + coef / x ** exponent, variable=variable, n_boot=20)
+    fit = fit_power_law(x, TRUE["E"] + coef / x**exponent, variable=variable, n_boot=20)
     assert fit.n_inits == 5 * 5 * 6
     got_coef, got_exp = (fit.A, fit.alpha) if variable == "N" else (fit.B, fit.beta)
     assert fit.E.value == pytest.approx(TRUE["E"], rel=1e-4)
@@ -95,7 +97,7 @@ def test_one_variable_law_is_recovered_exactly_without_noise(variable):
 
 def test_bootstrap_is_reproducible_with_a_seed():
     x = np.logspace(4, 8, 9)
-    loss = (2.0 + 50 / x ** 0.3) * np.exp(np.random.default_rng(1).normal(0, 0.01, x.size))
+    loss = (2.0 + 50 / x**0.3) * np.exp(np.random.default_rng(1).normal(0, 0.01, x.size))
     a, b = (fit_power_law(x, loss, n_boot=30, seed=3).to_dict() for _ in range(2))
     assert a == b and a["alpha_low"] < a["alpha"] < a["alpha_high"]
 

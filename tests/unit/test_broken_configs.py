@@ -25,12 +25,21 @@ from orchestrator.cli import main
 CATALOG = Path(__file__).parent / "broken_configs"
 CASES = sorted(p for p in CATALOG.glob("*.yaml") if not p.name.startswith("_"))
 # One of each kind through a real process: the file, a key, the network, a path, resources.
-SUBPROCESS = {"yaml_syntax", "unknown_key_grid", "tracking_unreachable", "checkpoints_under_file",
-              "gpus_fractional_gt_one"}
+SUBPROCESS = {
+    "yaml_syntax",
+    "unknown_key_grid",
+    "tracking_unreachable",
+    "checkpoints_under_file",
+    "gpus_fractional_gt_one",
+}
 
 
 def header(path: Path, key: str) -> list[str]:
-    return [line.split(":", 1)[1].strip() for line in path.read_text().splitlines() if line.startswith(f"# {key}:")]
+    return [
+        line.split(":", 1)[1].strip()
+        for line in path.read_text().splitlines()
+        if line.startswith(f"# {key}:")
+    ]
 
 
 def listing(root: Path) -> list[str]:
@@ -54,8 +63,14 @@ def no_driver(monkeypatch):
 def grokscale_run(tmp_path: Path, args: list[str], subprocess_: bool, capsys) -> tuple[int, str]:
     if subprocess_:
         env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "RAY_TMPDIR": str(tmp_path)}
-        out = subprocess.run([sys.executable, "-m", "orchestrator.cli", "run", *args], cwd=tmp_path, env=env,
-                             capture_output=True, text=True, timeout=120)
+        out = subprocess.run(
+            [sys.executable, "-m", "orchestrator.cli", "run", *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         return out.returncode, out.stderr
     try:
         code = main(["run", *args])
@@ -91,7 +106,8 @@ def test_broken_study_is_refused_and_creates_nothing(case, tmp_path, monkeypatch
     lines = [line.removeprefix("error: ") for line in err.splitlines() if line.startswith("error: ")]
     for expect in header(case, "expect"):
         path, word = expect.split(" | ")
-        assert any(line.startswith(path) and word in line[len(path):] for line in lines), \
+        assert any(line.startswith(path) and word in line[len(path) :] for line in lines), (
             f"no error line starts with {path!r} and says {word!r}:\n{err}"
+        )
     assert listing(tmp_path) == before  # no mlflow.db, runs/, journal, checkpoints or Ray session
     assert ray_up() == ray_before  # ray.init was never called

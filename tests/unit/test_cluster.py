@@ -44,6 +44,7 @@ def validate(config: dict) -> None:
 
 # ---------------------------------------------------------------- Ray's own validation
 
+
 def test_config_passes_rays_validation():
     validate(raw())
 
@@ -72,9 +73,17 @@ def _min_workers_over_global_max(c):
     c["available_node_types"]["cpu_worker"]["min_workers"] = c["max_workers"] + 1
 
 
-@pytest.mark.parametrize("breakage", [_typo_top_level, _setup_commands_in_node_type,
-                                      _fractional_gpu_resource, _missing_resources,
-                                      _unknown_head_type, _min_workers_over_global_max])
+@pytest.mark.parametrize(
+    "breakage",
+    [
+        _typo_top_level,
+        _setup_commands_in_node_type,
+        _fractional_gpu_resource,
+        _missing_resources,
+        _unknown_head_type,
+        _min_workers_over_global_max,
+    ],
+)
 def test_validation_rejects_a_broken_copy(breakage):
     import jsonschema
 
@@ -85,6 +94,7 @@ def test_validation_rejects_a_broken_copy(breakage):
 
 
 # ---------------------------------------------------------------- dashboard and MLflow on loopback
+
 
 def shell_commands(text: str) -> list[list[str]]:
     """Each simple command in a shell line, as argv (split at ; && || | and parentheses)."""
@@ -124,16 +134,23 @@ def option(argv: list[str], name: str) -> str | None:
 
 
 def head_starts(lines: list[str]) -> list[list[str]]:
-    return [argv for line in lines for argv in all_commands(line)
-            if argv[:2] == ["ray", "start"] and "--head" in argv]
+    return [
+        argv
+        for line in lines
+        for argv in all_commands(line)
+        if argv[:2] == ["ray", "start"] and "--head" in argv
+    ]
 
 
 def dashboard_problems(config: dict) -> list[str]:
     starts = head_starts(prepared(config)["head_start_ray_commands"])
     if not starts:
         return ["no `ray start --head` in head_start_ray_commands"]
-    return [f"dashboard host {option(a, '--dashboard-host')!r} in {shlex.join(a)}" for a in starts
-            if option(a, "--dashboard-host") != "127.0.0.1"]
+    return [
+        f"dashboard host {option(a, '--dashboard-host')!r} in {shlex.join(a)}"
+        for a in starts
+        if option(a, "--dashboard-host") != "127.0.0.1"
+    ]
 
 
 def test_dashboard_bound_to_loopback_on_the_head():
@@ -145,11 +162,14 @@ def test_dashboard_check_can_fail():
     # head_start_ray_commands would silently bring it back.
     config = raw()
     del config["head_start_ray_commands"]
-    assert "--dashboard-host=0.0.0.0" in " ".join(_get_default_config(config["provider"])["head_start_ray_commands"])
+    assert "--dashboard-host=0.0.0.0" in " ".join(
+        _get_default_config(config["provider"])["head_start_ray_commands"]
+    )
     assert dashboard_problems(config)
     config = raw()
-    config["head_start_ray_commands"] = [c.replace("--dashboard-host=127.0.0.1", "") for c in
-                                         config["head_start_ray_commands"]]
+    config["head_start_ray_commands"] = [
+        c.replace("--dashboard-host=127.0.0.1", "") for c in config["head_start_ray_commands"]
+    ]
     assert dashboard_problems(config)
 
 
@@ -162,8 +182,12 @@ def doc_command_lines() -> list[str]:
 
 
 def mlflow_servers(lines: list[str]) -> list[list[str]]:
-    return [argv for line in lines for argv in all_commands(line)
-            if argv[:2] in (["mlflow", "server"], ["mlflow", "ui"])]
+    return [
+        argv
+        for line in lines
+        for argv in all_commands(line)
+        if argv[:2] in (["mlflow", "server"], ["mlflow", "ui"])
+    ]
 
 
 def servers_not_on_loopback(lines: list[str]) -> list[str]:
@@ -175,7 +199,9 @@ def servers_not_on_loopback(lines: list[str]) -> list[str]:
 def test_docs_start_mlflow_and_ray_on_loopback_only():
     lines = doc_command_lines()
     mentioned = sum(line.count("mlflow server") + line.count("mlflow ui") for line in lines)
-    assert mentioned and len(mlflow_servers(lines)) == mentioned, "an MLflow command in the docs was not parsed"
+    assert mentioned and len(mlflow_servers(lines)) == mentioned, (
+        "an MLflow command in the docs was not parsed"
+    )
     assert servers_not_on_loopback(lines) == []
 
 
@@ -188,6 +214,7 @@ def test_loopback_check_of_the_docs_can_fail():
 
 
 # ---------------------------------------------------------------- no ingress from the world
+
 
 def walk(node, path="config"):
     if isinstance(node, dict):
@@ -202,8 +229,11 @@ def walk(node, path="config"):
 
 def ingress_problems(config: dict) -> list[str]:
     full = prepared(config)
-    problems = [f"{path}: {value}" for path, value in walk(full)
-                if isinstance(value, str) and any(w in value for w in WORLD)]
+    problems = [
+        f"{path}: {value}"
+        for path, value in walk(full)
+        if isinstance(value, str) and any(w in value for w in WORLD)
+    ]
     for path, value in walk(full):
         if path.rsplit(".", 1)[-1] in ("CidrIp", "CidrIpv6") and not ipaddress.ip_network(value).is_private:
             problems.append(f"{path}: {value} is not a private range")
@@ -211,7 +241,9 @@ def ingress_problems(config: dict) -> list[str]:
     # 0.0.0.0/0 (ray/autoscaler/_private/aws/config.py, _create_default_ssh_inbound_rules).
     for name, node_type in full["available_node_types"].items():
         if not node_type["node_config"].get("SecurityGroupIds"):
-            problems.append(f"available_node_types.{name}: no SecurityGroupIds, Ray would open SSH to 0.0.0.0/0")
+            problems.append(
+                f"available_node_types.{name}: no SecurityGroupIds, Ray would open SSH to 0.0.0.0/0"
+            )
     return problems
 
 
@@ -219,11 +251,14 @@ def test_no_ingress_open_to_the_world():
     assert ingress_problems(raw()) == []
 
 
-@pytest.mark.parametrize("rule", [
-    {"FromPort": 8265, "ToPort": 8265, "IpProtocol": "tcp", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]},
-    {"FromPort": 22, "ToPort": 22, "IpProtocol": "tcp", "Ipv6Ranges": [{"CidrIpv6": "::/0"}]},
-    {"FromPort": 22, "ToPort": 22, "IpProtocol": "tcp", "IpRanges": [{"CidrIp": "8.8.0.0/16"}]},
-])
+@pytest.mark.parametrize(
+    "rule",
+    [
+        {"FromPort": 8265, "ToPort": 8265, "IpProtocol": "tcp", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]},
+        {"FromPort": 22, "ToPort": 22, "IpProtocol": "tcp", "Ipv6Ranges": [{"CidrIpv6": "::/0"}]},
+        {"FromPort": 22, "ToPort": 22, "IpProtocol": "tcp", "IpRanges": [{"CidrIp": "8.8.0.0/16"}]},
+    ],
+)
 def test_ingress_check_rejects_a_world_rule(rule):
     config = raw()
     config["provider"]["security_group"] = {"GroupName": "grokscale", "IpPermissions": [rule]}
@@ -242,6 +277,7 @@ def test_nodes_use_private_ips():
 
 
 # ---------------------------------------------------------------- what each node installs
+
 
 def effective_setup(config: dict) -> dict[str, list[str]]:
     """Node type -> the setup commands Ray runs on it: the head gets setup_commands +
@@ -266,7 +302,7 @@ def pip_installs(line: str) -> list[dict]:
         if i is None:
             continue
         reqs, editables, index = [], [], None
-        args = iter(argv[i + 1:])
+        args = iter(argv[i + 1 :])
         for a in args:
             if a in ("-e", "--editable"):
                 editables.append(next(args))
@@ -313,8 +349,12 @@ def setup_problems(config: dict) -> list[str]:
             problems.append(f"{name}: installs the package before torch, so pip picks the torch")
         for target in p_pkg["editables"]:
             local = mounts.get(target)
-            if local is None or not (REPO / local / "pyproject.toml").is_file() or \
-                    tomllib.loads((REPO / local / "pyproject.toml").read_text())["project"]["name"] != "grokscale":
+            if (
+                local is None
+                or not (REPO / local / "pyproject.toml").is_file()
+                or tomllib.loads((REPO / local / "pyproject.toml").read_text())["project"]["name"]
+                != "grokscale"
+            ):
                 problems.append(f"{name}: installs {target}, which file_mounts does not fill with this repo")
         rays = [r for _, p in installs for r in p["reqs"] if re.match(r"ray(\[[^\]]*\])?==", r)]
         if [r.split("==")[1] for r in rays] != [ray.__version__]:
@@ -333,7 +373,8 @@ def test_setup_check_rejects_cuda_torch_on_a_cpu_worker():
     config = raw()
     cmds = config["available_node_types"]["cpu_worker"]["worker_setup_commands"]
     config["available_node_types"]["cpu_worker"]["worker_setup_commands"] = [
-        c.replace(f"--index-url {CPU_TORCH_INDEX}", "") for c in cmds]
+        c.replace(f"--index-url {CPU_TORCH_INDEX}", "") for c in cmds
+    ]
     assert any("CPU node gets torch from PyPI" in p for p in setup_problems(config))
 
 
@@ -350,20 +391,27 @@ def test_setup_check_rejects_package_before_torch_and_a_missing_package():
 
 def test_setup_check_rejects_another_torch_version():
     config = raw()
-    config["head_setup_commands"] = [c.replace("torch==2.13.0", "torch==2.12.0")
-                                     for c in config["head_setup_commands"]]
+    config["head_setup_commands"] = [
+        c.replace("torch==2.13.0", "torch==2.12.0") for c in config["head_setup_commands"]
+    ]
     assert any("torch==2.12.0" in p for p in setup_problems(config))
 
 
 # ---------------------------------------------------------------- the docs' study overrides exist
+
 
 def test_docs_overrides_are_study_fields():
     from pydantic import BaseModel
 
     from orchestrator.study import Study
 
-    keys = [argv[k + 1].split("=", 1)[0] for line in doc_command_lines() for argv in all_commands(line)
-            for k, a in enumerate(argv[:-1]) if a == "--set"]
+    keys = [
+        argv[k + 1].split("=", 1)[0]
+        for line in doc_command_lines()
+        for argv in all_commands(line)
+        for k, a in enumerate(argv[:-1])
+        if a == "--set"
+    ]
     assert {"tracking.uri", "ray.address", "workdir"} <= set(keys)
     for key in keys:
         model: type[BaseModel] | None = Study

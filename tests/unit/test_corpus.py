@@ -24,8 +24,10 @@ from trainers.corpus import (
 
 from support.cli import REPO
 
-DOCS = [f"document {i}: " + " ".join(f"word{(i * 7 + j) % 23}" for j in range(40 + i)) + "\nend line\n"
-        for i in range(30)]
+DOCS = [
+    f"document {i}: " + " ".join(f"word{(i * 7 + j) % 23}" for j in range(40 + i)) + "\nend line\n"
+    for i in range(30)
+]
 
 
 def stream(docs: list[str]) -> np.ndarray:
@@ -46,10 +48,13 @@ def write_folder(root: Path, docs: list[str]) -> Path:
 
 # ---- sources: each gives exactly the stream its documents make ----
 
+
 def test_text_file_is_its_bytes_and_val_is_the_tail_from_a_line_start(tmp_path):
     text = "".join(DOCS)
     (tmp_path / "a.txt").write_text(text)
-    data = load_corpus(CorpusTask(source=str(tmp_path / "a.txt"), seq_len=16, val_fraction=0.1), tmp_path / "c")
+    data = load_corpus(
+        CorpusTask(source=str(tmp_path / "a.txt"), seq_len=16, val_fraction=0.1), tmp_path / "c"
+    )
     assert np.array_equal(tokens(data), stream([text]))
     assert data.vocab_size == 256 and data.eot_id == 0
     train_text = bytes(np.asarray(data.train).astype(np.uint8)).decode()
@@ -95,12 +100,18 @@ def test_saved_dataset_and_parquet_give_the_folder_stream(tmp_path):
 
     rows = {"text": DOCS, "id": list(range(len(DOCS)))}
     datasets.Dataset.from_dict(rows).save_to_disk(str(tmp_path / "ds"))
-    both = datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows),
-                                 "test": datasets.Dataset.from_dict({"text": ["x"], "id": [0]})})
+    both = datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict(rows),
+            "test": datasets.Dataset.from_dict({"text": ["x"], "id": [0]}),
+        }
+    )
     both.save_to_disk(str(tmp_path / "dd"))
     (tmp_path / "pq").mkdir()
     for part in range(2):  # two files, read in name order
-        pq.write_table(pa.table({"text": DOCS[part * 15:(part + 1) * 15]}), tmp_path / "pq" / f"part-{part}.parquet")
+        pq.write_table(
+            pa.table({"text": DOCS[part * 15 : (part + 1) * 15]}), tmp_path / "pq" / f"part-{part}.parquet"
+        )
     want = stream(DOCS)
     for source, extra in (("ds", {}), ("dd", {"hf_split": "train"}), ("pq", {})):
         task = CorpusTask(source=str(tmp_path / source), seq_len=16, **extra)
@@ -110,10 +121,13 @@ def test_saved_dataset_and_parquet_give_the_folder_stream(tmp_path):
 
 # ---- the split: held out, deterministic, D a prefix ----
 
+
 def test_split_is_disjoint_deterministic_and_d_is_a_training_prefix(tmp_path):
     root = write_folder(tmp_path / "docs", DOCS)
     full = load_corpus(CorpusTask(source=str(root), seq_len=16), tmp_path / "c1")
-    small = load_corpus(CorpusTask(source=str(root), seq_len=16, n_train_tokens=500, n_val_tokens=100), tmp_path / "c2")
+    small = load_corpus(
+        CorpusTask(source=str(root), seq_len=16, n_train_tokens=500, n_val_tokens=100), tmp_path / "c2"
+    )
     assert small.n_train == 500 and small.n_val == 100
     assert np.array_equal(np.asarray(small.train), np.asarray(full.train)[:500])
     assert np.array_equal(np.asarray(small.val), np.asarray(full.val)[:100])  # rebuilt elsewhere: identical
@@ -123,7 +137,7 @@ def test_split_is_disjoint_deterministic_and_d_is_a_training_prefix(tmp_path):
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     train = np.asarray(small.train)
     for row in a[0].tolist()[:8]:
-        assert any(np.array_equal(train[s:s + 16], row) for s in range(500 - 16))
+        assert any(np.array_equal(train[s : s + 16], row) for s in range(500 - 16))
     # Evaluation covers the held-out windows in order, the same on every call.
     batches = list(small.val_batches(2))
     assert sum(len(x) for x, _ in batches) == small.n_val_windows() == (100 - 1) // 16
@@ -133,6 +147,7 @@ def test_split_is_disjoint_deterministic_and_d_is_a_training_prefix(tmp_path):
 
 
 # ---- BPE: trained on the training split only, cached, deterministic ----
+
 
 def bpe_corpus(root: Path) -> Path:
     # The held-out tail repeats a word that occurs nowhere in training: a BPE that saw it would
@@ -191,14 +206,18 @@ def test_concurrent_builders_share_one_build(tmp_path):
 
 # ---- clear errors ----
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"source": "x", "tokenizer": "bpe"}, "needs vocab_size"),
-    ({"source": "x", "tokenizer": "bpe", "vocab_size": 100}, "must be in"),
-    ({"source": "x", "n_train_tokens": 10, "seq_len": 64}, "must be > seq_len"),
-    ({"source": "x", "val_fraction": 0.9}, "less than or equal to 0.5"),
-    ({"source": "x", "vocab": 5}, "Extra inputs are not permitted"),
-    ({"source": "x", "format": "csv"}, "format"),
-])
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"source": "x", "tokenizer": "bpe"}, "needs vocab_size"),
+        ({"source": "x", "tokenizer": "bpe", "vocab_size": 100}, "must be in"),
+        ({"source": "x", "n_train_tokens": 10, "seq_len": 64}, "must be > seq_len"),
+        ({"source": "x", "val_fraction": 0.9}, "less than or equal to 0.5"),
+        ({"source": "x", "vocab": 5}, "Extra inputs are not permitted"),
+        ({"source": "x", "format": "csv"}, "format"),
+    ],
+)
 def test_spec_rejects(kwargs, match):
     with pytest.raises(ValidationError, match=match):
         CorpusTask(**kwargs)
@@ -215,9 +234,15 @@ def test_bad_sources_name_their_field(tmp_path):
     (tmp_path / "a.txt").write_text("hello\n" * 100)
     cases = [
         (dict(source=str(tmp_path / "missing")), "source: .*missing does not exist"),
-        (dict(source=str(tmp_path / "ds")), r"text_field: .* has no column 'text'; its columns: \['body', 'n'\]"),
+        (
+            dict(source=str(tmp_path / "ds")),
+            r"text_field: .* has no column 'text'; its columns: \['body', 'n'\]",
+        ),
         (dict(source=str(tmp_path / "ds"), text_field="n"), "holds int64, not text"),
-        (dict(source=str(tmp_path / "dd")), r"hf_split: .* holds the splits \['train', 'test'\]; name the one"),
+        (
+            dict(source=str(tmp_path / "dd")),
+            r"hf_split: .* holds the splits \['train', 'test'\]; name the one",
+        ),
         (dict(source=str(tmp_path / "dd"), hf_split="dev"), "hf_split: 'dev' is not one of"),
         (dict(source=str(tmp_path / "odd.bin"), vocab_size=256), "not a whole number of uint16"),
         (dict(source=str(tmp_path / "ok.bin")), "vocab_size: a token file needs"),
@@ -278,12 +303,21 @@ def test_a_3_gib_token_file_streams_in_far_less_memory(tmp_path):
             f.writelines(chunk.tobytes() for _ in range(3 * GIB // chunk.nbytes))
         assert path.stat().st_size == 3 * GIB
         del chunk
-        out = subprocess.run([sys.executable, "-c", SAMPLER, str(path)], capture_output=True, text=True, check=False,
-                             timeout=600, cwd=REPO, env={**os.environ, "PYTHONPATH": "."})
+        out = subprocess.run(
+            [sys.executable, "-c", SAMPLER, str(path)],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=600,
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": "."},
+        )
         assert out.returncode == 0, out.stderr
         got = json.loads(out.stdout)
-        print(f"sampling a 3 GiB token file: peak RSS (VmHWM) {got['vm_hwm_mb']:.0f} MB, "
-              f"{got['loaded_mb']:.0f} MB before sampling, ru_maxrss {got['ru_maxrss_mb']:.0f} MB")
+        print(
+            f"sampling a 3 GiB token file: peak RSS (VmHWM) {got['vm_hwm_mb']:.0f} MB, "
+            f"{got['loaded_mb']:.0f} MB before sampling, ru_maxrss {got['ru_maxrss_mb']:.0f} MB"
+        )
         assert got["n_train"] == round(0.95 * 3 * GIB / 2) and got["n_val_windows"] == (2_000_000 - 1) // 256
         # VmHWM is the peak of the sampler's own address space. ru_maxrss is not: Linux carries
         # it over execve from the process that spawned it (here pytest's own peak), so it only
@@ -296,15 +330,18 @@ def test_a_3_gib_token_file_streams_in_far_less_memory(tmp_path):
 
 # ---- the corpus as a training task (trainers/tasks/corpus.py, trainers/train.py) ----
 
+
 def test_windows_are_the_stream_cut_every_seq_len_and_the_train_sample_is_fixed(tmp_path):
     root = write_folder(tmp_path / "docs", DOCS)
-    data = load_corpus(CorpusTask(source=str(root), seq_len=16, cache_dir=str(tmp_path / "c")))  # the task's cache
+    data = load_corpus(
+        CorpusTask(source=str(root), seq_len=16, cache_dir=str(tmp_path / "c"))
+    )  # the task's cache
     train = np.asarray(data.train).astype(np.int64)
     assert data.n_train_windows() == (data.n_train - 1) // 16
     x, y = data.windows("train", torch.tensor([0, 5, data.n_train_windows() - 1]))
     for row, i in enumerate([0, 5, data.n_train_windows() - 1]):
-        assert np.array_equal(x[row].numpy(), train[i * 16:i * 16 + 16])
-        assert np.array_equal(y[row].numpy(), train[i * 16 + 1:i * 16 + 17])
+        assert np.array_equal(x[row].numpy(), train[i * 16 : i * 16 + 16])
+        assert np.array_equal(y[row].numpy(), train[i * 16 + 1 : i * 16 + 17])
     first = [x.clone() for x, _ in data.train_eval_batches(10, 4)]
     assert [len(b) for b in first] == [4, 4, 2]
     assert all(torch.equal(a, b) for a, b in zip(first, [x for x, _ in data.train_eval_batches(10, 4)]))
@@ -321,12 +358,28 @@ def corpus_spec(tmp_path: Path, **train):
     root = tmp_path / "docs"
     if not root.exists():
         write_folder(root, DOCS)
-    return TrainSpec.model_validate({
-        "task": {"name": "corpus", "source": str(root), "seq_len": 16, "n_train_tokens": 3000,
-                 "n_val_tokens": 400, "cache_dir": str(tmp_path / "cache")},
-        "model": {"family": "transformer", "d_model": 16, "n_head": 2, "n_layer": 1},
-        "train": {"steps": 24, "batch_size": 8, "eval_every": 6, "lr": 1e-2, "warmup_steps": 0,
-                  "weight_decay": 0.0, **train}})
+    return TrainSpec.model_validate(
+        {
+            "task": {
+                "name": "corpus",
+                "source": str(root),
+                "seq_len": 16,
+                "n_train_tokens": 3000,
+                "n_val_tokens": 400,
+                "cache_dir": str(tmp_path / "cache"),
+            },
+            "model": {"family": "transformer", "d_model": 16, "n_head": 2, "n_layer": 1},
+            "train": {
+                "steps": 24,
+                "batch_size": 8,
+                "eval_every": 6,
+                "lr": 1e-2,
+                "warmup_steps": 0,
+                "weight_decay": 0.0,
+                **train,
+            },
+        }
+    )
 
 
 def test_training_on_a_corpus_counts_tokens_repeats_and_resumes_bit_for_bit(tmp_path):

@@ -22,7 +22,7 @@ TRUE_LOG = np.array([np.log(A), np.log(B), ALPHA, BETA, np.log(E)])  # step 1's 
 
 
 def law(n, d):
-    return E + A / n ** ALPHA + B / d ** BETA
+    return E + A / n**ALPHA + B / d**BETA
 
 
 def planted(rng, loss_noise=0.0, metric_noise=0.0, sig=SIG):
@@ -64,8 +64,9 @@ def test_the_90_percent_interval_covers_a_new_run_at_the_target_in_200_planted_d
     for i in range(200):
         rng = np.random.default_rng(1000 + i)
         n, d, final, ev = planted(rng, loss_noise=0.005, metric_noise=0.02)
-        fc = forecast_downstream(n, d, final, ev, [NEAR], chance=0.25, n_boot=100, seed=i,
-                                 loss_starts=TRUE_LOG[None])
+        fc = forecast_downstream(
+            n, d, final, ev, [NEAR], chance=0.25, n_boot=100, seed=i, loss_starts=TRUE_LOG[None]
+        )
         (p,) = fc.predictions
         new_loss = law(*NEAR) * np.exp(rng.normal(0, 0.005))
         new_metric = sigmoid(new_loss, *SIG) + rng.normal(0, 0.02)
@@ -79,8 +80,9 @@ def test_the_90_percent_interval_covers_a_new_run_at_the_target_in_200_planted_d
 
 def test_a_target_far_beyond_the_bend_and_one_beside_the_largest_run_are_refused():
     n, d, final, ev = planted(np.random.default_rng(1), loss_noise=0.005, metric_noise=0.02)
-    fc = forecast_downstream(n, d, final, ev, [NEAR, FAR, BESIDE], chance=0.25, n_boot=50,
-                             loss_starts=TRUE_LOG[None])
+    fc = forecast_downstream(
+        n, d, final, ev, [NEAR, FAR, BESIDE], chance=0.25, n_boot=50, loss_starts=TRUE_LOG[None]
+    )
     near, far, beside = fc.predictions
     assert near.predictable and near.reason is None
     assert not far.predictable and len(far.reasons) == 1
@@ -108,8 +110,20 @@ def test_a_rejected_loss_law_makes_every_target_unpredictable():
     assert fc.predictions[0].reason.startswith("step 1 (the loss law) rejected:")
 
 
-PREDICTION_KEYS = {"group", "n", "d", "loss", "loss_low", "loss_high", "metric", "metric_low", "metric_high",
-                   "extrapolation", "predictable", "reason"}
+PREDICTION_KEYS = {
+    "group",
+    "n",
+    "d",
+    "loss",
+    "loss_low",
+    "loss_high",
+    "metric",
+    "metric_low",
+    "metric_high",
+    "extrapolation",
+    "predictable",
+    "reason",
+}
 
 
 @pytest.fixture(scope="module")
@@ -121,10 +135,14 @@ def csvs(tmp_path_factory):
     for task, sig in (("easy", SIG), ("steep", (0.6, 10.0, 3.5, 0.25))):
         n, d, final, ev = planted(np.random.default_rng(5), sig=sig)
         last = ev.step == 1
-        runs.append(pd.DataFrame({"N": n, "D": d, "loss": final, "acc": ev.metric[last], "task": task,
-                                  "note": "x"}))
-        evals.append(pd.DataFrame({"N": ev.n, "D": ev.d, "loss": ev.loss, "acc": ev.metric, "step": ev.step,
-                                   "task": task}))
+        runs.append(
+            pd.DataFrame({"N": n, "D": d, "loss": final, "acc": ev.metric[last], "task": task, "note": "x"})
+        )
+        evals.append(
+            pd.DataFrame(
+                {"N": ev.n, "D": ev.d, "loss": ev.loss, "acc": ev.metric, "step": ev.step, "task": task}
+            )
+        )
     pd.concat(runs).to_csv(where / "runs.csv", index=False)
     runs[0].to_csv(where / "easy.csv", index=False)
     pd.concat(evals).sample(frac=1, random_state=0).to_csv(where / "evals.csv", index=False)  # shuffled
@@ -132,10 +150,34 @@ def csvs(tmp_path_factory):
 
 
 def test_fit_downstream_json_per_group(csvs):
-    out = cli.grokscale("fit", "downstream", csvs / "runs.csv", "--curves", csvs / "evals.csv",
-                        "--n-col", "N", "--d-col", "D", "--loss-col", "loss", "--metric-col", "acc",
-                        "--group-col", "task", "--step-col", "step", "--chance", "0.25", "--at", "4e8:4e10",
-                        "--at", "1e11:1e13", "--n-boot", "20", "--json")
+    out = cli.grokscale(
+        "fit",
+        "downstream",
+        csvs / "runs.csv",
+        "--curves",
+        csvs / "evals.csv",
+        "--n-col",
+        "N",
+        "--d-col",
+        "D",
+        "--loss-col",
+        "loss",
+        "--metric-col",
+        "acc",
+        "--group-col",
+        "task",
+        "--step-col",
+        "step",
+        "--chance",
+        "0.25",
+        "--at",
+        "4e8:4e10",
+        "--at",
+        "1e11:1e13",
+        "--n-boot",
+        "20",
+        "--json",
+    )
     assert out.returncode == 0, out.stderr
     res = json.loads(out.stdout)
     assert [g["group"] for g in res["groups"]] == ["easy", "steep"]
@@ -159,9 +201,32 @@ def test_fit_downstream_json_per_group(csvs):
 def test_fit_downstream_table_from_the_main_file_alone(csvs, capsys):
     """Without --curves, step 2 uses the runs' final (loss, metric): one point per run, so the
     noise is the sigmoid's residual scatter, not checkpoint to checkpoint."""
-    assert main(["fit", "downstream", str(csvs / "easy.csv"), "--n-col", "N", "--d-col", "D",
-                 "--loss-col", "loss", "--metric-col", "acc", "--chance", "0.25", "--at", "4e8:4e10",
-                 "--at", "1e11:1e13", "--n-boot", "10"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "downstream",
+                str(csvs / "easy.csv"),
+                "--n-col",
+                "N",
+                "--d-col",
+                "D",
+                "--loss-col",
+                "loss",
+                "--metric-col",
+                "acc",
+                "--chance",
+                "0.25",
+                "--at",
+                "4e8:4e10",
+                "--at",
+                "1e11:1e13",
+                "--n-boot",
+                "10",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "step 2, metric = a / (1 + exp(k (L - L0))) + b on 25 evaluations" in out and "(residuals)" in out
     near = next(line for line in out.splitlines() if line.startswith("│ 4e+08 │ 4e+10 │ 2.625 │"))
@@ -170,16 +235,30 @@ def test_fit_downstream_table_from_the_main_file_alone(csvs, capsys):
     assert "N:D = 1e+11:1e+13 not predictable: the target's loss 1.868 lies" in out
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--at", "4e8x4e10"], "--at '4e8x4e10': expected N:D"),
-    (["--at", "4e8:-1"], "--at '4e8:-1': expected N:D"),
-    (["--at", "1e9:1e10", "--metric-col", "accuracy"], "no column 'accuracy'"),
-    (["--at", "1e9:1e10", "--loss-col", "note"], "column 'note' is not numeric"),
-    (["--at", "1e9:1e10", "--step-col", "step"], "--step-col orders the evaluations of --curves"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--at", "4e8x4e10"], "--at '4e8x4e10': expected N:D"),
+        (["--at", "4e8:-1"], "--at '4e8:-1': expected N:D"),
+        (["--at", "1e9:1e10", "--metric-col", "accuracy"], "no column 'accuracy'"),
+        (["--at", "1e9:1e10", "--loss-col", "note"], "column 'note' is not numeric"),
+        (["--at", "1e9:1e10", "--step-col", "step"], "--step-col orders the evaluations of --curves"),
+    ],
+)
 def test_fit_downstream_bad_input_exits_2(csvs, capsys, extra, message):
-    argv = ["fit", "downstream", str(csvs / "runs.csv"), "--n-col", "N", "--d-col", "D", "--loss-col", "loss",
-            "--metric-col", "acc"]
+    argv = [
+        "fit",
+        "downstream",
+        str(csvs / "runs.csv"),
+        "--n-col",
+        "N",
+        "--d-col",
+        "D",
+        "--loss-col",
+        "loss",
+        "--metric-col",
+        "acc",
+    ]
     for flag, value in zip(extra[::2], extra[1::2]):  # a repeated flag replaces the one above
         if flag in argv and flag != "--at":
             argv[argv.index(flag) + 1] = value

@@ -60,10 +60,20 @@ def test_a_bad_entry_is_dropped_alone_and_shown_on_its_run(tmp_path):
     tracker.open(config_yaml(study))
     tracker.start_writer()
     run_id = tracker.start_run("cell/trial=0/seed=0", "t0", {"lr": 0.1, "lr?": 1}, {"bad tag!": "x"})
-    tracker.log_records(run_id, [{"step": 100, "val_acc": 0.25, "val acc?": 0.5, "note": "n/a", "loss": None},
-                                 {"step": 200, "val_acc": 0.75, "val acc?": 0.5, "note": "n/a", "loss": 1.5}])
-    tracker.finish_run(run_id, "completed", "budget", {"max_val_acc": 0.75, "bad final?": 1.0},
-                       {names.TAG_NODE_ID: "n1", "grokscale.flops.per token!": "3"})
+    tracker.log_records(
+        run_id,
+        [
+            {"step": 100, "val_acc": 0.25, "val acc?": 0.5, "note": "n/a", "loss": None},
+            {"step": 200, "val_acc": 0.75, "val acc?": 0.5, "note": "n/a", "loss": 1.5},
+        ],
+    )
+    tracker.finish_run(
+        run_id,
+        "completed",
+        "budget",
+        {"max_val_acc": 0.75, "bad final?": 1.0},
+        {names.TAG_NODE_ID: "n1", "grokscale.flops.per token!": "3"},
+    )
     tracker.finish_study()
     assert tracker.drain(timeout_s=60)
     client = MlflowClient(study.tracking.uri)
@@ -76,8 +86,15 @@ def test_a_bad_entry_is_dropped_alone_and_shown_on_its_run(tmp_path):
     assert run.info.status == "FINISHED"
     assert not {"val acc?", "note", "final.bad final?"} & set(run.data.metrics)
     dropped = json.loads(run.data.tags[names.TAG_DROPPED_KEYS])
-    assert set(dropped) == {"param lr?", "tag bad tag!", "metric val acc?", "metric note", "metric loss",
-                            "metric final.bad final?", "tag grokscale.flops.per token!"}
+    assert set(dropped) == {
+        "param lr?",
+        "tag bad tag!",
+        "metric val acc?",
+        "metric note",
+        "metric loss",
+        "metric final.bad final?",
+        "tag grokscale.flops.per token!",
+    }
     assert "Names may only contain" in dropped["metric val acc?"] and "not a number" in dropped["metric note"]
     parent = client.get_run(tracker.parent_id)
     assert json.loads(parent.data.tags[names.TAG_DROPPED_KEYS]) == {k: 1 for k in dropped}
@@ -110,12 +127,21 @@ def test_a_study_with_bad_keys_completes_every_trial_and_counts_them(tmp_path):
         curve = client.get_metric_history(r.info.run_id, "val_acc")
         assert [m.step for m in curve] == list(range(100, 1001, 100))
         assert set(json.loads(r.data.tags[names.TAG_DROPPED_KEYS])) == {
-            "metric val acc?", "metric note", "tag grokscale.flops.per token!"}
+            "metric val acc?",
+            "metric note",
+            "tag grokscale.flops.per token!",
+        }
     parent = client.get_run(stats.parent_run_id)
     assert json.loads(parent.data.tags[names.TAG_DROPPED_KEYS]) == {
-        "metric val acc?": 3, "metric note": 3, "tag grokscale.flops.per token!": 3}
+        "metric val acc?": 3,
+        "metric note": 3,
+        "tag grokscale.flops.per token!": 3,
+    }
     storage = open_storage(study.storage_url)
-    cells = [s.study_name for s in optuna.get_all_study_summaries(storage)
-             if not s.study_name.startswith(HOLD_STUDY_PREFIX)]
+    cells = [
+        s.study_name
+        for s in optuna.get_all_study_summaries(storage)
+        if not s.study_name.startswith(HOLD_STUDY_PREFIX)
+    ]
     trials = [t for name in cells for t in optuna.load_study(study_name=name, storage=storage).get_trials()]
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3

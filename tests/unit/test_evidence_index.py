@@ -23,10 +23,18 @@ def test_the_index_answers_as_the_scan_does():
     rng = random.Random(0)
     for _ in range(300):
         n = rng.randint(0, 40)
-        ds, rates, clocks = [0.3, 0.5, 0.7], [rng.choice([0.01, 0.02, 0.05]) for _ in range(5)], [1.0, 2.0, 3.0, 5.0]
-        unresolved = [Evidence(f"u{i}", rng.choice(ds), rng.choice(rates), rng.choice(clocks)) for i in range(n)]
-        generalized = [Evidence(f"g{i}", rng.choice(ds), rng.choice(rates), rng.choice(clocks))
-                       for i in range(rng.randint(0, 20))]
+        ds, rates, clocks = (
+            [0.3, 0.5, 0.7],
+            [rng.choice([0.01, 0.02, 0.05]) for _ in range(5)],
+            [1.0, 2.0, 3.0, 5.0],
+        )
+        unresolved = [
+            Evidence(f"u{i}", rng.choice(ds), rng.choice(rates), rng.choice(clocks)) for i in range(n)
+        ]
+        generalized = [
+            Evidence(f"g{i}", rng.choice(ds), rng.choice(rates), rng.choice(clocks))
+            for i in range(rng.randint(0, 20))
+        ]
         index = EvidenceIndex(unresolved, generalized)
         asking = [e.run for e in unresolved[:5] + generalized[:5]] + ["new"]
         for run in asking:
@@ -34,8 +42,9 @@ def test_the_index_answers_as_the_scan_does():
                 for rate in (0.005, *rates, 0.1):
                     assert index.longest_easier(run, d, rate) is scan_easier(unresolved, run, d, rate)
                     for clock in (0.5, *clocks, 9.0):
-                        assert index.harder_within(run, d, rate, clock) == scan_harder(generalized, run, d, rate,
-                                                                                       clock)
+                        assert index.harder_within(run, d, rate, clock) == scan_harder(
+                            generalized, run, d, rate, clock
+                        )
 
 
 def test_an_empty_group_has_no_evidence():

@@ -36,20 +36,30 @@ BATCH = 2
 # Shapes as the sweeps use them (sweeps/*.yaml), on small tasks.
 CASES = {
     # grokking_modular.yaml / grok_fast.yaml: Nanda et al.'s one-layer model, no LayerNorm, last_only.
-    "modular_1layer": (ModularTask(p=97),
-                       TransformerModel(n_layer=1, d_model=128, n_head=4, d_mlp=512, layer_norm=False)),
+    "modular_1layer": (
+        ModularTask(p=97),
+        TransformerModel(n_layer=1, d_model=128, n_head=4, d_mlp=512, layer_norm=False),
+    ),
     # Two layers with LayerNorm on a last_only task: one full block, then the one-query block.
-    "modular_2layer_ln": (ModularTask(p=23),
-                          TransformerModel(n_layer=2, d_model=64, n_head=2, layer_norm=True)),
+    "modular_2layer_ln": (
+        ModularTask(p=23),
+        TransformerModel(n_layer=2, d_model=64, n_head=2, layer_norm=True),
+    ),
     # mirage_addition.yaml: a sequence target, one layer, no LayerNorm, d_mlp = 4 d_model.
-    "addition_1layer": (AdditionTask(n_digits=3, n_train=8, n_val=8),
-                        TransformerModel(n_layer=1, d_model=32, n_head=4, layer_norm=False)),
+    "addition_1layer": (
+        AdditionTask(n_digits=3, n_train=8, n_val=8),
+        TransformerModel(n_layer=1, d_model=32, n_head=4, layer_norm=False),
+    ),
     # scaling_charlm.yaml: byte-level LM, two layers, LayerNorm, 64 positions.
-    "charlm_2layer_ln": (CharLMTask(n_train_tokens=2000, n_val_tokens=1000, seq_len=64),
-                         TransformerModel(n_layer=2, d_model=64, n_head=4, d_mlp=192, layer_norm=True)),
+    "charlm_2layer_ln": (
+        CharLMTask(n_train_tokens=2000, n_val_tokens=1000, seq_len=64),
+        TransformerModel(n_layer=2, d_model=64, n_head=4, d_mlp=192, layer_norm=True),
+    ),
     # emergence_parity.yaml: the MLP on sparse parity.
-    "parity_mlp": (SparseParityTask(n_bits=40, k=3, n_train=8, n_val=8),
-                   MLPModel(d_embed=4, d_hidden=64, n_hidden=1)),
+    "parity_mlp": (
+        SparseParityTask(n_bits=40, k=3, n_train=8, n_val=8),
+        MLPModel(d_embed=4, d_hidden=64, n_hidden=1),
+    ),
     # Liu et al.'s MLP on modular arithmetic, two hidden layers.
     "modular_mlp": (ModularTask(p=97), MLPModel(d_embed=32, d_hidden=100, n_hidden=2)),
 }

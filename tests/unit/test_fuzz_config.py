@@ -22,17 +22,31 @@ from orchestrator.cli import main
 from support.cli import REPO, listing
 
 SHIPPED = sorted((REPO / "sweeps").glob("*.yaml"))
-SKIP = {"scaling_gpt.yaml", "isoflop_charlm.yaml", "scaling_charlm.yaml"}  # a corpus on disk, or minutes of cells
+SKIP = {
+    "scaling_gpt.yaml",
+    "isoflop_charlm.yaml",
+    "scaling_charlm.yaml",
+}  # a corpus on disk, or minutes of cells
 STUDIES = {p.name: yaml.safe_load(p.read_text()) for p in SHIPPED if p.name not in SKIP}
 # Per test; GROKSCALE_FUZZ_EXAMPLES raises it for a longer hunt. Hypothesis keeps failing inputs
 # in .hypothesis/ and tries them first next time.
 EXAMPLES = int(os.environ.get("GROKSCALE_FUZZ_EXAMPLES", 100))
 
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12), st.text(max_size=12),
-                    st.floats(allow_nan=True, allow_infinity=True), st.sampled_from(["..", "../x", "a'b", "1e400"]))
-documents = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                                         st.dictionaries(st.text(max_size=10), inner, max_size=4)),
-                         max_leaves=20)
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**12), 10**12),
+    st.text(max_size=12),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from(["..", "../x", "a'b", "1e400"]),
+)
+documents = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=10), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
 
 
 def paths(doc, prefix=()):

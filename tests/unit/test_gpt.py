@@ -54,22 +54,31 @@ def random_model(cfg: GPTModel, vocab_size: int, n_out: int, seq_len: int) -> nn
 
 def test_counts_by_hand():
     assert (HAND.width, HAND.n_head, HAND.mlp_width) == (8, 2, 32)
-    assert count_params(build_model(HAND, 10, 7, 5)).as_dict() == {"embedding": 136, "non_embedding": 792,
-                                                                  "total": 928}
+    assert count_params(build_model(HAND, 10, 7, 5)).as_dict() == {
+        "embedding": 136,
+        "non_embedding": 792,
+        "total": 928,
+    }
     tied = HAND.model_copy(update={"tie_embeddings": True})
-    assert count_params(build_model(tied, 10, 10, 5)).as_dict() == {"embedding": 80, "non_embedding": 792,
-                                                                   "total": 872}
+    assert count_params(build_model(tied, 10, 10, 5)).as_dict() == {
+        "embedding": 80,
+        "non_embedding": 792,
+        "total": 872,
+    }
     swiglu = HAND.model_copy(update={"mlp": "swiglu"})
     assert swiglu.mlp_width == 64 and count_params(build_model(swiglu, 10, 7, 5)).non_embedding == 1816
 
 
-@pytest.mark.parametrize("cfg", [
-    HAND,
-    GPTModel(n_layer=3, aspect=20, head_dim=8),  # 60 rounds up to d_model 64
-    GPTModel(n_layer=2, d_model=48, head_dim=16, mlp="swiglu"),
-    GPTModel(n_layer=2, aspect=32, head_dim=16, mlp="swiglu", mlp_ratio=3.0, tie_embeddings=True),
-    GPTModel(n_layer=4, aspect=8, head_dim=8, mlp_ratio=2.5),
-])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        HAND,
+        GPTModel(n_layer=3, aspect=20, head_dim=8),  # 60 rounds up to d_model 64
+        GPTModel(n_layer=2, d_model=48, head_dim=16, mlp="swiglu"),
+        GPTModel(n_layer=2, aspect=32, head_dim=16, mlp="swiglu", mlp_ratio=3.0, tie_embeddings=True),
+        GPTModel(n_layer=4, aspect=8, head_dim=8, mlp_ratio=2.5),
+    ],
+)
 def test_formula_equals_the_model(cfg):
     vocab, n_out = 13, (13 if cfg.tie_embeddings else 5)
     model = build_model(cfg, vocab, n_out, 9)
@@ -143,10 +152,12 @@ def test_bad_configs_name_their_field():
             TrainSpec.model_validate({"model": {"family": "gpt", **model}})
         return format_errors(info.value, model=TrainSpec)
 
-    assert problems({"head_dim": 5}) == ["model.head_dim: head_dim must be even (rotary embeddings rotate "
-                                         "channel pairs), got 5"]
+    assert problems({"head_dim": 5}) == [
+        "model.head_dim: head_dim must be even (rotary embeddings rotate channel pairs), got 5"
+    ]
     assert problems({"d_model": 100, "head_dim": 64}) == [
-        "model.d_model: d_model (100) must be a multiple of head_dim (64)"]
+        "model.d_model: d_model (100) must be a multiple of head_dim (64)"
+    ]
     assert problems({"n_head": 4})[0].startswith("model.n_head: ")  # derived, not a field
     assert problems({"mlp": "relu"})[0].startswith("model.mlp: ")
     # Tying needs the readout to predict the task's own tokens: modular has p + 1 inputs, p classes.
@@ -159,10 +170,14 @@ def test_bad_configs_name_their_field():
 # formula must match it exactly; the counter runs under the MATH backend (tests/unit/test_flops.py
 # says why: its CPU flash kernel has no FLOP rule).
 FLOP_CASES = {
-    "charlm_gelu": (CharLMTask(n_train_tokens=2000, n_val_tokens=1000, seq_len=32),
-                    GPTModel(n_layer=2, aspect=16, head_dim=16)),
-    "charlm_swiglu_tied": (CharLMTask(n_train_tokens=2000, n_val_tokens=1000, seq_len=32),
-                           GPTModel(n_layer=2, aspect=24, head_dim=16, mlp="swiglu", tie_embeddings=True)),
+    "charlm_gelu": (
+        CharLMTask(n_train_tokens=2000, n_val_tokens=1000, seq_len=32),
+        GPTModel(n_layer=2, aspect=16, head_dim=16),
+    ),
+    "charlm_swiglu_tied": (
+        CharLMTask(n_train_tokens=2000, n_val_tokens=1000, seq_len=32),
+        GPTModel(n_layer=2, aspect=24, head_dim=16, mlp="swiglu", tie_embeddings=True),
+    ),
     "modular_last_only": (ModularTask(p=23), GPTModel(n_layer=3, aspect=8, head_dim=8, mlp_ratio=2.0)),
     "addition": (AdditionTask(n_digits=3, n_train=8, n_val=8), GPTModel(n_layer=1, d_model=32, head_dim=8)),
 }
@@ -213,10 +228,18 @@ def test_resolve_shape_walks_the_depth_ladder():
     assert r.model.width == 32 and r.shape == {"n_layer": r.model.n_layer} and r.relative_error <= 0.10
 
 
-TRAIN = {"task": {"name": "charlm", "n_train_tokens": 3000, "n_val_tokens": 1000, "seq_len": 16},
-         "model": {"family": "gpt", "n_layer": 2, "aspect": 16, "head_dim": 16},
-         "train": {"steps": 20, "eval_every": 10, "batch_size": 16, "lr": 3e-3, "warmup_steps": 2,
-                   "weight_decay": 0.0}}
+TRAIN = {
+    "task": {"name": "charlm", "n_train_tokens": 3000, "n_val_tokens": 1000, "seq_len": 16},
+    "model": {"family": "gpt", "n_layer": 2, "aspect": 16, "head_dim": 16},
+    "train": {
+        "steps": 20,
+        "eval_every": 10,
+        "batch_size": 16,
+        "lr": 3e-3,
+        "warmup_steps": 2,
+        "weight_decay": 0.0,
+    },
+}
 
 
 def test_trains_through_the_real_loop_bitwise_reproducibly():
@@ -238,11 +261,14 @@ def test_packs_like_single_runs():
 def test_a_study_resolves_target_counts_to_depths(tmp_path: Path):
     io = (256, 256, 16)  # byte-level charlm at 16 positions
     targets = [shape_counts(GPTModel(n_layer=k, **SMALL), *io).total for k in (1, 2)]
-    study = {"name": "gpt", "task": {"name": "charlm", "level": "byte", "seq_len": 16, "n_val_tokens": 2000},
-             "model": {"family": "gpt", **SMALL},
-             "train": {"steps": 20, "eval_every": 10, "warmup_steps": 2, "batch_size": 8},
-             "grid": {"n": targets, "d": [1601]},
-             "objectives": [{"metric": "min_val_loss", "direction": "minimize"}]}
+    study = {
+        "name": "gpt",
+        "task": {"name": "charlm", "level": "byte", "seq_len": 16, "n_val_tokens": 2000},
+        "model": {"family": "gpt", **SMALL},
+        "train": {"steps": 20, "eval_every": 10, "warmup_steps": 2, "batch_size": 8},
+        "grid": {"n": targets, "d": [1601]},
+        "objectives": [{"metric": "min_val_loss", "direction": "minimize"}],
+    }
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(study))
     cells = build_cells(load_study(path))

@@ -9,15 +9,21 @@ from trainers import TrainSpec, train
 # lr 2e-3: weight decay 1 memorizes at step 150 and generalizes at step 800 (it then stops, 3
 # evaluations later), weight decay 0 memorizes at 150 and stays below 0.49 validation accuracy
 # through step 1,500. (At lr 1e-3 the same happens at 200 and 2,000 steps, twice the time.)
-GROK = {"task": {"p": 59, "train_fraction": 0.5},
-        "model": {"d_model": 64, "n_head": 4, "layer_norm": False},
-        "train": {"steps": 1500, "eval_every": 50, "lr": 2e-3}, "seed": 0}
+GROK = {
+    "task": {"p": 59, "train_fraction": 0.5},
+    "model": {"d_model": 64, "n_head": 4, "layer_norm": False},
+    "train": {"steps": 1500, "eval_every": 50, "lr": 2e-3},
+    "seed": 0,
+}
 
 
 @pytest.mark.slow
 def test_weight_decay_groks_and_no_weight_decay_does_not():
-    with_wd = train(TrainSpec.model_validate({**GROK, "train": {**GROK["train"], "weight_decay": 1.0,
-                                                                 "success_stop_evals": 3}}))
+    with_wd = train(
+        TrainSpec.model_validate(
+            {**GROK, "train": {**GROK["train"], "weight_decay": 1.0, "success_stop_evals": 3}}
+        )
+    )
     without = train(TrainSpec.model_validate({**GROK, "train": {**GROK["train"], "weight_decay": 0.0}}))
     mem, gen = with_wd.events.memorization_step, with_wd.events.generalization_step
     assert mem is not None and gen is not None

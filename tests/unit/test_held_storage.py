@@ -36,10 +36,18 @@ def busy_study(study: optuna.Study) -> None:
     """Every kind of trial write the driver makes and then some: asks (one popped from the queue),
     params of three kinds, attributes, intermediate values, and each way a trial ends."""
     study.enqueue_trial({"x": 0.5, "k": "b"})
-    study.add_trial(optuna.trial.create_trial(params={"x": 0.2, "k": "a", "n": 3}, value=0.1, distributions={
-        "x": optuna.distributions.FloatDistribution(0.01, 1.0, log=True),
-        "k": optuna.distributions.CategoricalDistribution(["a", "b"]),
-        "n": optuna.distributions.IntDistribution(1, 8)}, user_attrs={"from": "template"}))
+    study.add_trial(
+        optuna.trial.create_trial(
+            params={"x": 0.2, "k": "a", "n": 3},
+            value=0.1,
+            distributions={
+                "x": optuna.distributions.FloatDistribution(0.01, 1.0, log=True),
+                "k": optuna.distributions.CategoricalDistribution(["a", "b"]),
+                "n": optuna.distributions.IntDistribution(1, 8),
+            },
+            user_attrs={"from": "template"},
+        )
+    )
     for i in range(14):
         trial = study.ask()
         x = trial.suggest_float("x", 0.01, 1.0, log=True)
@@ -47,7 +55,9 @@ def busy_study(study: optuna.Study) -> None:
         trial.suggest_int("n", 1, 8)
         trial.set_user_attr("run_id.0", f"run-{i}")
         # Several at once, one of them written again (the driver's writes: CellSearch._set_attrs).
-        trial.storage.set_trial_user_attrs(trial._trial_id, {"lesson": {"step": i, "x": [x]}, "run_id.1": f"r{i}"})
+        trial.storage.set_trial_user_attrs(
+            trial._trial_id, {"lesson": {"step": i, "x": [x]}, "run_id.1": f"r{i}"}
+        )
         trial.storage.set_trial_user_attrs(trial._trial_id, {"run_id.1": f"again-{i}"})
         trial.storage.set_trial_system_attr(trial._trial_id, "sys", i)
         for step in (10, 20):
@@ -63,15 +73,27 @@ def busy_study(study: optuna.Study) -> None:
 
 
 def fields(t: optuna.trial.FrozenTrial) -> tuple:
-    return (t._trial_id, t.number, t.state, t.values, t.params, t.distributions, t.user_attrs, t.system_attrs,
-            t.intermediate_values)
+    return (
+        t._trial_id,
+        t.number,
+        t.state,
+        t.values,
+        t.params,
+        t.distributions,
+        t.user_attrs,
+        t.system_attrs,
+        t.intermediate_values,
+    )
 
 
 def test_what_it_reads_is_what_the_database_holds(url, tmp_path):
     held = HeldStorage(optuna.storages.RDBStorage(url), [f"{tmp_path.name}/cell"])
     assert held.plain  # its own Core writes, read back below through Optuna's storage
-    study = optuna.create_study(storage=held, study_name=f"{tmp_path.name}/cell",
-                                sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=4))
+    study = optuna.create_study(
+        storage=held,
+        study_name=f"{tmp_path.name}/cell",
+        sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=4),
+    )
     busy_study(study)
     ours = held.get_all_trials(study._study_id)
     theirs = optuna.storages.RDBStorage(url).get_all_trials(study._study_id)
@@ -90,8 +112,11 @@ def test_a_sampler_draws_what_it_draws_on_optunas_storage(url, tmp_path):
     for name, storage in (("held", None), ("plain", optuna.storages.RDBStorage(url))):
         study_name = f"{tmp_path.name}/{name}"
         storage = storage or HeldStorage(optuna.storages.RDBStorage(url), [study_name])
-        study = optuna.create_study(storage=storage, study_name=study_name,
-                                    sampler=optuna.samplers.TPESampler(seed=3, n_startup_trials=3))
+        study = optuna.create_study(
+            storage=storage,
+            study_name=study_name,
+            sampler=optuna.samplers.TPESampler(seed=3, n_startup_trials=3),
+        )
         study.optimize(lambda t: (t.suggest_float("x", -2, 2) - 0.7) ** 2, n_trials=12)
         draws.append([t.params["x"] for t in study.trials])
     assert draws[0] == draws[1]
@@ -111,7 +136,9 @@ def test_reads_of_a_held_study_send_nothing(url, tmp_path):
     held.get_study_directions(study._study_id)
     assert len(trials) == 2 and sent == []
     study.tell(trials[0].number, 0.5)  # a write still goes to the database, at once
-    assert sent and optuna.storages.RDBStorage(url).get_trial(trials[0]._trial_id).state == TrialState.COMPLETE
+    assert (
+        sent and optuna.storages.RDBStorage(url).get_trial(trials[0]._trial_id).state == TrialState.COMPLETE
+    )
 
 
 def test_a_study_it_does_not_hold_is_read_from_the_database(url, tmp_path):

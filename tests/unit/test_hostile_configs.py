@@ -82,8 +82,11 @@ def test_the_cap_is_checked_before_the_grid_is_built(tmp_path):
     d = [round(0.1 + i * 0.0008, 4) for i in range(1000)]
     t0 = time.monotonic()
     with pytest.raises(StudyError, match=r"1,000,000 training runs \(1,000,000 cells"):
-        load_study(VALID, [f"grid.n=[{', '.join(str(1000 + i) for i in range(1000))}]", f"grid.d={d}"],
-                   max_runs=100_000)
+        load_study(
+            VALID,
+            [f"grid.n=[{', '.join(str(1000 + i) for i in range(1000))}]", f"grid.d={d}"],
+            max_runs=100_000,
+        )
     assert time.monotonic() - t0 < 5.0
 
 
@@ -135,17 +138,36 @@ def test_every_float_field_of_the_study_and_the_spec_refuses_nan_and_infinity():
                     pytest.fail(f"{model.__name__}.{name} took {x!r}")
             checked.append(f"{model.__name__}.{name}")
     # The ones the issue names, and the nested sections and search bounds it asks about.
-    named = {"TrainConfig.lr", "TrainConfig.betas", "TrainConfig.weight_decay", "_Keys.epochs",
-             "FloatParam.low", "FloatParam.high", "CategoricalParam.choices", "Grid.d", "Grid.flops",
-             "Refine.width_decades", "TokensPerParam.max", "Pruning.safety", "Resources.cpus",
-             "ModularTask.train_fraction"}
+    named = {
+        "TrainConfig.lr",
+        "TrainConfig.betas",
+        "TrainConfig.weight_decay",
+        "_Keys.epochs",
+        "FloatParam.low",
+        "FloatParam.high",
+        "CategoricalParam.choices",
+        "Grid.d",
+        "Grid.flops",
+        "Refine.width_decades",
+        "TokensPerParam.max",
+        "Pruning.safety",
+        "Resources.cpus",
+        "ModularTask.train_fraction",
+    }
     assert named <= set(checked)
 
 
-@pytest.mark.parametrize("override, path", [
-    ("train.weight_decay=.inf", "train.weight_decay"), ("train.betas=[0.9, .nan]", "train.betas[1]"),
-    ("grid.flops=[1.0e+15, .inf]", "grid.flops[1]"), ("prune.safety=.inf", "prune.safety"),
-    ("resources.gpus=-.inf", "resources.gpus"), ("model.dropout=.nan", "model.dropout")])
+@pytest.mark.parametrize(
+    "override, path",
+    [
+        ("train.weight_decay=.inf", "train.weight_decay"),
+        ("train.betas=[0.9, .nan]", "train.betas[1]"),
+        ("grid.flops=[1.0e+15, .inf]", "grid.flops[1]"),
+        ("prune.safety=.inf", "prune.safety"),
+        ("resources.gpus=-.inf", "resources.gpus"),
+        ("model.dropout=.nan", "model.dropout"),
+    ],
+)
 def test_a_non_finite_value_is_named_by_its_field(override, path):
     with pytest.raises(StudyError) as info:
         load_study(VALID, [override])
@@ -170,8 +192,15 @@ def test_path_part_keeps_the_grids_keys_and_makes_anything_else_one_safe_folder(
 
 
 def test_a_shape_value_cannot_lead_a_checkpoint_out_of_the_checkpoints_folder(tmp_path):
-    study = Study.model_validate({"name": "s", "trainer": "pkg:run", "task": {},
-                                  "grid": {"n": [{}], "d": [0.5]}, "workdir": str(tmp_path / "work")})
+    study = Study.model_validate(
+        {
+            "name": "s",
+            "trainer": "pkg:run",
+            "task": {},
+            "grid": {"n": [{}], "d": [0.5]},
+            "workdir": str(tmp_path / "work"),
+        }
+    )
     for hostile in ("../../../../x", "/etc", ".."):
         cell = Cell(0, 0, {"width": hostile}, 0.5, ParamCounts(0, 0), 0, None)
         folder = checkpoint_dir(study, cell, 3, 1).resolve()

@@ -47,8 +47,10 @@ def edges(name: str, lazy: bool = False) -> set[str]:
         else:
             assert stmt.level == 0, f"{name}: relative import"
             # `from trainers.tasks import modular` names a module; `import TaskData` an attribute.
-            targets = [f"{stmt.module}.{a.name}" if f"{stmt.module}.{a.name}" in MODULES else stmt.module
-                       for a in stmt.names]
+            targets = [
+                f"{stmt.module}.{a.name}" if f"{stmt.module}.{a.name}" in MODULES else stmt.module
+                for a in stmt.names
+            ]
         out |= {t for t in targets if t in MODULES and t != name}
     return out
 
@@ -63,7 +65,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(node)
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in state and (cycle := visit(nxt)):
                 return cycle
         state[node] = 2
@@ -84,8 +86,9 @@ def test_the_cycle_finder_finds_a_cycle_and_none_where_there_is_none():
 def test_the_scan_reads_module_level_imports_and_tells_lazy_ones_apart():
     assert {"trainers.fields", "trainers.import_path"} <= edges("trainers.own_code")
     assert "trainers.tasks" in edges("trainers.tasks.modular")  # the package, imported by name
-    source = ast.parse("import a\nif TYPE_CHECKING:\n    import b\nclass C:\n    import c\n"
-                       "def f():\n    import d\n")
+    source = ast.parse(
+        "import a\nif TYPE_CHECKING:\n    import b\nclass C:\n    import c\ndef f():\n    import d\n"
+    )
     assert [s.names[0].name for s in _imports(source, lazy=False)] == ["a", "c"]
     assert [s.names[0].name for s in _imports(source, lazy=True)] == ["a", "c", "d"]
 
@@ -93,7 +96,11 @@ def test_the_scan_reads_module_level_imports_and_tells_lazy_ones_apart():
 @pytest.mark.parametrize("lazy", [False, True], ids=["module_level", "with_lazy_imports"])
 def test_the_trainers_import_graph_has_no_cycle(lazy):
     graph = {name: edges(name, lazy) for name in MODULES}
-    assert len(graph) > 30 and graph["trainers.spec"] >= {"trainers.tasks", "trainers.models", "trainers.own_code"}
+    assert len(graph) > 30 and graph["trainers.spec"] >= {
+        "trainers.tasks",
+        "trainers.models",
+        "trainers.own_code",
+    }
     assert find_cycle(graph) is None
 
 
@@ -123,7 +130,8 @@ sys.exit(1 if failed else 0)
 @pytest.mark.slow  # ~20 s of CPU: every child initializes the trainers package
 def test_each_trainers_module_imports_alone_in_a_fresh_process():
     names = [n for n in MODULES if not n.endswith("__main__")]
-    out = subprocess.run([sys.executable, "-c", ALONE, *names], cwd=REPO, capture_output=True, text=True,
-                         timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-c", ALONE, *names], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
     assert out.returncode == 0, out.stdout + out.stderr[-3000:]
     assert out.stdout.strip() == "failed: []"

@@ -24,9 +24,20 @@ STUDY = Path(__file__).parent / "broken_configs" / "_valid.yaml"
 
 
 def spec(**train) -> TrainSpec:
-    return TrainSpec.model_validate({
-        "task": {"name": TASK, "n_train": 512}, "model": {"family": MODEL, "width": 32},
-        "train": {"steps": 120, "eval_every": 40, "lr": 1e-2, "weight_decay": 0.0, "batch_size": 64, **train}})
+    return TrainSpec.model_validate(
+        {
+            "task": {"name": TASK, "n_train": 512},
+            "model": {"family": MODEL, "width": 32},
+            "train": {
+                "steps": 120,
+                "eval_every": 40,
+                "lr": 1e-2,
+                "weight_decay": 0.0,
+                "batch_size": 64,
+                **train,
+            },
+        }
+    )
 
 
 def problems(data: dict) -> list[str]:
@@ -82,7 +93,7 @@ def test_init_scale_multiplies_the_models_own_init():
         init_weights(model, sp.train.init_scale)
         weights.append(model.rnn.weight_hh_l0.detach().clone())
     # The GRU's own init (uniform in +-1/sqrt(width)) is kept, not replaced by N(0, 1/fan_in).
-    assert weights[0].abs().max() <= 32 ** -0.5 + 1e-7
+    assert weights[0].abs().max() <= 32**-0.5 + 1e-7
     assert torch.allclose(weights[1], 3 * weights[0])
 
 
@@ -93,15 +104,20 @@ def test_the_study_layer_reads_the_classes_declarations():
     assert task_kinds().get("no_such.module:X") is None and "no_such.module:X" not in task_kinds()
 
 
-@pytest.mark.parametrize("data, expected", [
-    ({"task": {"name": "modular_arith"}}, "task.name: unknown 'modular_arith'; allowed: 'modular'"),
-    ({"model": {"family": "rnn"}}, "model.family: unknown 'rnn'; allowed: 'transformer', 'mlp'"),
-    ({"task": {"name": "no_such_pkg.tasks:Copying"}}, "task.name: cannot import 'no_such_pkg.tasks'"),
-    ({"model": {"family": "support.usercode.models:TinyGRU", "depth": 2}}, "model.depth: unknown key"),
-    ({"task": {"name": TASK, "n_val": -1}}, "task.n_val: Input should be greater than 0"),
-    ({"task": {"name": "support.usercode.broken:MakeTakesTwo"}}, "task.name: support.usercode.broken:MakeTakesTwo: "
-                                                                  "make must accept (self, seed)"),
-])
+@pytest.mark.parametrize(
+    "data, expected",
+    [
+        ({"task": {"name": "modular_arith"}}, "task.name: unknown 'modular_arith'; allowed: 'modular'"),
+        ({"model": {"family": "rnn"}}, "model.family: unknown 'rnn'; allowed: 'transformer', 'mlp'"),
+        ({"task": {"name": "no_such_pkg.tasks:Copying"}}, "task.name: cannot import 'no_such_pkg.tasks'"),
+        ({"model": {"family": "support.usercode.models:TinyGRU", "depth": 2}}, "model.depth: unknown key"),
+        ({"task": {"name": TASK, "n_val": -1}}, "task.n_val: Input should be greater than 0"),
+        (
+            {"task": {"name": "support.usercode.broken:MakeTakesTwo"}},
+            "task.name: support.usercode.broken:MakeTakesTwo: make must accept (self, seed)",
+        ),
+    ],
+)
 def test_the_python_api_names_the_field_too(data, expected):
     lines = problems(data)
     assert any(line.startswith(expected) for line in lines), lines
@@ -115,9 +131,13 @@ def test_a_study_of_own_task_and_model_validates(tmp_path, monkeypatch, capsys):
     """`grokscale validate` on the catalog's valid study with the user's task and model: the grid's
     N is the model's hand count and D the task's n_train; nothing is created."""
     text = STUDY.read_text().replace("task: {name: modular, p: 23, op: add}", f"task: {{name: {TASK}}}")
-    text = text.replace("model: {family: transformer, n_layer: 1, n_head: 4, layer_norm: false}",
-                        f"model: {{family: {MODEL}}}")
-    text = text.replace("n: [{d_model: 16}]", "n: [{width: 32}, {width: 16}]").replace("d: [0.5]", "d: [256, 512]")
+    text = text.replace(
+        "model: {family: transformer, n_layer: 1, n_head: 4, layer_norm: false}",
+        f"model: {{family: {MODEL}}}",
+    )
+    text = text.replace("n: [{d_model: 16}]", "n: [{width: 32}, {width: 16}]").replace(
+        "d: [0.5]", "d: [256, 512]"
+    )
     (tmp_path / "study.yaml").write_text(text)
     monkeypatch.chdir(tmp_path)
     assert main(["validate", "study.yaml"]) == 0, capsys.readouterr().err

@@ -22,8 +22,17 @@ D = np.tile([696.0, 1218.0, 1740.0], 3)
 OVERFLOWED = {
     "norm |s| |y| (power law in D)": [-3.401, -8.358, -11.447, -11.777, -1.021, 0.322, -3.81, -2.152, -4.661],
     "1 / s.y (law in N and D)": [0.623, -0.986, -11.963, -0.425, -11.547, -2.15, -9.629, -0.347, -4.69],
-    "exp(log A) of a resample (law in N and D)": [1.241, -2.745, -3.219, -2.706, -6.75, -10.176, -2.26,
-                                                  -4.908, -7.812],
+    "exp(log A) of a resample (law in N and D)": [
+        1.241,
+        -2.745,
+        -3.219,
+        -2.706,
+        -6.75,
+        -10.176,
+        -2.26,
+        -4.908,
+        -7.812,
+    ],
     "1 / s.y (power law in N)": [-6.055, 0.887, -5.251, -6.259, -3.627, 1.434, 0.811, -5.789, -1.771],
 }
 
@@ -38,4 +47,3 @@ def test_fits_on_data_that_overflowed_raise_no_runtime_warning(site):
         one_d = fit_power_law(D, loss, variable="D", n_boot=20)
     for fit in (law, one_n, one_d):  # the fit still answers: a finite optimum of the Huber loss
         assert np.isfinite(fit.objective) and fit.n_boot > 0
-

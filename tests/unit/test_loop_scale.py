@@ -15,9 +15,12 @@ from trainers.device import PEAK_FLOPS
 from trainers.tasks import make_task
 
 # A sequence task with labelled and unlabelled positions (addition) and minibatches.
-SEQ = {"task": {"name": "addition", "n_digits": 2, "n_train": 256, "n_val": 64},
-       "model": {"d_model": 32, "n_head": 4, "n_layer": 1},
-       "train": {"steps": 30, "eval_every": 10, "warmup_steps": 5, "batch_size": 32, "weight_decay": 0.1}, "seed": 1}
+SEQ = {
+    "task": {"name": "addition", "n_digits": 2, "n_train": 256, "n_val": 64},
+    "model": {"d_model": 32, "n_head": 4, "n_layer": 1},
+    "train": {"steps": 30, "eval_every": 10, "warmup_steps": 5, "batch_size": 32, "weight_decay": 0.1},
+    "seed": 1,
+}
 
 
 def spec(**train_updates) -> TrainSpec:
@@ -30,7 +33,9 @@ def close(a: list[float], b: list[float], rel: float = 1e-4) -> bool:
 
 def test_fp32_on_cpu_is_the_default_and_is_recorded():
     r = train(spec())
-    assert r.runtime["precision"] == "fp32" and r.runtime["compiled"] is False and r.runtime["world_size"] == 1
+    assert (
+        r.runtime["precision"] == "fp32" and r.runtime["compiled"] is False and r.runtime["world_size"] == 1
+    )
     assert r.runtime["peak_source"].startswith("probe:") and r.runtime["peak_flops"] > 0
     assert r.runtime["determinism"]["threads"] == 1
 
@@ -97,13 +102,22 @@ def _die_at_step_30(record: dict) -> None:
         os._exit(17)  # as a killed worker: the step-20 checkpoint is the last one
 
 
-def _rank(rank: int, size: int, init: str, train_json: str, out: str, checkpoint_dir: str | None = None,
-          die: bool = False) -> None:
+def _rank(
+    rank: int,
+    size: int,
+    init: str,
+    train_json: str,
+    out: str,
+    checkpoint_dir: str | None = None,
+    die: bool = False,
+) -> None:
     os.environ["LOCAL_RANK"] = str(rank)
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=size)
     try:
         report = _die_at_step_30 if die else None
-        result = train(TrainSpec.model_validate_json(train_json), report=report, checkpoint_dir=checkpoint_dir)
+        result = train(
+            TrainSpec.model_validate_json(train_json), report=report, checkpoint_dir=checkpoint_dir
+        )
         if rank == 0:
             torch.save(result.to_dict(), out)
     finally:
@@ -118,7 +132,9 @@ def test_two_gloo_workers_follow_the_one_worker_curve(tmp_path, micro_batch, sha
     s = spec(micro_batch=micro_batch, shard=shard)
     alone = train(spec())
     out = tmp_path / "rank0.pt"
-    mp.spawn(_rank, args=(2, f"file://{tmp_path / 'store'}", s.model_dump_json(), str(out)), nprocs=2, join=True)
+    mp.spawn(
+        _rank, args=(2, f"file://{tmp_path / 'store'}", s.model_dump_json(), str(out)), nprocs=2, join=True
+    )
     group = torch.load(out, weights_only=False)
     assert group["runtime"]["world_size"] == 2
     assert group["history"]["step"] == alone.history["step"]
@@ -136,7 +152,9 @@ def test_a_group_killed_mid_run_resumes_from_its_checkpoint(tmp_path, shard):
     mp.spawn(_rank, args=(2, f"file://{tmp_path / 's1'}", s, str(whole)), nprocs=2, join=True)
     ckpt, out = tmp_path / "ckpt", tmp_path / "resumed.pt"
     with pytest.raises(mp.ProcessExitedException):
-        mp.spawn(_rank, args=(2, f"file://{tmp_path / 's2'}", s, str(out), str(ckpt), True), nprocs=2, join=True)
+        mp.spawn(
+            _rank, args=(2, f"file://{tmp_path / 's2'}", s, str(out), str(ckpt), True), nprocs=2, join=True
+        )
     assert not out.exists()
     mp.spawn(_rank, args=(2, f"file://{tmp_path / 's3'}", s, str(out), str(ckpt)), nprocs=2, join=True)
     resumed, whole = torch.load(out, weights_only=False), torch.load(whole, weights_only=False)

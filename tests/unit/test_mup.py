@@ -25,16 +25,26 @@ from trainers.spec import GPTModel, TransformerModel
 
 ADDITION = {"name": "addition", "n_digits": 2, "n_train": 200, "n_val": 50}
 RUNS = {  # the last-position path (modular), whole sequences, the gpt untied and tied
-    "transformer_modular": {"task": {"p": 23, "train_fraction": 0.5},
-                            "model": {"d_model": 32, "n_head": 4, "layer_norm": False},
-                            "train": {"steps": 30, "eval_every": 10, "batch_size": 64}},
-    "transformer_addition": {"task": ADDITION, "model": {"d_model": 32, "n_head": 4, "n_layer": 2},
-                             "train": {"steps": 30, "eval_every": 10, "batch_size": 32, "weight_decay": 0.1}},
-    "gpt": {"task": ADDITION, "model": {"family": "gpt", "n_layer": 2, "aspect": 16, "head_dim": 8},
-            "train": {"steps": 30, "eval_every": 10, "batch_size": 32}},
-    "gpt_tied": {"task": {"name": "charlm", "n_train_tokens": 3000, "n_val_tokens": 1000, "seq_len": 16},
-                 "model": {"family": "gpt", "n_layer": 1, "aspect": 32, "head_dim": 8, "tie_embeddings": True},
-                 "train": {"steps": 20, "eval_every": 10, "batch_size": 16}},
+    "transformer_modular": {
+        "task": {"p": 23, "train_fraction": 0.5},
+        "model": {"d_model": 32, "n_head": 4, "layer_norm": False},
+        "train": {"steps": 30, "eval_every": 10, "batch_size": 64},
+    },
+    "transformer_addition": {
+        "task": ADDITION,
+        "model": {"d_model": 32, "n_head": 4, "n_layer": 2},
+        "train": {"steps": 30, "eval_every": 10, "batch_size": 32, "weight_decay": 0.1},
+    },
+    "gpt": {
+        "task": ADDITION,
+        "model": {"family": "gpt", "n_layer": 2, "aspect": 16, "head_dim": 8},
+        "train": {"steps": 30, "eval_every": 10, "batch_size": 32},
+    },
+    "gpt_tied": {
+        "task": {"name": "charlm", "n_train_tokens": 3000, "n_val_tokens": 1000, "seq_len": 16},
+        "model": {"family": "gpt", "n_layer": 1, "aspect": 32, "head_dim": 8, "tie_embeddings": True},
+        "train": {"steps": 20, "eval_every": 10, "batch_size": 16},
+    },
 }
 
 
@@ -86,9 +96,14 @@ def test_mup_init_and_multipliers_by_hand():
     model = build_model(cfg, 97, 97, 50)
     init_weights(model, 1.0)
     std = {name: p.std().item() for name, p in model.named_parameters()}
-    for name, want in [("tok_emb.weight", 0.125), ("pos_emb.weight", 0.125), ("unembed.weight", 0.0),
-                       ("blocks.0.qkv.weight", 0.0625), ("blocks.0.fc_in.weight", 0.0625),
-                       ("blocks.0.fc_out.weight", 0.03125)]:
+    for name, want in [
+        ("tok_emb.weight", 0.125),
+        ("pos_emb.weight", 0.125),
+        ("unembed.weight", 0.0),
+        ("blocks.0.qkv.weight", 0.0625),
+        ("blocks.0.fc_in.weight", 0.0625),
+        ("blocks.0.fc_out.weight", 0.03125),
+    ]:
         assert std[name] == pytest.approx(want, rel=0.05), name
     assert model.readout_mult == 0.25 and model.blocks[0].attn_scale == 0.0625
     # A tied gpt's shared matrix is drawn at its sp std of base_width, 1/sqrt(64), at width 256.
@@ -99,13 +114,27 @@ def test_mup_init_and_multipliers_by_hand():
     assert gpt.readout_mult == 0.25 and gpt.unembed.weight is gpt.tok_emb.weight
 
 
-@pytest.mark.parametrize("cfg, hidden", [
-    (TransformerModel(d_model=256, n_head=4, n_layer=2, base_width=64, parametrization="mup"),
-     {f"blocks.{i}.{n}.weight" for i in range(2) for n in ("qkv", "proj", "fc_in", "fc_out")}),
-    (GPTModel(d_model=256, head_dim=32, n_layer=1, mlp="swiglu", tie_embeddings=True, base_width=64,
-              parametrization="mup"),
-     {f"blocks.0.{n}.weight" for n in ("attn.qkv", "attn.proj", "mlp.up", "mlp.gate", "mlp.down")}),
-])
+@pytest.mark.parametrize(
+    "cfg, hidden",
+    [
+        (
+            TransformerModel(d_model=256, n_head=4, n_layer=2, base_width=64, parametrization="mup"),
+            {f"blocks.{i}.{n}.weight" for i in range(2) for n in ("qkv", "proj", "fc_in", "fc_out")},
+        ),
+        (
+            GPTModel(
+                d_model=256,
+                head_dim=32,
+                n_layer=1,
+                mlp="swiglu",
+                tie_embeddings=True,
+                base_width=64,
+                parametrization="mup",
+            ),
+            {f"blocks.0.{n}.weight" for n in ("attn.qkv", "attn.proj", "mlp.up", "mlp.gate", "mlp.down")},
+        ),
+    ],
+)
 def test_param_groups_as_designed(cfg, hidden):
     spec = TrainSpec.model_validate({"model": cfg.model_dump(), "train": {"lr": 2e-3, "weight_decay": 0.5}})
     model = build_model(spec.model, 97, 97, 3)
@@ -125,11 +154,21 @@ class Crash(Exception):
 
 def test_a_resumed_mup_run_equals_an_uninterrupted_one(tmp_path):
     def run(**train_updates) -> TrainSpec:
-        return TrainSpec.model_validate({
-            "task": {"p": 23, "train_fraction": 0.5},
-            "model": {"d_model": 64, "n_head": 4, "base_width": 16, "parametrization": "mup"},
-            "train": {"steps": 60, "eval_every": 10, "warmup_steps": 10, "batch_size": 64, "schedule": "cosine",
-                      "checkpoint_every": 20, **train_updates}})
+        return TrainSpec.model_validate(
+            {
+                "task": {"p": 23, "train_fraction": 0.5},
+                "model": {"d_model": 64, "n_head": 4, "base_width": 16, "parametrization": "mup"},
+                "train": {
+                    "steps": 60,
+                    "eval_every": 10,
+                    "warmup_steps": 10,
+                    "batch_size": 64,
+                    "schedule": "cosine",
+                    "checkpoint_every": 20,
+                    **train_updates,
+                },
+            }
+        )
 
     def crash_at_50(record):
         if record["step"] == 50:
@@ -145,8 +184,12 @@ def test_a_resumed_mup_run_equals_an_uninterrupted_one(tmp_path):
     assert rest["lr"] == lr_at(run().train, 39)
     resumed = train(run(), checkpoint_dir=tmp_path)
     assert resumed.resumed_from_step == 40 and resumed.history == whole.history
-    assert whole.history != train(run().model_copy(update={"model": run().model.model_copy(
-        update={"parametrization": "sp"})})).history  # mup really trains differently off its base
+    assert (
+        whole.history
+        != train(
+            run().model_copy(update={"model": run().model.model_copy(update={"parametrization": "sp"})})
+        ).history
+    )  # mup really trains differently off its base
 
 
 def test_packing_refuses_mup_runs():

@@ -56,7 +56,9 @@ def test_plan_isoflop_recovers_the_planted_optimum():
     assert plan.a.value == pytest.approx(A_EXP, rel=1e-9)
     assert plan.extrapolation == pytest.approx(4.0) and plan.largest_flops == pytest.approx(6.4e10)
     for est in (plan.N_opt, plan.D_opt, plan.L_opt):  # noise-free: the replicates agree
-        assert est.low == pytest.approx(est.value, rel=1e-6) and est.high == pytest.approx(est.value, rel=1e-6)
+        assert est.low == pytest.approx(est.value, rel=1e-6) and est.high == pytest.approx(
+            est.value, rel=1e-6
+        )
     assert set(plan.to_dict()) >= {"N_opt", "N_opt_low", "D_opt_high", "L_opt", "extrapolation", "reason"}
 
 
@@ -83,14 +85,14 @@ def test_plan_isoflop_without_a_power_law_says_why():
 def test_plan_loss_law_is_the_closed_form_optimum_of_the_planted_law():
     E, A, ALPHA, B, BETA = 1.69, 406.4, 0.34, 410.7, 0.28  # Hoffmann et al. (2022)
     n, d = (x.ravel() for x in np.meshgrid(np.geomspace(1e6, 1e8, 6), np.geomspace(1e8, 1e10, 6)))
-    plan = plan_loss_law(n, d, E + A / n ** ALPHA + B / d ** BETA, 1e20, flops_per_token=6.0, n_boot=20)
+    plan = plan_loss_law(n, d, E + A / n**ALPHA + B / d**BETA, 1e20, flops_per_token=6.0, n_boot=20)
     assert plan.reason is None
     g = (ALPHA * A / (BETA * B)) ** (1 / (ALPHA + BETA))
     truth = g * (1e20 / 6) ** (BETA / (ALPHA + BETA))
     assert plan.N_opt.value == pytest.approx(truth, rel=0.02)
     assert plan.D_opt.value * plan.N_opt.value * 6 == pytest.approx(1e20)
     d_opt = 1e20 / (6 * truth)
-    assert plan.L_opt.value == pytest.approx(E + A / truth ** ALPHA + B / d_opt ** BETA, rel=1e-3)
+    assert plan.L_opt.value == pytest.approx(E + A / truth**ALPHA + B / d_opt**BETA, rel=1e-3)
     assert plan.largest_flops == pytest.approx(6 * 1e8 * 1e10)
 
 
@@ -133,9 +135,16 @@ def test_closest_shape_is_the_width_at_the_studys_depth_and_heads(iso):
 
 def test_closest_shape_of_a_gpt_is_a_depth_on_its_ladder(tmp_path):
     path = tmp_path / "gpt.yaml"
-    path.write_text(yaml.safe_dump({"name": "g", "task": {"name": "modular", "p": 23},
-                                    "model": {"family": "gpt", "aspect": 16, "head_dim": 16},
-                                    "grid": {"n": [{"n_layer": 1}], "d": [0.5]}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "g",
+                "task": {"name": "modular", "p": 23},
+                "model": {"family": "gpt", "aspect": 16, "head_dim": 16},
+                "grid": {"n": [{"n_layer": 1}], "d": [0.5]},
+            }
+        )
+    )
     study = load_study(path)
     ladder = {k: shell.closest_shape(study, 10**9).model.model_copy(update={"n_layer": k}) for k in (3, 4)}
     spec = TrainSpec.model_validate(study.trial_data({}, None, {"train.steps": 10}, 0))
@@ -151,8 +160,17 @@ def test_closest_shape_of_a_gpt_is_a_depth_on_its_ladder(tmp_path):
 
 def test_the_rung_is_a_study_that_validates(iso, tmp_path):
     study, cells = iso
-    plan = ComputePlan("isoflop", 2.4e11, 5.46, 1.2e11, Estimate(21_000.0, 17_000.0, 24_000.0),
-                       Estimate(2.1e6), Estimate(2.0, 1.9, 2.1), Estimate(0.42), n_fit=4)
+    plan = ComputePlan(
+        "isoflop",
+        2.4e11,
+        5.46,
+        1.2e11,
+        Estimate(21_000.0, 17_000.0, 24_000.0),
+        Estimate(2.1e6),
+        Estimate(2.0, 1.9, 2.1),
+        Estimate(0.42),
+        n_fit=4,
+    )
     data = shell.read_study_data(STUDY, [])
     rung = shell.rung_config(data, study, {"d_model": 20}, plan, {"train.lr": 0.03})
     path = tmp_path / "rung.yaml"
@@ -165,7 +183,9 @@ def test_the_rung_is_a_study_that_validates(iso, tmp_path):
     loaded = load_study(path)
     assert loaded.name == "isoflop_charlm_rung_2.4e11" and loaded.train["lr"] == 0.03
     assert loaded.search.trials_per_cell == 1 and loaded.search.space == {} and loaded.grid.seeds == [0]
-    assert loaded.grid.tokens_per_param is None and data["grid"]["n"] != rung["grid"]["n"]  # the study is untouched
+    assert (
+        loaded.grid.tokens_per_param is None and data["grid"]["n"] != rung["grid"]["n"]
+    )  # the study is untouched
 
 
 def planted_results(study, cells, path):
@@ -173,13 +193,25 @@ def planted_results(study, cells, path):
     n = np.array([c.n("total") for c in cells], dtype=float)
     c = np.array([c.flops_budget for c in cells])
     loss = planted_loss(n, c)
-    regs = [{"cell": cell.key, "objective": "min_val_loss", "direction": "minimize", "n_trials": 3, "best_trial": 1,
-             "best_value": float(v), "best_params": {"train.lr": 0.015 * (1 + (cell.n("total") > 20_000))}}
-            for cell, v in zip(cells, loss)]
-    results = {"study": study.name, "regularization": regs,
-               "frontier_isoflop": fit_isoflop(n, c, loss, flops_per_token=K).to_dict(),
-               "scaling_law": {"check": {"accepted": False, "reasons": ["alpha's interval is 3.19 wide (> 1.0)"]}},
-               "skipped": {}}
+    regs = [
+        {
+            "cell": cell.key,
+            "objective": "min_val_loss",
+            "direction": "minimize",
+            "n_trials": 3,
+            "best_trial": 1,
+            "best_value": float(v),
+            "best_params": {"train.lr": 0.015 * (1 + (cell.n("total") > 20_000))},
+        }
+        for cell, v in zip(cells, loss)
+    ]
+    results = {
+        "study": study.name,
+        "regularization": regs,
+        "frontier_isoflop": fit_isoflop(n, c, loss, flops_per_token=K).to_dict(),
+        "scaling_law": {"check": {"accepted": False, "reasons": ["alpha's interval is 3.19 wide (> 1.0)"]}},
+        "skipped": {},
+    }
     path.write_text(json.dumps(results))
     return results
 
@@ -192,14 +224,31 @@ def test_plan_command_on_a_small_results_json(iso, tmp_path, capsys):
     rc = main(["plan", STUDY, "--flops", "2.4e11", "--results", str(results), "--out", str(out), "--json"])
     got = json.loads(capsys.readouterr().out)
     assert rc == 0, got
-    assert {"n_opt", "n_low", "n_high", "d_opt", "d_low", "d_high", "shape", "steps", "batch", "loss",
-            "loss_low", "loss_high", "out", "extrapolation"} <= set(got)
+    assert {
+        "n_opt",
+        "n_low",
+        "n_high",
+        "d_opt",
+        "d_low",
+        "d_high",
+        "shape",
+        "steps",
+        "batch",
+        "loss",
+        "loss_low",
+        "loss_high",
+        "out",
+        "extrapolation",
+    } <= set(got)
     assert got["n_opt"] == pytest.approx(float(n_opt(2.4e11)), rel=1e-6)  # 27,900
     assert got["d_opt"] == pytest.approx(2.4e11 / (K * got["n_opt"]), rel=1e-9)
     assert got["loss"] == pytest.approx(float(l_opt(2.4e11)), rel=1e-6)
     assert got["extrapolation"] == pytest.approx(2.0) and got["out"] == str(out)
     assert got["shape"]["d_model"] == 24 and got["shape"]["within_tolerance"]
-    assert got["hyperparameters"] == {"train.lr": 0.03} and got["hyperparameters_from"] == "N[d_model=24]_C=1.2e+11"
+    assert (
+        got["hyperparameters"] == {"train.lr": 0.03}
+        and got["hyperparameters_from"] == "N[d_model=24]_C=1.2e+11"
+    )
     assert got["batch"] == 16 and got["steps"] > 1000 and got["rung_problems"] == []
     assert main(["validate", str(out)]) == 0
     header = " ".join(line[2:] for line in out.read_text().splitlines() if line.startswith("# "))
@@ -209,26 +258,48 @@ def test_plan_command_on_a_small_results_json(iso, tmp_path, capsys):
     assert rc == 0 and "N_opt" in text and "d_model 24, n_layer 2, n_head 4" in text
 
 
-@pytest.mark.parametrize("edit, why", [
-    (lambda r: r["frontier_isoflop"].update(a=None, reason="insufficient data: 2 budget(s)"),
-     "no N_opt(C) power law: insufficient data"),
-    (lambda r: r["frontier_isoflop"].update(a=0.5), "changed since the report"),
-    (lambda r: r.pop("frontier_isoflop"), "has no IsoFLOP frontier"),
-    (lambda r: r["regularization"][0].update(cell="N[d_model=99]_C=1e+10"), "not in isoflop_charlm's grid"),
-])
+@pytest.mark.parametrize(
+    "edit, why",
+    [
+        (
+            lambda r: r["frontier_isoflop"].update(a=None, reason="insufficient data: 2 budget(s)"),
+            "no N_opt(C) power law: insufficient data",
+        ),
+        (lambda r: r["frontier_isoflop"].update(a=0.5), "changed since the report"),
+        (lambda r: r.pop("frontier_isoflop"), "has no IsoFLOP frontier"),
+        (
+            lambda r: r["regularization"][0].update(cell="N[d_model=99]_C=1e+10"),
+            "not in isoflop_charlm's grid",
+        ),
+    ],
+)
 def test_plan_command_refuses_a_missing_or_changed_fit(iso, tmp_path, capsys, edit, why):
     study, cells = iso
     results = planted_results(study, cells, tmp_path / "results.json")
     edit(results)
     (tmp_path / "results.json").write_text(json.dumps(results))
     out = tmp_path / "rung.yaml"
-    rc = main(["plan", STUDY, "--flops", "2.4e11", "--results", str(tmp_path / "results.json"), "--out", str(out)])
+    rc = main(
+        ["plan", STUDY, "--flops", "2.4e11", "--results", str(tmp_path / "results.json"), "--out", str(out)]
+    )
     assert rc == 2 and why in capsys.readouterr().err and not out.exists()
 
 
 def test_plan_command_refuses_the_real_studys_rejected_loss_law(tmp_path, capsys):
-    rc = main(["plan", STUDY, "--flops", "2.4e11", "--results", "docs/results/isoflop_charlm/results.json",
-               "--approach", "loss_law", "--out", str(tmp_path / "rung.yaml")])
+    rc = main(
+        [
+            "plan",
+            STUDY,
+            "--flops",
+            "2.4e11",
+            "--results",
+            "docs/results/isoflop_charlm/results.json",
+            "--approach",
+            "loss_law",
+            "--out",
+            str(tmp_path / "rung.yaml"),
+        ]
+    )
     assert rc == 2 and "the L(N, D) fit was rejected: alpha's interval" in capsys.readouterr().err
 
 
@@ -240,17 +311,44 @@ def test_plan_from_mlflow_reads_the_runs_as_the_report_does(iso, tmp_path, monke
     rows = []
     for cell, reg in zip(cells, results["regularization"]):
         for trial, worse in enumerate((0.05, 0.0, 0.02)):  # trial 1 is the cell's best
-            rows.append({"run_id": f"{cell.key}/{trial}", "cell": cell.key, "status": "completed",
-                         "trial_number": trial, "seed": 0, "n_params": cell.n("total"), "n_train": cell.n_train,
-                         "min_val_loss": reg["best_value"] + worse, "flops": cell.flops_budget * 1.003,
-                         "tokens": cell.flops_budget * 1.003 / (K * cell.n("total")),
-                         "param.train.lr": reg["best_params"]["train.lr"] if trial == 1 else 0.06})
-    res = StudyResults("parent", "0", {"name": study.name, "task": study.task,
-                                       "grid": {"flops": study.grid.flops}}, pd.DataFrame(rows), pd.DataFrame())
+            rows.append(
+                {
+                    "run_id": f"{cell.key}/{trial}",
+                    "cell": cell.key,
+                    "status": "completed",
+                    "trial_number": trial,
+                    "seed": 0,
+                    "n_params": cell.n("total"),
+                    "n_train": cell.n_train,
+                    "min_val_loss": reg["best_value"] + worse,
+                    "flops": cell.flops_budget * 1.003,
+                    "tokens": cell.flops_budget * 1.003 / (K * cell.n("total")),
+                    "param.train.lr": reg["best_params"]["train.lr"] if trial == 1 else 0.06,
+                }
+            )
+    res = StudyResults(
+        "parent",
+        "0",
+        {"name": study.name, "task": study.task, "grid": {"flops": study.grid.flops}},
+        pd.DataFrame(rows),
+        pd.DataFrame(),
+    )
     monkeypatch.setattr("orchestrator.store.results.load_results", lambda uri, name, with_curves=True: res)
     (tmp_path / "mlflow.db").touch()
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    rc = main(["plan", STUDY, "--flops", "2.4e11", "--tracking-uri", uri, "--out", str(tmp_path / "r.yaml"), "--json"])
+    rc = main(
+        [
+            "plan",
+            STUDY,
+            "--flops",
+            "2.4e11",
+            "--tracking-uri",
+            uri,
+            "--out",
+            str(tmp_path / "r.yaml"),
+            "--json",
+        ]
+    )
     got = json.loads(capsys.readouterr().out)
     assert rc == 0 and got["source"].startswith("MLflow experiment isoflop_charlm")
     assert got["n_opt"] == pytest.approx(float(n_opt(2.4e11)), rel=1e-6)
@@ -258,6 +356,16 @@ def test_plan_from_mlflow_reads_the_runs_as_the_report_does(iso, tmp_path, monke
 
 
 def test_plan_command_without_a_store_says_where_to_look(tmp_path, capsys):
-    rc = main(["plan", STUDY, "--flops", "2.4e11", "--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}",
-               "--out", str(tmp_path / "r.yaml")])
+    rc = main(
+        [
+            "plan",
+            STUDY,
+            "--flops",
+            "2.4e11",
+            "--tracking-uri",
+            f"sqlite:///{tmp_path / 'none.db'}",
+            "--out",
+            str(tmp_path / "r.yaml"),
+        ]
+    )
     assert rc == 2 and "no MLflow store" in capsys.readouterr().err

@@ -34,14 +34,33 @@ def study():
                     k += 1
                     ok = np.log10(n) + 3 * dv > 5.7 and wd > 0.3
                     mem, gen = 200, (3000 if wd < 1 else 400) if ok else None
-                    runs.append({"run_id": f"r{k}", "cell": f"N={int(n)}/D={dv}", "n_params": n, "n_train": d,
-                                 "d_value": dv, "seed": seed, "trial_number": trial, "status": "completed",
-                                 "param.train.weight_decay": wd, "param.train.lr": lr,
-                                 "max_val_acc": 0.98 if ok else 0.05 + 0.02 * rng.random(),
-                                 "memorization_step": mem, "generalization_step": gen})
+                    runs.append(
+                        {
+                            "run_id": f"r{k}",
+                            "cell": f"N={int(n)}/D={dv}",
+                            "n_params": n,
+                            "n_train": d,
+                            "d_value": dv,
+                            "seed": seed,
+                            "trial_number": trial,
+                            "status": "completed",
+                            "param.train.weight_decay": wd,
+                            "param.train.lr": lr,
+                            "max_val_acc": 0.98 if ok else 0.05 + 0.02 * rng.random(),
+                            "memorization_step": mem,
+                            "generalization_step": gen,
+                        }
+                    )
                     val_at = gen or 1e9
-                    curves += [{"run_id": f"r{k}", "step": s, "train_acc": float(s >= mem),
-                                "val_acc": 0.98 if s >= val_at else 0.02} for s in steps]
+                    curves += [
+                        {
+                            "run_id": f"r{k}",
+                            "step": s,
+                            "train_acc": float(s >= mem),
+                            "val_acc": 0.98 if s >= val_at else 0.02,
+                        }
+                        for s in steps
+                    ]
     return pd.DataFrame(runs), pd.DataFrame(curves)
 
 
@@ -78,30 +97,48 @@ def test_phase_diagrams_and_a_parameter_that_was_not_searched(study, tmp_path):
     assert_png(grokking_plots.plot_phase_diagram(phased, tmp_path / "wd_lr.png", y_col="param.train.lr"))
     fixed_lr = phased.assign(**{"param.train.lr": 1e-3})
     assert grokking_plots.plot_phase_diagram(fixed_lr, tmp_path / "lr.png", y_col="param.train.lr") is None
-    assert grokking_plots.plot_phase_diagram(phased.drop(columns="param.train.lr"), tmp_path / "lr.png",
-                                    y_col="param.train.lr") is None
+    assert (
+        grokking_plots.plot_phase_diagram(
+            phased.drop(columns="param.train.lr"), tmp_path / "lr.png", y_col="param.train.lr"
+        )
+        is None
+    )
 
 
 def test_scaling_fit_two_and_one_variable(tmp_path):
     n, d = (a.ravel() for a in np.meshgrid(np.logspace(7, 10, 5), np.logspace(9, 12, 6)))
-    loss = (1.69 + 406.4 / n ** 0.34 + 410.7 / d ** 0.28) * np.exp(np.random.default_rng(0).normal(0, 0.01, n.size))
-    fit = ScalingLawFit(variables=("N", "D"), convention="total", E=Estimate(1.69, 1.6, 1.8),
-                        A=Estimate(406.4, 350, 450), alpha=Estimate(0.34, 0.33, 0.35), B=Estimate(410.7, 300, 500),
-                        beta=Estimate(0.28, 0.27, 0.29), objective=0.0, n_points=n.size, n_inits=4500, n_boot=100,
-                        ci=0.95)
+    loss = (1.69 + 406.4 / n**0.34 + 410.7 / d**0.28) * np.exp(
+        np.random.default_rng(0).normal(0, 0.01, n.size)
+    )
+    fit = ScalingLawFit(
+        variables=("N", "D"),
+        convention="total",
+        E=Estimate(1.69, 1.6, 1.8),
+        A=Estimate(406.4, 350, 450),
+        alpha=Estimate(0.34, 0.33, 0.35),
+        B=Estimate(410.7, 300, 500),
+        beta=Estimate(0.28, 0.27, 0.29),
+        objective=0.0,
+        n_points=n.size,
+        n_inits=4500,
+        n_boot=100,
+        ci=0.95,
+    )
     assert_png(scaling_plots.plot_scaling_fit(fit, n, d, loss, tmp_path / "law.png"), min_width=1000)
     x = np.logspace(7, 10, 7)
-    one = fit_power_law(x, 1.69 + 406.4 / x ** 0.34, n_boot=10)
-    assert_png(scaling_plots.plot_scaling_fit(one, x, None, 1.69 + 406.4 / x ** 0.34, tmp_path / "law_n.png"),
-               min_width=1000)
+    one = fit_power_law(x, 1.69 + 406.4 / x**0.34, n_boot=10)
+    assert_png(
+        scaling_plots.plot_scaling_fit(one, x, None, 1.69 + 406.4 / x**0.34, tmp_path / "law_n.png"),
+        min_width=1000,
+    )
     assert scaling_plots.plot_scaling_fit(one, x[:0], None, x[:0], tmp_path / "none.png") is None
 
 
 def test_mirage_side_by_side(tmp_path):
     x = np.repeat(np.logspace(3, 8, 11), 2)
     token = 1 - 0.5 * (x / 1e3) ** -0.5
-    check = mirage_check(x, token ** 20, token, n_boot=20)
-    assert_png(plots.plot_mirage(check, x, token ** 20, token, tmp_path / "mirage.png"), min_width=900)
+    check = mirage_check(x, token**20, token, n_boot=20)
+    assert_png(plots.plot_mirage(check, x, token**20, token, tmp_path / "mirage.png"), min_width=900)
     assert plots.plot_mirage(check, x[:0], x[:0], x[:0], tmp_path / "none.png") is None
 
 
@@ -110,8 +147,14 @@ def test_a_searched_log_axis_is_drawn_in_log():
     the span alone would draw it linear; the search space says log."""
     from orchestrator.report.sections import searched_log
 
-    config = {"search": {"space": {"train.weight_decay": {"type": "float", "low": 0.3, "high": 3.0, "log": True},
-                                   "train.lr": {"type": "float", "low": 1e-3, "high": 1e-2}}}}
+    config = {
+        "search": {
+            "space": {
+                "train.weight_decay": {"type": "float", "low": 0.3, "high": 3.0, "log": True},
+                "train.lr": {"type": "float", "low": 1e-3, "high": 1e-2},
+            }
+        }
+    }
     wd = pd.Series([0.35, 0.8, 2.1])
     assert grokking_plots.axis_is_log(wd) is False
     assert searched_log(config, "param.train.weight_decay") is True
@@ -131,16 +174,23 @@ def test_phase_diagram_fills_regions_where_runs_are_dense(tmp_path):
         for frac in (0.2, 0.35, 0.5, 0.65):
             for _ in range(6 if n == 1e4 else 1):  # dense at the small N, 4 runs at the large
                 wd = float(10 ** rng.uniform(np.log10(0.3), np.log10(3)))
-                phase = ("comprehension" if frac > 0.4 and wd > 1 else "grokking" if frac > 0.4
-                         else "memorization")
-                rows.append({"n_params": n, "n_train": frac * 3481, "param.train.weight_decay": wd, "phase": phase})
+                phase = (
+                    "comprehension" if frac > 0.4 and wd > 1 else "grokking" if frac > 0.4 else "memorization"
+                )
+                rows.append(
+                    {"n_params": n, "n_train": frac * 3481, "param.train.weight_decay": wd, "phase": phase}
+                )
     table = pd.DataFrame(rows)
     regions = regions_by_facet(table, "param.train.weight_decay", "n_train", "n_params", True, None)
     assert set(regions) == {1e4, 1e5}
     assert regions[1e4].labels is not None and regions[1e4].log_x and not regions[1e4].log_y
     assert regions[1e5].labels is None and "4 runs" in regions[1e5].reason
-    assert_png(grokking_plots.plot_phase_diagram(table, tmp_path / "regions.png", y_col="n_train", log_x=True,
-                                                 regions=regions), min_width=700)
+    assert_png(
+        grokking_plots.plot_phase_diagram(
+            table, tmp_path / "regions.png", y_col="n_train", log_x=True, regions=regions
+        ),
+        min_width=700,
+    )
 
 
 def test_predictions_section_writes_json_and_markdown(study, tmp_path):
@@ -152,8 +202,10 @@ def test_predictions_section_writes_json_and_markdown(study, tmp_path):
     from orchestrator.report.document import Inputs, Report, with_thresholds
 
     runs, curves = study
-    config = {"train": {"steps": 10_000, "eval_every": 100, "lr": 1e-3},
-              "search": {"space": {"train.weight_decay": {"type": "float", "low": 0.1, "high": 10, "log": True}}}}
+    config = {
+        "train": {"steps": 10_000, "eval_every": 100, "lr": 1e-3},
+        "search": {"space": {"train.weight_decay": {"type": "float", "low": 0.1, "high": 10, "log": True}}},
+    }
     runs = with_thresholds(runs, config)
     inp = Inputs(config, runs, runs, curves, tmp_path, "n_params", "n_train", "max_val_acc", 0.02)
     report, results = Report(tmp_path), {}
@@ -163,9 +215,16 @@ def test_predictions_section_writes_json_and_markdown(study, tmp_path):
     cd = saved["critical_data"]
     # The fixture generalizes when log10 N + 3 D_value > 5.7 (and weight decay > 0.3).
     brackets = {p["n"]: (p["low"], p["high"], p["censoring"]) for p in cd["points"]}
-    assert brackets == {2e4: (1200, 1700, "interval"), 5e4: (700, 1200, "interval"),
-                        1.2e5: (700, 1200, "interval"), 3e5: (None, 700, "left")}
-    assert cd["law"]["direction"] in ("shrinks", "undecided") and [b["n"] for b in cd["backtest"]] == [1.2e5, 3e5]
+    assert brackets == {
+        2e4: (1200, 1700, "interval"),
+        5e4: (700, 1200, "interval"),
+        1.2e5: (700, 1200, "interval"),
+        3e5: (None, 700, "left"),
+    }
+    assert cd["law"]["direction"] in ("shrinks", "undecided") and [b["n"] for b in cd["backtest"]] == [
+        1.2e5,
+        3e5,
+    ]
     assert cd["backtest"][-1]["agrees"] is True and cd["next"]["n"] == pytest.approx(3e5 * 3e5 / 1.2e5)
     gs = saved["generalization_step"]
     assert gs["n_scored"] > 0 and gs["predictions"] and gs["median_abs_error"] is not None

@@ -42,12 +42,15 @@ def test_decay_clock_is_lr_times_weight_decay_summed_over_the_warmup_ramp():
     assert decay_clock(TrainConfig(weight_decay=0.0), 10_000) == 0.0
 
 
-@pytest.mark.parametrize("schedule", [
-    {"schedule": "constant"},
-    {"schedule": "cosine", "min_lr_fraction": 0.1},
-    {"schedule": "cosine", "min_lr_fraction": 0.0},
-    {"schedule": "wsd", "min_lr_fraction": 0.05, "decay_fraction": 0.3},
-])
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        {"schedule": "constant"},
+        {"schedule": "cosine", "min_lr_fraction": 0.1},
+        {"schedule": "cosine", "min_lr_fraction": 0.0},
+        {"schedule": "wsd", "min_lr_fraction": 0.05, "decay_fraction": 0.3},
+    ],
+)
 def test_decay_clock_is_the_plain_sum_of_lr_times_weight_decay_for_every_schedule(schedule):
     train = TrainConfig(steps=3000, lr=3e-3, weight_decay=0.7, warmup_steps=50, **schedule)
     plain = [0.0]
@@ -62,8 +65,9 @@ def test_decay_clock_is_the_plain_sum_of_lr_times_weight_decay_for_every_schedul
 
 def test_cosine_decays_less_than_constant_by_the_schedules_own_sum():
     constant = TrainConfig(steps=1000, lr=1e-3, weight_decay=1.0, warmup_steps=0)
-    cosine = TrainConfig(steps=1000, lr=1e-3, weight_decay=1.0, warmup_steps=0, schedule="cosine",
-                         min_lr_fraction=0.0)
+    cosine = TrainConfig(
+        steps=1000, lr=1e-3, weight_decay=1.0, warmup_steps=0, schedule="cosine", min_lr_fraction=0.0
+    )
     # Half a cosine from 1 to 0 averages 1/2: about half the decay of the constant run.
     assert decay_clock(cosine, 1000) == pytest.approx(0.5 * decay_clock(constant, 1000), rel=2e-3)
 
@@ -227,8 +231,12 @@ def test_a_run_stalled_at_equilibrium_teaches_its_whole_budget():
     pruner = PhaseRule()
     group = clock_group(0, {})
     stuck = cfg(40.0)  # 20 e-folds at step 500
-    history = {"step": list(range(100, 1100, 100)), "train_acc": [1.0] * 10, "val_acc": [0.02] * 10,
-               "train_loss": [1e-6] * 10}
+    history = {
+        "step": list(range(100, 1100, 100)),
+        "train_acc": [1.0] * 10,
+        "val_acc": [0.02] * 10,
+        "train_loss": [1e-6] * 10,
+    }
     s = run("S", group, 0.5, stuck)
     assert pruner.run_done(s, history, StopKind.STALLED)  # known by its kind, not by its reason's text
     assert pruner.unresolved_clock(s) == pytest.approx(decay_clock(stuck, 10_000))  # 400, not 40
@@ -292,13 +300,17 @@ def test_stall_rule_stops_a_run_whose_accuracies_stopped_rising_at_equilibrium()
         generalized.see(record(step, 1.0, 0.96))  # generalized: never pruned
         assert not stopped(rule, generalized, step)
     # Too little decay in the whole budget to reach equilibrium: no stall rule at all.
-    assert pruner.rules(run("x", clock_group(0, {}), 0.5,
-                            TrainConfig(steps=10_000, lr=1e-3, weight_decay=0.1))) == ()
+    assert (
+        pruner.rules(run("x", clock_group(0, {}), 0.5, TrainConfig(steps=10_000, lr=1e-3, weight_decay=0.1)))
+        == ()
+    )
 
 
 def test_the_decay_clock_rule_fires_before_the_stall_rule_and_says_which():
-    both = (StopRule(StopKind.DECAY_CLOCK, reason="decay", memorized_for=2),
-            StopRule(StopKind.STALLED, reason="stall", stalled_after=100))
+    both = (
+        StopRule(StopKind.DECAY_CLOCK, reason="decay", memorized_for=2),
+        StopRule(StopKind.STALLED, reason="stall", stalled_after=100),
+    )
     state = RunState(0.99, 0.95)
     for step in range(100, 1100, 100):
         state.see(record(step, 1.0, 0.02))

@@ -63,15 +63,21 @@ def run_planted(stars, config: Refine, grid=(100, 1000, 10_000, 100_000), **kw):
     def run(cells, added):  # a driver trains only what it has not trained yet
         trained.extend(c.key for c in cells if c.key not in trained)
 
-    cells, result = refine([Point(n, d) for d in sorted(stars) for n in grid], config, run=run,
-                           measure=planted(stars, **kw), realize=realize, key=lambda c: c.key)
+    cells, result = refine(
+        [Point(n, d) for d in sorted(stars) for n in grid],
+        config,
+        run=run,
+        measure=planted(stars, **kw),
+        realize=realize,
+        key=lambda c: c.key,
+    )
     return cells, result, trained
 
 
 def test_bisection_brackets_the_planted_threshold_to_the_width():
     """A clean step at N* = 10^3.5 on a grid one decade apart: each round halves the bracket in
     log N, so 1 decade -> 0.5 -> 0.25 -> 0.125 -> 0.0625 takes exactly 4 added cells."""
-    star = 10 ** 3.5
+    star = 10**3.5
     cells, result, trained = run_planted({100: star}, Refine(axis="n", max_cells=6, width_decades=0.1))
     assert [a.round for a in result.added] == [1, 2, 3, 4]
     line = result.lines[0]
@@ -89,7 +95,7 @@ def test_bisection_brackets_the_planted_threshold_to_the_width():
 def test_the_cell_budget_stops_it_and_lines_share_it_widest_first():
     """Two lines, budget 3: round 1 splits both (equal widths), round 2 only the wider interval."""
     config = Refine(axis="n", max_cells=3, width_decades=0.1)
-    _, result, _ = run_planted({100: 10 ** 3.5, 200: 10 ** 1.6}, config, grid=(10, 100, 1000, 10_000))
+    _, result, _ = run_planted({100: 10**3.5, 200: 10**1.6}, config, grid=(10, 100, 1000, 10_000))
     assert len(result.added) == 3 and [a.round for a in result.added] == [1, 1, 2]
     assert all("budget" in line.stop for line in result.lines)
 
@@ -111,7 +117,7 @@ def test_no_threshold_and_noise_limited_lines_add_nothing():
     assert result.added == () and result.lines[0].stop.startswith("no threshold: never leaves chance")
 
     near = (100, 1000, 2818, 3162, 3548, 10_000, 100_000)  # 0.05 decades apart around N* = 10^3.52
-    _, noisy, _ = run_planted({100: 10 ** 3.52}, config, grid=near, seeds=3, noise=0.25)
+    _, noisy, _ = run_planted({100: 10**3.52}, config, grid=near, seeds=3, noise=0.25)
     assert math.log10(3548 / 3162) < 0.1 < noisy.lines[0].interval_decades
     assert noisy.added == () and "more seeds" in noisy.lines[0].stop
 
@@ -134,13 +140,22 @@ def test_plan_orders_and_reasons():
 
 
 # -- cells inside a bracket, on a real study -----------------------------------------------------------
-PARITY = {"name": "p", "task": {"name": "sparse_parity", "n_bits": 8, "k": 3, "n_train": 400, "n_val": 400},
-          "model": {"family": "mlp", "d_embed": 2, "n_hidden": 1}, "train": {"steps": 20, "eval_every": 10}}
+PARITY = {
+    "name": "p",
+    "task": {"name": "sparse_parity", "n_bits": 8, "k": 3, "n_train": 400, "n_val": 400},
+    "model": {"family": "mlp", "d_embed": 2, "n_hidden": 1},
+    "train": {"steps": 20, "eval_every": 10},
+}
 
 
 def parity_study(n: list, d: list, refine_axis: str = "n", model: dict | None = None) -> Study:
-    return Study.model_validate({**PARITY, "model": model or PARITY["model"],
-                                 "grid": {"n": n, "d": d, "refine": {"axis": refine_axis}}})
+    return Study.model_validate(
+        {
+            **PARITY,
+            "model": model or PARITY["model"],
+            "grid": {"n": n, "d": d, "refine": {"axis": refine_axis}},
+        }
+    )
 
 
 def counts(study: Study, shape: dict) -> int:
@@ -155,7 +170,9 @@ def test_a_shape_between_is_the_width_nearest_the_geometric_midpoint():
     cell = cell_between_n(study, low, high, [low, high, top])
     goal = math.sqrt(low.n_params.total * high.n_params.total)
     brute = min(range(2, 16), key=lambda w: abs(math.log(counts(study, {"d_hidden": w}) / goal)))
-    assert cell.shape == {"d_hidden": brute} and low.n_params.total < cell.n_params.total < high.n_params.total
+    assert (
+        cell.shape == {"d_hidden": brute} and low.n_params.total < cell.n_params.total < high.n_params.total
+    )
     assert cell.n_index == 3 and cell.d_index == low.d_index and cell.d_value == 400
     # Two widths one apart leave no shape between.
     one = parity_study([{"d_hidden": 1}, {"d_hidden": 2}, {"d_hidden": 4}], [400])
@@ -164,8 +181,10 @@ def test_a_shape_between_is_the_width_nearest_the_geometric_midpoint():
 
 
 def test_shapes_that_differ_in_two_fields_follow_the_geometric_path():
-    study = parity_study([{"d_hidden": 4, "n_hidden": 1}, {"d_hidden": 64, "n_hidden": 3},
-                          {"d_hidden": 128, "n_hidden": 3}], [400])
+    study = parity_study(
+        [{"d_hidden": 4, "n_hidden": 1}, {"d_hidden": 64, "n_hidden": 3}, {"d_hidden": 128, "n_hidden": 3}],
+        [400],
+    )
     low, high, top = build_cells(study)
     cell = cell_between_n(study, low, high, [low, high, top])
     assert set(cell.shape) == {"d_hidden", "n_hidden"}

@@ -14,9 +14,13 @@ from orchestrator.analysis.downstream import sigmoid
 from orchestrator.report.report import build_report
 from orchestrator.store.results import StudyResults
 
-CONFIG = {"name": "fc", "task": {"name": "addition", "n_digits": 3}, "train": {},
-          "objectives": [{"metric": "max_val_acc", "direction": "maximize"}],
-          "report": {"forecast": [{"n": 2e5, "d": 2e4}]}}
+CONFIG = {
+    "name": "fc",
+    "task": {"name": "addition", "n_digits": 3},
+    "train": {},
+    "objectives": [{"metric": "max_val_acc", "direction": "maximize"}],
+    "report": {"forecast": [{"n": 2e5, "d": 2e4}]},
+}
 NS = [600, 1200, 2500, 5000, 10000, 20000, 50000]
 DS = [5000, 10000, 20000]
 E, A, ALPHA, B, BETA = 0.1, 40.0, 0.5, 2.0, 0.3
@@ -39,11 +43,25 @@ def planted(noise: float = 0.005, seed: int = 0) -> tuple[pd.DataFrame, pd.DataF
             for step in STEPS:
                 loss = final * (1 + 1.5 * np.exp(-step / 700))
                 acc = float(np.clip(sigmoid(loss, *SIG) + rng.normal(0, noise), 0, 1))
-                curves.append({"run_id": rid, "step": step, "val_loss": loss, "val_acc": acc, "train_acc": acc})
-            runs.append({"run_id": rid, "cell": f"N={n}_D={d}", "status": "completed", "seed": 0,
-                         "trial_number": 0, "n_params": float(n), "n_train": float(d), "d_value": float(d),
-                         "val_loss": curves[-1]["val_loss"], "val_acc": curves[-1]["val_acc"],
-                         "max_val_acc": max(c["val_acc"] for c in curves[-12:]), "min_val_loss": final})
+                curves.append(
+                    {"run_id": rid, "step": step, "val_loss": loss, "val_acc": acc, "train_acc": acc}
+                )
+            runs.append(
+                {
+                    "run_id": rid,
+                    "cell": f"N={n}_D={d}",
+                    "status": "completed",
+                    "seed": 0,
+                    "trial_number": 0,
+                    "n_params": float(n),
+                    "n_train": float(d),
+                    "d_value": float(d),
+                    "val_loss": curves[-1]["val_loss"],
+                    "val_acc": curves[-1]["val_acc"],
+                    "max_val_acc": max(c["val_acc"] for c in curves[-12:]),
+                    "min_val_loss": final,
+                }
+            )
     return pd.DataFrame(runs), pd.DataFrame(curves)
 
 
@@ -69,6 +87,7 @@ def test_the_chain_forecasts_the_largest_sizes_from_the_smaller_ones(tmp_path):
 def test_too_few_sizes_skip_the_forecast_with_its_reason(tmp_path):
     runs, curves = planted()
     small = runs[runs["n_params"] <= 1200]
-    report = build_report(StudyResults("parent", "0", CONFIG, small, curves[curves["run_id"].isin(small["run_id"])]),
-                          tmp_path)
+    report = build_report(
+        StudyResults("parent", "0", CONFIG, small, curves[curves["run_id"].isin(small["run_id"])]), tmp_path
+    )
     assert "4 or more model sizes" in report.skipped["forecast"]

@@ -18,7 +18,7 @@ A_TRUE = BETA / (ALPHA + BETA)  # N_opt ∝ C^a
 
 
 def law(n, d):
-    return E + A / n ** ALPHA + B / d ** BETA
+    return E + A / n**ALPHA + B / d**BETA
 
 
 def isoflop_study(rng):
@@ -31,16 +31,45 @@ def isoflop_study(rng):
             for trial in range(2):  # a learning-rate search: the worse trial is 3% off
                 loss = law(n, d) * (1.0 + 0.03 * trial) * np.exp(rng.normal(0, 0.002))
                 run = f"r{j}-{i}-{trial}"
-                rows.append({"run_id": run, "cell": f"N{i}_C{c:g}", "status": "completed", "trial_number": trial,
-                             "seed": 0, "n_params": n, "n_train": d, "d_value": d, "min_val_loss": loss,
-                             "val_loss": loss, "flops": c * 1.001, "tokens": d, "max_val_acc": 0.5,
-                             "train_threshold": 0.99, "val_threshold": 0.95})
+                rows.append(
+                    {
+                        "run_id": run,
+                        "cell": f"N{i}_C{c:g}",
+                        "status": "completed",
+                        "trial_number": trial,
+                        "seed": 0,
+                        "n_params": n,
+                        "n_train": d,
+                        "d_value": d,
+                        "min_val_loss": loss,
+                        "val_loss": loss,
+                        "flops": c * 1.001,
+                        "tokens": d,
+                        "max_val_acc": 0.5,
+                        "train_threshold": 0.99,
+                        "val_threshold": 0.95,
+                    }
+                )
                 for f in np.geomspace(c / 30, c, 8):  # the run's curve: loss falls as it trains
                     val = law(n, f / (K * n)) * (1 + 0.03 * trial)
-                    curves.append({"run_id": run, "step": int(f / c * 1000), "flops": f, "train_acc": 0.5,
-                                   "val_acc": 0.5, "train_loss": loss, "val_loss": val})
-    config = {"name": "iso", "task": {"name": "charlm"}, "grid": {"flops": budgets, "n_convention": "total"},
-              "objectives": [{"metric": "min_val_loss", "direction": "minimize"}], "train": {}}
+                    curves.append(
+                        {
+                            "run_id": run,
+                            "step": int(f / c * 1000),
+                            "flops": f,
+                            "train_acc": 0.5,
+                            "val_acc": 0.5,
+                            "train_loss": loss,
+                            "val_loss": val,
+                        }
+                    )
+    config = {
+        "name": "iso",
+        "task": {"name": "charlm"},
+        "grid": {"flops": budgets, "n_convention": "total"},
+        "objectives": [{"metric": "min_val_loss", "direction": "minimize"}],
+        "train": {},
+    }
     return StudyResults("parent", "0", config, pd.DataFrame(rows), pd.DataFrame(curves))
 
 

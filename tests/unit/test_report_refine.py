@@ -28,9 +28,13 @@ from orchestrator.study.schema import Refine
 from orchestrator.sweep.refine import Split, refine
 
 GRID_N, STARS = (30, 100, 1000, 10_000), {400: 300.0, 4000: 1.0}
-CONFIG = {"name": "planted_refine", "task": {"name": "sparse_parity", "n_bits": 8, "k": 3},
-          "grid": {"refine": {"axis": "n", "max_cells": 3, "width_decades": 0.1}},
-          "objectives": [{"metric": "max_val_acc", "direction": "maximize"}], "train": {}}
+CONFIG = {
+    "name": "planted_refine",
+    "task": {"name": "sparse_parity", "n_bits": 8, "k": 3},
+    "grid": {"refine": {"axis": "n", "max_cells": 3, "width_decades": 0.1}},
+    "objectives": [{"metric": "max_val_acc", "direction": "maximize"}],
+    "train": {},
+}
 
 
 def metric(n: float, d: float, seed: int) -> float:
@@ -43,10 +47,20 @@ def runs_table(cells: list[tuple[int, int]], added: dict[str, int]) -> pd.DataFr
     for n, d in cells:
         key = cell_key(n, d)
         for seed in (0, 1):
-            rows.append({"run_id": f"{key}/{seed}", "cell": key, "status": "completed", "trial_number": 0,
-                         "seed": seed, "n_params": float(n), "n_train": float(d), "d_value": float(d),
-                         "max_val_acc": metric(n, d, seed),
-                         "refined": names.refined_round(added[key]) if key in added else None})
+            rows.append(
+                {
+                    "run_id": f"{key}/{seed}",
+                    "cell": key,
+                    "status": "completed",
+                    "trial_number": 0,
+                    "seed": seed,
+                    "n_params": float(n),
+                    "n_train": float(d),
+                    "d_value": float(d),
+                    "max_val_acc": metric(n, d, seed),
+                    "refined": names.refined_round(added[key]) if key in added else None,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -66,9 +80,14 @@ def planted(tmp_path_factory):
         n = round(split.midpoint)
         return (n, int(split.line)) if split.low < n < split.high else None
 
-    cells, refinement = refine([(n, d) for d in STARS for n in GRID_N], Refine(**CONFIG["grid"]["refine"]),
-                               run=lambda now, added: None, measure=measure, realize=realize,
-                               key=lambda c: cell_key(*c))
+    cells, refinement = refine(
+        [(n, d) for d in STARS for n in GRID_N],
+        Refine(**CONFIG["grid"]["refine"]),
+        run=lambda now, added: None,
+        measure=measure,
+        realize=realize,
+        key=lambda c: cell_key(*c),
+    )
     added = {a.key: a.round for a in refinement.added}
     res = StudyResults("parent", "0", CONFIG, runs_table(cells, added), pd.DataFrame(), refinement.to_dict())
     out = tmp_path_factory.mktemp("report")
@@ -79,7 +98,11 @@ def test_the_planted_refinement_adds_the_bisection_cells(planted):
     """The fixture's premise, checked: the cells added are the hand-computed bisection points."""
     res, _, _ = planted
     added = res.refine["added"]
-    assert [(a["round"], a["key"]) for a in added] == [(1, "N=316_D=400"), (2, "N=178_D=400"), (3, "N=237_D=400")]
+    assert [(a["round"], a["key"]) for a in added] == [
+        (1, "N=316_D=400"),
+        (2, "N=178_D=400"),
+        (3, "N=237_D=400"),
+    ]
     assert [(a["low"], a["high"]) for a in added] == [(100, 1000), (100, 316), (178, 316)]
 
 
@@ -102,7 +125,7 @@ def test_refinement_section_says_what_was_added_and_why_each_line_stopped(plante
     assert report.results["refine"] == res.refine
     assert json.loads((out / "results.json").read_text())["refine"] == res.refine
     md = (out / "summary.md").read_text()
-    section = md[md.index("## Refinement (grid.refine)"):]
+    section = md[md.index("## Refinement (grid.refine)") :]
     assert "3 cells added in 3 rounds (budget 3)" in section and "0 of 2 thresholds ended narrower" in section
     assert "| round | cell | N | at D | bracket split (N) |" in section
     assert "| 1 | N=316_D=400 | 316 | 400 | 100 to 1000 |" in section
@@ -126,15 +149,22 @@ def test_emergence_figures_mark_the_added_cells(planted, tmp_path):
     """The added scales are the refined runs' (N, D); the figures draw them (a magenta hollow
     diamond on the heatmap, the line's colour on metric_vs_n) and only when there are some."""
     res, report, out = planted
-    assert plots.refined_scales(res.runs, "n_params", "n_train") == {(316.0, 400.0), (178.0, 400.0), (237.0, 400.0)}
+    assert plots.refined_scales(res.runs, "n_params", "n_train") == {
+        (316.0, 400.0),
+        (178.0, 400.0),
+        (237.0, 400.0),
+    }
     assert plots.refined_scales(res.runs.drop(columns="refined"), "n_params", "n_train") == set()
     assert {"emergence_heatmap", "metric_vs_n"} <= set(report.plots)
     plain = res.runs.assign(refined=None)
-    for name, fn in (("emergence_heatmap", plots.plot_emergence_heatmap), ("metric_vs_n", plots.plot_metric_vs_scale)):
+    for name, fn in (
+        ("emergence_heatmap", plots.plot_emergence_heatmap),
+        ("metric_vs_n", plots.plot_metric_vs_scale),
+    ):
         marked = imread(fn(res.runs, tmp_path / f"{name}_marked.png"))
         unmarked = imread(fn(plain, tmp_path / f"{name}.png"))
         assert marked.shape != unmarked.shape or not np.array_equal(marked, unmarked), name
-    magenta = [int(plots.REFINED_COLOR[i:i + 2], 16) / 255 for i in (1, 3, 5)]
+    magenta = [int(plots.REFINED_COLOR[i : i + 2], 16) / 255 for i in (1, 3, 5)]
 
     def has_magenta(img) -> bool:
         return bool((np.abs(img[..., :3] - magenta).max(axis=-1) < 0.05).any())
@@ -148,10 +178,24 @@ def test_results_reads_the_refined_tag_and_refine_json_from_mlflow(tmp_path):
     cell; a second study without refine.json; a third whose refine.json is not JSON."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
-    logged = {"axis": "n", "rounds": 1, "max_cells": 2, "width_decades": 0.1,
-              "added": [{"round": 1, "key": "N=316_D=400", "line": 400.0, "low": 100.0, "high": 1000.0}],
-              "lines": [{"line": 400.0, "threshold": 300.0, "low": 200.0, "high": 400.0, "interval_decades": 0.3,
-                         "censored": True, "stop": "the cell budget is spent (max_cells = 2)"}]}
+    logged = {
+        "axis": "n",
+        "rounds": 1,
+        "max_cells": 2,
+        "width_decades": 0.1,
+        "added": [{"round": 1, "key": "N=316_D=400", "line": 400.0, "low": 100.0, "high": 1000.0}],
+        "lines": [
+            {
+                "line": 400.0,
+                "threshold": 300.0,
+                "low": 200.0,
+                "high": 400.0,
+                "interval_decades": 0.3,
+                "censored": True,
+                "stop": "the cell budget is spent (max_cells = 2)",
+            }
+        ],
+    }
     for experiment, artifact in (("refined", json.dumps(logged)), ("plain", None), ("broken", "{not json")):
         exp = client.create_experiment(experiment)
         parent = client.create_run(exp, tags={names.TAG_ROLE: names.ROLE_STUDY}).info.run_id
@@ -162,11 +206,20 @@ def test_results_reads_the_refined_tag_and_refine_json_from_mlflow(tmp_path):
             client.log_artifact(parent, str(path))
         for n, tag in ((100, None), (316, names.refined_round(1))):
             key = cell_key(n, 400)
-            tags = {names.PARENT_RUN: parent, names.TAG_CELL: key, names.TAG_STATUS: "completed",
-                    **({names.TAG_REFINED: tag} if tag else {})}
+            tags = {
+                names.PARENT_RUN: parent,
+                names.TAG_CELL: key,
+                names.TAG_STATUS: "completed",
+                **({names.TAG_REFINED: tag} if tag else {}),
+            }
             run = client.create_run(exp, tags=tags).info.run_id
-            for param, value in ((names.PARAM_CELL, key), (names.PARAM_N_PARAMS, n), (names.PARAM_N_TRAIN, 400),
-                                 (names.PARAM_SEED, 0), (names.PARAM_TRIAL_NUMBER, 0)):
+            for param, value in (
+                (names.PARAM_CELL, key),
+                (names.PARAM_N_PARAMS, n),
+                (names.PARAM_N_TRAIN, 400),
+                (names.PARAM_SEED, 0),
+                (names.PARAM_TRIAL_NUMBER, 0),
+            ):
                 client.log_param(run, param, value)
             client.log_metric(run, names.FINAL_PREFIX + "max_val_acc", 1.0 if n > 300 else 0.5)
     res = load_results(uri, "refined", with_curves=False)
@@ -187,4 +240,6 @@ def test_heatmap_contour_bridges_a_refined_column_only_between_measured_cells():
     filled = plots._between(ns, ds, values)
     assert filled[1, 1] == pytest.approx(0.5 + 0.5 * np.log10(3.16))
     assert np.isnan(filled[3, 1])  # beyond the largest measured N at D = 4000: no contour there
-    assert np.array_equal(filled[np.isfinite(values)], values[np.isfinite(values)])  # measured cells untouched
+    assert np.array_equal(
+        filled[np.isfinite(values)], values[np.isfinite(values)]
+    )  # measured cells untouched

@@ -11,8 +11,12 @@ import pandas as pd
 from orchestrator.report.report import build_report, outline
 from orchestrator.store.results import StudyResults
 
-CONFIG = {"name": "mut", "task": {"name": "charlm"}, "train": {},
-          "objectives": [{"metric": "min_val_loss", "direction": "minimize"}]}
+CONFIG = {
+    "name": "mut",
+    "task": {"name": "charlm"},
+    "train": {},
+    "objectives": [{"metric": "min_val_loss", "direction": "minimize"}],
+}
 LRS = [1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2, 6.4e-2]
 NS = [1e4, 4e4, 1.6e5, 6.4e5]
 
@@ -26,15 +30,28 @@ def runs(drift: dict[str, float], noise: float = 0.005, seed: int = 0) -> pd.Dat
             best = 0.01 * (n / 1e4) ** e
             for lr in LRS:
                 loss = 2 + 0.3 * (np.log(lr) - np.log(best)) ** 2 + rng.normal(0, noise)
-                rows.append({"run_id": f"r{len(rows)}", "cell": f"N={n:g}", "status": "completed", "seed": 0,
-                             "trial_number": len(rows), "n_params": n, "n_train": 1e6, "d_value": 1e6,
-                             "min_val_loss": loss, "param.train.lr": lr, "param.model.parametrization": p})
+                rows.append(
+                    {
+                        "run_id": f"r{len(rows)}",
+                        "cell": f"N={n:g}",
+                        "status": "completed",
+                        "seed": 0,
+                        "trial_number": len(rows),
+                        "n_params": n,
+                        "n_train": 1e6,
+                        "d_value": 1e6,
+                        "min_val_loss": loss,
+                        "param.train.lr": lr,
+                        "param.model.parametrization": p,
+                    }
+                )
     return pd.DataFrame(rows)
 
 
 def test_a_drifting_and_a_holding_optimum_get_their_verdicts(tmp_path):
-    report = build_report(StudyResults("parent", "0", CONFIG, runs({"sp": -0.3, "mup": 0.0}), pd.DataFrame()),
-                          tmp_path)
+    report = build_report(
+        StudyResults("parent", "0", CONFIG, runs({"sp": -0.3, "mup": 0.0}), pd.DataFrame()), tmp_path
+    )
     results = json.loads((tmp_path / "results.json").read_text())["transfer"]["train.lr"]
     sp, mup = results["model.parametrization=sp"], results["model.parametrization=mup"]
     assert sp["transfers"] is False and abs(sp["exponent"] + 0.3) < 0.1

@@ -24,9 +24,15 @@ from support.postgres import started_or_skip
 TAGS = {"mlflow.parentRunId": "p" * 32, "grokscale.run_key": "cell/trial=0/seed=0", "grokscale.attempts": "1"}
 PARAMS = [Param("cell", "N[d_model=16]_D=0.5"), Param("seed", "0"), Param("param.train.lr", "0.001")]
 # Two evaluations, a repeated point, steps out of order, NaN and both infinities, then final totals.
-FIRST = [("val_acc", 0.25, 1_000, 100), ("val_acc", 0.5, 2_000, 200), ("val_acc", 0.5, 2_000, 200),
-         ("val_loss", float("nan"), 2_000, 200), ("train_loss", float("inf"), 1_000, 100),
-         ("train_loss", float("-inf"), 2_000, 200), ("val_acc", 0.75, 900, 50)]
+FIRST = [
+    ("val_acc", 0.25, 1_000, 100),
+    ("val_acc", 0.5, 2_000, 200),
+    ("val_acc", 0.5, 2_000, 200),
+    ("val_loss", float("nan"), 2_000, 200),
+    ("train_loss", float("inf"), 1_000, 100),
+    ("train_loss", float("-inf"), 2_000, 200),
+    ("val_acc", 0.75, 900, 50),
+]
 SECOND = [("val_acc", 1.0, 3_000, 300), ("final.max_val_acc", 1.0, 3_500, 0), ("val_acc", 0.1, 9_000, 10)]
 END_TAGS = [RunTag("grokscale.status", "completed"), RunTag("grokscale.attempts", "2")]
 
@@ -73,7 +79,9 @@ class ClientWrites:
     def log_batch(self, run_id, metrics=(), params=(), tags=()):
         from mlflow.entities import Metric
 
-        self.client.log_batch(run_id, metrics=[Metric(*m) for m in metrics], params=list(params), tags=list(tags))
+        self.client.log_batch(
+            run_id, metrics=[Metric(*m) for m in metrics], params=list(params), tags=list(tags)
+        )
 
     def set_terminated(self, run_id, status, end_time):
         self.client.set_terminated(run_id, status, end_time=end_time)
@@ -86,12 +94,22 @@ def nan_free(v: float) -> float | str:
 def read(client: MlflowClient, run_id: str) -> dict:
     run = client.get_run(run_id)
     i = run.info
-    return {"status": i.status, "end_time": i.end_time, "lifecycle": i.lifecycle_stage, "user": i.user_id,
-            "name": i.run_name, "artifacts": i.artifact_uri.replace(run_id, "<id>"), "tags": run.data.tags,
-            "params": run.data.params, "latest": {k: nan_free(v) for k, v in run.data.metrics.items()},
-            # as a set: MLflow 2.x returns a history in the database's order, which differs by writer
-            "history": {k: sorted((m.step, m.timestamp, nan_free(m.value))
-                                  for m in client.get_metric_history(run_id, k)) for k in run.data.metrics}}
+    return {
+        "status": i.status,
+        "end_time": i.end_time,
+        "lifecycle": i.lifecycle_stage,
+        "user": i.user_id,
+        "name": i.run_name,
+        "artifacts": i.artifact_uri.replace(run_id, "<id>"),
+        "tags": run.data.tags,
+        "params": run.data.params,
+        "latest": {k: nan_free(v) for k, v in run.data.metrics.items()},
+        # as a set: MLflow 2.x returns a history in the database's order, which differs by writer
+        "history": {
+            k: sorted((m.step, m.timestamp, nan_free(m.value)) for m in client.get_metric_history(run_id, k))
+            for k in run.data.metrics
+        },
+    }
 
 
 def test_plain_sql_writes_the_rows_mlflow_writes(store):
@@ -103,9 +121,16 @@ def test_plain_sql_writes_the_rows_mlflow_writes(store):
     mine, theirs = write(writes, exp, "t0 s0"), write(ClientWrites(client), exp, "t0 s0")
     got, want = read(client, mine), read(client, theirs)
     assert got == want
-    assert got["status"] == "FINISHED" and got["end_time"] == 4_000 and got["tags"]["mlflow.runName"] == "t0 s0"
-    assert sorted(got["history"]["val_acc"]) == [(10, 9_000, 0.1), (50, 900, 0.75), (100, 1_000, 0.25),
-                                                 (200, 2_000, 0.5), (300, 3_000, 1.0)]
+    assert (
+        got["status"] == "FINISHED" and got["end_time"] == 4_000 and got["tags"]["mlflow.runName"] == "t0 s0"
+    )
+    assert sorted(got["history"]["val_acc"]) == [
+        (10, 9_000, 0.1),
+        (50, 900, 0.75),
+        (100, 1_000, 0.25),
+        (200, 2_000, 0.5),
+        (300, 3_000, 1.0),
+    ]
     assert got["latest"]["val_acc"] == 1.0  # the largest step, not the latest timestamp
     # MLflow keeps an infinity as the largest double, and its latest point is the largest step.
     assert got["latest"]["train_loss"] == -1.7976931348623157e308 and got["latest"]["val_loss"] == "nan"
@@ -132,7 +157,9 @@ def test_what_mlflow_refuses_is_refused_alike(store):
     assert refused(err.value)
     with pytest.raises(MlflowException, match="not found"):
         writes.set_terminated("0" * 32, "FINISHED", 1)
-    assert 400 not in {m.step for m in client.get_metric_history(run_id, "val_acc")}  # nothing of the refused batch
+    assert 400 not in {
+        m.step for m in client.get_metric_history(run_id, "val_acc")
+    }  # nothing of the refused batch
 
 
 BAD_NAMES = ["val acc?", "../val_acc", "/val_acc", "a//b", "k" * 251]  # characters, paths, length
@@ -148,8 +175,11 @@ def test_names_and_values_mlflow_refuses_plain_sql_refuses_alike(store):
     writes = SqlWrites.of(client, uri)
     mine, theirs = write(writes, exp, "t0"), write(ClientWrites(client), exp, "t0")
     for key in BAD_NAMES:
-        for batch in ({"metrics": [(key, 1.0, 5_000, 400)]}, {"params": [Param(key, "1")]},
-                      {"tags": [RunTag(key, "1")]}):
+        for batch in (
+            {"metrics": [(key, 1.0, 5_000, 400)]},
+            {"params": [Param(key, "1")]},
+            {"tags": [RunTag(key, "1")]},
+        ):
             with pytest.raises(MlflowException) as err:
                 ClientWrites(client).log_batch(theirs, **batch)
             assert refused(err.value), (key, batch)
@@ -169,7 +199,10 @@ def test_no_plain_sql_for_a_store_it_does_not_know(tmp_path):
     client = MlflowClient(tracking_uri=uri)
     client.create_experiment("sql")
     assert SqlWrites.of(client, "http://127.0.0.1:5000") is None
-    assert SqlWrites.of(client, f"sqlite:///{tmp_path / 'none.db'}") is None and not (tmp_path / "none.db").exists()
+    assert (
+        SqlWrites.of(client, f"sqlite:///{tmp_path / 'none.db'}") is None
+        and not (tmp_path / "none.db").exists()
+    )
     other = tmp_path / "other.db"
     with sqlite3.connect(other) as db:  # a runs table of another shape: MLflow's client, not this writer
         db.execute("CREATE TABLE runs (run_uuid TEXT PRIMARY KEY, workspace TEXT)")
@@ -180,10 +213,17 @@ def test_a_study_tracker_writes_sqlite_as_plain_sql(tmp_path):
     from orchestrator.store.tracker import Tracker, config_yaml
     from orchestrator.study import Study
 
-    study = Study.model_validate({
-        "name": "sql", "task": {"name": "modular", "p": 23}, "model": {"n_layer": 1, "n_head": 4},
-        "train": {"steps": 10}, "grid": {"n": [{"d_model": 16}], "d": [0.5]},
-        "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}, "workdir": str(tmp_path / "runs")})
+    study = Study.model_validate(
+        {
+            "name": "sql",
+            "task": {"name": "modular", "p": 23},
+            "model": {"n_layer": 1, "n_head": 4},
+            "train": {"steps": 10},
+            "grid": {"n": [{"d_model": 16}], "d": [0.5]},
+            "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+            "workdir": str(tmp_path / "runs"),
+        }
+    )
     tracker = Tracker(study)
     assert tracker.direct is None  # no store yet: decided once MLflow has made its tables
     tracker.open(config_yaml(study))
@@ -198,8 +238,12 @@ def test_a_study_tracker_writes_sqlite_as_plain_sql(tmp_path):
 def test_no_plain_sql_for_a_postgresql_it_does_not_know(postgres):
     postgres.query("other", "CREATE TABLE runs (run_uuid TEXT PRIMARY KEY, workspace TEXT)")
     assert SqlWrites.of(None, postgres.url("other", "postgresql+psycopg2")) is None  # another shape of runs
-    assert SqlWrites.of(None, postgres.url("nowhere")) is None  # no such database: the client's errors, not ours
-    assert SqlWrites.of(None, postgres.url("mlflow").replace(str(postgres.port), "1")) is None  # nothing listens
+    assert (
+        SqlWrites.of(None, postgres.url("nowhere")) is None
+    )  # no such database: the client's errors, not ours
+    assert (
+        SqlWrites.of(None, postgres.url("mlflow").replace(str(postgres.port), "1")) is None
+    )  # nothing listens
 
 
 def test_a_batch_written_again_is_stored_once(store):
@@ -257,9 +301,14 @@ def test_a_refused_write_among_queued_ones_drops_only_itself(store, caplog):
     queue = WriteQueue(send_ops=send)
     run, create = writes.new_run(exp, TAGS, "queued")
     run_id = run.info.run_id
-    for w in (create, RunBatch(run_id, FIRST[:2], PARAMS), RunBatch(run_id, params=[Param("seed", "9")]),
-              RunBatch("0" * 32, [("val_acc", 1.0, 1, 1)]), RunBatch(run_id, SECOND[:1]),
-              RunEnd(run_id, "FINISHED", 4_000)):
+    for w in (
+        create,
+        RunBatch(run_id, FIRST[:2], PARAMS),
+        RunBatch(run_id, params=[Param("seed", "9")]),
+        RunBatch("0" * 32, [("val_acc", 1.0, 1, 1)]),
+        RunBatch(run_id, SECOND[:1]),
+        RunEnd(run_id, "FINISHED", 4_000),
+    ):
         queue.pending.append(Op(w))
     assert queue.flush() and not queue.pending
     assert calls == [6, 1, 1, 1, 1, 1, 1]  # all at once, refused; then one at a time
@@ -282,10 +331,17 @@ def test_a_tracker_writes_postgresql_by_several_lanes_each_run_whole(postgres, t
     from orchestrator.study import Study
 
     monkeypatch.chdir(tmp_path)  # a database store's artifacts go to ./mlruns
-    study = Study.model_validate({
-        "name": f"lanes-{tmp_path.name}", "task": {"name": "modular", "p": 23}, "model": {"n_layer": 1, "n_head": 4},
-        "train": {"steps": 10}, "grid": {"n": [{"d_model": 16}], "d": [0.5]},
-        "tracking": {"uri": postgres.url("mlflow", "postgresql+psycopg2")}, "workdir": str(tmp_path / "runs")})
+    study = Study.model_validate(
+        {
+            "name": f"lanes-{tmp_path.name}",
+            "task": {"name": "modular", "p": 23},
+            "model": {"n_layer": 1, "n_head": 4},
+            "train": {"steps": 10},
+            "grid": {"n": [{"d_model": 16}], "d": [0.5]},
+            "tracking": {"uri": postgres.url("mlflow", "postgresql+psycopg2")},
+            "workdir": str(tmp_path / "runs"),
+        }
+    )
     tracker = Tracker(study)
     tracker.open(config_yaml(study))
     assert len(tracker.lanes) == SQL_LANES == 2
@@ -308,8 +364,9 @@ def test_a_tracker_writes_postgresql_by_several_lanes_each_run_whole(postgres, t
     for i, run_id in enumerate(ids):  # read at once: sent_through means in the store
         run = client.get_run(run_id)
         assert run.info.status == "FINISHED" and run.data.params["lr"] == str(i) and run.data.tags["k"] == "v"
-        assert [(m.step, m.value) for m in client.get_metric_history(run_id, "val_acc")] == \
-            [(s, s / 100 + i) for s in range(10, 60, 10)]
+        assert [(m.step, m.value) for m in client.get_metric_history(run_id, "val_acc")] == [
+            (s, s / 100 + i) for s in range(10, 60, 10)
+        ]
     assert tracker.drain(timeout_s=30) and tracker.backlog == 0
 
 

@@ -43,7 +43,7 @@ def test_tag_equals_finds_exactly_the_run_of_any_value(client):
     for v in values:
         assert [r.info.run_id for r in client.search_runs([exp], tag_equals("k", v))] == [ids[v]], v
     with pytest.raises(ValueError, match="both ' and \""):  # MLflow cannot say it: refused, not guessed
-        tag_equals("k", "it's \"both\"")
+        tag_equals("k", 'it\'s "both"')
 
 
 # -- paging ----------------------------------------------------------------------------------------
@@ -54,8 +54,11 @@ def study_runs(client: MlflowClient, n_children: int) -> tuple[str, str]:
     for i in range(n_children):
         tags = {names.PARENT_RUN: parent, names.TAG_STATUS: "completed"}
         run = client.create_run(exp, tags=tags).info.run_id
-        for key, value in ((names.PARAM_CELL, "N[d_model=16]_D=0.5"), (names.PARAM_SEED, 0),
-                           (names.PARAM_TRIAL_NUMBER, i)):
+        for key, value in (
+            (names.PARAM_CELL, "N[d_model=16]_D=0.5"),
+            (names.PARAM_SEED, 0),
+            (names.PARAM_TRIAL_NUMBER, i),
+        ):
             client.log_param(run, key, value)
     return exp, parent
 
@@ -77,30 +80,51 @@ def test_the_report_reads_every_run_past_one_page(client, tmp_path, monkeypatch)
 
 
 # -- credentials -----------------------------------------------------------------------------------
-@pytest.mark.parametrize("text, shown", [
-    ("postgresql://optuna:s3cret@db.lab:5432/optuna", "postgresql://optuna:<redacted>@db.lab:5432/optuna"),
-    ("sqlite:///optuna.db?password=hunter22&timeout=3", "sqlite:///optuna.db?password=<redacted>&timeout=3"),
-    ("postgresql+psycopg2://u@h/db?sslmode=require&sslpassword=zz",
-     "postgresql+psycopg2://u@h/db?sslmode=require&sslpassword=<redacted>"),
-    ("https://bob:pw@mlflow.lab/x?access_token=abc",
-     "https://bob:<redacted>@mlflow.lab/x?access_token=<redacted>"),
-    ("http://127.0.0.1:5000/", "http://127.0.0.1:5000/"),  # nothing to hide: the text as given
-    ("sqlite:///mlflow.db", "sqlite:///mlflow.db"),
-    ("mirror at https://bob:pw@h/x?password=p2 and ?n_train_tokens=9",  # not one URL: the regex fallback
-     "mirror at https://bob:<redacted>@h/x?password=<redacted> and ?n_train_tokens=9")])
+@pytest.mark.parametrize(
+    "text, shown",
+    [
+        (
+            "postgresql://optuna:s3cret@db.lab:5432/optuna",
+            "postgresql://optuna:<redacted>@db.lab:5432/optuna",
+        ),
+        (
+            "sqlite:///optuna.db?password=hunter22&timeout=3",
+            "sqlite:///optuna.db?password=<redacted>&timeout=3",
+        ),
+        (
+            "postgresql+psycopg2://u@h/db?sslmode=require&sslpassword=zz",
+            "postgresql+psycopg2://u@h/db?sslmode=require&sslpassword=<redacted>",
+        ),
+        (
+            "https://bob:pw@mlflow.lab/x?access_token=abc",
+            "https://bob:<redacted>@mlflow.lab/x?access_token=<redacted>",
+        ),
+        ("http://127.0.0.1:5000/", "http://127.0.0.1:5000/"),  # nothing to hide: the text as given
+        ("sqlite:///mlflow.db", "sqlite:///mlflow.db"),
+        (
+            "mirror at https://bob:pw@h/x?password=p2 and ?n_train_tokens=9",  # not one URL: the regex fallback
+            "mirror at https://bob:<redacted>@h/x?password=<redacted> and ?n_train_tokens=9",
+        ),
+    ],
+)
 def test_redact_url_masks_passwords_of_the_user_and_of_the_query(text, shown):
     assert redact_url(text) == shown
 
 
 def test_secrets_the_study_holds_are_found_and_scrubbed_wherever_they_turn_up():
-    config = {"task": {"api_key": "k3y-0f-the-lab", "p": 23},
-              "storage": "sqlite:///o.db?password=pw-in-query",
-              "tracking": {"uri": "https://bob:pw-of-the-url@mlflow.lab"}, "description": "short: pw"}
+    config = {
+        "task": {"api_key": "k3y-0f-the-lab", "p": 23},
+        "storage": "sqlite:///o.db?password=pw-in-query",
+        "tracking": {"uri": "https://bob:pw-of-the-url@mlflow.lab"},
+        "description": "short: pw",
+    }
     known = secrets_in(config)
     assert set(known) == {"k3y-0f-the-lab", "pw-in-query", "pw-of-the-url"}
-    trace = 'RuntimeError: login refused for key k3y-0f-the-lab at https://bob:pw-of-the-url@mlflow.lab'
-    assert scrub_text(trace, known) == "RuntimeError: login refused for key <redacted> at " \
-                                       "https://bob:<redacted>@mlflow.lab"
+    trace = "RuntimeError: login refused for key k3y-0f-the-lab at https://bob:pw-of-the-url@mlflow.lab"
+    assert (
+        scrub_text(trace, known) == "RuntimeError: login refused for key <redacted> at "
+        "https://bob:<redacted>@mlflow.lab"
+    )
     # A spec is scrubbed as data, then made JSON: the key's name says what to hide.
     spec = scrub({"spec_json": {"config": {"task": {"api_key": "k3y-0f-the-lab", "n_train_tokens": 100}}}})
     assert spec == {"spec_json": {"config": {"task": {"api_key": "<redacted>", "n_train_tokens": 100}}}}
@@ -111,17 +135,28 @@ def test_the_tracker_logs_no_credential_of_the_spec_or_of_a_traceback(tmp_path, 
     reason and an end tag; then every byte of the store is searched."""
     monkeypatch.chdir(tmp_path)
     key, url_password = "k3y-0f-the-lab-1234", "pw-of-the-url-5678"
-    study = Study.model_validate({"name": "leaky", "trainer": "pkg:run", "task": {"api_key": key},
-                                  "grid": {"n": [{}], "d": [0.5]},
-                                  "storage": f"sqlite:///o.db?password={url_password}",
-                                  "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}})
+    study = Study.model_validate(
+        {
+            "name": "leaky",
+            "trainer": "pkg:run",
+            "task": {"api_key": key},
+            "grid": {"n": [{}], "d": [0.5]},
+            "storage": f"sqlite:///o.db?password={url_password}",
+            "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+        }
+    )
     tracker = Tracker(study)
     tracker.open(config_yaml(study))
     spec = {"trainer": "pkg:run", "config": {"task": {"api_key": key}, "seed": 0}}
     run_id = tracker.start_run("cell/trial=0/seed=0", "t0", {names.PARAM_SPEC_JSON: spec, "seed": 0}, {})
-    reason = f'Traceback ...\nRuntimeError: key {key} refused by sqlite:///o.db?password={url_password}'
-    tracker.finish_run(run_id, "failed", reason, {}, {names.TAG_NODE_ID: f"node with {key}",
-                                                      "grokscale.flops.per_token": "12"})
+    reason = f"Traceback ...\nRuntimeError: key {key} refused by sqlite:///o.db?password={url_password}"
+    tracker.finish_run(
+        run_id,
+        "failed",
+        reason,
+        {},
+        {names.TAG_NODE_ID: f"node with {key}", "grokscale.flops.per_token": "12"},
+    )
     assert tracker.drain()
     run = MlflowClient(study.tracking.uri).get_run(run_id)
     assert json.loads(run.data.params[names.PARAM_SPEC_JSON])["config"]["task"]["api_key"] == "<redacted>"
@@ -148,9 +183,17 @@ mds@tcp:/lustre /lustre lustre rw 0 0
 def test_the_file_system_of_a_path_is_its_longest_mount_point():
     table = mount_table(MOUNTS)
     assert ("/mnt/lab share", "cifs") in table  # /proc/mounts writes a space as \040
-    cases = {"/home/alice/mlflow.db": "nfs4", "/home/alice/scratch/mlflow.db": "xfs", "/home": "nfs4",
-             "/homework/mlflow.db": "ext4", "/mnt/lab share/x.db": "cifs", "/mnt/remote/x.db": "fuse.sshfs",
-             "/lustre/proj/x.db": "lustre", "/tmp/x.db": "tmpfs", "/var/x.db": "ext4"}
+    cases = {
+        "/home/alice/mlflow.db": "nfs4",
+        "/home/alice/scratch/mlflow.db": "xfs",
+        "/home": "nfs4",
+        "/homework/mlflow.db": "ext4",
+        "/mnt/lab share/x.db": "cifs",
+        "/mnt/remote/x.db": "fuse.sshfs",
+        "/lustre/proj/x.db": "lustre",
+        "/tmp/x.db": "tmpfs",
+        "/var/x.db": "ext4",
+    }
     for path, fstype in cases.items():
         assert filesystem_type(path, table) == fstype, path
     kinds = ("nfs4", "xfs", "cifs", "fuse.sshfs", "lustre", "tmpfs", "ext4", "gpfs", "beegfs", "ceph")

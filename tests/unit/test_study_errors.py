@@ -41,15 +41,22 @@ class Span(BaseModel):
     @model_validator(mode="after")
     def _order(self) -> Span:
         if self.low >= self.high:  # a section-level check that names its field in the context
-            raise PydanticCustomError("inverted", "low ({low}) must be < high ({high})",
-                                      {"field": "low", "low": self.low, "high": self.high})
+            raise PydanticCustomError(
+                "inverted",
+                "low ({low}) must be < high ({high})",
+                {"field": "low", "low": self.low, "high": self.high},
+            )
         return self
 
 
 class Root(BaseModel):
     # A union tagged by a callable: pydantic puts the chosen tag ("span", "count") in the loc.
-    items: list[Annotated[Annotated[Span, Tag("span")] | Annotated[PositiveInt, Tag("count")],
-                          Discriminator(lambda v: "span" if isinstance(v, dict) else "count")]]
+    items: list[
+        Annotated[
+            Annotated[Span, Tag("span")] | Annotated[PositiveInt, Tag("count")],
+            Discriminator(lambda v: "span" if isinstance(v, dict) else "count"),
+        ]
+    ]
     table: dict[str, Span] = {}
 
 
@@ -69,42 +76,58 @@ def test_a_section_check_names_its_field_through_its_context():
 
 
 def test_trainer_errors_drop_the_task_and_model_tags():
-    err = errors_of(TrainSpec, {"task": {"name": "modular", "p": 0}, "model": {"family": "mlp", "d_hidden": "w"}})
+    err = errors_of(
+        TrainSpec, {"task": {"name": "modular", "p": 0}, "model": {"family": "mlp", "d_hidden": "w"}}
+    )
     assert {e["loc"] for e in err.errors()} == {("task", "modular", "p"), ("model", "mlp", "d_hidden")}
     assert format_errors(err, model=TrainSpec) == [
         "task.p: Input should be greater than 0, got 0",
-        "model.d_hidden: Input should be a valid integer, unable to parse string as an integer, got 'w'"]
+        "model.d_hidden: Input should be a valid integer, unable to parse string as an integer, got 'w'",
+    ]
     assert field_path(TrainSpec, ("task", "sparse_parity", "k"))[0] == "task.k"
 
 
 def test_union_tag_errors_name_the_tag_field_and_what_is_allowed():
     unknown = refused(["search.space.train.weight_decay={type: real, low: 0.1, high: 1}"])
     missing = refused(["search.space.train.weight_decay={low: 0.1, high: 1}"])
-    assert unknown == ["search.space.train.weight_decay.type: unknown 'real'; allowed: 'float', 'int', 'categorical'"]
-    assert missing == ["search.space.train.weight_decay.type: required, but missing; allowed: 'float', 'int', "
-                       "'categorical'"]
+    assert unknown == [
+        "search.space.train.weight_decay.type: unknown 'real'; allowed: 'float', 'int', 'categorical'"
+    ]
+    assert missing == [
+        "search.space.train.weight_decay.type: required, but missing; allowed: 'float', 'int', 'categorical'"
+    ]
     family = errors_of(TrainSpec, {"model": {"family": "cnn"}})
     assert format_errors(family, model=TrainSpec) == [
         "model.family: unknown 'cnn'; allowed: 'transformer', 'mlp', 'gpt', or your own class as "
-        "'package.module:Class'"]
+        "'package.module:Class'"
+    ]
 
 
 def test_an_n_is_a_count_or_a_shape_and_nothing_else():
     what = "an N is a target parameter count (e.g. 20000) or a model shape (e.g. {d_model: 64})"
-    assert refused(["grid.n=[true, 2.5, {d_model: 16}]"]) == [f"grid.n[0]: {what}, got True",
-                                                              f"grid.n[1]: {what}, got 2.5"]
+    assert refused(["grid.n=[true, 2.5, {d_model: 16}]"]) == [
+        f"grid.n[0]: {what}, got True",
+        f"grid.n[1]: {what}, got 2.5",
+    ]
     assert refused(["grid.n=[-3]"]) == ["grid.n[0]: a target parameter count must be > 0, got -3"]
     assert load_study(VALID, ["grid.n=[20000.0, {d_model: 8}]"]).grid.n == [20000, {"d_model": 8}]
 
 
 def test_every_problem_of_the_schema_is_reported_at_once():
-    problems = refused(["name=a b", "grid.seeds=[1, 1]", "resources.gpus=1.5",
-                        "search.space={model.n_layer: {type: int, low: 3, high: 1}}"])
+    problems = refused(
+        [
+            "name=a b",
+            "grid.seeds=[1, 1]",
+            "resources.gpus=1.5",
+            "search.space={model.n_layer: {type: int, low: 3, high: 1}}",
+        ]
+    )
     assert problems == [
         "name: use letters, digits, '_', '.' and '-' only (it names the MLflow experiment and run folder), got 'a b'",
         "grid.seeds: values must be distinct, got [1, 1]",
         "search.space.model.n_layer.low: low (3) must be < high (1)",
-        "resources.gpus: more than one GPU must be a whole number (a fraction <= 1 packs trials on one GPU), got 1.5"]
+        "resources.gpus: more than one GPU must be a whole number (a fraction <= 1 packs trials on one GPU), got 1.5",
+    ]
 
 
 class EchoTask(BaseModel):
@@ -121,7 +144,9 @@ def test_task_kinds_come_from_the_task_schemas():
     # The built-in tasks (trainers/tasks/, the default first); an import path resolves on lookup.
     assert list(task_kinds()) == ["modular", "addition", "charlm", "copy", "corpus", "sparse_parity"]
     modular = task_kinds()["modular"]
-    assert modular.d_field == "train_fraction" and modular.counts == {"n_train"}  # n_train: int, the other a float
+    assert modular.d_field == "train_fraction" and modular.counts == {
+        "n_train"
+    }  # n_train: int, the other a float
     echo = kinds_of([EchoTask])["echo"]
     assert (echo.d_field, echo.counts, echo.sequence_metrics) == ("n_examples", {"n_examples"}, True)
 
@@ -136,7 +161,8 @@ def test_the_metrics_and_d_field_follow_the_task():
 def test_the_task_section_may_not_set_a_second_data_size():
     assert refused(["task.n_train=100"]) == [
         "task.n_train: the grid sets the data size as train_fraction (grid.d); give one data size: remove "
-        "task.n_train, or set grid.d_field: n_train"]
+        "task.n_train, or set grid.d_field: n_train"
+    ]
     study = load_study(VALID, ["task.train_fraction=0.9", "grid.d_field=train_fraction"])
     assert study.trial_data({}, 0.5, {}, 0)["task"]["train_fraction"] == 0.5  # the grid's value wins
 
@@ -154,8 +180,14 @@ def test_loading_has_no_side_effects(tmp_path):
         after = (random.getstate(), numpy.random.get_state()[1].tolist(), torch.random.get_rng_state().tolist())
         print(json.dumps({"same_rng": before == after, "digest": study.digest(),
                           "modules": sorted(m for m in ("ray", "optuna", "mlflow") if m in sys.modules)}))"""
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+    )
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert result == {"same_rng": True, "digest": load_study(VALID).digest(), "modules": []}

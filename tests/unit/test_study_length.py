@@ -20,13 +20,21 @@ from trainers.tasks import make_task
 #   attention 2 (2 T^2 d) / T = 4 T d = 1,024;  unembedding 2 d 256 = 8,192
 #   (6,144 + 1,024 + 8,192) x 3 = 46,080 per token, 737,280 per example of 16 tokens.
 FLOPS_PER_TOKEN, FLOPS_PER_EXAMPLE = 46_080, 737_280
-LM = {"name": "lm", "task": {"name": "charlm", "level": "byte", "seq_len": 16, "n_val_tokens": 2000},
-      "model": {"family": "transformer", "n_layer": 1, "n_head": 4, "layer_norm": True},
-      "train": {"eval_every": 10, "warmup_steps": 2, "batch_size": 8},
-      "grid": {"n": [{"d_model": 16}], "d": [1601]},
-      "objectives": [{"metric": "min_val_loss", "direction": "minimize"}]}
-MODULAR = {"name": "mod", "task": {"name": "modular", "p": 23}, "model": {"n_layer": 1, "n_head": 4},
-           "train": {"warmup_steps": 2}, "grid": {"n": [{"d_model": 16}], "d": [200], "d_field": "n_train"}}
+LM = {
+    "name": "lm",
+    "task": {"name": "charlm", "level": "byte", "seq_len": 16, "n_val_tokens": 2000},
+    "model": {"family": "transformer", "n_layer": 1, "n_head": 4, "layer_norm": True},
+    "train": {"eval_every": 10, "warmup_steps": 2, "batch_size": 8},
+    "grid": {"n": [{"d_model": 16}], "d": [1601]},
+    "objectives": [{"metric": "min_val_loss", "direction": "minimize"}],
+}
+MODULAR = {
+    "name": "mod",
+    "task": {"name": "modular", "p": 23},
+    "model": {"n_layer": 1, "n_head": 4},
+    "train": {"warmup_steps": 2},
+    "grid": {"n": [{"d_model": 16}], "d": [200], "d_field": "n_train"},
+}
 
 
 def study(tmp_path: Path, base: dict, **sections):
@@ -104,30 +112,44 @@ def test_isoflop_epochs_repeat_the_data(tmp_path):
 
 def test_length_errors(tmp_path):
     assert refused(tmp_path, LM, train={"steps": 50, "epochs": 1}) == [
-        "train: give one training length (steps, tokens or epochs), got steps and epochs"]
+        "train: give one training length (steps, tokens or epochs), got steps and epochs"
+    ]
     flops = {"n": [{"d_model": 16}], "flops": [1.0e9]}
     lines = refused(tmp_path, LM, train={"steps": 50, "tokens": 100}, grid=flops)
     assert [line.split(":")[0] for line in lines] == ["train.steps", "train.tokens"]
     assert "IsoFLOP grid (grid.flops) sets each run's length" in lines[0]
     lines = refused(tmp_path, MODULAR, grid={"n": [{"d_model": 16}], "flops": [1.0e9]})
-    assert lines[0].startswith("grid.flops: an IsoFLOP grid needs a language-modelling task") and "charlm" in lines[0]
+    assert (
+        lines[0].startswith("grid.flops: an IsoFLOP grid needs a language-modelling task")
+        and "charlm" in lines[0]
+    )
     assert refused(tmp_path, LM, grid={"n": [{"d_model": 16}], "d": [1601], "flops": [1.0e9]}) == [
-        "grid.flops: give grid.d (data sizes) or grid.flops (compute budgets, an IsoFLOP study), not both"]
+        "grid.flops: give grid.d (data sizes) or grid.flops (compute budgets, an IsoFLOP study), not both"
+    ]
     assert refused(tmp_path, LM, grid={"n": [{"d_model": 16}]})[0].startswith("grid.d: required, but missing")
-    assert refused(tmp_path, LM, train={"tokens": 10.5})[0].startswith("train.tokens: Input should be a valid integer")
-    assert refused(tmp_path, LM, train={"epochs": 0})[0].startswith("train.epochs: Input should be greater than 0")
+    assert refused(tmp_path, LM, train={"tokens": 10.5})[0].startswith(
+        "train.tokens: Input should be a valid integer"
+    )
+    assert refused(tmp_path, LM, train={"epochs": 0})[0].startswith(
+        "train.epochs: Input should be greater than 0"
+    )
 
 
 def test_a_searched_task_field_cannot_move_a_counted_length(tmp_path):
     search = {"space": {"task.seq_len": {"type": "int", "low": 8, "high": 32}}}
     assert refused(tmp_path, LM, search=search)[0].startswith(
-        "search.space.task.seq_len: the run's length comes from train.epochs")
+        "search.space.task.seq_len: the run's length comes from train.epochs"
+    )
     assert build_cells(study(tmp_path, LM, train={"steps": 20}, search=search))[0].steps == 20
 
 
 def test_warmup_must_fit_every_cells_resolved_length(tmp_path):
-    lines = refused(tmp_path, LM, train={"warmup_steps": 200}, grid={"n": [{"d_model": 16}], "flops": [1.0e9, 4.0e9]})
-    assert lines == ["grid.n[0] x grid.flops[0]: train.warmup_steps: warmup_steps (200) must be <= steps (170)"]
+    lines = refused(
+        tmp_path, LM, train={"warmup_steps": 200}, grid={"n": [{"d_model": 16}], "flops": [1.0e9, 4.0e9]}
+    )
+    assert lines == [
+        "grid.n[0] x grid.flops[0]: train.warmup_steps: warmup_steps (200) must be <= steps (170)"
+    ]
 
 
 def test_isoflop_window_on_tokens_per_parameter(tmp_path):
@@ -145,22 +167,29 @@ def test_isoflop_window_on_tokens_per_parameter(tmp_path):
     assert len(kept) == len(every) - 2
     assert "N[d_model=16]_C=4e+09" not in {c.key for c in kept}  # the most tokens per parameter
     assert "N[d_model=64]_C=1e+09" not in {c.key for c in kept}  # the fewest
-    assert all(c.d_index == e.d_index and c.n_index == e.n_index for c in kept for e in every if e.key == c.key)
+    assert all(
+        c.d_index == e.d_index and c.n_index == e.n_index for c in kept for e in every if e.key == c.key
+    )
 
 
 def test_isoflop_window_errors(tmp_path):
     sizes = [{"d_model": 16}, {"d_model": 32}, {"d_model": 48}]
     lines = refused(tmp_path, LM, grid={"n": sizes, "flops": [1.0e9], "tokens_per_param": {"max": 1.0}})
     # d_model 16 trains 1.86 tokens per parameter at 1e9 FLOPs; 32 and 48 fewer.
-    assert lines == ["grid.tokens_per_param: at grid.flops[0] = 1e+09 the window keeps 2 size(s) (29,536, 53,520); "
-                     "an IsoFLOP parabola needs 3: widen the window or add sizes whose tokens per parameter fall in it"]
+    assert lines == [
+        "grid.tokens_per_param: at grid.flops[0] = 1e+09 the window keeps 2 size(s) (29,536, 53,520); "
+        "an IsoFLOP parabola needs 3: widen the window or add sizes whose tokens per parameter fall in it"
+    ]
     assert refused(tmp_path, LM, grid={"n": sizes, "d": [1601], "tokens_per_param": {"min": 1}}) == [
         "grid.tokens_per_param: a window on tokens per parameter picks the cells of an IsoFLOP grid (grid.flops); "
-        "with grid.d every cell is given"]
-    assert refused(tmp_path, LM, grid={"n": sizes, "flops": [1.0e9], "tokens_per_param": {"min": 5, "max": 2}}) == [
-        "grid.tokens_per_param: min (5.0) must be < max (2.0)"]
+        "with grid.d every cell is given"
+    ]
+    assert refused(
+        tmp_path, LM, grid={"n": sizes, "flops": [1.0e9], "tokens_per_param": {"min": 5, "max": 2}}
+    ) == ["grid.tokens_per_param: min (5.0) must be < max (2.0)"]
     assert refused(tmp_path, LM, grid={"n": sizes, "flops": [1.0e9], "tokens_per_param": {}}) == [
-        "grid.tokens_per_param: give min, max or both (tokens per parameter)"]
+        "grid.tokens_per_param: give min, max or both (tokens per parameter)"
+    ]
 
 
 def test_validate_says_what_the_window_kept(tmp_path, monkeypatch, capsys):

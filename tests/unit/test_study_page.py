@@ -54,25 +54,69 @@ def grokking_study(reverse: bool = False) -> StudyResults:
             steps = np.arange(0, last + 1, EVAL)
             train = np.where((mem is not None) & (steps >= (mem or 0)), 1.0, 0.3)
             val = np.where((gen is not None) & (steps >= (gen or 0)), 1.0, chance)
-            curves += [{"run_id": run, "step": int(s), "train_acc": float(t), "val_acc": float(v),
-                        "train_loss": 0.01 if t > 0.9 else 3.0, "val_loss": 0.01 if v > 0.9 else 4.0}
-                       for s, t, v in zip(steps, train, val)]
-            rows.append({"run_id": run, "cell": cell, "status": "completed", "reason": "", "trial_number": trial,
-                         "train_threshold": 0.99, "val_threshold": 0.95, "refined": None, "n_params": 57280.0,
-                         "n_train": float(round(frac * P * P)), "d_value": frac, "seed": 0.0,
-                         "param.train.weight_decay": float(wd), "max_val_acc": float(val.max()),
-                         "val_acc": float(val[-1]), "min_val_loss": 0.01 if gen else 4.0,
-                         "val_loss": 0.01 if gen else 4.0, "memorization_step": mem or np.nan,
-                         "generalization_step": gen or np.nan, "steps": float(last)})
-    config = {"name": "grokking_modular", "task": {"name": "modular", "p": P, "op": "add"},
-              "model": {"family": "transformer", "n_layer": 1, "d_model": 128, "n_head": 4, "d_mlp": 256,
-                        "layer_norm": False},
-              "train": {"steps": STEPS, "eval_every": EVAL, "lr": LR, "betas": [0.9, 0.98], "warmup_steps": 10,
-                        "success_stop_evals": 5, "checkpoint_every": 1000},
-              "grid": {"n": [{"d_model": 64}], "d": list(FRACTIONS), "seeds": [0]},
-              "search": {"sampler": "qmc", "trials_per_cell": 8,
-                         "space": {"train.weight_decay": {"type": "float", "low": 1e-3, "high": 10.0, "log": True}}},
-              "objectives": [{"metric": "generalization_step", "direction": "minimize"}]}
+            curves += [
+                {
+                    "run_id": run,
+                    "step": int(s),
+                    "train_acc": float(t),
+                    "val_acc": float(v),
+                    "train_loss": 0.01 if t > 0.9 else 3.0,
+                    "val_loss": 0.01 if v > 0.9 else 4.0,
+                }
+                for s, t, v in zip(steps, train, val)
+            ]
+            rows.append(
+                {
+                    "run_id": run,
+                    "cell": cell,
+                    "status": "completed",
+                    "reason": "",
+                    "trial_number": trial,
+                    "train_threshold": 0.99,
+                    "val_threshold": 0.95,
+                    "refined": None,
+                    "n_params": 57280.0,
+                    "n_train": float(round(frac * P * P)),
+                    "d_value": frac,
+                    "seed": 0.0,
+                    "param.train.weight_decay": float(wd),
+                    "max_val_acc": float(val.max()),
+                    "val_acc": float(val[-1]),
+                    "min_val_loss": 0.01 if gen else 4.0,
+                    "val_loss": 0.01 if gen else 4.0,
+                    "memorization_step": mem or np.nan,
+                    "generalization_step": gen or np.nan,
+                    "steps": float(last),
+                }
+            )
+    config = {
+        "name": "grokking_modular",
+        "task": {"name": "modular", "p": P, "op": "add"},
+        "model": {
+            "family": "transformer",
+            "n_layer": 1,
+            "d_model": 128,
+            "n_head": 4,
+            "d_mlp": 256,
+            "layer_norm": False,
+        },
+        "train": {
+            "steps": STEPS,
+            "eval_every": EVAL,
+            "lr": LR,
+            "betas": [0.9, 0.98],
+            "warmup_steps": 10,
+            "success_stop_evals": 5,
+            "checkpoint_every": 1000,
+        },
+        "grid": {"n": [{"d_model": 64}], "d": list(FRACTIONS), "seeds": [0]},
+        "search": {
+            "sampler": "qmc",
+            "trials_per_cell": 8,
+            "space": {"train.weight_decay": {"type": "float", "low": 1e-3, "high": 10.0, "log": True}},
+        },
+        "objectives": [{"metric": "generalization_step", "direction": "minimize"}],
+    }
     return StudyResults("parent", "0", config, pd.DataFrame(rows), pd.DataFrame(curves))
 
 
@@ -88,8 +132,11 @@ def test_the_grokking_claims_find_the_planted_effects(grokking_page):
     results, _ = grokking_page
     verdicts = {c.check.__name__: c.check(results) for c in grokking_modular.CLAIMS}
     assert {k: v.agrees for k, v in verdicts.items()} == {
-        "weight_decay_generalizes": "yes", "critical_fraction": "yes", "time_grows_as_data_shrinks": "yes",
-        "four_phases": "yes"}
+        "weight_decay_generalizes": "yes",
+        "critical_fraction": "yes",
+        "time_grows_as_data_shrinks": "yes",
+        "four_phases": "yes",
+    }
     # The bracket is the planted one: nothing at 0.2, everything in [0.1, 3] from 0.3 on.
     assert "between fraction 0.2 (did not generalize) and 0.3" in verdicts["critical_fraction"].measured
     phases = {r["phase"] for r in results["page_runs"]}
@@ -124,8 +171,9 @@ def test_reversed_weight_decay_is_a_disagreement():
 
 
 def test_too_few_runs_cannot_tell():
-    verdict = grokking_modular.weight_decay_generalizes({"page_runs": [
-        {"status": "completed", "weight_decay": 1.0, "generalization_step": 100.0}]})
+    verdict = grokking_modular.weight_decay_generalizes(
+        {"page_runs": [{"status": "completed", "weight_decay": 1.0, "generalization_step": 100.0}]}
+    )
     assert verdict.agrees == "cannot tell"
 
 
@@ -136,23 +184,38 @@ def mirage_runs(token_acc) -> pd.DataFrame:
     for n in np.geomspace(600, 50_000, 7):
         for _ in range(3):  # seeds
             exact = 1e-4 + (1 - 1e-4) / (1 + np.exp(-(np.log10(n) - np.log10(6000)) / 0.05))
-            rows.append({"n_params": n, "n_train": 20_000.0, "status": "completed",
-                         "val_acc": float(np.clip(exact + rng.normal(0, 0.005), 0, 1)),
-                         "val_token_acc": float(token_acc(n) + rng.normal(0, 0.005)),
-                         "val_answer_logprob": float(-3.0 * (n / 600) ** -0.5)})
+            rows.append(
+                {
+                    "n_params": n,
+                    "n_train": 20_000.0,
+                    "status": "completed",
+                    "val_acc": float(np.clip(exact + rng.normal(0, 0.005), 0, 1)),
+                    "val_token_acc": float(token_acc(n) + rng.normal(0, 0.005)),
+                    "val_answer_logprob": float(-3.0 * (n / 600) ** -0.5),
+                }
+            )
     return pd.DataFrame(rows)
 
 
 def test_the_mirage_claims_on_planted_metrics():
     smooth = lambda n: 1 - 0.6 * (n / 600) ** -0.4  # noqa: E731 - a saturating power law: no jump
-    checks = mirage_checks(mirage_runs(smooth), x_col="n_params", group_col="n_train",
-                           pairs=(("val_acc", "val_token_acc"), ("val_acc", "val_answer_logprob")),
-                           chance_discontinuous=1e-4)
+    checks = mirage_checks(
+        mirage_runs(smooth),
+        x_col="n_params",
+        group_col="n_train",
+        pairs=(("val_acc", "val_token_acc"), ("val_acc", "val_answer_logprob")),
+        chance_discontinuous=1e-4,
+    )
     results = {"mirage": [c.to_dict() for c in checks]}
     assert [c.check(results).agrees for c in mirage_addition.CLAIMS] == ["yes", "yes", "yes"]
     step = lambda n: 0.3 + 0.7 / (1 + np.exp(-(np.log10(n) - np.log10(6000)) / 0.05))  # noqa: E731
-    checks = mirage_checks(mirage_runs(step), x_col="n_params", group_col="n_train",
-                           pairs=(("val_acc", "val_token_acc"),), chance_discontinuous=1e-4)
+    checks = mirage_checks(
+        mirage_runs(step),
+        x_col="n_params",
+        group_col="n_train",
+        pairs=(("val_acc", "val_token_acc"),),
+        chance_discontinuous=1e-4,
+    )
     verdict = mirage_addition.CLAIMS[1].check({"mirage": [c.to_dict() for c in checks]})
     assert verdict.agrees == "no" and "jumps too" in verdict.reason
 
@@ -174,10 +237,25 @@ def test_the_plateau_claim_tells_an_abrupt_rise_from_a_gradual_one():
 def test_step_predictions_that_only_say_now_are_worded_apart():
     """The page says how many scored runs generalized at their memorization step, and judges the
     clock on the others (the numbers come from the backtest, tests/unit/test_analysis_prediction.py)."""
-    text = "\n".join(study_page.failures({"predictions": {"generalization_step": {
-        "predictions": [], "n_scored": 3, "median_abs_error": 0.0, "baseline_median_abs_error": 0.5,
-        "n_immediate": 2, "late_median_abs_error": 0.4, "late_baseline_median_abs_error": 0.1,
-        "missed": 0, "surprised": 0}}}))
+    text = "\n".join(
+        study_page.failures(
+            {
+                "predictions": {
+                    "generalization_step": {
+                        "predictions": [],
+                        "n_scored": 3,
+                        "median_abs_error": 0.0,
+                        "baseline_median_abs_error": 0.5,
+                        "n_immediate": 2,
+                        "late_median_abs_error": 0.4,
+                        "late_baseline_median_abs_error": 0.1,
+                        "missed": 0,
+                        "surprised": 0,
+                    }
+                }
+            }
+        )
+    )
     assert "2 of 3 scored runs generalized at the evaluation at which they memorized" in text
     assert "Over the 1 that generalized later, the median |error| is 40%" in text
     assert "the decay clock (40%) does not beat the baseline (10%)" in text
@@ -188,14 +266,28 @@ def test_the_time_claim_divides_out_the_searched_weight_decay_beside_the_steps()
     decay (lr x weight decay x step) do. The verdict stays on steps, and says the e-folds beside it."""
     records = []
     for d, wd in ((0.3, 1.2), (0.4, 0.9), (0.5, 0.6), (0.6, 0.3), (0.7, 0.15)):
-        for k in range(3):  # e-folds needed fall with data, 12 to 1.5; so does the decay found: ~1,000 steps each
+        for k in range(
+            3
+        ):  # e-folds needed fall with data, 12 to 1.5; so does the decay found: ~1,000 steps each
             efolds = {0.3: 12, 0.4: 9, 0.5: 6, 0.6: 3, 0.7: 1.5}[d] * (0.9 + 0.1 * k)
             step = efolds / (1e-3 * wd)
-            records.append({"status": "completed", "d_value": d, "lr": 1e-3, "weight_decay": wd,
-                            "generalization_step": step})
+            records.append(
+                {
+                    "status": "completed",
+                    "d_value": d,
+                    "lr": 1e-3,
+                    "weight_decay": wd,
+                    "generalization_step": step,
+                }
+            )
     verdict = grokking_modular.time_grows_as_data_shrinks({"page_runs": records})
     assert verdict.agrees == "cannot tell", verdict
-    assert "no trend in steps significant" in verdict.reason and "does fall as the fraction grows" in verdict.reason
-    same_decay = [{**r, "weight_decay": 1.0, "generalization_step": r["generalization_step"] * r["weight_decay"]}
-                  for r in records]
+    assert (
+        "no trend in steps significant" in verdict.reason
+        and "does fall as the fraction grows" in verdict.reason
+    )
+    same_decay = [
+        {**r, "weight_decay": 1.0, "generalization_step": r["generalization_step"] * r["weight_decay"]}
+        for r in records
+    ]
     assert grokking_modular.time_grows_as_data_shrinks({"page_runs": same_decay}).agrees == "yes"

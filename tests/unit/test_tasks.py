@@ -21,10 +21,18 @@ from trainers.tasks.sparse_parity import SparseParityTask
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("op,a,b,want", [
-    ("add", 5, 9, 14 % 11), ("sub", 3, 9, (3 - 9) % 11), ("mul", 4, 6, 24 % 11),
-    ("div", 3, 5, 5),  # 5 * 5 = 25 = 3 (mod 11), so 3 / 5 = 5
-    ("x2+y2", 3, 4, 25 % 11), ("x2+xy+y2", 3, 4, 37 % 11), ("x3+xy", 3, 4, 39 % 11)])
+@pytest.mark.parametrize(
+    "op,a,b,want",
+    [
+        ("add", 5, 9, 14 % 11),
+        ("sub", 3, 9, (3 - 9) % 11),
+        ("mul", 4, 6, 24 % 11),
+        ("div", 3, 5, 5),  # 5 * 5 = 25 = 3 (mod 11), so 3 / 5 = 5
+        ("x2+y2", 3, 4, 25 % 11),
+        ("x2+xy+y2", 3, 4, 37 % 11),
+        ("x3+xy", 3, 4, 39 % 11),
+    ],
+)
 def test_modular_ops(op, a, b, want):
     assert modular_labels(torch.tensor([a]), torch.tensor([b]), 11, op).item() == want
 
@@ -97,17 +105,24 @@ def test_mlp_cannot_read_sequences():
 
 # ---- copy: the task added as one file (trainers/tasks/copy.py; README "Add a built-in task") ----
 
+
 def test_copy_writes_the_string_again_after_the_separator():
     task = CopyTask(length=5, n_symbols=7, n_train=300, n_val=40)
     data = make_task(task, 0)
     assert data.x_train.shape == data.y_train.shape == (300, 10)  # string (5), separator, copy (5) - 1
-    assert (data.vocab_size, data.n_out, data.target, data.accuracy, data.n_train) == (8, 7, "sequence", "exact", 300)
+    assert (data.vocab_size, data.n_out, data.target, data.accuracy, data.n_train) == (
+        8,
+        7,
+        "sequence",
+        "exact",
+        300,
+    )
     x, y = data.x_train, data.y_train
     assert (x[:, 5] == 7).all() and (x[:, :5] < 7).all()  # token 7 is the separator
     assert (y[:, :5] == IGNORE).all()  # the random string (and the separator) are not scored...
     assert torch.equal(y[:, 5:], x[:, :5])  # ...the copy is, from the separator on
     assert torch.equal(x[:, 6:], x[:, :4])  # the copy, fed back in
-    assert task.chance_level == 7.0 ** -5
+    assert task.chance_level == 7.0**-5
 
 
 def test_copy_is_a_pure_function_of_the_seed_and_validation_does_not_depend_on_d():
@@ -123,17 +138,24 @@ def test_copy_is_known_to_the_spec_and_the_study_layer_by_its_file_alone():
     spec = TrainSpec.model_validate({"task": {"name": "copy", "length": 3}})
     assert isinstance(spec.task, CopyTask) and spec.task.length == 3
     kind = task_kinds()["copy"]
-    assert (kind.d_field, kind.counts, kind.sequence_metrics, kind.language_model) == ("n_train", {"n_train"},
-                                                                                      True, False)
+    assert (kind.d_field, kind.counts, kind.sequence_metrics, kind.language_model) == (
+        "n_train",
+        {"n_train"},
+        True,
+        False,
+    )
     with pytest.raises(ValidationError, match="task 'copy' needs model.family 'transformer'"):
         TrainSpec.model_validate({"task": {"name": "copy"}, "model": {"family": "mlp"}})
 
 
 def test_copy_trains_through_the_real_trainer_with_its_sequence_metrics():
-    spec = TrainSpec.model_validate({
-        "task": {"name": "copy", "length": 3, "n_symbols": 4, "n_train": 256, "n_val": 64},
-        "model": {"d_model": 32, "n_head": 4},
-        "train": {"steps": 60, "eval_every": 30, "lr": 3e-3, "weight_decay": 0.0, "batch_size": 64}})
+    spec = TrainSpec.model_validate(
+        {
+            "task": {"name": "copy", "length": 3, "n_symbols": 4, "n_train": 256, "n_val": 64},
+            "model": {"d_model": 32, "n_head": 4},
+            "train": {"steps": 60, "eval_every": 30, "lr": 3e-3, "weight_decay": 0.0, "batch_size": 64},
+        }
+    )
     r1, r2 = train(spec), train(spec)
     assert r1.status == "completed" and r1.history == r2.history
     assert {"val_token_acc", "val_answer_logprob"} <= set(r1.final)
@@ -142,17 +164,26 @@ def test_copy_trains_through_the_real_trainer_with_its_sequence_metrics():
 
 # ---- the registry: every built-in keeps the protocol a user's class keeps (trainers/own_code.py) ----
 
+
 def test_every_built_in_task_and_model_keeps_the_users_protocol():
     tasks = builtin_tasks()
-    assert list(tasks)[0] == "modular" and set(tasks) == {"modular", "sparse_parity", "addition", "charlm",
-                                                          "corpus", "copy"}
+    assert list(tasks)[0] == "modular" and set(tasks) == {
+        "modular",
+        "sparse_parity",
+        "addition",
+        "charlm",
+        "corpus",
+        "copy",
+    }
     for name, cls in tasks.items():
         assert task_problem(cls, builtin=True) is None, name
         assert cls.model_fields["name"].default == name and cls.__module__ == f"trainers.tasks.{name}"
         assert "must not declare a field 'name'" in task_problem(cls)  # a user's class names none
     assert list(MODELS) == ["transformer", "mlp", "gpt"]
     for family, cls in MODELS.items():
-        assert model_problem(cls, builtin=True) is None and cls.Config.model_fields["family"].default == family
+        assert (
+            model_problem(cls, builtin=True) is None and cls.Config.model_fields["family"].default == family
+        )
 
 
 def test_the_spec_reads_its_tasks_and_models_from_the_registries():
@@ -164,7 +195,9 @@ def test_the_spec_reads_its_tasks_and_models_from_the_registries():
     with pytest.raises(ValidationError) as err:
         TrainSpec.model_validate({"task": {"name": "copying"}})
     allowed = ", ".join(repr(n) for n in builtin_tasks())
-    assert f"unknown 'copying'; allowed: {allowed}, or your own class as 'package.module:Class'" in str(err.value)
+    assert f"unknown 'copying'; allowed: {allowed}, or your own class as 'package.module:Class'" in str(
+        err.value
+    )
 
 
 def test_the_readmes_how_to_shows_copy_py_as_it_is():

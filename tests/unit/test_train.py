@@ -8,12 +8,18 @@ import pytest
 
 from trainers import TrainSpec, train
 
-TINY = {"task": {"p": 23, "train_fraction": 0.5},
-        "model": {"d_model": 32, "n_head": 4, "layer_norm": False},
-        "train": {"steps": 120, "eval_every": 20, "warmup_steps": 10}, "seed": 3}
+TINY = {
+    "task": {"p": 23, "train_fraction": 0.5},
+    "model": {"d_model": 32, "n_head": 4, "layer_norm": False},
+    "train": {"steps": 120, "eval_every": 20, "warmup_steps": 10},
+    "seed": 3,
+}
 # Minibatches, dropout and Grokfast: every source of state a checkpoint has to carry.
-STATEFUL = {**TINY, "model": {**TINY["model"], "dropout": 0.1},
-            "train": {**TINY["train"], "batch_size": 64, "grokfast": True, "checkpoint_every": 40}}
+STATEFUL = {
+    **TINY,
+    "model": {**TINY["model"], "dropout": 0.1},
+    "train": {**TINY["train"], "batch_size": 64, "grokfast": True, "checkpoint_every": 40},
+}
 
 
 def spec(data: dict, **train_updates) -> TrainSpec:
@@ -29,12 +35,40 @@ def test_same_spec_same_history_bitwise():
 
 def test_same_history_in_a_separate_process():
     here = train(spec(STATEFUL))
-    flags = ["--seed", "3", "--task.p", "23", "--task.train_fraction", "0.5", "--model.d_model", "32",
-             "--model.n_head", "4", "--model.layer_norm", "false", "--model.dropout", "0.1",
-             "--train.steps", "120", "--train.eval_every", "20", "--train.warmup_steps", "10",
-             "--train.batch_size", "64", "--train.grokfast", "true", "--train.checkpoint_every", "40"]
-    out = subprocess.run([sys.executable, "-m", "trainers", *flags, "--json", "--quiet"],
-                         capture_output=True, text=True, check=True)
+    flags = [
+        "--seed",
+        "3",
+        "--task.p",
+        "23",
+        "--task.train_fraction",
+        "0.5",
+        "--model.d_model",
+        "32",
+        "--model.n_head",
+        "4",
+        "--model.layer_norm",
+        "false",
+        "--model.dropout",
+        "0.1",
+        "--train.steps",
+        "120",
+        "--train.eval_every",
+        "20",
+        "--train.warmup_steps",
+        "10",
+        "--train.batch_size",
+        "64",
+        "--train.grokfast",
+        "true",
+        "--train.checkpoint_every",
+        "40",
+    ]
+    out = subprocess.run(
+        [sys.executable, "-m", "trainers", *flags, "--json", "--quiet"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     there = json.loads(out.stdout)
     assert there["history"] == here.history
     assert TrainSpec.model_validate(there["spec"]) == spec(STATEFUL)
@@ -96,9 +130,15 @@ def test_report_hook_sees_every_evaluation_and_can_stop():
 
 
 def test_sequence_task_reports_continuous_metrics():
-    result = train(TrainSpec.model_validate(
-        {"task": {"name": "addition", "n_digits": 2, "n_train": 256, "n_val": 128},
-         "model": {"d_model": 32, "n_head": 4}, "train": {"steps": 20, "eval_every": 10, "batch_size": 64}}))
+    result = train(
+        TrainSpec.model_validate(
+            {
+                "task": {"name": "addition", "n_digits": 2, "n_train": 256, "n_val": 128},
+                "model": {"d_model": 32, "n_head": 4},
+                "train": {"steps": 20, "eval_every": 10, "batch_size": 64},
+            }
+        )
+    )
     final = result.final
     assert 0 <= final["val_acc"] <= final["val_token_acc"] <= 1  # exact match never beats per-digit
     assert final["val_answer_logprob"] < 0
@@ -106,6 +146,9 @@ def test_sequence_task_reports_continuous_metrics():
 
 
 def test_cli_rejects_bad_fields():
-    out = subprocess.run([sys.executable, "-m", "trainers", "--task.p", "12", "--task.op", "div"],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "trainers", "--task.p", "12", "--task.op", "div"],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 2 and "task" in out.stderr and "prime" in out.stderr

@@ -7,9 +7,11 @@ from trainers.flops import flops_per_example
 from trainers.packed import train_packed
 from trainers.tasks import make_task
 
-MODULAR = {"task": {"p": 23, "train_fraction": 0.5},
-           "model": {"d_model": 32, "n_head": 4, "layer_norm": False},
-           "train": {"steps": 60, "eval_every": 20, "warmup_steps": 5}}
+MODULAR = {
+    "task": {"p": 23, "train_fraction": 0.5},
+    "model": {"d_model": 32, "n_head": 4, "layer_norm": False},
+    "train": {"steps": 60, "eval_every": 20, "warmup_steps": 5},
+}
 
 
 def test_full_batch_accounting_by_hand():
@@ -28,9 +30,13 @@ def test_full_batch_accounting_by_hand():
 
 
 def test_minibatch_sequence_accounting_counts_batches_and_tokens():
-    spec = TrainSpec.model_validate({"task": {"name": "addition", "n_digits": 2, "n_train": 256, "n_val": 64},
-                                     "model": {"d_model": 32, "n_head": 4},
-                                     "train": {"steps": 24, "eval_every": 8, "batch_size": 64}})
+    spec = TrainSpec.model_validate(
+        {
+            "task": {"name": "addition", "n_digits": 2, "n_train": 256, "n_val": 64},
+            "model": {"d_model": 32, "n_head": 4},
+            "train": {"steps": 24, "eval_every": 8, "batch_size": 64},
+        }
+    )
     result = train(spec)
     data = make_task(spec.task, spec.seed)
     flops = flops_per_example(spec.model, data.vocab_size, data.n_out, data.seq_len, last_only=False)

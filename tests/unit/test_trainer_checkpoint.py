@@ -7,10 +7,18 @@ from trainers import TrainSpec, train
 from trainers.checkpoint import CHECKPOINT_NAME, Checkpoint, load
 from trainers.packed import train_packed
 
-TINY = {"task": {"p": 23, "train_fraction": 0.5},
-        "model": {"d_model": 32, "n_head": 4, "layer_norm": False},
-        "train": {"steps": 120, "eval_every": 20, "warmup_steps": 10, "batch_size": 64,
-                  "checkpoint_every": 40, "schedule": "cosine"}}
+TINY = {
+    "task": {"p": 23, "train_fraction": 0.5},
+    "model": {"d_model": 32, "n_head": 4, "layer_norm": False},
+    "train": {
+        "steps": 120,
+        "eval_every": 20,
+        "warmup_steps": 10,
+        "batch_size": 64,
+        "checkpoint_every": 40,
+        "schedule": "cosine",
+    },
+}
 
 
 def spec(seed: int = 3, **train_updates) -> TrainSpec:
@@ -80,7 +88,10 @@ def test_packed_runs_start_over_from_unreadable_checkpoints(tmp_path):
     _spoil(dirs[1] / CHECKPOINT_NAME, "garbage")
     results = train_packed(specs, checkpoint_dirs=dirs)
     assert [r.resumed_from_step for r in results] == [0, 0, 80]
-    assert "could not be read" in results[0].checkpoint_note and "could not be read" in results[1].checkpoint_note
+    assert (
+        "could not be read" in results[0].checkpoint_note
+        and "could not be read" in results[1].checkpoint_note
+    )
     assert results[2].checkpoint_note is None
     for r, s in zip(results, specs):
         assert r.history == train(s).history  # started over or resumed, the same run
@@ -88,9 +99,19 @@ def test_packed_runs_start_over_from_unreadable_checkpoints(tmp_path):
 
 def test_save_is_atomic_and_leaves_no_temporary_file(tmp_path):
     path = tmp_path / CHECKPOINT_NAME
-    ckpt = Checkpoint(digest="d", step=3, model={"w": torch.ones(2)}, optimizer={}, torch_rng=torch.get_rng_state(),
-                      batch_rng=torch.Generator().get_state(), ema=None, perm=torch.arange(4), cursor=2,
-                      log={"history": {"step": [1.0]}, "events": {}, "above": 0}, finished=("completed", "done"))
+    ckpt = Checkpoint(
+        digest="d",
+        step=3,
+        model={"w": torch.ones(2)},
+        optimizer={},
+        torch_rng=torch.get_rng_state(),
+        batch_rng=torch.Generator().get_state(),
+        ema=None,
+        perm=torch.arange(4),
+        cursor=2,
+        log={"history": {"step": [1.0]}, "events": {}, "above": 0},
+        finished=("completed", "done"),
+    )
     ckpt.save(path)
     ckpt.save(path)  # over an existing file
     assert [p.name for p in tmp_path.iterdir()] == [CHECKPOINT_NAME]

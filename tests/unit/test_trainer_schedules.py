@@ -48,7 +48,9 @@ def test_cosine_follows_the_run_length():
 def test_wsd_by_hand():
     c = cfg(schedule="wsd", decay_fraction=0.2)  # 4 decay steps, from p = 17 to 20
     assert [lr_at(c, s) for s in range(4, 16)] == [2.0] * 12  # stable
-    assert [lr_at(c, s) for s in range(16, 20)] == pytest.approx([2.0 * (1 - 0.9 * k / 4) for k in (1, 2, 3, 4)])
+    assert [lr_at(c, s) for s in range(16, 20)] == pytest.approx(
+        [2.0 * (1 - 0.9 * k / 4) for k in (1, 2, 3, 4)]
+    )
     assert lr_at(c, 19) == pytest.approx(0.2)
 
 
@@ -59,13 +61,19 @@ def test_a_zero_floor_and_no_warmup():
     assert lr_at(c, 19) == pytest.approx(0.0, abs=1e-12)
 
 
-@pytest.mark.parametrize("fields, message", [
-    ({"schedule": "linear"}, "schedule"),
-    ({"min_lr_fraction": 1.5}, "min_lr_fraction"),
-    ({"min_lr_fraction": -0.1}, "min_lr_fraction"),
-    ({"decay_fraction": 0.0}, "decay_fraction"),
-    ({"schedule": "wsd", "warmup_steps": 18, "decay_fraction": 0.2}, "warmup_steps (18) + decay steps (4"),
-])
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"schedule": "linear"}, "schedule"),
+        ({"min_lr_fraction": 1.5}, "min_lr_fraction"),
+        ({"min_lr_fraction": -0.1}, "min_lr_fraction"),
+        ({"decay_fraction": 0.0}, "decay_fraction"),
+        (
+            {"schedule": "wsd", "warmup_steps": 18, "decay_fraction": 0.2},
+            "warmup_steps (18) + decay steps (4",
+        ),
+    ],
+)
 def test_bad_schedule_fields_are_refused_with_their_name(fields, message):
     with pytest.raises(ValidationError, match=re.escape(message)):
         cfg(**fields)
@@ -80,10 +88,13 @@ def test_schedule_fields_take_dotted_overrides():
 
 @pytest.mark.parametrize("schedule", ["cosine", "wsd"])
 def test_the_loop_sets_the_scheduled_rate(schedule):
-    spec = TrainSpec.model_validate({"task": {"p": 23, "train_fraction": 0.5},
-                                     "model": {"d_model": 16, "n_head": 2, "layer_norm": False},
-                                     "train": {"steps": 60, "eval_every": 10, "warmup_steps": 5,
-                                               "schedule": schedule}})
+    spec = TrainSpec.model_validate(
+        {
+            "task": {"p": 23, "train_fraction": 0.5},
+            "model": {"d_model": 16, "n_head": 2, "layer_norm": False},
+            "train": {"steps": 60, "eval_every": 10, "warmup_steps": 5, "schedule": schedule},
+        }
+    )
     result = train(spec)
     # The rate recorded at step s is that of the step just taken, index s - 1.
     assert result.history["lr"] == [lr_at(spec.train, s - 1) for s in range(10, 61, 10)]

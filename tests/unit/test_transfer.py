@@ -40,8 +40,10 @@ def test_the_exponent_is_recovered_and_the_verdict_follows(e, verdict):
         assert "transfers" in res.reason and abs(res.exponent.high) <= TOLERANCE
     else:
         e, lo, hi = res.exponent.value, res.exponent.low, res.exponent.high
-        assert res.reason == (f"optimum lr ∝ N^{e:.2f} [{lo:.2f}, {hi:.2f}]: does not transfer "
-                              "(the interval lies outside |e| <= 0.1)")
+        assert res.reason == (
+            f"optimum lr ∝ N^{e:.2f} [{lo:.2f}, {hi:.2f}]: does not transfer "
+            "(the interval lies outside |e| <= 0.1)"
+        )
     for o in res.optima:
         assert o.optimum.low <= o.optimum.value <= o.optimum.high
 
@@ -56,7 +58,7 @@ def test_the_90_percent_interval_on_the_exponent_covers_the_truth_over_200_draws
 
 def test_an_optimum_past_the_searched_values_is_refused_and_named():
     n, lr, loss = planted(np.random.default_rng(2), -0.5, noise=0.01)
-    keep = (n != 1e8) | (lr <= 2.0 ** -9)  # at N = 1e8 (lr* = 0.01 = 2^-6.6) only lr <= 2^-9 was tried
+    keep = (n != 1e8) | (lr <= 2.0**-9)  # at N = 1e8 (lr* = 0.01 = 2^-6.6) only lr <= 2^-9 was tried
     res = transfer_check(n[keep], lr[keep], loss[keep], param_name="lr", n_boot=50)
     edge = res.optima[-1]
     assert edge.n == 1e8 and edge.at_edge and edge.optimum is None
@@ -73,8 +75,20 @@ def test_fewer_than_three_usable_sizes_is_undecided():
     assert "undecided, 2 usable N (needs 3)" in res.reason
 
 
-GROUP_KEYS = {"group", "param", "optima", "exponent", "exponent_low", "exponent_high", "transfers", "reason",
-              "tolerance", "n_usable", "n_boot", "ci"}
+GROUP_KEYS = {
+    "group",
+    "param",
+    "optima",
+    "exponent",
+    "exponent_low",
+    "exponent_high",
+    "transfers",
+    "reason",
+    "tolerance",
+    "n_usable",
+    "n_boot",
+    "ci",
+}
 
 
 def test_fit_transfer_json_per_group(tmp_path):
@@ -84,8 +98,22 @@ def test_fit_transfer_json_per_group(tmp_path):
         tables.append(pd.DataFrame({"N": n, "lr": lr, "loss": loss, "parametrization": param}))
     path = tmp_path / "trials.csv"
     pd.concat(tables).to_csv(path, index=False)
-    out = cli.grokscale("fit", "transfer", path, "--n-col", "N", "--param-col", "lr", "--loss-col", "loss",
-                        "--group-col", "parametrization", "--n-boot", "50", "--json")
+    out = cli.grokscale(
+        "fit",
+        "transfer",
+        path,
+        "--n-col",
+        "N",
+        "--param-col",
+        "lr",
+        "--loss-col",
+        "loss",
+        "--group-col",
+        "parametrization",
+        "--n-boot",
+        "50",
+        "--json",
+    )
     assert out.returncode == 0, out.stderr
     res = json.loads(out.stdout)
     assert res["tolerance"] == 0.1 and res["param_col"] == "lr"
@@ -102,8 +130,24 @@ def test_fit_transfer_table_and_bad_input(tmp_path, capsys):
     n, lr, loss = planted(np.random.default_rng(5), -0.5)
     path = tmp_path / "trials.csv"
     pd.DataFrame({"N": n, "lr": lr, "loss": loss}).to_csv(path, index=False)
-    assert main(["fit", "transfer", str(path), "--n-col", "N", "--param-col", "lr", "--loss-col", "loss",
-                 "--n-boot", "20"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "transfer",
+                str(path),
+                "--n-col",
+                "N",
+                "--param-col",
+                "lr",
+                "--loss-col",
+                "loss",
+                "--n-boot",
+                "20",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "optimum lr per N" in out and "does not transfer" in out
     argv = ["fit", "transfer", str(path), "--n-col", "N", "--param-col", "lr", "--loss-col", "loss"]

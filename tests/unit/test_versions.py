@@ -38,8 +38,9 @@ def test_pyproject_allows_exactly_the_tested_releases():
         assert found[package] == SpecifierSet(f">={low},<{high}"), package
     assert any(s.operator == "<" for s in found["ray"]), "ray needs an upper bound too"
     for package in versions.TESTED:  # what is installed here is a tested release
-        assert versions.in_range(package, optuna.__version__ if package == "optuna" else
-                                 __import__(package).__version__)
+        assert versions.in_range(
+            package, optuna.__version__ if package == "optuna" else __import__(package).__version__
+        )
     assert versions.in_range("optuna", "4.0.0") and versions.in_range("optuna", "5.1.0")
     assert not versions.in_range("optuna", "5.2.0") and not versions.in_range("optuna", "3.6.1")
     assert not versions.in_range("mlflow", "3.18.0rc0") and versions.in_range("mlflow", "2.16.2")
@@ -65,8 +66,13 @@ print("LOADED", [m for m in ("optuna.storages._rdb.models", "orchestrator.store.
 def test_a_journal_study_never_loads_optunas_private_models(tmp_path):
     """`optuna.storages._rdb` itself is Optuna's (its public RDBStorage lives there, and `import
     optuna` loads it); its ORM models are what held_storage.py reaches for, and only it."""
-    out = subprocess.run([sys.executable, "-c", JOURNAL_STUDY, str(tmp_path)], capture_output=True, text=True,
-                         timeout=600, cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-c", JOURNAL_STUDY, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "LOADED []" in out.stdout, out.stdout[-2000:]
 
@@ -81,11 +87,13 @@ def test_on_untested_releases_a_study_takes_the_public_apis_and_says_so_once(tmp
     assert stats.completed == 3 and stats.failed == 0
     assert driver.tracker.direct is None  # MlflowClient's writes, not plain SQL
     assert isinstance(driver.searches[0].storage, optuna.storages.RDBStorage)  # not held in memory
-    notices = [r.message for r in caplog.records
-               if "outside the releases grokscale was tested with" in r.message]
+    notices = [
+        r.message for r in caplog.records if "outside the releases grokscale was tested with" in r.message
+    ]
     assert len(notices) == 2 and all("\n" not in n for n in notices), notices
     assert any(n.startswith(f"optuna {optuna.__version__} ") for n in notices)
     client = MlflowClient(study.tracking.uri)
-    runs = client.search_runs([client.get_experiment_by_name("untested").experiment_id],
-                              f"tags.`{TAG_STATUS}` = 'completed'")
+    runs = client.search_runs(
+        [client.get_experiment_by_name("untested").experiment_id], f"tags.`{TAG_STATUS}` = 'completed'"
+    )
     assert len(runs) == 3

@@ -54,8 +54,11 @@ def test_only_a_lost_connection_is_transient(tmp_path, fail_fast):
     assert transient(raised(lambda: client.get_experiment_by_name("x")))  # MLflow's client, no server
     rest = RestWrites.of(client, closed)
     assert transient(raised(lambda: rest.set_terminated("0" * 32, "FINISHED", 1)))  # plain REST, no server
-    assert transient(raised(lambda: psycopg2.connect(f"postgresql://postgres@127.0.0.1:{free_port()}/x",
-                                                     connect_timeout=5)))
+    assert transient(
+        raised(
+            lambda: psycopg2.connect(f"postgresql://postgres@127.0.0.1:{free_port()}/x", connect_timeout=5)
+        )
+    )
     db = tmp_path / "locked.db"
     with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as holder:
         holder.execute("CREATE TABLE t (x)")
@@ -179,12 +182,17 @@ def test_a_run_whose_writes_the_store_refuses_fails_as_data_and_the_study_finish
     instead of COMPLETE; the other trials complete and the driver returns."""
     study = small_study(tmp_path, "deleted")
     DeletingCluster.deleted = None
-    driver = Driver(study, build_cells(study), show=False, launcher=lambda s, c: DeletingCluster(s, c, 1, 0.3))
+    driver = Driver(
+        study, build_cells(study), show=False, launcher=lambda s, c: DeletingCluster(s, c, 1, 0.3)
+    )
     stats = driver.run()
     assert stats.completed == 2 and stats.failed == 1 and stats.write_failures == 1
     storage = open_storage(study.storage_url)
-    (cell,) = [s.study_name for s in optuna.get_all_study_summaries(storage)
-               if not s.study_name.startswith(HOLD_STUDY_PREFIX)]
+    (cell,) = [
+        s.study_name
+        for s in optuna.get_all_study_summaries(storage)
+        if not s.study_name.startswith(HOLD_STUDY_PREFIX)
+    ]
     trials = optuna.load_study(study_name=cell, storage=storage).get_trials()
     failed = [t for t in trials if t.state == TrialState.FAIL]
     assert len(failed) == 1 and sum(t.state == TrialState.COMPLETE for t in trials) == 2

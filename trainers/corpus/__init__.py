@@ -14,4 +14,12 @@ the grid sets n_train_tokens, and the study tokenizes into <workdir>/corpus (tas
 from trainers.corpus.data import CorpusData, TokenSpan, load_corpus
 from trainers.corpus.spec import CorpusError, CorpusTask, check_source, infer_format
 
-__all__ = ["CorpusData", "CorpusError", "CorpusTask", "TokenSpan", "check_source", "infer_format", "load_corpus"]
+__all__ = [
+    "CorpusData",
+    "CorpusError",
+    "CorpusTask",
+    "TokenSpan",
+    "check_source",
+    "infer_format",
+    "load_corpus",
+]

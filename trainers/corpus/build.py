@@ -49,10 +49,18 @@ BATCH_CHARS = 1 << 23  # encode ~8 Mi characters per call: big enough for encode
 
 
 def cache_key(task: CorpusTask, fmt: Format) -> str:
-    settings = {"version": CACHE_VERSION, "source": str(task.path), "format": fmt, "glob": task.glob,
-                "text_field": task.text_field, "hf_split": task.hf_split, "tokenizer": task.tokenizer,
-                "vocab_size": task.vocab_size, "val_fraction": task.val_fraction,
-                "files": fingerprint(task, fmt)}
+    settings = {
+        "version": CACHE_VERSION,
+        "source": str(task.path),
+        "format": fmt,
+        "glob": task.glob,
+        "text_field": task.text_field,
+        "hf_split": task.hf_split,
+        "tokenizer": task.tokenizer,
+        "vocab_size": task.vocab_size,
+        "val_fraction": task.val_fraction,
+        "files": fingerprint(task, fmt),
+    }
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -135,16 +143,29 @@ def build(task: CorpusTask, fmt: Format, cache_dir: Path) -> tuple[Path, dict]:
         def stream():
             return split_pieces(iter_pieces(task, fmt), cut_at)
 
-        encoder = _encoder(task, out, (t for split, t, _ in itertools.takewhile(lambda p: p[0] == "train", stream())))
+        encoder = _encoder(
+            task, out, (t for split, t, _ in itertools.takewhile(lambda p: p[0] == "train", stream()))
+        )
         n_train = _write(((t, e) for s, t, e in stream() if s == "train"), encoder, out / "train.bin")
         n_val = _write(((t, e) for s, t, e in stream() if s == "val"), encoder, out / "val.bin")
         if n_val == 0:
-            raise CorpusError(f"val_fraction: the held-out split of {task.path} is empty: its last "
-                              f"{task.val_fraction:.0%} of text holds no line start; raise val_fraction or add text")
-        meta = {"version": CACHE_VERSION, "source": str(task.path), "format": fmt, "tokenizer": task.tokenizer,
-                "vocab_size": encoder.vocab_size, "eot_id": encoder.eot_id,
-                "dtype": token_dtype(encoder.vocab_size).name, "n_train": n_train, "n_val": n_val,
-                "text_bytes": total, "cut_byte": cut_at}
+            raise CorpusError(
+                f"val_fraction: the held-out split of {task.path} is empty: its last "
+                f"{task.val_fraction:.0%} of text holds no line start; raise val_fraction or add text"
+            )
+        meta = {
+            "version": CACHE_VERSION,
+            "source": str(task.path),
+            "format": fmt,
+            "tokenizer": task.tokenizer,
+            "vocab_size": encoder.vocab_size,
+            "eot_id": encoder.eot_id,
+            "dtype": token_dtype(encoder.vocab_size).name,
+            "n_train": n_train,
+            "n_val": n_val,
+            "text_bytes": total,
+            "cut_byte": cut_at,
+        }
         tmp = out / (META + ".tmp")
         tmp.write_text(json.dumps(meta, indent=1))
         os.replace(tmp, out / META)

@@ -33,8 +33,13 @@ class TokenSpan:
     length: int
 
     def memmap(self) -> np.memmap:
-        return np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.start * self.dtype.itemsize,
-                         shape=(self.length,))
+        return np.memmap(
+            self.path,
+            dtype=self.dtype,
+            mode="r",
+            offset=self.start * self.dtype.itemsize,
+            shape=(self.length,),
+        )
 
     def read(self, starts: np.ndarray, width: int) -> np.ndarray:
         """(len(starts), width) tokens: those at starts[i] .. starts[i] + width - 1.
@@ -48,8 +53,9 @@ class TokenSpan:
         try:
             for row, s in zip(out, starts.tolist()):
                 if os.preadv(fd, [row], (self.start + s) * item) != width * item:
-                    raise CorpusError(f"{self.path} is shorter than its {self.start + self.length} tokens: "
-                                      "changed on disk?")
+                    raise CorpusError(
+                        f"{self.path} is shorter than its {self.start + self.length} tokens: changed on disk?"
+                    )
         finally:
             os.close(fd)
         return out
@@ -84,7 +90,9 @@ class CorpusData:
     def n_val(self) -> int:
         return self.val_span.length
 
-    def sample(self, split: Split, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(
+        self, split: Split, batch_size: int, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """A random batch of windows: x (B, T) int64 and y = x shifted left by one (B, T)."""
         span = self.train_span if split == "train" else self.val_span
         t = self.seq_len
@@ -110,13 +118,15 @@ class CorpusData:
         w = torch.from_numpy(span.read(index.numpy() * t, t + 1).astype(np.int64))  # (B, T + 1)
         return w[:, :-1], w[:, 1:]
 
-    def train_eval_batches(self, n_windows: int, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def train_eval_batches(
+        self, n_windows: int, batch_size: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """`n_windows` training windows spread evenly over the training split, in batches: the
         fixed sample a run's train metrics are measured on (the same at every evaluation)."""
         n = self.n_train_windows()
         index = torch.linspace(0, n - 1, min(n_windows, n)).round().long().unique()
         for i in range(0, len(index), batch_size):
-            yield self.windows("train", index[i:i + batch_size])
+            yield self.windows("train", index[i : i + batch_size])
 
     def val_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Every held-out window, non-overlapping from the split's start, in batches: the same
@@ -143,8 +153,10 @@ def load_corpus(task: CorpusTask, cache_dir: str | Path | None = None) -> Corpus
         train, val, meta, encoder = _token_file(task)
     else:
         if cache_dir is None:
-            raise CorpusError(f"cache_dir: format {fmt!r} is tokenized into a cache: pass cache_dir "
-                              "(e.g. runs/<study>/corpus)")
+            raise CorpusError(
+                f"cache_dir: format {fmt!r} is tokenized into a cache: pass cache_dir "
+                "(e.g. runs/<study>/corpus)"
+            )
         out, meta = build(task, fmt, Path(cache_dir))
         dtype = np.dtype(meta["dtype"])
         train = TokenSpan(out / "train.bin", dtype, 0, meta["n_train"])
@@ -153,10 +165,22 @@ def load_corpus(task: CorpusTask, cache_dir: str | Path | None = None) -> Corpus
         meta = {**meta, "cache": str(out)}
     train = _prefix(train, task.n_train_tokens, "n_train_tokens", "training", task.seq_len)
     val = _prefix(val, task.n_val_tokens, "n_val_tokens", "held-out", task.seq_len)
-    info = {**meta, "n_train_available": meta["n_train"], "n_val_available": meta["n_val"],
-            "n_train": train.length, "n_val": val.length}
-    return CorpusData(train, val, vocab_size=meta["vocab_size"], seq_len=task.seq_len, eot_id=meta["eot_id"],
-                      info=info, encoder=encoder)
+    info = {
+        **meta,
+        "n_train_available": meta["n_train"],
+        "n_val_available": meta["n_val"],
+        "n_train": train.length,
+        "n_val": val.length,
+    }
+    return CorpusData(
+        train,
+        val,
+        vocab_size=meta["vocab_size"],
+        seq_len=task.seq_len,
+        eot_id=meta["eot_id"],
+        info=info,
+        encoder=encoder,
+    )
 
 
 def _token_file(task: CorpusTask) -> tuple[TokenSpan, TokenSpan, dict, None]:
@@ -174,8 +198,16 @@ def _token_file(task: CorpusTask) -> tuple[TokenSpan, TokenSpan, dict, None]:
         n = size(path)
         n_val = max(1, round(task.val_fraction * n))
         train, val = TokenSpan(path, dtype, 0, n - n_val), TokenSpan(path, dtype, n - n_val, n_val)
-    meta = {"source": str(path), "format": "tokens", "tokenizer": None, "vocab_size": task.vocab_size,
-            "eot_id": None, "dtype": dtype.name, "n_train": train.length, "n_val": val.length}
+    meta = {
+        "source": str(path),
+        "format": "tokens",
+        "tokenizer": None,
+        "vocab_size": task.vocab_size,
+        "eot_id": None,
+        "dtype": dtype.name,
+        "n_train": train.length,
+        "n_val": val.length,
+    }
     return train, val, meta, None
 
 
@@ -184,6 +216,8 @@ def _prefix(span: TokenSpan, n: int | None, name: str, what: str, seq_len: int) 
         raise CorpusError(f"{name}: {n} exceeds the {span.length} tokens of the {what} split")
     length = span.length if n is None else n
     if length <= seq_len:
-        raise CorpusError(f"seq_len: the {what} split has {length} tokens, too few for one window of "
-                          f"seq_len {seq_len} (needs {seq_len + 1})")
+        raise CorpusError(
+            f"seq_len: the {what} split has {length} tokens, too few for one window of "
+            f"seq_len {seq_len} (needs {seq_len + 1})"
+        )
     return TokenSpan(span.path, span.dtype, span.start, length)

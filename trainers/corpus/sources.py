@@ -52,7 +52,9 @@ def _hf_disk(task: CorpusTask) -> Iterator[Piece]:
     try:
         import datasets  # lazily: an optional dependency, only this source needs it
     except ImportError as err:
-        raise CorpusError("format: 'hf_disk' needs the `datasets` package: pip install 'grokscale[corpus]'") from err
+        raise CorpusError(
+            "format: 'hf_disk' needs the `datasets` package: pip install 'grokscale[corpus]'"
+        ) from err
     ds = datasets.load_from_disk(str(task.path))
     if isinstance(ds, datasets.DatasetDict):
         ds = ds[task.hf_split or next(iter(ds))]
@@ -95,9 +97,8 @@ def cut_piece(text: str, at_byte: int) -> tuple[str, str] | None:
     i = raw.find(b"\n", max(at_byte - 1, 0))
     if i < 0:
         return None
-    return raw[: i + 1].decode("utf-8"), raw[i + 1:].decode("utf-8")
+    return raw[: i + 1].decode("utf-8"), raw[i + 1 :].decode("utf-8")
 
 
 def byte_length(pieces: Iterator[Piece]) -> int:
     return sum(len(text.encode("utf-8")) for text, _ in pieces)
-

@@ -71,13 +71,18 @@ class CorpusTask(BaseModel):
             if v is None:
                 raise invalid("vocab_size", "tokenizer 'bpe' needs vocab_size (e.g. 4096)")
             if not BPE_MIN_VOCAB <= v <= BPE_MAX_VOCAB:
-                raise invalid("vocab_size", f"vocab_size for tokenizer 'bpe' must be in [{BPE_MIN_VOCAB}, "
-                                             f"{BPE_MAX_VOCAB}] (the 256 bytes and <|endoftext|> come first), got {v}")
+                raise invalid(
+                    "vocab_size",
+                    f"vocab_size for tokenizer 'bpe' must be in [{BPE_MIN_VOCAB}, "
+                    f"{BPE_MAX_VOCAB}] (the 256 bytes and <|endoftext|> come first), got {v}",
+                )
         for field in ("n_train_tokens", "n_val_tokens"):
             n = getattr(self, field)
             if n is not None and n <= self.seq_len:
-                raise invalid(field, f"{field} ({n}) must be > seq_len ({self.seq_len}): "
-                                      "one window needs seq_len + 1 tokens")
+                raise invalid(
+                    field,
+                    f"{field} ({n}) must be > seq_len ({self.seq_len}): one window needs seq_len + 1 tokens",
+                )
         return self
 
     @property
@@ -116,7 +121,11 @@ def text_files(path: Path, glob: str | None) -> list[Path]:
 
 
 def parquet_files(path: Path) -> list[Path]:
-    return [path] if path.is_file() else sorted(path.rglob("*.parquet"), key=lambda p: p.relative_to(path).as_posix())
+    return (
+        [path]
+        if path.is_file()
+        else sorted(path.rglob("*.parquet"), key=lambda p: p.relative_to(path).as_posix())
+    )
 
 
 def resolve_format(task: CorpusTask) -> Format:
@@ -135,16 +144,25 @@ def check_source(task: CorpusTask) -> list[str]:
     if not os.access(path, os.R_OK | (os.X_OK if path.is_dir() else 0)):
         return [f"source: {path} is not readable"]
     fmt = infer_format(path) if task.format == "auto" else task.format
-    checks = {"text": _check_text, "tokens": _check_tokens, "hf_disk": _check_hf_disk, "parquet": _check_parquet}
+    checks = {
+        "text": _check_text,
+        "tokens": _check_tokens,
+        "hf_disk": _check_hf_disk,
+        "parquet": _check_parquet,
+    }
     problems = checks[fmt](task, path)
     if fmt == "tokens":
         if task.tokenizer == "bpe":
             problems.append("tokenizer: a token file is already tokenized; drop tokenizer: bpe")
         if task.vocab_size is None:
-            problems.append("vocab_size: a token file needs the vocabulary it was written with (GPT-2: 50257)")
+            problems.append(
+                "vocab_size: a token file needs the vocabulary it was written with (GPT-2: 50257)"
+            )
         elif task.token_dtype == "uint16" and task.vocab_size > UINT16_VOCAB:
-            problems.append(f"vocab_size: {task.vocab_size} does not fit uint16 tokens (at most {UINT16_VOCAB}); "
-                            "set token_dtype: uint32")
+            problems.append(
+                f"vocab_size: {task.vocab_size} does not fit uint16 tokens (at most {UINT16_VOCAB}); "
+                "set token_dtype: uint32"
+            )
     elif task.tokenizer == "bytes" and task.vocab_size not in (None, 256):
         problems.append(f"vocab_size: tokenizer 'bytes' has 256 tokens, got {task.vocab_size}")
     return problems
@@ -166,24 +184,31 @@ def _check_text(task: CorpusTask, path: Path) -> list[str]:
 
 def _check_tokens(task: CorpusTask, path: Path) -> list[str]:
     if path.is_dir() and not _is_token_folder(path):
-        return [f"source: format 'tokens' needs a .bin file or a folder with train.bin and val.bin; {path} is neither"]
+        return [
+            f"source: format 'tokens' needs a .bin file or a folder with train.bin and val.bin; {path} is neither"
+        ]
     width = 2 if task.token_dtype == "uint16" else 4
     files = [path] if path.is_file() else [path / "train.bin", path / "val.bin"]
     problems = []
     for f in files:
         size = f.stat().st_size
         if size % width:
-            problems.append(f"source: {f} has {size} bytes, not a whole number of {task.token_dtype} tokens "
-                            "(is token_dtype right?)")
+            problems.append(
+                f"source: {f} has {size} bytes, not a whole number of {task.token_dtype} tokens "
+                "(is token_dtype right?)"
+            )
         elif size // width <= task.seq_len:
-            problems.append(f"source: {f} holds {size // width} tokens, "
-                            f"too few for one window of seq_len {task.seq_len}")
+            problems.append(
+                f"source: {f} holds {size // width} tokens, too few for one window of seq_len {task.seq_len}"
+            )
     return problems
 
 
 def _check_hf_disk(task: CorpusTask, path: Path) -> list[str]:
     if not _is_hf_disk(path):
-        return [f"source: {path} is not a dataset saved with save_to_disk (no state.json or dataset_dict.json)"]
+        return [
+            f"source: {path} is not a dataset saved with save_to_disk (no state.json or dataset_dict.json)"
+        ]
     if (path / "dataset_dict.json").is_file():
         splits = json.loads((path / "dataset_dict.json").read_text()).get("splits", [])
         if task.hf_split is None and len(splits) != 1:

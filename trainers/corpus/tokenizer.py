@@ -65,7 +65,9 @@ def _tokenizers():
     try:
         import tokenizers  # lazily: only the BPE tokenizer needs it
     except ImportError as err:
-        raise CorpusError("tokenizer: 'bpe' needs the `tokenizers` package: pip install 'grokscale[corpus]'") from err
+        raise CorpusError(
+            "tokenizer: 'bpe' needs the `tokenizers` package: pip install 'grokscale[corpus]'"
+        ) from err
     return tokenizers
 
 
@@ -75,8 +77,12 @@ def train_bpe(texts: Iterable[str], vocab_size: int, path: Path) -> BPEEncoder:
     tok = tk.Tokenizer(tk.models.BPE())
     tok.pre_tokenizer = tk.pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = tk.decoders.ByteLevel()
-    trainer = tk.trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOT], show_progress=False,
-                                     initial_alphabet=tk.pre_tokenizers.ByteLevel.alphabet())
+    trainer = tk.trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOT],
+        show_progress=False,
+        initial_alphabet=tk.pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(texts, trainer=trainer)
     tmp = path.with_suffix(".tmp")
     tok.save(str(tmp))

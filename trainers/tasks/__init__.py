@@ -79,8 +79,10 @@ def make_task(task, seed: int) -> TaskData:
     OwnTask), through its own make(seed)."""
     data = task.make(seed)
     if not isinstance(data, TaskData):
-        raise ValueError(f"task.name: {task.name}.make(seed) must return trainers.tasks.TaskData, "
-                         f"got {type(data).__name__}")
+        raise ValueError(
+            f"task.name: {task.name}.make(seed) must return trainers.tasks.TaskData, "
+            f"got {type(data).__name__}"
+        )
     return data
 
 
@@ -97,12 +99,20 @@ def builtin_tasks() -> dict[str, type[BaseModel]]:
         if name.startswith("_"):
             continue
         module = importlib.import_module(f"{__name__}.{name}")
-        classes = [c for c in vars(module).values() if isinstance(c, type) and issubclass(c, BaseModel)
-                   and c.__module__ == module.__name__ and "name" in c.model_fields]
+        classes = [
+            c
+            for c in vars(module).values()
+            if isinstance(c, type)
+            and issubclass(c, BaseModel)
+            and c.__module__ == module.__name__
+            and "name" in c.model_fields
+        ]
         named = [c for c in classes if c.model_fields["name"].default == name]
         if len(named) != 1:
-            raise TypeError(f"{module.__name__} must define one task class with name: Literal[{name!r}] = "
-                            f"{name!r}; found {[c.__name__ for c in named] or 'none'}")
+            raise TypeError(
+                f"{module.__name__} must define one task class with name: Literal[{name!r}] = "
+                f"{name!r}; found {[c.__name__ for c in named] or 'none'}"
+            )
         problem = task_problem(named[0], builtin=True)
         if problem:
             raise TypeError(f"{module.__name__}.{named[0].__name__}: {problem}")

@@ -50,10 +50,28 @@ class AdditionTask(Frozen):
         # The answer is written least significant digit first, which a causal model can compute
         # carry by carry (Lee et al. 2023, "Teaching Arithmetic to Small Transformers").
         answer = _digits(a + b, n + 1).flip(1)
-        seq = torch.cat([_digits(a, n), torch.full((want, 1), PLUS), _digits(b, n),
-                         torch.full((want, 1), EQUALS), answer], dim=1)  # (B, 3n + 3)
+        seq = torch.cat(
+            [
+                _digits(a, n),
+                torch.full((want, 1), PLUS),
+                _digits(b, n),
+                torch.full((want, 1), EQUALS),
+                answer,
+            ],
+            dim=1,
+        )  # (B, 3n + 3)
         x, y = seq[:, :-1], seq[:, 1:].clone()
         y[:, : 2 * n + 1] = IGNORE  # only the n + 1 answer digits are scored
         tr, va = slice(0, self.n_train), slice(self.n_train, want)
-        return TaskData(x[tr], y[tr], x[va], y[va], vocab_size=12, n_out=10, target="sequence",
-                        accuracy="exact", n_train=self.n_train, info={"answer_digits": n + 1})
+        return TaskData(
+            x[tr],
+            y[tr],
+            x[va],
+            y[va],
+            vocab_size=12,
+            n_out=10,
+            target="sequence",
+            accuracy="exact",
+            n_train=self.n_train,
+            info={"answer_digits": n + 1},
+        )

@@ -49,8 +49,9 @@ class CharLMTask(Frozen):
             vocab = len(chars)
         need = self.n_train_tokens + self.n_val_tokens
         if need > len(tokens):
-            raise ValueError(f"n_train_tokens + n_val_tokens = {need} exceeds the corpus "
-                             f"({len(tokens)} tokens)")
+            raise ValueError(
+                f"n_train_tokens + n_val_tokens = {need} exceeds the corpus ({len(tokens)} tokens)"
+            )
         # Held-out text is the end of the corpus: other files than the training text, never overlapping.
         t = self.seq_len
 
@@ -62,8 +63,17 @@ class CharLMTask(Frozen):
             return chunk[:-1].view(n, t), chunk[1:].view(n, t)
 
         x_train, y_train = windows(tokens[: self.n_train_tokens])
-        x_val, y_val = windows(tokens[len(tokens) - self.n_val_tokens:])
+        x_val, y_val = windows(tokens[len(tokens) - self.n_val_tokens :])
         digest = hashlib.sha256(corpus).hexdigest()[:12]
-        return TaskData(x_train, y_train, x_val, y_val, vocab_size=vocab, n_out=vocab, target="sequence",
-                        accuracy="token", n_train=self.n_train_tokens,
-                        info={"corpus_tokens": len(tokens), "corpus_sha256": digest})
+        return TaskData(
+            x_train,
+            y_train,
+            x_val,
+            y_val,
+            vocab_size=vocab,
+            n_out=vocab,
+            target="sequence",
+            accuracy="token",
+            n_train=self.n_train_tokens,
+            info={"corpus_tokens": len(tokens), "corpus_sha256": digest},
+        )

@@ -15,9 +15,9 @@ from trainers.tasks import IGNORE, STREAM_DATA, STREAM_VAL, TaskData, generator
 class CopyTask(Frozen):
     """Copy `length` random symbols after a separator; only the copy is scored."""
 
-    name: Literal["copy"] = "copy"                       # the file's name
-    d_fields: ClassVar[tuple[str, ...]] = ("n_train",)   # what the grid's D sets
-    sequence_metrics: ClassVar[bool] = True              # exact match and per-token accuracy
+    name: Literal["copy"] = "copy"  # the file's name
+    d_fields: ClassVar[tuple[str, ...]] = ("n_train",)  # what the grid's D sets
+    sequence_metrics: ClassVar[bool] = True  # exact match and per-token accuracy
     language_model: ClassVar[bool] = False
     length: PositiveInt = 8
     n_symbols: int = Field(default=10, ge=2)
@@ -26,15 +26,24 @@ class CopyTask(Frozen):
 
     @property
     def chance_level(self) -> float:
-        return float(self.n_symbols) ** -self.length    # every symbol of the copy right by luck
+        return float(self.n_symbols) ** -self.length  # every symbol of the copy right by luck
 
     def make(self, seed: int) -> TaskData:
         # Validation strings come from their own stream, so they never depend on n_train.
         x_train, y_train = self._sequences(self.n_train, generator(seed, STREAM_DATA))
         x_val, y_val = self._sequences(self.n_val, generator(seed, STREAM_VAL))
-        return TaskData(x_train, y_train, x_val, y_val, vocab_size=self.n_symbols + 1,
-                        n_out=self.n_symbols, target="sequence", accuracy="exact", n_train=self.n_train,
-                        info={"length": self.length})
+        return TaskData(
+            x_train,
+            y_train,
+            x_val,
+            y_val,
+            vocab_size=self.n_symbols + 1,
+            n_out=self.n_symbols,
+            target="sequence",
+            accuracy="exact",
+            n_train=self.n_train,
+            info={"length": self.length},
+        )
 
     def _sequences(self, n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         L = self.length

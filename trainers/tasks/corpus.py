@@ -24,6 +24,16 @@ class CorpusTask(CorpusSettings):
         except CorpusError as err:  # its message starts with the field: name the section too
             raise CorpusError(f"task.{err}") from None
         empty = torch.empty(0, self.seq_len, dtype=torch.long)
-        return TaskData(empty, empty, empty, empty, vocab_size=corpus.vocab_size, n_out=corpus.vocab_size,
-                        target="sequence", accuracy="token", n_train=corpus.n_train, info=corpus.info,
-                        stream=corpus)
+        return TaskData(
+            empty,
+            empty,
+            empty,
+            empty,
+            vocab_size=corpus.vocab_size,
+            n_out=corpus.vocab_size,
+            target="sequence",
+            accuracy="token",
+            n_train=corpus.n_train,
+            info=corpus.info,
+            stream=corpus,
+        )

@@ -69,8 +69,9 @@ class ModularTask(Frozen):
             # b has an inverse mod p for every b != 0 only when p is prime.
             raise invalid("op", f"op 'div' needs a prime p, got {self.p}")
         if self.n_train is not None and self.n_train >= self.n_pairs:
-            raise invalid("n_train", f"n_train must be < the {self.n_pairs} pairs for p={self.p}, "
-                                     f"got {self.n_train}")
+            raise invalid(
+                "n_train", f"n_train must be < the {self.n_pairs} pairs for p={self.p}, got {self.n_train}"
+            )
         return self
 
     @property
@@ -94,5 +95,15 @@ class ModularTask(Frozen):
         n_train = min(max(n_train, 1), len(a) - 1)
         order = torch.randperm(len(a), generator=generator(seed, STREAM_DATA))
         tr, va = order[:n_train], order[n_train:]
-        return TaskData(x[tr], c[tr], x[va], c[va], vocab_size=p + 1, n_out=p, target="last",
-                        accuracy="exact", n_train=n_train, info={"n_pairs": len(a)})
+        return TaskData(
+            x[tr],
+            c[tr],
+            x[va],
+            c[va],
+            vocab_size=p + 1,
+            n_out=p,
+            target="last",
+            accuracy="exact",
+            n_train=n_train,
+            info={"n_pairs": len(a)},
+        )

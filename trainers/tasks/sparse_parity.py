@@ -40,6 +40,15 @@ class SparseParityTask(Frozen):
         # Validation draws fresh samples from its own stream, so it never depends on n_train.
         x_val = torch.randint(0, 2, (self.n_val, self.n_bits), generator=generator(seed, STREAM_VAL))
         parity = lambda x: x[:, support].sum(dim=1) % 2  # noqa: E731
-        return TaskData(x_train, parity(x_train), x_val, parity(x_val), vocab_size=2, n_out=2,
-                        target="last", accuracy="exact", n_train=self.n_train,
-                        info={"support": support.tolist()})
+        return TaskData(
+            x_train,
+            parity(x_train),
+            x_val,
+            parity(x_val),
+            vocab_size=2,
+            n_out=2,
+            target="last",
+            accuracy="exact",
+            n_train=self.n_train,
+            info={"support": support.tolist()},
+        )

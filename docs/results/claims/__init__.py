@@ -7,5 +7,8 @@ function of the page's results dict returning a Verdict (claim.py).
 
 from claims import emergence_parity, grokking_modular, mirage_addition
 
-STUDIES = {"grokking_modular": grokking_modular, "emergence_parity": emergence_parity,
-           "mirage_addition": mirage_addition}
+STUDIES = {
+    "grokking_modular": grokking_modular,
+    "emergence_parity": emergence_parity,
+    "mirage_addition": mirage_addition,
+}

@@ -13,7 +13,10 @@ from collections.abc import Iterable
 
 import numpy as np
 
-USABLE = ("completed", "stopped")  # orchestrator/store/names.py USABLE_STATUSES: runs whose metrics mean what they say
+USABLE = (
+    "completed",
+    "stopped",
+)  # orchestrator/store/names.py USABLE_STATUSES: runs whose metrics mean what they say
 ALPHA = 0.05  # a trend or difference is "measured" when a one-sided test gives p below this
 CHANCE_BAND = 0.1  # "still at chance": within a tenth of the way from chance to perfect accuracy
 
@@ -47,7 +50,7 @@ def curve_rise(steps, val_acc, *, chance: float, threshold: float) -> tuple[floa
     if not hits.size:
         return None, None
     reach = float(steps[hits[0]])
-    near = np.flatnonzero(val[:hits[0]] <= chance + CHANCE_BAND * (1.0 - chance))
+    near = np.flatnonzero(val[: hits[0]] <= chance + CHANCE_BAND * (1.0 - chance))
     return (float(steps[near[-1]]) if near.size else None), reach
 
 
@@ -65,7 +68,7 @@ def trend(x: list[float], y: list[float]) -> tuple[float | None, float | None, f
 
 
 def rate(records: list[dict]) -> str:
-    """"k of n" generalized."""
+    """ "k of n" generalized."""
     return f"{sum(generalized(r) for r in records)} of {len(records)}"
 
 
@@ -78,8 +81,9 @@ def rate_difference(high: list[dict], low: list[dict]) -> tuple[float | None, fl
         return None, None
     hh, lh = sum(map(generalized, high)), sum(map(generalized, low))
     table = [[hh, len(high) - hh], [lh, len(low) - lh]]
-    return float(fisher_exact(table, alternative="greater").pvalue), float(fisher_exact(table,
-                                                                                        alternative="less").pvalue)
+    return float(fisher_exact(table, alternative="greater").pvalue), float(
+        fisher_exact(table, alternative="less").pvalue
+    )
 
 
 def medians_by(records: list[dict], key: str, value: str) -> dict[float, float]:

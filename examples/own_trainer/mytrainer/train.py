@@ -65,8 +65,11 @@ def run(config: RunConfig, report, checkpoint_dir: str) -> dict:
     torch.manual_seed(config.seed)
     x_tr, y_tr, x_va, y_va = make_data(p, config.d, config.seed)
     model = AdditionMLP(p, int(config.model.get("d_embed", 16)), width)
-    opt = torch.optim.AdamW(model.parameters(), lr=float(config.train.get("lr", 3e-3)),
-                            weight_decay=float(config.train.get("weight_decay", 1.0)))
+    opt = torch.optim.AdamW(
+        model.parameters(),
+        lr=float(config.train.get("lr", 3e-3)),
+        weight_decay=float(config.train.get("weight_decay", 1.0)),
+    )
     step, path = 0, Path(checkpoint_dir) / CHECKPOINT
     if path.exists():  # a retry of this run: carry on where its last checkpoint left it
         state = torch.load(path, weights_only=True)
@@ -84,12 +87,23 @@ def run(config: RunConfig, report, checkpoint_dir: str) -> dict:
         if step % config.eval_every == 0 or step == config.steps:
             train_loss, train_acc = evaluate(model, x_tr, y_tr)
             val_loss, val_acc = evaluate(model, x_va, y_va)
-            stop = report({"step": step, "train_loss": train_loss, "train_acc": train_acc,
-                           "val_loss": val_loss, "val_acc": val_acc})
+            stop = report(
+                {
+                    "step": step,
+                    "train_loss": train_loss,
+                    "train_acc": train_acc,
+                    "val_loss": val_loss,
+                    "val_acc": val_acc,
+                }
+            )
             # Saved after its evaluation is reported, so a retry never resumes past an unreported one.
             save_checkpoint(path, model, opt, step)
             if stop:
                 break
     val_loss, val_acc = evaluate(model, x_va, y_va)
-    return {"val_loss": val_loss, "val_acc": val_acc, "n_train": len(y_tr),
-            "n_params": count_params_by_group(model)}
+    return {
+        "val_loss": val_loss,
+        "val_acc": val_acc,
+        "n_train": len(y_tr),
+        "n_params": count_params_by_group(model),
+    }

@@ -29,8 +29,22 @@ from orchestrator.sweep.stopping.rule import (
 from orchestrator.sweep.stopping.run_state import RunState
 from trainers.import_path import is_import_path
 
-__all__ = ["ObjectiveRule", "PhaseRule", "RunInfo", "RunState", "StopRule", "StopRules", "StoppingRule",
-           "clock_group", "clock_step", "decay_clock", "decay_rate", "first_stop", "make_stopping", "stop_reason"]
+__all__ = [
+    "ObjectiveRule",
+    "PhaseRule",
+    "RunInfo",
+    "RunState",
+    "StopRule",
+    "StopRules",
+    "StoppingRule",
+    "clock_group",
+    "clock_step",
+    "decay_clock",
+    "decay_rate",
+    "first_stop",
+    "make_stopping",
+    "stop_reason",
+]
 
 
 def make_stopping(study: Study) -> StoppingRule | None:

@@ -65,8 +65,14 @@ def _shape(train: TrainConfig) -> tuple:
 def _unit(shape: tuple) -> TrainConfig:
     """The schedule at lr 1: lr_at of it is the multiplier of `train.lr`."""
     steps, warmup, schedule, floor, fraction = shape
-    return TrainConfig(steps=steps, warmup_steps=warmup, schedule=schedule, min_lr_fraction=floor,
-                       decay_fraction=fraction, lr=1.0)
+    return TrainConfig(
+        steps=steps,
+        warmup_steps=warmup,
+        schedule=schedule,
+        min_lr_fraction=floor,
+        decay_fraction=fraction,
+        lr=1.0,
+    )
 
 
 @lru_cache(maxsize=1024)

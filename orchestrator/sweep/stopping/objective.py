@@ -54,9 +54,14 @@ class ObjectiveRule(StoppingRule):
             return ()
         # One seed past n x best cannot bring the mean over n seeds below best.
         bound = math.ceil(best * self.n_seeds)
-        return (StopRule(StopKind.OBJECTIVE, f"pruned: no {self.metric} by step {bound}, so it cannot beat the "
-                                             f"cell's best ({best:g})", min_step=bound,
-                         event=STEP_OBJECTIVES[self.metric]),)
+        return (
+            StopRule(
+                StopKind.OBJECTIVE,
+                f"pruned: no {self.metric} by step {bound}, so it cannot beat the cell's best ({best:g})",
+                min_step=bound,
+                event=STEP_OBJECTIVES[self.metric],
+            ),
+        )
 
     def restore(self, run: RunInfo, value: float | None, attrs: Mapping[str, Any]) -> None:
         self.trial_done(run.cell_key, value)

@@ -192,8 +192,9 @@ class PhaseRule(StoppingRule):
         turn, however many runs in flight ask."""
         index = self.indexes.get(group)
         if index is None:
-            index = self.indexes[group] = EvidenceIndex(self.unresolved.get(group, {}).values(),
-                                                        self.generalized.get(group, {}).values())
+            index = self.indexes[group] = EvidenceIndex(
+                self.unresolved.get(group, {}).values(), self.generalized.get(group, {}).values()
+            )
         return index
 
     def rules(self, run: RunInfo) -> StopRules:
@@ -201,14 +202,31 @@ class PhaseRule(StoppingRule):
         have, rate, stalled = _budget(run.train)
         index = self._index(run.group)
         top = index.longest_easier(run.key, run.d_value, rate)
-        if top is not None and have * self.safety < top.clock and \
-                not index.harder_within(run.key, run.d_value, rate, have):
-            out.append(StopRule(StopKind.DECAY_CLOCK, memorized_for=self.memorized_for, reason=(
-                f"pruned: memorized and not generalized {self.memorized_for:g}x later; its whole budget of "
-                f"weight decay (sum lr x wd = {have:.3g}) is under 1/{self.safety:g} of the {top.clock:.3g} "
-                f"that {top.run}, with as much data and decay, went without generalizing")))
+        if (
+            top is not None
+            and have * self.safety < top.clock
+            and not index.harder_within(run.key, run.d_value, rate, have)
+        ):
+            out.append(
+                StopRule(
+                    StopKind.DECAY_CLOCK,
+                    memorized_for=self.memorized_for,
+                    reason=(
+                        f"pruned: memorized and not generalized {self.memorized_for:g}x later; its whole budget of "
+                        f"weight decay (sum lr x wd = {have:.3g}) is under 1/{self.safety:g} of the {top.clock:.3g} "
+                        f"that {top.run}, with as much data and decay, went without generalizing"
+                    ),
+                )
+            )
         if stalled is not None:
-            out.append(StopRule(StopKind.STALLED, stalled_after=stalled, reason=(
-                f"pruned: stalled, train and val accuracy flat over the last half of its steps, past "
-                f"{EQUILIBRIUM_EFOLDS:g} e-folds of weight decay (step {stalled})")))
+            out.append(
+                StopRule(
+                    StopKind.STALLED,
+                    stalled_after=stalled,
+                    reason=(
+                        f"pruned: stalled, train and val accuracy flat over the last half of its steps, past "
+                        f"{EQUILIBRIUM_EFOLDS:g} e-folds of weight decay (step {stalled})"
+                    ),
+                )
+            )
         return tuple(out)

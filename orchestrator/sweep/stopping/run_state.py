@@ -27,7 +27,9 @@ class RunState:
             self.memorized_at = step
         if self.generalized_at is None and record.get("val_acc", -1.0) >= self.val_threshold:
             self.generalized_at = step
-        self.curve.append((step, float(record.get("train_acc", math.nan)), float(record.get("val_acc", math.nan))))
+        self.curve.append(
+            (step, float(record.get("train_acc", math.nan)), float(record.get("val_acc", math.nan)))
+        )
 
     def stalled(self, step: int) -> bool:
         """Training and validation accuracy each gained less than STALL_TOLERANCE from the first

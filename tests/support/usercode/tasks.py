@@ -27,5 +27,15 @@ class Copying(BaseModel):
         x, y = seq[:, :-1], seq[:, 1:].clone()  # (N, 2L) each
         y[:, :L] = IGNORE  # only the copy is scored
         tr, va = slice(0, self.n_train), slice(self.n_train, n)
-        return TaskData(x[tr], y[tr], x[va], y[va], vocab_size=self.n_symbols + 1, n_out=self.n_symbols,
-                        target="sequence", accuracy="exact", n_train=self.n_train, info={"length": L})
+        return TaskData(
+            x[tr],
+            y[tr],
+            x[va],
+            y[va],
+            vocab_size=self.n_symbols + 1,
+            n_out=self.n_symbols,
+            target="sequence",
+            accuracy="exact",
+            n_train=self.n_train,
+            info={"length": L},
+        )
