@@ -143,7 +143,8 @@ def main() -> None:
         print(f"{name:32} {r['ms_per_step']:9.2f} {r['examples_per_s']:12,.0f} {r['gflops']:9.2f}")
     print(f"matmul peak (float32, 2048^3): {out['matmul_peak_gflops']:.1f} GFLOP/s")
     print(
-        f"trainer / plain loop, same arithmetic: {out['speedup_vs_plain_same_arithmetic']:.2f}x (target >= 1.0x)"
+        f"trainer / plain loop, same arithmetic: {out['speedup_vs_plain_same_arithmetic']:.2f}x "
+        "(target >= 1.0x)"
     )
     print(f"trainer / plain loop, all positions:   {out['speedup_vs_plain_all_positions']:.2f}x")
     print(f"trainer fraction of matmul peak:       {out['fraction_of_peak']:.1%}")

@@ -183,9 +183,9 @@ def main() -> None:
             if not args.json:
                 r = rows[-1]
                 print(
-                    f"{size:>5}: N {r['n_params']['total']:,}  trainer {r['trainer_tokens_per_s']:,.0f} tok/s "
-                    f"(MFU {r['trainer_mfu']:.1%})  reference {r['reference_tokens_per_s']:,.0f} tok/s  "
-                    f"ratio {r['ratio']:.3f} (target >= 0.95)",
+                    f"{size:>5}: N {r['n_params']['total']:,}  trainer {r['trainer_tokens_per_s']:,.0f} "
+                    f"tok/s (MFU {r['trainer_mfu']:.1%})  reference {r['reference_tokens_per_s']:,.0f} "
+                    f"tok/s  ratio {r['ratio']:.3f} (target >= 0.95)",
                     flush=True,
                 )
     if args.json:

@@ -95,8 +95,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if window is not None:
         product = len(study.grid.n) * len(study.grid.flops or ())
         print(
-            f"  grid.tokens_per_param [{window.min or 0:g}, {window.max or math.inf:g}] keeps {len(cells)} of the "
-            f"{product} N x C cells"
+            f"  grid.tokens_per_param [{window.min or 0:g}, {window.max or math.inf:g}] keeps {len(cells)} "
+            f"of the {product} N x C cells"
         )
     gpu_hours = 0.0
     for c in cells:
@@ -106,9 +106,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
         budget = f", C = {c.flops_budget:.3g}" if c.flops_budget else ""
         cost = cell_cost(study, c, args.gpu or DEFAULT_GPU)
         print(
-            f"  {c.key}: N = {c.n(study.grid.n_convention):,} ({study.grid.n_convention}), D = {c.n_train:,}, "
-            f"{c.steps:,} steps ({c.epochs:.3g} epochs, {c.train_flops:.3g} training FLOPs){budget}; "
-            f"{cost.describe()}"
+            f"  {c.key}: N = {c.n(study.grid.n_convention):,} ({study.grid.n_convention}), D = "
+            f"{c.n_train:,}, {c.steps:,} steps ({c.epochs:.3g} epochs, {c.train_flops:.3g} training "
+            f"FLOPs){budget}; {cost.describe()}"
         )
         gpu_hours += cost.gpu_hours
     if gpu_hours:

@@ -71,7 +71,10 @@ def task_problem(cls: Any, builtin: bool = False) -> str | None:
     """Why `cls` is not a task class (module docstring), None if it is. A built-in one declares
     its `name`; yours must not (its name is the import path)."""
     if not (isinstance(cls, type) and issubclass(cls, BaseModel)):
-        return f"a task must be a pydantic model class (BaseModel: its fields are the task's settings), got {cls!r}"
+        return (
+            "a task must be a pydantic model class (BaseModel: its fields are the task's settings), "
+            f"got {cls!r}"
+        )
     if builtin and "name" not in cls.model_fields:
         return "a built-in task class needs a field name: Literal['<its name>'] = '<its name>'"
     if not builtin and "name" in cls.model_fields:

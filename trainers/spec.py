@@ -136,7 +136,8 @@ class TrainConfig(Frozen):
                 raise invalid(
                     "warmup_steps",
                     f"schedule 'wsd': warmup_steps ({self.warmup_steps}) + decay steps ({n_decay} = "
-                    f"decay_fraction {self.decay_fraction} x steps {self.steps}) must be <= steps ({self.steps})",
+                    f"decay_fraction {self.decay_fraction} x steps {self.steps}) must be <= steps "
+                    f"({self.steps})",
                 )
         return self
 

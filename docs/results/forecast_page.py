@@ -99,20 +99,20 @@ def page(results: dict, widest: dict, minutes: float | None) -> str:
     lines = [
         "# Forecasting exact match on 3-digit addition through the loss",
         "",
-        f"Made by `docs/results/forecast_page.py` from a real `grokscale run sweeps/forecast_addition.yaml`{took}: "
-        f"{results['runs']} runs, 7 widths (0.6k-49k parameters) x 3 training-set sizes, one run each, 3,000 steps, "
-        "12 evaluations a run.",
+        "Made by `docs/results/forecast_page.py` from a real "
+        f"`grokscale run sweeps/forecast_addition.yaml`{took}: {results['runs']} runs, 7 widths (0.6k-49k "
+        "parameters) x 3 training-set sizes, one run each, 3,000 steps, 12 evaluations a run.",
         "",
-        "The method (Bhagia et al. 2024): step 1 fits the held-out loss L(N, D) = E + A/N^alpha + B/D^beta over "
-        "the runs' final losses; step 2 fits exact match as a sigmoid of the loss over every evaluation of "
-        "the same runs; chained, they forecast exact match at a size not trained. The baseline is a sigmoid "
-        "of exact match fitted directly over log N to the same small runs' final values.",
+        "The method (Bhagia et al. 2024): step 1 fits the held-out loss L(N, D) = E + A/N^alpha + B/D^beta "
+        "over the runs' final losses; step 2 fits exact match as a sigmoid of the loss over every evaluation "
+        "of the same runs; chained, they forecast exact match at a size not trained. The baseline is a "
+        "sigmoid of exact match fitted directly over log N to the same small runs' final values.",
         "",
         f"## Forecast of the {widest['holdout']} largest widths from the {len(widest['fit_sizes'])} smallest",
         "",
-        "Exact match jumps between 4,092 parameters (0.10) and 6,992 (1.00): the three smallest widths are all "
-        "below the jump. The report's own backtests hold out at most half the sizes (its `forecast` section and "
-        "plot); this page holds out every size but the three smallest "
+        "Exact match jumps between 4,092 parameters (0.10) and 6,992 (1.00): the three smallest widths are "
+        "all below the jump. The report's own backtests hold out at most half the sizes (its `forecast` "
+        "section and plot); this page holds out every size but the three smallest "
         "([forecast_addition/below_the_jump.json](forecast_addition/below_the_jump.json)).",
         "",
         f"Fitted on N = {', '.join(f'{n:,.0f}' for n in widest['fit_sizes'])}; every forecast made before "
@@ -124,44 +124,45 @@ def page(results: dict, widest: dict, minutes: float | None) -> str:
         "",
         "| claim | what grokscale measured | agrees? |",
         "|---|---|---|",
-        f"| Bhagia et al. 2024: the two-step chain predicts a larger model's accuracy from small ones (to about 2 "
-        f"points on four of their tasks, about 7 on four others) | mean absolute error {s['chain_mae']:.3f} over "
-        f"{s['n']} held-out runs (worst {s['chain_max']:.3f}); {s['covered']} of {s['n']} inside their 90% "
-        f"intervals | {'**yes**' if s['chain_mae'] <= 0.07 else '**no**'}: within their worse tasks' error"
-        f"{'' if s['chain_mae'] <= 0.07 else ' is not met'} |",
-        f"| This repository's question: does the chain forecast the jump that a direct sigmoid of exact match "
-        f"over N on the small models cannot? | chain {s['chain_mae']:.3f} against direct {direct} (mean absolute "
-        f"error) | {'**yes**' if better else '**no**'}: "
+        "| Bhagia et al. 2024: the two-step chain predicts a larger model's accuracy from small ones (to "
+        "about 2 points on four of their tasks, about 7 on four others) | mean absolute error "
+        f"{s['chain_mae']:.3f} over {s['n']} held-out runs (worst {s['chain_max']:.3f}); {s['covered']} of "
+        f"{s['n']} inside their 90% intervals | {'**yes**' if s['chain_mae'] <= 0.07 else '**no**'}: within "
+        f"their worse tasks' error{'' if s['chain_mae'] <= 0.07 else ' is not met'} |",
+        "| This repository's question: does the chain forecast the jump that a direct sigmoid of exact match "
+        f"over N on the small models cannot? | chain {s['chain_mae']:.3f} against direct {direct} (mean "
+        f"absolute error) | {'**yes**' if better else '**no**'}: "
         f"{'the chain is closer' if better else 'the direct fit is as close or closer here'} |",
-        f"| Whether a forecast may be trusted is decided from the small runs alone | {s['trusted']} of {s['n']} "
-        f"called trustworthy, {s['trusted_covered']} of those inside their intervals; of the {s['n'] - s['trusted']} "
-        f"flagged beforehand, {s['flagged_missed']} missed their interval | "
+        f"| Whether a forecast may be trusted is decided from the small runs alone | {s['trusted']} of "
+        f"{s['n']} called trustworthy, {s['trusted_covered']} of those inside their intervals; of the "
+        f"{s['n'] - s['trusted']} flagged beforehand, {s['flagged_missed']} missed their interval | "
         f"{TRUST_VERDICT[s['unflagged_missed'] == 0]} |",
         "",
         "## What this shows",
         "",
-        "Above the jump the task is solved: the held-out loss falls from about 0.6 nats at 4,092 parameters to "
-        "0.001 at 6,992. A law L(N, D) = E + A/N^alpha + B/D^beta fitted below the jump has no way to see that "
-        "collapse coming, so the chain carries the small models' slow decline forward and forecasts exact match "
-        "near 0.1 where the runs reached 1.0. The small runs say so in advance: step 1 is rejected (see its reasons "
-        "below), so no forecast is called trustworthy. The direct sigmoid over N does better here only because the "
-        "third width, at 0.10, already sits on the rise. Bhagia et al.'s tasks improve smoothly in loss; an "
-        "algorithmic task that is either solved or not, at this scale, is the case their method does not cover, "
-        "and grokscale's checks flag it rather than forecast it.",
+        "Above the jump the task is solved: the held-out loss falls from about 0.6 nats at 4,092 parameters "
+        "to 0.001 at 6,992. A law L(N, D) = E + A/N^alpha + B/D^beta fitted below the jump has no way to see "
+        "that collapse coming, so the chain carries the small models' slow decline forward and forecasts "
+        "exact match near 0.1 where the runs reached 1.0. The small runs say so in advance: step 1 is "
+        "rejected (see its reasons below), so no forecast is called trustworthy. The direct sigmoid over N "
+        "does better here only because the third width, at 0.10, already sits on the rise. Bhagia et al.'s "
+        "tasks improve smoothly in loss; an algorithmic task that is either solved or not, at this scale, is "
+        "the case their method does not cover, and grokscale's checks flag it rather than forecast it.",
         "",
         "## The fits (the report's, over every run)",
         "",
-        f"- Step 2 (every evaluation of the fitted runs): {sig['form']}, a = {sig['a']:.3g}, k = {sig['k']:.3g}, "
-        f"L0 = {sig['L0']:.3g}, b = {sig['b']:.3g}{' (fixed at chance)' if sig['b_fixed'] else ''}; R^2 "
-        f"{sig['r2']:.3f}; {'accepted' if sig['accepted'] else 'rejected: ' + '; '.join(sig['reasons'])}.",
+        f"- Step 2 (every evaluation of the fitted runs): {sig['form']}, a = {sig['a']:.3g}, k = "
+        f"{sig['k']:.3g}, L0 = {sig['L0']:.3g}, b = "
+        f"{sig['b']:.3g}{' (fixed at chance)' if sig['b_fixed'] else ''}; R^2 {sig['r2']:.3f}; "
+        f"{'accepted' if sig['accepted'] else 'rejected: ' + '; '.join(sig['reasons'])}.",
         f"- Step 1 on every run: E = {law['E']:.3g}, A = {law['A']:.3g}, alpha = {law['alpha']:.3g}, "
         f"B = {law['B']:.3g}, beta = {law['beta']:.3g}; "
         f"{'accepted' if law.get('accepted') else 'rejected: ' + '; '.join(law.get('reasons') or [])}.",
         "",
         "![The forecast of the largest widths from the smaller ones](forecast_addition/forecast.png)",
         "",
-        "Raw numbers: [forecast_addition/results.json](forecast_addition/results.json) (`forecast`: the fits, "
-        "every backtest and the forecasts ahead).",
+        "Raw numbers: [forecast_addition/results.json](forecast_addition/results.json) (`forecast`: the "
+        "fits, every backtest and the forecasts ahead).",
         "",
     ]
     return "\n".join(lines)

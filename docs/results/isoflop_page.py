@@ -67,8 +67,8 @@ def findings(iso: dict, env: dict, law: dict) -> list[str]:
         out.append(
             "- The bracketed optima: "
             + "; ".join(
-                f"N_opt {_interval(p, 'N_opt')} at {p['flops']:.2g} FLOPs ({_num(tpp.get(p['flops']))} tokens per "
-                f"parameter)"
+                f"N_opt {_interval(p, 'N_opt')} at {p['flops']:.2g} FLOPs ({_num(tpp.get(p['flops']))} "
+                "tokens per parameter)"
                 for p in inside
             )
             + ". Chinchilla's rule of thumb is ~20 tokens per parameter."
@@ -122,7 +122,10 @@ def design(config: dict) -> str:
     rates = (
         f"the learning rate from the grid {lr['choices']}"
         if lr.get("choices")
-        else f"the learning rate tuned per cell ({search.get('trials_per_cell')} {search.get('sampler')} trials)"
+        else (
+            "the learning rate tuned per cell "
+            f"({search.get('trials_per_cell')} {search.get('sampler')} trials)"
+        )
     )
     window = grid.get("tokens_per_param")
     kept = (
@@ -151,8 +154,8 @@ def rate_edges(runs, config: dict) -> str | None:
         (best[col].astype(float) == min(choices)).sum(),
     )
     return (
-        f"- The best learning rate of a cell is the grid's largest ({max(choices):g}) in {top} of {len(best)} "
-        f"cells and its smallest in {low}: "
+        f"- The best learning rate of a cell is the grid's largest ({max(choices):g}) in {top} of "
+        f"{len(best)} cells and its smallest in {low}: "
         + (
             "the rate's optimum lies above the grid in most cells, so "
             "every size trained below its best rate, and not necessarily by the same amount (the best rate "
@@ -171,8 +174,8 @@ def _edge_budgets(best, col: str, top: float) -> str:
     at_top = best[col].astype(float) == top
     edge = sorted(c for c, all_top in at_top.groupby(budget).all().items() if all_top)
     return (
-        f" At {', '.join(f'{c:.2g}' for c in edge)} FLOPs every size's best rate was the largest: that budget's "
-        f"rates were not bracketed, and its losses are upper bounds."
+        f" At {', '.join(f'{c:.2g}' for c in edge)} FLOPs every size's best rate was the largest: that "
+        "budget's rates were not bracketed, and its losses are upper bounds."
         if edge
         else ""
     )
@@ -209,9 +212,9 @@ def other_convention(runs, config: dict, iso: dict) -> str | None:
         f"grow, so the two counts grow at different rates. "
         + ("Hoffmann et al.'s ~0.5 lies between the two. " if between else "")
         + "Pearce & Song (2024) and Porian et al. (2024) trace much of the gap between Kaplan et al.'s 0.73 "
-        "and Chinchilla's 0.5 to this choice at small scale; Chinchilla counts every parameter, at sizes where "
-        "the embeddings are a small share. At 1e10-1e11 FLOPs neither count is Chinchilla's regime, so neither "
-        "a should be expected to equal 0.5."
+        "and Chinchilla's 0.5 to this choice at small scale; Chinchilla counts every parameter, at sizes "
+        "where the embeddings are a small share. At 1e10-1e11 FLOPs neither count is Chinchilla's regime, so "
+        "neither a should be expected to equal 0.5."
     )
 
 
@@ -255,7 +258,8 @@ def page(results: dict, wall: str, design: str, extra: list[str] = ()) -> str:
         "|---|---|---|---|",
         f"| 1: envelope of training curves | {_interval(env, 'a')} | {_interval(env, 'b')} | "
         f"{env.get('reason') or ''} |",
-        f"| 2: IsoFLOP parabolas | {_interval(iso, 'a')} | {_interval(iso, 'b')} | {iso.get('reason') or ''} |",
+        f"| 2: IsoFLOP parabolas | {_interval(iso, 'a')} | {_interval(iso, 'b')} | "
+        f"{iso.get('reason') or ''} |",
         f"| 3: from L(N, D) | {_interval(law, 'a')} | {_interval(law, 'b')} | "
         f"{law.get('reason') or ('' if law else no_law)} |",
         "",
@@ -265,7 +269,12 @@ def page(results: dict, wall: str, design: str, extra: list[str] = ()) -> str:
         "|---|---|---|---|",
     ]
     for who, a in PUBLISHED:
-        ok = "n/a" if iso.get("a_low") is None else ("yes" if iso["a_low"] <= a <= iso["a_high"] else "no")
+        if iso.get("a_low") is None:
+            ok = "n/a"
+        elif iso["a_low"] <= a <= iso["a_high"]:
+            ok = "yes"
+        else:
+            ok = "no"
         lines.append(f"| {who} | {a} | {_interval(iso, 'a')} | {ok} |")
     lines += [
         "",

@@ -26,9 +26,19 @@ def fmt(check: dict) -> str:
     if check.get("exponent") is None:
         return f"no exponent: {check['reason']}"
     return (
-        f"optimum lr ∝ N^{check['exponent']:+.2f} [{check['exponent_low']:+.2f}, {check['exponent_high']:+.2f}] "
-        f"over {check['n_usable']} widths"
+        f"optimum lr ∝ N^{check['exponent']:+.2f} [{check['exponent_low']:+.2f}, "
+        f"{check['exponent_high']:+.2f}] over {check['n_usable']} widths"
     )
+
+
+def agreement(transfers: bool | None, claimed: bool) -> str:
+    """The claims table's "agrees?" cell: **yes** when the measured verdict (True: transfers, False:
+    does not, None: undecided) is the claimed one, **no** when it is the other one."""
+    if transfers is False:
+        return "**no**" if claimed else "**yes**"
+    if transfers:
+        return "**yes**" if claimed else "**no**"
+    return "undecided"
 
 
 def optima_rows(checks: dict[str, dict]) -> list[str]:
@@ -36,11 +46,10 @@ def optima_rows(checks: dict[str, dict]) -> list[str]:
     by_n: dict[float, dict[str, str]] = {}
     for name, key in GROUPS.items():
         for o in checks[key]["optima"]:
-            cell = (
-                ("at the edge of the searched rates" if o["at_edge"] else "refused: " + str(o["reason"]))
-                if o["optimum"] is None or o["reason"]
-                else f"{o['optimum']:.3g} [{o['low']:.3g}, {o['high']:.3g}]"
-            )
+            if o["optimum"] is None or o["reason"]:
+                cell = "at the edge of the searched rates" if o["at_edge"] else "refused: " + str(o["reason"])
+            else:
+                cell = f"{o['optimum']:.3g} [{o['low']:.3g}, {o['high']:.3g}]"
             by_n.setdefault(o["n"], {})[name] = cell
     for n in sorted(by_n):
         out.append(f"| {n:,.0f} | {by_n[n].get('sp', '-')} | {by_n[n].get('mup', '-')} |")
@@ -56,10 +65,11 @@ def page(results: dict, minutes: float | None) -> str:
     lines = [
         "# μTransfer on byte-level language models: does the best learning rate hold as width grows?",
         "",
-        f"Made by `docs/results/mutransfer_page.py` from a real `grokscale run sweeps/mutransfer_charlm.yaml`{took}: "
-        f"{results['runs']} runs: the `gpt` family at 5 widths spanning 16x (d_model 8 to 128, 2 layers), 7 learning "
-        "rates from 1e-3 to 6.4e-2 at each width, under standard parametrization (sp) and under μP (mup, "
-        "base_width 16), 150 steps each, the objective the best held-out loss.",
+        "Made by `docs/results/mutransfer_page.py` from a real "
+        f"`grokscale run sweeps/mutransfer_charlm.yaml`{took}: {results['runs']} runs: the `gpt` family at 5 "
+        "widths spanning 16x (d_model 8 to 128, 2 layers), 7 learning rates from 1e-3 to 6.4e-2 at each "
+        "width, under standard parametrization (sp) and under μP (mup, base_width 16), 150 steps each, the "
+        "objective the best held-out loss.",
         "",
         "## The optimal learning rate per width",
         "",
@@ -69,16 +79,16 @@ def page(results: dict, minutes: float | None) -> str:
         "",
         "| claim in the paper | what grokscale measured | agrees? |",
         "|---|---|---|",
-        f"| Yang et al. 2022 (Tensor Programs V): under μP the optimal learning rate is stable across width | "
+        "| Yang et al. 2022 (Tensor Programs V): under μP the optimal learning rate is stable across width | "
         f"mup: {fmt(mup)}: {verdict[mup['transfers']]} | "
-        f"{'**yes**' if mup['transfers'] else ('**no**' if mup['transfers'] is False else 'undecided')} |",
+        f"{agreement(mup['transfers'], claimed=True)} |",
         f"| Yang et al. 2022: under standard parametrization it shifts with width | sp: {fmt(sp)}: "
         f"{verdict[sp['transfers']]} | "
-        f"{'**yes**' if sp['transfers'] is False else ('**no**' if sp['transfers'] else 'undecided')} |",
+        f"{agreement(sp['transfers'], claimed=False)} |",
         "",
-        f"Verdict rule (orchestrator/analysis/transfer.py): transfers when the exponent's 90% interval lies within "
-        f"|e| <= {sp['tolerance']:g}; does not when it excludes 0 and lies outside that band; undecided otherwise. "
-        "Both halves of the claim hold here."
+        "Verdict rule (orchestrator/analysis/transfer.py): transfers when the exponent's 90% interval lies "
+        f"within |e| <= {sp['tolerance']:g}; does not when it excludes 0 and lies outside that band; "
+        "undecided otherwise. Both halves of the claim hold here."
         if agrees
         else "The claim does not hold in full here; the table says which half.",
         "",

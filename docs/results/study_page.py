@@ -18,8 +18,9 @@ the real runs' wall times (on the 2-core machine beside other work):
 
     # mirage_addition, 42 runs of 3,000 steps: about 70 min, in two sittings on a heavily loaded machine
     mkdir -p docs/results/mirage_addition/store && cd docs/results/mirage_addition/store
+    widths='{d_model: 4},{d_model: 8},{d_model: 12},{d_model: 16},{d_model: 20},{d_model: 28},{d_model: 44}'
     grokscale run ../../../../sweeps/mirage_addition.yaml --quiet \
-    --set 'grid.n=[{d_model: 4},{d_model: 8},{d_model: 12},{d_model: 16},{d_model: 20},{d_model: 28},{d_model: 44}]' \
+    --set "grid.n=[$widths]" \
     --set train.steps=3000
     cd - && python docs/results/study_page.py mirage_addition docs/results/mirage_addition/store
 
@@ -87,7 +88,7 @@ D_STAR_LITERATURE = (
 )
 
 
-# --- the page's inputs: the report, per-run records, what the run changed, how long it took -----------------------
+# --- the page's inputs: the report, per-run records, what the run changed, how long it took -----------------
 
 
 def page_runs(res, config: dict) -> list[dict]:
@@ -123,11 +124,12 @@ def page_runs(res, config: dict) -> list[dict]:
             rec[k] = number(r.get(k))
         ev = events.loc[r["run_id"]] if events is not None and r["run_id"] in events.index else None
         for k in ("memorization_step", "generalization_step", "phase", "last_step"):
-            rec[k] = (
-                None
-                if ev is None or (k != "phase" and number(ev[k]) is None)
-                else (ev[k] if k == "phase" else float(ev[k]))
-            )
+            if ev is None:
+                rec[k] = None
+            elif k == "phase":
+                rec[k] = ev[k]
+            else:
+                rec[k] = None if number(ev[k]) is None else float(ev[k])
         curve = curves.get(r["run_id"])
         if curve is not None and "val_acc" in curve and rec["val_threshold"] is not None:
             steps = curve["step"].to_numpy(float)
@@ -245,7 +247,7 @@ def _json(value):
     return str(value)
 
 
-# --- the page: a pure function of the results dict -------------------------------------------------------------------
+# --- the page: a pure function of the results dict ----------------------------------------------------------
 
 # Whether a page's verdicts survived the same command on another kind of CPU (its curves are then
 # equal only to float tolerance: README, "Reproduce a run").
@@ -305,15 +307,20 @@ def _cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+def _bound(fit: dict, side: str) -> str:
+    """One end ("low" or "high") of a threshold's interval: "unbounded" where the fit found none."""
+    return "unbounded" if fit.get(f"{side}_unbounded") else fmt(fit.get(side), ",.4g")
+
+
 def _intro(results: dict, module) -> list[str]:
     meta = results["page"]
     t = meta.get("timing") or {}
     wall = "unknown" if t.get("wall_s") is None else f"{t['wall_s'] / 60:.1f} min"
     statuses = ", ".join(f"{v} {k}" for k, v in (results.get("statuses") or {}).items())
     out = [
-        f"Made by `docs/results/study_page.py` from a real `grokscale run sweeps/{meta['study']}.yaml` on the "
-        f"2-core dev machine: {results.get('runs')} runs ({statuses}); wall time {wall} (the study's MLflow "
-        f"parent run, start to end"
+        f"Made by `docs/results/study_page.py` from a real `grokscale run sweeps/{meta['study']}.yaml` on "
+        f"the 2-core dev machine: {results.get('runs')} runs ({statuses}); wall time {wall} (the study's "
+        "MLflow parent run, start to end"
         + (
             f"; the study was stopped and resumed, {t['resumed_runs']} runs restarted "
             f"by the later driver, so this includes the time between the two)"
@@ -351,8 +358,8 @@ def _intro(results: dict, module) -> list[str]:
         out += [
             "",
             f"**This is not the recommended run** (`python docs/results/study_page.py --sets {meta['study']}`"
-            f" gives its overrides: {', '.join(sorted(recommended))}): read its verdicts as a check of the page's "
-            f"machinery, not of the papers.",
+            f" gives its overrides: {', '.join(sorted(recommended))}): read its verdicts as a check of the "
+            "page's machinery, not of the papers.",
         ]
     return out
 
@@ -379,22 +386,21 @@ def _numbers(results: dict) -> list[str]:
             ]
             continue
         out += [
-            f"Emergence threshold over {over} at each {'N' if at == 'n' else 'D'} (analysis/emergence.py: the "
-            f"midpoint of a sigmoid in log {over} of {cs.get('metric')} from chance {fmt(cs.get('chance'))} to its "
-            f"fitted ceiling; not the same as the predictions' D*, the least data at which a run reaches its "
-            f"validation threshold):",
+            f"Emergence threshold over {over} at each {'N' if at == 'n' else 'D'} (analysis/emergence.py: "
+            f"the midpoint of a sigmoid in log {over} of {cs.get('metric')} from chance "
+            f"{fmt(cs.get('chance'))} to its fitted ceiling; not the same as the predictions' D*, the least "
+            "data at which a run reaches its validation threshold):",
             "",
             f"| {'N' if at == 'n' else 'D'} | {over}* | 95% interval | sharp | note |",
             "|---|---|---|---|---|",
         ]
         for f in fits:
-            interval = (
-                ""
-                if f.get("threshold") is None
-                else f"{fmt(f.get('low'), ',.4g') if not f.get('low_unbounded') else 'unbounded'} to "
-                f"{fmt(f.get('high'), ',.4g') if not f.get('high_unbounded') else 'unbounded'}"
-                + (" (censored to the bracket)" if f.get("censored") else "")
-            )
+            if f.get("threshold") is None:
+                interval = ""
+            else:
+                interval = f"{_bound(f, 'low')} to {_bound(f, 'high')}"
+                if f.get("censored"):
+                    interval += " (censored to the bracket)"
             sharp = {True: "yes", False: "no", None: "undecided"}[f.get("sharp")]
             note = f.get("reason") or (f.get("sharp_reason") or "")
             out.append(
@@ -410,8 +416,8 @@ def _numbers(results: dict) -> list[str]:
         ]
         for c in results["mirage"]:
             out.append(
-                f"| {c['discontinuous_metric']} vs {c['continuous_metric']} | {fmt(c.get('group'), ',.0f')} | "
-                f"{c['verdict']} | {_cell(c['reason'])} |"
+                f"| {c['discontinuous_metric']} vs {c['continuous_metric']} | "
+                f"{fmt(c.get('group'), ',.0f')} | {c['verdict']} | {_cell(c['reason'])} |"
             )
         out.append("")
     for name, facets in (results.get("phase_regions") or {}).items():
@@ -458,17 +464,16 @@ def _predictions(results: dict, folder: str) -> list[str]:
         out += ["", "| source | D* as N grows | what grokscale measured | agrees? |", "|---|---|---|---|"]
         for who, direction, what in D_STAR_LITERATURE:
             ours = law.get("direction")
-            ok = (
-                "n/a: no claim over N"
-                if direction is None
-                else "cannot tell: no law"
-                if ours is None
-                else "cannot tell: undecided"
-                if ours == "undecided"
-                else "yes"
-                if ours == direction
-                else "no"
-            )
+            if direction is None:
+                ok = "n/a: no claim over N"
+            elif ours is None:
+                ok = "cannot tell: no law"
+            elif ours == "undecided":
+                ok = "cannot tell: undecided"
+            elif ours == direction:
+                ok = "yes"
+            else:
+                ok = "no"
             out.append(f"| {who} | {direction or 'no claim'}: {_cell(what)} | {ours or 'no law'} | {ok} |")
         out += [
             "",
@@ -486,8 +491,8 @@ def _predictions(results: dict, folder: str) -> list[str]:
             )
             agrees = {True: "yes", False: "no", None: "n/a"}[b.get("agrees")]
             out.append(
-                f"| {b['n']:,.0f} | {p} | {bracket_text(b['observed'], 'D*')} | {fmt(b.get('error'), '+.0%')} | "
-                f"{agrees} |"
+                f"| {b['n']:,.0f} | {p} | {bracket_text(b['observed'], 'D*')} | "
+                f"{fmt(b.get('error'), '+.0%')} | {agrees} |"
             )
         if not cd.get("backtest"):
             out.append(f"| | {_cell(cd.get('backtest_reason', ''))} | | | |")
@@ -509,10 +514,11 @@ def _predictions(results: dict, folder: str) -> list[str]:
     else:
         out.append(
             f"{gs['n_scored']} runs scored: median |error| {fmt(gs.get('median_abs_error'), '.0%')} against "
-            f"{fmt(gs.get('baseline_median_abs_error'), '.0%')} for the baseline (the median step of the pool); "
-            f"outcome inside the predicted interval for {fmt(gs.get('within_interval'), '.0%')}; predicted to "
-            f"generalize but never did: {gs['missed']}; predicted not to but did: {gs['surprised']}. "
-            f"Every prediction, with its outcome: [{folder}/predictions.md]({folder}/predictions.md)."
+            f"{fmt(gs.get('baseline_median_abs_error'), '.0%')} for the baseline (the median step of the "
+            f"pool); outcome inside the predicted interval for {fmt(gs.get('within_interval'), '.0%')}; "
+            f"predicted to generalize but never did: {gs['missed']}; predicted not to but did: "
+            f"{gs['surprised']}. Every prediction, with its outcome: "
+            f"[{folder}/predictions.md]({folder}/predictions.md)."
         )
     out += ["", "### Where the predictions fail", "", *failures(results)]
     return out
@@ -584,8 +590,8 @@ def failures(results: dict) -> list[str]:
             )
         if gs.get("missed"):
             out.append(
-                f"- generalization step: {gs['missed']} run(s) were predicted to generalize within their budget "
-                f"and never did."
+                f"- generalization step: {gs['missed']} run(s) were predicted to generalize within their "
+                "budget and never did."
             )
         if gs.get("surprised"):
             out.append(

@@ -198,8 +198,8 @@ def fit_critical_data(
             **none,
             **base,
             reason=(
-                f"insufficient data: {len(two_sided)} model size(s) with D* bracketed on both sides, the law needs "
-                f"{min_bracketed}" + (f"; censored: {censored}" if censored else "")
+                f"insufficient data: {len(two_sided)} model size(s) with D* bracketed on both sides, the law "
+                f"needs {min_bracketed}" + (f"; censored: {censored}" if censored else "")
             ),
         )
     brackets = tuple(
@@ -221,13 +221,12 @@ def fit_critical_data(
     y = np.log10([p.value for p in two_sided])
     b, a = np.polyfit(x, y, 1)
     b_lo, b_hi = _slope_range(brackets)
-    direction = (
-        "grows"
-        if b_lo is not None and b_lo > 0
-        else "shrinks"
-        if b_hi is not None and b_hi < 0
-        else "undecided"
-    )
+    if b_lo is not None and b_lo > 0:
+        direction = "grows"
+    elif b_hi is not None and b_hi < 0:
+        direction = "shrinks"
+    else:
+        direction = "undecided"
     return CriticalDataLaw(
         exponent=Estimate(float(b), b_lo, b_hi),
         log10_prefactor=float(a),

@@ -196,7 +196,12 @@ def emergence_threshold(
     scales, inverse = np.unique(x, return_inverse=True)
     groups = [y[inverse == i] for i in range(scales.size)]
     means = _aggregate(groups, agg)
-    floor = sign * chance if chance is not None else (float(means.min()) if means.size else np.nan)
+    if chance is not None:
+        floor = sign * chance
+    elif means.size:
+        floor = float(means.min())
+    else:
+        floor = np.nan
     cap = None if best_value is None else sign * best_value
     base = dict(
         low=None,
@@ -339,7 +344,12 @@ def critical_sizes(
     higher = kwargs.get("higher_is_better", True)
     if chance is None and len(table):
         cells = table.groupby([n_col, d_col])[metric]
-        values = cells.mean() if agg == "mean" else (cells.max() if higher else cells.min())
+        if agg == "mean":
+            values = cells.mean()
+        elif higher:
+            values = cells.max()
+        else:
+            values = cells.min()
         chance = float(values.min() if higher else values.max())
     fits = {}
     for fixed, over in ((n_col, d_col), (d_col, n_col)):

@@ -116,7 +116,10 @@ def fit_envelope(
     )
     sizes = np.unique(env_n[:n_grid]).size
     if sizes < min_sizes:
-        reason = f"insufficient data: the envelope passes through {sizes} model size(s); a power law needs {min_sizes}"
+        reason = (
+            f"insufficient data: the envelope passes through {sizes} model size(s); "
+            f"a power law needs {min_sizes}"
+        )
         return EnvelopeFit(
             **result, frontier=no_frontier("envelope", flops_per_token, n_grid, ci, reason, points)
         )

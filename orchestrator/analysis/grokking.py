@@ -126,12 +126,19 @@ def grokking_phases(
     out["grokking_ratio"] = [_delay_ratio(_step(m), _step(g))[1] for m, g in zip(mem, gen)]
     phases = [grokking_phase(m, g, min_ratio=min_ratio, min_delay=min_delay) for m, g in zip(mem, gen)]
     if status_col is not None and status_col in out.columns:
-        phases = [
-            None if s == "failed" else ("confusion" if s == "diverged" else p)
-            for p, s in zip(phases, out[status_col])
-        ]
+        phases = [_phase_given_status(p, s) for p, s in zip(phases, out[status_col])]
     out["phase"] = phases
     return out
+
+
+def _phase_given_status(phase: Phase | None, status) -> Phase | None:
+    """A failed run has no phase (it says nothing about learning), a diverged one is in
+    confusion; any other run keeps the phase of its event steps."""
+    if status == "failed":
+        return None
+    if status == "diverged":
+        return "confusion"
+    return phase
 
 
 def curve_events(

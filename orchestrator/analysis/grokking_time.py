@@ -246,7 +246,8 @@ def _predict(
 
 
 def _reach(steps: np.ndarray, clock: np.ndarray, target: float) -> float | None:
-    """The first step at which the clock reaches target (linear between samples); None: not within the steps."""
+    """The first step at which the clock reaches target (linear between samples); None: not within
+    the steps."""
     if target > clock[-1]:
         return None
     i = int(np.searchsorted(clock, target, side="left"))

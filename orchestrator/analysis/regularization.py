@@ -169,13 +169,12 @@ def param_importances(
                 value=float(trials[value_col].iloc[i]),
             )
         )
-    chosen = (
-        optuna.importance.FanovaImportanceEvaluator(seed=seed)
-        if evaluator == "fanova"
-        else optuna.importance.PedAnovaImportanceEvaluator()
-        if evaluator == "pedanova"
-        else None
-    )
+    if evaluator == "fanova":
+        chosen = optuna.importance.FanovaImportanceEvaluator(seed=seed)
+    elif evaluator == "pedanova":
+        chosen = optuna.importance.PedAnovaImportanceEvaluator()
+    else:
+        chosen = None
     if chosen is None:
         raise ValueError(f"evaluator must be 'fanova' or 'pedanova', got {evaluator!r}")
     verbosity = optuna.logging.get_verbosity()

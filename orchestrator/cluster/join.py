@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"grokscale: {err}", file=sys.stderr)
         return 1
     print(
-        f"grokscale: {alive} node(s) in the Ray cluster at {args.address} after {time.monotonic() - start:.0f} s"
+        f"grokscale: {alive} node(s) in the Ray cluster at {args.address} after "
+        f"{time.monotonic() - start:.0f} s"
     )
     return 0
 

@@ -1,6 +1,7 @@
 """`grokscale fit`: the analysis fits on any CSV, one row per run.
 
-  grokscale fit scaling FILE.csv --n-col N --d-col D --loss-col L [--flops C ...] [--flops-per-token K] [--json]
+  grokscale fit scaling FILE.csv --n-col N --d-col D --loss-col L [--flops C ...] [--flops-per-token K]
+                                 [--json]
   grokscale fit isoflop FILE.csv --n-col N --flops-col C --loss-col L [--flops-per-token K] [--json]
   grokscale fit emergence FILE.csv --x-col X --y-col Y [--group-col G] [--chance C] [--json]
   grokscale fit downstream FILE.csv --n-col N --d-col D --loss-col L --metric-col M --at N:D [--at ...]
@@ -315,8 +316,8 @@ def cmd_isoflop(args: argparse.Namespace) -> int:
         print(
             f"backtest, fitted on the {bt['n_budgets']} smaller budgets, at C = {_num(bt['flops'])}: "
             f"N_opt {_num(bt['N_opt_predicted'])} predicted vs {_num(bt['N_opt_observed'])} observed "
-            f"({bt['N_opt_error']:+.1%}); L_opt {_num(bt['L_opt_predicted'])} vs {_num(bt['L_opt_observed'])} "
-            f"({bt['L_opt_error']:+.1%})"
+            f"({bt['N_opt_error']:+.1%}); L_opt {_num(bt['L_opt_predicted'])} vs "
+            f"{_num(bt['L_opt_observed'])} ({bt['L_opt_error']:+.1%})"
         )
     return 0
 
@@ -406,11 +407,12 @@ def cmd_emergence(args: argparse.Namespace) -> int:
     for r in rows:
         bracket = "" if r["bracket"] is None else f"{_num(r['bracket'][0])} - {_num(r['bracket'][1])}"
         ci = "" if r["low"] is None else f"{_num(r['low'])} - {_num(r['high'])}"
-        sharp = (
-            ""
-            if r["threshold"] is None
-            else (f"yes ({r['evidence']:.3g})" if r["sharp"] else f"no ({r['evidence']:.3g})")
-        )
+        if r["threshold"] is None:
+            sharp = ""
+        elif r["sharp"]:
+            sharp = f"yes ({r['evidence']:.3g})"
+        else:
+            sharp = f"no ({r['evidence']:.3g})"
         table.add_row(
             *([str(r["group"])] if args.group_col else []), _num(r["threshold"]) or "none", ci, bracket, sharp
         )

@@ -407,8 +407,8 @@ def rung_header(args: argparse.Namespace, plan: ComputePlan, shape, best: CellBe
         f"N_opt {_iv(plan.N_opt)}, D_opt {_iv(plan.D_opt)} tokens, forecast min_val_loss "
         f"{_iv(plan.L_opt, '.4f')}.",
         f"The shape {shape.shape} has N = {getattr(shape.n_params, shape.convention):,} "
-        f"({_signed_error(shape, plan.N_opt.value):+.1%} from N_opt); the tuned values {best.params or 'none'} "
-        f"are those of the finished cell {best.key}.",
+        f"({_signed_error(shape, plan.N_opt.value):+.1%} from N_opt); the tuned values "
+        f"{best.params or 'none'} are those of the finished cell {best.key}.",
         f"Train it with `grokscale run {args.out}` and set its min_val_loss against the forecast.",
     ]
     return "".join(f"# {part}\n" for line in lines for part in textwrap.wrap(line, 100))

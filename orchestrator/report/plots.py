@@ -306,15 +306,14 @@ def plot_mirage(
         ax.set_xscale("log")
         ax.set_xlabel(label(x_col) + ", log scale")
         ax.set_ylabel(label(metric))
-        state = (
-            "no threshold"
-            if fit.threshold is None
-            else "sharpness: insufficient data"
-            if fit.sharp is None
-            else "sharp jump"
-            if fit.sharp
-            else "smooth"
-        )
+        if fit.threshold is None:
+            state = "no threshold"
+        elif fit.sharp is None:
+            state = "sharpness: insufficient data"
+        elif fit.sharp:
+            state = "sharp jump"
+        else:
+            state = "smooth"
         if fit.threshold is None and fit.reason:
             ax.text(
                 0.02,
@@ -329,13 +328,12 @@ def plot_mirage(
         ax.set_title(f"{metric}: {state}{evidence}", fontsize=10)
         ax.legend(fontsize=8, loc="best")
         ax.grid(alpha=0.3)
-    group = (
-        ""
-        if check.group is None
-        else f" (at D = {check.group:g})"
-        if isinstance(check.group, (int, float))
-        else f" (at {check.group})"
-    )
+    if check.group is None:
+        group = ""
+    elif isinstance(check.group, (int, float)):
+        group = f" (at D = {check.group:g})"
+    else:
+        group = f" (at {check.group})"
     fig.suptitle(title or f"Mirage check{group}: verdict '{check.verdict}'")
     return save(fig, path)
 
@@ -393,7 +391,12 @@ def readable_log_ticks(axis) -> None:
 
     lo, hi = sorted(axis.get_view_interval())
     decades = np.log10(hi / lo) if lo > 0 else np.inf
-    subs = np.arange(1.0, 10.0) if decades <= 1 else (1.0, 2.0, 5.0) if decades <= 2 else (1.0,)
+    if decades <= 1:
+        subs = np.arange(1.0, 10.0)
+    elif decades <= 2:
+        subs = (1.0, 2.0, 5.0)
+    else:
+        subs = (1.0,)
     axis.set_major_locator(LogLocator(base=10, subs=subs))
     axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     axis.set_minor_formatter(NullFormatter())
@@ -440,7 +443,8 @@ def _cell_points(ns: np.ndarray, ds: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 
 def _cell_sizes(ns: np.ndarray, ds: np.ndarray, points: Sequence[tuple[float, float]]) -> np.ndarray:
-    """Marker sizes (points) that fit inside each point's heatmap cell: 70% of its smaller side, at most 20."""
+    """Marker sizes (points) that fit inside each point's heatmap cell: 70% of its smaller side, at
+    most 20."""
     widths, heights = _cell_points(ns, ds)
     return np.asarray(
         [

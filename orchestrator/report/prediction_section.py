@@ -114,8 +114,8 @@ def generalization_step(inp: Inputs, phases: pd.DataFrame) -> dict:
     train = dict(inp.config.get("train") or {})
     if {"tokens", "epochs"} & set(train):
         return {
-            "reason": "the study sets its length in tokens or epochs: each run's steps, and so its decay clock, "
-            "are not in the runs table"
+            "reason": "the study sets its length in tokens or epochs: each run's steps, and so its decay "
+            "clock, are not in the runs table"
         }
     table = phases.copy()
     for col in (
@@ -195,9 +195,14 @@ def markdown(out: dict, inp: Inputs) -> str:
                 else f"none: {b['reason']}"
             )
             err = "" if b["error"] is None else f"{b['error']:+.1%}"
+            if b["agrees"] is None:
+                agrees = ""
+            elif b["agrees"]:
+                agrees = "yes"
+            else:
+                agrees = "no"
             lines.append(
-                f"| {b['n']:,.0f} | {fitted} | {pred} | {bracket_text(b['observed'])} | {err} | "
-                f"{'' if b['agrees'] is None else 'yes' if b['agrees'] else 'no'} |"
+                f"| {b['n']:,.0f} | {fitted} | {pred} | {bracket_text(b['observed'])} | {err} | {agrees} |"
             )
         if not cd["backtest"]:
             lines.append(f"| | | {cd.get('backtest_reason', '')} | | | |")
@@ -217,15 +222,16 @@ def markdown(out: dict, inp: Inputs) -> str:
     lines.append(
         f"Scored runs (generalized, predicted): {gs['n_scored']}; median |error| clock "
         f"{_pct(gs['median_abs_error'])}, baseline (median step of the pool) "
-        f"{_pct(gs['baseline_median_abs_error'])}; outcome inside the interval {_pct(gs['within_interval'])}; "
-        f"predicted to generalize but never did: {gs['missed']}; predicted not to but did: {gs['surprised']}."
-        + (f" {gs['reason']}." if gs.get("reason") else "")
+        f"{_pct(gs['baseline_median_abs_error'])}; outcome inside the interval "
+        f"{_pct(gs['within_interval'])}; predicted to generalize but never did: {gs['missed']}; predicted "
+        f"not to but did: {gs['surprised']}." + (f" {gs['reason']}." if gs.get("reason") else "")
     )
     if gs.get("n_immediate"):
         lines.append(
-            f"\n{gs['n_immediate']} of the scored runs generalized at the evaluation at which they memorized: "
-            f'the clock\'s "now" is trivially right for them. Over the {gs["n_scored"] - gs["n_immediate"]} '
-            f"that generalized later: clock {_pct(gs.get('late_median_abs_error'))}, baseline "
+            f"\n{gs['n_immediate']} of the scored runs generalized at the evaluation at which they "
+            'memorized: the clock\'s "now" is trivially right for them. '
+            f"Over the {gs['n_scored'] - gs['n_immediate']} that generalized later: clock "
+            f"{_pct(gs.get('late_median_abs_error'))}, baseline "
             f"{_pct(gs.get('late_baseline_median_abs_error'))}."
         )
     lines += [
@@ -234,13 +240,12 @@ def markdown(out: dict, inp: Inputs) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for p in gs["predictions"]:
-        pred = (
-            ""
-            if p["predicted"] is None and p["reason"]
-            else "not within budget"
-            if p["predicted"] is None
-            else f"{p['predicted']:,.0f} [{_g(p['low'])}, {_g(p['high'])}]"
-        )
+        if p["predicted"] is None and p["reason"]:
+            pred = ""
+        elif p["predicted"] is None:
+            pred = "not within budget"
+        else:
+            pred = f"{p['predicted']:,.0f} [{_g(p['low'])}, {_g(p['high'])}]"
         obs = "never" if p["observed"] is None else f"{p['observed']:,.0f}"
         err = "" if p["error"] is None else f"{p['error']:+.1%}"
         base = "" if p["baseline_error"] is None else f"{p['baseline_error']:+.1%}"

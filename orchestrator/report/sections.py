@@ -250,11 +250,11 @@ def refinement_markdown(refine: dict, scales: dict) -> str:
     out = [
         "## Refinement (grid.refine)",
         "",
-        f"Thresholds over {scale} at each {line}: {len(added)} cells added in {refine.get('rounds', 0)} rounds "
-        f"(budget {refine.get('max_cells')}), each at the geometric midpoint of a bracket whose threshold "
-        f"interval was wider than {_num(refine.get('width_decades'))} decades; {resolved} of {len(lines)} "
-        f"thresholds ended narrower than that. Added cells are marked in the table above (origin), and with "
-        f"hollow diamonds in emergence_heatmap.png and metric_vs_n.png.",
+        f"Thresholds over {scale} at each {line}: {len(added)} cells added in {refine.get('rounds', 0)} "
+        f"rounds (budget {refine.get('max_cells')}), each at the geometric midpoint of a bracket whose "
+        f"threshold interval was wider than {_num(refine.get('width_decades'))} decades; {resolved} of "
+        f"{len(lines)} thresholds ended narrower than that. Added cells are marked in the table above "
+        "(origin), and with hollow diamonds in emergence_heatmap.png and metric_vs_n.png.",
         "",
     ]
     if added:
@@ -271,12 +271,12 @@ def refinement_markdown(refine: dict, scales: dict) -> str:
             "|---|---|---|---|---|",
         ]
         for x in lines:
-            interval = (
-                ""
-                if x.get("threshold") is None
-                else f"{_num(x.get('low'), 'unbounded')} to {_num(x.get('high'), 'unbounded')}"
-                + (" (censored)" if x.get("censored") else "")
-            )
+            if x.get("threshold") is None:
+                interval = ""
+            else:
+                interval = f"{_num(x.get('low'), 'unbounded')} to {_num(x.get('high'), 'unbounded')}"
+                if x.get("censored"):
+                    interval += " (censored)"
             out.append(
                 f"| {_num(x.get('line'))} | {_num(x.get('threshold'), 'none')} | {interval} "
                 f"| {_num(x.get('interval_decades'))} | {x.get('stop', '')} |"

@@ -69,17 +69,22 @@ def origin(part: pd.DataFrame) -> str:
     return f"added ({rounds.iloc[0]})" if len(rounds) else "grid"
 
 
+def _cell(value) -> str:
+    """A value as the markdown table shows it: blank if missing, floats to 4 significant digits."""
+    if pd.isna(value):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
 def markdown(table: pd.DataFrame) -> str:
     if table.empty:
         return "(no runs)\n"
     cols = list(table.columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, r in table.iterrows():
-        lines.append(
-            "| "
-            + " | ".join("" if pd.isna(v) else (f"{v:.4g}" if isinstance(v, float) else str(v)) for v in r)
-            + " |"
-        )
+        lines.append("| " + " | ".join(_cell(v) for v in r) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -5,7 +5,7 @@ runs in one transaction (`SqlWrites.apply`).
 Why: for a short run MLflow's calls through MlflowClient cost more CPU than the rest of the
 driver, most of it in SQLAlchemy's Python layer (sessions, PRAGMAs, each run read back); the same
 rows as plain SQL cost a small fraction (bench_tiny_runs.py measures both). `RestWrites`
-(tracker.py) is the same idea for a tracking server: MLflow's own REST API as plain JSON.
+(rest_writes.py) is the same idea for a tracking server: MLflow's own REST API as plain JSON.
 PostgreSQL (`tracking.uri: postgresql://...`, the database behind a lab's `mlflow server`): the
 same rows through psycopg2, a batch's points by COPY; a driver that may reach the database writes
 to it directly (bench_driver_scale.py --store database) and the server still serves the UI.
@@ -48,6 +48,8 @@ from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME, MLFLOW_USER
 from mlflow.utils.uri import append_to_uri_path
 
 from orchestrator.store.keys import check_batch, metric_value
+from orchestrator.store.queue import Op
+from orchestrator.store.writes import evaluation_points
 
 # The columns of the tables written, as MLflow 2.16 to 3.17 create them.
 SCHEMA = {
@@ -73,6 +75,7 @@ SCHEMA = {
     "latest_metrics": {"key", "value", "timestamp", "step", "is_nan", "run_uuid"},
 }
 MAX_FLOAT = 1.7976931348623157e308  # MLflow stores +-inf as +-the largest double
+POSTGRES_LANES = 2
 SELECT_CHUNK = 500  # keys in one IN (...): SQLite allows 32,766 variables, older builds 999
 
 
@@ -318,17 +321,26 @@ RunWrite = NewRun | RunBatch | RunEnd
 
 
 class SqlWrites:
-    """Runs' writes (`NewRun`, `RunBatch`, `RunEnd`) on a SQLite or PostgreSQL MLflow store, any
-    number of them in one transaction (`apply`): the tracker's writer thread sends every write
-    queued since its last turn at once, so a turn costs a few statements whatever the number of
-    runs (one transaction a run was the driver's largest cost at 1,000 runs in flight).
-    One connection per thread (the driver's and the tracker's writer thread)."""
+    """The `Writes` (writes.py) of a SQLite or PostgreSQL MLflow store: runs' writes (`NewRun`,
+    `RunBatch`, `RunEnd`) as data, any number of them in one transaction (`apply`). The tracker's
+    writer thread sends every write queued since its last turn at once, so a turn costs a few
+    statements whatever the number of runs (one transaction a run was the driver's largest cost at
+    1,000 runs in flight). One connection per thread (the driver's and each writer thread's)."""
 
     def __init__(self, dialect: Dialect, client: Any) -> None:
         self.dialect, self.client = dialect, client
         self.local = threading.local()
         self.artifact_roots: dict[str, str] = {}  # experiment id -> its artifact location
         self.encode_metrics: Callable[[list[tuple]], str | bytes] = copy_text  # COPY's input (PostgreSQL)
+        self.points_sent = 0
+        self._counting = threading.Lock()  # the lanes' threads count into one number
+
+    @property
+    def lanes(self) -> int:
+        """Connections writing runs' rows at once, each with its own runs: into PostgreSQL a second
+        backend nearly doubles the points a second it ingests (bench_driver_scale.py --store
+        database); a SQLite file takes one writer at a time."""
+        return POSTGRES_LANES if self.dialect.name == "postgresql" else 1
 
     @classmethod
     def of(cls, client: Any, uri: str) -> SqlWrites | None:
@@ -422,6 +434,23 @@ class SqlWrites:
     def set_terminated(self, run_id: str, status: str, end_time: int) -> None:
         self.apply([RunEnd(run_id, status, end_time)])
 
+    # -- queued: as data, sent with the writes queued beside it ---------------------------------
+    def queued_create(self, experiment_id: str, tags: dict[str, str], name: str) -> tuple[Run, Op]:
+        run, write = self.new_run(experiment_id, tags, name)
+        return run, Op(write)
+
+    def queued_batch(self, run_id: str, metrics=(), params=(), tags=()) -> Op:
+        return Op(RunBatch(run_id, metrics, params, tags))
+
+    def queued_end(self, run_id: str, status: str, end_time: int) -> Op:
+        return Op(RunEnd(run_id, status, end_time))
+
+    def send(self, data: Sequence[RunWrite]) -> None:
+        self.apply(data)
+        points = sum(evaluation_points(w.metrics) for w in data if isinstance(w, RunBatch))
+        with self._counting:
+            self.points_sent += points
+
     # -- any number of writes, one transaction --------------------------------------------------
     def apply(self, writes: Sequence[RunWrite]) -> None:
         """The writes, in one transaction, with what they would make one after another: a tag set
@@ -449,7 +478,10 @@ class SqlWrites:
                     if isinstance(value, str):
                         raise MlflowException(f"metric {key}: {value}", INVALID_PARAMETER_VALUE)
                 nan = math.isnan(value)
-                value = 0.0 if nan else math.copysign(MAX_FLOAT, value) if math.isinf(value) else value
+                if nan:
+                    value = 0.0
+                elif math.isinf(value):
+                    value = math.copysign(MAX_FLOAT, value)
                 points[(key, value, int(timestamp), int(step), nan, w.run_id)] = None
             tags.update(((w.run_id, t.key), t.value) for t in w.tags)
         with self._transaction() as db:

@@ -9,9 +9,9 @@ import optuna
 from optuna.trial import TrialState
 
 from orchestrator.store import names
+from orchestrator.store.trials import read_storage
 from orchestrator.study import Study, redact_url
 from orchestrator.study.grid import Cell
-from orchestrator.sweep.search import read_storage
 
 MAX_PLAIN_WIDTH = 100_000  # the widest a table printed to a non-terminal may be (no terminal to fit)
 COLUMNS = ("cell", "N", "D", "complete", "pruned", "running", "queued", "failed", "best value", "best params")

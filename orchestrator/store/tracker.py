@@ -17,12 +17,9 @@ What it guarantees:
 - Evaluations are buffered per run and sent in batches of up to MLFLOW_BATCH points, a run's
   live curve at most LIVE_S behind: one batch per run per tick was the driver's bottleneck at
   1,000 runs in flight.
-- The hot writes (create, log_batch, terminate) skip MlflowClient where its overhead dominates,
-  and only on the MLflow releases they were tested with (versions.py): against a tracking
-  server as plain JSON to MLflow's REST API (`RestWrites`), into a SQLite or PostgreSQL store
-  as plain SQL (`SqlWrites`, sql_writes.py), queued as data (`Op`) so that everything queued
-  since the writer's last turn is one transaction. bench_tiny_runs.py and bench_driver_scale.py
-  measure them against MlflowClient.
+- The hot writes (create, log_batch, terminate) go through one `Writes` (writes.py), chosen once
+  the store exists: MlflowClient, plain JSON to a tracking server, or plain SQL into a SQLite or
+  PostgreSQL store. The rest (the parent run, artifacts, reads) goes through MlflowClient.
 - A SQLite store on a local disk is in write-ahead-log mode (`use_wal`): one sync per commit
   instead of several, as durable (synchronous stays FULL).
 """
@@ -45,11 +42,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import requests
 import yaml
-from mlflow.entities import Metric, Run, RunTag
-from mlflow.exceptions import MlflowException, RestException, get_error_code
-from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, ErrorCode
+from mlflow.entities import RunTag
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
 
@@ -59,9 +53,9 @@ from orchestrator.store.names import RunStatus, tag_equals
 from orchestrator.store.queue import Call, Op, WriteLane, WriteQueue, answer, describe
 from orchestrator.store.redact import scrub, scrub_text, secrets_in
 from orchestrator.store.results import all_runs
-from orchestrator.store.sql_writes import RunBatch, RunEnd, RunWrite, SqlWrites
 from orchestrator.store.versions import fast_path
-from orchestrator.study import Study, redact_url
+from orchestrator.store.writes import ClientWrites, Writes, choose_writes
+from orchestrator.study import Study
 from orchestrator.study.preflight import network_filesystem, sqlite_path
 
 log = logging.getLogger(__name__)
@@ -79,84 +73,6 @@ HTTP_FAIL_FAST = {
 MLFLOW_BATCH = 1000  # MLflow's limit of metrics in one log_batch (keys.batches splits by its limits)
 REASON_CHARS = 5000  # of a failure's reason (a traceback): its last lines, which name the error
 LIVE_S = 2.0  # a run's buffered evaluations are sent once this old (or a whole batch, or at its end)
-# Connections writing runs' rows into a PostgreSQL store at once, each with its own runs: a second
-# backend nearly doubles the points a second it ingests (bench_driver_scale.py --store database).
-# A SQLite file takes one writer at a time: one lane.
-SQL_LANES = 2
-
-
-class RestWrites:
-    """log_batch and update_run against a tracking server, as JSON bodies on one HTTP session,
-    with the client's own credentials and request headers (resolved once)."""
-
-    def __init__(self, uri: str, creds: Any) -> None:
-        from mlflow.tracking.request_header.registry import resolve_request_headers
-
-        self.base = uri.rstrip("/") + "/api/2.0/mlflow/"
-        self.session = requests.Session()
-        self.session.headers.update(resolve_request_headers())
-        if creds.username and creds.password:
-            self.session.auth = (creds.username, creds.password)
-        elif creds.token:
-            self.session.headers["Authorization"] = f"Bearer {creds.token}"
-        self.session.verify = False if creds.ignore_tls_verification else (creds.server_cert_path or True)
-        if creds.client_cert_path:
-            self.session.cert = creds.client_cert_path
-        self.timeout = float(os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT", "20"))
-
-    @classmethod
-    def of(cls, client: MlflowClient, uri: str) -> RestWrites | None:
-        """For an http(s) tracking URI whose client speaks plain REST; None otherwise."""
-        store = getattr(getattr(client, "_tracking_client", None), "store", None)
-        get_creds = getattr(store, "get_host_creds", None)
-        if not uri.startswith(("http://", "https://")) or get_creds is None:
-            return None
-        creds = get_creds()
-        return None if getattr(creds, "use_databricks_sdk", False) else cls(uri, creds)
-
-    def _post(self, endpoint: str, body: dict) -> dict:
-        r = self.session.post(self.base + endpoint, json=body, timeout=self.timeout)
-        try:
-            answer = r.json()
-        except ValueError:  # a proxy's page, not MLflow's answer: its HTTP status says what it was
-            answer = {
-                "error_code": ErrorCode.Name(get_error_code(r.status_code)),
-                "message": f"{endpoint}: HTTP {r.status_code}: {r.text[:500]}",
-            }
-            if r.status_code == 200:
-                raise MlflowException(answer["message"]) from None
-        if r.status_code != 200:
-            raise RestException(answer)  # its error code gives the HTTP status `refused` reads
-        return answer
-
-    def log_batch(self, run_id: str, metrics=(), params=(), tags=()) -> None:
-        self._post(
-            "runs/log-batch",
-            {
-                "run_id": run_id,
-                "metrics": [{"key": k, "value": v, "timestamp": t, "step": s} for k, v, t, s in metrics],
-                "params": [{"key": p.key, "value": p.value} for p in params],
-                "tags": [{"key": t.key, "value": t.value} for t in tags],
-            },
-        )
-
-    def set_terminated(self, run_id: str, status: str, end_time: int) -> None:
-        self._post("runs/update", {"run_id": run_id, "status": status, "end_time": end_time})
-
-    def create_run(self, experiment_id: str, tags: dict[str, str], name: str) -> Run:
-        from google.protobuf.json_format import ParseDict
-        from mlflow.protos.service_pb2 import CreateRun
-
-        answer = self._post(
-            "runs/create",
-            {
-                "experiment_id": experiment_id,
-                "start_time": int(time.time() * 1000),
-                "run_name": name,
-                "tags": [{"key": k, "value": v} for k, v in tags.items()],
-            },
-        )
-        return Run.from_proto(ParseDict(answer, CreateRun.Response(), ignore_unknown_fields=True).run)
 
 
 def git_commit() -> str | None:
@@ -202,15 +118,11 @@ class Tracker:
             for name, value in HTTP_FAIL_FAST.items():
                 os.environ.setdefault(name, value)
         self.client = client or MlflowClient(tracking_uri=study.tracking.uri)
-        # The hot writes (create, log_batch, terminate) without MlflowClient's overhead: plain JSON to
-        # a tracking server, plain SQL into a SQLite store of the schema it knows (set in `open`,
-        # once MLflow has made the store's tables); else the client. Only on tested MLflow releases.
-        self.fast = fast_path("mlflow")
-        self.direct: RestWrites | SqlWrites | None = None
-        if self.fast:
-            self.direct = RestWrites.of(self.client, study.tracking.uri)
-        # One lane (queue and writer thread) per database connection; a run's writes all go by
-        # one lane, in order. Several only into PostgreSQL (`_open`).
+        # The hot writes: MlflowClient's until `open` chooses them, once MLflow has made the store.
+        self.writes: Writes = ClientWrites(self.client)
+        self.chosen = False
+        # One lane (queue and writer thread) per writer connection the writes take; a run's writes
+        # all go by one lane, in order (`_open` makes them).
         self.lanes = [WriteLane(self._send_ops, on_failure=self._write_failed)]
         self.buffered: dict[str, list[tuple[str, float, int, int]]] = {}  # run id -> (key, value, ms, step)
         self.buffered_at: dict[str, float] = {}  # run id -> when its oldest buffered point came
@@ -221,8 +133,6 @@ class Tracker:
         # finished run's is dropped (a Run with its tags is kilobytes: O(runs in flight), not done)
         self.children: dict[str, Any] = {}
         self.key_of: dict[str, str] = {}  # run id -> run key, runs in flight
-        self.points_sent = 0  # evaluation metric points the store accepted (bench_driver_scale.py)
-        self.counting = threading.Lock()
         self.metric_keys: set[str] = set()  # metric names MLflow takes (keys.key_problem), seen so far
         self.dropped: dict[str, dict[str, str]] = {}  # run id -> "metric <key>" -> why, runs in flight
         self.dropped_keys: dict[str, int] = {}  # "metric <key>" -> runs that dropped it, the whole study
@@ -230,6 +140,11 @@ class Tracker:
         # add to it, the driver's reads it; `failing` orders a run's end against its failure.
         self.failed_writes: dict[str, str] = {}
         self.failing = threading.RLock()
+
+    @property
+    def points_sent(self) -> int:
+        """Evaluation metric points the store accepted (bench_driver_scale.py)."""
+        return self.writes.points_sent
 
     @property
     def queue(self) -> WriteQueue:
@@ -293,44 +208,15 @@ class Tracker:
         return all([lane.drain(timeout_s) for lane in self.lanes])
 
     # -- writes as the store takes them -------------------------------------------------------
-    def _batch_write(self, run_id: str, metrics=(), params=(), tags=()) -> Op | Call:
-        """One log_batch (within MLflow's limits); metrics as (key, value, timestamp ms, step)."""
-        if isinstance(self.direct, SqlWrites):  # as data: sent with the writes queued beside it
-            return Op(RunBatch(run_id, metrics, params, tags))
-        return Call(lambda: self._batch(run_id, metrics, params, tags), "log_batch", run_id)
-
-    def _end_write(self, run_id: str, status: str, end_time: int) -> Op | Call:
-        if isinstance(self.direct, SqlWrites):
-            return Op(RunEnd(run_id, status, end_time))
-        if self.direct is not None:
-            return Call(
-                lambda: self.direct.set_terminated(run_id, status, end_time), "set_terminated", run_id
-            )
-        return Call(
-            lambda: self.client.set_terminated(run_id, status, end_time=end_time), "set_terminated", run_id
-        )
-
     def _write_batch(self, run_id: str, metrics=(), params=(), tags=()) -> None:
-        """Checked entries, queued as as few log_batch requests as MLflow's limits allow."""
+        """Checked entries, queued as as few log_batch requests as MLflow's limits allow;
+        metrics as (key, value, timestamp ms, step)."""
         for m, p, t in batches(metrics, params, tags):
-            self._write(self._batch_write(run_id, m, p, t), run_id)
+            self._write(self.writes.queued_batch(run_id, m, p, t), run_id)
 
-    def _batch(self, run_id: str, metrics=(), params=(), tags=()) -> None:
-        if self.direct is not None:
-            self.direct.log_batch(run_id, metrics, params, tags)
-        else:
-            self.client.log_batch(
-                run_id, metrics=[Metric(*m) for m in metrics], params=list(params), tags=list(tags)
-            )
-        with self.counting:
-            self.points_sent += evaluation_points(metrics)
-
-    def _send_ops(self, writes: list[RunWrite]) -> None:
-        """Queued writes of runs' rows (`Op`s, with SqlWrites), in one transaction."""
-        self.direct.apply(writes)
-        points = sum(evaluation_points(w.metrics) for w in writes if isinstance(w, RunBatch))
-        with self.counting:  # the lanes' threads count into one number
-            self.points_sent += points
+    def _send_ops(self, data: list) -> None:
+        """The data of queued `Op`s, in one transaction (a lane calls this on its thread)."""
+        self.writes.send(data)
 
     def _send_buffered(self, run_id: str, extra: list | None = None, tags: list | None = None) -> None:
         """The run's buffered points (and `extra` metrics, `tags`), in batches."""
@@ -378,8 +264,8 @@ class Tracker:
             queue = self._lane(run_id).queue
             tags = [RunTag(names.TAG_STATUS, RunStatus.FAILED.value), RunTag(names.TAG_REASON, reason)]
             # Straight into the queue (not `put`): this runs inside its flush, and it counts in no mark.
-            queue.pending.append(self._batch_write(run_id, tags=tags))
-            queue.pending.append(self._end_write(run_id, "FAILED", int(time.time() * 1000)))
+            queue.pending.append(self.writes.queued_batch(run_id, tags=tags))
+            queue.pending.append(self.writes.queued_end(run_id, "FAILED", int(time.time() * 1000)))
 
     # -- set-up: the experiment, the parent run, the runs of earlier attempts ---------------
     def open(self, config_yaml: str) -> None:
@@ -390,38 +276,23 @@ class Tracker:
 
     def _open(self, config_yaml: str) -> None:
         self.children = {}
-        exp = self.client.get_experiment_by_name(
-            self.study.experiment_name
-        )  # a SQLite store exists from here
+        exp = self.client.get_experiment_by_name(self.study.experiment_name)  # a SQLite store exists now
         use_wal(self.study.tracking.uri)
-        database = self.study.tracking.database
-        if not self.fast:
-            pass  # MlflowClient's writes (versions.py)
-        elif database is None:
-            self.direct = self.direct or SqlWrites.of(self.client, self.study.tracking.uri)
-        elif not isinstance(self.direct, SqlWrites):  # the server's own database, checked by preflight
-            self.direct = SqlWrites.of(self.client, database) or self.direct
-            if not isinstance(self.direct, SqlWrites):
-                log.warning(
-                    "tracking.database: %s is not an MLflow store of a schema grokscale knows; runs are "
-                    "written through the tracking server",
-                    redact_url(database),
-                )
         self.experiment_id = (
             exp.experiment_id if exp else self.client.create_experiment(self.study.experiment_name)
         )
-        if (
-            database is not None
-            and isinstance(self.direct, SqlWrites)
-            and self.direct.experiment_name(self.experiment_id) != self.study.experiment_name
-        ):
-            raise MlflowException(
-                f"tracking.database: {redact_url(database)} does not hold the experiment "
-                f"{self.study.experiment_name!r} (id {self.experiment_id}) that the tracking server "
-                f"has: it is not the server's backend store",
-                INVALID_PARAMETER_VALUE,
+        if not self.chosen:
+            self.writes = choose_writes(
+                self.client,
+                self.study.tracking.uri,
+                self.study.tracking.database,
+                fast_path("mlflow"),
+                (self.experiment_id, self.study.experiment_name),
             )
-        query = f"{tag_equals(names.TAG_ROLE, names.ROLE_STUDY)} and {tag_equals(names.TAG_STUDY, self.study.name)}"
+            self.chosen = True
+        query = " and ".join(
+            [tag_equals(names.TAG_ROLE, names.ROLE_STUDY), tag_equals(names.TAG_STUDY, self.study.name)]
+        )
         parents = self.client.search_runs([self.experiment_id], query)
         tags = {
             names.TAG_ROLE: names.ROLE_STUDY,
@@ -446,42 +317,35 @@ class Tracker:
             key = run.data.tags.get(names.TAG_RUN_KEY)
             if key:
                 self.children[key] = run
-        lanes = (
-            SQL_LANES
-            if isinstance(self.direct, SqlWrites) and self.direct.dialect.name == "postgresql"
-            else 1
-        )
+        lanes = self.writes.lanes
         if len(self.lanes) != lanes and not self.backlog and all(lane.thread is None for lane in self.lanes):
             self.lanes = [
                 WriteLane(self._send_ops, f"mlflow-writer-{i}", self._write_failed) for i in range(lanes)
             ]
 
     def _create_child(self, key: str, tags: dict[str, str], name: str):
-        """create_run, retried while the server is away. A create whose answer was lost may have
-        made the run all the same, so a retry first looks for it by its key: one run per key.
-        Into a database (SqlWrites) the run's id is made here and its row queued like any write,
-        sent again under the same id until it is in."""
-        if isinstance(self.direct, SqlWrites):
-            run, write = answer(lambda: self.direct.new_run(self.experiment_id, tags, name), what="new_run")
-            self._write(Op(write), run.info.run_id)
-            return run
+        """The run, made once, retried while the store is away. A create whose answer was lost may
+        have made the run all the same, so a retry first looks for it by its key: one run per key.
+        A create the writes queue as data (SqlWrites: the run's id is made here) is queued like any
+        write, sent again under the same id until it is in."""
         tried = False
 
         def create():
             nonlocal tried
             if tried:
-                query = (
-                    f"{tag_equals(names.TAG_RUN_KEY, key)} and {tag_equals(names.PARENT_RUN, self.parent_id)}"
+                query = " and ".join(
+                    [tag_equals(names.TAG_RUN_KEY, key), tag_equals(names.PARENT_RUN, self.parent_id)]
                 )
                 found = self.client.search_runs([self.experiment_id], query, max_results=1)
                 if found:
-                    return found[0]
+                    return found[0], None
             tried = True
-            if self.direct is not None:
-                return self.direct.create_run(self.experiment_id, tags, name)
-            return self.client.create_run(self.experiment_id, tags=tags, run_name=name)
+            return self.writes.queued_create(self.experiment_id, tags, name)
 
-        return answer(create, what=f"create_run of {key}")
+        run, row = answer(create, what=f"create_run of {key}")
+        if row is not None:
+            self._write(row, run.info.run_id)
+        return run
 
     # -- child runs ---------------------------------------------------------------------------
     def start_run(self, key: str, name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
@@ -624,7 +488,7 @@ class Tracker:
             self._send_buffered(run_id, checked.metrics, end_tags)
             # end_time is when the run ended, not when the write got through (a server that was down).
             ended = "FINISHED" if status == RunStatus.COMPLETED else "FAILED"
-            self._write(self._end_write(run_id, ended, now), run_id)
+            self._write(self.writes.queued_end(run_id, ended, now), run_id)
         self.logged.pop(run_id, None)  # O(runs in flight): a finished run's steps are not kept
         self.children.pop(self.key_of.pop(run_id, ""), None)
 

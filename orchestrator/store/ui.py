@@ -112,11 +112,11 @@ def study_links(study: Study) -> StudyLinks | None:
         return None
     parent = parents[0]
     plots = parent.data.tags.get(names.TAG_REPORT, "")
-    artifact = (
-        f"{names.ARTIFACT_REPORT}/{FIRST_PLOT}"
-        if FIRST_PLOT.removesuffix(".png") in plots
-        else (names.ARTIFACT_REPORT if plots else None)
-    )
+    artifact = None  # the run itself, when the report made no plot
+    if FIRST_PLOT.removesuffix(".png") in plots:
+        artifact = f"{names.ARTIFACT_REPORT}/{FIRST_PLOT}"
+    elif plots:
+        artifact = names.ARTIFACT_REPORT
     base = ui_base(uri)
     return StudyLinks(
         experiment_url(base, exp.experiment_id),

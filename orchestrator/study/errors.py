@@ -142,7 +142,12 @@ def field_path(model: type[BaseModel] | None, loc: tuple) -> tuple[str, dict | N
         schema, shown = _child(schema, part)
         schema = _unwrap(schema, defs)
         if shown:
-            path += f"[{part}]" if isinstance(part, int) else ("." if path else "") + str(part)
+            if isinstance(part, int):
+                path += f"[{part}]"
+            elif path:
+                path += "." + str(part)
+            else:
+                path += str(part)
     return path, schema
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -118,6 +119,18 @@ def network_filesystem(path: Path) -> str | None:
     return fstype if is_network_filesystem(fstype) else None
 
 
+def rdb_url(url: str) -> str:
+    """A bare postgresql:// means psycopg2 to SQLAlchemy 2.0 but psycopg (3) to 2.1: when only
+    psycopg2 is installed, name it, so the URL works with either SQLAlchemy."""
+    if (
+        url.startswith("postgresql://")
+        and not importlib.util.find_spec("psycopg")
+        and importlib.util.find_spec("psycopg2")
+    ):
+        return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+    return url
+
+
 def sqlite_path(uri: str) -> str | None:
     """The database file of a sqlite:/// URL, its query (`?timeout=`) left out; None in memory."""
     from sqlalchemy.engine import make_url
@@ -205,8 +218,6 @@ def _query(url: str, field: str, sql: str) -> tuple[list[str], list[tuple]]:
     from sqlalchemy import create_engine, text
     from sqlalchemy.exc import SQLAlchemyError
 
-    from orchestrator.sweep.search import rdb_url
-
     try:
         engine = create_engine(rdb_url(url))
     except (ImportError, SQLAlchemyError) as err:  # the driver of the URL's scheme is not installed
@@ -287,7 +298,8 @@ def _ray(address: str | None) -> list[str]:
             if address is None:
                 return [
                     "ray.address: 'auto' found no running Ray cluster (no RAY_ADDRESS, no `ray start` on "
-                    "this machine); start one with `ray start --head`, or leave ray.address out for a local Ray"
+                    "this machine); start one with `ray start --head`, or leave ray.address out for a "
+                    "local Ray"
                 ]
     parsed = urlparse(address if "://" in address else f"ray://{address}")
     try:

@@ -247,7 +247,7 @@ def study_fits(study, cells: list) -> list[tuple[float, EmergenceFit]]:
     import pandas as pd
 
     from orchestrator.analysis.emergence import critical_sizes
-    from orchestrator.report.document import read_inputs
+    from orchestrator.store.inputs import read_inputs
     from orchestrator.store.results import ResultsError, load_results
 
     try:

@@ -3,81 +3,19 @@ every cell), the searched space, the samplers."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.storages import JournalStorage
-from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
 from orchestrator.store import names
-from orchestrator.store.journal import RepairingJournalBackend, journal_tail
+from orchestrator.store.trials import JOURNAL_LOCK_GRACE_S, open_storage, read_storage
 from orchestrator.study import Study
 from orchestrator.study.grid import Cell
 from orchestrator.study.plugins import make_own_sampler
 from trainers.import_path import is_import_path
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-JOURNAL_LOCK_SUFFIX = ".lock"  # Optuna's lock file beside the journal (LOCK_FILE_SUFFIX, private)
-JOURNAL_LOCK_GRACE_S = 30  # Optuna's default: a lock unchanged this long belongs to a dead writer
-
-
-def rdb_url(url: str) -> str:
-    """A bare postgresql:// means psycopg2 to SQLAlchemy 2.0 but psycopg (3) to 2.1: when only
-    psycopg2 is installed, name it, so the URL works with either SQLAlchemy."""
-    if (
-        url.startswith("postgresql://")
-        and not importlib.util.find_spec("psycopg")
-        and importlib.util.find_spec("psycopg2")
-    ):
-        return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
-    return url
-
-
-def open_storage(url: str) -> optuna.storages.BaseStorage:
-    """A journal file (the default, safe for one writer: the driver) or an RDB URL for teams.
-    A journal is written through RepairingJournalBackend: an incomplete last record is set aside
-    under Optuna's lock, by the first append (store/journal.py)."""
-    if "://" in url:
-        return optuna.storages.RDBStorage(rdb_url(url))
-    path = Path(url).resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    journal_tail(path)  # a damaged record before the last raises JournalCorrupt, changing nothing
-    lock = path.with_name(path.name + JOURNAL_LOCK_SUFFIX)
-    if lock.is_symlink() and not lock.exists():
-        # Optuna's default lock is a symlink to the journal's path as given; from a relative path it
-        # dangles, and then its grace period never starts (it stats the target): a driver killed
-        # while writing left a lock the next one waited on forever, spinning. Such a lock is never
-        # held by a live grokscale driver (it uses the lock below), so it is removed.
-        lock.unlink()
-        print(f"note: removed a stale journal lock {lock} (left by a killed driver)", file=sys.stderr)
-    # A plain lock file: a killed driver's lock is broken after JOURNAL_LOCK_GRACE_S without change.
-    lock_obj = JournalFileOpenLock(str(path), grace_period=JOURNAL_LOCK_GRACE_S)
-    return JournalStorage(RepairingJournalBackend(str(path), lock_obj))
-
-
-def read_storage(url: str) -> optuna.storages.BaseStorage | None:
-    """The storage, to read only (`grokscale status`); None when there is none (none is created).
-    A journal is read as it is, never repaired or unlocked: an incomplete last record (a live
-    driver's append in progress, or a killed one's) is left alone, said on stderr, and not read."""
-    if "://" in url:
-        return optuna.storages.RDBStorage(rdb_url(url))
-    path = Path(url).resolve()
-    if not path.is_file():
-        return None
-    tail = journal_tail(path)  # a damaged record before the last raises JournalCorrupt
-    if tail:
-        print(
-            f"note: {path}: its last record is incomplete ({len(tail)} bytes): a driver is writing it now, "
-            "or one was killed mid-write. Shown: the records before it; nothing was changed (the next "
-            "`grokscale run` sets a killed driver's record aside).",
-            file=sys.stderr,
-        )
-    return JournalStorage(JournalFileBackend(str(path)))  # Optuna reads without its lock
+__all__ = ["JOURNAL_LOCK_GRACE_S", "open_storage", "read_storage"]  # where the driver and tests find them
 
 
 class AskTellGridSampler(optuna.samplers.GridSampler):

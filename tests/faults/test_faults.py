@@ -902,8 +902,8 @@ def test_tracking_server_dropout_mid_study_loses_nothing(tmp_path, gated_trainer
     ]  # when it ended, not sent
     assert buffered > 0 and completed, (buffered, len(completed))
     print(
-        f"\nserver down {up1 - down1:.0f} s and {up2 - down2:.0f} s; {len(waited)} run(s) waited to be created, "
-        f"{buffered} val_acc points and {len(completed)} completions buffered, all delivered"
+        f"\nserver down {up1 - down1:.0f} s and {up2 - down2:.0f} s; {len(waited)} run(s) waited to be "
+        f"created, {buffered} val_acc points and {len(completed)} completions buffered, all delivered"
     )
 
 

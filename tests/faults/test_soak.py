@@ -229,9 +229,9 @@ def test_soak_random_kills_lose_and_duplicate_nothing(tmp_path):
     result = audit(tmp_path, soak.trials_per_cell)
     print(
         f"\nsoak: {time.monotonic() - t0:.0f} s, {soak.rounds} drivers started, faults injected "
-        f"{sum(soak.faults.values())} ({dict(soak.faults)}); {result['cells']} cells, {result['trials']} trials, "
-        f"{result['child_runs']} MLflow runs; runs lost {result['lost']}, duplicated {result['duplicated']}; "
-        f"driver crashes {len(soak.crashes)}"
+        f"{sum(soak.faults.values())} ({dict(soak.faults)}); {result['cells']} cells, {result['trials']} "
+        f"trials, {result['child_runs']} MLflow runs; runs lost {result['lost']}, duplicated "
+        f"{result['duplicated']}; driver crashes {len(soak.crashes)}"
     )
     for crash in soak.crashes:
         print(f"  {crash}")

@@ -14,7 +14,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from orchestrator.store import names
-from orchestrator.store.tracker import HTTP_FAIL_FAST, RestWrites, Tracker, config_yaml
+from orchestrator.store.rest_writes import RestWrites
+from orchestrator.store.tracker import HTTP_FAIL_FAST, Tracker, config_yaml
 
 from support.mlflow_server import MlflowServer
 from support.simulated import small_study
@@ -33,8 +34,8 @@ def server(tmp_path, monkeypatch):
 def tracker_on(server: MlflowServer, tmp_path, name: str) -> Tracker:
     study = small_study(tmp_path, name, tracking_uri=server.uri)
     tracker = Tracker(study)
-    assert isinstance(tracker.direct, RestWrites)  # the REST path the driver takes against a server
     tracker.open(config_yaml(study))
+    assert isinstance(tracker.writes, RestWrites)  # the REST path the driver takes against a server
     tracker.start_writer()
     return tracker
 

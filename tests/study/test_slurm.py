@@ -286,7 +286,8 @@ class OneNodeSlurm:
                 "ReturnToService=2",
                 "KillWait=5",
                 "MinJobAge=600",
-                f"FirstJobId={random.randint(10_000, 900_000)}",  # job ids (and Ray's temp dirs) unlike a past run's
+                # job ids (and Ray's temp dirs) unlike a past run's
+                f"FirstJobId={random.randint(10_000, 900_000)}",
                 f"{line.split(' UpTime=')[0]} NodeAddr=127.0.0.1 State=UNKNOWN",
                 f"PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP",
                 "",

@@ -135,3 +135,36 @@ def test_each_trainers_module_imports_alone_in_a_fresh_process():
     )
     assert out.returncode == 0, out.stdout + out.stderr[-3000:]
     assert out.stdout.strip() == "failed: []"
+
+
+# orchestrator/'s layers, lowest first: a module imports from its own layer or lower ones only,
+# lazily inside a function too, so that the tree tells the architecture (DESIGN.md): pure analyses,
+# the study's typed config, the stores, the sweep that drives runs, the report, the cluster glue
+# and the command line on top.
+LAYERS = ["analysis", "study", "store", "sweep", "report", "cluster", "cli"]
+
+
+def orchestrator_imports_against_the_layers() -> list[str]:
+    out = []
+    for path in sorted((REPO / "orchestrator").rglob("*.py")):
+        parts = path.relative_to(REPO / "orchestrator").parts
+        layer = parts[0].removesuffix(".py") if len(parts) > 1 or parts[0] == "cli.py" else None
+        if layer is None:  # orchestrator/__init__.py
+            continue
+        for stmt in _imports(ast.parse(path.read_text()), lazy=True):
+            modules = [a.name for a in stmt.names] if isinstance(stmt, ast.Import) else [stmt.module or ""]
+            for module in modules:
+                target = module.split(".")
+                upward = (
+                    target[0] == "orchestrator"
+                    and len(target) > 1
+                    and target[1] in LAYERS
+                    and LAYERS.index(target[1]) > LAYERS.index(layer)
+                )
+                if upward:
+                    out.append(f"{path.relative_to(REPO)}:{stmt.lineno} imports {module}")
+    return out
+
+
+def test_orchestrator_imports_only_its_own_layer_or_lower_ones():
+    assert orchestrator_imports_against_the_layers() == []

@@ -33,7 +33,13 @@ def study():
                 for seed in range(2):
                     k += 1
                     ok = np.log10(n) + 3 * dv > 5.7 and wd > 0.3
-                    mem, gen = 200, (3000 if wd < 1 else 400) if ok else None
+                    mem = 200
+                    if not ok:
+                        gen = None
+                    elif wd < 1:
+                        gen = 3000
+                    else:
+                        gen = 400
                     runs.append(
                         {
                             "run_id": f"r{k}",
@@ -174,9 +180,12 @@ def test_phase_diagram_fills_regions_where_runs_are_dense(tmp_path):
         for frac in (0.2, 0.35, 0.5, 0.65):
             for _ in range(6 if n == 1e4 else 1):  # dense at the small N, 4 runs at the large
                 wd = float(10 ** rng.uniform(np.log10(0.3), np.log10(3)))
-                phase = (
-                    "comprehension" if frac > 0.4 and wd > 1 else "grokking" if frac > 0.4 else "memorization"
-                )
+                if frac > 0.4 and wd > 1:
+                    phase = "comprehension"
+                elif frac > 0.4:
+                    phase = "grokking"
+                else:
+                    phase = "memorization"
                 rows.append(
                     {"n_params": n, "n_train": frac * 3481, "param.train.weight_decay": wd, "phase": phase}
                 )

@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.store.queue import refused
 from orchestrator.store.sql_writes import SqlWrites, metric_copy_binary
+from orchestrator.store.writes import ClientWrites
 
 from support.postgres import started_or_skip
 
@@ -65,26 +66,6 @@ def write(writer, experiment_id: str, name: str) -> str:
     writer.log_batch(run_id, SECOND, tags=END_TAGS)
     writer.set_terminated(run_id, "FINISHED", 4_000)
     return run_id
-
-
-class ClientWrites:
-    """The same calls through MlflowClient: what the tracker did before SqlWrites."""
-
-    def __init__(self, client: MlflowClient) -> None:
-        self.client = client
-
-    def create_run(self, experiment_id, tags, name):
-        return self.client.create_run(experiment_id, tags=tags, run_name=name)
-
-    def log_batch(self, run_id, metrics=(), params=(), tags=()):
-        from mlflow.entities import Metric
-
-        self.client.log_batch(
-            run_id, metrics=[Metric(*m) for m in metrics], params=list(params), tags=list(tags)
-        )
-
-    def set_terminated(self, run_id, status, end_time):
-        self.client.set_terminated(run_id, status, end_time=end_time)
 
 
 def nan_free(v: float) -> float | str:
@@ -225,9 +206,9 @@ def test_a_study_tracker_writes_sqlite_as_plain_sql(tmp_path):
         }
     )
     tracker = Tracker(study)
-    assert tracker.direct is None  # no store yet: decided once MLflow has made its tables
+    assert isinstance(tracker.writes, ClientWrites)  # no store yet: chosen once MLflow has made its tables
     tracker.open(config_yaml(study))
-    assert isinstance(tracker.direct, SqlWrites)
+    assert isinstance(tracker.writes, SqlWrites)
     run_id = tracker.start_run("cell/trial=0/seed=0", "t0", {"lr": 1}, {})
     tracker.log_records(run_id, [{"step": 10, "val_acc": 0.5}])
     assert tracker.drain(timeout_s=30)
@@ -323,11 +304,12 @@ def test_a_refused_write_among_queued_ones_drops_only_itself(store, caplog):
 
 
 def test_a_tracker_writes_postgresql_by_several_lanes_each_run_whole(postgres, tmp_path, monkeypatch):
-    """Into PostgreSQL the tracker writes through SQL_LANES connections at once, each run's writes
+    """Into PostgreSQL the tracker writes through POSTGRES_LANES connections at once, each run's writes
     all by one of them, in order: twelve runs on the writer threads, every run whole (created,
     params, every point, end tags, finished), both lanes used, and `sent_through` true only once
     every write made before the mark is in the store."""
-    from orchestrator.store.tracker import SQL_LANES, Tracker, config_yaml
+    from orchestrator.store.sql_writes import POSTGRES_LANES
+    from orchestrator.store.tracker import Tracker, config_yaml
     from orchestrator.study import Study
 
     monkeypatch.chdir(tmp_path)  # a database store's artifacts go to ./mlruns
@@ -344,7 +326,7 @@ def test_a_tracker_writes_postgresql_by_several_lanes_each_run_whole(postgres, t
     )
     tracker = Tracker(study)
     tracker.open(config_yaml(study))
-    assert len(tracker.lanes) == SQL_LANES == 2
+    assert len(tracker.lanes) == POSTGRES_LANES == 2
     tracker.start_writer()
     ids = [tracker.start_run(f"cell/trial={i}/seed=0", f"t{i}", {"lr": i}, {}) for i in range(12)]
     for step in range(10, 60, 10):

@@ -102,7 +102,8 @@ def test_the_report_reads_every_run_past_one_page(client, tmp_path, monkeypatch)
         ("http://127.0.0.1:5000/", "http://127.0.0.1:5000/"),  # nothing to hide: the text as given
         ("sqlite:///mlflow.db", "sqlite:///mlflow.db"),
         (
-            "mirror at https://bob:pw@h/x?password=p2 and ?n_train_tokens=9",  # not one URL: the regex fallback
+            # not one URL: the regex fallback
+            "mirror at https://bob:pw@h/x?password=p2 and ?n_train_tokens=9",
             "mirror at https://bob:<redacted>@h/x?password=<redacted> and ?n_train_tokens=9",
         ),
     ],

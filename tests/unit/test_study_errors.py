@@ -123,10 +123,12 @@ def test_every_problem_of_the_schema_is_reported_at_once():
         ]
     )
     assert problems == [
-        "name: use letters, digits, '_', '.' and '-' only (it names the MLflow experiment and run folder), got 'a b'",
+        "name: use letters, digits, '_', '.' and '-' only (it names the MLflow experiment and run folder), "
+        "got 'a b'",
         "grid.seeds: values must be distinct, got [1, 1]",
         "search.space.model.n_layer.low: low (3) must be < high (1)",
-        "resources.gpus: more than one GPU must be a whole number (a fraction <= 1 packs trials on one GPU), got 1.5",
+        "resources.gpus: more than one GPU must be a whole number (a fraction <= 1 packs trials on one GPU), "
+        "got 1.5",
     ]
 
 
@@ -174,10 +176,12 @@ def test_loading_has_no_side_effects(tmp_path):
     code = """if True:
         import json, random, sys
         import numpy, torch
-        before = (random.getstate(), numpy.random.get_state()[1].tolist(), torch.random.get_rng_state().tolist())
+        before = (random.getstate(), numpy.random.get_state()[1].tolist(),
+                  torch.random.get_rng_state().tolist())
         from orchestrator.study import load_study
         study = load_study("study.yaml")
-        after = (random.getstate(), numpy.random.get_state()[1].tolist(), torch.random.get_rng_state().tolist())
+        after = (random.getstate(), numpy.random.get_state()[1].tolist(),
+                 torch.random.get_rng_state().tolist())
         print(json.dumps({"same_rng": before == after, "digest": study.digest(),
                           "modules": sorted(m for m in ("ray", "optuna", "mlflow") if m in sys.modules)}))"""
     out = subprocess.run(

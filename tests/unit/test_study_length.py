@@ -181,8 +181,8 @@ def test_isoflop_window_errors(tmp_path):
         "an IsoFLOP parabola needs 3: widen the window or add sizes whose tokens per parameter fall in it"
     ]
     assert refused(tmp_path, LM, grid={"n": sizes, "d": [1601], "tokens_per_param": {"min": 1}}) == [
-        "grid.tokens_per_param: a window on tokens per parameter picks the cells of an IsoFLOP grid (grid.flops); "
-        "with grid.d every cell is given"
+        "grid.tokens_per_param: a window on tokens per parameter picks the cells of an IsoFLOP grid "
+        "(grid.flops); with grid.d every cell is given"
     ]
     assert refused(
         tmp_path, LM, grid={"n": sizes, "flops": [1.0e9], "tokens_per_param": {"min": 5, "max": 2}}

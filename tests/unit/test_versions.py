@@ -18,6 +18,7 @@ from packaging.specifiers import SpecifierSet
 
 from orchestrator.store import versions
 from orchestrator.store.names import TAG_STATUS
+from orchestrator.store.writes import ClientWrites
 from orchestrator.study.grid import build_cells
 from orchestrator.sweep.driver import Driver
 
@@ -85,7 +86,7 @@ def test_on_untested_releases_a_study_takes_the_public_apis_and_says_so_once(tmp
     driver = Driver(study, build_cells(study), show=False, launcher=cluster(2, 0.3))
     stats = driver.run()
     assert stats.completed == 3 and stats.failed == 0
-    assert driver.tracker.direct is None  # MlflowClient's writes, not plain SQL
+    assert type(driver.tracker.writes) is ClientWrites  # MlflowClient's writes, not plain SQL
     assert isinstance(driver.searches[0].storage, optuna.storages.RDBStorage)  # not held in memory
     notices = [
         r.message for r in caplog.records if "outside the releases grokscale was tested with" in r.message

@@ -23,8 +23,9 @@ from optuna.trial import TrialState
 from orchestrator.store import names
 from orchestrator.store.hold import HOLD_STUDY_PREFIX
 from orchestrator.store.queue import RETRY_CAP_ENV, Call, Op, StoreUnreachable, refused, transient
+from orchestrator.store.rest_writes import RestWrites
 from orchestrator.store.sql_writes import RunBatch
-from orchestrator.store.tracker import HTTP_FAIL_FAST, RestWrites, Tracker, config_yaml
+from orchestrator.store.tracker import HTTP_FAIL_FAST, Tracker, config_yaml
 from orchestrator.study.grid import build_cells
 from orchestrator.sweep.driver import Driver
 from orchestrator.sweep.progress import Progress, writes_note

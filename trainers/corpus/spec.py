@@ -185,7 +185,8 @@ def _check_text(task: CorpusTask, path: Path) -> list[str]:
 def _check_tokens(task: CorpusTask, path: Path) -> list[str]:
     if path.is_dir() and not _is_token_folder(path):
         return [
-            f"source: format 'tokens' needs a .bin file or a folder with train.bin and val.bin; {path} is neither"
+            f"source: format 'tokens' needs a .bin file or a folder with train.bin and val.bin; {path} is "
+            "neither"
         ]
     width = 2 if task.token_dtype == "uint16" else 4
     files = [path] if path.is_file() else [path / "train.bin", path / "val.bin"]

@@ -8,8 +8,9 @@ from claims.measures import ALPHA, fmt, generalized, listing, median, medians_by
 TITLE = "Emergence on sparse parity: width x data x training time"
 SETS = ("grid.seeds=[0]",)
 WHY = {
-    "grid.seeds": "one seed instead of two: the 4 trials per cell already give 4 runs per cell to resample, and the "
-    "canonical 200 runs x up to 20,000 steps (1.4-2.8 CPU-ms a step measured) need about 2.5 CPU-hours",
+    "grid.seeds": "one seed instead of two: the 4 trials per cell already give 4 runs per cell to resample, "
+    "and the canonical 200 runs x up to 20,000 steps (1.4-2.8 CPU-ms a step measured) need about 2.5 "
+    "CPU-hours",
 }
 MIN_EVALS = (
     4  # a run that reached the threshold within 3 evaluations learned too fast for a plateau to be seen
@@ -20,7 +21,8 @@ ABRUPT, GRADUAL = 0.25, 0.5  # the rise from chance to the threshold, as a share
 def abrupt_after_plateau(results: dict) -> Verdict:
     runs = [r for r in usable(results.get("page_runs") or []) if number(r.get("reach_step")) is not None]
     slow = [r for r in runs if number(r.get("eval_every")) and r["reach_step"] >= MIN_EVALS * r["eval_every"]]
-    # Measured at the evaluation grid the rise is an upper bound: the jump happened between plateau_end and reach.
+    # Measured at the evaluation grid the rise is an upper bound: the jump happened between plateau_end
+    # and reach.
     shares = [
         (r["reach_step"] - (r["plateau_end"] if number(r.get("plateau_end")) is not None else 0.0))
         / r["reach_step"]
@@ -29,12 +31,13 @@ def abrupt_after_plateau(results: dict) -> Verdict:
     with_plateau = sum(number(r.get("plateau_end")) is not None for r in slow)
     share = median(shares)
     measured = (
-        f"{count(len(runs), 'run')} reached the threshold, {len(slow)} after {MIN_EVALS} or more evaluations; "
-        f"of those, {with_plateau} sat at chance first; median rise from the last evaluation at chance to "
-        f"the threshold: {fmt(share, '.0%')} of the time to reach it"
+        f"{count(len(runs), 'run')} reached the threshold, {len(slow)} after {MIN_EVALS} or more "
+        f"evaluations; of those, {with_plateau} sat at chance first; median rise from the last evaluation at "
+        f"chance to the threshold: {fmt(share, '.0%')} of the time to reach it"
         + (
-            f" (median plateau {median([r['plateau_end'] for r in slow if number(r.get('plateau_end'))]):,.0f}"
-            f" steps, median reach {median([r['reach_step'] for r in slow]):,.0f})"
+            " (median plateau "
+            f"{median([r['plateau_end'] for r in slow if number(r.get('plateau_end'))]):,.0f} steps, median "
+            f"reach {median([r['reach_step'] for r in slow]):,.0f})"
             if with_plateau
             else ""
         )

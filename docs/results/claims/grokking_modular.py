@@ -31,16 +31,17 @@ SETS = (
     "train.checkpoint_every=1000",
 )
 WHY = {
-    "task.p": "a full-batch step costs about p^2 x fraction x N: at p = 113 and d_model 128 one step took 0.145 "
-    "CPU-s at fraction 0.3, so the canonical 56 runs x 20,000 steps need about 45 CPU-hours; p = 59 as in "
-    "the quickstart, which groks at this size (here 0.014 CPU-s a step at fraction 0.3)",
-    "grid.n": "d_model 64 instead of 128 (4x fewer parameters), enough for p = 59 (the quickstart groks at 16-64)",
+    "task.p": "a full-batch step costs about p^2 x fraction x N: at p = 113 and d_model 128 one step took "
+    "0.145 CPU-s at fraction 0.3, so the canonical 56 runs x 20,000 steps need about 45 CPU-hours; p = "
+    "59 as in the quickstart, which groks at this size (here 0.014 CPU-s a step at fraction 0.3)",
+    "grid.n": "d_model 64 instead of 128 (4x fewer parameters), enough for p = 59 (the quickstart groks at "
+    "16-64)",
     "model.d_mlp": "4 x d_model, as in the canonical model",
     "train.lr": "with fewer steps, a 3x larger learning rate keeps the decay clock lr x weight decay x steps "
     "(21 vs the canonical 20): grokking time scales as 1 / (lr x weight decay) (Liu et al. 2023, "
     "Omnigrok; Lyu et al. 2024), so each weight decay groks at about the same point of its budget",
-    "train.steps": "7,000 instead of 20,000 (see train.lr); a test run at fraction 0.3 and weight decay 1 had "
-    "memorized at step 100 and not generalized by 5,000 (a clock of 15 is too short there)",
+    "train.steps": "7,000 instead of 20,000 (see train.lr); a test run at fraction 0.3 and weight decay 1 "
+    "had memorized at step 100 and not generalized by 5,000 (a clock of 15 is too short there)",
     "train.eval_every": "the evaluation grid shrinks with the budget (70 evaluations per run)",
     "train.checkpoint_every": "the checkpoint interval shrinks with the budget",
 }
@@ -189,14 +190,15 @@ def four_phases(results: dict) -> Verdict:
     wd = {p: median([r["weight_decay"] for r in runs if r["phase"] == p]) for p in PHASES}
     regions = ((results.get("phase_regions") or {}).get("phase_wd_x_d") or {}).values()
     drawn = [r for r in regions if r.get("drawn")]
-    region_text = (
-        f"phase regions drawn (a run's phase given by its 3 nearest runs "
-        f"{max(r['loo_accuracy'] for r in drawn):.0%} of the time)"
-        if drawn
-        else "no phase regions drawn: " + "; ".join(sorted({str(r.get("reason")) for r in regions}))
-        if regions
-        else "no phase diagram"
-    )
+    if drawn:
+        region_text = (
+            f"phase regions drawn (a run's phase given by its 3 nearest runs "
+            f"{max(r['loo_accuracy'] for r in drawn):.0%} of the time)"
+        )
+    elif regions:
+        region_text = "no phase regions drawn: " + "; ".join(sorted({str(r.get("reason")) for r in regions}))
+    else:
+        region_text = "no phase diagram"
     measured = (
         ", ".join(f"{p} {counts[p]} (median weight decay {fmt(wd[p])})" for p in PHASES) + f"; {region_text}"
     )
@@ -210,8 +212,8 @@ def four_phases(results: dict) -> Verdict:
     missing = [p for p in PHASES if not counts[p]]
     if missing:
         why = {
-            "grokking": "every run that generalized did so within 10x its memorization step (or none did): the "
-            "budget or the weight decays tried do not reach the slow-decay regime",
+            "grokking": "every run that generalized did so within 10x its memorization step (or none did): "
+            "the budget or the weight decays tried do not reach the slow-decay regime",
             "confusion": "even the largest weight decay let the model fit its training set",
             "memorization": "even the smallest weight decay generalized within the budget",
             "comprehension": "no run generalized soon after memorizing",

@@ -12,10 +12,11 @@ SETS = (
     "train.steps=3000",
 )
 WHY = {
-    "grid.n": "the 7 narrowest of the 9 widths (0.6k to 49k parameters; the study goes on to 191k): the widest "
-    "models cost the most (0.11 CPU-s a step at 208k against 0.03 at 4k), and the jump lies below 10k",
-    "train.steps": "3,000 instead of 6,000: halves the cost; an earlier shrunk run (5 sizes, 1 seed, 3,000 steps) "
-    "had every size from 10k up at exact match 1.0 by then",
+    "grid.n": "the 7 narrowest of the 9 widths (0.6k to 49k parameters; the study goes on to 191k): the "
+    "widest models cost the most (0.11 CPU-s a step at 208k against 0.03 at 4k), and the jump lies below "
+    "10k",
+    "train.steps": "3,000 instead of 6,000: halves the cost; an earlier shrunk run (5 sizes, 1 seed, 3,000 "
+    "steps) had every size from 10k up at exact match 1.0 by then",
 }
 
 

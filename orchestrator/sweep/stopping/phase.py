@@ -212,9 +212,10 @@ class PhaseRule(StoppingRule):
                     StopKind.DECAY_CLOCK,
                     memorized_for=self.memorized_for,
                     reason=(
-                        f"pruned: memorized and not generalized {self.memorized_for:g}x later; its whole budget of "
-                        f"weight decay (sum lr x wd = {have:.3g}) is under 1/{self.safety:g} of the {top.clock:.3g} "
-                        f"that {top.run}, with as much data and decay, went without generalizing"
+                        f"pruned: memorized and not generalized {self.memorized_for:g}x later; its whole "
+                        f"budget of weight decay (sum lr x wd = {have:.3g}) is under 1/{self.safety:g} of "
+                        f"the {top.clock:.3g} that {top.run}, with as much data and decay, went without "
+                        "generalizing"
                     ),
                 )
             )
