@@ -1,4 +1,4 @@
-"""Issue 5's reliability claims, on real components under real faults: a local Ray (and a
+"""What a study survives, on real components under real faults: a local Ray (and a
 two-node one), an Optuna journal file, an MLflow SQLite store or a real `mlflow server`.
 
 - a worker SIGKILLed 10 times mid-trial: Ray retries it and it resumes from its checkpoint;

@@ -1,4 +1,4 @@
-"""A full disk while checkpointing (issue 16): the run fails as data with a clear reason, its
+"""A full disk while checkpointing: the run fails as data with a clear reason, its
 last whole checkpoint is left as it was, and the study goes on. The disk is real: a tmpfs of a
 few kilobytes mounted for the test (skipped where this machine does not let us mount one)."""
 

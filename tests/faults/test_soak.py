@@ -1,5 +1,5 @@
 """`make soak`: a study of many small runs under random SIGKILLs, for GROKSCALE_SOAK_S seconds
-(default 1800), then a check that nothing was lost or duplicated (issue 16).
+(default 1800), then a check that nothing was lost or duplicated.
 
 The faults, drawn at random every 5-30 s: a Ray worker training a run (Ray retries it, it
 resumes from its checkpoint), the driver with its local Ray (the same `grokscale run` is started

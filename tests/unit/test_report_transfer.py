@@ -75,3 +75,33 @@ def test_one_size_skips_the_check_with_its_reason(tmp_path):
     one = one[one["n_params"] == NS[0]]
     report = build_report(StudyResults("parent", "0", CONFIG, one, pd.DataFrame()), tmp_path)
     assert "3 or more model sizes" in report.skipped["transfer"]
+
+
+def test_each_d_gets_its_own_check(tmp_path):
+    """The optimum at 1e5 tokens sits at 4x the one at 1e6 (fewer tokens, a larger rate), flat over
+    N at each: checked at each D, both transfer; pooled over D, the 4x spread would read as noise
+    (or, with D and N correlated, as drift)."""
+    small = runs({"mup": 0.0}, seed=1).assign(n_train=1e5, d_value=1e5)
+    small["min_val_loss"] = 2 + 0.3 * (np.log(small["param.train.lr"]) - np.log(0.04)) ** 2
+    both = pd.concat([small, runs({"mup": 0.0})], ignore_index=True)
+    report = build_report(StudyResults("parent", "0", CONFIG, both, pd.DataFrame()), tmp_path)
+    by_d = report.results["transfer"]["train.lr"]
+    assert sorted(by_d) == ["D=100000", "D=1e+06"]
+    for label, optimum in (("D=100000", 0.04), ("D=1e+06", 0.01)):
+        assert by_d[label]["transfers"] is True, by_d[label]
+        assert all(abs(np.log(o["optimum"] / optimum)) < 0.1 for o in by_d[label]["optima"])
+
+
+def test_values_spread_over_cells_but_two_in_each_are_not_a_search_to_check(tmp_path):
+    """Eight learning rates over four sizes, two at each: no cell has the three points a quadratic
+    needs, so the check is skipped with that reason, not fitted on values drawn across cells."""
+    every = runs({"sp": 0.0})
+    kept = {(n, LRS[(2 * j) % 7]) for j, n in enumerate(NS)} | {
+        (n, LRS[(2 * j + 1) % 7]) for j, n in enumerate(NS)
+    }
+    two_each = every[[(n, lr) in kept for n, lr in zip(every["n_params"], every["param.train.lr"])]]
+    assert two_each.groupby("n_params")["param.train.lr"].nunique().max() == 2
+    assert two_each["param.train.lr"].nunique() >= 3
+    report = build_report(StudyResults("parent", "0", CONFIG, two_each, pd.DataFrame()), tmp_path)
+    assert "transfer" not in report.results
+    assert "within one cell" in report.skipped["transfer"]
