@@ -54,6 +54,10 @@ LANGUAGE_MODEL_SKIP = (
     "a language-modelling task: grokking phases, their predictions and the mirage check are "
     "about accuracy thresholds and exact-match answers, which next-token prediction does not have"
 )
+LANGUAGE_MODEL_FORECAST_SKIP = (
+    "a language-modelling task: the downstream forecast maps loss to a task's exact-match accuracy, "
+    "which next-token prediction does not have (for evaluations of your own: grokscale fit downstream)"
+)
 
 
 def section(
@@ -125,7 +129,7 @@ def build_report(res: StudyResults, out_dir: str | Path) -> Report:
             have=curves_have,
         )
     if inp.language_model:
-        report.skipped["forecast"] = LANGUAGE_MODEL_SKIP
+        report.skipped["forecast"] = LANGUAGE_MODEL_FORECAST_SKIP
     else:
         section(
             report,
@@ -203,7 +207,19 @@ def _said(name: str, results: dict) -> str | None:
         )
     if name == "summary":
         return "summary.md, one row per cell"
+    if name == "transfer" and results.get("transfer"):
+        return "; ".join(
+            f"{param}: " + ", ".join(f"{group} {_verdict(check)}" for group, check in by_group.items())
+            for param, by_group in results["transfer"].items()
+        )
     return None
+
+
+def _verdict(check: dict) -> str:
+    """A transfer check in a few words: its drift exponent and whether the optimum holds."""
+    word = {True: "holds", False: "drifts", None: "undecided"}[check.get("transfers")]
+    exponent = check.get("exponent")
+    return word if exponent is None else f"N^{exponent:+.2f} {word}"
 
 
 def outline(report: Report) -> list[str]:

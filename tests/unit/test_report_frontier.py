@@ -103,6 +103,7 @@ def test_a_language_model_study_gets_no_grokking_sections(tmp_path):
     report = build_report(isoflop_study(np.random.default_rng(3)), tmp_path)
     for section in ("grokking", "predictions", "mirage"):
         assert "language-modelling task" in report.skipped[section]
+    assert "exact-match accuracy" in report.skipped["forecast"]  # its own reason, not the grokking one
     assert "phases" not in report.results and "predictions" not in report.results
     assert not {"grokking_curves", "phase_wd_x_d", "mirage"} & set(report.plots)
     res = isoflop_study(np.random.default_rng(3))

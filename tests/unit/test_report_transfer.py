@@ -58,7 +58,11 @@ def test_a_drifting_and_a_holding_optimum_get_their_verdicts(tmp_path):
     assert mup["transfers"] is True and abs(mup["exponent"]) < 0.1
     assert all(o["optimum"] is not None and not o["at_edge"] for o in sp["optima"] + mup["optima"])
     assert "transfer" in report.plots and (tmp_path / "transfer.png").exists()
-    assert any(line.startswith("transfer: transfer") for line in outline(report))
+    line = next(line for line in outline(report) if line.startswith("transfer: "))
+    assert line.startswith("transfer: train.lr: model.parametrization=mup N^") and line.endswith(" drifts"), (
+        line
+    )
+    assert "mup N^+0.0" in line or "mup N^-0.0" in line
 
 
 def test_an_optimum_past_the_searched_range_is_refused_and_named(tmp_path):
