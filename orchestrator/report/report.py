@@ -207,12 +207,41 @@ def _said(name: str, results: dict) -> str | None:
         )
     if name == "summary":
         return "summary.md, one row per cell"
+    if name == "predictions" and results.get("predictions"):
+        return _predictions_said(results["predictions"])
     if name == "transfer" and results.get("transfer"):
         return "; ".join(
             f"{param}: " + ", ".join(f"{group} {_verdict(check)}" for group, check in by_group.items())
             for param, by_group in results["transfer"].items()
         )
     return None
+
+
+def _predictions_said(predictions: dict) -> str:
+    """The two predictions in a few words: D*(N)'s next size, the generalization step's error."""
+    parts = []
+    law = (predictions.get("critical_data") or {}).get("law") or {}
+    nxt = (predictions.get("critical_data") or {}).get("next") or {}
+    if nxt.get("predicted") is not None:
+        parts.append(
+            f"D* at N = {nxt['n']:.3g}: {nxt['predicted']:.3g} [{nxt['predicted_low']:.3g}, "
+            f"{nxt['predicted_high']:.3g}] ({law.get('direction', 'undecided')} with N)"
+        )
+    else:
+        parts.append("no D*(N) law" + _why(law.get("reason")))
+    step = predictions.get("generalization_step") or {}
+    if step.get("n_scored"):
+        parts.append(
+            f"generalization step of {step['n_scored']} runs, median error {step['median_abs_error']:.0%} "
+            f"(baseline {step['baseline_median_abs_error']:.0%})"
+        )
+    else:
+        parts.append("no generalization step scored" + _why(step.get("reason")))
+    return "; ".join(parts)
+
+
+def _why(reason: str | None) -> str:
+    return f" ({brief(reason, 50)})" if reason else ""
 
 
 def _verdict(check: dict) -> str:

@@ -44,6 +44,8 @@ def quickstart(tmp_path_factory) -> Path:
     assert "report: 6 plots" in out.stdout and "no scaling_fit (fit rejected: " in out.stdout, out.stdout[
         -2000:
     ]
+    predictions = next(line for line in out.stdout.splitlines() if line.startswith("report: predictions: "))
+    assert "D*" in predictions and "generalization step" in predictions, predictions  # what, not "done"
     return tmp
 
 
