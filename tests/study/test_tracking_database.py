@@ -43,7 +43,7 @@ def test_runs_go_into_the_servers_database_and_read_back_through_the_server(tmp_
     # The tracker picks the database for its hot writes.
     tracker = Tracker(Study.model_validate({**study, "name": "probe", "workdir": str(tmp_path / "probe")}))
     tracker.open(config_yaml(tracker.study))
-    assert isinstance(tracker.direct, SqlWrites) and tracker.direct.dialect.name == "postgresql"
+    assert isinstance(tracker.writes, SqlWrites) and tracker.writes.dialect.name == "postgresql"
 
     path = write_study(tmp_path, study)
     out = grokscale("run", path, "--quiet", "--json", "--no-report", cwd=tmp_path)
