@@ -6,10 +6,15 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # The CPU build of torch; a GPU user who installed their own torch into $(VENV) first keeps it.
 TORCH ?= torch==2.13.0
-# `make test` takes about 25 minutes on 2 cores; `make test-all` adds the tests that install and
+# The suite runs as JOBS pytest-xdist workers. Most of a study test's time is waiting (a Ray, a
+# server, a subprocess starting up), so two workers on 2 cores take about 60% of one worker's time;
+# worksteal hands a worker that ran out some of the other's queue. Every test keeps its Ray, ports
+# and files to itself (tests/conftest.py, tests/support/ray_cluster.py).
+# `make test` takes about 15 minutes on 2 cores; `make test-all` adds the tests that install and
 # start whole services (a one-node Slurm, headless Chromium on the MLflow UI), the pruning-exactness
 # study and the repeated driver and worker kills (about 15 minutes more).
-PYTEST_ARGS ?= -m "not soak and not long" --durations=30
+JOBS ?= 2
+PYTEST_ARGS ?= -n $(JOBS) --dist worksteal -m "not soak and not long" --durations=30
 
 # The fast paths that write MLflow's and Optuna's tables themselves (sql_writes.py, held_storage.py),
 # tested against the lowest MLflow and Optuna pyproject.toml allows and the newest the registry
@@ -45,7 +50,9 @@ test: install
 test-all: install
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -m "not soak"
+	$(PY) -m pytest $(PYTEST_ARGS)
+	# One at a time: two of them install Debian packages, and apt-get holds one lock.
+	$(PY) -m pytest -m "long and not soak" --durations=10
 
 test-compat:
 	@set -e; for pins in "low $(COMPAT_LOW)" "new $(COMPAT_NEW)"; do \

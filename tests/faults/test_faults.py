@@ -50,6 +50,7 @@ from support.mlflow_server import MlflowServer
 from support.ports import free_port
 from support.processes import kill_tree, train_workers, tree, wait_gone
 from support.races import Race, retry_races
+from support.ray_cluster import cluster_nodes, start_cluster
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
@@ -286,101 +287,9 @@ def test_worker_killed_ten_times_resumes_from_checkpoints(tmp_path, short_dir):
 # ------------------------------------------------------------------------------ 2. node death
 
 
-class Node:
-    """One `ray start --block` on this machine, with its own temp dir, so its processes are
-    exactly that command's process tree (raylet, agents, workers)."""
-
-    def __init__(self, head_port: int, head: bool, log: Path, env: dict):
-        self.temp_dir = tempfile.mkdtemp(prefix="gsf", dir="/tmp")  # short: Unix socket paths are capped
-        args = (
-            ["--head", f"--port={head_port}", "--include-dashboard=false"]
-            if head
-            else [f"--address=127.0.0.1:{head_port}"]
-        )
-        with open(log, "ab") as out:  # the child keeps its own copy of the descriptor
-            self.proc = subprocess.Popen(
-                [
-                    BIN / "ray",
-                    "start",
-                    "--block",
-                    *args,
-                    "--num-cpus=1",
-                    "--node-ip-address=127.0.0.1",
-                    "--disable-usage-stats",
-                    f"--temp-dir={self.temp_dir}",
-                ],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def kill(self) -> None:
-        kill_tree(self.proc.pid)
-        self.proc.wait()
-
-    def cleanup(self) -> None:
-        if self.proc.poll() is None:
-            self.kill()
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
-
-
-def cluster_nodes(port: int, n_alive: int, env: dict, timeout: float = 120) -> dict[str, str]:
-    """Wait until `n_alive` nodes are alive; node id -> its raylet socket (under its temp dir)."""
-    script = f"""
-import json, time, ray
-ray.init(address="127.0.0.1:{port}", log_to_driver=False)
-deadline = time.monotonic() + {timeout}
-while True:
-    alive = {{n["NodeID"]: n["RayletSocketName"] for n in ray.nodes() if n["Alive"]}}
-    if len(alive) == {n_alive} or time.monotonic() > deadline:
-        print(json.dumps(alive))
-        break
-    time.sleep(0.5)
-"""
-    out = subprocess.run(
-        [sys.executable, "-c", script],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout + 60,
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    alive = json.loads(out.stdout.strip().splitlines()[-1])
-    assert len(alive) == n_alive, f"{len(alive)} nodes alive, expected {n_alive}"
-    return alive
-
-
-# How `ray start` gives up when a raylet has not registered with the GCS within 30 s
-# (ray/_private/node.py; not configurable), the head's own or the head it joins.
-RAY_START_GAVE_UP = ("timed out during startup", "No node info found for head node")
-
-
-def start_cluster(port: int, env: dict, logs: Path, tries: int = 3) -> tuple[Node, Node, dict[str, str]]:
-    """A head and a second node, both alive: (head, node, node id -> raylet socket). A loaded
-    machine can take longer than Ray's start-up allows itself: a start that gave up so is made
-    again from scratch (before any fault: not a fault's moment); any other failure fails."""
-    attempt = 0
-    while True:
-        attempt += 1
-        started: list[Node] = []
-        try:
-            started.append(Node(port, True, logs / f"head{attempt}.log", env))
-            started.append(Node(port, False, logs / f"node{attempt}.log", env))
-            return started[0], started[1], cluster_nodes(port, 2, env)
-        except AssertionError:
-            for n in started:
-                n.cleanup()
-            said = "".join(f.read_text() for f in logs.glob(f"*{attempt}.log"))
-            if attempt == tries or not any(m in said for m in RAY_START_GAVE_UP):
-                raise
-            print(f"\nRay's start-up gave up (try {attempt}): the cluster is started again")
-
-
 @pytest.mark.slow
 def test_node_killed_mid_study_its_trials_finish_on_the_head(tmp_path, gated_trainer):
-    port = 6391  # tests/study/test_orchestrator.py's cluster uses 6389 and 8265
+    port = free_port()
     # Health checks every 1 s, dead after 3 misses: the GCS declares the node dead in seconds.
     env = {
         **os.environ,

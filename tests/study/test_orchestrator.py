@@ -29,6 +29,9 @@ from orchestrator.sweep.unit import run_info
 
 from support import cli
 from support.cli import GROKSCALE, grokscale
+from support.driver import RAY_ENV
+from support.ports import free_port
+from support.ray_cluster import start_cluster
 
 TINY_STUDY = {
     "name": "tiny",
@@ -193,47 +196,21 @@ def test_validate_reports_and_creates_nothing(tmp_path):
 @pytest.mark.slow
 def test_two_node_cluster_with_ray_job_submit(tmp_path):
     """A head and a second node on this machine; the study goes in through `ray job submit`.
-    It ends with `ray stop --force`, which stops every Ray on the machine: a study running beside
-    the tests loses its Ray (and is resumed by the same command, none of its runs
-    recorded as failed)."""
-    ray_bin = Path(sys.executable).parent / "ray"
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    port = "6389"
-    head = subprocess.run(
-        [
-            ray_bin,
-            "start",
-            "--head",
-            f"--port={port}",
-            "--num-cpus=1",
-            "--dashboard-host=127.0.0.1",
-            "--include-dashboard=true",
-            "--disable-usage-stats",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
-    assert head.returncode == 0, head.stderr[-2000:]
+    The cluster's ports are its own and stopping it kills only its process trees, so a Ray
+    running beside it (a test on the other xdist worker, a study) is left alone."""
+    env = {**os.environ, **RAY_ENV}
+    port, dashboard = free_port(), free_port()
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    head, node, _ = start_cluster(port, env, logs, dashboard_port=dashboard)
     try:
-        node = subprocess.run(
-            [ray_bin, "start", f"--address=127.0.0.1:{port}", "--num-cpus=1", "--disable-usage-stats"],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=120,
-        )
-        assert node.returncode == 0, node.stderr[-2000:]
         write_study(tmp_path, ray={"address": "auto"}, train={**TINY_STUDY["train"], "steps": 400})
         submit = [
-            ray_bin,
+            Path(sys.executable).parent / "ray",
             "job",
             "submit",
             "--address",
-            "http://127.0.0.1:8265",
+            f"http://127.0.0.1:{dashboard}",
             "--working-dir",
             str(tmp_path),
             "--",
@@ -249,20 +226,20 @@ def test_two_node_cluster_with_ray_job_submit(tmp_path):
             "--set",
             f"workdir={tmp_path / 'runs' / 'tiny'}",
         ]
-        for _ in range(
-            20
-        ):  # the head's job agent starts after `ray start` returns: on a loaded machine, later
+        # The head's job agent starts after its node is up: on a loaded machine, later.
+        for _ in range(40):
             job = subprocess.run(submit, env=env, capture_output=True, text=True, check=False, timeout=600)
             if "No available agent to submit job" not in job.stderr:
                 break
             time.sleep(3)
         assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
-        _, children = child_runs(tmp_path)
-        assert len(children) == 8 and all(r.data.tags["grokscale.status"] == "completed" for r in children)
-        nodes = {r.data.tags["grokscale.node_id"] for r in children}
-        assert len(nodes) == 2, f"trials ran on {len(nodes)} node(s)"
-    finally:  # `ray stop` has no per-cluster form: it kills every Ray on the machine, a study's too
-        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, check=False, timeout=120)
+    finally:
+        node.cleanup()
+        head.cleanup()
+    _, children = child_runs(tmp_path)
+    assert len(children) == 8 and all(r.data.tags["grokscale.status"] == "completed" for r in children)
+    nodes = {r.data.tags["grokscale.node_id"] for r in children}
+    assert len(nodes) == 2, f"trials ran on {len(nodes)} node(s)"
 
 
 def test_packed_runs_equal_unpacked_runs(tmp_path):

@@ -475,6 +475,8 @@ def _ray_head(tmp: Path, port: int, env: dict) -> subprocess.Popen:
             "--node-ip-address=127.0.0.1",
             f"--port={port}",
             "--include-dashboard=false",
+            f"--ray-client-server-port={free_port()}",  # not the defaults: another Ray may run beside
+            f"--dashboard-agent-listen-port={free_port()}",
             "--disable-usage-stats",
             "--num-cpus=1",
             f"--temp-dir={tmp}",
