@@ -37,3 +37,9 @@ def private_ray_tmpdir():
         patch.setenv("RAY_TMPDIR", path)
         yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(items):
+    """The tests marked `slow` (a minute or so each) first, the rest in their order after them: the
+    two xdist workers then end on short tests, and neither waits on the other's last long one."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
