@@ -10,9 +10,9 @@ TORCH ?= torch==2.13.0
 # server, a subprocess starting up), so two workers on 2 cores take about 15 minutes, one 24;
 # worksteal hands a worker that ran out some of the other's queue. Every test keeps its Ray, ports
 # and files to itself (tests/conftest.py, tests/support/ray_cluster.py).
-# `make test` takes about 15 minutes on 2 cores; `make test-all` adds the tests that install and
-# start whole services (a one-node Slurm, headless Chromium on the MLflow UI), the pruning-exactness
-# study and the repeated driver and worker kills (about 15 minutes more).
+# `make test-all` adds the tests that install and start whole services (a one-node Slurm, headless
+# Chromium on the MLflow UI), the pruning-exactness study and the repeated driver and worker kills
+# (about 15 minutes more).
 JOBS ?= 2
 PYTEST_ARGS ?= -n $(JOBS) --dist worksteal -m "not soak and not long" --durations=30
 

@@ -30,6 +30,7 @@ from orchestrator.store.names import TAG_STATUS, RunStatus
 
 from support import cli, ports
 from support.cli import listing
+from support.ray_cluster import Node
 from support.studies import tiny_study
 
 SLURM = [sys.executable, "-m", "orchestrator.cluster.slurm"]
@@ -465,42 +466,15 @@ def test_study_runs_and_resumes_through_sbatch_on_a_one_node_slurm(tmp_path, slu
             shutil.rmtree(f"/tmp/ray-gs-{job}", ignore_errors=True)
 
 
-def _ray_head(tmp: Path, port: int, env: dict) -> subprocess.Popen:
-    ray = Path(sys.executable).with_name("ray")
-    return subprocess.Popen(
-        [
-            str(ray),
-            "start",
-            "--head",
-            "--node-ip-address=127.0.0.1",
-            f"--port={port}",
-            "--include-dashboard=false",
-            f"--ray-client-server-port={free_port()}",  # not the defaults: another Ray may run beside
-            f"--dashboard-agent-listen-port={free_port()}",
-            "--disable-usage-stats",
-            "--num-cpus=1",
-            f"--temp-dir={tmp}",
-            "--block",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-
-
 @pytest.mark.slow  # two real Ray heads, one with token authentication and one without: about a minute
 @pytest.mark.parametrize("auth", [True, False])
-def test_the_job_checks_that_its_ray_refuses_a_connection_without_its_token(auth):
-    from support.processes import kill_tree
-
+def test_the_job_checks_that_its_ray_refuses_a_connection_without_its_token(auth, tmp_path):
     port = free_port()
-    tmp = Path(tempfile.mkdtemp(prefix="gsa", dir="/tmp"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(
         {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "a" * 64} if auth else {"RAY_AUTH_MODE": "disabled"}
     )
-    head = _ray_head(tmp, port, env)
+    head = Node(port, True, tmp_path / "head.log", env)
     try:
         joined = subprocess.run(
             [sys.executable, "-m", "orchestrator.cluster.join", f"127.0.0.1:{port}", "1", "--timeout=120"],
@@ -518,8 +492,7 @@ def test_the_job_checks_that_its_ray_refuses_a_connection_without_its_token(auth
             timeout=300,
         )
     finally:
-        kill_tree(head.pid)
-        shutil.rmtree(tmp, ignore_errors=True)
+        head.cleanup()
     if auth:
         assert check.returncode == 0, check.stderr[-2000:]
         assert "refuses connections without this job's token" in check.stdout
