@@ -47,7 +47,7 @@ from mlflow.entities import RunTag
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
 
-from orchestrator.store import names
+from orchestrator.store import names, schema
 from orchestrator.store.keys import MAX_TAG_CHARS, Checked, batches, key_problem
 from orchestrator.store.names import RunStatus, tag_equals
 from orchestrator.store.queue import Call, Op, WriteLane, WriteQueue, answer, describe
@@ -276,7 +276,8 @@ class Tracker:
 
     def _open(self, config_yaml: str) -> None:
         self.children = {}
-        exp = self.client.get_experiment_by_name(self.study.experiment_name)  # a SQLite store exists now
+        schema.ready(self.study.tracking.uri)  # a SQLite store exists now, its tables whole
+        exp = self.client.get_experiment_by_name(self.study.experiment_name)
         use_wal(self.study.tracking.uri)
         self.experiment_id = (
             exp.experiment_id if exp else self.client.create_experiment(self.study.experiment_name)

@@ -99,7 +99,10 @@ def study_links(study: Study) -> StudyLinks | None:
         os.environ.setdefault(name, value)
     from mlflow.tracking import MlflowClient
 
+    from orchestrator.store import schema
+
     try:
+        schema.ready(uri)  # a study that is starting may be making the store's tables right now
         client = MlflowClient(tracking_uri=uri)
         exp = client.get_experiment_by_name(study.experiment_name)
         query = (

@@ -253,18 +253,24 @@ PAUSED = (
 )
 
 
-def recorded(tmp_path, uri: str) -> tuple[list, list]:
-    """What the study holds: its cell's Optuna trials (number, state) and MLflow runs (id, status)."""
-    from mlflow.tracking import MlflowClient
-
+def trials_of(tmp_path) -> list:
+    """The study's cell's Optuna trials (number, state)."""
     journal = tmp_path / "runs" / "paused" / "optuna.journal"
     store = storage(journal) if journal.exists() else None
-    trials = [
+    return [
         (t.number, t.state)
         for s in (optuna.get_all_study_summaries(store) if store else [])
         if not s.study_name.startswith(HOLD_STUDY_PREFIX)
         for t in optuna.load_study(study_name=s.study_name, storage=store).get_trials()
     ]
+
+
+def recorded(tmp_path, uri: str) -> tuple[list, list]:
+    """What the study holds: its cell's Optuna trials (number, state) and MLflow runs (id, status).
+    Read once the driver has made its MLflow store (a trial finished)."""
+    from mlflow.tracking import MlflowClient
+
+    trials = trials_of(tmp_path)
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("paused")
     runs = [] if experiment is None else client.search_runs([experiment.experiment_id])
@@ -300,7 +306,7 @@ def test_a_driver_paused_past_the_timeout_stops_once_the_study_was_taken_over(tm
     hold = None
     try:
         deadline = time.monotonic() + 300
-        while sum(state == TrialState.COMPLETE for _, state in recorded(tmp_path, uri)[0]) < 1:
+        while sum(state == TrialState.COMPLETE for _, state in trials_of(tmp_path)) < 1:
             assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "no trial finished"
             time.sleep(0.5)

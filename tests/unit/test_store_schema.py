@@ -1,0 +1,72 @@
+"""A new SQLite MLflow store opened by several processes at the same moment (orchestrator/store/
+schema.py): with MLflow's own first call, processes that lose the race to make the tables fail
+(the driver of a study once crashed so in CI, beside a test reading its store); through
+`schema.ready` every process gets the store, whole and usable. Real processes, released together
+by a barrier, on real SQLite files."""
+
+from __future__ import annotations
+
+import multiprocessing
+
+from mlflow.tracking import MlflowClient
+
+from orchestrator.store import schema
+
+PROCESSES = 3
+ROUNDS = 2  # new stores per way of opening them
+
+
+def _open_stores(uris_plain, uris_ready, barrier, results) -> None:
+    import logging
+
+    logging.disable(logging.CRITICAL)  # MLflow's migration lines, three times over
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.store import schema
+
+    for way, uris in (("plain", uris_plain), ("ready", uris_ready)):
+        for uri in uris:
+            barrier.wait()
+            try:
+                if way == "ready":
+                    schema.ready(uri)
+                MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+                results.put((way, uri, "ok"))
+            except Exception as err:  # noqa: BLE001 - the outcome under test
+                results.put((way, uri, f"{type(err).__name__}: {err}"[:200]))
+
+
+def test_processes_opening_a_new_store_together_all_get_it_whole_through_ready(tmp_path):
+    plain = [f"sqlite:///{tmp_path / f'plain{i}.db'}" for i in range(ROUNDS)]
+    ready = [f"sqlite:///{tmp_path / f'ready{i}.db'}" for i in range(ROUNDS)]
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(PROCESSES), ctx.Queue()
+    procs = [
+        ctx.Process(target=_open_stores, args=(plain, ready, barrier, results)) for _ in range(PROCESSES)
+    ]
+    for p in procs:
+        p.start()
+    outcomes = [results.get(timeout=300) for _ in range(PROCESSES * 2 * ROUNDS)]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    lost = [o for o in outcomes if o[0] == "plain" and o[2] != "ok"]
+    # The race is real: MLflow's first call alone failed some process (else this test shows nothing).
+    assert lost, outcomes
+    assert all(schema.lost_race(RuntimeError(o[2])) for o in lost), lost  # ...and `ready` knows its signs
+    assert [o for o in outcomes if o[0] == "ready" and o[2] != "ok"] == []
+    for uri in ready:  # whole: a run written and read back
+        client = MlflowClient(tracking_uri=uri)
+        run = client.create_run(client.create_experiment("e"))
+        client.log_metric(run.info.run_id, "loss", 0.5, step=3)
+        assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "loss")] == [(3, 0.5)]
+
+
+def test_ready_raises_what_is_not_the_race_and_leaves_other_stores_alone(tmp_path):
+    import pytest
+
+    (tmp_path / "not-a-db").write_text("plain text, not SQLite")
+    with pytest.raises(Exception) as err:
+        schema.ready(f"sqlite:///{tmp_path / 'not-a-db'}", timeout_s=5)
+    assert not schema.lost_race(err.value)
+    schema.ready("http://127.0.0.1:9")  # a server's store is the server's to make: no call at all
