@@ -9,6 +9,7 @@ and answers each post with the run's newest stop rules, so no one ever waits on 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
 
 import ray
@@ -71,6 +72,10 @@ def connect(study: Study) -> None:
         return
     if study.ray.address:
         ray.init(address=study.ray.address, log_to_driver=False)
+    elif os.environ.get("RAY_ADDRESS", "local") not in ("", "local"):
+        # Set by `ray job submit` (or the user): ray.init joins that cluster, whose size is its
+        # own; Ray refuses num_cpus when joining, so `ray.num_cpus` (a local Ray's) is not passed.
+        ray.init(log_to_driver=False)
     else:
         # Local: no dashboard, so nothing listens; under `ray job submit` RAY_ADDRESS is set
         # and this joins that cluster instead.

@@ -196,15 +196,17 @@ def test_validate_reports_and_creates_nothing(tmp_path):
 @pytest.mark.slow
 def test_two_node_cluster_with_ray_job_submit(tmp_path):
     """A head and a second node on this machine; the study goes in through `ray job submit`.
-    The cluster's ports are its own and stopping it kills only its process trees, so a Ray
-    running beside it (a test on the other xdist worker, a study) is left alone."""
+    The study is one written for a laptop (`ray.num_cpus: 1`, no address): it joins the job's
+    cluster, whose size is its own (Ray refuses num_cpus when joining). The cluster's ports are its
+    own and stopping it kills only its process trees, so a Ray running beside it (a test on the
+    other xdist worker, a study) is left alone."""
     env = {**os.environ, **RAY_ENV}
     port, dashboard = free_port(), free_port()
     logs = tmp_path / "logs"
     logs.mkdir()
     head, node, _ = start_cluster(port, env, logs, dashboard_port=dashboard)
     try:
-        write_study(tmp_path, ray={"address": "auto"}, train={**TINY_STUDY["train"], "steps": 400})
+        write_study(tmp_path, ray={"num_cpus": 1}, train={**TINY_STUDY["train"], "steps": 400})
         submit = [
             Path(sys.executable).parent / "ray",
             "job",

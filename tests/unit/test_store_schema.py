@@ -1,13 +1,21 @@
-"""A new SQLite MLflow store opened by several processes at the same moment (orchestrator/store/
-schema.py): with MLflow's own first call, processes that lose the race to make the tables fail
-(the driver of a study once crashed so in CI, beside a test reading its store); through
-`schema.ready` every process gets the store, whole and usable. Real processes, released together
-by a barrier, on real SQLite files."""
+"""A new SQLite MLflow store (orchestrator/store/schema.py).
+
+- Opened by several processes at the same moment: with MLflow's own first call, processes that
+  lose the race to make the tables fail (the driver of a study once crashed so in CI, beside a
+  test reading its store); through `schema.ready` every process gets the store, whole and usable.
+  Real processes, released together by a barrier, on real SQLite files.
+- Made from the template, it is the store MLflow's migrations make: the same schema, the same
+  Default experiment but for its time. A template that is not an empty store is deleted and the
+  store made by MLflow."""
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import sqlite3
+from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from orchestrator.store import schema
@@ -36,7 +44,8 @@ def _open_stores(uris_plain, uris_ready, barrier, results) -> None:
                 results.put((way, uri, f"{type(err).__name__}: {err}"[:200]))
 
 
-def test_processes_opening_a_new_store_together_all_get_it_whole_through_ready(tmp_path):
+def test_processes_opening_a_new_store_together_all_get_it_whole_through_ready(tmp_path, monkeypatch):
+    monkeypatch.setenv(schema.CACHE_ENV, str(tmp_path / "cache"))  # the processes make it too
     plain = [f"sqlite:///{tmp_path / f'plain{i}.db'}" for i in range(ROUNDS)]
     ready = [f"sqlite:///{tmp_path / f'ready{i}.db'}" for i in range(ROUNDS)]
     ctx = multiprocessing.get_context("spawn")
@@ -62,9 +71,47 @@ def test_processes_opening_a_new_store_together_all_get_it_whole_through_ready(t
         assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "loss")] == [(3, 0.5)]
 
 
-def test_ready_raises_what_is_not_the_race_and_leaves_other_stores_alone(tmp_path):
-    import pytest
+def dump(path) -> tuple[list, list, list]:
+    """A store's schema, its Alembic version and its experiments but for their times."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        return (
+            sorted(db.execute("SELECT type, name, sql FROM sqlite_master").fetchall(), key=str),
+            db.execute("SELECT * FROM alembic_version").fetchall(),
+            db.execute(
+                "SELECT experiment_id, name, artifact_location, lifecycle_stage FROM experiments"
+            ).fetchall(),
+        )
 
+
+def test_a_store_from_the_template_is_the_store_mlflow_makes(tmp_path, monkeypatch):
+    monkeypatch.setenv(schema.CACHE_ENV, str(tmp_path / "cache"))
+    MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow_made.db'}").search_experiments()
+    schema.ready(f"sqlite:///{tmp_path / 'first.db'}")  # makes the template
+    assert schema.template_path().is_file() and schema.template_path().parent == tmp_path / "cache"
+    schema.ready(f"sqlite:///{tmp_path / 'copied.db'}")
+    made = dump(tmp_path / "mlflow_made.db")
+    assert made[2] == [(0, "Default", str(Path.cwd() / "mlruns" / "0"), "active")]
+    assert dump(tmp_path / "copied.db") == dump(tmp_path / "first.db") == made
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no private file left
+
+
+@pytest.mark.parametrize("flaw", ["an experiment", "not sqlite"])
+def test_a_flawed_template_is_deleted_and_the_store_made_by_mlflow(tmp_path, monkeypatch, flaw):
+    monkeypatch.setenv(schema.CACHE_ENV, str(tmp_path / "cache"))
+    schema.ready(f"sqlite:///{tmp_path / 'first.db'}")
+    template = schema.template_path()
+    if flaw == "an experiment":
+        MlflowClient(tracking_uri=f"sqlite:///{template}").create_experiment("planted")
+    else:
+        template.write_bytes(b"not a database at all" * 100)
+    schema.ready(f"sqlite:///{tmp_path / 'new.db'}")
+    assert not template.exists()  # remade by the next new store
+    assert [
+        e.name for e in MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'new.db'}").search_experiments()
+    ] == ["Default"]
+
+
+def test_ready_raises_what_is_not_the_race_and_leaves_other_stores_alone(tmp_path):
     (tmp_path / "not-a-db").write_text("plain text, not SQLite")
     with pytest.raises(Exception) as err:
         schema.ready(f"sqlite:///{tmp_path / 'not-a-db'}", timeout_s=5)
