@@ -117,6 +117,8 @@ class Tracker:
         if study.tracking.uri.startswith(("http://", "https://")):
             for name, value in HTTP_FAIL_FAST.items():
                 os.environ.setdefault(name, value)
+        if client is None:
+            schema.ready(study.tracking.uri)  # a new SQLite store, made whole before MlflowClient opens it
         self.client = client or MlflowClient(tracking_uri=study.tracking.uri)
         # The hot writes: MlflowClient's until `open` chooses them, once MLflow has made the store.
         self.writes: Writes = ClientWrites(self.client)
@@ -276,7 +278,6 @@ class Tracker:
 
     def _open(self, config_yaml: str) -> None:
         self.children = {}
-        schema.ready(self.study.tracking.uri)  # a SQLite store exists now, its tables whole
         exp = self.client.get_experiment_by_name(self.study.experiment_name)
         use_wal(self.study.tracking.uri)
         self.experiment_id = (

@@ -1,6 +1,7 @@
 """The GPU-grade loop, checked on CPU: precision, micro-batches, batch in tokens, clipping,
 throughput and the runtime record, and data parallelism over a real gloo process group."""
 
+import faulthandler
 import math
 import os
 
@@ -111,6 +112,7 @@ def _rank(
     checkpoint_dir: str | None = None,
     die: bool = False,
 ) -> None:
+    faulthandler.enable()  # a rank that aborts (SIGABRT in gloo, seen once under load) shows where
     os.environ["LOCAL_RANK"] = str(rank)
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=size)
     try:
