@@ -241,9 +241,32 @@ def build_model(cfg: BuiltinModel | OwnModel, vocab_size: int, n_out: int, seq_l
     return MODELS[cfg.family](cfg, vocab_size, n_out, seq_len)
 
 
+# Below this rough size a model is counted by building it on the CPU (milliseconds); above it, on
+# the meta device, without allocating. Meta-device ops run through torch._refs, whose first use
+# imports torch._dynamo: a second of every command (`validate`, `run`) that counts a small model.
+CPU_COUNT_MAX = 2_000_000
+
+
+def _rough_size(cfg: BuiltinModel, vocab_size: int, n_out: int, seq_len: int) -> int:
+    """About the built-in model's parameters (an overestimate): attention and MLP blocks of its
+    width, and its embeddings."""
+    fields = cfg.model_dump()
+    width = max(
+        fields.get("d_model") or 0,
+        fields.get("d_hidden") or 0,
+        fields.get("d_embed") or 0,
+        fields.get("aspect", 0) * fields.get("n_layer", 1),
+        fields.get("head_dim", 0),
+    )
+    mlp = max(fields.get("d_mlp") or 0, 4 * width)
+    depth = max(fields.get("n_layer", 1), fields.get("n_hidden", 1))
+    return depth * (4 * width**2 + 3 * width * mlp) + (vocab_size + n_out + seq_len) * width
+
+
 def shape_counts(cfg: BuiltinModel, vocab_size: int, n_out: int, seq_len: int) -> ParamCounts:
-    """Counts without allocating: the model is built on the meta device."""
-    with torch.device("meta"):
+    """Counts of the model these settings build: the same on either device (a test checks)."""
+    small = _rough_size(cfg, vocab_size, n_out, seq_len) <= CPU_COUNT_MAX
+    with torch.random.fork_rng(devices=[]), torch.device("cpu" if small else "meta"):  # no RNG draw leaks
         return count_params(build_model(cfg, vocab_size, n_out, seq_len))
 
 

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from trainers.gpt import GPTModel
 from trainers.models import build_model, count_params, init_weights, resolve_shape
 from trainers.spec import MLPModel, TransformerModel
 
@@ -76,3 +77,40 @@ def test_init_scale_multiplies_weight_norm():
         init_weights(model, scale)
         norms.append(torch.sqrt(sum((p**2).sum() for p in model.parameters())).item())
     assert norms[1] == pytest.approx(3 * norms[0], rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        TransformerModel(n_layer=2, d_model=32, n_head=2, layer_norm=True),
+        TransformerModel(
+            n_layer=1, d_model=128, n_head=4, d_mlp=512, layer_norm=False, parametrization="mup"
+        ),
+        MLPModel(d_embed=16, d_hidden=64, n_hidden=3),
+        GPTModel(n_layer=2, aspect=32, head_dim=16, mlp="swiglu"),
+        GPTModel(n_layer=3, aspect=64, head_dim=32, tie_embeddings=True),
+    ],
+    ids=lambda c: c.family,
+)
+def test_a_small_model_counted_on_the_cpu_counts_as_on_the_meta_device(cfg, monkeypatch):
+    """shape_counts builds a small model on the CPU (no meta-device ops: a second of every command)
+    and a large one on the meta device; the counts are the same, and no RNG draw leaks out."""
+    from trainers import models
+
+    io = (40, 40, 8)  # vocab, classes, positions (tied embeddings need vocab == classes)
+    assert models._rough_size(cfg, *io) <= models.CPU_COUNT_MAX
+    on_cpu = models.shape_counts(cfg, *io)
+    monkeypatch.setattr(models, "CPU_COUNT_MAX", 0)
+    assert models.shape_counts(cfg, *io) == on_cpu
+    assert on_cpu.total == count_params(build_model(cfg, *io)).total
+
+
+def test_counting_a_model_draws_nothing_from_the_global_rng():
+    from trainers import models
+
+    cfg = TransformerModel(n_layer=1, d_model=32, n_head=2)
+    torch.manual_seed(3)
+    expected = torch.rand(3)
+    torch.manual_seed(3)
+    models.shape_counts(cfg, 20, 20, 4)
+    assert torch.equal(torch.rand(3), expected)
