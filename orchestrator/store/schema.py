@@ -16,7 +16,8 @@ user's cache folder, with its experiments deleted. MLflow adds the Default exper
 store that has none when it opens it, with this store's artifact location and time, so the copy
 opens as a new store would (30 ms instead of 1.4 s). A template that is not an empty store of
 that schema, or that MLflow will not open, is deleted and the store made by MLflow's own
-migrations instead.
+migrations instead; one that someone else could have written (its file or folder not this
+user's, or writable by others) is left alone and not used.
 
 A store that another program is making right now (an `mlflow ui` started on the same new path)
 can still be half-made when read; for the errors that shows, `ready` waits and retries.
@@ -29,6 +30,7 @@ import logging
 import os
 import shutil
 import sqlite3
+import tempfile
 import time
 from pathlib import Path
 
@@ -77,9 +79,25 @@ def _opened(path: Path) -> None:
 
 
 def _private(beside: Path) -> Path:
-    path = beside.with_name(f".{beside.name}.{os.getpid()}.new")
-    path.unlink(missing_ok=True)  # a leftover of an earlier process of this pid
-    return path
+    """A new empty file beside `beside`, made by this process alone (O_EXCL, a random name: a
+    link planted in a shared folder is never followed), with the mode a new file gets."""
+    fd, name = tempfile.mkstemp(dir=beside.parent, prefix=f".{beside.name}.", suffix=".new")
+    os.close(fd)
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(name, 0o666 & ~mask)
+    return Path(name)
+
+
+def _trusted(path: Path) -> bool:
+    """The template and its folder are this user's and no one else can write them (as ssh asks of
+    its keys): a template planted in a shared cache is never copied into a study's store."""
+    for p in (path, path.parent):
+        st = p.stat()
+        if st.st_uid != os.getuid() or st.st_mode & 0o022:
+            log.warning("not using the template store %s: %s is not this user's alone to write", path, p)
+            return False
+    return True
 
 
 def _empty(path: Path) -> bool:
@@ -94,14 +112,15 @@ def _template() -> Path | None:
     """The template (made now if missing); None where it cannot be made."""
     path = template_path()
     if path.is_file():
-        return path
+        return path if _trusted(path) else None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         private = _private(path)
         try:
             _opened(private)
             with contextlib.closing(sqlite3.connect(private)) as db, db:
                 db.execute("DELETE FROM experiments")  # Default: MLflow remakes it in each copy
+            private.chmod(0o600)  # this user's alone, whatever the umask (`_trusted`)
             with contextlib.suppress(FileExistsError):  # another process's template won
                 os.link(private, path)
         finally:
@@ -117,7 +136,8 @@ def _fill(private: Path) -> None:
     template = _template()
     if template is not None:
         try:
-            shutil.copyfile(template, private)
+            with template.open("rb") as src, private.open("r+b") as dst:
+                shutil.copyfileobj(src, dst)
             if _empty(private):
                 _opened(private)
                 return
@@ -125,7 +145,7 @@ def _fill(private: Path) -> None:
         except Exception as err:  # noqa: BLE001 - any flaw of the template: MLflow makes the store
             log.warning("the template store %s is unusable (%s); deleting it", template, err)
             template.unlink(missing_ok=True)
-            private.unlink(missing_ok=True)
+            private.write_bytes(b"")
     _opened(private)
 
 

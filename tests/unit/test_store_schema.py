@@ -119,6 +119,22 @@ def test_a_flawed_template_is_deleted_and_the_store_made_by_mlflow(tmp_path, mon
     ] == ["Default"]
 
 
+def test_a_template_others_could_write_is_left_alone_and_not_used(tmp_path, monkeypatch):
+    monkeypatch.setenv(schema.CACHE_ENV, str(tmp_path / "cache"))
+    schema.ready(f"sqlite:///{tmp_path / 'first.db'}")
+    template = schema.template_path()
+    assert template.stat().st_mode & 0o777 == 0o600 and template.parent.stat().st_mode & 0o022 == 0
+    MlflowClient(tracking_uri=f"sqlite:///{template}").create_experiment("planted")
+    template.chmod(0o664)  # as in a shared folder: anyone of the group may have planted that experiment
+    schema.ready(f"sqlite:///{tmp_path / 'new.db'}")
+    assert template.exists()  # not ours to delete
+    names = [
+        e.name for e in MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'new.db'}").search_experiments()
+    ]
+    assert names == ["Default"]
+    assert (tmp_path / "new.db").stat().st_mode & 0o777 == (tmp_path / "first.db").stat().st_mode & 0o777
+
+
 def test_ready_raises_what_is_not_the_race_and_leaves_other_stores_alone(tmp_path):
     (tmp_path / "not-a-db").write_text("plain text, not SQLite")
     with pytest.raises(Exception) as err:
