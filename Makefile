@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 # The CPU build of torch; a GPU user who installed their own torch into $(VENV) first keeps it.
 TORCH ?= torch==2.13.0
 # The suite runs as JOBS pytest-xdist workers. Most of a study test's time is waiting (a Ray, a
-# server, a subprocess starting up), so two workers on 2 cores take about 15 minutes, one 24;
+# server, a subprocess starting up), so two workers on 2 cores take about 14 minutes, one 24;
 # worksteal hands a worker that ran out some of the other's queue. Every test keeps its Ray, ports
 # and files to itself (tests/conftest.py, tests/support/ray_cluster.py).
 # `make test-all` adds the tests that install and start whole services (a one-node Slurm, headless
