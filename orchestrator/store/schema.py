@@ -60,12 +60,18 @@ def lost_race(err: BaseException) -> bool:
     return False
 
 
-def template_path() -> Path:
+def template_path() -> Path | None:
+    """Where the template of this MLflow version is kept; None with no cache folder to keep it in
+    (no GROKSCALE_CACHE, no XDG_CACHE_HOME and a home that cannot be found, as for a container's
+    user without a passwd entry)."""
     import mlflow
 
-    folder = os.environ.get(CACHE_ENV) or Path(
-        os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "grokscale"
-    )
+    folder = os.environ.get(CACHE_ENV)
+    if not folder:
+        cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        if cache.startswith("~"):  # expanduser found no home
+            return None
+        folder = os.path.join(cache, "grokscale")
     return Path(folder) / f"mlflow-{mlflow.__version__}-empty-store.db"
 
 
@@ -111,6 +117,8 @@ def _empty(path: Path) -> bool:
 def _template() -> Path | None:
     """The template (made now if missing); None where it cannot be made."""
     path = template_path()
+    if path is None:
+        return None
     if path.is_file():
         return path if _trusted(path) else None
     try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import os
 import sqlite3
 from pathlib import Path
 
@@ -133,6 +134,21 @@ def test_a_template_others_could_write_is_left_alone_and_not_used(tmp_path, monk
     ]
     assert names == ["Default"]
     assert (tmp_path / "new.db").stat().st_mode & 0o777 == (tmp_path / "first.db").stat().st_mode & 0o777
+
+
+def test_with_no_cache_folder_the_store_is_made_by_mlflow(tmp_path, monkeypatch):
+    """A container's user without a home (no passwd entry, no HOME): no template, and no folder
+    named '~' in the working directory."""
+    for name in (schema.CACHE_ENV, "XDG_CACHE_HOME", "HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(os.path, "expanduser", lambda path: path)  # as with no passwd entry
+    monkeypatch.chdir(tmp_path)
+    assert schema.template_path() is None
+    schema.ready(f"sqlite:///{tmp_path / 'new.db'}")
+    assert [
+        e.name for e in MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'new.db'}").search_experiments()
+    ] == ["Default"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new.db"]
 
 
 def test_ready_raises_what_is_not_the_race_and_leaves_other_stores_alone(tmp_path):
