@@ -121,7 +121,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     study, cells = _load(args)
-    if study.ray.address is None and not os.environ.get("RAY_ADDRESS"):
+    if study.ray.local():
         # A local Ray binds every socket (GCS, raylet, workers) to 127.0.0.1 only in its
         # single-machine mode, which must be chosen before ray is imported. Never when joining
         # a cluster: other nodes must reach this driver.

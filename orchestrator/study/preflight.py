@@ -343,7 +343,7 @@ def check_preflight(study: Study, cells: list[Cell], cluster: dict | None = None
             problems.append(f"{field}: {path} is a file, not a directory")
         elif why := creatable(path):
             problems.append(f"{field}: cannot create {path}: {why}")
-    if cluster is None and study.ray.address is None and not os.environ.get("RAY_ADDRESS"):
+    if cluster is None and study.ray.local():
         n_cpus = study.ray.num_cpus or os.cpu_count() or 1
         cluster = {"CPU": float(n_cpus), "GPU": 0.0}  # a local Ray sees no GPU on a CPU machine
         try:

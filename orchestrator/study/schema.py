@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -412,6 +413,11 @@ class RayConfig(Strict):
     address: str | None = None  # None: start a local Ray; "auto" or ray://host:port: join one
     num_cpus: PositiveInt | None = None  # local Ray only; None: every core
     max_retries: int = Field(default=3, ge=0)  # a trial whose worker dies is retried this often
+
+    def local(self) -> bool:
+        """The study starts a Ray of its own on this machine: no `address`, and no RAY_ADDRESS
+        (which `ray job submit` sets) naming a cluster to join ("local" names none, as for Ray)."""
+        return (self.address or os.environ.get("RAY_ADDRESS") or "local") == "local"
 
 
 def _yaml_switch(v: Any) -> Any:

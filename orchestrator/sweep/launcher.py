@@ -9,7 +9,6 @@ and answers each post with the run's newest stop rules, so no one ever waits on 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterator
 
 import ray
@@ -70,15 +69,12 @@ def warm_up() -> None:
 def connect(study: Study) -> None:
     if ray.is_initialized():
         return
-    if study.ray.address:
+    if not study.ray.local():
+        # `ray.address`, else RAY_ADDRESS (`ray job submit` sets it), read by ray.init. The cluster's
+        # size is its own: Ray refuses num_cpus when joining, so `ray.num_cpus` is not passed.
         ray.init(address=study.ray.address, log_to_driver=False)
-    elif os.environ.get("RAY_ADDRESS", "local") not in ("", "local"):
-        # Set by `ray job submit` (or the user): ray.init joins that cluster, whose size is its
-        # own; Ray refuses num_cpus when joining, so `ray.num_cpus` (a local Ray's) is not passed.
-        ray.init(log_to_driver=False)
     else:
-        # Local: no dashboard, so nothing listens; under `ray job submit` RAY_ADDRESS is set
-        # and this joins that cluster instead.
+        # Local: no dashboard, so nothing listens.
         ray.init(
             num_cpus=study.ray.num_cpus,
             include_dashboard=False,
