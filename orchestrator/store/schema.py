@@ -28,9 +28,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import shutil
 import sqlite3
-import tempfile
 import time
 from pathlib import Path
 
@@ -89,13 +89,10 @@ def _opened(path: Path) -> None:
 
 def _private(beside: Path) -> Path:
     """A new empty file beside `beside`, made by this process alone (O_EXCL, a random name: a
-    link planted in a shared folder is never followed), with the mode a new file gets."""
-    fd, name = tempfile.mkstemp(dir=beside.parent, prefix=f".{beside.name}.", suffix=".new")
-    os.close(fd)
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(name, 0o666 & ~mask)
-    return Path(name)
+    link planted in a shared folder is never followed), with the mode the umask gives a new file."""
+    path = beside.with_name(f".{beside.name}.{secrets.token_hex(8)}.new")
+    os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+    return path
 
 
 def _trusted(path: Path) -> bool:
